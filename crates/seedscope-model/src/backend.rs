@@ -1,0 +1,133 @@
+//! Choosing where tensors live: a wgpu adapter (Vulkan, Metal, DX12, WebGPU) or Burn's Flex
+//! CPU backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, DeviceKind};
+
+/// The compute paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// wgpu on a hardware adapter; the CPU backend where the only adapter is a software
+    /// rasteriser or there is none. The choice is reported by [`ComputeDevice::describe`].
+    Auto,
+    /// Burn on wgpu: the default.
+    Wgpu,
+    /// Burn's Flex CPU backend: the fallback, and the fast path where the only adapter is a
+    /// software rasteriser.
+    Cpu,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "wgpu" => Ok(Self::Wgpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!("unknown backend `{other}` (auto, wgpu or cpu)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Wgpu => "wgpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
+/// No usable wgpu adapter.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no GPU adapter found by wgpu ({0}); install a Vulkan, Metal or DX12 driver \
+     (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pass --backend cpu"
+)]
+pub struct NoAdapter(String);
+
+/// A device ready for Burn, with a description of what it is.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    /// The Burn device.
+    pub device: Device,
+    /// Which path it is.
+    pub kind: BackendKind,
+    /// The adapter wgpu reports (`None` for the CPU backend).
+    pub adapter: Option<wgpu::AdapterInfo>,
+    /// Why `Auto` chose the CPU, if it did.
+    pub note: Option<String>,
+}
+
+impl ComputeDevice {
+    /// Open the requested backend. For wgpu the adapter is probed first, so a machine without
+    /// one gets a clear error instead of a panic inside Burn; `Auto` never fails.
+    pub fn open(kind: BackendKind) -> Result<Self, NoAdapter> {
+        let cpu = Self {
+            device: Device::flex(),
+            kind: BackendKind::Cpu,
+            adapter: None,
+            note: None,
+        };
+        match kind {
+            BackendKind::Cpu => Ok(cpu),
+            BackendKind::Wgpu => Ok(Self::wgpu(probe_adapter()?)),
+            BackendKind::Auto => Ok(match probe_adapter() {
+                Ok(info) if info.device_type != wgpu::DeviceType::Cpu => Self::wgpu(info),
+                Ok(info) => Self {
+                    note: Some(format!(
+                        "the only GPU adapter, {}, is a software one",
+                        info.name
+                    )),
+                    ..cpu
+                },
+                Err(NoAdapter(reason)) => Self {
+                    note: Some(format!("no GPU adapter ({reason})")),
+                    ..cpu
+                },
+            }),
+        }
+    }
+
+    fn wgpu(adapter: wgpu::AdapterInfo) -> Self {
+        Self {
+            device: Device::wgpu(DeviceKind::DefaultDevice),
+            kind: BackendKind::Wgpu,
+            adapter: Some(adapter),
+            note: None,
+        }
+    }
+
+    /// Whether the adapter is a software rasteriser (llvmpipe/lavapipe, SwiftShader, WARP),
+    /// where heavy work belongs on the CPU path.
+    pub fn is_software_adapter(&self) -> bool {
+        self.adapter
+            .as_ref()
+            .is_some_and(|a| a.device_type == wgpu::DeviceType::Cpu)
+    }
+
+    /// One line for logs and manifests: `wgpu: llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan, Cpu]`.
+    pub fn describe(&self) -> String {
+        match (&self.adapter, &self.note) {
+            (Some(a), _) => format!("wgpu: {} [{:?}, {:?}]", a.name, a.backend, a.device_type),
+            (None, Some(note)) => format!("cpu: Burn Flex (chosen automatically: {note})"),
+            (None, None) => "cpu: Burn Flex".to_owned(),
+        }
+    }
+}
+
+/// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
+fn probe_adapter() -> Result<wgpu::AdapterInfo, NoAdapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    };
+    pollster::block_on(instance.request_adapter(&options))
+        .map(|adapter| adapter.get_info())
+        .map_err(|e| NoAdapter(e.to_string()))
+}

@@ -1,0 +1,157 @@
+//! Hook points named like TransformerLens, and interventions on neurons.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// Which side of the MLP non-linearity a tap reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MlpSite {
+    /// `blocks.{l}.mlp.hook_pre`: the input of the non-linearity (after `W_in`, with bias).
+    Pre,
+    /// `blocks.{l}.mlp.hook_post`: the neuron activations, the non-linearity's output.
+    Post,
+}
+
+/// A TransformerLens hook point on an MLP layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HookPoint {
+    /// Block index.
+    pub layer: usize,
+    /// Pre- or post-activation.
+    pub site: MlpSite,
+}
+
+impl HookPoint {
+    /// `blocks.{layer}.mlp.hook_pre`.
+    pub fn pre(layer: usize) -> Self {
+        Self {
+            layer,
+            site: MlpSite::Pre,
+        }
+    }
+
+    /// `blocks.{layer}.mlp.hook_post`.
+    pub fn post(layer: usize) -> Self {
+        Self {
+            layer,
+            site: MlpSite::Post,
+        }
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let site = match self.site {
+            MlpSite::Pre => "hook_pre",
+            MlpSite::Post => "hook_post",
+        };
+        write!(f, "blocks.{}.mlp.{site}", self.layer)
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not an MLP hook point (blocks.L.mlp.hook_pre or hook_post)");
+        let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
+        let (layer, site) = rest.split_once(".mlp.").ok_or_else(bad)?;
+        let layer = layer.parse().map_err(|_| bad())?;
+        let site = match site {
+            "hook_pre" => MlpSite::Pre,
+            "hook_post" => MlpSite::Post,
+            _ => return Err(bad()),
+        };
+        Ok(Self { layer, site })
+    }
+}
+
+/// Set one neuron's post-activation to a fixed value at every position (mean- or
+/// zero-ablation, and the entropy-neuron experiments of the paper).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NeuronPatch {
+    /// Block index.
+    pub layer: usize,
+    /// Neuron index within the layer.
+    pub neuron: usize,
+    /// The value written into `hook_post`.
+    pub value: f32,
+}
+
+/// What one forward pass should produce.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions {
+    /// Hook points whose tensors are returned. Nothing else is kept.
+    pub taps: BTreeSet<HookPoint>,
+    /// Run only blocks `0..n`; the final norm and unembedding are skipped. `None` runs all.
+    pub stop_at_layer: Option<usize>,
+    /// Compute the logits (ignored when `stop_at_layer` stops early).
+    pub logits: bool,
+    /// Neurons whose post-activations are overwritten before the MLP output projection.
+    pub patches: Vec<NeuronPatch>,
+}
+
+impl ForwardOptions {
+    /// Logits only.
+    pub fn logits() -> Self {
+        Self {
+            logits: true,
+            ..Self::default()
+        }
+    }
+
+    /// `hook_pre` and `hook_post` of every layer, stopping after the last MLP.
+    pub fn all_neurons(n_layers: usize) -> Self {
+        Self {
+            taps: (0..n_layers)
+                .flat_map(|l| [HookPoint::pre(l), HookPoint::post(l)])
+                .collect(),
+            stop_at_layer: Some(n_layers),
+            ..Self::default()
+        }
+    }
+
+    /// The number of blocks that must run: `stop_at_layer` when given, all of them for logits,
+    /// else up to the deepest tap.
+    pub fn layers_to_run(&self, n_layers: usize) -> usize {
+        match self.stop_at_layer {
+            Some(stop) => stop.min(n_layers),
+            None if self.logits => n_layers,
+            None => self
+                .taps
+                .iter()
+                .map(|h| h.layer + 1)
+                .max()
+                .unwrap_or(0)
+                .min(n_layers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for h in [HookPoint::pre(0), HookPoint::post(11)] {
+            assert_eq!(h.to_string().parse::<HookPoint>(), Ok(h));
+        }
+        assert_eq!(HookPoint::post(3).to_string(), "blocks.3.mlp.hook_post");
+        assert!("blocks.x.mlp.hook_pre".parse::<HookPoint>().is_err());
+        assert!("blocks.1.attn.hook_z".parse::<HookPoint>().is_err());
+    }
+
+    #[test]
+    fn layers_to_run_follows_taps_and_logits() {
+        let mut o = ForwardOptions::default();
+        o.taps.insert(HookPoint::post(1));
+        assert_eq!(o.layers_to_run(4), 2);
+        o.logits = true;
+        assert_eq!(o.layers_to_run(4), 4);
+        o.stop_at_layer = Some(3);
+        assert_eq!(o.layers_to_run(4), 3);
+        assert_eq!(ForwardOptions::all_neurons(3).layers_to_run(3), 3);
+    }
+}

@@ -1,0 +1,122 @@
+//! GPT-2 and GPT-NeoX in Burn, loaded from Hugging Face checkpoints, with TransformerLens-style
+//! neuron taps (`blocks.{l}.mlp.hook_pre` / `hook_post`) and neuron patches.
+//!
+//! ```no_run
+//! use seedscope_model::{BackendKind, ComputeDevice, ForwardOptions, LoadedModel, TokenBatch};
+//! let device = ComputeDevice::open(BackendKind::Cpu)?;
+//! let model = LoadedModel::load("tests/fixtures/gpt2-plain".as_ref(), &device.device)?;
+//! let tokens = TokenBatch::new(vec![0, 5, 9, 2], 1, 4)?;
+//! let out = model.forward(&tokens, &ForwardOptions::all_neurons(model.config.n_layers()))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod backend;
+mod config;
+mod error;
+mod hooks;
+mod model;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+pub use backend::{BackendKind, ComputeDevice, NoAdapter};
+pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
+pub use error::{ModelError, Result};
+pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};
+pub use model::{ForwardOutput, Gpt2, Gpt2Block, Mlp, NeoX, NeoXBlock, Transformer};
+pub use weights::{Checkpoint, WeightDtype, resolve_model_dir};
+
+/// Token ids of `n_seq` sequences of `seq_len` tokens, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBatch {
+    ids: Vec<u32>,
+    n_seq: usize,
+    seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Wrap ids; errors if their count is not `n_seq * seq_len`.
+    pub fn new(ids: Vec<u32>, n_seq: usize, seq_len: usize) -> Result<Self> {
+        if ids.len() != n_seq * seq_len {
+            return Err(ModelError::Input(format!(
+                "{} token ids do not fill {n_seq} sequences of {seq_len}",
+                ids.len()
+            )));
+        }
+        Ok(Self {
+            ids,
+            n_seq,
+            seq_len,
+        })
+    }
+
+    /// `[n_seq, seq_len]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.n_seq, self.seq_len]
+    }
+
+    /// The ids, row-major.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Rows `start..start + len` as a new batch.
+    pub fn rows(&self, start: usize, len: usize) -> Self {
+        let end = (start + len).min(self.n_seq);
+        Self {
+            ids: self.ids[start * self.seq_len..end * self.seq_len].to_vec(),
+            n_seq: end - start,
+            seq_len: self.seq_len,
+        }
+    }
+
+    /// The ids as an Int tensor on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        let ids: Vec<i64> = self.ids.iter().map(|&t| i64::from(t)).collect();
+        Tensor::from_data(TensorData::new(ids, self.shape()), device)
+    }
+}
+
+/// A model with its configuration, ready to run.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The parsed `config.json`.
+    pub config: ModelConfig,
+    /// The Burn module.
+    pub model: Transformer,
+    /// The directory it was loaded from (a snapshot directory for the Hugging Face cache).
+    pub dir: PathBuf,
+    /// The device the weights live on.
+    pub device: Device,
+}
+
+impl LoadedModel {
+    /// Load a Hugging Face model directory or cache entry onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let dir = resolve_model_dir(path)?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open_dir(&dir)?;
+        let model = Transformer::load(&config, &checkpoint, device)?;
+        Ok(Self {
+            config,
+            model,
+            dir,
+            device: device.clone(),
+        })
+    }
+
+    /// Run on a token batch after checking it against the model (ids in the vocabulary, length
+    /// within the context, taps that exist).
+    pub fn forward(&self, tokens: &TokenBatch, options: &ForwardOptions) -> Result<ForwardOutput> {
+        Transformer::check_request(&self.config, tokens.shape(), options)?;
+        let vocab = self.config.vocab_size();
+        if let Some(bad) = tokens.ids().iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
+        Ok(self.model.forward(tokens.to_tensor(&self.device), options))
+    }
+}

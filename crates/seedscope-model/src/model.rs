@@ -1,0 +1,556 @@
+//! GPT-2 and GPT-NeoX forward passes with MLP taps.
+//!
+//! Both architectures share the [`Mlp`] (where the taps and neuron patches live) and the
+//! causal self-attention core; they differ in how attention is projected and positioned
+//! (learned positions vs partial rotary) and in the residual wiring (sequential vs parallel).
+//! References: `transformers/models/gpt2/modeling_gpt2.py` and
+//! `transformers/models/gpt_neox/modeling_gpt_neox.py` (4.46).
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
+use burn::tensor::module::linear;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
+use crate::error::{ModelError, Result};
+use crate::hooks::{ForwardOptions, HookPoint, NeuronPatch};
+use crate::weights::Checkpoint;
+
+/// What a forward pass returns: the requested taps and, if asked, the logits.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[batch, seq, d_mlp]` for every requested hook point.
+    pub taps: BTreeMap<HookPoint, Tensor<3>>,
+    /// `[batch, seq, vocab]` when logits were requested.
+    pub logits: Option<Tensor<3>>,
+}
+
+/// The MLP of one block: `W_out · act(W_in · x + b_in) + b_out`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `W_in`, `[d_model, d_mlp]` (GPT-2 `c_fc`, NeoX `dense_h_to_4h`).
+    pub w_in: Linear,
+    /// `W_out`, `[d_mlp, d_model]` (GPT-2 `c_proj`, NeoX `dense_4h_to_h`).
+    pub w_out: Linear,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl Mlp {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        layer: usize,
+        options: &ForwardOptions,
+        taps: &mut BTreeMap<HookPoint, Tensor<3>>,
+    ) -> Tensor<3> {
+        let pre = self.w_in.forward(x);
+        let mut post = match self.activation {
+            Activation::GeluTanh => gelu_approximate(pre.clone()),
+            Activation::GeluErf => gelu(pre.clone()),
+            Activation::Relu => relu(pre.clone()),
+        };
+        let patches: Vec<&NeuronPatch> = options
+            .patches
+            .iter()
+            .filter(|p| p.layer == layer)
+            .collect();
+        if !patches.is_empty() {
+            post = patch_neurons(post, &patches);
+        }
+        if options.taps.contains(&HookPoint::pre(layer)) {
+            taps.insert(HookPoint::pre(layer), pre);
+        }
+        if options.taps.contains(&HookPoint::post(layer)) {
+            taps.insert(HookPoint::post(layer), post.clone());
+        }
+        self.w_out.forward(post)
+    }
+}
+
+/// `post * (1 - mask) + values`, with `mask` and `values` non-zero only at patched neurons.
+fn patch_neurons(post: Tensor<3>, patches: &[&NeuronPatch]) -> Tensor<3> {
+    let d_mlp = post.dims()[2];
+    let device = post.device();
+    let mut keep = vec![1.0f32; d_mlp];
+    let mut values = vec![0.0f32; d_mlp];
+    for p in patches {
+        keep[p.neuron] = 0.0;
+        values[p.neuron] = p.value;
+    }
+    let keep = Tensor::<1>::from_data(TensorData::new(keep, [d_mlp]), &device);
+    let values = Tensor::<1>::from_data(TensorData::new(values, [d_mlp]), &device);
+    post * keep.reshape([1, 1, d_mlp]) + values.reshape([1, 1, d_mlp])
+}
+
+/// Causal softmax attention over `[batch, heads, seq, head_dim]` queries, keys and values,
+/// returning `[batch, seq, heads * head_dim]`.
+fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let mask = causal_mask(seq, &scores.device()).expand([batch, heads, seq, seq]);
+    // transformers fills masked scores with the dtype's minimum, so a fully masked row
+    // cannot occur and the softmax of a row sees exactly the allowed positions.
+    let scores = scores.mask_fill(mask, f32::MIN);
+    let probs = softmax(scores, 3);
+    probs
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([batch, seq, heads * head_dim])
+}
+
+/// `[1, 1, seq, seq]`, true above the diagonal (the future, to be masked).
+fn causal_mask(seq: usize, device: &Device) -> Tensor<4, Bool> {
+    let idx = Tensor::<1, Int>::arange(0..seq as i64, device);
+    let rows = idx.clone().reshape([seq, 1]);
+    let cols = idx.reshape([1, seq]);
+    cols.greater(rows).reshape([1, 1, seq, seq])
+}
+
+/// One GPT-2 block: `x + attn(ln_1 x)`, then `x + mlp(ln_2 x)`.
+#[derive(Module, Debug)]
+pub struct Gpt2Block {
+    /// `ln_1`.
+    pub ln_1: LayerNorm,
+    /// `attn.c_attn`: fused query, key and value projection, `[d, 3d]`.
+    pub c_attn: Linear,
+    /// `attn.c_proj`.
+    pub c_proj: Linear,
+    /// `ln_2`.
+    pub ln_2: LayerNorm,
+    /// `mlp`.
+    pub mlp: Mlp,
+    #[module(skip)]
+    n_head: usize,
+    #[module(skip)]
+    attn_scale: f64,
+}
+
+impl Gpt2Block {
+    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, d] = x.dims();
+        let head_dim = d / self.n_head;
+        let qkv = self.c_attn.forward(x);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * d, d)
+                .reshape([batch, seq, self.n_head, head_dim])
+                .swap_dims(1, 2)
+        };
+        let out = causal_attention(split(0), split(1), split(2), self.attn_scale);
+        self.c_proj.forward(out)
+    }
+}
+
+/// GPT-2 with a tied unembedding.
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    /// Token embedding `wte`, also the unembedding.
+    pub wte: Embedding,
+    /// Learned positions `wpe`.
+    pub wpe: Embedding,
+    /// The blocks `h.{i}`.
+    pub blocks: Vec<Gpt2Block>,
+    /// Final norm `ln_f`.
+    pub ln_f: LayerNorm,
+}
+
+impl Gpt2 {
+    fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
+        let [_, seq] = tokens.dims();
+        let device = tokens.device();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
+        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let mut taps = BTreeMap::new();
+        let run = options.layers_to_run(self.blocks.len());
+        for (layer, block) in self.blocks.iter().take(run).enumerate() {
+            x = x.clone() + block.attention(block.ln_1.forward(x));
+            x = x.clone()
+                + block
+                    .mlp
+                    .forward(block.ln_2.forward(x), layer, options, &mut taps);
+        }
+        let logits = wants_logits(options, run, self.blocks.len()).then(|| {
+            let x = self.ln_f.forward(x);
+            linear(x, self.wte.weight.val().transpose(), None)
+        });
+        ForwardOutput { taps, logits }
+    }
+}
+
+fn wants_logits(options: &ForwardOptions, run: usize, n_layers: usize) -> bool {
+    options.logits && options.stop_at_layer.is_none() && run == n_layers
+}
+
+/// One GPT-NeoX block with partial rotary attention.
+#[derive(Module, Debug)]
+pub struct NeoXBlock {
+    /// `input_layernorm`.
+    pub input_layernorm: LayerNorm,
+    /// `post_attention_layernorm`.
+    pub post_attention_layernorm: LayerNorm,
+    /// `attention.query_key_value`, per-head interleaved `[q | k | v]`.
+    pub query_key_value: Linear,
+    /// `attention.dense`.
+    pub dense: Linear,
+    /// `mlp`.
+    pub mlp: Mlp,
+    #[module(skip)]
+    n_head: usize,
+    #[module(skip)]
+    rotary_ndims: usize,
+    #[module(skip)]
+    rotary_base: f64,
+    #[module(skip)]
+    parallel_residual: bool,
+}
+
+impl NeoXBlock {
+    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, d] = x.dims();
+        let head_dim = d / self.n_head;
+        let qkv = self
+            .query_key_value
+            .forward(x)
+            .reshape([batch, seq, self.n_head, 3 * head_dim])
+            .swap_dims(1, 2);
+        let part = |i: usize| qkv.clone().narrow(3, i * head_dim, head_dim);
+        let (cos, sin) = rotary_tables(seq, self.rotary_ndims, self.rotary_base, &qkv.device());
+        let q = self.rotate(part(0), &cos, &sin);
+        let k = self.rotate(part(1), &cos, &sin);
+        let out = causal_attention(q, k, part(2), 1.0 / (head_dim as f64).sqrt());
+        self.dense.forward(out)
+    }
+
+    /// Apply rotary embedding to the first `rotary_ndims` dimensions of each head.
+    fn rotate(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+        let rot = self.rotary_ndims;
+        if rot == 0 {
+            return x;
+        }
+        let head_dim = x.dims()[3];
+        let x_rot = x.clone().narrow(3, 0, rot);
+        let half = rot / 2;
+        let rotated_half = Tensor::cat(
+            vec![
+                x_rot.clone().narrow(3, half, half).neg(),
+                x_rot.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let x_rot = x_rot * cos.clone() + rotated_half * sin.clone();
+        if rot == head_dim {
+            x_rot
+        } else {
+            Tensor::cat(vec![x_rot, x.narrow(3, rot, head_dim - rot)], 3)
+        }
+    }
+}
+
+/// `cos` and `sin` of `[1, 1, seq, rot]` for positions `0..seq`, as GPT-NeoX builds them
+/// (`emb = cat(freqs, freqs)`).
+fn rotary_tables(seq: usize, rot: usize, base: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let half = rot / 2;
+    let mut cos = Vec::with_capacity(seq * rot);
+    let mut sin = Vec::with_capacity(seq * rot);
+    for pos in 0..seq {
+        for i in 0..rot {
+            let inv_freq = 1.0 / base.powf((2 * (i % half.max(1))) as f64 / rot as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, seq, rot]), device);
+    (table(cos), table(sin))
+}
+
+/// GPT-NeoX / Pythia with an untied `embed_out`.
+#[derive(Module, Debug)]
+pub struct NeoX {
+    /// `gpt_neox.embed_in`.
+    pub embed_in: Embedding,
+    /// `gpt_neox.layers.{i}`.
+    pub blocks: Vec<NeoXBlock>,
+    /// `gpt_neox.final_layer_norm`.
+    pub final_layer_norm: LayerNorm,
+    /// `embed_out.weight`, `[vocab, d]`.
+    pub embed_out: Param<Tensor<2>>,
+}
+
+impl NeoX {
+    fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
+        let mut x = self.embed_in.forward(tokens);
+        let mut taps = BTreeMap::new();
+        let run = options.layers_to_run(self.blocks.len());
+        for (layer, block) in self.blocks.iter().take(run).enumerate() {
+            let attn = block.attention(block.input_layernorm.forward(x.clone()));
+            if block.parallel_residual {
+                let mlp_in = block.post_attention_layernorm.forward(x.clone());
+                let mlp = block.mlp.forward(mlp_in, layer, options, &mut taps);
+                x = x + attn + mlp;
+            } else {
+                x = x + attn;
+                let mlp_in = block.post_attention_layernorm.forward(x.clone());
+                x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut taps);
+            }
+        }
+        let logits = wants_logits(options, run, self.blocks.len()).then(|| {
+            let x = self.final_layer_norm.forward(x);
+            linear(x, self.embed_out.val().transpose(), None)
+        });
+        ForwardOutput { taps, logits }
+    }
+}
+
+/// A loaded model of either architecture.
+#[derive(Module, Debug)]
+pub enum Transformer {
+    /// GPT-2.
+    Gpt2(Gpt2),
+    /// GPT-NeoX / Pythia.
+    NeoX(NeoX),
+}
+
+impl Transformer {
+    /// Run the model on `[batch, seq]` token ids.
+    ///
+    /// Only the blocks needed for the requested taps (or `stop_at_layer`) run, and only the
+    /// requested taps are kept.
+    pub fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
+        match self {
+            Self::Gpt2(m) => m.forward(tokens, options),
+            Self::NeoX(m) => m.forward(tokens, options),
+        }
+    }
+
+    /// Check `options` and a token batch of `[batch, seq]` against the configuration, so that
+    /// a bad request is an error rather than a panic inside the forward pass.
+    pub fn check_request(
+        config: &ModelConfig,
+        shape: [usize; 2],
+        options: &ForwardOptions,
+    ) -> Result<()> {
+        let n_layers = config.n_layers();
+        let [batch, seq] = shape;
+        if batch == 0 || seq == 0 {
+            return Err(ModelError::Input(format!("empty token batch {shape:?}")));
+        }
+        let max = config.max_positions();
+        if seq > max {
+            return Err(ModelError::Input(format!(
+                "sequences of {seq} tokens exceed the model's {max} positions"
+            )));
+        }
+        let run = options.layers_to_run(n_layers);
+        if let Some(h) = options.taps.iter().find(|h| h.layer >= run) {
+            return Err(ModelError::Input(format!(
+                "tap {h} lies beyond the {run} blocks that run (the model has {n_layers})"
+            )));
+        }
+        if options.logits && options.stop_at_layer.is_some() {
+            return Err(ModelError::Input(
+                "logits need the full model; drop stop_at_layer".into(),
+            ));
+        }
+        for p in &options.patches {
+            if p.layer >= n_layers || p.neuron >= config.d_mlp() {
+                return Err(ModelError::Input(format!(
+                    "patch of neuron L{}N{} is outside the model ({n_layers} layers of {} neurons)",
+                    p.layer,
+                    p.neuron,
+                    config.d_mlp()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the model from a checkpoint, by the Hugging Face parameter names.
+    pub fn load(config: &ModelConfig, checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        match config {
+            ModelConfig::Gpt2(c) => load_gpt2(c, checkpoint, device).map(Self::Gpt2),
+            ModelConfig::NeoX(c) => load_neox(c, checkpoint, device).map(Self::NeoX),
+        }
+    }
+}
+
+/// Looks parameters up by name under a prefix and builds Burn modules from them.
+struct Loader<'a> {
+    checkpoint: &'a Checkpoint,
+    device: &'a Device,
+    prefix: String,
+}
+
+impl Loader<'_> {
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        self.tensor_at(&self.name(name), shape)
+    }
+
+    /// A tensor by its full checkpoint name, ignoring the prefix.
+    fn tensor_at<const D: usize>(&self, full_name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let values = self.checkpoint.f32(full_name, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
+    }
+
+    /// A `Conv1D`-style weight stored `[in, out]` (GPT-2), which is Burn's `Linear` layout.
+    fn conv1d(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [d_in, d_out])?),
+            bias: Some(Param::from_tensor(
+                self.tensor(&format!("{name}.bias"), [d_out])?,
+            )),
+        })
+    }
+
+    /// A `torch.nn.Linear` weight stored `[out, in]`, transposed into Burn's layout.
+    fn torch_linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+        let weight = self
+            .tensor(&format!("{name}.weight"), [d_out, d_in])?
+            .transpose();
+        let bias = if bias {
+            Some(Param::from_tensor(
+                self.tensor(&format!("{name}.bias"), [d_out])?,
+            ))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    }
+
+    fn layer_norm(&self, name: &str, d: usize, epsilon: f64) -> Result<LayerNorm> {
+        let mut ln = LayerNormConfig::new(d)
+            .with_epsilon(epsilon)
+            .init(self.device);
+        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.weight"), [d])?);
+        ln.beta = Some(Param::from_tensor(
+            self.tensor(&format!("{name}.bias"), [d])?,
+        ));
+        Ok(ln)
+    }
+
+    fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
+        })
+    }
+}
+
+/// The prefix under which a checkpoint keeps the base model (`transformer.` for a saved
+/// `GPT2LMHeadModel`, none for a bare `GPT2Model`).
+fn detect_prefix(checkpoint: &Checkpoint, prefix: &str, probe: &str) -> String {
+    if checkpoint.contains(&format!("{prefix}{probe}")) {
+        prefix.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+fn load_gpt2(c: &Gpt2Config, checkpoint: &Checkpoint, device: &Device) -> Result<Gpt2> {
+    let l = Loader {
+        checkpoint,
+        device,
+        prefix: detect_prefix(checkpoint, "transformer.", "wte.weight"),
+    };
+    let (d, d_mlp) = (c.n_embd, c.d_mlp());
+    let head_dim = d / c.n_head;
+    let blocks = (0..c.n_layer)
+        .map(|i| {
+            let h = format!("h.{i}");
+            let mut scale = 1.0;
+            if c.scale_attn_weights {
+                scale /= (head_dim as f64).sqrt();
+            }
+            if c.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            Ok(Gpt2Block {
+                ln_1: l.layer_norm(&format!("{h}.ln_1"), d, c.layer_norm_epsilon)?,
+                c_attn: l.conv1d(&format!("{h}.attn.c_attn"), d, 3 * d)?,
+                c_proj: l.conv1d(&format!("{h}.attn.c_proj"), d, d)?,
+                ln_2: l.layer_norm(&format!("{h}.ln_2"), d, c.layer_norm_epsilon)?,
+                mlp: Mlp {
+                    w_in: l.conv1d(&format!("{h}.mlp.c_fc"), d, d_mlp)?,
+                    w_out: l.conv1d(&format!("{h}.mlp.c_proj"), d_mlp, d)?,
+                    activation: c.activation,
+                },
+                n_head: c.n_head,
+                attn_scale: scale,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Gpt2 {
+        wte: l.embedding("wte", c.vocab_size, d)?,
+        wpe: l.embedding("wpe", c.n_positions, d)?,
+        blocks,
+        ln_f: l.layer_norm("ln_f", d, c.layer_norm_epsilon)?,
+    })
+}
+
+fn load_neox(c: &NeoXConfig, checkpoint: &Checkpoint, device: &Device) -> Result<NeoX> {
+    let l = Loader {
+        checkpoint,
+        device,
+        prefix: detect_prefix(checkpoint, "gpt_neox.", "embed_in.weight"),
+    };
+    let (d, d_mlp) = (c.hidden_size, c.intermediate_size);
+    let blocks = (0..c.num_hidden_layers)
+        .map(|i| {
+            let h = format!("layers.{i}");
+            Ok(NeoXBlock {
+                input_layernorm: l.layer_norm(
+                    &format!("{h}.input_layernorm"),
+                    d,
+                    c.layer_norm_eps,
+                )?,
+                post_attention_layernorm: l.layer_norm(
+                    &format!("{h}.post_attention_layernorm"),
+                    d,
+                    c.layer_norm_eps,
+                )?,
+                query_key_value: l.torch_linear(
+                    &format!("{h}.attention.query_key_value"),
+                    d,
+                    3 * d,
+                    c.attention_bias,
+                )?,
+                dense: l.torch_linear(&format!("{h}.attention.dense"), d, d, c.attention_bias)?,
+                mlp: Mlp {
+                    w_in: l.torch_linear(&format!("{h}.mlp.dense_h_to_4h"), d, d_mlp, true)?,
+                    w_out: l.torch_linear(&format!("{h}.mlp.dense_4h_to_h"), d_mlp, d, true)?,
+                    activation: c.activation,
+                },
+                n_head: c.num_attention_heads,
+                rotary_ndims: c.rotary_ndims(),
+                rotary_base: c.rotary_emb_base,
+                parallel_residual: c.use_parallel_residual,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let embed_in = l.embedding("embed_in", c.vocab_size, d)?;
+    // `embed_out` sits outside the `gpt_neox.` prefix; a tied model may omit it.
+    let embed_out = if c.tie_word_embeddings && !checkpoint.contains("embed_out.weight") {
+        embed_in.weight.val()
+    } else {
+        l.tensor_at("embed_out.weight", [c.vocab_size, d])?
+    };
+    Ok(NeoX {
+        final_layer_norm: l.layer_norm("final_layer_norm", d, c.layer_norm_eps)?,
+        embed_in,
+        blocks,
+        embed_out: Param::from_tensor(embed_out),
+    })
+}

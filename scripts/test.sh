@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command (README, second command; .ci/run calls it).
+# Installs what the tests need on a fresh Debian machine (lavapipe, a Vulkan driver that runs on
+# the CPU, so the wgpu tests run WGSL for real), then format, clippy and the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ldconfig -p | grep -q libvulkan.so.1 || ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+# One persistent target directory and one profile (release) for tests, benches and the CLI,
+# so a machine that built once reuses it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedscope-target}"
+
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo test --release --workspace

@@ -1,0 +1,79 @@
+//! `seedscope bench-forward`: forward throughput of the neuron pass, for comparing backends
+//! (and, through scripts/bench_forward.py, against PyTorch on the same weights).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use seedscope_model::{
+    BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch,
+};
+
+/// Options of `seedscope bench-forward`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Compute backend.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Timed iterations (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+}
+
+/// Time the all-neurons pass (every `hook_pre`/`hook_post`, stopping after the last MLP) and
+/// print one JSON line with tokens per second.
+pub fn run(args: &Args) -> Result<()> {
+    let device = ComputeDevice::open(args.backend)?;
+    let model = LoadedModel::load(&args.model, &device.device)?;
+    let n = args.batch * args.seq_len;
+    let vocab = model.config.vocab_size() as u64;
+    // A fixed pseudo-random token stream (64-bit LCG), the same on every run.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let ids = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            ((state >> 33) % vocab) as u32
+        })
+        .collect();
+    let tokens = TokenBatch::new(ids, args.batch, args.seq_len)?;
+    let layers = model.config.n_layers();
+    let options = ForwardOptions::all_neurons(layers);
+    let last = HookPoint::post(layers - 1);
+    let pass = || -> Result<f64> {
+        let start = Instant::now();
+        let out = model.forward(&tokens, &options)?;
+        // Reading one reduction back forces the whole (lazy, asynchronous) graph to run.
+        let sum = out.taps[&last].clone().sum().into_scalar::<f32>();
+        anyhow::ensure!(sum.is_finite(), "non-finite activations");
+        Ok(start.elapsed().as_secs_f64())
+    };
+    pass()?;
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters.max(1) {
+        times.push(pass()?);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"backend\":\"{}\",\"device\":{:?},\"batch\":{},\"seq_len\":{},\"seconds\":{:.4},\"tokens_per_s\":{:.1}}}",
+        device.kind,
+        device.describe(),
+        args.batch,
+        args.seq_len,
+        median,
+        n as f64 / median
+    );
+    Ok(())
+}

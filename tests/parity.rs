@@ -1,0 +1,136 @@
+//! Parity with Hugging Face transformers: neuron activations within 1e-4 and logits within
+//! 1e-3 (f32) on every fixture, on the CPU backend and on wgpu (lavapipe in CI).
+
+mod common;
+
+use common::{Reference, device, fixture, max_abs_diff};
+use seedscope_model::{BackendKind, ForwardOptions, HookPoint, LoadedModel, NeuronPatch};
+
+const FIXTURES: [&str; 4] = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16", "neox-rotary"];
+
+fn check_parity(backend: BackendKind) {
+    let device = device(backend);
+    eprintln!("device: {}", device.describe());
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let model = LoadedModel::load(&dir, &device.device).expect("load fixture");
+        let reference = Reference::load(&dir);
+        let mut options = ForwardOptions::all_neurons(model.config.n_layers());
+        options.stop_at_layer = None;
+        options.logits = true;
+        let out = model
+            .forward(&reference.tokens(), &options)
+            .expect("forward");
+        let mut worst_neuron = 0.0f32;
+        for (hook, tensor) in &out.taps {
+            let (want, shape) = reference.get(&hook.to_string());
+            assert_eq!(&tensor.dims().to_vec(), shape, "{name} {hook} shape");
+            let got = tensor.to_data().try_into_vec::<f32>().expect("f32 data");
+            let err = max_abs_diff(&got, want);
+            assert!(
+                err < 1e-4,
+                "{name} {hook}: max abs error {err:e} vs transformers"
+            );
+            worst_neuron = worst_neuron.max(err);
+        }
+        assert_eq!(
+            out.taps.len(),
+            2 * model.config.n_layers(),
+            "{name}: every tap present"
+        );
+        let logits = out.logits.expect("logits requested");
+        let (want, shape) = reference.get("logits");
+        assert_eq!(&logits.dims().to_vec(), shape);
+        let err = max_abs_diff(
+            &logits.into_data().try_into_vec::<f32>().expect("f32"),
+            want,
+        );
+        assert!(
+            err < 1e-3,
+            "{name} logits: max abs error {err:e} vs transformers"
+        );
+        eprintln!("{backend} {name}: max |Δ| neurons {worst_neuron:.2e}, logits {err:.2e}");
+    }
+}
+
+#[test]
+fn parity_cpu() {
+    check_parity(BackendKind::Cpu);
+}
+
+#[test]
+fn parity_wgpu() {
+    check_parity(BackendKind::Wgpu);
+}
+
+#[test]
+fn stop_at_layer_returns_only_what_was_asked() {
+    let device = device(BackendKind::Cpu);
+    let dir = fixture("neox-rotary");
+    let model = LoadedModel::load(&dir, &device.device).expect("load");
+    let reference = Reference::load(&dir);
+    let mut options = ForwardOptions::default();
+    options.taps.insert(HookPoint::post(1));
+    options.stop_at_layer = Some(2);
+    let out = model
+        .forward(&reference.tokens(), &options)
+        .expect("forward");
+    assert!(out.logits.is_none());
+    assert_eq!(
+        out.taps.keys().copied().collect::<Vec<_>>(),
+        vec![HookPoint::post(1)]
+    );
+    let got = out.taps[&HookPoint::post(1)]
+        .to_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+    let err = max_abs_diff(&got, &reference.get("blocks.1.mlp.hook_post").0);
+    assert!(err < 1e-4, "early stop changed layer 1: {err:e}");
+
+    options.taps.insert(HookPoint::pre(2));
+    let err = model
+        .forward(&reference.tokens(), &options)
+        .expect_err("tap beyond stop");
+    assert!(err.to_string().contains("blocks.2.mlp.hook_pre"), "{err}");
+}
+
+#[test]
+fn neuron_patch_sets_post_activation_and_moves_downstream() {
+    let device = device(BackendKind::Cpu);
+    let dir = fixture("gpt2-plain");
+    let model = LoadedModel::load(&dir, &device.device).expect("load");
+    let reference = Reference::load(&dir);
+    let tokens = reference.tokens();
+    let mut options = ForwardOptions::all_neurons(model.config.n_layers());
+    options.patches.push(NeuronPatch {
+        layer: 0,
+        neuron: 5,
+        value: 3.25,
+    });
+    let out = model.forward(&tokens, &options).expect("forward");
+    let d_mlp = model.config.d_mlp();
+    let post0 = out.taps[&HookPoint::post(0)]
+        .to_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+    let (clean0, _) = reference.get("blocks.0.mlp.hook_post");
+    for (i, (&got, &clean)) in post0.iter().zip(clean0).enumerate() {
+        let want = if i % d_mlp == 5 { 3.25 } else { clean };
+        assert!((got - want).abs() < 1e-4, "position {i}: {got} vs {want}");
+    }
+    let pre1 = out.taps[&HookPoint::pre(1)]
+        .to_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+    let moved = max_abs_diff(&pre1, &reference.get("blocks.1.mlp.hook_pre").0);
+    assert!(
+        moved > 1e-3,
+        "patching L0N5 must change layer 1 (moved {moved})"
+    );
+
+    options.patches[0].neuron = d_mlp;
+    assert!(
+        model.forward(&tokens, &options).is_err(),
+        "out-of-range neuron is refused"
+    );
+}
