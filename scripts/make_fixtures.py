@@ -146,10 +146,18 @@ def main() -> None:
         "neox-rotary", neox, tok, {"max_shard_size": "40KB"},
         lambda m: [l.mlp for l in m.gpt_neox.layers], "act", "dense_h_to_4h", GPTNeoXForCausalLM,
     )
-    json.dump(
-        {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        open(ROOT / "versions.json", "w"), indent=2,
-    )
+    # What the Hugging Face tokenizer gives for a text, with BOS prepended as TransformerLens
+    # `to_tokens` does (the fixture tokenizer is the same in every fixture directory).
+    sample = "Thou art more lovely,\n and 2024 winds\tdo shake -- the darling buds!"
+    ids = [tok.token_to_id("<|endoftext|>")] + tok.encode(sample, add_special_tokens=False).ids
+    with open(ROOT / "tokenizer-reference.json", "w") as f:
+        json.dump({"text": sample, "ids_with_bos": ids}, f, indent=1)
+    with open(ROOT / "versions.json", "w") as f:
+        json.dump(
+            {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+             "tokenizers": __import__("tokenizers").__version__},
+            f, indent=2,
+        )
 
 
 if __name__ == "__main__":

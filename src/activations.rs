@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::FloatDType;
 use clap::Args as ClapArgs;
 use seedscope_data::{TextTokenizer, pack_rows, read_tokens_npy};
 use seedscope_model::{BackendKind, ComputeDevice, ForwardOptions, LoadedModel, TokenBatch};
@@ -42,6 +43,31 @@ pub struct Args {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Compute dtype (weights are converted to it whatever the checkpoint stores; outputs are
+    /// always written as f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDtype,
+}
+
+/// The float types a model can compute in.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDtype {
+    /// 32-bit float: matches transformers within 1e-4.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl From<ComputeDtype> for FloatDType {
+    fn from(d: ComputeDtype) -> Self {
+        match d {
+            ComputeDtype::F32 => FloatDType::F32,
+            ComputeDtype::F16 => FloatDType::F16,
+            ComputeDtype::Bf16 => FloatDType::BF16,
+        }
+    }
 }
 
 impl Args {
@@ -57,6 +83,7 @@ impl Args {
             logits: true,
             backend: BackendKind::Auto,
             batch_size: 16,
+            dtype: ComputeDtype::F32,
         }
     }
 }
@@ -68,7 +95,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let device = ComputeDevice::open(args.backend)?;
     eprintln!("device: {}", device.describe());
-    let model = LoadedModel::load(&args.model, &device.device)?;
+    let model = LoadedModel::load_with_dtype(&args.model, &device.device, args.dtype.into())?;
     let tokens = input_tokens(args, &model)?;
     let [n_seq, seq_len] = tokens.shape();
     eprintln!(
@@ -95,6 +122,7 @@ pub fn run(args: &Args) -> Result<()> {
         for (name, tensor) in named {
             let width = tensor.dims()[2];
             let data = tensor
+                .cast(FloatDType::F32)
                 .into_data()
                 .try_into_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))?;

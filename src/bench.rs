@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::tensor::FloatDType;
 use clap::Args as ClapArgs;
 use seedscope_model::{
     BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch,
@@ -25,6 +26,9 @@ pub struct Args {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
+    /// Compute dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::activations::ComputeDtype,
     /// Timed iterations (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
@@ -34,7 +38,7 @@ pub struct Args {
 /// print one JSON line with tokens per second.
 pub fn run(args: &Args) -> Result<()> {
     let device = ComputeDevice::open(args.backend)?;
-    let model = LoadedModel::load(&args.model, &device.device)?;
+    let model = LoadedModel::load_with_dtype(&args.model, &device.device, args.dtype.into())?;
     let n = args.batch * args.seq_len;
     let vocab = model.config.vocab_size() as u64;
     // A fixed pseudo-random token stream (64-bit LCG), the same on every run.
@@ -55,7 +59,11 @@ pub fn run(args: &Args) -> Result<()> {
         let start = Instant::now();
         let out = model.forward(&tokens, &options)?;
         // Reading one reduction back forces the whole (lazy, asynchronous) graph to run.
-        let sum = out.taps[&last].clone().sum().into_scalar::<f32>();
+        let sum = out.taps[&last]
+            .clone()
+            .cast(FloatDType::F32)
+            .sum()
+            .into_scalar::<f32>();
         anyhow::ensure!(sum.is_finite(), "non-finite activations");
         Ok(start.elapsed().as_secs_f64())
     };
@@ -67,8 +75,9 @@ pub fn run(args: &Args) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{{\"backend\":\"{}\",\"device\":{:?},\"batch\":{},\"seq_len\":{},\"seconds\":{:.4},\"tokens_per_s\":{:.1}}}",
+        "{{\"backend\":\"{}\",\"dtype\":\"{:?}\",\"device\":{:?},\"batch\":{},\"seq_len\":{},\"seconds\":{:.4},\"tokens_per_s\":{:.1}}}",
         device.kind,
+        args.dtype,
         device.describe(),
         args.batch,
         args.seq_len,

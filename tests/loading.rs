@@ -283,8 +283,17 @@ static SAFETENSORS: &[u8] = include_bytes!("fixtures/gpt2-plain/model.safetensor
 static PICKLE: &[u8] = include_bytes!("fixtures/gpt2-crfm-fp16/pytorch_model.bin");
 static CONFIG: &[u8] = include_bytes!("fixtures/neox-rotary/config.json");
 
+/// 64 cases per property by default; `PROPTEST_CASES=N` runs a longer fuzzing session.
+fn fuzz_config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    ProptestConfig::with_cases(cases)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_config())]
 
     #[test]
     fn parsers_survive_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

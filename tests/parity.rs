@@ -134,3 +134,35 @@ fn neuron_patch_sets_post_activation_and_moves_downstream() {
         "out-of-range neuron is refused"
     );
 }
+
+/// f16 and bf16 compute: the weights are converted, the taps come out in that dtype, and the
+/// activations stay close to the f32 reference (rounding of an 8- or 11-bit mantissa).
+#[test]
+fn reduced_precision_compute_tracks_the_f32_reference() {
+    use burn::tensor::{DType, FloatDType};
+    let device = device(BackendKind::Cpu);
+    for (dtype, tolerance) in [(FloatDType::F16, 0.05), (FloatDType::BF16, 0.3)] {
+        for name in ["gpt2-crfm-fp16", "neox-rotary"] {
+            let dir = fixture(name);
+            let model =
+                LoadedModel::load_with_dtype(&dir, &device.device, dtype).expect("load fixture");
+            let reference = Reference::load(&dir);
+            let options = ForwardOptions::all_neurons(model.config.n_layers());
+            let out = model
+                .forward(&reference.tokens(), &options)
+                .expect("forward");
+            let mut worst = 0.0f32;
+            for (hook, tensor) in out.taps {
+                assert_eq!(tensor.dtype(), DType::from(dtype), "{name} {hook} dtype");
+                let got = tensor
+                    .cast(FloatDType::F32)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32");
+                worst = worst.max(max_abs_diff(&got, &reference.get(&hook.to_string()).0));
+            }
+            eprintln!("{dtype:?} {name}: max |Δ| neurons {worst:.2e}");
+            assert!(worst < tolerance, "{dtype:?} {name}: {worst}");
+        }
+    }
+}

@@ -370,10 +370,10 @@ fn neox_from(f: &Fields) -> Result<NeoXConfig> {
     // since transformers 4.56 a `rope_parameters` object holding the latter two.
     let rope = f.get("rope_parameters");
     let rope_field = |key: &str| rope.and_then(|r| r.get(key)).filter(|v| !v.is_null());
-    if let Some(kind) = rope_field("rope_type").and_then(Value::as_str) {
-        if kind != "default" {
-            return Err(f.unsupported(format!("rope_type `{kind}` (only `default`)")));
-        }
+    if let Some(kind) = rope_field("rope_type").and_then(Value::as_str)
+        && kind != "default"
+    {
+        return Err(f.unsupported(format!("rope_type `{kind}` (only `default`)")));
     }
     if f.get("rope_scaling").is_some() {
         return Err(f.unsupported("rope_scaling (only unscaled rotary)".into()));

@@ -19,7 +19,7 @@ mod weights;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 pub use backend::{BackendKind, ComputeDevice, NoAdapter};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
@@ -93,12 +93,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Load a Hugging Face model directory or cache entry onto `device`.
+    /// Load a Hugging Face model directory or cache entry onto `device`, computing in f32
+    /// (fp16 and bf16 checkpoints are upcast, as transformers does by default).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(path, device, FloatDType::F32)
+    }
+
+    /// Like [`load`](Self::load), with parameters and computation in `dtype` (f32, f16 or
+    /// bf16) whatever the checkpoint stores.
+    pub fn load_with_dtype(path: &Path, device: &Device, dtype: FloatDType) -> Result<Self> {
         let dir = resolve_model_dir(path)?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open_dir(&dir)?;
-        let model = Transformer::load(&config, &checkpoint, device)?;
+        let model = Transformer::load(&config, &checkpoint, device, dtype)?;
         Ok(Self {
             config,
             model,

@@ -12,7 +12,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
 use burn::tensor::module::linear;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 use crate::error::{ModelError, Result};
@@ -81,8 +81,9 @@ fn patch_neurons(post: Tensor<3>, patches: &[&NeuronPatch]) -> Tensor<3> {
         keep[p.neuron] = 0.0;
         values[p.neuron] = p.value;
     }
-    let keep = Tensor::<1>::from_data(TensorData::new(keep, [d_mlp]), &device);
-    let values = Tensor::<1>::from_data(TensorData::new(values, [d_mlp]), &device);
+    let dtype = post.dtype();
+    let keep = Tensor::<1>::from_data(TensorData::new(keep, [d_mlp]), (&device, dtype));
+    let values = Tensor::<1>::from_data(TensorData::new(values, [d_mlp]), (&device, dtype));
     post * keep.reshape([1, 1, d_mlp]) + values.reshape([1, 1, d_mlp])
 }
 
@@ -218,7 +219,13 @@ impl NeoXBlock {
             .reshape([batch, seq, self.n_head, 3 * head_dim])
             .swap_dims(1, 2);
         let part = |i: usize| qkv.clone().narrow(3, i * head_dim, head_dim);
-        let (cos, sin) = rotary_tables(seq, self.rotary_ndims, self.rotary_base, &qkv.device());
+        let (cos, sin) = rotary_tables(
+            seq,
+            self.rotary_ndims,
+            self.rotary_base,
+            &qkv.device(),
+            qkv.dtype(),
+        );
         let q = self.rotate(part(0), &cos, &sin);
         let k = self.rotate(part(1), &cos, &sin);
         let out = causal_attention(q, k, part(2), 1.0 / (head_dim as f64).sqrt());
@@ -252,7 +259,13 @@ impl NeoXBlock {
 
 /// `cos` and `sin` of `[1, 1, seq, rot]` for positions `0..seq`, as GPT-NeoX builds them
 /// (`emb = cat(freqs, freqs)`).
-fn rotary_tables(seq: usize, rot: usize, base: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
+fn rotary_tables(
+    seq: usize,
+    rot: usize,
+    base: f64,
+    device: &Device,
+    dtype: DType,
+) -> (Tensor<4>, Tensor<4>) {
     let half = rot / 2;
     let mut cos = Vec::with_capacity(seq * rot);
     let mut sin = Vec::with_capacity(seq * rot);
@@ -264,7 +277,8 @@ fn rotary_tables(seq: usize, rot: usize, base: f64, device: &Device) -> (Tensor<
             sin.push(angle.sin() as f32);
         }
     }
-    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, seq, rot]), device);
+    let table =
+        |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, seq, rot]), (device, dtype));
     (table(cos), table(sin))
 }
 
@@ -369,11 +383,17 @@ impl Transformer {
         Ok(())
     }
 
-    /// Build the model from a checkpoint, by the Hugging Face parameter names.
-    pub fn load(config: &ModelConfig, checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+    /// Build the model from a checkpoint, by the Hugging Face parameter names, with its
+    /// parameters (and so its computation) in `dtype` whatever the checkpoint stores.
+    pub fn load(
+        config: &ModelConfig,
+        checkpoint: &Checkpoint,
+        device: &Device,
+        dtype: FloatDType,
+    ) -> Result<Self> {
         match config {
-            ModelConfig::Gpt2(c) => load_gpt2(c, checkpoint, device).map(Self::Gpt2),
-            ModelConfig::NeoX(c) => load_neox(c, checkpoint, device).map(Self::NeoX),
+            ModelConfig::Gpt2(c) => load_gpt2(c, checkpoint, device, dtype).map(Self::Gpt2),
+            ModelConfig::NeoX(c) => load_neox(c, checkpoint, device, dtype).map(Self::NeoX),
         }
     }
 }
@@ -382,6 +402,7 @@ impl Transformer {
 struct Loader<'a> {
     checkpoint: &'a Checkpoint,
     device: &'a Device,
+    dtype: FloatDType,
     prefix: String,
 }
 
@@ -397,9 +418,10 @@ impl Loader<'_> {
     /// A tensor by its full checkpoint name, ignoring the prefix.
     fn tensor_at<const D: usize>(&self, full_name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let values = self.checkpoint.f32(full_name, &shape)?;
+        let data = TensorData::new(values, shape);
         Ok(Tensor::from_data(
-            TensorData::new(values, shape),
-            self.device,
+            data,
+            (self.device, DType::from(self.dtype)),
         ))
     }
 
@@ -459,10 +481,16 @@ fn detect_prefix(checkpoint: &Checkpoint, prefix: &str, probe: &str) -> String {
     }
 }
 
-fn load_gpt2(c: &Gpt2Config, checkpoint: &Checkpoint, device: &Device) -> Result<Gpt2> {
+fn load_gpt2(
+    c: &Gpt2Config,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    dtype: FloatDType,
+) -> Result<Gpt2> {
     let l = Loader {
         checkpoint,
         device,
+        dtype,
         prefix: detect_prefix(checkpoint, "transformer.", "wte.weight"),
     };
     let (d, d_mlp) = (c.n_embd, c.d_mlp());
@@ -500,10 +528,16 @@ fn load_gpt2(c: &Gpt2Config, checkpoint: &Checkpoint, device: &Device) -> Result
     })
 }
 
-fn load_neox(c: &NeoXConfig, checkpoint: &Checkpoint, device: &Device) -> Result<NeoX> {
+fn load_neox(
+    c: &NeoXConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    dtype: FloatDType,
+) -> Result<NeoX> {
     let l = Loader {
         checkpoint,
         device,
+        dtype,
         prefix: detect_prefix(checkpoint, "gpt_neox.", "embed_in.weight"),
     };
     let (d, d_mlp) = (c.hidden_size, c.intermediate_size);

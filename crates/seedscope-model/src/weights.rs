@@ -288,13 +288,13 @@ fn add_safetensors_file(
     let data_start = 8 + header_len;
     let file = Arc::new(bytes);
     let infos = metadata.tensors();
-    if let Some(names) = expected_names {
-        if let Some(missing) = names.iter().find(|n| !infos.contains_key(n.as_str())) {
-            return Err(corrupt(
-                path,
-                format!("the index places `{missing}` in this shard, which does not hold it"),
-            ));
-        }
+    if let Some(names) = expected_names
+        && let Some(missing) = names.iter().find(|n| !infos.contains_key(n.as_str()))
+    {
+        return Err(corrupt(
+            path,
+            format!("the index places `{missing}` in this shard, which does not hold it"),
+        ));
     }
     for (name, info) in infos {
         use safetensors::Dtype as S;
