@@ -95,7 +95,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let device = ComputeDevice::open(args.backend)?;
     eprintln!("device: {}", device.describe());
-    let model = LoadedModel::load_with_dtype(&args.model, &device.device, args.dtype.into())?;
+    let model = LoadedModel::load_on(&args.model, &device, args.dtype.into())?;
     let tokens = input_tokens(args, &model)?;
     let [n_seq, seq_len] = tokens.shape();
     eprintln!(
@@ -121,9 +121,12 @@ pub fn run(args: &Args) -> Result<()> {
             .chain(out.logits.map(|l| ("logits".to_owned(), l)));
         for (name, tensor) in named {
             let width = tensor.dims()[2];
+            // Burn runs lazily: a device error (say, a buffer over the adapter's limit) surfaces
+            // here, as an error rather than a panic.
             let data = tensor
                 .cast(FloatDType::F32)
-                .into_data()
+                .try_into_data()
+                .map_err(|e| anyhow::anyhow!("computing {name}: {e}"))?
                 .try_into_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))?;
             let entry = outputs.entry(name).or_insert_with(|| (Vec::new(), width));

@@ -38,7 +38,7 @@ pub struct Args {
 /// print one JSON line with tokens per second.
 pub fn run(args: &Args) -> Result<()> {
     let device = ComputeDevice::open(args.backend)?;
-    let model = LoadedModel::load_with_dtype(&args.model, &device.device, args.dtype.into())?;
+    let model = LoadedModel::load_on(&args.model, &device, args.dtype.into())?;
     let n = args.batch * args.seq_len;
     let vocab = model.config.vocab_size() as u64;
     // A fixed pseudo-random token stream (64-bit LCG), the same on every run.

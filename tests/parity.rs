@@ -144,8 +144,7 @@ fn reduced_precision_compute_tracks_the_f32_reference() {
     for (dtype, tolerance) in [(FloatDType::F16, 0.05), (FloatDType::BF16, 0.3)] {
         for name in ["gpt2-crfm-fp16", "neox-rotary"] {
             let dir = fixture(name);
-            let model =
-                LoadedModel::load_with_dtype(&dir, &device.device, dtype).expect("load fixture");
+            let model = LoadedModel::load_on(&dir, &device, dtype).expect("load fixture");
             let reference = Reference::load(&dir);
             let options = ForwardOptions::all_neurons(model.config.n_layers());
             let out = model
@@ -163,6 +162,46 @@ fn reduced_precision_compute_tracks_the_f32_reference() {
             }
             eprintln!("{dtype:?} {name}: max |Δ| neurons {worst:.2e}");
             assert!(worst < tolerance, "{dtype:?} {name}: {worst}");
+        }
+    }
+}
+
+/// Vocabulary matrices split into row chunks (as for GPT-2's 154 MB embedding on a device that
+/// binds at most 128 MiB) give the same activations and logits as one matrix.
+#[test]
+fn chunked_vocabulary_matrices_give_the_same_outputs() {
+    use seedscope_model::LoadOptions;
+    for backend in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let device = device(backend);
+        for name in ["gpt2-plain", "neox-rotary"] {
+            let dir = fixture(name);
+            // 32-wide f32 rows: 100 rows per chunk, so 320 tokens make 4 chunks (the last short).
+            let options = LoadOptions {
+                max_tensor_bytes: Some(100 * 32 * 4),
+                ..LoadOptions::default()
+            };
+            let model = LoadedModel::load_with(&dir, &device.device, &options).expect("load");
+            let reference = Reference::load(&dir);
+            let mut options = ForwardOptions::all_neurons(model.config.n_layers());
+            options.stop_at_layer = None;
+            options.logits = true;
+            let out = model
+                .forward(&reference.tokens(), &options)
+                .expect("forward");
+            let got = out.taps[&HookPoint::post(0)]
+                .to_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            let err = max_abs_diff(&got, &reference.get("blocks.0.mlp.hook_post").0);
+            assert!(err < 1e-4, "{backend} {name} neurons: {err:e}");
+            let logits = out
+                .logits
+                .expect("logits")
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            let err = max_abs_diff(&logits, &reference.get("logits").0);
+            assert!(err < 1e-3, "{backend} {name} logits: {err:e}");
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct ComputeDevice {
     pub adapter: Option<wgpu::AdapterInfo>,
     /// Why `Auto` chose the CPU, if it did.
     pub note: Option<String>,
+    /// The largest buffer the adapter can bind (`min(max_storage_buffer_binding_size,
+    /// max_buffer_size)`); `None` on the CPU.
+    pub max_buffer_bytes: Option<u64>,
 }
 
 impl ComputeDevice {
@@ -72,13 +75,14 @@ impl ComputeDevice {
             kind: BackendKind::Cpu,
             adapter: None,
             note: None,
+            max_buffer_bytes: None,
         };
         match kind {
             BackendKind::Cpu => Ok(cpu),
             BackendKind::Wgpu => Ok(Self::wgpu(probe_adapter()?)),
             BackendKind::Auto => Ok(match probe_adapter() {
-                Ok(info) if info.device_type != wgpu::DeviceType::Cpu => Self::wgpu(info),
-                Ok(info) => Self {
+                Ok(probe) if probe.0.device_type != wgpu::DeviceType::Cpu => Self::wgpu(probe),
+                Ok((info, _)) => Self {
                     note: Some(format!(
                         "the only GPU adapter, {}, is a software one",
                         info.name
@@ -93,12 +97,17 @@ impl ComputeDevice {
         }
     }
 
-    fn wgpu(adapter: wgpu::AdapterInfo) -> Self {
+    fn wgpu((adapter, limits): (wgpu::AdapterInfo, wgpu::Limits)) -> Self {
         Self {
             device: Device::wgpu(DeviceKind::DefaultDevice),
             kind: BackendKind::Wgpu,
             adapter: Some(adapter),
             note: None,
+            max_buffer_bytes: Some(
+                limits
+                    .max_storage_buffer_binding_size
+                    .min(limits.max_buffer_size),
+            ),
         }
     }
 
@@ -120,14 +129,15 @@ impl ComputeDevice {
     }
 }
 
-/// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
-fn probe_adapter() -> Result<wgpu::AdapterInfo, NoAdapter> {
+/// The adapter wgpu picks with a high-performance preference, as Burn's default device does,
+/// and its limits (which Burn's wgpu runtime requests in full).
+fn probe_adapter() -> Result<(wgpu::AdapterInfo, wgpu::Limits), NoAdapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let options = wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
     };
     pollster::block_on(instance.request_adapter(&options))
-        .map(|adapter| adapter.get_info())
+        .map(|adapter| (adapter.get_info(), adapter.limits()))
         .map_err(|e| NoAdapter(e.to_string()))
 }

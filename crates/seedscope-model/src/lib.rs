@@ -25,7 +25,9 @@ pub use backend::{BackendKind, ComputeDevice, NoAdapter};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
 pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};
-pub use model::{ForwardOutput, Gpt2, Gpt2Block, Mlp, NeoX, NeoXBlock, Transformer};
+pub use model::{
+    ForwardOutput, Gpt2, Gpt2Block, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer, VocabMatrix,
+};
 pub use weights::{Checkpoint, WeightDtype, resolve_model_dir};
 
 /// Token ids of `n_seq` sequences of `seq_len` tokens, row-major.
@@ -94,18 +96,27 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Load a Hugging Face model directory or cache entry onto `device`, computing in f32
-    /// (fp16 and bf16 checkpoints are upcast, as transformers does by default).
+    /// (fp16 and bf16 checkpoints are upcast, as transformers does by default) with no buffer
+    /// limit.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::load_with_dtype(path, device, FloatDType::F32)
+        Self::load_with(path, device, &LoadOptions::default())
     }
 
-    /// Like [`load`](Self::load), with parameters and computation in `dtype` (f32, f16 or
-    /// bf16) whatever the checkpoint stores.
-    pub fn load_with_dtype(path: &Path, device: &Device, dtype: FloatDType) -> Result<Self> {
+    /// Load onto an opened [`ComputeDevice`], respecting its buffer limit, in `dtype`.
+    pub fn load_on(path: &Path, device: &ComputeDevice, dtype: FloatDType) -> Result<Self> {
+        let options = LoadOptions {
+            dtype,
+            max_tensor_bytes: device.max_buffer_bytes,
+        };
+        Self::load_with(path, &device.device, &options)
+    }
+
+    /// Like [`load`](Self::load), with explicit [`LoadOptions`].
+    pub fn load_with(path: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
         let dir = resolve_model_dir(path)?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open_dir(&dir)?;
-        let model = Transformer::load(&config, &checkpoint, device, dtype)?;
+        let model = Transformer::load(&config, &checkpoint, device, options)?;
         Ok(Self {
             config,
             model,

@@ -11,13 +11,32 @@ use std::collections::BTreeMap;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
-use burn::tensor::module::linear;
+use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 use crate::error::{ModelError, Result};
 use crate::hooks::{ForwardOptions, HookPoint, NeuronPatch};
 use crate::weights::Checkpoint;
+
+/// How to build a model from a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Parameter and compute dtype (f32 by default, as transformers upcasts fp16 files).
+    pub dtype: FloatDType,
+    /// Largest buffer the device can bind (`None`: no limit, the CPU). Vocabulary matrices
+    /// larger than this are split into row chunks.
+    pub max_tensor_bytes: Option<u64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: FloatDType::F32,
+            max_tensor_bytes: None,
+        }
+    }
+}
 
 /// What a forward pass returns: the requested taps and, if asked, the logits.
 #[derive(Debug)]
@@ -111,6 +130,71 @@ fn causal_mask(seq: usize, device: &Device) -> Tensor<4, Bool> {
     cols.greater(rows).reshape([1, 1, seq, seq])
 }
 
+/// A `[vocab, d]` matrix (token embedding or unembedding) stored as row chunks, so that no
+/// single buffer exceeds a device's storage-binding limit (GPT-2's 154 MB embedding is over
+/// WebGPU's default 128 MiB and lavapipe's). One chunk when it fits.
+#[derive(Module, Debug)]
+pub struct VocabMatrix {
+    /// Row blocks `[rows_per_chunk, d]`, the last one possibly shorter.
+    pub chunks: Vec<Param<Tensor<2>>>,
+    #[module(skip)]
+    rows_per_chunk: usize,
+}
+
+impl VocabMatrix {
+    /// Split `[vocab, d]` into chunks of at most `rows_per_chunk` rows.
+    pub fn new(matrix: Tensor<2>, rows_per_chunk: usize) -> Self {
+        let [vocab, _] = matrix.dims();
+        let rows_per_chunk = rows_per_chunk.clamp(1, vocab.max(1));
+        let chunks = (0..vocab)
+            .step_by(rows_per_chunk)
+            .map(|start| {
+                let rows = rows_per_chunk.min(vocab - start);
+                Param::from_tensor(matrix.clone().narrow(0, start, rows))
+            })
+            .collect();
+        Self {
+            chunks,
+            rows_per_chunk,
+        }
+    }
+
+    /// Rows for token ids `[batch, seq]`: `[batch, seq, d]`.
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        if let [only] = self.chunks.as_slice() {
+            return embedding(only.val(), tokens);
+        }
+        let mut sum: Option<Tensor<3>> = None;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let weight = chunk.val();
+            let rows = weight.dims()[0];
+            let local = tokens.clone().sub_scalar((i * self.rows_per_chunk) as i64);
+            let inside = local
+                .clone()
+                .greater_equal_elem(0)
+                .bool_and(local.clone().lower_elem(rows as i64));
+            let picked = embedding(weight, local.clamp(0, rows as i64 - 1));
+            let dtype = picked.dtype();
+            let part = picked * inside.float().cast(dtype).unsqueeze_dim::<3>(2);
+            sum = Some(match sum {
+                Some(acc) => acc + part,
+                None => part,
+            });
+        }
+        sum.unwrap_or_else(|| embedding(self.chunks[0].val(), tokens))
+    }
+
+    /// `x · Mᵀ`: `[batch, seq, d]` to `[batch, seq, vocab]`.
+    pub fn unembed(&self, x: Tensor<3>) -> Tensor<3> {
+        let parts: Vec<Tensor<3>> = self
+            .chunks
+            .iter()
+            .map(|c| linear(x.clone(), c.val().transpose(), None))
+            .collect();
+        Tensor::cat(parts, 2)
+    }
+}
+
 /// One GPT-2 block: `x + attn(ln_1 x)`, then `x + mlp(ln_2 x)`.
 #[derive(Module, Debug)]
 pub struct Gpt2Block {
@@ -150,7 +234,7 @@ impl Gpt2Block {
 #[derive(Module, Debug)]
 pub struct Gpt2 {
     /// Token embedding `wte`, also the unembedding.
-    pub wte: Embedding,
+    pub wte: VocabMatrix,
     /// Learned positions `wpe`.
     pub wpe: Embedding,
     /// The blocks `h.{i}`.
@@ -164,7 +248,7 @@ impl Gpt2 {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
-        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let mut x = self.wte.embed(tokens) + self.wpe.forward(positions);
         let mut taps = BTreeMap::new();
         let run = options.layers_to_run(self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
@@ -174,10 +258,8 @@ impl Gpt2 {
                     .mlp
                     .forward(block.ln_2.forward(x), layer, options, &mut taps);
         }
-        let logits = wants_logits(options, run, self.blocks.len()).then(|| {
-            let x = self.ln_f.forward(x);
-            linear(x, self.wte.weight.val().transpose(), None)
-        });
+        let logits = wants_logits(options, run, self.blocks.len())
+            .then(|| self.wte.unembed(self.ln_f.forward(x)));
         ForwardOutput { taps, logits }
     }
 }
@@ -286,18 +368,18 @@ fn rotary_tables(
 #[derive(Module, Debug)]
 pub struct NeoX {
     /// `gpt_neox.embed_in`.
-    pub embed_in: Embedding,
+    pub embed_in: VocabMatrix,
     /// `gpt_neox.layers.{i}`.
     pub blocks: Vec<NeoXBlock>,
     /// `gpt_neox.final_layer_norm`.
     pub final_layer_norm: LayerNorm,
     /// `embed_out.weight`, `[vocab, d]`.
-    pub embed_out: Param<Tensor<2>>,
+    pub embed_out: VocabMatrix,
 }
 
 impl NeoX {
     fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
-        let mut x = self.embed_in.forward(tokens);
+        let mut x = self.embed_in.embed(tokens);
         let mut taps = BTreeMap::new();
         let run = options.layers_to_run(self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
@@ -312,10 +394,8 @@ impl NeoX {
                 x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut taps);
             }
         }
-        let logits = wants_logits(options, run, self.blocks.len()).then(|| {
-            let x = self.final_layer_norm.forward(x);
-            linear(x, self.embed_out.val().transpose(), None)
-        });
+        let logits = wants_logits(options, run, self.blocks.len())
+            .then(|| self.embed_out.unembed(self.final_layer_norm.forward(x)));
         ForwardOutput { taps, logits }
     }
 }
@@ -384,16 +464,16 @@ impl Transformer {
     }
 
     /// Build the model from a checkpoint, by the Hugging Face parameter names, with its
-    /// parameters (and so its computation) in `dtype` whatever the checkpoint stores.
+    /// parameters (and so its computation) in `options.dtype` whatever the checkpoint stores.
     pub fn load(
         config: &ModelConfig,
         checkpoint: &Checkpoint,
         device: &Device,
-        dtype: FloatDType,
+        options: &LoadOptions,
     ) -> Result<Self> {
         match config {
-            ModelConfig::Gpt2(c) => load_gpt2(c, checkpoint, device, dtype).map(Self::Gpt2),
-            ModelConfig::NeoX(c) => load_neox(c, checkpoint, device, dtype).map(Self::NeoX),
+            ModelConfig::Gpt2(c) => load_gpt2(c, checkpoint, device, options).map(Self::Gpt2),
+            ModelConfig::NeoX(c) => load_neox(c, checkpoint, device, options).map(Self::NeoX),
         }
     }
 }
@@ -402,7 +482,7 @@ impl Transformer {
 struct Loader<'a> {
     checkpoint: &'a Checkpoint,
     device: &'a Device,
-    dtype: FloatDType,
+    options: &'a LoadOptions,
     prefix: String,
 }
 
@@ -421,7 +501,7 @@ impl Loader<'_> {
         let data = TensorData::new(values, shape);
         Ok(Tensor::from_data(
             data,
-            (self.device, DType::from(self.dtype)),
+            (self.device, DType::from(self.options.dtype)),
         ))
     }
 
@@ -469,6 +549,17 @@ impl Loader<'_> {
             weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
         })
     }
+
+    /// A `[n, d]` vocabulary matrix, chunked under the buffer limit.
+    fn vocab(&self, tensor: Tensor<2>) -> VocabMatrix {
+        let [_, d] = tensor.dims();
+        let row_bytes = (d * DType::from(self.options.dtype).size()) as u64;
+        let rows = self
+            .options
+            .max_tensor_bytes
+            .map_or(usize::MAX, |max| (max / row_bytes.max(1)).max(1) as usize);
+        VocabMatrix::new(tensor, rows)
+    }
 }
 
 /// The prefix under which a checkpoint keeps the base model (`transformer.` for a saved
@@ -485,12 +576,12 @@ fn load_gpt2(
     c: &Gpt2Config,
     checkpoint: &Checkpoint,
     device: &Device,
-    dtype: FloatDType,
+    options: &LoadOptions,
 ) -> Result<Gpt2> {
     let l = Loader {
         checkpoint,
         device,
-        dtype,
+        options,
         prefix: detect_prefix(checkpoint, "transformer.", "wte.weight"),
     };
     let (d, d_mlp) = (c.n_embd, c.d_mlp());
@@ -521,7 +612,7 @@ fn load_gpt2(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Gpt2 {
-        wte: l.embedding("wte", c.vocab_size, d)?,
+        wte: l.vocab(l.tensor("wte.weight", [c.vocab_size, d])?),
         wpe: l.embedding("wpe", c.n_positions, d)?,
         blocks,
         ln_f: l.layer_norm("ln_f", d, c.layer_norm_epsilon)?,
@@ -532,12 +623,12 @@ fn load_neox(
     c: &NeoXConfig,
     checkpoint: &Checkpoint,
     device: &Device,
-    dtype: FloatDType,
+    options: &LoadOptions,
 ) -> Result<NeoX> {
     let l = Loader {
         checkpoint,
         device,
-        dtype,
+        options,
         prefix: detect_prefix(checkpoint, "gpt_neox.", "embed_in.weight"),
     };
     let (d, d_mlp) = (c.hidden_size, c.intermediate_size);
@@ -574,17 +665,17 @@ fn load_neox(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let embed_in = l.embedding("embed_in", c.vocab_size, d)?;
+    let embed_in = l.tensor("embed_in.weight", [c.vocab_size, d])?;
     // `embed_out` sits outside the `gpt_neox.` prefix; a tied model may omit it.
     let embed_out = if c.tie_word_embeddings && !checkpoint.contains("embed_out.weight") {
-        embed_in.weight.val()
+        embed_in.clone()
     } else {
         l.tensor_at("embed_out.weight", [c.vocab_size, d])?
     };
     Ok(NeoX {
         final_layer_norm: l.layer_norm("final_layer_norm", d, c.layer_norm_eps)?,
-        embed_in,
+        embed_in: l.vocab(embed_in),
         blocks,
-        embed_out: Param::from_tensor(embed_out),
+        embed_out: l.vocab(embed_out),
     })
 }
