@@ -63,7 +63,8 @@ pub fn run(args: &Args) -> Result<()> {
             .clone()
             .cast(FloatDType::F32)
             .sum()
-            .into_scalar::<f32>();
+            .try_into_scalar::<f32>()
+            .map_err(|e| anyhow::anyhow!("forward pass failed: {e}"))?;
         anyhow::ensure!(sum.is_finite(), "non-finite activations");
         Ok(start.elapsed().as_secs_f64())
     };

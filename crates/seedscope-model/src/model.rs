@@ -142,15 +142,21 @@ pub struct VocabMatrix {
 }
 
 impl VocabMatrix {
-    /// Split `[vocab, d]` into chunks of at most `rows_per_chunk` rows.
-    pub fn new(matrix: Tensor<2>, rows_per_chunk: usize) -> Self {
-        let [vocab, _] = matrix.dims();
+    /// Build from host rows `[vocab, d]` (row-major), in chunks of at most `rows_per_chunk`
+    /// rows, each uploaded on its own so no buffer of the whole matrix is ever created.
+    pub fn from_rows(
+        values: &[f32],
+        [vocab, d]: [usize; 2],
+        rows_per_chunk: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         let rows_per_chunk = rows_per_chunk.clamp(1, vocab.max(1));
-        let chunks = (0..vocab)
-            .step_by(rows_per_chunk)
-            .map(|start| {
-                let rows = rows_per_chunk.min(vocab - start);
-                Param::from_tensor(matrix.clone().narrow(0, start, rows))
+        let chunks = values
+            .chunks(rows_per_chunk * d)
+            .map(|rows| {
+                let data = TensorData::new(rows.to_vec(), [rows.len() / d, d]);
+                Param::from_tensor(Tensor::from_data(data, (device, dtype)))
             })
             .collect();
         Self {
@@ -550,15 +556,20 @@ impl Loader<'_> {
         })
     }
 
-    /// A `[n, d]` vocabulary matrix, chunked under the buffer limit.
-    fn vocab(&self, tensor: Tensor<2>) -> VocabMatrix {
-        let [_, d] = tensor.dims();
-        let row_bytes = (d * DType::from(self.options.dtype).size()) as u64;
+    /// A `[n, d]` vocabulary matrix (by full checkpoint name), chunked under the buffer limit.
+    fn vocab(&self, full_name: &str, shape: [usize; 2]) -> Result<VocabMatrix> {
+        let values = self.checkpoint.f32(full_name, &shape)?;
+        Ok(self.vocab_from(&values, shape))
+    }
+
+    fn vocab_from(&self, values: &[f32], shape: [usize; 2]) -> VocabMatrix {
+        let dtype = DType::from(self.options.dtype);
+        let row_bytes = (shape[1] * dtype.size()) as u64;
         let rows = self
             .options
             .max_tensor_bytes
             .map_or(usize::MAX, |max| (max / row_bytes.max(1)).max(1) as usize);
-        VocabMatrix::new(tensor, rows)
+        VocabMatrix::from_rows(values, shape, rows, self.device, dtype)
     }
 }
 
@@ -612,7 +623,7 @@ fn load_gpt2(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Gpt2 {
-        wte: l.vocab(l.tensor("wte.weight", [c.vocab_size, d])?),
+        wte: l.vocab(&l.name("wte.weight"), [c.vocab_size, d])?,
         wpe: l.embedding("wpe", c.n_positions, d)?,
         blocks,
         ln_f: l.layer_norm("ln_f", d, c.layer_norm_epsilon)?,
@@ -665,17 +676,18 @@ fn load_neox(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let embed_in = l.tensor("embed_in.weight", [c.vocab_size, d])?;
+    let shape = [c.vocab_size, d];
+    let embed_in = checkpoint.f32(&l.name("embed_in.weight"), &shape)?;
     // `embed_out` sits outside the `gpt_neox.` prefix; a tied model may omit it.
     let embed_out = if c.tie_word_embeddings && !checkpoint.contains("embed_out.weight") {
-        embed_in.clone()
+        l.vocab_from(&embed_in, shape)
     } else {
-        l.tensor_at("embed_out.weight", [c.vocab_size, d])?
+        l.vocab("embed_out.weight", shape)?
     };
     Ok(NeoX {
         final_layer_norm: l.layer_norm("final_layer_norm", d, c.layer_norm_eps)?,
-        embed_in: l.vocab(embed_in),
+        embed_in: l.vocab_from(&embed_in, shape),
         blocks,
-        embed_out: l.vocab(embed_out),
+        embed_out,
     })
 }
