@@ -192,19 +192,12 @@ fn input_tokens(args: &Args, model: &LoadedModel) -> Result<TokenBatch> {
     Ok(TokenBatch::new(ids, n_rows, seq_len)?)
 }
 
-/// Write f32 tensors to `path` through a temporary file in the same directory and a rename,
-/// so a crash never leaves a half-written file under the final name.
+/// Write f32 tensors to `path` as safetensors, atomically ([`crate::write_atomic`]).
 pub fn write_safetensors_atomic(
     path: &Path,
     tensors: &[(String, Vec<f32>, Vec<usize>)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: creating directory", dir.display()))?;
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -218,16 +211,7 @@ pub fn write_safetensors_atomic(
                 .with_context(|| format!("tensor {name}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .with_context(|| format!("{}: writing", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: renaming into place", path.display()))?;
-    Ok(())
+    let serialized = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("{}: serialising", path.display()))?;
+    crate::write_atomic(path, &serialized).with_context(|| format!("{}: writing", path.display()))
 }

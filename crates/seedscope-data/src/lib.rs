@@ -1,5 +1,8 @@
 //! Text and token input for Seedscope: Hugging Face tokenizers, TransformerLens-style
-//! tokenisation (`to_tokens` with BOS), packing into rows, and token id files (`.npy`).
+//! tokenisation (`to_tokens` with BOS), packing into rows, token id files (`.npy`), the bundled
+//! corpus and BPE training.
+
+pub mod corpus;
 
 use std::io::Read;
 
@@ -121,6 +124,16 @@ impl TextTokenizer {
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
+    }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("serialising failed: {e}"),
+            })
     }
 
     /// Decode ids back to text (special tokens kept).
