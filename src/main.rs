@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod activations;
 mod bench;
 mod tokenizer;
+mod train;
 
 /// Find and explore universal neurons across language-model seeds.
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     BenchForward(bench::Args),
     /// Train a byte-level BPE tokenizer on the bundled corpus.
     Tokenizer(tokenizer::Args),
+    /// Train one seed of a GPT-2 family (checkpoints; a rerun resumes).
+    Train(train::Args),
 }
 
 /// The bundled demo: a tiny GPT-2 fixture and a line of Shakespeare.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Some(Command::Activations(args)) => activations::run(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
         Some(Command::Tokenizer(args)) => tokenizer::run(&args),
+        Some(Command::Train(args)) => train::run(&args),
         None => {
             eprintln!(
                 "no command given: running the demo (`seedscope activations` on the bundled fixture)"

@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod hooks;
 mod model;
+pub mod train;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,9 @@ pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};
 pub use model::{
     ForwardOutput, Gpt2, Gpt2Block, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer, VocabMatrix,
 };
-pub use weights::{Checkpoint, WeightDtype, resolve_model_dir};
+pub use weights::{
+    Checkpoint, NamedTensors, WeightDtype, resolve_model_dir, write_file_atomic, write_safetensors,
+};
 
 /// Token ids of `n_seq` sequences of `seq_len` tokens, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
 use burn::tensor::module::{embedding, linear};
@@ -17,7 +17,7 @@ use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 use crate::config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 use crate::error::{ModelError, Result};
 use crate::hooks::{ForwardOptions, HookPoint, NeuronPatch};
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, NamedTensors};
 
 /// How to build a model from a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +145,7 @@ impl VocabMatrix {
     /// Build from host rows `[vocab, d]` (row-major), in chunks of at most `rows_per_chunk`
     /// rows, each uploaded on its own so no buffer of the whole matrix is ever created.
     pub fn from_rows(
+        name: &str,
         values: &[f32],
         [vocab, d]: [usize; 2],
         rows_per_chunk: usize,
@@ -154,9 +155,13 @@ impl VocabMatrix {
         let rows_per_chunk = rows_per_chunk.clamp(1, vocab.max(1));
         let chunks = values
             .chunks(rows_per_chunk * d)
-            .map(|rows| {
+            .enumerate()
+            .map(|(i, rows)| {
                 let data = TensorData::new(rows.to_vec(), [rows.len() / d, d]);
-                Param::from_tensor(Tensor::from_data(data, (device, dtype)))
+                named_param(
+                    &format!("{name}#{i}"),
+                    Tensor::from_data(data, (device, dtype)),
+                )
             })
             .collect();
         Self {
@@ -484,6 +489,123 @@ impl Transformer {
     }
 }
 
+impl Transformer {
+    /// The parameters under their Hugging Face names (a `GPT2LMHeadModel` /
+    /// `GPTNeoXForCausalLM` state dict, f32), ready to save as `model.safetensors`.
+    pub fn named_tensors(&self) -> Result<NamedTensors> {
+        let mut out = NamedTensors::new();
+        match self {
+            Self::Gpt2(m) => {
+                let p = "transformer.";
+                push_vocab(&mut out, &format!("{p}wte.weight"), &m.wte)?;
+                push(&mut out, format!("{p}wpe.weight"), m.wpe.weight.val())?;
+                for (i, b) in m.blocks.iter().enumerate() {
+                    let h = format!("{p}h.{i}");
+                    push_ln(&mut out, &format!("{h}.ln_1"), &b.ln_1)?;
+                    push_linear(&mut out, &format!("{h}.attn.c_attn"), &b.c_attn, false)?;
+                    push_linear(&mut out, &format!("{h}.attn.c_proj"), &b.c_proj, false)?;
+                    push_ln(&mut out, &format!("{h}.ln_2"), &b.ln_2)?;
+                    push_linear(&mut out, &format!("{h}.mlp.c_fc"), &b.mlp.w_in, false)?;
+                    push_linear(&mut out, &format!("{h}.mlp.c_proj"), &b.mlp.w_out, false)?;
+                }
+                push_ln(&mut out, &format!("{p}ln_f"), &m.ln_f)?;
+            }
+            Self::NeoX(m) => {
+                let p = "gpt_neox.";
+                push_vocab(&mut out, &format!("{p}embed_in.weight"), &m.embed_in)?;
+                for (i, b) in m.blocks.iter().enumerate() {
+                    let h = format!("{p}layers.{i}");
+                    push_ln(
+                        &mut out,
+                        &format!("{h}.input_layernorm"),
+                        &b.input_layernorm,
+                    )?;
+                    push_ln(
+                        &mut out,
+                        &format!("{h}.post_attention_layernorm"),
+                        &b.post_attention_layernorm,
+                    )?;
+                    let qkv = format!("{h}.attention.query_key_value");
+                    push_linear(&mut out, &qkv, &b.query_key_value, true)?;
+                    push_linear(&mut out, &format!("{h}.attention.dense"), &b.dense, true)?;
+                    push_linear(
+                        &mut out,
+                        &format!("{h}.mlp.dense_h_to_4h"),
+                        &b.mlp.w_in,
+                        true,
+                    )?;
+                    push_linear(
+                        &mut out,
+                        &format!("{h}.mlp.dense_4h_to_h"),
+                        &b.mlp.w_out,
+                        true,
+                    )?;
+                }
+                push_ln(
+                    &mut out,
+                    &format!("{p}final_layer_norm"),
+                    &m.final_layer_norm,
+                )?;
+                push_vocab(&mut out, "embed_out.weight", &m.embed_out)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn push<const D: usize>(out: &mut NamedTensors, name: String, tensor: Tensor<D>) -> Result<()> {
+    let shape = tensor.dims().to_vec();
+    let values = tensor
+        .cast(FloatDType::F32)
+        .try_into_data()
+        .map_err(|e| ModelError::Input(format!("reading `{name}` back: {e}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("reading `{name}` back: {e:?}")))?;
+    out.push((name, values, shape));
+    Ok(())
+}
+
+fn push_linear(
+    out: &mut NamedTensors,
+    name: &str,
+    linear: &Linear,
+    torch_layout: bool,
+) -> Result<()> {
+    let weight = linear.weight.val();
+    let weight = if torch_layout {
+        weight.transpose()
+    } else {
+        weight
+    };
+    push(out, format!("{name}.weight"), weight)?;
+    match &linear.bias {
+        Some(bias) => push(out, format!("{name}.bias"), bias.val()),
+        None => Ok(()),
+    }
+}
+
+fn push_ln(out: &mut NamedTensors, name: &str, ln: &LayerNorm) -> Result<()> {
+    push(out, format!("{name}.weight"), ln.gamma.val())?;
+    match &ln.beta {
+        Some(beta) => push(out, format!("{name}.bias"), beta.val()),
+        None => Ok(()),
+    }
+}
+
+/// The chunks of a vocabulary matrix, read back one at a time and joined on the host (a
+/// joined device tensor could exceed the buffer limit the chunks exist for).
+fn push_vocab(out: &mut NamedTensors, name: &str, matrix: &VocabMatrix) -> Result<()> {
+    let mut parts = NamedTensors::new();
+    for chunk in &matrix.chunks {
+        push(&mut parts, name.to_owned(), chunk.val())?;
+    }
+    let rows = parts.iter().map(|(_, _, shape)| shape[0]).sum();
+    let width = parts.first().map_or(0, |(_, _, shape)| shape[1]);
+    let values = parts.into_iter().flat_map(|(_, v, _)| v).collect();
+    out.push((name.to_owned(), values, vec![rows, width]));
+    Ok(())
+}
+
 /// Looks parameters up by name under a prefix and builds Burn modules from them.
 struct Loader<'a> {
     checkpoint: &'a Checkpoint,
@@ -497,8 +619,12 @@ impl Loader<'_> {
         format!("{}{name}", self.prefix)
     }
 
-    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        self.tensor_at(&self.name(name), shape)
+    /// A trainable parameter whose id derives from its checkpoint name, so that optimizer state
+    /// saved in a training checkpoint finds its parameter again after a reload.
+    fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+        let full = self.name(name);
+        let tensor = self.tensor_at(&full, shape)?;
+        Ok(named_param(&full, tensor))
     }
 
     /// A tensor by its full checkpoint name, ignoring the prefix.
@@ -514,27 +640,22 @@ impl Loader<'_> {
     /// A `Conv1D`-style weight stored `[in, out]` (GPT-2), which is Burn's `Linear` layout.
     fn conv1d(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [d_in, d_out])?),
-            bias: Some(Param::from_tensor(
-                self.tensor(&format!("{name}.bias"), [d_out])?,
-            )),
+            weight: self.param(&format!("{name}.weight"), [d_in, d_out])?,
+            bias: Some(self.param(&format!("{name}.bias"), [d_out])?),
         })
     }
 
     /// A `torch.nn.Linear` weight stored `[out, in]`, transposed into Burn's layout.
     fn torch_linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-        let weight = self
-            .tensor(&format!("{name}.weight"), [d_out, d_in])?
-            .transpose();
+        let weight_name = self.name(&format!("{name}.weight"));
+        let weight = self.tensor_at(&weight_name, [d_out, d_in])?.transpose();
         let bias = if bias {
-            Some(Param::from_tensor(
-                self.tensor(&format!("{name}.bias"), [d_out])?,
-            ))
+            Some(self.param(&format!("{name}.bias"), [d_out])?)
         } else {
             None
         };
         Ok(Linear {
-            weight: Param::from_tensor(weight),
+            weight: named_param(&weight_name, weight),
             bias,
         })
     }
@@ -543,33 +664,31 @@ impl Loader<'_> {
         let mut ln = LayerNormConfig::new(d)
             .with_epsilon(epsilon)
             .init(self.device);
-        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.weight"), [d])?);
-        ln.beta = Some(Param::from_tensor(
-            self.tensor(&format!("{name}.bias"), [d])?,
-        ));
+        ln.gamma = self.param(&format!("{name}.weight"), [d])?;
+        ln.beta = Some(self.param(&format!("{name}.bias"), [d])?);
         Ok(ln)
     }
 
     fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
         Ok(Embedding {
-            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
+            weight: self.param(&format!("{name}.weight"), [n, d])?,
         })
     }
 
     /// A `[n, d]` vocabulary matrix (by full checkpoint name), chunked under the buffer limit.
     fn vocab(&self, full_name: &str, shape: [usize; 2]) -> Result<VocabMatrix> {
         let values = self.checkpoint.f32(full_name, &shape)?;
-        Ok(self.vocab_from(&values, shape))
+        Ok(self.vocab_from(full_name, &values, shape))
     }
 
-    fn vocab_from(&self, values: &[f32], shape: [usize; 2]) -> VocabMatrix {
+    fn vocab_from(&self, full_name: &str, values: &[f32], shape: [usize; 2]) -> VocabMatrix {
         let dtype = DType::from(self.options.dtype);
         let row_bytes = (shape[1] * dtype.size()) as u64;
         let rows = self
             .options
             .max_tensor_bytes
             .map_or(usize::MAX, |max| (max / row_bytes.max(1)).max(1) as usize);
-        VocabMatrix::from_rows(values, shape, rows, self.device, dtype)
+        VocabMatrix::from_rows(full_name, values, shape, rows, self.device, dtype)
     }
 }
 
@@ -677,17 +796,27 @@ fn load_neox(
         })
         .collect::<Result<Vec<_>>>()?;
     let shape = [c.vocab_size, d];
-    let embed_in = checkpoint.f32(&l.name("embed_in.weight"), &shape)?;
+    let embed_in_name = l.name("embed_in.weight");
+    let embed_in = checkpoint.f32(&embed_in_name, &shape)?;
     // `embed_out` sits outside the `gpt_neox.` prefix; a tied model may omit it.
     let embed_out = if c.tie_word_embeddings && !checkpoint.contains("embed_out.weight") {
-        l.vocab_from(&embed_in, shape)
+        l.vocab_from("embed_out.weight", &embed_in, shape)
     } else {
         l.vocab("embed_out.weight", shape)?
     };
     Ok(NeoX {
         final_layer_norm: l.layer_norm("final_layer_norm", d, c.layer_norm_eps)?,
-        embed_in: l.vocab_from(&embed_in, shape),
+        embed_in: l.vocab_from(&embed_in_name, &embed_in, shape),
         blocks,
         embed_out,
     })
+}
+
+/// A trainable parameter with an id derived from its checkpoint name (FNV-1a), stable across
+/// processes: optimizer state is keyed by parameter id.
+fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Param::initialized(ParamId::from(hash), tensor).set_require_grad(true)
 }

@@ -44,6 +44,8 @@ enum Source {
     },
     /// A lazily read tensor of a PyTorch pickle.
     Pickle(pytorch_reader::Tensor),
+    /// Values already in memory (a random initialisation).
+    Owned(Arc<Vec<f32>>),
 }
 
 struct Entry {
@@ -59,6 +61,52 @@ pub struct Checkpoint {
     /// The file (or index) that lists the tensors, for error messages.
     path: PathBuf,
     tensors: HashMap<String, Entry>,
+}
+
+/// Tensors by name as `(name, f32 values row-major, shape)`.
+pub type NamedTensors = Vec<(String, Vec<f32>, Vec<usize>)>;
+
+/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]).
+pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, _, shape), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| corrupt(path, format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let serialized = safetensors::serialize(views, None)
+        .map_err(|e| corrupt(path, format!("serialising: {e}")))?;
+    write_file_atomic(path, &serialized)
+}
+
+/// Write `bytes` to `path` through a synced temporary file in the same directory and a
+/// rename, so a crash never leaves a half-written file under the final name.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source: std::io::Error| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// File names looked for in a model directory, in order of preference.
@@ -194,6 +242,27 @@ impl Checkpoint {
         })
     }
 
+    /// A checkpoint of f32 tensors held in memory; `path` names it in errors.
+    pub fn from_tensors(path: &Path, tensors: NamedTensors) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, values, shape)| {
+                let entry = Entry {
+                    dtype: Some(WeightDtype::F32),
+                    stored_dtype: "F32".into(),
+                    shape,
+                    file: path.to_path_buf(),
+                    source: Source::Owned(Arc::new(values)),
+                };
+                (name, entry)
+            })
+            .collect();
+        Self {
+            path: path.to_path_buf(),
+            tensors,
+        }
+    }
+
     /// The file (or index) the tensors were listed in.
     pub fn path(&self) -> &Path {
         &self.path
@@ -250,6 +319,7 @@ impl Checkpoint {
         };
         let values = match &entry.source {
             Source::Bytes { file, start, end } => decode(&file[*start..*end], dtype),
+            Source::Owned(values) => values.as_ref().clone(),
             Source::Pickle(tensor) => {
                 let bytes = tensor
                     .read()
