@@ -104,3 +104,62 @@ fn a_wrong_model_directory_is_a_clear_error_and_writes_nothing() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn train_command_writes_a_hugging_face_directory_and_resumes() {
+    let dir = temp_dir("cli-train");
+    let out = dir.join("seed");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |extra: &[&str]| {
+        seedscope()
+            .current_dir(root)
+            .args([
+                "train",
+                "--seed",
+                "5",
+                "--config",
+                "ci",
+                "--steps",
+                "6",
+                "--backend",
+                "cpu",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run seedscope train")
+    };
+    let first = run(&["--stop-after", "3"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("rerun the same command to resume"));
+    assert!(!out.join("model.safetensors").exists());
+    let second = run(&[]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_log.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_log.json")).expect("log"))
+            .expect("json");
+    assert_eq!(log["steps"], 6);
+    assert!(
+        log["eval_loss"]
+            .as_f64()
+            .is_some_and(|l| l.is_finite() && l > 0.0)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

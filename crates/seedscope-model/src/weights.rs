@@ -66,7 +66,8 @@ pub struct Checkpoint {
 /// Tensors by name as `(name, f32 values row-major, shape)`.
 pub type NamedTensors = Vec<(String, Vec<f32>, Vec<usize>)>;
 
-/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]).
+/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]), with the
+/// `{"format": "pt"}` metadata transformers' `from_pretrained` requires.
 pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
@@ -81,7 +82,8 @@ pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
                 .map_err(|e| corrupt(path, format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let serialized = safetensors::serialize(views, None)
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let serialized = safetensors::serialize(views, Some(metadata))
         .map_err(|e| corrupt(path, format!("serialising: {e}")))?;
     write_file_atomic(path, &serialized)
 }
