@@ -1,13 +1,15 @@
 //! `seedscope activations`: neuron activations of a model over tokens, to a safetensors file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::FloatDType;
 use clap::Args as ClapArgs;
 use seedscope_data::{TextTokenizer, pack_rows, read_tokens_npy};
-use seedscope_model::{BackendKind, ComputeDevice, ForwardOptions, LoadedModel, TokenBatch};
+use seedscope_model::{
+    BackendKind, ComputeDevice, ForwardOptions, LoadedModel, TokenBatch, write_safetensors,
+};
 
 /// Options of `seedscope activations`.
 #[derive(ClapArgs, Debug, Clone)]
@@ -105,11 +107,12 @@ pub fn run(args: &Args) -> Result<()> {
         model.config.d_mlp()
     );
 
-    let mut options = ForwardOptions::all_neurons(model.config.n_layers());
-    if args.logits {
-        options.stop_at_layer = None;
-        options.logits = true;
-    }
+    let n_layers = model.config.n_layers();
+    let options = if args.logits {
+        ForwardOptions::all_neurons_and_logits(n_layers)
+    } else {
+        ForwardOptions::all_neurons(n_layers)
+    };
     let mut outputs: BTreeMap<String, (Vec<f32>, usize)> = BTreeMap::new();
     for start in (0..n_seq).step_by(args.batch_size) {
         let batch = tokens.rows(start, args.batch_size);
@@ -141,7 +144,7 @@ pub fn run(args: &Args) -> Result<()> {
         .into_iter()
         .map(|(name, (values, width))| (name, values, vec![n_seq, seq_len, width]))
         .collect::<Vec<_>>();
-    write_safetensors_atomic(&args.out, &tensors, metadata)?;
+    write_safetensors(&args.out, &tensors, metadata)?;
     eprintln!("wrote {} tensors to {}", tensors.len(), args.out.display());
     Ok(())
 }
@@ -190,28 +193,4 @@ fn input_tokens(args: &Args, model: &LoadedModel) -> Result<TokenBatch> {
         );
     }
     Ok(TokenBatch::new(ids, n_rows, seq_len)?)
-}
-
-/// Write f32 tensors to `path` as safetensors, atomically ([`crate::write_atomic`]).
-pub fn write_safetensors_atomic(
-    path: &Path,
-    tensors: &[(String, Vec<f32>, Vec<usize>)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, _, shape), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|view| (name.clone(), view))
-                .with_context(|| format!("tensor {name}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let serialized = safetensors::serialize(views, Some(metadata))
-        .with_context(|| format!("{}: serialising", path.display()))?;
-    crate::write_atomic(path, &serialized).with_context(|| format!("{}: writing", path.display()))
 }

@@ -40,25 +40,6 @@ fn default_activations() -> activations::Args {
     )
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// crash never leaves a half-written file under the final name.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

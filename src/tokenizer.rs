@@ -30,7 +30,7 @@ pub fn run(args: &Args) -> Result<()> {
     let text = read_text(&args.corpus)?;
     let tokenizer = train_bpe(text.split(ENDOFTEXT), args.vocab_size)?;
     let json = tokenizer.to_json()?;
-    crate::write_atomic(&args.out, json.as_bytes())
+    seedscope_model::write_file_atomic(&args.out, json.as_bytes())
         .with_context(|| format!("{}: writing tokenizer", args.out.display()))?;
     let tokens = tokenizer.to_tokens(&text, false)?.len();
     eprintln!(

@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
         return Ok(());
     }
-    crate::write_atomic(
+    seedscope_model::write_file_atomic(
         &args.out.join("tokenizer.json"),
         tokenizer.to_json()?.as_bytes(),
     )
@@ -129,7 +129,7 @@ pub fn run(args: &Args) -> Result<()> {
         "eval_tokens": n_rows * config.n_ctx,
         "train_losses": state.losses,
     });
-    crate::write_atomic(
+    seedscope_model::write_file_atomic(
         &args.out.join("train_log.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;

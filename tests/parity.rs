@@ -15,9 +15,7 @@ fn check_parity(backend: BackendKind) {
         let dir = fixture(name);
         let model = LoadedModel::load(&dir, &device.device).expect("load fixture");
         let reference = Reference::load(&dir);
-        let mut options = ForwardOptions::all_neurons(model.config.n_layers());
-        options.stop_at_layer = None;
-        options.logits = true;
+        let options = ForwardOptions::all_neurons_and_logits(model.config.n_layers());
         let out = model
             .forward(&reference.tokens(), &options)
             .expect("forward");
@@ -182,9 +180,7 @@ fn chunked_vocabulary_matrices_give_the_same_outputs() {
             };
             let model = LoadedModel::load_with(&dir, &device.device, &options).expect("load");
             let reference = Reference::load(&dir);
-            let mut options = ForwardOptions::all_neurons(model.config.n_layers());
-            options.stop_at_layer = None;
-            options.logits = true;
+            let options = ForwardOptions::all_neurons_and_logits(model.config.n_layers());
             let out = model
                 .forward(&reference.tokens(), &options)
                 .expect("forward");

@@ -112,6 +112,15 @@ impl ForwardOptions {
         }
     }
 
+    /// `hook_pre` and `hook_post` of every layer and the logits (the whole model runs).
+    pub fn all_neurons_and_logits(n_layers: usize) -> Self {
+        Self {
+            stop_at_layer: None,
+            logits: true,
+            ..Self::all_neurons(n_layers)
+        }
+    }
+
     /// The number of blocks that must run: `stop_at_layer` when given, all of them for logits,
     /// else up to the deepest tap.
     pub fn layers_to_run(&self, n_layers: usize) -> usize {

@@ -8,6 +8,7 @@
 //! files, and the optimizer state (keyed by parameter ids derived from those names) finds its
 //! parameters again after a reload.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -441,7 +442,7 @@ pub fn train(
         return Ok(state);
     }
     let tensors = model.named_tensors()?;
-    crate::weights::write_safetensors(&out.join("model.safetensors"), &tensors)?;
+    crate::weights::write_safetensors(&out.join("model.safetensors"), &tensors, HashMap::new())?;
     write_json(
         &out.join("config.json"),
         &hf_config_json(&config.gpt2_config(vocab_size)),
@@ -464,7 +465,11 @@ fn write_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    crate::weights::write_safetensors(&tmp.join("model.safetensors"), &model.named_tensors()?)?;
+    crate::weights::write_safetensors(
+        &tmp.join("model.safetensors"),
+        &model.named_tensors()?,
+        HashMap::new(),
+    )?;
     let optim_path = tmp.join("optimizer.bpk");
     optim.save(&optim_path).map_err(|e| ModelError::Io {
         path: optim_path.clone(),

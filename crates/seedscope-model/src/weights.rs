@@ -66,9 +66,13 @@ pub struct Checkpoint {
 /// Tensors by name as `(name, f32 values row-major, shape)`.
 pub type NamedTensors = Vec<(String, Vec<f32>, Vec<usize>)>;
 
-/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]), with the
-/// `{"format": "pt"}` metadata transformers' `from_pretrained` requires.
-pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
+/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]), with
+/// `metadata` and the `{"format": "pt"}` entry transformers' `from_pretrained` requires.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &NamedTensors,
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -82,7 +86,7 @@ pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
                 .map_err(|e| corrupt(path, format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    metadata.insert("format".to_owned(), "pt".to_owned());
     let serialized = safetensors::serialize(views, Some(metadata))
         .map_err(|e| corrupt(path, format!("serialising: {e}")))?;
     write_file_atomic(path, &serialized)
