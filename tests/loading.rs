@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Reference, copy_dir, device, fixture, max_abs_diff, temp_dir};
+use common::{Reference, copy_dir, device, fixture, host, max_abs_diff, temp_dir};
 use proptest::prelude::*;
 use seedscope_data::{TextTokenizer, read_tokens_npy};
 use seedscope_model::{BackendKind, Checkpoint, ForwardOptions, LoadedModel, ModelConfig};
@@ -33,12 +33,7 @@ fn hugging_face_cache_layout_loads_the_snapshot_refs_main_names() {
     let out = model
         .forward(&reference.tokens(), &ForwardOptions::logits())
         .expect("forward");
-    let logits = out
-        .logits
-        .expect("logits")
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("f32");
+    let logits = host(&out.logits.expect("logits"));
     assert!(max_abs_diff(&logits, &reference.get("logits").0) < 1e-3);
 
     std::fs::remove_file(entry.join("refs/main")).expect("drop ref");

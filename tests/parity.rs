@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Reference, device, fixture, max_abs_diff};
+use common::{Reference, device, fixture, host, max_abs_diff};
 use seedscope_model::{BackendKind, ForwardOptions, HookPoint, LoadedModel, NeuronPatch};
 
 const FIXTURES: [&str; 4] = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16", "neox-rotary"];
@@ -23,7 +23,7 @@ fn check_parity(backend: BackendKind) {
         for (hook, tensor) in &out.taps {
             let (want, shape) = reference.get(&hook.to_string());
             assert_eq!(&tensor.dims().to_vec(), shape, "{name} {hook} shape");
-            let got = tensor.to_data().try_into_vec::<f32>().expect("f32 data");
+            let got = host(tensor);
             let err = max_abs_diff(&got, want);
             assert!(
                 err < 1e-4,
@@ -39,10 +39,7 @@ fn check_parity(backend: BackendKind) {
         let logits = out.logits.expect("logits requested");
         let (want, shape) = reference.get("logits");
         assert_eq!(&logits.dims().to_vec(), shape);
-        let err = max_abs_diff(
-            &logits.into_data().try_into_vec::<f32>().expect("f32"),
-            want,
-        );
+        let err = max_abs_diff(&host(&logits), want);
         assert!(
             err < 1e-3,
             "{name} logits: max abs error {err:e} vs transformers"
@@ -78,10 +75,7 @@ fn stop_at_layer_returns_only_what_was_asked() {
         out.taps.keys().copied().collect::<Vec<_>>(),
         vec![HookPoint::post(1)]
     );
-    let got = out.taps[&HookPoint::post(1)]
-        .to_data()
-        .try_into_vec::<f32>()
-        .expect("f32");
+    let got = host(&out.taps[&HookPoint::post(1)]);
     let err = max_abs_diff(&got, &reference.get("blocks.1.mlp.hook_post").0);
     assert!(err < 1e-4, "early stop changed layer 1: {err:e}");
 
@@ -107,19 +101,13 @@ fn neuron_patch_sets_post_activation_and_moves_downstream() {
     });
     let out = model.forward(&tokens, &options).expect("forward");
     let d_mlp = model.config.d_mlp();
-    let post0 = out.taps[&HookPoint::post(0)]
-        .to_data()
-        .try_into_vec::<f32>()
-        .expect("f32");
+    let post0 = host(&out.taps[&HookPoint::post(0)]);
     let (clean0, _) = reference.get("blocks.0.mlp.hook_post");
     for (i, (&got, &clean)) in post0.iter().zip(clean0).enumerate() {
         let want = if i % d_mlp == 5 { 3.25 } else { clean };
         assert!((got - want).abs() < 1e-4, "position {i}: {got} vs {want}");
     }
-    let pre1 = out.taps[&HookPoint::pre(1)]
-        .to_data()
-        .try_into_vec::<f32>()
-        .expect("f32");
+    let pre1 = host(&out.taps[&HookPoint::pre(1)]);
     let moved = max_abs_diff(&pre1, &reference.get("blocks.1.mlp.hook_pre").0);
     assert!(
         moved > 1e-3,
@@ -151,11 +139,7 @@ fn reduced_precision_compute_tracks_the_f32_reference() {
             let mut worst = 0.0f32;
             for (hook, tensor) in out.taps {
                 assert_eq!(tensor.dtype(), DType::from(dtype), "{name} {hook} dtype");
-                let got = tensor
-                    .cast(FloatDType::F32)
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("f32");
+                let got = host(&tensor);
                 worst = worst.max(max_abs_diff(&got, &reference.get(&hook.to_string()).0));
             }
             eprintln!("{dtype:?} {name}: max |Δ| neurons {worst:.2e}");
@@ -184,18 +168,10 @@ fn chunked_vocabulary_matrices_give_the_same_outputs() {
             let out = model
                 .forward(&reference.tokens(), &options)
                 .expect("forward");
-            let got = out.taps[&HookPoint::post(0)]
-                .to_data()
-                .try_into_vec::<f32>()
-                .expect("f32");
+            let got = host(&out.taps[&HookPoint::post(0)]);
             let err = max_abs_diff(&got, &reference.get("blocks.0.mlp.hook_post").0);
             assert!(err < 1e-4, "{backend} {name} neurons: {err:e}");
-            let logits = out
-                .logits
-                .expect("logits")
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32");
+            let logits = host(&out.logits.expect("logits"));
             let err = max_abs_diff(&logits, &reference.get("logits").0);
             assert!(err < 1e-3, "{backend} {name} logits: {err:e}");
         }

@@ -68,6 +68,16 @@ pub fn device(kind: BackendKind) -> ComputeDevice {
     }
 }
 
+/// A tensor's values on the host, as f32 (whatever its dtype).
+pub fn host<const D: usize>(tensor: &burn::tensor::Tensor<D>) -> Vec<f32> {
+    tensor
+        .clone()
+        .cast(burn::tensor::FloatDType::F32)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
