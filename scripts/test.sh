@@ -11,10 +11,8 @@ if ! ldconfig -p | grep -q libvulkan.so.1 || ! ls /usr/share/vulkan/icd.d/lvp_ic
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
 
-# One persistent target directory and one profile (release) for tests, benches and the CLI,
-# so a machine that built once reuses it.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedscope-target}"
-
+# One profile (release) for tests, benches and the CLI, so `cargo run --release` and this
+# script share one build (in CARGO_TARGET_DIR when set, else target/).
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
