@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
+use burn::tensor::activation::{gelu, relu, sigmoid, softmax};
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
@@ -68,7 +68,7 @@ impl Mlp {
     ) -> Tensor<3> {
         let pre = self.w_in.forward(x);
         let mut post = match self.activation {
-            Activation::GeluTanh => gelu_approximate(pre.clone()),
+            Activation::GeluTanh => gelu_tanh(pre.clone()),
             Activation::GeluErf => gelu(pre.clone()),
             Activation::Relu => relu(pre.clone()),
         };
@@ -88,6 +88,18 @@ impl Mlp {
         }
         self.w_out.forward(post)
     }
+}
+
+/// GPT-2's `gelu_new`, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, computed through the
+/// identity `0.5 (1 + tanh z) = σ(2z)` and with `x³` as a product: the same function, but one
+/// exponential per element instead of `powf` and `tanh` (which took a fifth of a training step
+/// on the CPU backend).
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    // 2·√(2/π) and 2·√(2/π)·0.044715.
+    const A: f64 = 1.595_769_121_605_730_7;
+    const B: f64 = A * 0.044_715;
+    let inner = x.clone() * (x.clone() * x.clone() * B + A);
+    x * sigmoid(inner)
 }
 
 /// `post * (1 - mask) + values`, with `mask` and `values` non-zero only at patched neurons.
