@@ -433,12 +433,12 @@ pub fn train(
             lr,
             tokens: tokens_per_step,
         });
-        if state.step % config.checkpoint_every == 0 || state.step == config.steps {
+        let stopping = stop_after.is_some_and(|n| done_here >= n);
+        if stopping || state.step % config.checkpoint_every == 0 || state.step == config.steps {
             write_checkpoint(&checkpoint_dir, &model, &optim, &state)?;
         }
     }
-    if stop_after.is_some_and(|n| done_here >= n) && state.step < config.steps {
-        write_checkpoint(&checkpoint_dir, &model, &optim, &state)?;
+    if state.step < config.steps {
         return Ok(state);
     }
     let tensors = model.named_tensors()?;
@@ -475,10 +475,7 @@ fn write_checkpoint(
         path: optim_path.clone(),
         source: std::io::Error::other(format!("{e:?}")),
     })?;
-    write_json(
-        &tmp.join("state.json"),
-        &serde_json::to_value(state).unwrap_or_default(),
-    )?;
+    write_json(&tmp.join("state.json"), state)?;
     let old = dir.with_extension("old");
     if dir.exists() {
         if old.exists() {
@@ -504,8 +501,11 @@ fn read_state(path: &Path) -> Result<TrainState> {
     })
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     crate::weights::write_file_atomic(path, text.as_bytes())
 }
 
