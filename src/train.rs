@@ -23,6 +23,18 @@ pub struct Args {
     /// Override the preset's number of optimiser steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Override the preset's number of layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Override the preset's residual width (d_model).
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Override the preset's MLP width (neurons per layer).
+    #[arg(long)]
+    pub d_mlp: Option<usize>,
+    /// Override the preset's peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Output Hugging Face directory (config.json, model.safetensors, tokenizer.json); a
     /// checkpoint in it is resumed.
     #[arg(long)]
@@ -63,6 +75,10 @@ pub fn run(args: &Args) -> Result<()> {
         config.steps = steps;
         config.warmup_steps = config.warmup_steps.min(steps);
     }
+    config.n_layer = args.layers.unwrap_or(config.n_layer);
+    config.n_embd = args.d_model.unwrap_or(config.n_embd);
+    config.n_inner = args.d_mlp.unwrap_or(config.n_inner);
+    config.lr = args.lr.unwrap_or(config.lr);
     let tokenizer = TextTokenizer::from_file(&args.tokenizer)?;
     let stream = token_stream(&tokenizer, &args.corpus)?;
     let data = TrainData::new(&stream, config.n_ctx, args.seed)?;

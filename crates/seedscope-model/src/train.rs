@@ -63,13 +63,13 @@ impl TrainConfig {
     /// Named presets: `tiny` (the embedded seed family) and `ci` (a two-minute smoke run).
     pub fn preset(name: &str) -> Option<Self> {
         let tiny = Self {
-            n_layer: 4,
+            n_layer: 2,
             n_embd: 128,
             n_head: 4,
             n_inner: 512,
             n_ctx: 128,
             batch_size: 32,
-            steps: 3000,
+            steps: 1600,
             warmup_steps: 100,
             lr: 3e-3,
             min_lr_ratio: 0.1,
