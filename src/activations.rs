@@ -16,9 +16,9 @@ use seedscope_model::{
 #[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
 pub struct Args {
     /// Hugging Face model directory (config.json, weights, tokenizer.json) or cache entry
-    /// (models--org--name).
+    /// (models--org--name). Default: seed-a of the embedded family.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Token ids, int32 or int64 .npy of shape [n_seq, seq_len], used as given (no BOS added).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -72,24 +72,6 @@ impl From<ComputeDtype> for FloatDType {
     }
 }
 
-impl Args {
-    /// The demo run: text through a model, on the GPU if there is a hardware one, else the CPU.
-    pub fn demo(model: PathBuf, text: PathBuf, out: PathBuf) -> Self {
-        Self {
-            model,
-            tokens: None,
-            text: Some(text),
-            no_bos: false,
-            seq_len: None,
-            out,
-            logits: true,
-            backend: BackendKind::Auto,
-            batch_size: 16,
-            dtype: ComputeDtype::F32,
-        }
-    }
-}
-
 /// Run the command.
 pub fn run(args: &Args) -> Result<()> {
     if args.batch_size == 0 {
@@ -97,7 +79,11 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let device = ComputeDevice::open(args.backend)?;
     eprintln!("device: {}", device.describe());
-    let model = LoadedModel::load_on(&args.model, &device, args.dtype.into())?;
+    let model_dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| crate::analyze::family_dir().join(crate::analyze::FAMILY[0]));
+    let model = LoadedModel::load_on(&model_dir, &device, args.dtype.into())?;
     let tokens = input_tokens(args, &model)?;
     let [n_seq, seq_len] = tokens.shape();
     eprintln!(

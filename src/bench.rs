@@ -14,9 +14,9 @@ use seedscope_model::{
 /// Options of `seedscope bench-forward`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Hugging Face model directory.
+    /// Hugging Face model directory (default: seed-a of the embedded family).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
@@ -38,7 +38,11 @@ pub struct Args {
 /// print one JSON line with tokens per second.
 pub fn run(args: &Args) -> Result<()> {
     let device = ComputeDevice::open(args.backend)?;
-    let model = LoadedModel::load_on(&args.model, &device, args.dtype.into())?;
+    let dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| crate::analyze::family_dir().join(crate::analyze::FAMILY[0]));
+    let model = LoadedModel::load_on(&dir, &device, args.dtype.into())?;
     let n = args.batch * args.seq_len;
     let vocab = model.config.vocab_size() as u64;
     // A fixed pseudo-random token stream (64-bit LCG), the same on every run.

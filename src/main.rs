@@ -1,14 +1,19 @@
 //! `seedscope`: find and explore universal neurons across GPT-2 seeds.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod activations;
+mod analyze;
 mod bench;
+mod bench_corr;
+mod eval_loss;
 mod tokenizer;
 mod train;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Find and explore universal neurons across language-model seeds.
 #[derive(Parser)]
@@ -20,38 +25,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Find universal neurons: cross-seed correlations, rotation baseline, excess correlation,
+    /// written to a bundle. With no arguments: the embedded family on its eval tokens.
+    Analyze(analyze::Args),
+    /// Print the fraction of universal neurons, overall and per layer, of a bundle.
+    Summary(analyze::SummaryArgs),
     /// Run a model over tokens and save every MLP neuron's pre- and post-activation.
     Activations(activations::Args),
     /// Measure forward throughput (tokens/s) of the neuron pass on a model.
     BenchForward(bench::Args),
+    /// Measure correlation-update throughput (GFLOP/s) of the CPU path and the WGSL kernels.
+    BenchCorrelation(bench_corr::Args),
+    /// Mean next-token loss of models over a token set (default: the family on its eval set).
+    EvalLoss(eval_loss::Args),
     /// Train a byte-level BPE tokenizer on the bundled corpus.
     Tokenizer(tokenizer::Args),
     /// Train one seed of a GPT-2 family (checkpoints; a rerun resumes).
     Train(train::Args),
 }
 
-/// The bundled demo: a tiny GPT-2 fixture and a line of Shakespeare.
-fn default_activations() -> activations::Args {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    activations::Args::demo(
-        root.join("tests/fixtures/gpt2-crfm"),
-        root.join("assets/demo.txt"),
-        PathBuf::from("seedscope-out/activations.safetensors"),
-    )
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Activations(args)) => activations::run(&args),
+        Some(Command::Analyze(args)) => analyze::run(&args),
+        Some(Command::Summary(args)) => analyze::summary(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
+        Some(Command::BenchCorrelation(args)) => bench_corr::run(&args),
+        Some(Command::EvalLoss(args)) => eval_loss::run(&args),
         Some(Command::Tokenizer(args)) => tokenizer::run(&args),
         Some(Command::Train(args)) => train::run(&args),
         None => {
             eprintln!(
-                "no command given: running the demo (`seedscope activations` on the bundled fixture)"
+                "no command given: running `seedscope analyze` on the embedded family \
+                 (assets/family/seed-a..e over its held-out eval tokens)"
             );
-            activations::run(&default_activations())
+            analyze::run(&analyze::Args::embedded())
         }
     };
     match result {

@@ -163,3 +163,94 @@ fn train_command_writes_a_hugging_face_directory_and_resumes() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
+    let dir = temp_dir("cli-analyze");
+    let out = dir.join("bundle");
+    let output = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .args(["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"].map(fixture))
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu", "--save-tiles", "0-0,2-1", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run seedscope analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for file in [
+        "manifest.json",
+        "neurons.csv",
+        "correlation.safetensors",
+        "tiles.safetensors",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    assert!(
+        !dir.join("bundle.partial").exists(),
+        "the working directory was left behind"
+    );
+    let csv = std::fs::read_to_string(out.join("neurons.csv")).expect("csv");
+    let mut lines = csv.lines();
+    let header = lines.next().expect("header");
+    assert!(header.starts_with("model,layer,neuron,max_corr,mean_corr,min_corr,max_baseline,mean_baseline,min_baseline,excess_corr,is_universal"));
+    assert_eq!(lines.count(), 3 * 128);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["models"].as_array().map(Vec::len), Some(3));
+    assert_eq!(manifest["n_tokens"], 706);
+    let tiles = std::fs::read(out.join("tiles.safetensors")).expect("tiles");
+    let st = safetensors::SafeTensors::deserialize(&tiles).expect("tiles safetensors");
+    assert_eq!(st.len(), 4);
+    assert!(st.names().contains(&"gpt2-plain/gpt2-crfm/L2-L1"));
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        printed.contains("anchor gpt2-plain") && printed.contains("all"),
+        "{printed}"
+    );
+    let summary = seedscope()
+        .arg("summary")
+        .arg(&out)
+        .output()
+        .expect("run summary");
+    assert!(summary.status.success());
+    assert_eq!(String::from_utf8_lossy(&summary.stdout), printed);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn analyze_and_summary_name_the_file_that_is_wrong() {
+    let dir = temp_dir("cli-analyze-bad");
+    let out = dir.join("bundle");
+    let bad = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .arg(fixture("gpt2-plain"))
+        .arg("/nonexistent/seed-b")
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("/nonexistent/seed-b"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
+    std::fs::create_dir_all(&out).expect("dir");
+    std::fs::write(out.join("manifest.json"), "{ not json").expect("write");
+    let s = seedscope().arg("summary").arg(&out).output().expect("run");
+    let stderr = String::from_utf8_lossy(&s.stderr);
+    assert!(
+        !s.status.success() && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

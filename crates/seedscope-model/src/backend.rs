@@ -4,7 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::Device;
+use burn::tensor::wgpu::WgpuSetup;
 
 /// The compute paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +65,18 @@ pub struct ComputeDevice {
     /// The largest buffer the adapter can bind (`min(max_storage_buffer_binding_size,
     /// max_buffer_size)`); `None` on the CPU.
     pub max_buffer_bytes: Option<u64>,
+    /// The wgpu device and queue Burn runs on (`None` on the CPU): Seedscope's own WGSL kernels
+    /// use the same ones, so they read Burn's output buffers in place.
+    pub wgpu: Option<WgpuHandles>,
+}
+
+/// The wgpu device shared by Burn and Seedscope's kernels.
+#[derive(Debug, Clone)]
+pub struct WgpuHandles {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
 }
 
 impl ComputeDevice {
@@ -76,16 +89,19 @@ impl ComputeDevice {
             adapter: None,
             note: None,
             max_buffer_bytes: None,
+            wgpu: None,
         };
         match kind {
             BackendKind::Cpu => Ok(cpu),
-            BackendKind::Wgpu => Ok(Self::wgpu(probe_adapter()?)),
+            BackendKind::Wgpu => Self::wgpu(probe_adapter()?),
             BackendKind::Auto => Ok(match probe_adapter() {
-                Ok(probe) if probe.0.device_type != wgpu::DeviceType::Cpu => Self::wgpu(probe),
-                Ok((info, _)) => Self {
+                Ok(probe) if probe.1.get_info().device_type != wgpu::DeviceType::Cpu => {
+                    Self::wgpu(probe)?
+                }
+                Ok((_, adapter)) => Self {
                     note: Some(format!(
                         "the only GPU adapter, {}, is a software one",
-                        info.name
+                        adapter.get_info().name
                     )),
                     ..cpu
                 },
@@ -97,18 +113,45 @@ impl ComputeDevice {
         }
     }
 
-    fn wgpu((adapter, limits): (wgpu::AdapterInfo, wgpu::Limits)) -> Self {
-        Self {
-            device: Device::wgpu(DeviceKind::DefaultDevice),
+    /// Open a device on `adapter` the way Burn's wgpu runtime would (all adapter features but
+    /// mappable primary buffers, the adapter's full limits) and hand it to Burn.
+    fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(
+            adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("seedscope"),
+                required_features: adapter
+                    .features()
+                    .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+                required_limits: limits.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| NoAdapter(format!("requesting a device failed: {e}")))?;
+        let info = adapter.get_info();
+        let setup = WgpuSetup {
+            instance,
+            adapter,
+            device: device.clone(),
+            queue: queue.clone(),
+            backend: info.backend,
+        };
+        let burn_device = Device::wgpu_options()
+            .setup(setup)
+            .init()
+            .map_err(|e| NoAdapter(format!("Burn could not use the device: {e:?}")))?;
+        Ok(Self {
+            device: burn_device,
             kind: BackendKind::Wgpu,
-            adapter: Some(adapter),
+            adapter: Some(info),
             note: None,
             max_buffer_bytes: Some(
                 limits
                     .max_storage_buffer_binding_size
                     .min(limits.max_buffer_size),
             ),
-        }
+            wgpu: Some(WgpuHandles { device, queue }),
+        })
     }
 
     /// Whether the adapter is a software rasteriser (llvmpipe/lavapipe, SwiftShader, WARP),
@@ -129,15 +172,14 @@ impl ComputeDevice {
     }
 }
 
-/// The adapter wgpu picks with a high-performance preference, as Burn's default device does,
-/// and its limits (which Burn's wgpu runtime requests in full).
-fn probe_adapter() -> Result<(wgpu::AdapterInfo, wgpu::Limits), NoAdapter> {
+/// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
+fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let options = wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
     };
     pollster::block_on(instance.request_adapter(&options))
-        .map(|adapter| (adapter.get_info(), adapter.limits()))
+        .map(|adapter| (instance.clone(), adapter))
         .map_err(|e| NoAdapter(e.to_string()))
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
-pub use backend::{BackendKind, ComputeDevice, NoAdapter};
+pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
 pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};

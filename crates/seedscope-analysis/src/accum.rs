@@ -1,0 +1,642 @@
+//! Streaming accumulators of per-neuron moments and cross-model co-moments, on the GPU (WGSL
+//! kernels of `seedscope-gpu`) or the CPU (matrixmultiply GEMMs through ndarray).
+//!
+//! Both paths use the same scheme: every block of tokens is centred on its own means, its
+//! centred cross products are one GEMM, and the block is merged into the running totals with
+//! Chan et al.'s parallel formula. The GPU keeps the totals as Kahan-compensated f32 pairs; the
+//! CPU keeps them in f64 (its block GEMM is f32 on centred values).
+
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, s};
+use seedscope_gpu::{
+    ActView, CrossTile, GpuContext, Kernels, Moments, REL_ZERO_STD, TileReduction,
+};
+
+use crate::AnalysisError;
+
+/// One co-moment tile to accumulate: anchor model columns × another stream's columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileSpec {
+    /// Stream of the anchor (its real activations).
+    pub a_stream: usize,
+    /// Anchor columns (`layer * d_mlp + neuron`).
+    pub a_cols: Range<usize>,
+    /// The other stream (a model's activations, or its rotated baseline).
+    pub b_stream: usize,
+    /// Its columns.
+    pub b_cols: Range<usize>,
+}
+
+impl TileSpec {
+    /// Accumulator bytes of the tile (8 per entry on both paths).
+    pub fn bytes(&self) -> u64 {
+        (self.a_cols.len() * self.b_cols.len() * 8) as u64
+    }
+}
+
+/// A block's activations on the GPU: a contiguous `[rows, cols]` f32 Burn tensor kept alive
+/// (so its memory is not reused) while kernels read its buffer.
+#[derive(Debug)]
+pub struct GpuBlock {
+    _tensor: burn::backend::wgpu::CubeTensor,
+    buffer: wgpu::Buffer,
+    byte_offset: u64,
+    rows: u32,
+    cols: u32,
+}
+
+impl GpuBlock {
+    /// Take a `[rows, cols]` f32 tensor on the shared wgpu device; Burn's pending work on it is
+    /// submitted first.
+    pub fn new(t: burn::tensor::Tensor<2>) -> Result<Self, AnalysisError> {
+        use burn::backend::Cube;
+        use burn::backend::wgpu::{AutoCompiler, into_contiguous};
+        use burn::cubecl::wgpu::WgpuServer;
+        let [rows, cols] = t.dims();
+        let p: burn::backend::wgpu::CubeTensor = t
+            .try_into_primitive::<Cube>()
+            .map_err(|e| AnalysisError::Invalid(format!("activations are not on wgpu: {e:?}")))?;
+        let p = into_contiguous(p);
+        if p.dtype != burn::tensor::DType::F32 {
+            return Err(AnalysisError::Invalid(format!(
+                "activations are {:?}, the kernels read f32",
+                p.dtype
+            )));
+        }
+        let managed = p
+            .client
+            .get_resource::<WgpuServer<AutoCompiler>>(p.handle.clone())
+            .map_err(|e| AnalysisError::Invalid(format!("wgpu buffer of a tensor: {e:?}")))?;
+        p.client
+            .flush()
+            .map_err(|e| AnalysisError::Invalid(format!("submitting Burn's work: {e:?}")))?;
+        let res = managed.resource();
+        let (buffer, byte_offset) = (res.buffer.clone(), res.offset);
+        drop(managed);
+        Ok(Self {
+            _tensor: p,
+            buffer,
+            byte_offset,
+            rows: rows as u32,
+            cols: cols as u32,
+        })
+    }
+}
+
+/// One block's activations per stream (`None` for streams the current pass does not use).
+#[derive(Debug)]
+pub enum Block {
+    /// Host matrices `[rows, cols]`.
+    Cpu(Vec<Option<Array2<f32>>>),
+    /// Device tensors.
+    Gpu(Vec<Option<GpuBlock>>),
+}
+
+/// Running per-neuron moments on the CPU.
+#[derive(Debug, Clone)]
+pub struct CpuMoments {
+    /// Mean.
+    pub mean: Vec<f64>,
+    /// Centred sum of squares.
+    pub m2: Vec<f64>,
+}
+
+/// Saved accumulator state (checkpoints): named f32 or f64 arrays and the row count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedState {
+    /// Rows (tokens) merged.
+    pub count: u64,
+    /// Per stream moments, in the path's own layout.
+    pub moments: Vec<Option<Vec<f64>>>,
+    /// Per tile accumulators.
+    pub tiles: Vec<Vec<f64>>,
+}
+
+/// Accumulators of one pass: moments of the streams it uses and its tiles.
+#[derive(Debug)]
+pub enum Accumulator {
+    /// CPU, f64 totals.
+    Cpu {
+        /// Tiles accumulated.
+        specs: Vec<TileSpec>,
+        /// Per stream.
+        moments: Vec<Option<CpuMoments>>,
+        /// `[a_len, b_len]` co-moments per tile.
+        tiles: Vec<Vec<f64>>,
+        /// Rows merged.
+        count: u64,
+    },
+    /// GPU, compensated f32 totals.
+    Gpu {
+        /// The device.
+        ctx: Box<GpuContext>,
+        /// The kernels.
+        kernels: Box<Kernels>,
+        /// Tiles accumulated.
+        specs: Vec<TileSpec>,
+        /// Per stream.
+        moments: Vec<Option<Moments>>,
+        /// Per tile.
+        tiles: Vec<CrossTile>,
+    },
+}
+
+/// Streams a set of tiles reads.
+fn used_streams(specs: &[TileSpec], n_streams: usize) -> Vec<bool> {
+    let mut used = vec![false; n_streams];
+    for t in specs {
+        used[t.a_stream] = true;
+        used[t.b_stream] = true;
+    }
+    used
+}
+
+impl Accumulator {
+    /// Zeroed CPU accumulators for `specs`; `widths[s]` is stream `s`'s column count.
+    pub fn cpu(specs: Vec<TileSpec>, widths: &[usize]) -> Self {
+        let used = used_streams(&specs, widths.len());
+        Self::Cpu {
+            moments: widths
+                .iter()
+                .zip(&used)
+                .map(|(&w, &u)| {
+                    u.then(|| CpuMoments {
+                        mean: vec![0.0; w],
+                        m2: vec![0.0; w],
+                    })
+                })
+                .collect(),
+            tiles: specs
+                .iter()
+                .map(|t| vec![0.0; t.a_cols.len() * t.b_cols.len()])
+                .collect(),
+            specs,
+            count: 0,
+        }
+    }
+
+    /// Zeroed GPU accumulators.
+    pub fn gpu(
+        ctx: GpuContext,
+        specs: Vec<TileSpec>,
+        widths: &[usize],
+    ) -> Result<Self, AnalysisError> {
+        let used = used_streams(&specs, widths.len());
+        let kernels = Box::new(Kernels::new(&ctx));
+        let mut moments = Vec::new();
+        for (&w, &u) in widths.iter().zip(&used) {
+            moments.push(if u {
+                Some(Moments::new(&ctx, w as u32)?)
+            } else {
+                None
+            });
+        }
+        let mut tiles = Vec::new();
+        for t in &specs {
+            tiles.push(CrossTile::new(
+                &ctx,
+                t.a_cols.start as u32,
+                t.a_cols.len() as u32,
+                t.b_cols.start as u32,
+                t.b_cols.len() as u32,
+            )?);
+        }
+        Ok(Self::Gpu {
+            ctx: Box::new(ctx),
+            kernels,
+            specs,
+            moments,
+            tiles,
+        })
+    }
+
+    /// Which streams this pass needs activations for.
+    pub fn streams(&self) -> Vec<bool> {
+        match self {
+            Self::Cpu { moments, .. } => moments.iter().map(Option::is_some).collect(),
+            Self::Gpu { moments, .. } => moments.iter().map(Option::is_some).collect(),
+        }
+    }
+
+    /// The tiles.
+    pub fn specs(&self) -> &[TileSpec] {
+        match self {
+            Self::Cpu { specs, .. } | Self::Gpu { specs, .. } => specs,
+        }
+    }
+
+    /// Rows merged so far.
+    pub fn count(&self) -> u64 {
+        match self {
+            Self::Cpu { count, .. } => *count,
+            Self::Gpu { moments, .. } => moments
+                .iter()
+                .flatten()
+                .map(Moments::count)
+                .next()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Merge one block (every used stream present, all with the same rows).
+    pub fn update(&mut self, block: &Block) -> Result<(), AnalysisError> {
+        match (self, block) {
+            (
+                Self::Cpu {
+                    specs,
+                    moments,
+                    tiles,
+                    count,
+                },
+                Block::Cpu(data),
+            ) => {
+                let rows = data.iter().flatten().map(|m| m.nrows()).next().unwrap_or(0);
+                if rows == 0 {
+                    return Ok(());
+                }
+                let (w_mean, w_cross) = seedscope_gpu::merge_weights(*count, rows as u64);
+                let mut centred: Vec<Option<(Array2<f32>, Vec<f64>)>> = Vec::new();
+                for (m, x) in moments.iter_mut().zip(data) {
+                    let (Some(m), Some(x)) = (m, x) else {
+                        centred.push(None);
+                        continue;
+                    };
+                    let (c, delta) = center_block(x.view(), m, w_mean, w_cross);
+                    centred.push(Some((c, delta)));
+                }
+                for (t, acc) in specs.iter().zip(tiles.iter_mut()) {
+                    let (Some((ca, da)), Some((cb, db))) =
+                        (&centred[t.a_stream], &centred[t.b_stream])
+                    else {
+                        return Err(AnalysisError::Invalid(
+                            "a block lacks a stream its tiles need".into(),
+                        ));
+                    };
+                    let g = ca
+                        .slice(s![.., t.a_cols.clone()])
+                        .t()
+                        .dot(&cb.slice(s![.., t.b_cols.clone()]));
+                    let nb = t.b_cols.len();
+                    for (i, grow) in g.outer_iter().enumerate() {
+                        let dai = da[t.a_cols.start + i] * w_cross;
+                        let row = &mut acc[i * nb..(i + 1) * nb];
+                        for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(&db[t.b_cols.clone()])
+                        {
+                            *c += gv as f64 + dai * dbj;
+                        }
+                    }
+                }
+                *count += rows as u64;
+                Ok(())
+            }
+            (
+                Self::Gpu {
+                    ctx,
+                    kernels,
+                    specs,
+                    moments,
+                    tiles,
+                },
+                Block::Gpu(data),
+            ) => {
+                let rows = data.iter().flatten().map(|b| b.rows).next().unwrap_or(0);
+                if rows == 0 {
+                    return Ok(());
+                }
+                // Merge in row chunks whose matrices fit one binding, each starting at an
+                // offset the device accepts.
+                let align = ctx
+                    .device
+                    .limits()
+                    .min_storage_buffer_offset_alignment
+                    .max(4) as u64;
+                let mut chunk = (rows as u64).min(seedscope_gpu::MAX_BLOCK_ROWS as u64);
+                for b in data.iter().flatten() {
+                    let row_bytes = b.cols as u64 * 4;
+                    let step = align / gcd(row_bytes, align);
+                    let fit = (ctx.max_binding_bytes() / row_bytes.max(1))
+                        .min(seedscope_gpu::MAX_BLOCK_ROWS as u64)
+                        / step
+                        * step;
+                    if fit == 0 {
+                        return Err(AnalysisError::Invalid(format!(
+                            "{step} token(s) of {} neurons exceed the device's largest binding \
+                             ({} bytes)",
+                            b.cols,
+                            ctx.max_binding_bytes()
+                        )));
+                    }
+                    chunk = chunk.min(fit);
+                }
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                for r0 in (0..rows as u64).step_by(chunk as usize) {
+                    let len = chunk.min(rows as u64 - r0) as u32;
+                    fn view(b: &GpuBlock, r0: u64, len: u32) -> ActView<'_> {
+                        ActView {
+                            buffer: &b.buffer,
+                            byte_offset: b.byte_offset + r0 * b.cols as u64 * 4,
+                            rows: len,
+                            row_len: b.cols,
+                        }
+                    }
+                    let n_prev = moments
+                        .iter()
+                        .flatten()
+                        .map(Moments::count)
+                        .next()
+                        .unwrap_or(0);
+                    for (m, x) in moments.iter_mut().zip(data) {
+                        if let (Some(m), Some(x)) = (m, x) {
+                            m.update(ctx, kernels, &mut encoder, view(x, r0, len))?;
+                        }
+                    }
+                    for (t, tile) in specs.iter().zip(tiles.iter()) {
+                        let (Some(a), Some(b)) = (&data[t.a_stream], &data[t.b_stream]) else {
+                            return Err(AnalysisError::Invalid(
+                                "a block lacks a stream its tiles need".into(),
+                            ));
+                        };
+                        let (Some(ma), Some(mb)) = (&moments[t.a_stream], &moments[t.b_stream])
+                        else {
+                            return Err(AnalysisError::Invalid(
+                                "moments missing for a tile".into(),
+                            ));
+                        };
+                        tile.update(
+                            ctx,
+                            kernels,
+                            &mut encoder,
+                            view(a, r0, len),
+                            ma,
+                            view(b, r0, len),
+                            mb,
+                            n_prev,
+                        )?;
+                    }
+                }
+                ctx.queue.submit([encoder.finish()]);
+                Ok(())
+            }
+            _ => Err(AnalysisError::Invalid(
+                "a block on one path was given to accumulators on the other".into(),
+            )),
+        }
+    }
+
+    /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
+    pub fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
+        let n = self.count().max(1) as f64;
+        let mv: Vec<(f64, f64)> = match self {
+            Self::Cpu { moments, .. } => {
+                let m = moments[stream].as_ref().ok_or_else(no_stream)?;
+                m.mean.iter().copied().zip(m.m2.iter().copied()).collect()
+            }
+            Self::Gpu { ctx, moments, .. } => {
+                moments[stream].as_ref().ok_or_else(no_stream)?.read(ctx)?
+            }
+        };
+        Ok(mv.into_iter().map(|(m, m2)| (m, m2 / n)).collect())
+    }
+
+    /// Reduce every tile to per-anchor-row best and worst matches; with `want_tile(i)`, also
+    /// return tile `i`'s correlations.
+    pub fn finalize(
+        &self,
+        want_tile: impl Fn(usize) -> bool,
+    ) -> Result<Vec<TileReduction>, AnalysisError> {
+        match self {
+            Self::Cpu {
+                specs,
+                moments,
+                tiles,
+                count,
+            } => {
+                let mut out = Vec::new();
+                for (k, (t, acc)) in specs.iter().zip(tiles).enumerate() {
+                    let (Some(ma), Some(mb)) = (&moments[t.a_stream], &moments[t.b_stream]) else {
+                        return Err(no_stream());
+                    };
+                    let ia: Vec<f64> = t
+                        .a_cols
+                        .clone()
+                        .map(|i| inv_scale(ma.mean[i], ma.m2[i], *count))
+                        .collect();
+                    let ib: Vec<f64> = t
+                        .b_cols
+                        .clone()
+                        .map(|j| inv_scale(mb.mean[j], mb.m2[j], *count))
+                        .collect();
+                    out.push(reduce_rows(acc, &ia, &ib, want_tile(k)));
+                }
+                Ok(out)
+            }
+            Self::Gpu {
+                ctx,
+                kernels,
+                specs,
+                moments,
+                tiles,
+            } => {
+                let mut out = Vec::new();
+                for (k, (t, tile)) in specs.iter().zip(tiles).enumerate() {
+                    let (Some(ma), Some(mb)) = (&moments[t.a_stream], &moments[t.b_stream]) else {
+                        return Err(no_stream());
+                    };
+                    out.push(tile.finalize(ctx, kernels, ma, mb, want_tile(k))?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The running state, for a checkpoint.
+    pub fn save(&self) -> Result<SavedState, AnalysisError> {
+        match self {
+            Self::Cpu {
+                moments,
+                tiles,
+                count,
+                ..
+            } => Ok(SavedState {
+                count: *count,
+                moments: moments
+                    .iter()
+                    .map(|m| m.as_ref().map(|m| [m.mean.clone(), m.m2.clone()].concat()))
+                    .collect(),
+                tiles: tiles.clone(),
+            }),
+            Self::Gpu {
+                ctx,
+                moments,
+                tiles,
+                ..
+            } => {
+                let count = self.count();
+                let mut ms = Vec::new();
+                for m in moments {
+                    ms.push(match m {
+                        Some(m) => Some(m.read_state(ctx)?.into_iter().map(f64::from).collect()),
+                        None => None,
+                    });
+                }
+                let mut ts = Vec::new();
+                for t in tiles {
+                    ts.push(t.read_state(ctx)?.into_iter().map(f64::from).collect());
+                }
+                Ok(SavedState {
+                    count,
+                    moments: ms,
+                    tiles: ts,
+                })
+            }
+        }
+    }
+
+    /// Restore a state from [`Accumulator::save`] on the same path and plan.
+    pub fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
+        let mismatch = || AnalysisError::Invalid("the checkpoint does not match this plan".into());
+        match self {
+            Self::Cpu {
+                moments,
+                tiles,
+                count,
+                ..
+            } => {
+                if state.moments.len() != moments.len() || state.tiles.len() != tiles.len() {
+                    return Err(mismatch());
+                }
+                for (m, s) in moments.iter_mut().zip(&state.moments) {
+                    match (m, s) {
+                        (Some(m), Some(s)) if s.len() == 2 * m.mean.len() => {
+                            let w = m.mean.len();
+                            m.mean.copy_from_slice(&s[..w]);
+                            m.m2.copy_from_slice(&s[w..]);
+                        }
+                        (None, None) => {}
+                        _ => return Err(mismatch()),
+                    }
+                }
+                for (t, s) in tiles.iter_mut().zip(&state.tiles) {
+                    if t.len() != s.len() {
+                        return Err(mismatch());
+                    }
+                    t.copy_from_slice(s);
+                }
+                *count = state.count;
+                Ok(())
+            }
+            Self::Gpu {
+                ctx,
+                moments,
+                tiles,
+                ..
+            } => {
+                if state.moments.len() != moments.len() || state.tiles.len() != tiles.len() {
+                    return Err(mismatch());
+                }
+                for (m, s) in moments.iter_mut().zip(&state.moments) {
+                    match (m, s) {
+                        (Some(m), Some(s)) => {
+                            let v: Vec<f32> = s.iter().map(|&x| x as f32).collect();
+                            m.restore(ctx, &v, state.count)?;
+                        }
+                        (None, None) => {}
+                        _ => return Err(mismatch()),
+                    }
+                }
+                for (t, s) in tiles.iter().zip(&state.tiles) {
+                    let v: Vec<f32> = s.iter().map(|&x| x as f32).collect();
+                    t.restore(ctx, &v)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a.max(1) } else { gcd(b, a % b) }
+}
+
+fn no_stream() -> AnalysisError {
+    AnalysisError::Invalid("a tile reads a stream without moments".into())
+}
+
+/// Centre a block on its means (corrected two-pass, f64), merge its moments into `m`, and
+/// return the centred f32 block and each column's mean shift (block mean − previous mean).
+fn center_block(
+    x: ArrayView2<'_, f32>,
+    m: &mut CpuMoments,
+    w_mean: f64,
+    w_m2: f64,
+) -> (Array2<f32>, Vec<f64>) {
+    let rows = x.nrows() as f64;
+    let cols = x.ncols();
+    let mut mean = vec![0.0f64; cols];
+    for r in x.outer_iter() {
+        for (s, &v) in mean.iter_mut().zip(r) {
+            *s += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|s| *s /= rows);
+    let mut m2 = vec![0.0f64; cols];
+    let mut c = Array2::<f32>::zeros(x.raw_dim());
+    for (mut cr, r) in c.outer_iter_mut().zip(x.outer_iter()) {
+        for j in 0..cols {
+            let d = r[j] as f64 - mean[j];
+            m2[j] += d * d;
+            cr[j] = d as f32;
+        }
+    }
+    let mut delta = vec![0.0f64; cols];
+    for j in 0..cols {
+        delta[j] = mean[j] - m.mean[j];
+        m.mean[j] += delta[j] * w_mean;
+        m.m2[j] += m2[j] + delta[j] * delta[j] * w_m2;
+    }
+    (c, delta)
+}
+
+/// `1/sqrt(M2)`, or 0 for a constant neuron (the rule `finalize.wgsl` uses).
+fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
+    let floor = REL_ZERO_STD as f64 * mean;
+    if m2 <= 0.0 || m2 <= floor * floor * n as f64 {
+        0.0
+    } else {
+        1.0 / m2.sqrt()
+    }
+}
+
+fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {
+    let nb = ib.len();
+    let mut r = TileReduction {
+        max: Vec::new(),
+        argmax: Vec::new(),
+        min: Vec::new(),
+        argmin: Vec::new(),
+        tile: with_tile.then(Vec::new),
+    };
+    for (i, &sa) in ia.iter().enumerate() {
+        let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
+        for (j, &sb) in ib.iter().enumerate() {
+            let corr = (acc[i * nb + j] * sa * sb).clamp(-1.0, 1.0);
+            if corr > best {
+                best = corr;
+                bj = j as u32;
+            }
+            if corr < worst {
+                worst = corr;
+                wj = j as u32;
+            }
+            if let Some(t) = r.tile.as_mut() {
+                t.push(corr as f32);
+            }
+        }
+        r.max.push(best as f32);
+        r.argmax.push(bj);
+        r.min.push(worst as f32);
+        r.argmin.push(wj);
+    }
+    r
+}

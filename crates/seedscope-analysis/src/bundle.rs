@@ -1,0 +1,540 @@
+//! Result bundles: a directory with `manifest.json`, `neurons.csv`, `correlation.safetensors`
+//! and (when asked) `tiles.safetensors`. A bundle is assembled in `<OUT>.partial/` (which also
+//! holds the run's checkpoint) and renamed into place only when complete, so a crash never
+//! leaves a half bundle that looks whole.
+//!
+//! `neurons.csv` has one row per anchor neuron with the paper's dataframe columns: `model`,
+//! `layer`, `neuron`, `max_corr`, `mean_corr`, `min_corr` (max/mean/min over the other models
+//! of the neuron's best correlation), `max_baseline`, `mean_baseline`, `min_baseline` (the same
+//! for the rotated baseline), `excess_corr` (= mean_corr − mean_baseline), `is_universal`
+//! (excess_corr > threshold), then `act_mean`, `act_var` (post-activation over the kept
+//! tokens), and for the k-th other model of the row's anchor (manifest order, the anchor skipped)
+//! `corr_k` and `match_k` (its best match, `layer.neuron`).
+//!
+//! `correlation.safetensors` (anchor = model 0): `max_corr`, `max_corr_layer`,
+//! `max_corr_neuron`, `min_corr` (the most negative correlation), `baseline_max_corr`, each
+//! `[n_other, n_layers, d_mlp]`; `excess_corr` and `is_universal` `[n_layers, d_mlp]`;
+//! `layer_match_fraction` `[n_layers, n_layers]` (row: anchor layer, column: layer of the best
+//! match, averaged over the other models; the paper's Fig. 2c) and
+//! `layer_match_fraction_per_model` `[n_other, n_layers, n_layers]`. With `--all-anchors` the
+//! same tensors for anchor `m` are prefixed `anchor{m}/`.
+//!
+//! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::AnalysisError;
+use crate::engine::{AnchorResult, Results};
+
+/// Files of a bundle.
+pub const MANIFEST: &str = "manifest.json";
+/// One row per anchor neuron.
+pub const NEURONS: &str = "neurons.csv";
+/// Per-neuron correlation tensors.
+pub const CORRELATION: &str = "correlation.safetensors";
+/// Saved correlation tiles.
+pub const TILES: &str = "tiles.safetensors";
+
+/// The working directory of a bundle being made: `<out>.partial`.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// One row of `neurons.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeuronRow {
+    /// Anchor model name.
+    pub model: String,
+    /// Layer.
+    pub layer: usize,
+    /// Neuron within the layer.
+    pub neuron: usize,
+    /// Max over other models of the best correlation.
+    pub max_corr: f64,
+    /// Mean over other models of the best correlation.
+    pub mean_corr: f64,
+    /// Min over other models of the best correlation.
+    pub min_corr: f64,
+    /// Max over other models of the best baseline correlation.
+    pub max_baseline: f64,
+    /// Mean over other models of the best baseline correlation.
+    pub mean_baseline: f64,
+    /// Min over other models of the best baseline correlation.
+    pub min_baseline: f64,
+    /// `mean_corr - mean_baseline`.
+    pub excess_corr: f64,
+    /// `excess_corr > threshold`.
+    pub is_universal: bool,
+    /// Mean post-activation over the kept tokens.
+    pub act_mean: f64,
+    /// Its variance.
+    pub act_var: f64,
+}
+
+/// Per-neuron aggregates of one anchor's results.
+pub fn neuron_rows(
+    r: &AnchorResult,
+    names: &[String],
+    d_mlp: usize,
+    threshold: f64,
+) -> Vec<(NeuronRow, Vec<(f32, u32)>)> {
+    let width = r.real.first().map_or(0, |m| m.max.len());
+    let n_other = r.others.len().max(1) as f64;
+    (0..width)
+        .map(|i| {
+            let corr: Vec<f64> = r.real.iter().map(|m| m.max[i] as f64).collect();
+            let base: Vec<f64> = r.baseline.iter().map(|m| m.max[i] as f64).collect();
+            let stats = |v: &[f64]| {
+                (
+                    v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    v.iter().sum::<f64>() / n_other,
+                    v.iter().copied().fold(f64::INFINITY, f64::min),
+                )
+            };
+            let (max_corr, mean_corr, min_corr) = stats(&corr);
+            let (max_baseline, mean_baseline, min_baseline) = stats(&base);
+            let excess = mean_corr - mean_baseline;
+            (
+                NeuronRow {
+                    model: names[r.anchor].clone(),
+                    layer: i / d_mlp,
+                    neuron: i % d_mlp,
+                    max_corr,
+                    mean_corr,
+                    min_corr,
+                    max_baseline,
+                    mean_baseline,
+                    min_baseline,
+                    excess_corr: excess,
+                    // NaN counts as not universal, as in the paper.
+                    is_universal: excess > threshold,
+                    act_mean: r.mean.get(i).copied().unwrap_or(f64::NAN),
+                    act_var: r.var.get(i).copied().unwrap_or(f64::NAN),
+                },
+                r.real.iter().map(|m| (m.max[i], m.argmax[i])).collect(),
+            )
+        })
+        .collect()
+}
+
+/// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
+/// lies in each layer.
+fn layer_match(argmax: &[u32], n_layers: usize, d: usize) -> Vec<f32> {
+    let mut f = vec![0.0f32; n_layers * n_layers];
+    for (i, &j) in argmax.iter().enumerate() {
+        let (la, lb) = (i / d, j as usize / d);
+        if lb < n_layers {
+            f[la * n_layers + lb] += 1.0 / d as f32;
+        }
+    }
+    f
+}
+
+/// What a manifest records about a model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelEntry {
+    /// Short name (directory name).
+    pub name: String,
+    /// The directory.
+    pub path: String,
+    /// Every file with its sha256.
+    pub files: Vec<(String, String)>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Seedscope's version.
+    pub seedscope_version: String,
+    /// The command line that made it.
+    pub command: Vec<String>,
+    /// The models; the first is the anchor.
+    pub models: Vec<ModelEntry>,
+    /// Where the tokens came from.
+    pub data_source: String,
+    /// sha256 of the token ids (u32 little-endian, row-major).
+    pub data_sha256: String,
+    /// Token rows and their length.
+    pub data_shape: [usize; 2],
+    /// Ids whose positions were dropped.
+    pub dropped_ids: Vec<u32>,
+    /// Kept tokens the correlations are over.
+    pub n_tokens: u64,
+    /// Layers and neurons per layer.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// The options (threshold, rotation seed, budget, ...).
+    pub options: crate::AnalysisOptions,
+    /// The baseline.
+    pub baseline: String,
+    /// Where it ran.
+    pub device: String,
+    /// Passes over the data and the estimated peak accumulation memory.
+    pub passes: usize,
+    /// Bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall-clock seconds of the run (this invocation).
+    pub seconds: f64,
+    /// Fraction of anchor neurons that are universal (anchor model 0).
+    pub fraction_universal: f64,
+    /// Per layer.
+    pub fraction_universal_per_layer: Vec<f64>,
+}
+
+fn view<'a>(
+    name: &str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: &'a [u8],
+) -> Result<(String, TensorView<'a>), AnalysisError> {
+    TensorView::new(dtype, shape, bytes)
+        .map(|v| (name.to_owned(), v))
+        .map_err(|e| AnalysisError::Invalid(format!("bundle tensor {name}: {e}")))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), AnalysisError> {
+    std::fs::write(path, bytes).map_err(|source| AnalysisError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write the bundle for `results` into `out` atomically (assembled in [`partial_dir`], whose
+/// checkpoint is removed, then renamed over any previous bundle).
+pub fn write_bundle(
+    out: &Path,
+    results: &Results,
+    names: &[String],
+    manifest: &Manifest,
+) -> Result<(), AnalysisError> {
+    let dir = partial_dir(out);
+    std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let (l, d) = (results.n_layers, results.d_mlp);
+    let threshold = manifest.options.threshold;
+    // neurons.csv
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| AnalysisError::Invalid(format!("writing neurons.csv: {e}"));
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (ai, r) in results.anchors.iter().enumerate() {
+        let rows = neuron_rows(r, names, d, threshold);
+        if ai == 0 {
+            let mut header: Vec<String> = [
+                "model",
+                "layer",
+                "neuron",
+                "max_corr",
+                "mean_corr",
+                "min_corr",
+                "max_baseline",
+                "mean_baseline",
+                "min_baseline",
+                "excess_corr",
+                "is_universal",
+                "act_mean",
+                "act_var",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            for k in 0..r.others.len() {
+                header.push(format!("corr_{k}"));
+                header.push(format!("match_{k}"));
+            }
+            w.write_record(&header).map_err(csv_err)?;
+        }
+        for (row, per) in &rows {
+            let mut rec = vec![
+                row.model.clone(),
+                row.layer.to_string(),
+                row.neuron.to_string(),
+                format!("{:.6}", row.max_corr),
+                format!("{:.6}", row.mean_corr),
+                format!("{:.6}", row.min_corr),
+                format!("{:.6}", row.max_baseline),
+                format!("{:.6}", row.mean_baseline),
+                format!("{:.6}", row.min_baseline),
+                format!("{:.6}", row.excess_corr),
+                row.is_universal.to_string(),
+                format!("{:.6e}", row.act_mean),
+                format!("{:.6e}", row.act_var),
+            ];
+            for (c, j) in per {
+                rec.push(format!("{c:.6}"));
+                rec.push(format!("{}.{}", *j as usize / d, *j as usize % d));
+            }
+            w.write_record(&rec).map_err(csv_err)?;
+        }
+        let prefix = if ai == 0 {
+            String::new()
+        } else {
+            format!("anchor{}/", r.anchor)
+        };
+        let n_o = r.others.len();
+        let cat_f32 = |f: &dyn Fn(&crate::engine::Matches) -> Vec<f32>,
+                       list: &[crate::engine::Matches]|
+         -> Vec<u8> {
+            list.iter()
+                .flat_map(f)
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
+        };
+        let shape = vec![n_o, l, d];
+        tensors.push((
+            format!("{prefix}max_corr"),
+            Dtype::F32,
+            shape.clone(),
+            cat_f32(&|m| m.max.clone(), &r.real),
+        ));
+        tensors.push((
+            format!("{prefix}min_corr"),
+            Dtype::F32,
+            shape.clone(),
+            cat_f32(&|m| m.min.clone(), &r.real),
+        ));
+        tensors.push((
+            format!("{prefix}baseline_max_corr"),
+            Dtype::F32,
+            shape.clone(),
+            cat_f32(&|m| m.max.clone(), &r.baseline),
+        ));
+        let idx = |f: &dyn Fn(u32) -> u32| -> Vec<u8> {
+            r.real
+                .iter()
+                .flat_map(|m| m.argmax.iter().map(|&j| f(j)))
+                .flat_map(|x| (x as i32).to_le_bytes())
+                .collect()
+        };
+        tensors.push((
+            format!("{prefix}max_corr_layer"),
+            Dtype::I32,
+            shape.clone(),
+            idx(&|j| j / d as u32),
+        ));
+        tensors.push((
+            format!("{prefix}max_corr_neuron"),
+            Dtype::I32,
+            shape.clone(),
+            idx(&|j| j % d as u32),
+        ));
+        tensors.push((
+            format!("{prefix}excess_corr"),
+            Dtype::F32,
+            vec![l, d],
+            rows.iter()
+                .flat_map(|(row, _)| (row.excess_corr as f32).to_le_bytes())
+                .collect(),
+        ));
+        tensors.push((
+            format!("{prefix}is_universal"),
+            Dtype::U8,
+            vec![l, d],
+            rows.iter()
+                .map(|(row, _)| u8::from(row.is_universal))
+                .collect(),
+        ));
+        let per_model: Vec<Vec<f32>> = r
+            .real
+            .iter()
+            .map(|m| layer_match(&m.argmax, l, d))
+            .collect();
+        let mut mean = vec![0.0f32; l * l];
+        for f in &per_model {
+            for (m, v) in mean.iter_mut().zip(f) {
+                *m += v / n_o as f32;
+            }
+        }
+        tensors.push((
+            format!("{prefix}layer_match_fraction"),
+            Dtype::F32,
+            vec![l, l],
+            mean.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+        tensors.push((
+            format!("{prefix}layer_match_fraction_per_model"),
+            Dtype::F32,
+            vec![n_o, l, l],
+            per_model
+                .iter()
+                .flatten()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        ));
+    }
+    let csv_bytes = w
+        .into_inner()
+        .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))?;
+    write(&dir.join(NEURONS), &csv_bytes)?;
+    let views = tensors
+        .iter()
+        .map(|(n, dt, s, b)| view(n, *dt, s.clone(), b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let info = HashMap::from([("format".to_owned(), "seedscope-correlation-v1".to_owned())]);
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    write(&dir.join(CORRELATION), &bytes)?;
+    // Tiles, f16.
+    let mut tile_tensors = Vec::new();
+    for r in &results.anchors {
+        for t in &r.tiles {
+            let bytes: Vec<u8> = t
+                .corr
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            tile_tensors.push((
+                format!(
+                    "{}/{}/L{}-L{}",
+                    names[r.anchor], names[t.other], t.layer_a, t.layer_b
+                ),
+                bytes,
+            ));
+        }
+    }
+    let tiles_path = dir.join(TILES);
+    if tile_tensors.is_empty() {
+        let _ = std::fs::remove_file(&tiles_path);
+    } else {
+        let views = tile_tensors
+            .iter()
+            .map(|(n, b)| view(n, Dtype::F16, vec![d, d], b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = safetensors::serialize(views, None)
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        write(&tiles_path, &bytes)?;
+    }
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    write(&dir.join(MANIFEST), &json)?;
+    let _ = std::fs::remove_file(dir.join(crate::checkpoint::FILE));
+    // Swap into place.
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AnalysisError::Io { path, source }
+    };
+    let old = out.with_file_name(format!(
+        "{}.old-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(io(out))?;
+    }
+    std::fs::rename(&dir, out).map_err(io(out))?;
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// A bundle read back.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its neurons (all anchors).
+    pub neurons: Vec<NeuronRow>,
+}
+
+impl Bundle {
+    /// Read `manifest.json` and `neurons.csv` of the bundle at `dir`.
+    pub fn read(dir: &Path) -> Result<Self, AnalysisError> {
+        let mpath = dir.join(MANIFEST);
+        let bytes = std::fs::read(&mpath).map_err(|source| AnalysisError::Io {
+            path: mpath.clone(),
+            source,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| AnalysisError::Corrupt {
+                path: mpath.clone(),
+                message: format!("not a Seedscope manifest: {e}"),
+            })?;
+        let npath = dir.join(NEURONS);
+        let mut reader = csv::Reader::from_path(&npath).map_err(|e| AnalysisError::Corrupt {
+            path: npath.clone(),
+            message: e.to_string(),
+        })?;
+        let neurons = reader
+            .deserialize::<NeuronRow>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AnalysisError::Corrupt {
+                path: npath.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { manifest, neurons })
+    }
+
+    /// Per anchor model: `(name, per layer (universal, total))`.
+    pub fn universal_by_layer(&self) -> Vec<(String, Vec<(usize, usize)>)> {
+        let mut out: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+        for n in &self.neurons {
+            let pos = match out.iter().position(|(m, _)| *m == n.model) {
+                Some(p) => p,
+                None => {
+                    out.push((n.model.clone(), Vec::new()));
+                    out.len() - 1
+                }
+            };
+            let layers = &mut out[pos].1;
+            if layers.len() <= n.layer {
+                layers.resize(n.layer + 1, (0, 0));
+            }
+            layers[n.layer].0 += usize::from(n.is_universal);
+            layers[n.layer].1 += 1;
+        }
+        out
+    }
+
+    /// The summary table `seedscope summary` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.manifest;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} models, {} tokens, {} layers x {} neurons, threshold {} (excess correlation over the rotation baseline)",
+            m.models.len(),
+            m.n_tokens,
+            m.n_layers,
+            m.d_mlp,
+            m.options.threshold
+        );
+        for (model, layers) in self.universal_by_layer() {
+            let (u, t) = layers.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let _ = writeln!(
+                s,
+                "\nanchor {model}\n{:>6} {:>9} {:>9} {:>9}",
+                "layer", "neurons", "universal", "percent"
+            );
+            for (l, (u, t)) in layers.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{l:>6} {t:>9} {u:>9} {:>8.2}%",
+                    100.0 * *u as f64 / (*t).max(1) as f64
+                );
+            }
+            let _ = writeln!(
+                s,
+                "{:>6} {t:>9} {u:>9} {:>8.2}%",
+                "all",
+                100.0 * u as f64 / t.max(1) as f64
+            );
+        }
+        s
+    }
+}

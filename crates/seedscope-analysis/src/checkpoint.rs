@@ -1,0 +1,285 @@
+//! Checkpoints of a running analysis: finished passes' results and the current pass's
+//! accumulators, in one safetensors file written atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::AnalysisError;
+use crate::accum::SavedState;
+use crate::engine::{AnchorResult, Matches, SavedTile};
+
+/// File name inside the work directory.
+pub const FILE: &str = "checkpoint.safetensors";
+
+/// Where to continue: the next block of a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Pass.
+    pub pass: usize,
+    /// First block not yet merged.
+    pub block: usize,
+}
+
+/// Everything a resumed run needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Models, data and options it belongs to.
+    pub fingerprint: String,
+    /// Where to continue.
+    pub position: Position,
+    /// Results of finished passes.
+    pub results: Vec<AnchorResult>,
+    /// The current pass's accumulators (none between passes).
+    pub accumulators: Option<SavedState>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    fingerprint: String,
+    position: Position,
+    count: Option<u64>,
+    moments: Vec<bool>,
+    n_tiles: usize,
+    anchors: Vec<AnchorMeta>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AnchorMeta {
+    anchor: usize,
+    others: Vec<usize>,
+    tiles: Vec<(usize, usize, usize)>,
+}
+
+fn f64_bytes(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Write `ck` to `path` atomically.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
+    let mut arrays: Vec<(String, Dtype, Vec<u8>, usize)> = Vec::new();
+    let mut push = |name: String, dtype: Dtype, bytes: Vec<u8>, elem: usize| {
+        let n = bytes.len() / elem;
+        arrays.push((name, dtype, bytes, n));
+    };
+    for (i, r) in ck.results.iter().enumerate() {
+        push(format!("res.{i}.mean"), Dtype::F64, f64_bytes(&r.mean), 8);
+        push(format!("res.{i}.var"), Dtype::F64, f64_bytes(&r.var), 8);
+        for (kind, list) in [("real", &r.real), ("baseline", &r.baseline)] {
+            for (o, m) in list.iter().enumerate() {
+                push(
+                    format!("res.{i}.{kind}.{o}.max"),
+                    Dtype::F32,
+                    f32_bytes(&m.max),
+                    4,
+                );
+                push(
+                    format!("res.{i}.{kind}.{o}.argmax"),
+                    Dtype::U32,
+                    u32_bytes(&m.argmax),
+                    4,
+                );
+                push(
+                    format!("res.{i}.{kind}.{o}.min"),
+                    Dtype::F32,
+                    f32_bytes(&m.min),
+                    4,
+                );
+                push(
+                    format!("res.{i}.{kind}.{o}.argmin"),
+                    Dtype::U32,
+                    u32_bytes(&m.argmin),
+                    4,
+                );
+            }
+        }
+        for (k, t) in r.tiles.iter().enumerate() {
+            push(
+                format!("res.{i}.tile.{k}"),
+                Dtype::F32,
+                f32_bytes(&t.corr),
+                4,
+            );
+        }
+    }
+    if let Some(acc) = &ck.accumulators {
+        for (s, m) in acc.moments.iter().enumerate() {
+            if let Some(m) = m {
+                push(format!("acc.moments.{s}"), Dtype::F64, f64_bytes(m), 8);
+            }
+        }
+        for (k, t) in acc.tiles.iter().enumerate() {
+            push(format!("acc.tile.{k}"), Dtype::F64, f64_bytes(t), 8);
+        }
+    }
+    let meta = Meta {
+        fingerprint: ck.fingerprint.clone(),
+        position: ck.position,
+        count: ck.accumulators.as_ref().map(|a| a.count),
+        moments: ck
+            .accumulators
+            .as_ref()
+            .map(|a| a.moments.iter().map(Option::is_some).collect())
+            .unwrap_or_default(),
+        n_tiles: ck.accumulators.as_ref().map_or(0, |a| a.tiles.len()),
+        anchors: ck
+            .results
+            .iter()
+            .map(|r| AnchorMeta {
+                anchor: r.anchor,
+                others: r.others.clone(),
+                tiles: r
+                    .tiles
+                    .iter()
+                    .map(|t| (t.other, t.layer_a, t.layer_b))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let views: Vec<(String, TensorView<'_>)> = arrays
+        .iter()
+        .map(|(name, dtype, bytes, n)| {
+            TensorView::new(*dtype, vec![*n], bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| AnalysisError::Invalid(format!("checkpoint tensor {name}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let info = HashMap::from([(
+        "seedscope_checkpoint".to_owned(),
+        serde_json::to_string(&meta).map_err(|e| AnalysisError::Invalid(e.to_string()))?,
+    )]);
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| AnalysisError::Invalid(format!("serialising the checkpoint: {e}")))?;
+    seedscope_model::write_file_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Load the checkpoint at `path` if there is one and it belongs to `fingerprint`. A checkpoint
+/// of other models, data or options is an error (it is not silently overwritten).
+pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, AnalysisError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AnalysisError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let bad = |m: String| AnalysisError::Corrupt {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta: Meta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("seedscope_checkpoint"))
+        .ok_or_else(|| bad("no seedscope_checkpoint metadata".into()))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| bad(e.to_string())))?;
+    if meta.fingerprint != fingerprint {
+        return Err(AnalysisError::Invalid(format!(
+            "{} belongs to a different analysis (other models, data or options); \
+             rerun with the same arguments to resume, or delete it to start over",
+            path.display()
+        )));
+    }
+    let get = |name: &str| -> Result<Vec<u8>, AnalysisError> {
+        st.tensor(name)
+            .map(|t| t.data().to_vec())
+            .map_err(|e| bad(format!("{name}: {e}")))
+    };
+    let f64s = |name: &str| -> Result<Vec<f64>, AnalysisError> {
+        Ok(get(name)?
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    };
+    let f32s = |name: &str| -> Result<Vec<f32>, AnalysisError> {
+        Ok(get(name)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let u32s = |name: &str| -> Result<Vec<u32>, AnalysisError> {
+        Ok(get(name)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let mut results = Vec::new();
+    for (i, a) in meta.anchors.iter().enumerate() {
+        let mut lists = Vec::new();
+        for kind in ["real", "baseline"] {
+            let mut list = Vec::new();
+            for o in 0..a.others.len() {
+                list.push(Matches {
+                    max: f32s(&format!("res.{i}.{kind}.{o}.max"))?,
+                    argmax: u32s(&format!("res.{i}.{kind}.{o}.argmax"))?,
+                    min: f32s(&format!("res.{i}.{kind}.{o}.min"))?,
+                    argmin: u32s(&format!("res.{i}.{kind}.{o}.argmin"))?,
+                });
+            }
+            lists.push(list);
+        }
+        let baseline = lists.pop().unwrap_or_default();
+        let real = lists.pop().unwrap_or_default();
+        let mut tiles = Vec::new();
+        for (k, &(other, layer_a, layer_b)) in a.tiles.iter().enumerate() {
+            tiles.push(SavedTile {
+                other,
+                layer_a,
+                layer_b,
+                corr: f32s(&format!("res.{i}.tile.{k}"))?,
+            });
+        }
+        results.push(AnchorResult {
+            anchor: a.anchor,
+            others: a.others.clone(),
+            real,
+            baseline,
+            mean: f64s(&format!("res.{i}.mean"))?,
+            var: f64s(&format!("res.{i}.var"))?,
+            tiles,
+        });
+    }
+    let accumulators = match meta.count {
+        None => None,
+        Some(count) => {
+            let mut moments = Vec::new();
+            for (s, &present) in meta.moments.iter().enumerate() {
+                moments.push(if present {
+                    Some(f64s(&format!("acc.moments.{s}"))?)
+                } else {
+                    None
+                });
+            }
+            let mut tiles = Vec::new();
+            for k in 0..meta.n_tiles {
+                tiles.push(f64s(&format!("acc.tile.{k}"))?);
+            }
+            Some(SavedState {
+                count,
+                moments,
+                tiles,
+            })
+        }
+    };
+    Ok(Some(Checkpoint {
+        fingerprint: meta.fingerprint,
+        position: meta.position,
+        results,
+        accumulators,
+    }))
+}

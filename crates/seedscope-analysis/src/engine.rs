@@ -1,0 +1,581 @@
+//! The streaming pass: models forward over token blocks, masked positions dropped, the
+//! rotated baseline applied, accumulators updated, checkpoints written, tiles reduced.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Int, Tensor, TensorData};
+use ndarray::Array2;
+use seedscope_model::{ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::accum::{Accumulator, Block, GpuBlock, SavedState};
+use crate::plan::{Plan, PlanInput, plan, stream};
+use crate::rotation::rotation_matrix;
+use crate::{AnalysisError, checkpoint};
+
+/// Options of an analysis (recorded in the manifest; a checkpoint resumes only under the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisOptions {
+    /// Excess correlation above which a neuron is universal.
+    pub threshold: f64,
+    /// Seed of the rotation matrices.
+    pub seed: u64,
+    /// Stop after this many kept tokens.
+    pub max_tokens: Option<u64>,
+    /// Keep BOS/pad and newline positions (the paper drops them).
+    pub keep_all_tokens: bool,
+    /// Token rows per block.
+    pub block_rows: usize,
+    /// Memory budget for activations and accumulators, in bytes.
+    pub memory_budget: u64,
+    /// Correlation tiles to save for heatmaps: (anchor layer, other layer).
+    pub save_tiles: Vec<(usize, usize)>,
+    /// Analyse with every model as the anchor.
+    pub all_anchors: bool,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            seed: 0,
+            max_tokens: None,
+            keep_all_tokens: false,
+            block_rows: 32,
+            memory_budget: 4 << 30,
+            save_tiles: Vec::new(),
+            all_anchors: false,
+        }
+    }
+}
+
+/// Token rows to analyse and the ids whose positions are dropped.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    /// Ids, row-major.
+    pub ids: Vec<u32>,
+    /// Rows.
+    pub n_rows: usize,
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// Ids whose positions are dropped (BOS/pad, newline), unless `keep_all_tokens`.
+    pub drop_ids: Vec<u32>,
+}
+
+/// Best and worst matches of every anchor neuron in one other stream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Matches {
+    /// Maximum correlation over all the other stream's neurons.
+    pub max: Vec<f32>,
+    /// Its column (`layer * d_mlp + neuron`).
+    pub argmax: Vec<u32>,
+    /// Minimum correlation.
+    pub min: Vec<f32>,
+    /// Its column.
+    pub argmin: Vec<u32>,
+}
+
+impl Matches {
+    fn new(n: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; n],
+            argmax: vec![0; n],
+            min: vec![f32::INFINITY; n],
+            argmin: vec![0; n],
+        }
+    }
+}
+
+/// A saved correlation tile: anchor layer × other layer, `[d_mlp, d_mlp]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedTile {
+    /// The other model.
+    pub other: usize,
+    /// Anchor layer.
+    pub layer_a: usize,
+    /// Other layer.
+    pub layer_b: usize,
+    /// Correlations, row-major.
+    pub corr: Vec<f32>,
+}
+
+/// Everything computed for one anchor model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchorResult {
+    /// The anchor model.
+    pub anchor: usize,
+    /// The other models, in order.
+    pub others: Vec<usize>,
+    /// Matches in each other model.
+    pub real: Vec<Matches>,
+    /// Matches in each other model's rotated baseline.
+    pub baseline: Vec<Matches>,
+    /// Per anchor neuron mean activation over the kept tokens.
+    pub mean: Vec<f64>,
+    /// Per anchor neuron variance.
+    pub var: Vec<f64>,
+    /// Requested tiles.
+    pub tiles: Vec<SavedTile>,
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Results {
+    /// Kept tokens.
+    pub n_tokens: u64,
+    /// Layers.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// One per anchor.
+    pub anchors: Vec<AnchorResult>,
+    /// The plan that was run.
+    pub plan: Plan,
+}
+
+/// Progress of a run, for bars and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Current pass (0-based) and their number.
+    pub pass: usize,
+    /// Passes.
+    pub passes: usize,
+    /// Kept tokens done in this pass.
+    pub tokens: u64,
+    /// Kept tokens per pass.
+    pub tokens_per_pass: u64,
+    /// Estimated peak memory of the accumulation.
+    pub memory_bytes: u64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// All passes done.
+    Done(Box<Results>),
+    /// Cancelled; a checkpoint was written to resume from.
+    Interrupted {
+        /// Where.
+        checkpoint: PathBuf,
+    },
+}
+
+/// A family of models with the same shape, on one device.
+#[derive(Debug)]
+pub struct Family<'a> {
+    /// The models; model 0 is the default anchor.
+    pub models: &'a [LoadedModel],
+    /// Where they run.
+    pub device: &'a ComputeDevice,
+}
+
+impl Family<'_> {
+    /// `(n_layers, d_mlp)` shared by every model.
+    pub fn shape(&self) -> Result<(usize, usize), AnalysisError> {
+        let first = self
+            .models
+            .first()
+            .ok_or_else(|| AnalysisError::Invalid("no models to analyse".into()))?;
+        let shape = (first.config.n_layers(), first.config.d_mlp());
+        if self.models.len() < 2 {
+            return Err(AnalysisError::Invalid(
+                "universality needs at least two models (an anchor and another seed)".into(),
+            ));
+        }
+        for m in self.models {
+            let s = (m.config.n_layers(), m.config.d_mlp());
+            if s != shape {
+                return Err(AnalysisError::Invalid(format!(
+                    "{} has {} layers of {} neurons, {} has {} of {}: a seed family shares one shape",
+                    m.dir.display(),
+                    s.0,
+                    s.1,
+                    first.dir.display(),
+                    shape.0,
+                    shape.1
+                )));
+            }
+        }
+        Ok(shape)
+    }
+}
+
+/// Kept positions of rows `[r0, r1)` (indices into the block, row-major), at most `limit`.
+fn kept_positions(tokens: &TokenSet, keep_all: bool, r0: usize, r1: usize, limit: u64) -> Vec<i64> {
+    let ids = &tokens.ids[r0 * tokens.seq_len..r1 * tokens.seq_len];
+    ids.iter()
+        .enumerate()
+        .filter(|(_, id)| keep_all || !tokens.drop_ids.contains(id))
+        .map(|(i, _)| i as i64)
+        .take(limit.min(usize::MAX as u64) as usize)
+        .collect()
+}
+
+/// Blocks of rows and how many tokens each keeps, with `max_tokens` applied.
+fn blocks(tokens: &TokenSet, options: &AnalysisOptions) -> Vec<(usize, usize, u64)> {
+    let mut out = Vec::new();
+    let mut left = options.max_tokens.unwrap_or(u64::MAX);
+    let rows = options.block_rows.max(1);
+    let mut r0 = 0;
+    while r0 < tokens.n_rows && left > 0 {
+        let r1 = (r0 + rows).min(tokens.n_rows);
+        let kept = kept_positions(tokens, options.keep_all_tokens, r0, r1, left).len() as u64;
+        if kept > 0 {
+            out.push((r0, r1, kept));
+        }
+        left -= kept;
+        r0 = r1;
+    }
+    out
+}
+
+/// One model's post-activations over the kept positions: `[n_kept, n_layers * d_mlp]`.
+fn activations(
+    model: &LoadedModel,
+    batch: &TokenBatch,
+    kept: &Tensor<1, Int>,
+) -> Result<Tensor<2>, AnalysisError> {
+    let n_layers = model.config.n_layers();
+    let options = ForwardOptions {
+        taps: (0..n_layers).map(HookPoint::post).collect(),
+        stop_at_layer: Some(n_layers),
+        ..ForwardOptions::default()
+    };
+    let out = model.forward(batch, &options)?;
+    let [b, s] = batch.shape();
+    let layers: Vec<Tensor<2>> = (0..n_layers)
+        .map(|l| {
+            let t = out.taps.get(&HookPoint::post(l)).cloned().ok_or_else(|| {
+                AnalysisError::Invalid(format!("the forward pass returned no layer {l}"))
+            })?;
+            let d = t.dims()[2];
+            Ok(t.reshape([b * s, d]))
+        })
+        .collect::<Result<_, AnalysisError>>()?;
+    Ok(Tensor::cat(layers, 1).select(0, kept.clone()))
+}
+
+/// `x` with each layer's block multiplied by its rotation: `x_l R_lᵀ`.
+fn rotate(x: &Tensor<2>, rotations: &[Tensor<2>], d: usize) -> Tensor<2> {
+    let parts = rotations
+        .iter()
+        .enumerate()
+        .map(|(l, rt)| {
+            x.clone()
+                .slice([0..x.dims()[0], l * d..(l + 1) * d])
+                .matmul(rt.clone())
+        })
+        .collect();
+    Tensor::cat(parts, 1)
+}
+
+fn to_host(t: Tensor<2>) -> Result<Array2<f32>, AnalysisError> {
+    let [r, c] = t.dims();
+    let v = t
+        .try_into_data()
+        .map_err(|e| AnalysisError::Invalid(format!("computing activations: {e}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| AnalysisError::Invalid(format!("reading activations: {e:?}")))?;
+    Array2::from_shape_vec((r, c), v).map_err(|e| AnalysisError::Invalid(e.to_string()))
+}
+
+/// Everything needed to run (and resume) an analysis.
+pub struct Run<'a> {
+    /// The models.
+    pub family: Family<'a>,
+    /// The tokens.
+    pub tokens: &'a TokenSet,
+    /// Options.
+    pub options: &'a AnalysisOptions,
+    /// A fingerprint of models, data and options; a checkpoint resumes only if it matches.
+    pub fingerprint: String,
+    /// Where the checkpoint lives.
+    pub work_dir: &'a Path,
+    /// Set to stop at the next block boundary, leaving a checkpoint.
+    pub cancel: Arc<AtomicBool>,
+    /// Seconds between checkpoints.
+    pub checkpoint_every: Duration,
+    /// Baseline matrices to use instead of the seeded ones, `[model][layer]` each `[d_mlp,
+    /// d_mlp]` row-major (e.g. the paper's stored `R`, or a test's fixed matrices).
+    pub rotations: Option<Vec<Vec<Vec<f32>>>>,
+}
+
+impl Run<'_> {
+    /// The plan for this family, data and budget.
+    pub fn plan(&self) -> Result<Plan, AnalysisError> {
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let n = self.family.models.len();
+        let block_tokens = self.options.block_rows * self.tokens.seq_len;
+        let max_binding = self.family.device.max_buffer_bytes.unwrap_or(u64::MAX);
+        plan(&PlanInput {
+            n_models: n,
+            anchors: if self.options.all_anchors {
+                (0..n).collect()
+            } else {
+                vec![0]
+            },
+            n_layers,
+            d_mlp,
+            block_tokens,
+            budget: self.options.memory_budget,
+            max_binding,
+        })
+    }
+
+    /// Run every pass (resuming from a matching checkpoint in `work_dir`).
+    pub fn run(&self, mut progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let n_models = self.family.models.len();
+        let width = n_layers * d_mlp;
+        let plan = self.plan()?;
+        let blocks = blocks(self.tokens, self.options);
+        let tokens_per_pass: u64 = blocks.iter().map(|b| b.2).sum();
+        if tokens_per_pass < 2 {
+            return Err(AnalysisError::Invalid(format!(
+                "only {tokens_per_pass} token(s) remain after dropping BOS/pad and newline \
+                 positions: correlations need at least 2"
+            )));
+        }
+        let anchors: Vec<usize> = if self.options.all_anchors {
+            (0..n_models).collect()
+        } else {
+            vec![0]
+        };
+        let mut results = Vec::new();
+        for &a in &anchors {
+            let others: Vec<usize> = (0..n_models).filter(|&b| b != a).collect();
+            results.push(AnchorResult {
+                anchor: a,
+                real: others.iter().map(|_| Matches::new(width)).collect(),
+                baseline: others.iter().map(|_| Matches::new(width)).collect(),
+                others,
+                mean: Vec::new(),
+                var: Vec::new(),
+                tiles: Vec::new(),
+            });
+        }
+        let ckpt_path = self.work_dir.join(checkpoint::FILE);
+        let mut start = checkpoint::Position::default();
+        let mut resumed_state = None;
+        if let Some(ck) = checkpoint::load(&ckpt_path, &self.fingerprint)? {
+            start = ck.position;
+            results = ck.results;
+            resumed_state = ck.accumulators;
+        }
+        let device = &self.family.device.device;
+        let gpu = self.family.device.wgpu.clone();
+        let widths = vec![width; 2 * n_models];
+        for (pass_idx, specs) in plan.passes.iter().enumerate().skip(start.pass) {
+            let mut acc = match (&gpu, &self.family.device.adapter) {
+                (Some(h), Some(info)) => Accumulator::gpu(
+                    seedscope_gpu::GpuContext::new(h.device.clone(), h.queue.clone(), info.clone()),
+                    specs.clone(),
+                    &widths,
+                )?,
+                _ => Accumulator::cpu(specs.clone(), &widths),
+            };
+            let mut first_block = 0;
+            let mut tokens_done = 0;
+            if pass_idx == start.pass
+                && let Some(state) = resumed_state.take()
+            {
+                acc.restore(&state)?;
+                first_block = start.block;
+                tokens_done = state.count;
+            }
+            let used = acc.streams();
+            // Rotation matrices (transposed) of the models whose baseline this pass needs.
+            let rotations: Vec<Vec<Tensor<2>>> = (0..n_models)
+                .map(|m| {
+                    if !used[stream(m, true)] {
+                        return Ok(Vec::new());
+                    }
+                    (0..n_layers)
+                        .map(|l| {
+                            let r = match &self.rotations {
+                                Some(given) => given
+                                    .get(m)
+                                    .and_then(|layers| layers.get(l))
+                                    .filter(|r| r.len() == d_mlp * d_mlp)
+                                    .cloned()
+                                    .ok_or_else(|| {
+                                        AnalysisError::Invalid(format!(
+                                            "no {d_mlp} x {d_mlp} rotation given for model {m} layer {l}"
+                                        ))
+                                    })?,
+                                None => rotation_matrix(d_mlp, self.options.seed, m, l),
+                            };
+                            Ok(Tensor::<2>::from_data(TensorData::new(r, [d_mlp, d_mlp]), device).transpose())
+                        })
+                        .collect::<Result<Vec<_>, AnalysisError>>()
+                })
+                .collect::<Result<_, _>>()?;
+            let mut last_ckpt = Instant::now();
+            for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
+                if self.cancel.load(Ordering::SeqCst) {
+                    self.save(&ckpt_path, pass_idx, bi, &results, Some(acc.save()?))?;
+                    return Ok(Outcome::Interrupted {
+                        checkpoint: ckpt_path,
+                    });
+                }
+                let batch = TokenBatch::new(
+                    self.tokens.ids[r0 * self.tokens.seq_len..r1 * self.tokens.seq_len].to_vec(),
+                    r1 - r0,
+                    self.tokens.seq_len,
+                )?;
+                let kept =
+                    kept_positions(self.tokens, self.options.keep_all_tokens, r0, r1, kept_n);
+                let kept =
+                    Tensor::<1, Int>::from_data(TensorData::new(kept, [kept_n as usize]), device);
+                let mut streams: Vec<Option<Tensor<2>>> = vec![None; 2 * n_models];
+                for m in 0..n_models {
+                    if !(used[stream(m, false)] || used[stream(m, true)]) {
+                        continue;
+                    }
+                    let x = activations(&self.family.models[m], &batch, &kept)?;
+                    if used[stream(m, true)] {
+                        streams[stream(m, true)] = Some(rotate(&x, &rotations[m], d_mlp));
+                    }
+                    if used[stream(m, false)] {
+                        streams[stream(m, false)] = Some(x);
+                    }
+                }
+                let block = if matches!(acc, Accumulator::Gpu { .. }) {
+                    Block::Gpu(
+                        streams
+                            .into_iter()
+                            .map(|t| t.map(GpuBlock::new).transpose())
+                            .collect::<Result<_, _>>()?,
+                    )
+                } else {
+                    Block::Cpu(
+                        streams
+                            .into_iter()
+                            .map(|t| t.map(to_host).transpose())
+                            .collect::<Result<_, _>>()?,
+                    )
+                };
+                acc.update(&block)?;
+                drop(block);
+                tokens_done += kept_n;
+                progress(Progress {
+                    pass: pass_idx,
+                    passes: plan.passes.len(),
+                    tokens: tokens_done,
+                    tokens_per_pass,
+                    memory_bytes: plan.peak_bytes(),
+                });
+                if last_ckpt.elapsed() >= self.checkpoint_every && bi + 1 < blocks.len() {
+                    self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(acc.save()?))?;
+                    last_ckpt = Instant::now();
+                }
+            }
+            self.reduce(&acc, specs, &mut results, d_mlp)?;
+            self.save(&ckpt_path, pass_idx + 1, 0, &results, None)?;
+        }
+        Ok(Outcome::Done(Box::new(Results {
+            n_tokens: tokens_per_pass,
+            n_layers,
+            d_mlp,
+            anchors: results,
+            plan,
+        })))
+    }
+
+    fn save(
+        &self,
+        path: &Path,
+        pass: usize,
+        block: usize,
+        results: &[AnchorResult],
+        acc: Option<SavedState>,
+    ) -> Result<(), AnalysisError> {
+        checkpoint::save(
+            path,
+            &checkpoint::Checkpoint {
+                fingerprint: self.fingerprint.clone(),
+                position: checkpoint::Position { pass, block },
+                results: results.to_vec(),
+                accumulators: acc,
+            },
+        )
+    }
+
+    /// Fold a finished pass's tiles into the per-anchor results.
+    fn reduce(
+        &self,
+        acc: &Accumulator,
+        specs: &[crate::accum::TileSpec],
+        results: &mut [AnchorResult],
+        d: usize,
+    ) -> Result<(), AnalysisError> {
+        let wanted = |k: usize| {
+            let t = &specs[k];
+            t.b_stream.is_multiple_of(2)
+                && self
+                    .options
+                    .save_tiles
+                    .contains(&(t.a_cols.start / d, t.b_cols.start / d))
+        };
+        let reductions = acc.finalize(wanted)?;
+        // Anchor moments, once per anchor.
+        for r in results.iter_mut() {
+            if r.mean.is_empty() && acc.streams()[stream(r.anchor, false)] {
+                let mv = acc.mean_var(stream(r.anchor, false))?;
+                r.mean = mv.iter().map(|x| x.0).collect();
+                r.var = mv.iter().map(|x| x.1).collect();
+            }
+        }
+        for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
+            let (anchor, other, rotated) = (t.a_stream / 2, t.b_stream / 2, t.b_stream % 2 == 1);
+            let Some(r) = results.iter_mut().find(|r| r.anchor == anchor) else {
+                continue;
+            };
+            let Some(oi) = r.others.iter().position(|&o| o == other) else {
+                continue;
+            };
+            let m = if rotated {
+                &mut r.baseline[oi]
+            } else {
+                &mut r.real[oi]
+            };
+            for (i, col) in t.a_cols.clone().enumerate() {
+                if red.max[i] > m.max[col] {
+                    m.max[col] = red.max[i];
+                    m.argmax[col] = t.b_cols.start as u32 + red.argmax[i];
+                }
+                if red.min[i] < m.min[col] {
+                    m.min[col] = red.min[i];
+                    m.argmin[col] = t.b_cols.start as u32 + red.argmin[i];
+                }
+            }
+            if let (true, Some(tile)) = (wanted(k), red.tile) {
+                // A layer pair may be split into row ranges: copy this range into its place.
+                let (la, lb) = (t.a_cols.start / d, t.b_cols.start / d);
+                let key = (other, la, lb);
+                let idx = match r
+                    .tiles
+                    .iter()
+                    .position(|s| (s.other, s.layer_a, s.layer_b) == key)
+                {
+                    Some(i) => i,
+                    None => {
+                        r.tiles.push(SavedTile {
+                            other,
+                            layer_a: la,
+                            layer_b: lb,
+                            corr: vec![0.0; d * d],
+                        });
+                        r.tiles.len() - 1
+                    }
+                };
+                let row0 = t.a_cols.start - la * d;
+                r.tiles[idx].corr[row0 * d..(row0 + t.a_cols.len()) * d].copy_from_slice(&tile);
+            }
+        }
+        Ok(())
+    }
+}

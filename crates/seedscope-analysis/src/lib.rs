@@ -1,0 +1,57 @@
+//! The universality engine (the paper's §2): for every neuron of an anchor model, its Pearson
+//! correlation with every neuron of every other seed over a stream of tokens, its best match,
+//! the random-rotation baseline, the excess correlation and the universal flag.
+//!
+//! - [`engine`]: the streaming pass (models forward, masking, rotation, accumulation,
+//!   checkpoints) producing [`engine::Results`].
+//! - [`accum`]: accumulators on the GPU (WGSL kernels, `seedscope-gpu`) or the CPU.
+//! - [`plan`]: tiling the co-moments under a memory budget and the device's limits.
+//! - [`bundle`]: the result directory (`manifest.json`, `neurons.csv`,
+//!   `correlation.safetensors`, `tiles.safetensors`), written atomically, and its reader.
+//! - [`rotation`]: the baseline's unit-row Gaussian matrices.
+//! - [`checkpoint`]: resumable state.
+
+use std::path::PathBuf;
+
+pub mod accum;
+pub mod bundle;
+pub mod checkpoint;
+pub mod engine;
+pub mod plan;
+pub mod rotation;
+
+pub use bundle::{Bundle, NeuronRow};
+pub use engine::{AnalysisOptions, Family, Outcome, Progress, Results, Run, TokenSet};
+
+/// Errors of an analysis. Each names the file or the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// Loading or running a model failed.
+    #[error(transparent)]
+    Model(#[from] seedscope_model::ModelError),
+    /// Reading data failed.
+    #[error(transparent)]
+    Data(#[from] seedscope_data::DataError),
+    /// A GPU kernel failed.
+    #[error(transparent)]
+    Gpu(#[from] seedscope_gpu::GpuError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file exists but is not what it should be.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Inputs or options that cannot work together.
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,202 @@
+//! Tiling the cross-model co-moments under a memory budget and the device's buffer limits.
+
+use crate::AnalysisError;
+use crate::accum::TileSpec;
+
+/// Stream index of model `m`'s activations (`rotated = false`) or of its rotated baseline.
+pub fn stream(model: usize, rotated: bool) -> usize {
+    2 * model + usize::from(rotated)
+}
+
+/// What to accumulate, pass by pass: every pass streams the whole token set once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The tiles of each pass.
+    pub passes: Vec<Vec<TileSpec>>,
+    /// Estimated bytes of one block's activations (all streams of a pass, with the model's
+    /// intermediates).
+    pub activation_bytes: u64,
+    /// The most accumulator bytes any pass holds.
+    pub max_tile_bytes: u64,
+}
+
+impl Plan {
+    /// Estimated peak memory of the accumulation (model weights not included).
+    pub fn peak_bytes(&self) -> u64 {
+        self.activation_bytes + self.max_tile_bytes
+    }
+}
+
+/// Shape of the family and the limits to respect.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// Models in the family.
+    pub n_models: usize,
+    /// Anchor models (model 0 alone, or all with `--all-anchors`).
+    pub anchors: Vec<usize>,
+    /// Layers per model.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// Kept tokens per block, at most.
+    pub block_tokens: usize,
+    /// Memory budget in bytes.
+    pub budget: u64,
+    /// The largest single buffer the device binds.
+    pub max_binding: u64,
+}
+
+/// Split `[0, n)` into `k` nearly equal chunks.
+fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    let k = k.max(1);
+    (0..k)
+        .map(|i| start + n * i / k..start + n * (i + 1) / k)
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// Tiles are one anchor layer × one other layer, split further where one tile would exceed the
+/// device's largest binding; passes take tiles in order until the budget (less the block's
+/// activations) is full.
+pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
+    let d = input.d_mlp;
+    let width = input.n_layers * d;
+    // Each pass may need every model and its rotation: forward intermediates are about the
+    // size of the activations again.
+    let activation_bytes =
+        (input.block_tokens * width * 4) as u64 * (2 * input.n_models as u64 + 2);
+    let tile_budget = input.budget.saturating_sub(activation_bytes);
+    let cap = input.max_binding.min(tile_budget);
+    // Split the anchor side until one anchor chunk × one other layer fits `cap`.
+    let mut a_split = 1;
+    while a_split <= d && (d.div_ceil(a_split) * d * 8) as u64 > cap {
+        a_split += 1;
+    }
+    if a_split > d {
+        return Err(AnalysisError::Invalid(format!(
+            "a memory budget of {} MiB leaves {} MiB for correlations after {} MiB of \
+             activations per block: not enough for one row of a {d}-neuron layer; raise \
+             --gpu-memory or lower --batch-size",
+            input.budget >> 20,
+            tile_budget >> 20,
+            activation_bytes >> 20
+        )));
+    }
+    let mut tiles = Vec::new();
+    for &a in &input.anchors {
+        for b in (0..input.n_models).filter(|&b| b != a) {
+            for rotated in [false, true] {
+                for la in 0..input.n_layers {
+                    for a_cols in chunks(la * d, d, a_split) {
+                        for lb in 0..input.n_layers {
+                            tiles.push(TileSpec {
+                                a_stream: stream(a, false),
+                                a_cols: a_cols.clone(),
+                                b_stream: stream(b, rotated),
+                                b_cols: lb * d..(lb + 1) * d,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut passes: Vec<Vec<TileSpec>> = Vec::new();
+    let mut used = u64::MAX;
+    let mut max_tile_bytes = 0;
+    for t in tiles {
+        if used.saturating_add(t.bytes()) > tile_budget {
+            passes.push(Vec::new());
+            used = 0;
+        }
+        used += t.bytes();
+        max_tile_bytes = max_tile_bytes.max(used);
+        if let Some(p) = passes.last_mut() {
+            p.push(t);
+        }
+    }
+    let _ = width;
+    Ok(Plan {
+        passes,
+        activation_bytes,
+        max_tile_bytes,
+    })
+}
+
+/// Parse a size such as `4GiB`, `512MiB`, `2G`, `1000000` (bytes).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4GiB, 512MiB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}`: unknown unit (use KiB, MiB or GiB)")),
+    };
+    Ok((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(n_layers: usize, d_mlp: usize, budget: u64) -> PlanInput {
+        PlanInput {
+            n_models: 2,
+            anchors: vec![0],
+            n_layers,
+            d_mlp,
+            block_tokens: 4096,
+            budget,
+            max_binding: 128 << 20,
+        }
+    }
+
+    #[test]
+    fn every_pair_is_covered_once_within_budget() {
+        for (layers, d, budget) in [
+            (2, 512, 1u64 << 30),
+            (12, 3072, 4 << 30),
+            (24, 4096, 4 << 30),
+            (3, 100, 1 << 22),
+        ] {
+            let p = plan(&input(layers, d, budget)).expect("plan");
+            let mut seen = std::collections::HashMap::new();
+            for pass in &p.passes {
+                let bytes: u64 = pass.iter().map(TileSpec::bytes).sum();
+                assert!(bytes + p.activation_bytes <= budget, "pass over budget");
+                for t in pass {
+                    assert!(t.bytes() <= 128 << 20);
+                    for i in t.a_cols.clone() {
+                        *seen.entry((t.b_stream, i, t.b_cols.start)).or_insert(0) += 1;
+                    }
+                }
+            }
+            // Every anchor neuron meets every layer of both streams exactly once.
+            assert_eq!(seen.len(), 2 * layers * d * layers);
+            assert!(seen.values().all(|&c| c == 1));
+        }
+    }
+
+    #[test]
+    fn a_budget_below_the_activations_is_an_error() {
+        let e = plan(&input(12, 3072, 100 << 20)).expect_err("too small");
+        assert!(e.to_string().contains("--gpu-memory"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The WGSL kernels against the f64 reference, on whatever adapter wgpu finds (lavapipe in CI).
+//! A missing adapter fails these tests loudly: they exist to run the shaders.
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand_distr::{Distribution, Normal};
+use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, reference};
+
+fn ctx() -> GpuContext {
+    GpuContext::request().unwrap_or_else(|e| {
+        panic!("these tests run WGSL kernels and need a wgpu adapter (lavapipe will do): {e}")
+    })
+}
+
+/// Random activations `[rows, n]` with per-column means and scales, some columns constant.
+fn data(rows: usize, n: usize, seed: u64, mean: f32, constant: &[usize]) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let z = Normal::new(0.0f32, 1.0).expect("normal");
+    let shared: Vec<f32> = (0..rows).map(|_| z.sample(&mut rng)).collect();
+    let mut x = vec![0.0f32; rows * n];
+    for j in 0..n {
+        let (mu, scale, mix) = (
+            mean * (1.0 + j as f32 * 0.1),
+            0.5 + j as f32 * 0.05,
+            (j % 5) as f32 * 0.2,
+        );
+        for t in 0..rows {
+            x[t * n + j] = if constant.contains(&j) {
+                mu
+            } else {
+                mu + scale * (mix * shared[t] + (1.0 - mix) * z.sample(&mut rng))
+            };
+        }
+    }
+    x
+}
+
+/// Stream `a` and `b` through the kernels in blocks of the given sizes; return the finalized
+/// tile reduction with the full tile.
+fn run_gpu(
+    ctx: &GpuContext,
+    k: &Kernels,
+    a: &[f32],
+    na: usize,
+    b: &[f32],
+    nb: usize,
+    block_sizes: &[usize],
+) -> seedscope_gpu::TileReduction {
+    let mut ma = Moments::new(ctx, na as u32).expect("moments");
+    let mut mb = Moments::new(ctx, nb as u32).expect("moments");
+    let tile = CrossTile::new(ctx, 0, na as u32, 0, nb as u32).expect("tile");
+    let rows = a.len() / na;
+    let mut t0 = 0;
+    let mut bi = 0;
+    while t0 < rows {
+        let len = block_sizes[bi % block_sizes.len()].min(rows - t0);
+        bi += 1;
+        let ba = ctx
+            .upload("a", &a[t0 * na..(t0 + len) * na])
+            .expect("upload");
+        let bb = ctx
+            .upload("b", &b[t0 * nb..(t0 + len) * nb])
+            .expect("upload");
+        let va = ActView {
+            buffer: &ba,
+            byte_offset: 0,
+            rows: len as u32,
+            row_len: na as u32,
+        };
+        let vb = ActView {
+            buffer: &bb,
+            byte_offset: 0,
+            rows: len as u32,
+            row_len: nb as u32,
+        };
+        let n_prev = ma.count();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        ma.update(ctx, k, &mut enc, va).expect("update");
+        mb.update(ctx, k, &mut enc, vb).expect("update");
+        tile.update(ctx, k, &mut enc, va, &ma, vb, &mb, n_prev)
+            .expect("update");
+        ctx.queue.submit([enc.finish()]);
+        t0 += len;
+    }
+    tile.finalize(ctx, k, &ma, &mb, true).expect("finalize")
+}
+
+fn check(r: &seedscope_gpu::TileReduction, reference: &[f64], na: usize, nb: usize, tol: f64) {
+    let tile = r.tile.as_ref().expect("tile");
+    for i in 0..na {
+        for j in 0..nb {
+            let (g, e) = (tile[i * nb + j] as f64, reference[i * nb + j]);
+            assert!(g.is_finite(), "NaN at {i},{j}");
+            assert!((g - e).abs() <= tol, "corr[{i},{j}] = {g}, reference {e}");
+        }
+        let row = &reference[i * nb..(i + 1) * nb];
+        let best = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let worst = row.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!((r.max[i] as f64 - best).abs() <= tol, "max of row {i}");
+        assert!((r.min[i] as f64 - worst).abs() <= tol, "min of row {i}");
+        // The argmax points at a maximum (ties within tolerance are allowed).
+        assert!(
+            (row[r.argmax[i] as usize] - best).abs() <= 2.0 * tol,
+            "argmax of row {i}"
+        );
+        assert!(
+            (row[r.argmin[i] as usize] - worst).abs() <= 2.0 * tol,
+            "argmin of row {i}"
+        );
+    }
+}
+
+#[test]
+fn kernels_match_the_f64_reference_on_odd_shapes_with_large_means() {
+    let ctx = ctx();
+    let k = Kernels::new(&ctx);
+    let (rows, na, nb) = (1000, 67, 130);
+    let a = data(rows, na, 1, 300.0, &[3]);
+    let b = data(rows, nb, 2, -50.0, &[0, 129]);
+    let r = run_gpu(&ctx, &k, &a, na, &b, nb, &[37, 256, 1, 100]);
+    let e = reference::correlations(&a, na, &b, nb);
+    check(&r, &e, na, nb, 2e-5);
+    // Constant neurons correlate 0 with everything.
+    let tile = r.tile.as_ref().expect("tile");
+    assert!((0..nb).all(|j| tile[3 * nb + j] == 0.0));
+    assert!((0..na).all(|i| tile[i * nb] == 0.0 && tile[i * nb + 129] == 0.0));
+    // Moments against the reference too.
+    let mut m = Moments::new(&ctx, na as u32).expect("moments");
+    let buf = ctx.upload("a", &a).expect("upload");
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    m.update(
+        &ctx,
+        &k,
+        &mut enc,
+        ActView {
+            buffer: &buf,
+            byte_offset: 0,
+            rows: rows as u32,
+            row_len: na as u32,
+        },
+    )
+    .expect("update");
+    ctx.queue.submit([enc.finish()]);
+    for ((gm, gm2), (em, em2)) in m
+        .read(&ctx)
+        .expect("read")
+        .into_iter()
+        .zip(reference::moments(&a, na))
+    {
+        assert!(
+            (gm - em).abs() <= 1e-6 * em.abs().max(1.0),
+            "mean {gm} vs {em}"
+        );
+        assert!(
+            (gm2 - em2).abs() <= 1e-4 * em2.max(1.0),
+            "M2 {gm2} vs {em2}"
+        );
+    }
+}
+
+#[test]
+fn a_single_token_gives_zero_correlations_not_nan() {
+    let ctx = ctx();
+    let k = Kernels::new(&ctx);
+    let a = data(1, 5, 3, 1.0, &[]);
+    let b = data(1, 70, 4, 1.0, &[]);
+    let r = run_gpu(&ctx, &k, &a, 5, &b, 70, &[1]);
+    assert!(r.tile.as_ref().expect("tile").iter().all(|&v| v == 0.0));
+    assert!(r.max.iter().all(|&v| v == 0.0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(12),
+        ..ProptestConfig::default()
+    })]
+
+    /// Odd shapes (not multiples of the 64-wide tile or the 16-token step), odd block splits.
+    #[test]
+    fn the_gemm_kernel_is_right_for_any_shape(
+        rows in 1usize..200, na in 1usize..150, nb in 1usize..150, block in 1usize..90,
+        mean in -100.0f32..100.0, seed in 0u64..1000,
+    ) {
+        let ctx = ctx();
+        let k = Kernels::new(&ctx);
+        let a = data(rows, na, seed, mean, &[]);
+        let b = data(rows, nb, seed + 1, -mean, &[]);
+        let r = run_gpu(&ctx, &k, &a, na, &b, nb, &[block]);
+        let e = reference::correlations(&a, na, &b, nb);
+        check(&r, &e, na, nb, 5e-5);
+    }
+}

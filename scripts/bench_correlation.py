@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Correlation-update throughput: Seedscope's CPU path and WGSL kernels against numpy X.T @ Y.
+
+For each shape (rows = tokens per block, n_a anchor neurons, n_b other neurons) this writes two
+random float32 matrices with large means to a temporary directory, times numpy's `A.T @ B`
+(OpenBLAS, all cores) on them, then runs `seedscope bench-correlation` on the same files and
+prints GFLOP/s (2 * rows * n_a * n_b per update) and the ratio Seedscope / numpy. Seedscope's
+update does more than the GEMM: block means, centring, and the compensated merge.
+
+Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
+    .venv/bin/python scripts/bench_correlation.py [--paths cpu,wgpu] [--shapes 4096x1024x1024]
+On lavapipe (software Vulkan) keep wgpu shapes small: --wgpu-shapes 1024x256x256.
+"""
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+
+def numpy_gflops(a, b, iters):
+    a.T @ b  # warm-up
+    t = time.perf_counter()
+    for _ in range(iters):
+        a.T @ b
+    secs = (time.perf_counter() - t) / iters
+    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / secs / 1e9
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seedscope", default=os.path.join(target, "release", "seedscope"))
+    ap.add_argument("--shapes", default="4096x1024x1024,4096x3072x3072")
+    ap.add_argument("--wgpu-shapes", default="1024x256x256")
+    ap.add_argument("--paths", default="cpu,wgpu")
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    jobs = [(s, "cpu") for s in args.shapes.split(",") if "cpu" in args.paths]
+    jobs += [(s, "wgpu") for s in args.wgpu_shapes.split(",") if "wgpu" in args.paths]
+    print(f"numpy {np.__version__}, {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape, path in jobs:
+            rows, na, nb = (int(x) for x in shape.split("x"))
+            a = (rng.standard_normal((rows, na)) + 100.0).astype(np.float32)
+            b = (rng.standard_normal((rows, nb)) - 50.0).astype(np.float32)
+            pa, pb = os.path.join(tmp, "a.npy"), os.path.join(tmp, "b.npy")
+            np.save(pa, a)
+            np.save(pb, b)
+            ref = numpy_gflops(a, b, args.iters)
+            out = subprocess.run([args.seedscope, "bench-correlation", "--a", pa, "--b", pb,
+                                  "--paths", path, "--iters", str(args.iters)],
+                                 check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(f"{shape:>18} {path:>5}: seedscope {r['gflops']:7.2f} GFLOP/s ({r['device']}), "
+                  f"numpy {ref:7.2f} GFLOP/s, ratio {r['gflops'] / ref:.2f}")
+
+
+if __name__ == "__main__":
+    main()

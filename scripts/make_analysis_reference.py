@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Write the numpy reference for the universality engine into tests/fixtures/analysis.
+
+The three GPT-2 fixtures of the same shape (gpt2-plain as the anchor, gpt2-crfm and
+gpt2-crfm-fp16 as the other "seeds") run in transformers over `tokens.npy` (random ids, BOS at
+position 0 of every row, some newline tokens). Post-GELU MLP activations (TransformerLens
+`blocks.{l}.mlp.hook_post`) at positions whose token is neither BOS nor newline are kept, and
+everything the paper's code computes is done in float64 numpy:
+
+  rotation.{m}.{l}   the fixed baseline matrices (unit-norm Gaussian rows), other model m, layer l
+  corr.{o}           Pearson correlation of every anchor neuron with every neuron of other o
+  max_corr, argmax, min_corr, baseline_max_corr      [n_other, n_neurons]
+  excess_corr, is_universal (threshold 0.5)          [n_neurons]
+  mean, var          anchor activation mean and population variance  [n_neurons]
+
+Run with the pinned environment in scripts/requirements-fixtures.txt; CI never runs this.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+
+ROOT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+OUT = ROOT / "analysis"
+MODELS = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"]
+N_ROWS, SEQ_LEN = 24, 32
+
+
+def activations(name: str, tokens: np.ndarray) -> np.ndarray:
+    # eager: SDPA ignores the CRFM flags (scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn)
+    model = GPT2LMHeadModel.from_pretrained(ROOT / name, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    acts = {}
+    hooks = []
+    for l, block in enumerate(model.transformer.h):
+        hooks.append(block.mlp.act.register_forward_hook(
+            lambda _m, _i, o, l=l: acts.__setitem__(l, o.detach().double().numpy())))
+    with torch.no_grad():
+        model(torch.from_numpy(tokens.astype(np.int64)))
+    for h in hooks:
+        h.remove()
+    # [rows, seq, layers * d_mlp], layer-major columns
+    return np.concatenate([acts[l] for l in range(len(acts))], axis=-1)
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    sa = np.sqrt((a ** 2).sum(0))
+    sb = np.sqrt((b ** 2).sum(0))
+    c = a.T @ b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = c / np.outer(sa, sb)
+    c[~np.isfinite(c)] = 0.0  # constant neurons correlate 0 (the paper sets NaN to 0)
+    return np.clip(c, -1.0, 1.0)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_file(str(ROOT / MODELS[0] / "tokenizer.json"))
+    bos = tok.token_to_id("<|endoftext|>")
+    newline = tok.encode("\n", add_special_tokens=False).ids
+    assert len(newline) == 1, newline
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, tok.get_vocab_size(), size=(N_ROWS, SEQ_LEN)).astype(np.int32)
+    tokens[rng.random(tokens.shape) < 0.05] = newline[0]
+    tokens[:, 0] = bos
+    np.save(OUT / "tokens.npy", tokens)
+    keep = (tokens != bos) & (tokens != newline[0])
+    acts = [activations(m, tokens)[keep] for m in MODELS]
+    n_layers = acts[0].shape[1] // 128
+    d = acts[0].shape[1] // n_layers
+    out = {}
+    maxes, argmaxes, mins, bases = [], [], [], []
+    for o, other in enumerate(acts[1:], start=1):
+        c = corr(acts[0], other)
+        out[f"corr.{o - 1}"] = c.astype(np.float32)
+        maxes.append(c.max(1))
+        argmaxes.append(c.argmax(1))
+        mins.append(c.min(1))
+        rotated = []
+        for l in range(n_layers):
+            r = rng.standard_normal((d, d))
+            r /= np.linalg.norm(r, axis=1, keepdims=True)
+            out[f"rotation.{o}.{l}"] = r.astype(np.float32)
+            # the engine multiplies by the f32 matrix: use exactly that one
+            rotated.append(other[:, l * d:(l + 1) * d] @ r.astype(np.float32).astype(np.float64).T)
+        bases.append(corr(acts[0], np.concatenate(rotated, 1)).max(1))
+    excess = np.mean(maxes, 0) - np.mean(bases, 0)
+    out.update(
+        max_corr=np.array(maxes, np.float32),
+        argmax=np.array(argmaxes, np.int32),
+        min_corr=np.array(mins, np.float32),
+        baseline_max_corr=np.array(bases, np.float32),
+        excess_corr=excess.astype(np.float32),
+        is_universal=(excess > 0.5).astype(np.uint8),
+        mean=acts[0].mean(0),
+        var=acts[0].var(0),
+        n_tokens=np.array([keep.sum()], np.int64),
+    )
+    save_file(out, str(OUT / "reference.safetensors"))
+    print(f"{keep.sum()} kept tokens; {int(out['is_universal'].sum())} of {excess.size} anchor neurons universal")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+//! `seedscope bench-correlation`: throughput of one correlation update (block moments, the
+//! centred cross-product GEMM and the merge into the running totals) on the CPU path and with
+//! the WGSL kernels. `scripts/bench_correlation.py` runs it next to numpy's `X.T @ Y` on the
+//! same matrices and prints the ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args as ClapArgs;
+use ndarray::Array2;
+use seedscope_analysis::accum::{Accumulator, Block, TileSpec};
+use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments};
+
+/// Options of `seedscope bench-correlation`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Anchor activations, f32 .npy [rows, n_a] (default: generated, --rows x --n-a).
+    #[arg(long)]
+    pub a: Option<PathBuf>,
+    /// Other activations, f32 .npy [rows, n_b].
+    #[arg(long)]
+    pub b: Option<PathBuf>,
+    /// Rows (tokens) per block when generating.
+    #[arg(long, default_value_t = 4096)]
+    pub rows: usize,
+    /// Anchor neurons when generating.
+    #[arg(long, default_value_t = 1024)]
+    pub n_a: usize,
+    /// Other neurons when generating.
+    #[arg(long, default_value_t = 1024)]
+    pub n_b: usize,
+    /// `cpu`, `wgpu` or `cpu,wgpu`.
+    #[arg(long, default_value = "cpu,wgpu")]
+    pub paths: String,
+    /// Timed updates (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+}
+
+fn read_npy(path: &PathBuf) -> Result<Array2<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .with_context(|| format!("{}: not a .npy file", path.display()))?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 2 {
+        bail!(
+            "{}: expected a 2-d array, got shape {shape:?}",
+            path.display()
+        );
+    }
+    let data: Vec<f32> = npy
+        .into_vec()
+        .with_context(|| format!("{}: expected float32 values", path.display()))?;
+    Ok(Array2::from_shape_vec(
+        (shape[0] as usize, shape[1] as usize),
+        data,
+    )?)
+}
+
+fn generate(rows: usize, n: usize, salt: u64) -> Array2<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ salt;
+    Array2::from_shape_fn((rows, n), |_| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 + 3.0
+    })
+}
+
+/// Run the benchmark; prints one JSON line per path.
+pub fn run(args: &Args) -> Result<()> {
+    let a = match &args.a {
+        Some(p) => read_npy(p)?,
+        None => generate(args.rows, args.n_a, 1),
+    };
+    let b = match &args.b {
+        Some(p) => read_npy(p)?,
+        None => generate(args.rows, args.n_b, 2),
+    };
+    if a.nrows() != b.nrows() {
+        bail!("the two matrices have {} and {} rows", a.nrows(), b.nrows());
+    }
+    let (rows, na, nb) = (a.nrows(), a.ncols(), b.ncols());
+    let flop = 2.0 * rows as f64 * na as f64 * nb as f64;
+    for path in args.paths.split(',') {
+        let (secs, device) = match path {
+            "cpu" => {
+                let spec = TileSpec {
+                    a_stream: 0,
+                    a_cols: 0..na,
+                    b_stream: 1,
+                    b_cols: 0..nb,
+                };
+                let mut acc = Accumulator::cpu(vec![spec], &[na, nb]);
+                let block = Block::Cpu(vec![Some(a.clone()), Some(b.clone())]);
+                acc.update(&block)?;
+                let t = Instant::now();
+                for _ in 0..args.iters {
+                    acc.update(&block)?;
+                }
+                (
+                    t.elapsed().as_secs_f64() / args.iters as f64,
+                    "cpu (matrixmultiply, f64 merge)".to_owned(),
+                )
+            }
+            "wgpu" => {
+                let ctx = GpuContext::request()?;
+                let k = Kernels::new(&ctx);
+                let a_std = a.as_standard_layout();
+                let b_std = b.as_standard_layout();
+                let ba = ctx.upload("a", a_std.as_slice().context("contiguous")?)?;
+                let bb = ctx.upload("b", b_std.as_slice().context("contiguous")?)?;
+                let va = ActView {
+                    buffer: &ba,
+                    byte_offset: 0,
+                    rows: rows as u32,
+                    row_len: na as u32,
+                };
+                let vb = ActView {
+                    buffer: &bb,
+                    byte_offset: 0,
+                    rows: rows as u32,
+                    row_len: nb as u32,
+                };
+                let mut ma = Moments::new(&ctx, na as u32)?;
+                let mut mb = Moments::new(&ctx, nb as u32)?;
+                let tile = CrossTile::new(&ctx, 0, na as u32, 0, nb as u32)?;
+                let step = |ma: &mut Moments, mb: &mut Moments| -> Result<()> {
+                    let n_prev = ma.count();
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    ma.update(&ctx, &k, &mut enc, va)?;
+                    mb.update(&ctx, &k, &mut enc, vb)?;
+                    tile.update(&ctx, &k, &mut enc, va, ma, vb, mb, n_prev)?;
+                    ctx.queue.submit([enc.finish()]);
+                    ctx.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| anyhow::anyhow!("waiting for the GPU: {e}"))?;
+                    Ok(())
+                };
+                step(&mut ma, &mut mb)?;
+                let t = Instant::now();
+                for _ in 0..args.iters {
+                    step(&mut ma, &mut mb)?;
+                }
+                (
+                    t.elapsed().as_secs_f64() / args.iters as f64,
+                    format!("wgpu: {} [{:?}]", ctx.info.name, ctx.info.device_type),
+                )
+            }
+            other => bail!("unknown path `{other}` (cpu or wgpu)"),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": path, "device": device, "rows": rows, "n_a": na, "n_b": nb,
+                "seconds": secs, "gflops": flop / secs / 1e9,
+            })
+        );
+    }
+    Ok(())
+}

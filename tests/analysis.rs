@@ -1,0 +1,318 @@
+//! The universality engine against the numpy reference (scripts/make_analysis_reference.py) on
+//! the three same-shape GPT-2 fixtures, on the CPU path and on wgpu (lavapipe in CI), plus
+//! resume, multi-pass tiling and the bundle.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{device, fixture, temp_dir};
+use seedscope_analysis::engine::Results;
+use seedscope_analysis::{AnalysisOptions, Family, Outcome, Run, TokenSet};
+use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
+
+const MODELS: [&str; 3] = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"];
+
+struct Reference {
+    st: Vec<u8>,
+}
+
+impl Reference {
+    fn load() -> Self {
+        Self {
+            st: std::fs::read(fixture("analysis/reference.safetensors")).expect("reference"),
+        }
+    }
+    fn raw(&self, name: &str) -> (Vec<u8>, safetensors::Dtype) {
+        let st = safetensors::SafeTensors::deserialize(&self.st).expect("safetensors");
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference has no {name}"));
+        (t.data().to_vec(), t.dtype())
+    }
+    fn f64s(&self, name: &str) -> Vec<f64> {
+        let (b, dt) = self.raw(name);
+        match dt {
+            safetensors::Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            safetensors::Dtype::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            safetensors::Dtype::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            safetensors::Dtype::U8 => b.iter().map(|&v| v as f64).collect(),
+            safetensors::Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn rotations(&self, n_layers: usize) -> Vec<Vec<Vec<f32>>> {
+        (0..MODELS.len())
+            .map(|m| {
+                if m == 0 {
+                    return Vec::new();
+                }
+                (0..n_layers)
+                    .map(|l| {
+                        self.f64s(&format!("rotation.{m}.{l}"))
+                            .into_iter()
+                            .map(|v| v as f32)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn models(dev: &ComputeDevice) -> Vec<LoadedModel> {
+    MODELS
+        .iter()
+        .map(|m| {
+            LoadedModel::load_on(&fixture(m), dev, burn::tensor::FloatDType::F32)
+                .expect("fixture model")
+        })
+        .collect()
+}
+
+fn tokens() -> TokenSet {
+    let (ids, shape) =
+        seedscope_data::read_tokens_npy(&fixture("analysis/tokens.npy")).expect("tokens");
+    let tok = seedscope_data::TextTokenizer::from_file(&fixture("gpt2-plain/tokenizer.json"))
+        .expect("tokenizer");
+    let mut drop_ids: Vec<u32> = tok.bos_id().into_iter().collect();
+    drop_ids.extend(tok.to_tokens("\n", false).expect("newline"));
+    TokenSet {
+        ids,
+        n_rows: shape[0],
+        seq_len: shape[1],
+        drop_ids,
+    }
+}
+
+fn run(
+    dev: &ComputeDevice,
+    options: &AnalysisOptions,
+    work: &Path,
+    cancel_after: Option<u64>,
+) -> Outcome {
+    let models = models(dev);
+    let tokens = tokens();
+    let reference = Reference::load();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let r = Run {
+        family: Family {
+            models: &models,
+            device: dev,
+        },
+        tokens: &tokens,
+        options,
+        fingerprint: "test".into(),
+        work_dir: work,
+        cancel: cancel.clone(),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: Some(reference.rotations(3)),
+    };
+    r.run(|p| {
+        if cancel_after.is_some_and(|n| p.tokens >= n) {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    })
+    .expect("analysis runs")
+}
+
+fn done(o: Outcome) -> Results {
+    match o {
+        Outcome::Done(r) => *r,
+        Outcome::Interrupted { .. } => panic!("interrupted"),
+    }
+}
+
+fn options() -> AnalysisOptions {
+    AnalysisOptions {
+        block_rows: 5, // 24 rows: five blocks, the last short
+        save_tiles: vec![(0, 0), (2, 1)],
+        ..AnalysisOptions::default()
+    }
+}
+
+fn check_against_reference(r: &Results, tol: f64) {
+    let reference = Reference::load();
+    assert_eq!(r.n_tokens as f64, reference.f64s("n_tokens")[0]);
+    let a = &r.anchors[0];
+    let n = a.real[0].max.len();
+    let (max, argmax, min, base) = (
+        reference.f64s("max_corr"),
+        reference.f64s("argmax"),
+        reference.f64s("min_corr"),
+        reference.f64s("baseline_max_corr"),
+    );
+    for o in 0..2 {
+        let corr = reference.f64s(&format!("corr.{o}"));
+        for i in 0..n {
+            let k = o * n + i;
+            assert!(
+                (a.real[o].max[i] as f64 - max[k]).abs() < tol,
+                "max_corr[{o}][{i}]: {} vs {}",
+                a.real[o].max[i],
+                max[k]
+            );
+            assert!(
+                (a.real[o].min[i] as f64 - min[k]).abs() < tol,
+                "min_corr[{o}][{i}]: {} vs {}; argmin {} where the reference has {}",
+                a.real[o].min[i],
+                min[k],
+                a.real[o].argmin[i],
+                corr[i * n + a.real[o].argmin[i] as usize]
+            );
+            assert!(
+                (a.baseline[o].max[i] as f64 - base[k]).abs() < tol,
+                "baseline[{o}][{i}]"
+            );
+            // The argmax is the reference's, or a neuron within tolerance of the maximum.
+            let j = a.real[o].argmax[i] as usize;
+            assert!(
+                j == argmax[k] as usize || (corr[i * n + j] - max[k]).abs() < tol,
+                "argmax[{o}][{i}]"
+            );
+        }
+        // Saved tiles are the reference's correlation blocks.
+        for t in a.tiles.iter().filter(|t| t.other == o + 1) {
+            let d = 128;
+            for i in 0..d {
+                for j in 0..d {
+                    let e = corr[(t.layer_a * d + i) * n + t.layer_b * d + j];
+                    assert!(
+                        (t.corr[i * d + j] as f64 - e).abs() < tol,
+                        "tile {:?}",
+                        (t.layer_a, t.layer_b)
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        a.tiles.len(),
+        4,
+        "two layer pairs for each of two other models"
+    );
+    let (mean, var) = (reference.f64s("mean"), reference.f64s("var"));
+    for i in 0..n {
+        assert!(
+            (a.mean[i] - mean[i]).abs() < 1e-4 * mean[i].abs().max(1.0),
+            "mean[{i}]"
+        );
+        assert!(
+            (a.var[i] - var[i]).abs() < 1e-3 * var[i].abs().max(1e-3),
+            "var[{i}]"
+        );
+    }
+    let rows = seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5);
+    let (excess, universal) = (
+        reference.f64s("excess_corr"),
+        reference.f64s("is_universal"),
+    );
+    let mut flips = 0;
+    for (i, (row, _)) in rows.iter().enumerate() {
+        assert!(
+            (row.excess_corr - excess[i]).abs() < 2.0 * tol,
+            "excess[{i}]"
+        );
+        if row.is_universal != (universal[i] == 1.0) {
+            // Only a neuron within tolerance of the threshold may flip.
+            assert!((excess[i] - 0.5).abs() < 2.0 * tol, "universal flag of {i}");
+            flips += 1;
+        }
+    }
+    assert!(flips <= 1);
+    assert!(
+        universal.iter().sum::<f64>() > 10.0,
+        "the fixture has universal neurons to find"
+    );
+}
+
+#[test]
+fn cpu_path_matches_the_numpy_reference() {
+    let dev = device(BackendKind::Cpu);
+    let work = temp_dir("analysis-cpu");
+    check_against_reference(&done(run(&dev, &options(), &work, None)), 1e-4);
+}
+
+#[test]
+fn wgpu_kernels_match_the_numpy_reference() {
+    let dev = device(BackendKind::Wgpu);
+    assert!(dev.wgpu.is_some());
+    let work = temp_dir("analysis-wgpu");
+    check_against_reference(&done(run(&dev, &options(), &work, None)), 1e-4);
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result_on_both_paths() {
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let whole = done(run(&dev, &options(), &temp_dir("whole"), None));
+        let work = temp_dir("resume");
+        match run(&dev, &options(), &work, Some(200)) {
+            Outcome::Interrupted { checkpoint } => assert!(checkpoint.exists()),
+            Outcome::Done(_) => panic!("{kind}: the run should have stopped"),
+        }
+        let resumed = done(run(&dev, &options(), &work, None));
+        assert_eq!(whole, resumed, "{kind}: resumed result differs");
+    }
+}
+
+#[test]
+fn a_small_budget_tiles_into_passes_with_the_same_result() {
+    let dev = device(BackendKind::Cpu);
+    let one = done(run(&dev, &options(), &temp_dir("one-pass"), None));
+    // 5 rows x 32 tokens x 384 neurons x 4 bytes x 8 streams ~ 2 MiB of activations; leave
+    // room for about three 128 x 128 tiles per pass (and split layers across passes).
+    let small = AnalysisOptions {
+        memory_budget: one.plan.activation_bytes + 3 * 128 * 128 * 8,
+        ..options()
+    };
+    let many = done(run(&dev, &small, &temp_dir("many-passes"), None));
+    assert!(
+        many.plan.passes.len() >= 8,
+        "{} passes",
+        many.plan.passes.len()
+    );
+    assert_eq!(one.anchors, many.anchors);
+}
+
+#[test]
+fn a_checkpoint_of_another_analysis_is_refused() {
+    let dev = device(BackendKind::Cpu);
+    let work = temp_dir("foreign-checkpoint");
+    let _ = run(&dev, &options(), &work, Some(1));
+    let models = models(&dev);
+    let tokens = tokens();
+    let r = Run {
+        family: Family {
+            models: &models,
+            device: &dev,
+        },
+        tokens: &tokens,
+        options: &options(),
+        fingerprint: "another".into(),
+        work_dir: &work,
+        cancel: Arc::new(AtomicBool::new(false)),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: None,
+    };
+    let e = r.run(|_| {}).expect_err("foreign checkpoint").to_string();
+    assert!(
+        e.contains("checkpoint.safetensors") && e.contains("different analysis"),
+        "{e}"
+    );
+}
