@@ -153,7 +153,8 @@ mod tests {
             anchors: vec![0],
             n_layers,
             d_mlp,
-            block_tokens: 4096,
+            // One 512-token row, as `analyze` picks for GPT-2 shapes under 4 GiB.
+            block_tokens: 512,
             budget,
             max_binding: 128 << 20,
         }
@@ -187,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_budget_below_the_activations_is_an_error() {
-        let e = plan(&input(12, 3072, 100 << 20)).expect_err("too small");
+        let e = plan(&input(24, 4096, 100 << 20)).expect_err("too small");
         assert!(e.to_string().contains("--gpu-memory"), "{e}");
     }
 
