@@ -59,9 +59,9 @@ impl Reference {
     fn rotations(&self, n_layers: usize) -> Vec<Vec<Vec<f32>>> {
         (0..MODELS.len())
             .map(|m| {
-                if m == 0 {
-                    return Vec::new();
-                }
+                // The reference rotates models 1 and 2; model 0 (rotated only with
+                // --all-anchors) borrows model 1's matrices.
+                let m = m.max(1);
                 (0..n_layers)
                     .map(|l| {
                         self.f64s(&format!("rotation.{m}.{l}"))
@@ -315,4 +315,38 @@ fn a_checkpoint_of_another_analysis_is_refused() {
         e.contains("checkpoint.safetensors") && e.contains("different analysis"),
         "{e}"
     );
+}
+
+#[test]
+fn all_anchors_gives_every_model_its_own_consistent_result() {
+    let dev = device(BackendKind::Cpu);
+    let opts = AnalysisOptions {
+        all_anchors: true,
+        ..options()
+    };
+    let r = done(run(&dev, &opts, &temp_dir("all-anchors"), None));
+    assert_eq!(
+        r.anchors.iter().map(|a| a.anchor).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    // Anchor 0 is the same as a single-anchor run.
+    let single = done(run(&dev, &options(), &temp_dir("single-anchor"), None));
+    assert_eq!(r.anchors[0], single.anchors[0]);
+    // corr(model 0 -> model 1) tile (0, 0) is the transpose of corr(model 1 -> model 0) tile (0, 0).
+    let tile = |anchor: usize, other: usize| {
+        r.anchors[anchor]
+            .tiles
+            .iter()
+            .find(|t| t.other == other && (t.layer_a, t.layer_b) == (0, 0))
+            .expect("tile")
+            .corr
+            .clone()
+    };
+    let (ab, ba) = (tile(0, 1), tile(1, 0));
+    let d = 128;
+    for i in 0..d {
+        for j in 0..d {
+            assert!((ab[i * d + j] - ba[j * d + i]).abs() < 1e-5, "({i}, {j})");
+        }
+    }
 }
