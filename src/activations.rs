@@ -82,7 +82,7 @@ pub fn run(args: &Args) -> Result<()> {
     let model_dir = args
         .model
         .clone()
-        .unwrap_or_else(|| crate::analyze::family_dir().join(crate::analyze::FAMILY[0]));
+        .unwrap_or_else(|| crate::analyze::family_models().swap_remove(0));
     let model = LoadedModel::load_on(&model_dir, &device, args.dtype.into())?;
     let tokens = input_tokens(args, &model)?;
     let [n_seq, seq_len] = tokens.shape();

@@ -24,6 +24,11 @@ pub fn family_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/family")
 }
 
+/// The family's model directories, seed-a first: what every command uses when no model is named.
+pub fn family_models() -> Vec<PathBuf> {
+    FAMILY.iter().map(|n| family_dir().join(n)).collect()
+}
+
 /// Options of `seedscope analyze`.
 #[derive(ClapArgs, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("data").args(["tokens", "text", "dataset"])))]
@@ -251,7 +256,7 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("no --models given: analysing the embedded family on the data given");
     }
     let dirs: Vec<PathBuf> = if embedded {
-        FAMILY.iter().map(|n| family_dir().join(n)).collect()
+        family_models()
     } else {
         args.models.clone()
     };

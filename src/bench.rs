@@ -41,7 +41,7 @@ pub fn run(args: &Args) -> Result<()> {
     let dir = args
         .model
         .clone()
-        .unwrap_or_else(|| crate::analyze::family_dir().join(crate::analyze::FAMILY[0]));
+        .unwrap_or_else(|| crate::analyze::family_models().swap_remove(0));
     let model = LoadedModel::load_on(&dir, &device, args.dtype.into())?;
     let n = args.batch * args.seq_len;
     let vocab = model.config.vocab_size() as u64;

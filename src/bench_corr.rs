@@ -111,28 +111,12 @@ pub fn run(args: &Args) -> Result<()> {
                 let b_std = b.as_standard_layout();
                 let ba = ctx.upload("a", a_std.as_slice().context("contiguous")?)?;
                 let bb = ctx.upload("b", b_std.as_slice().context("contiguous")?)?;
-                let va = ActView {
-                    buffer: &ba,
-                    byte_offset: 0,
-                    rows: rows as u32,
-                    row_len: na as u32,
-                };
-                let vb = ActView {
-                    buffer: &bb,
-                    byte_offset: 0,
-                    rows: rows as u32,
-                    row_len: nb as u32,
-                };
+                let (va, vb) = (ActView::whole(&ba, rows, na), ActView::whole(&bb, rows, nb));
                 let mut ma = Moments::new(&ctx, na as u32)?;
                 let mut mb = Moments::new(&ctx, nb as u32)?;
                 let tile = CrossTile::new(&ctx, 0, na as u32, 0, nb as u32)?;
                 let step = |ma: &mut Moments, mb: &mut Moments| -> Result<()> {
-                    let n_prev = ma.count();
-                    let mut enc = ctx.device.create_command_encoder(&Default::default());
-                    ma.update(&ctx, &k, &mut enc, va)?;
-                    mb.update(&ctx, &k, &mut enc, vb)?;
-                    tile.update(&ctx, &k, &mut enc, va, ma, vb, mb, n_prev)?;
-                    ctx.queue.submit([enc.finish()]);
+                    tile.merge_pair(&ctx, &k, va, ma, vb, mb)?;
                     ctx.device
                         .poll(wgpu::PollType::wait_indefinitely())
                         .map_err(|e| anyhow::anyhow!("waiting for the GPU: {e}"))?;

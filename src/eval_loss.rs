@@ -29,10 +29,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let family = crate::analyze::family_dir();
     let models: Vec<PathBuf> = if args.models.is_empty() {
-        crate::analyze::FAMILY
-            .iter()
-            .map(|n| family.join(n))
-            .collect()
+        crate::analyze::family_models()
     } else {
         args.models.clone()
     };

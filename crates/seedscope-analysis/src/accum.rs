@@ -7,6 +7,7 @@
 //! CPU keeps them in f64 (its block GEMM is f32 on centred values).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, s};
 use seedscope_gpu::{
@@ -131,8 +132,8 @@ pub enum Accumulator {
     Gpu {
         /// The device.
         ctx: Box<GpuContext>,
-        /// The kernels.
-        kernels: Box<Kernels>,
+        /// The kernels (compiled once per run, shared by its passes).
+        kernels: Arc<Kernels>,
         /// Tiles accumulated.
         specs: Vec<TileSpec>,
         /// Per stream.
@@ -176,14 +177,14 @@ impl Accumulator {
         }
     }
 
-    /// Zeroed GPU accumulators.
+    /// Zeroed GPU accumulators; `kernels` were compiled on `ctx`'s device.
     pub fn gpu(
         ctx: GpuContext,
+        kernels: Arc<Kernels>,
         specs: Vec<TileSpec>,
         widths: &[usize],
     ) -> Result<Self, AnalysisError> {
         let used = used_streams(&specs, widths.len());
-        let kernels = Box::new(Kernels::new(&ctx));
         let mut moments = Vec::new();
         for (&w, &u) in widths.iter().zip(&used) {
             moments.push(if u {

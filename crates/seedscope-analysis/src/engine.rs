@@ -366,16 +366,23 @@ impl Run<'_> {
             resumed_state = ck.accumulators;
         }
         let device = &self.family.device.device;
-        let gpu = self.family.device.wgpu.clone();
+        // The device's kernels, compiled once for all passes (None: the CPU path).
+        let gpu = match (&self.family.device.wgpu, &self.family.device.adapter) {
+            (Some(h), Some(info)) => {
+                let ctx =
+                    seedscope_gpu::GpuContext::new(h.device.clone(), h.queue.clone(), info.clone());
+                let kernels = Arc::new(seedscope_gpu::Kernels::new(&ctx));
+                Some((ctx, kernels))
+            }
+            _ => None,
+        };
         let widths = vec![width; 2 * n_models];
         for (pass_idx, specs) in plan.passes.iter().enumerate().skip(start.pass) {
-            let mut acc = match (&gpu, &self.family.device.adapter) {
-                (Some(h), Some(info)) => Accumulator::gpu(
-                    seedscope_gpu::GpuContext::new(h.device.clone(), h.queue.clone(), info.clone()),
-                    specs.clone(),
-                    &widths,
-                )?,
-                _ => Accumulator::cpu(specs.clone(), &widths),
+            let mut acc = match &gpu {
+                Some((ctx, kernels)) => {
+                    Accumulator::gpu(ctx.clone(), kernels.clone(), specs.clone(), &widths)?
+                }
+                None => Accumulator::cpu(specs.clone(), &widths),
             };
             let mut first_block = 0;
             let mut tokens_done = 0;

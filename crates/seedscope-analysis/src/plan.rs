@@ -115,7 +115,6 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
             p.push(t);
         }
     }
-    let _ = width;
     Ok(Plan {
         passes,
         activation_bytes,

@@ -235,7 +235,17 @@ impl Kernels {
     }
 }
 
-impl ActView<'_> {
+impl<'a> ActView<'a> {
+    /// A matrix filling `buffer` from its start.
+    pub fn whole(buffer: &'a wgpu::Buffer, rows: usize, row_len: usize) -> Self {
+        Self {
+            buffer,
+            byte_offset: 0,
+            rows: rows as u32,
+            row_len: row_len as u32,
+        }
+    }
+
     /// The matrix as a binding of exactly its bytes.
     fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -555,6 +565,36 @@ impl CrossTile {
             ],
             (self.n_b.div_ceil(CROSS_TILE), self.n_a.div_ceil(CROSS_TILE)),
         );
+        Ok(())
+    }
+
+    /// Merge one block of a single anchor/other pair and submit it: both moments, then the
+    /// tile (the order [`CrossTile::update`] needs). `seedscope-analysis` does the same for
+    /// many streams and tiles in one submission.
+    pub fn merge_pair(
+        &self,
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        a: ActView<'_>,
+        a_moments: &mut Moments,
+        b: ActView<'_>,
+        b_moments: &mut Moments,
+    ) -> Result<(), GpuError> {
+        let n_prev = a_moments.count();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        a_moments.update(ctx, kernels, &mut encoder, a)?;
+        b_moments.update(ctx, kernels, &mut encoder, b)?;
+        self.update(
+            ctx,
+            kernels,
+            &mut encoder,
+            a,
+            a_moments,
+            b,
+            b_moments,
+            n_prev,
+        )?;
+        ctx.queue.submit([encoder.finish()]);
         Ok(())
     }
 

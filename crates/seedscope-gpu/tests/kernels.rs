@@ -62,25 +62,9 @@ fn run_gpu(
         let bb = ctx
             .upload("b", &b[t0 * nb..(t0 + len) * nb])
             .expect("upload");
-        let va = ActView {
-            buffer: &ba,
-            byte_offset: 0,
-            rows: len as u32,
-            row_len: na as u32,
-        };
-        let vb = ActView {
-            buffer: &bb,
-            byte_offset: 0,
-            rows: len as u32,
-            row_len: nb as u32,
-        };
-        let n_prev = ma.count();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        ma.update(ctx, k, &mut enc, va).expect("update");
-        mb.update(ctx, k, &mut enc, vb).expect("update");
-        tile.update(ctx, k, &mut enc, va, &ma, vb, &mb, n_prev)
-            .expect("update");
-        ctx.queue.submit([enc.finish()]);
+        let (va, vb) = (ActView::whole(&ba, len, na), ActView::whole(&bb, len, nb));
+        tile.merge_pair(ctx, k, va, &mut ma, vb, &mut mb)
+            .expect("merge");
         t0 += len;
     }
     tile.finalize(ctx, k, &ma, &mb, true).expect("finalize")
@@ -129,18 +113,8 @@ fn kernels_match_the_f64_reference_on_odd_shapes_with_large_means() {
     let mut m = Moments::new(&ctx, na as u32).expect("moments");
     let buf = ctx.upload("a", &a).expect("upload");
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    m.update(
-        &ctx,
-        &k,
-        &mut enc,
-        ActView {
-            buffer: &buf,
-            byte_offset: 0,
-            rows: rows as u32,
-            row_len: na as u32,
-        },
-    )
-    .expect("update");
+    m.update(&ctx, &k, &mut enc, ActView::whole(&buf, rows, na))
+        .expect("update");
     ctx.queue.submit([enc.finish()]);
     for ((gm, gm2), (em, em2)) in m
         .read(&ctx)

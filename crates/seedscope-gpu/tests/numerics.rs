@@ -58,25 +58,9 @@ fn ten_million_tokens_with_large_means_stay_within_1e_4_of_f64() {
         }
         let ba = ctx.upload("a", &a).expect("upload");
         let bb = ctx.upload("b", &b).expect("upload");
-        let va = ActView {
-            buffer: &ba,
-            byte_offset: 0,
-            rows: rows as u32,
-            row_len: NA as u32,
-        };
-        let vb = ActView {
-            buffer: &bb,
-            byte_offset: 0,
-            rows: rows as u32,
-            row_len: NB as u32,
-        };
-        let n_prev = ma.count();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        ma.update(&ctx, &k, &mut enc, va).expect("update");
-        mb.update(&ctx, &k, &mut enc, vb).expect("update");
-        tile.update(&ctx, &k, &mut enc, va, &ma, vb, &mb, n_prev)
-            .expect("update");
-        ctx.queue.submit([enc.finish()]);
+        let (va, vb) = (ActView::whole(&ba, rows, NA), ActView::whole(&bb, rows, NB));
+        tile.merge_pair(&ctx, &k, va, &mut ma, vb, &mut mb)
+            .expect("merge");
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
             .expect("poll");
