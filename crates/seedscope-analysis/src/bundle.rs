@@ -126,6 +126,28 @@ pub fn neuron_rows(
         .collect()
 }
 
+/// The fraction of universal neurons overall and per layer, from `(layer, is_universal)` pairs.
+pub fn universal_fractions(
+    neurons: impl IntoIterator<Item = (usize, bool)>,
+    n_layers: usize,
+) -> (f64, Vec<f64>) {
+    let mut counts = vec![(0usize, 0usize); n_layers];
+    for (layer, universal) in neurons {
+        if let Some(c) = counts.get_mut(layer) {
+            c.0 += usize::from(universal);
+            c.1 += 1;
+        }
+    }
+    let (u, t) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    (
+        u as f64 / t.max(1) as f64,
+        counts
+            .iter()
+            .map(|(u, t)| *u as f64 / (*t).max(1) as f64)
+            .collect(),
+    )
+}
+
 /// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
 /// lies in each layer.
 fn layer_match(argmax: &[u32], n_layers: usize, d: usize) -> Vec<f32> {

@@ -8,6 +8,8 @@
 //! - [`plan`]: tiling the co-moments under a memory budget and the device's limits.
 //! - [`bundle`]: the result directory (`manifest.json`, `neurons.csv`,
 //!   `correlation.safetensors`, `tiles.safetensors`), written atomically, and its reader.
+//! - [`job`]: a whole analysis from a request (models, data, options) to a bundle, as the CLI
+//!   and the app run it.
 //! - [`rotation`]: the baseline's unit-row Gaussian matrices.
 //! - [`checkpoint`]: resumable state.
 
@@ -17,6 +19,7 @@ pub mod accum;
 pub mod bundle;
 pub mod checkpoint;
 pub mod engine;
+pub mod job;
 pub mod plan;
 pub mod rotation;
 

@@ -1,0 +1,435 @@
+//! A whole analysis as one call: load the models and the data, plan, run (resuming from a
+//! checkpoint), write the bundle. `seedscope analyze` and the app's background jobs both run
+//! this, so the CLI and the UI give the same bundle for the same request.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use seedscope_data::{ENDOFTEXT, TextTokenizer, pack_rows, read_tokens_npy};
+use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{Manifest, ModelEntry, partial_dir, write_bundle};
+use crate::plan::Plan;
+use crate::{AnalysisError, AnalysisOptions, Family, Outcome, Progress, Run, TokenSet};
+
+/// The embedded seed family's model directories, seed-a first.
+pub const FAMILY: [&str; 5] = ["seed-a", "seed-b", "seed-c", "seed-d", "seed-e"];
+
+/// The repository's `assets/family` directory (the embedded default).
+pub fn family_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/family");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+/// The family's model directories, seed-a first: what every command uses when no model is named.
+pub fn family_models() -> Vec<PathBuf> {
+    FAMILY.iter().map(|n| family_dir().join(n)).collect()
+}
+
+/// Where the tokens come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// The embedded family's held-out eval tokens (`assets/family/eval_tokens.npy`).
+    Embedded,
+    /// Token ids, int32/int64 `.npy` `[n_seq, seq_len]`, used as given.
+    Tokens(PathBuf),
+    /// UTF-8 text, tokenised with the anchor's `tokenizer.json` into rows that start with BOS.
+    Text(PathBuf),
+    /// JSON lines with a `"text"` field, documents joined as for [`DataSource::Text`].
+    Dataset(PathBuf),
+}
+
+/// Everything an analysis needs, as the CLI's flags or the app's dialog give it.
+#[derive(Debug, Clone)]
+pub struct AnalysisRequest {
+    /// Model directories; the first is the anchor. Empty: the embedded family.
+    pub models: Vec<PathBuf>,
+    /// The data.
+    pub data: DataSource,
+    /// Tokens per row for text data (default: the model's context, at most 512).
+    pub seq_len: Option<usize>,
+    /// The bundle directory to write.
+    pub out: PathBuf,
+    /// Excess correlation above which a neuron is universal.
+    pub threshold: f64,
+    /// Seed of the rotation baseline.
+    pub seed: u64,
+    /// Use at most this many kept tokens.
+    pub max_tokens: Option<u64>,
+    /// Keep BOS/pad and newline positions.
+    pub keep_all_tokens: bool,
+    /// Every model as the anchor in turn.
+    pub all_anchors: bool,
+    /// Tiles to save: `all` or `A-B,...` layer pairs.
+    pub save_tiles: Option<String>,
+    /// Compute backend.
+    pub backend: BackendKind,
+    /// Memory budget for activations and accumulators, bytes.
+    pub memory_budget: u64,
+    /// Token rows per block (default: what fits, at most 32).
+    pub batch_size: Option<usize>,
+    /// Time between checkpoints.
+    pub checkpoint_every: Duration,
+    /// The command line recorded in the manifest.
+    pub command: Vec<String>,
+}
+
+impl Default for AnalysisRequest {
+    /// The embedded default: the family on its eval tokens, into `seedscope-out/bundle`.
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            data: DataSource::Embedded,
+            seq_len: None,
+            out: PathBuf::from("seedscope-out/bundle"),
+            threshold: 0.5,
+            seed: 0,
+            max_tokens: None,
+            keep_all_tokens: false,
+            all_anchors: false,
+            save_tiles: None,
+            backend: BackendKind::Auto,
+            memory_budget: 4 << 30,
+            batch_size: None,
+            checkpoint_every: Duration::from_secs(120),
+            command: Vec::new(),
+        }
+    }
+}
+
+/// What happens during a job, for a progress bar or a log.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// A line for the log (device, shapes, plan).
+    Log(String),
+    /// The plan is known.
+    Planned(Plan),
+    /// Tokens done.
+    Progress(Progress),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEnd {
+    /// The bundle is written.
+    Written(PathBuf),
+    /// Cancelled; rerunning the same request resumes from this checkpoint.
+    Interrupted(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AnalysisError + '_ {
+    move |source| AnalysisError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, AnalysisError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The display name of a model directory: its last component.
+pub fn model_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+fn model_entry(model: &LoadedModel) -> Result<ModelEntry, AnalysisError> {
+    let mut entries: Vec<_> = std::fs::read_dir(&model.dir)
+        .map_err(io(&model.dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    entries.sort();
+    let mut files = Vec::new();
+    for p in entries {
+        files.push((model_name(&p), sha256_file(&p)?));
+    }
+    Ok(ModelEntry {
+        name: model_name(&model.dir),
+        path: model.dir.display().to_string(),
+        files,
+    })
+}
+
+/// Parse a tile list: `all`, or anchor-other layer pairs such as `0-0,1-1`.
+pub fn parse_tiles(spec: Option<&str>, n_layers: usize) -> Result<Vec<(usize, usize)>, String> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    if spec == "all" {
+        return Ok((0..n_layers)
+            .flat_map(|a| (0..n_layers).map(move |b| (a, b)))
+            .collect());
+    }
+    spec.split(',')
+        .map(|p| {
+            let bad = || format!("`{p}` is not LAYER-LAYER");
+            let (a, b) = p.split_once('-').ok_or_else(bad)?;
+            let a: usize = a.trim().parse().map_err(|_| bad())?;
+            let b: usize = b.trim().parse().map_err(|_| bad())?;
+            if a >= n_layers || b >= n_layers {
+                return Err(format!(
+                    "layer pair {a}-{b} is outside the models' {n_layers} layers"
+                ));
+            }
+            Ok((a, b))
+        })
+        .collect()
+}
+
+/// The ids whose positions the paper drops: BOS/pad and a single-token newline.
+pub fn drop_ids(tokenizer: &TextTokenizer) -> Result<Vec<u32>, AnalysisError> {
+    let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
+    let nl = tokenizer.to_tokens("\n", false)?;
+    if nl.len() == 1 {
+        ids.extend(nl);
+    }
+    Ok(ids)
+}
+
+/// Token rows of `req`'s data and a description of where they came from.
+pub fn load_tokens(
+    req: &AnalysisRequest,
+    anchor: &LoadedModel,
+) -> Result<(TokenSet, String), AnalysisError> {
+    let tok_path = anchor.dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() {
+        Some(TextTokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
+    let missing =
+        |why: &str| AnalysisError::Invalid(format!("{} is missing: {why}", tok_path.display()));
+    let drop = if req.keep_all_tokens {
+        Vec::new()
+    } else {
+        let t = tokenizer.as_ref().ok_or_else(|| {
+            missing(
+                "it is needed to find the BOS/pad and newline tokens to drop (or keep all tokens)",
+            )
+        })?;
+        drop_ids(t)?
+    };
+    let seq_len = req
+        .seq_len
+        .unwrap_or(anchor.config.max_positions().min(512));
+    let text_rows = |text: &str| -> Result<(Vec<u32>, usize), AnalysisError> {
+        let t = tokenizer
+            .as_ref()
+            .ok_or_else(|| missing("needed to tokenise text"))?;
+        let stream = t.to_tokens(text, false)?;
+        Ok(pack_rows(&stream, seq_len, t.bos_id()))
+    };
+    let (ids, shape, source) = match &req.data {
+        DataSource::Tokens(p) => {
+            let (ids, shape) = read_tokens_npy(p)?;
+            (ids, shape, p.display().to_string())
+        }
+        DataSource::Embedded => {
+            let p = family_dir().join("eval_tokens.npy");
+            let (ids, shape) = read_tokens_npy(&p)?;
+            (ids, shape, p.display().to_string())
+        }
+        DataSource::Text(p) => {
+            let text = seedscope_data::corpus::read_text(p)?;
+            let (ids, n) = text_rows(&text.replace(ENDOFTEXT, "\n"))?;
+            (ids, [n, seq_len], p.display().to_string())
+        }
+        DataSource::Dataset(p) => {
+            let f = std::fs::File::open(p).map_err(io(p))?;
+            let mut joined = String::new();
+            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(io(p))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let corrupt = |message: String| AnalysisError::Corrupt {
+                    path: p.clone(),
+                    message,
+                };
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| corrupt(format!("line {}: not JSON: {e}", i + 1)))?;
+                let text = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| corrupt(format!("line {}: no string field \"text\"", i + 1)))?;
+                joined.push_str(text);
+                joined.push('\n');
+            }
+            let (ids, n) = text_rows(&joined)?;
+            (ids, [n, seq_len], p.display().to_string())
+        }
+    };
+    if shape[0] == 0 {
+        return Err(AnalysisError::Invalid(format!(
+            "{source}: no complete rows of {} tokens",
+            shape[1]
+        )));
+    }
+    Ok((
+        TokenSet {
+            ids,
+            n_rows: shape[0],
+            seq_len: shape[1],
+            drop_ids: drop,
+        },
+        source,
+    ))
+}
+
+/// Run the analysis `req` describes to its bundle. `cancel` stops it at the next block boundary
+/// with a checkpoint (a rerun resumes); `events` hears the log, the plan and the progress.
+pub fn run_analysis(
+    req: &AnalysisRequest,
+    cancel: Arc<AtomicBool>,
+    mut events: impl FnMut(JobEvent),
+) -> Result<JobEnd, AnalysisError> {
+    let started = Instant::now();
+    let dirs = if req.models.is_empty() {
+        family_models()
+    } else {
+        req.models.clone()
+    };
+    if dirs.len() < 2 {
+        return Err(AnalysisError::Invalid(
+            "universality needs at least two models (an anchor and another seed)".into(),
+        ));
+    }
+    if req.batch_size == Some(0) {
+        return Err(AnalysisError::Invalid(
+            "the batch size must be at least 1".into(),
+        ));
+    }
+    let device =
+        ComputeDevice::open(req.backend).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    events(JobEvent::Log(format!("device: {}", device.describe())));
+    let models = dirs
+        .iter()
+        .map(|d| LoadedModel::load_on(d, &device, burn::tensor::FloatDType::F32))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
+    let (tokens, source) = load_tokens(req, &models[0])?;
+    let n_layers = models[0].config.n_layers();
+    let budget = req.memory_budget;
+    let block_rows = req.batch_size.unwrap_or_else(|| {
+        let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
+        let per_stream = (budget / (4 * (2 * models.len() as u64 + 2)))
+            .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
+        ((per_stream / row_bytes) as usize).clamp(1, 32)
+    });
+    let options = AnalysisOptions {
+        threshold: req.threshold,
+        seed: req.seed,
+        max_tokens: req.max_tokens,
+        keep_all_tokens: req.keep_all_tokens,
+        block_rows,
+        memory_budget: budget,
+        save_tiles: parse_tiles(req.save_tiles.as_deref(), n_layers)
+            .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
+        all_anchors: req.all_anchors,
+    };
+    let entries = models
+        .iter()
+        .map(model_entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut h = Sha256::new();
+    for id in &tokens.ids {
+        h.update(id.to_le_bytes());
+    }
+    let data_sha = format!("{:x}", h.finalize());
+    let fingerprint = {
+        let mut h = Sha256::new();
+        let key = serde_json::to_vec(&(
+            &entries,
+            &data_sha,
+            &options,
+            env!("CARGO_PKG_VERSION"),
+            device.kind.to_string(),
+        ))
+        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        h.update(key);
+        format!("{:x}", h.finalize())
+    };
+    let work = partial_dir(&req.out);
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let run = Run {
+        family: Family {
+            models: &models,
+            device: &device,
+        },
+        tokens: &tokens,
+        options: &options,
+        fingerprint,
+        work_dir: &work,
+        cancel,
+        checkpoint_every: req.checkpoint_every,
+        rotations: None,
+    };
+    let plan = run.plan()?;
+    events(JobEvent::Log(format!(
+        "{} models ({} layers x {} neurons), {} rows x {} tokens from {source}; {} pass(es), \
+         about {:.1} MiB of accumulation memory",
+        models.len(),
+        n_layers,
+        models[0].config.d_mlp(),
+        tokens.n_rows,
+        tokens.seq_len,
+        plan.passes.len(),
+        plan.peak_bytes() as f64 / (1 << 20) as f64
+    )));
+    events(JobEvent::Planned(plan));
+    let results = match run.run(|p| events(JobEvent::Progress(p)))? {
+        Outcome::Interrupted { checkpoint } => return Ok(JobEnd::Interrupted(checkpoint)),
+        Outcome::Done(r) => r,
+    };
+    let rows = crate::bundle::neuron_rows(
+        &results.anchors[0],
+        &names,
+        results.d_mlp,
+        options.threshold,
+    );
+    let (fraction, per_layer) = crate::bundle::universal_fractions(
+        rows.iter().map(|(r, _)| (r.layer, r.is_universal)),
+        n_layers,
+    );
+    let manifest = Manifest {
+        seedscope_version: env!("CARGO_PKG_VERSION").into(),
+        command: req.command.clone(),
+        models: entries,
+        data_source: source,
+        data_sha256: data_sha,
+        data_shape: [tokens.n_rows, tokens.seq_len],
+        dropped_ids: tokens.drop_ids.clone(),
+        n_tokens: results.n_tokens,
+        n_layers,
+        d_mlp: results.d_mlp,
+        options: options.clone(),
+        baseline: format!(
+            "per layer of each other model a d_mlp x d_mlp Gaussian matrix with unit-norm rows \
+             (seed {}; seedscope_analysis::rotation::rotation_matrix)",
+            options.seed
+        ),
+        device: device.describe(),
+        passes: results.plan.passes.len(),
+        peak_memory_bytes: results.plan.peak_bytes(),
+        seconds: started.elapsed().as_secs_f64(),
+        fraction_universal: fraction,
+        fraction_universal_per_layer: per_layer,
+    };
+    write_bundle(&req.out, &results, &names, &manifest)?;
+    events(JobEvent::Log(format!(
+        "wrote {} in {:.1} s",
+        req.out.display(),
+        started.elapsed().as_secs_f64()
+    )));
+    Ok(JobEnd::Written(req.out.clone()))
+}
