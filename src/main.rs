@@ -25,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the explorer window (the default with no command): a bundle if given, else the last
+    /// one, else the embedded family (analysed in the background on first start).
+    App(AppArgs),
     /// Find universal neurons: cross-seed correlations, rotation baseline, excess correlation,
     /// written to a bundle. With no arguments: the embedded family on its eval tokens.
     Analyze(analyze::Args),
@@ -44,6 +47,13 @@ enum Command {
     Train(train::Args),
 }
 
+/// Options of `seedscope app`.
+#[derive(clap::Args)]
+struct AppArgs {
+    /// A bundle directory written by `seedscope analyze`.
+    bundle: Option<std::path::PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -55,13 +65,10 @@ fn main() -> ExitCode {
         Some(Command::EvalLoss(args)) => eval_loss::run(&args),
         Some(Command::Tokenizer(args)) => tokenizer::run(&args),
         Some(Command::Train(args)) => train::run(&args),
-        None => {
-            eprintln!(
-                "no command given: running `seedscope analyze` on the embedded family \
-                 (assets/family/seed-a..e over its held-out eval tokens)"
-            );
-            analyze::run(&analyze::Args::embedded())
+        Some(Command::App(args)) => {
+            seedscope_app::run_native(args.bundle).map_err(|e| anyhow::anyhow!(e))
         }
+        None => seedscope_app::run_native(None).map_err(|e| anyhow::anyhow!(e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

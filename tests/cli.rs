@@ -254,3 +254,16 @@ fn analyze_and_summary_name_the_file_that_is_wrong() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn without_a_display_the_app_says_so_and_points_to_analyze() {
+    let out = seedscope()
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("run seedscope");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no display"), "{err}");
+    assert!(err.contains("seedscope analyze"), "{err}");
+}

@@ -1,0 +1,380 @@
+//! A bundle as the views need it: the manifest and neuron rows, the per-anchor correlation
+//! tensors, and the saved tiles (read lazily, one at a time).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use seedscope_analysis::bundle::{CORRELATION, TILES};
+use seedscope_analysis::{Bundle, NeuronRow};
+
+/// A neuron of one model of the family.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct NeuronId {
+    /// Model index in the manifest.
+    pub model: usize,
+    /// Layer.
+    pub layer: usize,
+    /// Neuron within the layer.
+    pub neuron: usize,
+}
+
+impl NeuronId {
+    /// `L{layer}.{neuron}`, the paper's notation.
+    pub fn short(&self) -> String {
+        format!("L{}.{}", self.layer, self.neuron)
+    }
+}
+
+/// Best match of an anchor neuron in one other model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Match {
+    /// The other model's neuron.
+    pub id: NeuronId,
+    /// Its correlation with the anchor neuron.
+    pub corr: f32,
+    /// The most negative correlation with any of the other model's neurons.
+    pub min_corr: f32,
+    /// The best correlation in the rotated baseline.
+    pub baseline: f32,
+}
+
+/// The correlation tensors of one anchor.
+#[derive(Debug, Clone)]
+pub struct AnchorData {
+    /// The anchor model.
+    pub anchor: usize,
+    /// Other models, manifest order.
+    pub others: Vec<usize>,
+    /// `[n_other][layer * d_mlp + neuron]`.
+    max_corr: Vec<Vec<f32>>,
+    max_layer: Vec<Vec<i32>>,
+    max_neuron: Vec<Vec<i32>>,
+    min_corr: Vec<Vec<f32>>,
+    baseline: Vec<Vec<f32>>,
+    /// `[n_layers * n_layers]`: fraction of anchor-layer neurons whose best match is in each layer.
+    pub layer_match: Vec<f32>,
+    /// Indices into [`Explorer::rows`] of this anchor's neurons, `layer * d_mlp + neuron` order.
+    pub rows: Vec<usize>,
+}
+
+/// An opened bundle.
+#[derive(Debug, Clone)]
+pub struct Explorer {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// Manifest and rows.
+    pub bundle: Bundle,
+    /// Model names, manifest order.
+    pub names: Vec<String>,
+    /// One per anchor in the bundle (anchor 0 first).
+    pub anchors: Vec<AnchorData>,
+    /// Saved tiles: name → (byte range in `tiles.safetensors`, shape).
+    tiles: BTreeMap<String, ((u64, u64), [usize; 2])>,
+    tiles_header: u64,
+}
+
+fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
+    format!("{}: {message}", path.display())
+}
+
+fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, String> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
+    if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
+        return Err(corrupt(
+            path,
+            format!(
+                "tensor {name} is {:?} {:?}, expected {len} f32",
+                t.dtype(),
+                t.shape()
+            ),
+        ));
+    }
+    Ok(bytemuck::pod_collect_to_vec::<u8, f32>(t.data()))
+}
+
+fn tensor_i32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<i32>, String> {
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
+    if t.dtype() != Dtype::I32 || t.data().len() != len * 4 {
+        return Err(corrupt(
+            path,
+            format!(
+                "tensor {name} is {:?} {:?}, expected {len} i32",
+                t.dtype(),
+                t.shape()
+            ),
+        ));
+    }
+    Ok(bytemuck::pod_collect_to_vec::<u8, i32>(t.data()))
+}
+
+impl Explorer {
+    /// Open the bundle at `dir`. Errors name the file and what is wrong with it.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let bundle = Bundle::read(dir).map_err(|e| e.to_string())?;
+        let m = &bundle.manifest;
+        let names: Vec<String> = m.models.iter().map(|e| e.name.clone()).collect();
+        let (l, d) = (m.n_layers, m.d_mlp);
+        let width = l * d;
+        let cpath = dir.join(CORRELATION);
+        let bytes = std::fs::read(&cpath).map_err(|e| corrupt(&cpath, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&cpath, e))?;
+        let anchor_ids: Vec<usize> = if m.options.all_anchors {
+            (0..names.len()).collect()
+        } else {
+            vec![0]
+        };
+        let mut anchors = Vec::new();
+        for &a in &anchor_ids {
+            let prefix = if a == 0 {
+                String::new()
+            } else {
+                format!("anchor{a}/")
+            };
+            let others: Vec<usize> = (0..names.len()).filter(|&o| o != a).collect();
+            let n_o = others.len();
+            let split_f = |v: Vec<f32>| v.chunks(width).map(<[f32]>::to_vec).collect::<Vec<_>>();
+            let split_i = |v: Vec<i32>| v.chunks(width).map(<[i32]>::to_vec).collect::<Vec<_>>();
+            let rows: Vec<usize> = bundle
+                .neurons
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.model == names[a])
+                .map(|(i, _)| i)
+                .collect();
+            if rows.len() != width {
+                return Err(corrupt(
+                    &dir.join(seedscope_analysis::bundle::NEURONS),
+                    format!(
+                        "{} rows for anchor {}, expected {l} layers x {d} neurons",
+                        rows.len(),
+                        names[a]
+                    ),
+                ));
+            }
+            anchors.push(AnchorData {
+                anchor: a,
+                max_corr: split_f(tensor_f32(
+                    &st,
+                    &format!("{prefix}max_corr"),
+                    &cpath,
+                    n_o * width,
+                )?),
+                max_layer: split_i(tensor_i32(
+                    &st,
+                    &format!("{prefix}max_corr_layer"),
+                    &cpath,
+                    n_o * width,
+                )?),
+                max_neuron: split_i(tensor_i32(
+                    &st,
+                    &format!("{prefix}max_corr_neuron"),
+                    &cpath,
+                    n_o * width,
+                )?),
+                min_corr: split_f(tensor_f32(
+                    &st,
+                    &format!("{prefix}min_corr"),
+                    &cpath,
+                    n_o * width,
+                )?),
+                baseline: split_f(tensor_f32(
+                    &st,
+                    &format!("{prefix}baseline_max_corr"),
+                    &cpath,
+                    n_o * width,
+                )?),
+                layer_match: tensor_f32(
+                    &st,
+                    &format!("{prefix}layer_match_fraction"),
+                    &cpath,
+                    l * l,
+                )?,
+                others,
+                rows,
+            });
+        }
+        let (tiles, tiles_header) = read_tile_index(&dir.join(TILES), d)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            bundle,
+            names,
+            anchors,
+            tiles,
+            tiles_header,
+        })
+    }
+
+    /// Layers.
+    pub fn n_layers(&self) -> usize {
+        self.bundle.manifest.n_layers
+    }
+
+    /// Neurons per layer.
+    pub fn d_mlp(&self) -> usize {
+        self.bundle.manifest.d_mlp
+    }
+
+    /// All rows of `neurons.csv`.
+    pub fn rows(&self) -> &[NeuronRow] {
+        &self.bundle.neurons
+    }
+
+    /// The anchor data for model `model`, if it was an anchor.
+    pub fn anchor(&self, model: usize) -> Option<&AnchorData> {
+        self.anchors.iter().find(|a| a.anchor == model)
+    }
+
+    /// The row of an anchor neuron.
+    pub fn row(&self, id: NeuronId) -> Option<&NeuronRow> {
+        let a = self.anchor(id.model)?;
+        let i = *a.rows.get(id.layer * self.d_mlp() + id.neuron)?;
+        self.bundle.neurons.get(i)
+    }
+
+    /// The id of row `i`.
+    pub fn id_of_row(&self, i: usize) -> Option<NeuronId> {
+        let r = self.bundle.neurons.get(i)?;
+        Some(NeuronId {
+            model: self.names.iter().position(|n| *n == r.model)?,
+            layer: r.layer,
+            neuron: r.neuron,
+        })
+    }
+
+    /// Best matches of an anchor neuron in each other model (empty if `id.model` is no anchor).
+    pub fn matches(&self, id: NeuronId) -> Vec<Match> {
+        let Some(a) = self.anchor(id.model) else {
+            return Vec::new();
+        };
+        let i = id.layer * self.d_mlp() + id.neuron;
+        a.others
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &o)| {
+                Some(Match {
+                    id: NeuronId {
+                        model: o,
+                        layer: usize::try_from(*a.max_layer[k].get(i)?).ok()?,
+                        neuron: usize::try_from(*a.max_neuron[k].get(i)?).ok()?,
+                    },
+                    corr: *a.max_corr[k].get(i)?,
+                    min_corr: *a.min_corr[k].get(i)?,
+                    baseline: *a.baseline[k].get(i)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Universal counts at `threshold` for anchor `model`: per layer `(universal, total)`.
+    pub fn counts(&self, model: usize, threshold: f64) -> Vec<(usize, usize)> {
+        let mut c = vec![(0, 0); self.n_layers()];
+        if let Some(a) = self.anchor(model) {
+            for &i in &a.rows {
+                let r = &self.bundle.neurons[i];
+                if let Some(e) = c.get_mut(r.layer) {
+                    e.0 += usize::from(r.excess_corr > threshold);
+                    e.1 += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Names of the saved tiles.
+    pub fn tile_names(&self) -> impl Iterator<Item = &str> {
+        self.tiles.keys().map(String::as_str)
+    }
+
+    /// The tile name for anchor `a` layer `la` × model `b` layer `lb`.
+    pub fn tile_name(&self, a: usize, la: usize, b: usize, lb: usize) -> String {
+        format!("{}/{}/L{la}-L{lb}", self.names[a], self.names[b])
+    }
+
+    /// Read one saved tile, `[d_mlp, d_mlp]` row-major (rows: anchor neurons), as f32.
+    pub fn read_tile(&self, name: &str) -> Result<Vec<f32>, String> {
+        let path = self.dir.join(TILES);
+        let &((start, end), shape) = self
+            .tiles
+            .get(name)
+            .ok_or_else(|| corrupt(&path, format!("no tile {name}")))?;
+        let mut f = File::open(&path).map_err(|e| corrupt(&path, e))?;
+        f.seek(SeekFrom::Start(self.tiles_header + start))
+            .map_err(|e| corrupt(&path, e))?;
+        let mut bytes = vec![0u8; (end - start) as usize];
+        f.read_exact(&mut bytes)
+            .map_err(|e| corrupt(&path, format!("tile {name}: {e}")))?;
+        if bytes.len() != shape[0] * shape[1] * 2 {
+            return Err(corrupt(&path, format!("tile {name} has the wrong size")));
+        }
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect())
+    }
+}
+
+/// The index of `tiles.safetensors` (absent: no tiles): per tensor its byte range after the
+/// header and its shape, and the header's length.
+#[allow(clippy::type_complexity)]
+fn read_tile_index(
+    path: &Path,
+    d: usize,
+) -> Result<(BTreeMap<String, ((u64, u64), [usize; 2])>, u64), String> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), 0)),
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let file_len = f.metadata().map_err(|e| corrupt(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|e| corrupt(path, format!("not a safetensors file: {e}")))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 || n + 8 > file_len {
+        return Err(corrupt(path, "not a safetensors file (bad header length)"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| corrupt(path, e))?;
+    let json: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, v) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = v
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
+        let shape: Option<Vec<usize>> = v
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok());
+        match (
+            offsets,
+            shape.as_deref(),
+            v.get("dtype").and_then(|t| t.as_str()),
+        ) {
+            (Some((a, b)), Some(&[r, c]), Some("F16"))
+                if a <= b && b + 8 + n <= file_len && r == d && c == d =>
+            {
+                out.insert(name, ((a, b), [r, c]));
+            }
+            _ => {
+                return Err(corrupt(
+                    path,
+                    format!("tile {name}: not an f16 [{d}, {d}] tensor"),
+                ));
+            }
+        }
+    }
+    Ok((out, 8 + n))
+}

@@ -1,0 +1,468 @@
+//! Running the bundle's models for the neuron page: a neuron's activation on text the user
+//! types (in every seed at once) and its max-activating examples over the bundle's data.
+//! Models are loaded once per bundle, on the CPU backend (small batches; the GPU, if any, is
+//! the analysis's), inside a task thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::FloatDType;
+use seedscope_analysis::job::drop_ids;
+use seedscope_data::{TextTokenizer, read_tokens_npy};
+use seedscope_model::{
+    BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch,
+};
+
+use crate::data::{Explorer, NeuronId};
+use crate::jobs::{ProgressInfo, Reporter};
+
+/// The bundle's models and tokenizer, loaded on first use and shared by tasks.
+pub struct Models {
+    device: ComputeDevice,
+    dirs: Vec<PathBuf>,
+    loaded: Mutex<HashMap<usize, Arc<LoadedModel>>>,
+    tokenizer: TextTokenizer,
+    data: DataRef,
+}
+
+#[derive(Clone)]
+struct DataRef {
+    source: String,
+    shape: [usize; 2],
+    dropped: Vec<u32>,
+}
+
+/// A neuron's activation on every token of a text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// The neuron.
+    pub id: NeuronId,
+    /// Post-activation per token.
+    pub acts: Vec<f32>,
+}
+
+/// Tokens of a text and the traces of the asked neurons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveText {
+    /// Token strings (BOS first).
+    pub tokens: Vec<String>,
+    /// One per asked neuron.
+    pub traces: Vec<Trace>,
+}
+
+/// One max-activating position with its context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The activation at the position.
+    pub value: f32,
+    /// Row in the data.
+    pub row: usize,
+    /// Position in the row.
+    pub pos: usize,
+    /// The row's tokens (strings).
+    pub tokens: Vec<String>,
+    /// The neuron's activation on each token of the row.
+    pub acts: Vec<f32>,
+}
+
+/// A neuron's top examples and the tokens with the highest mean activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Examples {
+    /// The neuron.
+    pub id: NeuronId,
+    /// Best first.
+    pub top: Vec<Example>,
+    /// `(token, mean activation, count)`, highest mean first (tokens seen at least 3 times).
+    pub top_tokens: Vec<(String, f32, usize)>,
+    /// Tokens scanned.
+    pub scanned: usize,
+}
+
+impl Models {
+    /// Prepare to run the models of `ex` (nothing is loaded yet).
+    pub fn new(ex: &Explorer) -> Result<Self, String> {
+        let m = &ex.bundle.manifest;
+        let dirs: Vec<PathBuf> = m.models.iter().map(|e| PathBuf::from(&e.path)).collect();
+        let first = dirs
+            .first()
+            .ok_or_else(|| format!("{}: the manifest lists no models", ex.dir.display()))?;
+        let tok_path = first.join("tokenizer.json");
+        let tokenizer = TextTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
+        let device = ComputeDevice::open(BackendKind::Cpu).map_err(|e| e.to_string())?;
+        Ok(Self {
+            device,
+            dirs,
+            loaded: Mutex::new(HashMap::new()),
+            tokenizer,
+            data: DataRef {
+                source: m.data_source.clone(),
+                shape: m.data_shape,
+                dropped: m.dropped_ids.clone(),
+            },
+        })
+    }
+
+    fn model(&self, i: usize) -> Result<Arc<LoadedModel>, String> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .map_err(|_| "model cache poisoned".to_string())?;
+        if let Some(m) = loaded.get(&i) {
+            return Ok(m.clone());
+        }
+        let dir = self
+            .dirs
+            .get(i)
+            .ok_or_else(|| format!("no model {i} in the bundle"))?;
+        let m = Arc::new(
+            LoadedModel::load_on(dir, &self.device, FloatDType::F32).map_err(|e| {
+                format!("{e} (the bundle's models are read from the paths in its manifest)")
+            })?,
+        );
+        loaded.insert(i, m.clone());
+        Ok(m)
+    }
+
+    fn token_strings(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&t| {
+                self.tokenizer
+                    .decode(&[t])
+                    .unwrap_or_else(|_| format!("<{t}>"))
+            })
+            .collect()
+    }
+
+    /// Per neuron (grouped by model), its post-activation on `ids` (`[rows, seq]`).
+    fn run(
+        &self,
+        ids: &[u32],
+        rows: usize,
+        seq: usize,
+        neurons: &[NeuronId],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let mut out = vec![Vec::new(); neurons.len()];
+        let mut by_model: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (k, n) in neurons.iter().enumerate() {
+            by_model.entry(n.model).or_default().push(k);
+        }
+        let batch = TokenBatch::new(ids.to_vec(), rows, seq).map_err(|e| e.to_string())?;
+        for (model, ks) in by_model {
+            let m = self.model(model)?;
+            let options = ForwardOptions {
+                taps: ks
+                    .iter()
+                    .map(|&k| HookPoint::post(neurons[k].layer))
+                    .collect(),
+                ..ForwardOptions::default()
+            };
+            let fwd = m.forward(&batch, &options).map_err(|e| e.to_string())?;
+            for k in ks {
+                let n = neurons[k];
+                let t = fwd
+                    .taps
+                    .get(&HookPoint::post(n.layer))
+                    .ok_or_else(|| format!("no activations of layer {}", n.layer))?;
+                let d = t.dims()[2];
+                if n.neuron >= d {
+                    return Err(format!("{} has only {d} neurons per layer", n.short()));
+                }
+                let col = t.clone().slice([0..rows, 0..seq, n.neuron..n.neuron + 1]);
+                out[k] = col
+                    .try_into_data()
+                    .map_err(|e| e.to_string())?
+                    .try_into_vec::<f32>()
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The activation of each of `neurons` on `text` (BOS prepended, cut to the context).
+    pub fn live_text(&self, text: &str, neurons: &[NeuronId]) -> Result<LiveText, String> {
+        let mut ids = self
+            .tokenizer
+            .to_tokens(text, true)
+            .map_err(|e| e.to_string())?;
+        let ctx = self
+            .model(neurons.first().map_or(0, |n| n.model))?
+            .config
+            .max_positions();
+        ids.truncate(ctx);
+        if ids.is_empty() {
+            return Ok(LiveText {
+                tokens: Vec::new(),
+                traces: Vec::new(),
+            });
+        }
+        let acts = self.run(&ids, 1, ids.len(), neurons)?;
+        Ok(LiveText {
+            tokens: self.token_strings(&ids),
+            traces: neurons
+                .iter()
+                .zip(acts)
+                .map(|(&id, acts)| Trace { id, acts })
+                .collect(),
+        })
+    }
+
+    /// The bundle's token rows (at most `max_rows`).
+    fn data_rows(&self, max_rows: usize) -> Result<(Vec<u32>, usize, usize), String> {
+        let path = Path::new(&self.data.source);
+        let [n, seq] = self.data.shape;
+        if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+            return Err(format!(
+                "{}: examples are shown for token (.npy) data; this bundle was made from text",
+                path.display()
+            ));
+        }
+        let (ids, shape) = read_tokens_npy(path).map_err(|e| e.to_string())?;
+        if shape != [n, seq] {
+            return Err(format!(
+                "{}: now has shape {shape:?}, the bundle recorded {:?}",
+                path.display(),
+                [n, seq]
+            ));
+        }
+        let rows = n.min(max_rows);
+        Ok((ids[..rows * seq].to_vec(), rows, seq))
+    }
+
+    /// Top-`k` examples of each of `neurons` over the first `max_rows` rows of the bundle's data
+    /// (dropped positions skipped, as in the analysis).
+    pub fn examples(
+        &self,
+        neurons: &[NeuronId],
+        top_k: usize,
+        max_rows: usize,
+        rep: &Reporter<Vec<Examples>>,
+    ) -> Result<Vec<Examples>, String> {
+        let (ids, rows, seq) = self.data_rows(max_rows)?;
+        let drop = if self.data.dropped.is_empty() {
+            Vec::new()
+        } else {
+            drop_ids(&self.tokenizer).map_err(|e| e.to_string())?
+        };
+        let block = 32usize;
+        // per neuron: (value, row, pos) candidates and per-token sums
+        let mut best: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); neurons.len()];
+        let mut sums: Vec<HashMap<u32, (f64, usize)>> = vec![HashMap::new(); neurons.len()];
+        let mut row_acts: Vec<HashMap<usize, Vec<f32>>> = vec![HashMap::new(); neurons.len()];
+        let started = std::time::Instant::now();
+        for r0 in (0..rows).step_by(block) {
+            if rep.cancelled() {
+                return Err("cancelled".into());
+            }
+            let r1 = (r0 + block).min(rows);
+            let acts = self.run(&ids[r0 * seq..r1 * seq], r1 - r0, seq, neurons)?;
+            for (k, a) in acts.iter().enumerate() {
+                for (i, &v) in a.iter().enumerate() {
+                    let (row, pos) = (r0 + i / seq, i % seq);
+                    let tok = ids[row * seq + pos];
+                    if drop.contains(&tok) {
+                        continue;
+                    }
+                    let e = sums[k].entry(tok).or_insert((0.0, 0));
+                    e.0 += v as f64;
+                    e.1 += 1;
+                    best[k].push((v, row, pos));
+                }
+                // Keep the top k distinct rows so far, and their rows' activations.
+                best[k].sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut seen = Vec::new();
+                best[k].retain(|&(_, row, _)| {
+                    if seen.contains(&row) || seen.len() >= top_k {
+                        false
+                    } else {
+                        seen.push(row);
+                        true
+                    }
+                });
+                for &(_, row, _) in &best[k] {
+                    if row >= r0 && row < r1 {
+                        let i = (row - r0) * seq;
+                        row_acts[k].insert(row, a[i..i + seq].to_vec());
+                    }
+                }
+                row_acts[k].retain(|row, _| seen.contains(row));
+            }
+            let done = (r1 * seq) as u64;
+            rep.progress(ProgressInfo {
+                done,
+                total: (rows * seq) as u64,
+                rate: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                unit: "tokens",
+                note: format!("{} neuron(s)", neurons.len()),
+            });
+        }
+        Ok(neurons
+            .iter()
+            .enumerate()
+            .map(|(k, &id)| {
+                let top = best[k]
+                    .iter()
+                    .map(|&(value, row, pos)| Example {
+                        value,
+                        row,
+                        pos,
+                        tokens: self.token_strings(&ids[row * seq..(row + 1) * seq]),
+                        acts: row_acts[k].get(&row).cloned().unwrap_or_default(),
+                    })
+                    .collect();
+                let mut toks: Vec<(u32, f32, usize)> = sums[k]
+                    .iter()
+                    .filter(|(_, (_, c))| *c >= 3)
+                    .map(|(&t, &(s, c))| (t, (s / c as f64) as f32, c))
+                    .collect();
+                toks.sort_by(|a, b| b.1.total_cmp(&a.1));
+                toks.truncate(10);
+                Examples {
+                    id,
+                    top,
+                    top_tokens: toks
+                        .into_iter()
+                        .map(|(t, m, c)| (self.token_strings(&[t]).remove(0), m, c))
+                        .collect(),
+                    scanned: rows * seq,
+                }
+            })
+            .collect())
+    }
+
+    /// Neurons of `model` ranked by how much more they fire on the token `query` than on other
+    /// tokens: z = (mean activation on the token − mean activation) / std, over the first
+    /// `max_rows` rows of the bundle's data. A query matches the tokens that decode to it exactly,
+    /// else those that match it ignoring case and surrounding spaces.
+    pub fn token_search(
+        &self,
+        model: usize,
+        query: &str,
+        max_rows: usize,
+        rep: &Reporter<TokenRanking>,
+    ) -> Result<TokenRanking, String> {
+        let (ids, rows, seq) = self.data_rows(max_rows)?;
+        let vocab = self.tokenizer.vocab_size() as u32;
+        let decoded: Vec<String> = (0..vocab)
+            .map(|t| self.token_strings(&[t]).remove(0))
+            .collect();
+        let mut wanted: Vec<u32> = (0..vocab)
+            .filter(|&t| decoded[t as usize] == query)
+            .collect();
+        if wanted.is_empty() {
+            let q = query.trim().to_lowercase();
+            wanted = (0..vocab)
+                .filter(|&t| decoded[t as usize].trim().to_lowercase() == q)
+                .collect();
+        }
+        if wanted.is_empty() {
+            return Err(format!("no token of the vocabulary reads {query:?}"));
+        }
+        let m = self.model(model)?;
+        let (n_layers, d) = (m.config.n_layers(), m.config.d_mlp());
+        let drop = if self.data.dropped.is_empty() {
+            Vec::new()
+        } else {
+            drop_ids(&self.tokenizer).map_err(|e| e.to_string())?
+        };
+        let width = n_layers * d;
+        let (mut sum, mut sq, mut on) = (vec![0f64; width], vec![0f64; width], vec![0f64; width]);
+        let (mut n, mut n_on) = (0usize, 0usize);
+        let options = ForwardOptions::all_neurons(n_layers);
+        let started = std::time::Instant::now();
+        for r0 in (0..rows).step_by(32) {
+            if rep.cancelled() {
+                return Err("cancelled".into());
+            }
+            let r1 = (r0 + 32).min(rows);
+            let batch = TokenBatch::new(ids[r0 * seq..r1 * seq].to_vec(), r1 - r0, seq)
+                .map_err(|e| e.to_string())?;
+            let out = m.forward(&batch, &options).map_err(|e| e.to_string())?;
+            let mut layers = Vec::new();
+            for l in 0..n_layers {
+                let t = out
+                    .taps
+                    .get(&HookPoint::post(l))
+                    .ok_or_else(|| format!("no activations of layer {l}"))?;
+                layers.push(
+                    t.clone()
+                        .try_into_data()
+                        .map_err(|e| e.to_string())?
+                        .try_into_vec::<f32>()
+                        .map_err(|e| format!("{e:?}"))?,
+                );
+            }
+            for p in 0..(r1 - r0) * seq {
+                let tok = ids[r0 * seq + p];
+                if drop.contains(&tok) {
+                    continue;
+                }
+                let hit = wanted.contains(&tok);
+                n += 1;
+                n_on += usize::from(hit);
+                for (l, a) in layers.iter().enumerate() {
+                    for (j, &v) in a[p * d..(p + 1) * d].iter().enumerate() {
+                        let v = v as f64;
+                        let k = l * d + j;
+                        sum[k] += v;
+                        sq[k] += v * v;
+                        if hit {
+                            on[k] += v;
+                        }
+                    }
+                }
+            }
+            let done = (r1 * seq) as u64;
+            rep.progress(ProgressInfo {
+                done,
+                total: (rows * seq) as u64,
+                rate: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                unit: "tokens",
+                note: format!("token {query:?}"),
+            });
+        }
+        if n_on == 0 {
+            return Err(format!(
+                "{query:?} does not occur in the first {rows} rows of the bundle's data"
+            ));
+        }
+        let mut ranked: Vec<(NeuronId, f32, f32)> = (0..width)
+            .map(|k| {
+                let mean = sum[k] / n as f64;
+                let std = (sq[k] / n as f64 - mean * mean).max(0.0).sqrt();
+                let mean_on = on[k] / n_on as f64;
+                let z = if std > 0.0 {
+                    (mean_on - mean) / std
+                } else {
+                    0.0
+                };
+                (
+                    NeuronId {
+                        model,
+                        layer: k / d,
+                        neuron: k % d,
+                    },
+                    mean_on as f32,
+                    z as f32,
+                )
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(TokenRanking {
+            query: query.to_owned(),
+            occurrences: n_on,
+            ranked,
+        })
+    }
+}
+
+/// Neurons ranked by their activation on one token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRanking {
+    /// The token searched for.
+    pub query: String,
+    /// How often it occurred.
+    pub occurrences: usize,
+    /// `(neuron, mean activation on the token, z-score)`, highest z first.
+    pub ranked: Vec<(NeuronId, f32, f32)>,
+}

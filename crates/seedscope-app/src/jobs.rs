@@ -1,0 +1,249 @@
+//! Work off the UI thread: analyses, bundle loading and file dialogs run on their own threads
+//! and report through channels that the UI polls once per frame (and that wake it with
+//! `request_repaint`). Nothing here blocks the UI thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Instant;
+
+use seedscope_analysis::job::{AnalysisRequest, JobEnd, JobEvent, run_analysis};
+
+use crate::data::Explorer;
+
+/// Progress as a bar shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgressInfo {
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+    /// Units per second since the start.
+    pub rate: f64,
+    /// What the units are ("tokens").
+    pub unit: &'static str,
+    /// A short note (pass, memory).
+    pub note: String,
+}
+
+impl ProgressInfo {
+    /// Fraction done.
+    pub fn fraction(&self) -> f32 {
+        if self.total == 0 {
+            0.0
+        } else {
+            (self.done as f64 / self.total as f64) as f32
+        }
+    }
+
+    /// Seconds left at the current rate.
+    pub fn eta_secs(&self) -> Option<f64> {
+        (self.rate > 0.0).then(|| (self.total.saturating_sub(self.done)) as f64 / self.rate)
+    }
+}
+
+enum Msg<T> {
+    Log(String),
+    Progress(ProgressInfo),
+    Done(Result<T, String>),
+}
+
+/// A running piece of work with a result of type `T`.
+pub struct Task<T> {
+    /// What it is, for the status bar.
+    pub label: String,
+    rx: Receiver<Msg<T>>,
+    cancel: Arc<AtomicBool>,
+    /// The latest progress.
+    pub progress: Option<ProgressInfo>,
+    /// Log lines so far.
+    pub log: Vec<String>,
+    /// When it started.
+    pub started: Instant,
+}
+
+/// What a task's body gets: a way to report and the cancel flag.
+#[derive(Clone)]
+pub struct Reporter<T> {
+    tx: Sender<Msg<T>>,
+    ctx: Option<egui::Context>,
+    /// Set when the user cancels.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl<T> Reporter<T> {
+    /// Add a log line.
+    pub fn log(&self, line: impl Into<String>) {
+        let _ = self.tx.send(Msg::Log(line.into()));
+        self.wake();
+    }
+
+    /// Report progress.
+    pub fn progress(&self, p: ProgressInfo) {
+        let _ = self.tx.send(Msg::Progress(p));
+        self.wake();
+    }
+
+    /// Whether the user cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    fn wake(&self) {
+        if let Some(ctx) = &self.ctx {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// How a poll of a task came out.
+pub enum Poll<T> {
+    /// Still running.
+    Running,
+    /// Finished.
+    Done(Result<T, String>),
+}
+
+impl<T: Send + 'static> Task<T> {
+    /// Run `body` on a new thread; `ctx` is woken on every report.
+    pub fn spawn(
+        label: impl Into<String>,
+        ctx: Option<egui::Context>,
+        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let reporter = Reporter {
+            tx,
+            ctx,
+            cancel: cancel.clone(),
+        };
+        let label = label.into();
+        let name = label.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            // A panic in the body (a bug) reaches the UI as an error, not a dead channel.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&reporter)))
+                .unwrap_or_else(|p| {
+                    Err(p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "the task failed".into()))
+                });
+            let _ = reporter.tx.send(Msg::Done(result));
+            reporter.wake();
+        });
+        let task = Self {
+            label,
+            rx,
+            cancel,
+            progress: None,
+            log: Vec::new(),
+            started: Instant::now(),
+        };
+        if let Err(e) = spawned {
+            // Report through the same channel shape: a task that is already done.
+            let (tx, rx) = channel();
+            let _ = tx.send(Msg::Done(Err(format!("could not start a thread: {e}"))));
+            return Self { rx, ..task };
+        }
+        task
+    }
+
+    /// Take what arrived; `Done` once, at the end.
+    pub fn poll(&mut self) -> Poll<T> {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Log(l) => self.log.push(l),
+                Msg::Progress(p) => self.progress = Some(p),
+                Msg::Done(r) => return Poll::Done(r),
+            }
+        }
+        Poll::Running
+    }
+
+    /// Ask the task to stop (it stops at its next check).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether cancel was asked.
+    pub fn is_cancelling(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// The result of an analysis task: the bundle opened, or where its checkpoint is.
+pub enum AnalysisDone {
+    /// Written and opened.
+    Opened(Box<Explorer>),
+    /// Cancelled with a checkpoint; starting the same analysis again resumes.
+    Interrupted(PathBuf),
+}
+
+/// Run an analysis and open its bundle, on a thread.
+pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> Task<AnalysisDone> {
+    let label = format!("analysing into {}", request.out.display());
+    Task::spawn(label, ctx, move |rep| {
+        let t0 = Instant::now();
+        let mut first: Option<u64> = None;
+        let end = run_analysis(&request, rep.cancel.clone(), |e| match e {
+            JobEvent::Log(l) => rep.log(l),
+            JobEvent::Planned(_) => {}
+            JobEvent::Progress(p) => {
+                let total = p.tokens_per_pass * p.passes as u64;
+                let done = p.tokens_per_pass * p.pass as u64 + p.tokens;
+                let base = *first.get_or_insert(done.saturating_sub(p.tokens));
+                rep.progress(ProgressInfo {
+                    done,
+                    total,
+                    rate: (done - base) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    unit: "tokens",
+                    note: format!(
+                        "pass {}/{}, {:.0} MiB",
+                        p.pass + 1,
+                        p.passes,
+                        p.memory_bytes as f64 / (1 << 20) as f64
+                    ),
+                });
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        match end {
+            JobEnd::Written(dir) => Ok(AnalysisDone::Opened(Box::new(Explorer::open(&dir)?))),
+            JobEnd::Interrupted(c) => Ok(AnalysisDone::Interrupted(c)),
+        }
+    })
+}
+
+/// Open a bundle on a thread.
+pub fn spawn_open(dir: PathBuf, ctx: Option<egui::Context>) -> Task<Box<Explorer>> {
+    Task::spawn(format!("opening {}", dir.display()), ctx, move |_| {
+        Explorer::open(&dir).map(Box::new)
+    })
+}
+
+/// What a file dialog should pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// A folder (bundle or model directory).
+    Folder,
+    /// A file.
+    File,
+    /// A file to save, with this default name.
+    Save(&'static str),
+}
+
+/// Show a native file dialog on a thread (the UI keeps drawing); `None` when dismissed.
+pub fn spawn_dialog(title: &str, pick: Pick, ctx: Option<egui::Context>) -> Task<Option<PathBuf>> {
+    let title = title.to_owned();
+    Task::spawn("file dialog", ctx, move |_| {
+        let dialog = rfd::FileDialog::new().set_title(&title);
+        Ok(match pick {
+            Pick::Folder => dialog.pick_folder(),
+            Pick::File => dialog.pick_file(),
+            Pick::Save(name) => dialog.set_file_name(name).save_file(),
+        })
+    })
+}

@@ -1,0 +1,95 @@
+//! The Seedscope explorer: an egui application (native through eframe, and the same crate for
+//! the web) that opens analysis bundles or runs analyses in the background, and shows the
+//! universal-neuron picture from the whole family down to one neuron and its twins in the other
+//! seeds.
+//!
+//! - [`app`]: state, menus, background work, keyboard; [`SeedscopeApp`] is the eframe app.
+//! - [`overview`], [`table`], [`neuron`], [`map`]: the views.
+//! - [`heatmap`]: the GPU correlation heatmap (WGSL pooling and colour mapping in egui's wgpu
+//!   renderer).
+//! - [`data`]: a bundle as the views read it; [`inspect`]: running the bundle's models for live
+//!   text and max-activating examples; [`jobs`]: threads and their progress.
+
+use std::path::{Path, PathBuf};
+
+pub mod app;
+pub mod data;
+pub mod heatmap;
+pub mod inspect;
+pub mod jobs;
+pub mod map;
+pub mod neuron;
+pub mod overview;
+pub mod table;
+
+pub use app::{Launch, SeedscopeApp, Settings, Tab};
+pub use data::{Explorer, NeuronId};
+
+/// The app id (window class, settings directory).
+pub const APP_ID: &str = "seedscope";
+
+/// Write `path` through a temporary file in the same directory and a rename, so a crash never
+/// leaves a half-written file.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Why the desktop app cannot open a window here, if it cannot (no X11 or Wayland display).
+pub fn no_display_reason() -> Option<String> {
+    if cfg!(target_os = "linux")
+        && std::env::var_os("DISPLAY").is_none()
+        && std::env::var_os("WAYLAND_DISPLAY").is_none()
+    {
+        Some(
+            "no display: neither DISPLAY nor WAYLAND_DISPLAY is set, so the Seedscope window \
+             cannot open. Run the analysis without a window with `seedscope analyze` (and \
+             `seedscope summary BUNDLE`), or start the app where a display is available."
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+/// Where the embedded family's bundle is cached for the app: the platform data directory
+/// (`$XDG_DATA_HOME/seedscope` on Linux), else `seedscope-out/`.
+pub fn embedded_bundle_dir() -> PathBuf {
+    eframe::storage_dir(APP_ID)
+        .unwrap_or_else(|| PathBuf::from("seedscope-out"))
+        .join("embedded-bundle")
+}
+
+/// Open the desktop window. `bundle`: a bundle to open at once (else the last one, else the
+/// cached embedded analysis, else the embedded family is analysed in the background).
+pub fn run_native(bundle: Option<PathBuf>) -> Result<(), String> {
+    if let Some(why) = no_display_reason() {
+        return Err(why);
+    }
+    let launch = Launch {
+        bundle,
+        embedded_bundle: embedded_bundle_dir(),
+        analyse_embedded: true,
+    };
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Seedscope — universal neurons across seeds")
+            .with_app_id(APP_ID)
+            .with_inner_size([1280.0, 860.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Seedscope",
+        options,
+        Box::new(move |cc| Ok(Box::new(SeedscopeApp::new(cc, launch)))),
+    )
+    .map_err(|e| format!("the window could not open: {e}"))
+}

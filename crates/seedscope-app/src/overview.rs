@@ -1,0 +1,244 @@
+//! The overview: how many neurons are universal (overall and per layer) at a threshold the
+//! user drags, the distributions of the paper's Fig. 2a, the max-vs-min scatter (2b) and the
+//! layer × layer best-match fractions (2c).
+
+use egui::{Color32, Pos2, Rect, Sense, Vec2};
+use egui_plot::{Bar, BarChart, Legend, Plot, PlotPoints, Points, VLine};
+
+use crate::app::SeedscopeApp;
+use crate::data::Explorer;
+
+/// Histogram of `values` over `[lo, hi]` in `bins` bins: `(centre, count)`.
+pub fn histogram(
+    values: impl Iterator<Item = f64>,
+    lo: f64,
+    hi: f64,
+    bins: usize,
+) -> Vec<(f64, f64)> {
+    let w = (hi - lo) / bins as f64;
+    let mut counts = vec![0.0; bins];
+    for v in values.filter(|v| v.is_finite()) {
+        let b = (((v - lo) / w).floor().max(0.0) as usize).min(bins - 1);
+        counts[b] += 1.0;
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (lo + (i as f64 + 0.5) * w, c))
+        .collect()
+}
+
+/// Orange for universal neurons, everywhere in the app.
+pub const UNIVERSAL: Color32 = Color32::from_rgb(230, 120, 60);
+
+impl SeedscopeApp {
+    /// The overview view.
+    pub(crate) fn overview(&mut self, ui: &mut egui::Ui, ex: &Explorer) {
+        let m = &ex.bundle.manifest;
+        let anchor = self.table.model;
+        let counts = ex.counts(anchor, self.threshold);
+        let (u, t) = counts.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+        ui.horizontal_wrapped(|ui| {
+            ui.heading(format!("{} seeds", ex.names.len()));
+            ui.label(format!(
+                "{} · {} tokens · {} layers × {} neurons · anchor {} · {}",
+                ex.names.join(", "),
+                m.n_tokens,
+                m.n_layers,
+                m.d_mlp,
+                ex.names[anchor],
+                m.device
+            ));
+        });
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::Slider::new(&mut self.threshold, 0.0..=1.0)
+                    .step_by(0.01)
+                    .text("threshold"),
+            );
+            ui.label(
+                egui::RichText::new(format!(
+                    "universal: {u} of {t} ({:.2}%)",
+                    100.0 * u as f64 / t.max(1) as f64
+                ))
+                .strong()
+                .color(UNIVERSAL),
+            );
+            if (self.threshold - m.options.threshold).abs() > 1e-9 {
+                ui.label(format!("(the bundle used {:.2})", m.options.threshold));
+                if ui.small_button("reset").clicked() {
+                    self.threshold = m.options.threshold;
+                }
+            }
+        });
+        ui.label(
+            "A neuron is universal when its mean best correlation with the other seeds beats the \
+             same for randomly rotated activations (the baseline) by more than the threshold.",
+        );
+        let rows: Vec<&seedscope_analysis::NeuronRow> = ex
+            .anchor(anchor)
+            .map(|a| a.rows.iter().map(|&i| &ex.rows()[i]).collect())
+            .unwrap_or_default();
+        let avail = ui.available_size();
+        let w = ((avail.x - 24.0) / 2.0).max(200.0);
+        let h = ((avail.y - 60.0) / 2.0).clamp(160.0, 420.0);
+        let mut plot_rect = None;
+        egui::Grid::new("overview-grid")
+            .num_columns(2)
+            .spacing([16.0, 8.0])
+            .show(ui, |ui| {
+                ui.vertical(|ui| {
+                    ui.strong("Universal neurons per layer (%)");
+                    let bars: Vec<Bar> = counts
+                        .iter()
+                        .enumerate()
+                        .map(|(l, (u, t))| {
+                            Bar::new(l as f64, 100.0 * *u as f64 / (*t).max(1) as f64)
+                                .name(format!("layer {l}: {u} of {t}"))
+                                .fill(UNIVERSAL)
+                        })
+                        .collect();
+                    Plot::new("per-layer")
+                        .width(w)
+                        .height(h)
+                        .allow_drag(false)
+                        .allow_zoom(false)
+                        .allow_scroll(false)
+                        .x_axis_label("layer")
+                        .y_axis_label("% universal")
+                        .include_y(0.0)
+                        .show(ui, |p| p.bar_chart(BarChart::new("universal %", bars).width(0.7)));
+                });
+                ui.vertical(|ui| {
+                    ui.strong("Fig. 2a: best correlation, baseline and excess (drag to set the threshold)");
+                    let (lo, hi, bins) = (-0.4, 1.0, 70);
+                    let bw = (hi - lo) / bins as f64;
+                    let series = |name: &str, f: &dyn Fn(&seedscope_analysis::NeuronRow) -> f64, color: Color32| {
+                        BarChart::new(
+                            name,
+                            histogram(rows.iter().map(|r| f(r)), lo, hi, bins)
+                                .into_iter()
+                                .map(|(x, c)| Bar::new(x, c).width(bw).fill(color.gamma_multiply(0.55)))
+                                .collect(),
+                        )
+                        .color(color)
+                    };
+                    let resp = Plot::new("fig2a")
+                        .width(w)
+                        .height(h)
+                        .allow_drag(false)
+                        .allow_zoom(false)
+                        .allow_scroll(false)
+                        .allow_boxed_zoom(false)
+                        .legend(Legend::default())
+                        .x_axis_label("correlation")
+                        .y_axis_label("neurons")
+                        .show(ui, |p| {
+                            p.bar_chart(series("mean best r", &|r| r.mean_corr, Color32::from_rgb(90, 150, 220)));
+                            p.bar_chart(series("baseline", &|r| r.mean_baseline, Color32::GRAY));
+                            p.bar_chart(series("excess", &|r| r.excess_corr, UNIVERSAL));
+                            p.vline(VLine::new("threshold", self.threshold).color(Color32::RED).width(2.0));
+                            p.pointer_coordinate()
+                        });
+                    if (resp.response.dragged() || resp.response.clicked())
+                        && let Some(c) = resp.inner
+                    {
+                        self.threshold = c.x.clamp(0.0, 1.0);
+                    }
+                    plot_rect = Some(resp.response.rect);
+                });
+                ui.end_row();
+                ui.vertical(|ui| {
+                    ui.strong("Fig. 2b: best correlation, max vs min over the other seeds");
+                    let (uni, rest): (Vec<_>, Vec<_>) =
+                        rows.iter().partition(|r| r.excess_corr > self.threshold);
+                    let pts = |v: &[&&seedscope_analysis::NeuronRow]| {
+                        PlotPoints::new(v.iter().map(|r| [r.max_corr, r.min_corr]).collect())
+                    };
+                    Plot::new("fig2b")
+                        .width(w)
+                        .height(h)
+                        .data_aspect(1.0)
+                        .legend(Legend::default())
+                        .x_axis_label("max over seeds")
+                        .y_axis_label("min over seeds")
+                        .show(ui, |p| {
+                            p.points(Points::new("not universal", pts(&rest)).color(Color32::from_rgb(90, 150, 220)).radius(1.5));
+                            p.points(Points::new("universal", pts(&uni)).color(UNIVERSAL).radius(2.5));
+                        });
+                });
+                ui.vertical(|ui| {
+                    ui.strong("Fig. 2c: layer of the best match (fraction of each anchor layer)");
+                    if let Some(a) = ex.anchor(anchor) {
+                        layer_grid(ui, &a.layer_match, ex.n_layers(), Vec2::new(w, h));
+                    }
+                });
+                ui.end_row();
+            });
+        self.plot_rect = plot_rect;
+    }
+}
+
+/// The `[n, n]` fraction grid, rows = anchor layer, columns = layer of the best match.
+fn layer_grid(ui: &mut egui::Ui, f: &[f32], n: usize, size: Vec2) {
+    let side = (size.x.min(size.y) - 40.0).max(60.0);
+    let (rect, resp) = ui.allocate_exact_size(Vec2::new(side + 40.0, side + 30.0), Sense::hover());
+    let grid = Rect::from_min_size(rect.min + Vec2::new(36.0, 0.0), Vec2::splat(side));
+    let cell = side / n.max(1) as f32;
+    let painter = ui.painter_at(rect);
+    let text = ui.visuals().text_color();
+    for a in 0..n {
+        for b in 0..n {
+            let v = f.get(a * n + b).copied().unwrap_or(0.0);
+            let r = Rect::from_min_size(
+                grid.min + Vec2::new(b as f32 * cell, a as f32 * cell),
+                Vec2::splat(cell),
+            );
+            let shade = (v.clamp(0.0, 1.0) * 255.0) as u8;
+            painter.rect_filled(
+                r.shrink(0.5),
+                0.0,
+                Color32::from_rgb(shade, (shade as f32 * 0.5) as u8, 40),
+            );
+            if cell > 28.0 {
+                painter.text(
+                    r.center(),
+                    egui::Align2::CENTER_CENTER,
+                    format!("{v:.2}"),
+                    egui::FontId::proportional(11.0),
+                    if v > 0.5 {
+                        Color32::BLACK
+                    } else {
+                        Color32::WHITE
+                    },
+                );
+            }
+        }
+        painter.text(
+            Pos2::new(grid.min.x - 4.0, grid.min.y + (a as f32 + 0.5) * cell),
+            egui::Align2::RIGHT_CENTER,
+            format!("L{a}"),
+            egui::FontId::proportional(11.0),
+            text,
+        );
+        painter.text(
+            Pos2::new(grid.min.x + (a as f32 + 0.5) * cell, grid.max.y + 4.0),
+            egui::Align2::CENTER_TOP,
+            format!("L{a}"),
+            egui::FontId::proportional(11.0),
+            text,
+        );
+    }
+    if let Some(p) = resp.hover_pos()
+        && grid.contains(p)
+    {
+        let b = ((p.x - grid.min.x) / cell) as usize;
+        let a = ((p.y - grid.min.y) / cell) as usize;
+        if a < n && b < n {
+            resp.on_hover_text(format!(
+                "{:.1}% of anchor layer {a} neurons have their best match in layer {b}",
+                100.0 * f.get(a * n + b).copied().unwrap_or(0.0)
+            ));
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The table of every neuron: sortable, filterable, searchable by neuron id; a row opens the
+//! neuron page.
+
+use std::path::Path;
+
+use egui_extras::{Column, TableBuilder};
+use seedscope_analysis::NeuronRow;
+
+use crate::app::SeedscopeApp;
+use crate::data::Explorer;
+use crate::map::choose;
+
+/// Sortable columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    /// Layer, then neuron.
+    Neuron,
+    /// Excess correlation.
+    Excess,
+    /// Mean best correlation.
+    MeanCorr,
+    /// Max best correlation.
+    MaxCorr,
+    /// Min best correlation.
+    MinCorr,
+    /// Mean baseline.
+    Baseline,
+    /// Mean activation.
+    ActMean,
+    /// Activation variance.
+    ActVar,
+}
+
+/// Filters, order and search of the table.
+#[derive(Debug, Clone)]
+pub struct TableState {
+    /// Sort column.
+    pub sort: SortBy,
+    /// Descending order.
+    pub descending: bool,
+    /// Only this anchor's neurons.
+    pub model: usize,
+    /// Only this layer.
+    pub layer: Option<usize>,
+    /// Only universal neurons (at the current threshold).
+    pub only_universal: bool,
+    /// Excess correlation at least.
+    pub min_excess: f64,
+    /// Search text: a neuron id (`L1.41`, `1.41`) or part of one.
+    pub search: String,
+    /// Row indices in display order (recomputed when a filter changes).
+    pub order: Vec<usize>,
+    /// Focus the search field on the next frame.
+    pub focus_search: bool,
+    /// Scroll to this display row on the next frame.
+    pub scroll_to: Option<usize>,
+    /// Neurons ranked by activation on a token (shown while the search text is that token).
+    pub token_rank: Option<crate::inspect::TokenRanking>,
+    /// How many of the ranking to show.
+    pub token_top: usize,
+    key: Option<RefreshKey>,
+}
+
+/// Everything the display order depends on.
+type RefreshKey = (
+    SortBy,
+    bool,
+    usize,
+    Option<usize>,
+    bool,
+    u64,
+    String,
+    u64,
+    Option<String>,
+);
+
+impl Default for TableState {
+    fn default() -> Self {
+        Self {
+            sort: SortBy::Excess,
+            descending: true,
+            model: 0,
+            layer: None,
+            only_universal: false,
+            min_excess: -1.0,
+            search: String::new(),
+            order: Vec::new(),
+            focus_search: false,
+            scroll_to: None,
+            token_rank: None,
+            token_top: 50,
+            key: None,
+        }
+    }
+}
+
+/// Parse a neuron id: `L1.41`, `1.41` or `1 41`.
+pub fn parse_neuron(s: &str) -> Option<(usize, usize)> {
+    let s = s.trim().trim_start_matches(['L', 'l']);
+    let (a, b) = s.split_once(['.', ' ', ':'])?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
+    match by {
+        SortBy::Neuron => (r.layer * 1_000_000 + r.neuron) as f64,
+        SortBy::Excess => r.excess_corr,
+        SortBy::MeanCorr => r.mean_corr,
+        SortBy::MaxCorr => r.max_corr,
+        SortBy::MinCorr => r.min_corr,
+        SortBy::Baseline => r.mean_baseline,
+        SortBy::ActMean => r.act_mean,
+        SortBy::ActVar => r.act_var,
+    }
+}
+
+impl TableState {
+    /// Recompute the display order if a filter, the sort or the threshold changed.
+    pub fn refresh(&mut self, ex: &Explorer, threshold: f64) {
+        let key = (
+            self.sort,
+            self.descending,
+            self.model,
+            self.layer,
+            self.only_universal,
+            self.min_excess.to_bits(),
+            self.search.clone(),
+            threshold.to_bits(),
+            self.token_rank.as_ref().map(|r| r.query.clone()),
+        );
+        if self.key.as_ref() == Some(&key) {
+            return;
+        }
+        self.key = Some(key);
+        let Some(anchor) = ex.anchor(self.model).or_else(|| ex.anchors.first()) else {
+            self.order.clear();
+            return;
+        };
+        if let Some(rank) = self.token_rank.as_ref().filter(|r| r.query == self.search) {
+            let rows = ex.rows();
+            self.order = rank
+                .ranked
+                .iter()
+                .filter_map(|(id, _, _)| {
+                    anchor.rows.get(id.layer * ex.d_mlp() + id.neuron).copied()
+                })
+                .filter(|&i| {
+                    let r = &rows[i];
+                    self.layer.is_none_or(|l| r.layer == l)
+                        && (!self.only_universal || r.excess_corr > threshold)
+                        && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
+                })
+                .take(self.token_top)
+                .collect();
+            return;
+        }
+        let wanted = parse_neuron(&self.search);
+        let needle = self.search.trim().to_lowercase();
+        let rows = ex.rows();
+        let mut order: Vec<usize> = anchor
+            .rows
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let r = &rows[i];
+                self.layer.is_none_or(|l| r.layer == l)
+                    && (!self.only_universal || r.excess_corr > threshold)
+                    && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
+                    && match wanted {
+                        Some((l, n)) => r.layer == l && r.neuron == n,
+                        None if needle.is_empty() => true,
+                        None => format!("l{}.{}", r.layer, r.neuron).contains(&needle),
+                    }
+            })
+            .collect();
+        order.sort_by(|&a, &b| {
+            let (ka, kb) = (sort_key(&rows[a], self.sort), sort_key(&rows[b], self.sort));
+            let o = ka.total_cmp(&kb);
+            if self.descending { o.reverse() } else { o }
+        });
+        self.order = order;
+    }
+}
+
+/// Write the rows in `order` as CSV (the `neurons.csv` columns plus best matches), atomically.
+pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "model",
+        "layer",
+        "neuron",
+        "max_corr",
+        "mean_corr",
+        "min_corr",
+        "max_baseline",
+        "mean_baseline",
+        "min_baseline",
+        "excess_corr",
+        "is_universal",
+        "act_mean",
+        "act_var",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
+    for k in 0..n_other {
+        header.push(format!("match_{k}"));
+        header.push(format!("corr_{k}"));
+    }
+    w.write_record(&header).map_err(|e| e.to_string())?;
+    for &i in order {
+        let r = &ex.rows()[i];
+        let mut rec = vec![
+            r.model.clone(),
+            r.layer.to_string(),
+            r.neuron.to_string(),
+            r.max_corr.to_string(),
+            r.mean_corr.to_string(),
+            r.min_corr.to_string(),
+            r.max_baseline.to_string(),
+            r.mean_baseline.to_string(),
+            r.min_baseline.to_string(),
+            r.excess_corr.to_string(),
+            r.is_universal.to_string(),
+            r.act_mean.to_string(),
+            r.act_var.to_string(),
+        ];
+        if let Some(id) = ex.id_of_row(i) {
+            for m in ex.matches(id) {
+                rec.push(format!("{}:{}", ex.names[m.id.model], m.id.short()));
+                rec.push(m.corr.to_string());
+            }
+        }
+        w.write_record(&rec).map_err(|e| e.to_string())?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.to_string())?;
+    crate::write_atomic(path, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| e.to_string())
+    })?;
+    Ok(order.len())
+}
+
+impl SeedscopeApp {
+    /// Rank the table's anchor neurons by their activation on a token (a background task).
+    pub fn search_token(&mut self, query: String) {
+        if self.token_task.is_some() {
+            return;
+        }
+        let Some(models) = self.models() else { return };
+        let (model, rows) = (self.table.model, self.settings.examples_rows);
+        let ctx = self.ctx_clone();
+        self.token_task = Some(crate::jobs::Task::spawn("token search", ctx, move |rep| {
+            models.token_search(model, &query, rows, rep)
+        }));
+    }
+
+    /// The table view.
+    pub(crate) fn table_view(&mut self, ui: &mut egui::Ui, ex: &Explorer) {
+        let threshold = self.threshold;
+        let t = &mut self.table;
+        ui.horizontal_wrapped(|ui| {
+            if ex.anchors.len() > 1 {
+                let anchors: Vec<usize> = ex.anchors.iter().map(|a| a.anchor).collect();
+                choose(ui, "anchor", &mut t.model, &anchors, |&a| {
+                    ex.names[a].clone()
+                });
+            }
+            let layers: Vec<Option<usize>> = std::iter::once(None)
+                .chain((0..ex.n_layers()).map(Some))
+                .collect();
+            choose(ui, "layer", &mut t.layer, &layers, |l| {
+                l.map_or("all".into(), |l| format!("L{l}"))
+            });
+            ui.checkbox(
+                &mut t.only_universal,
+                format!("universal only (excess > {threshold:.2})"),
+            );
+            ui.label("excess ≥");
+            ui.add(
+                egui::DragValue::new(&mut t.min_excess)
+                    .speed(0.01)
+                    .range(-1.0..=1.0),
+            );
+            let label = ui.label("search:");
+            let search = ui.add(
+                egui::TextEdit::singleline(&mut t.search)
+                    .hint_text("neuron, e.g. L1.41  (press /)")
+                    .desired_width(160.0),
+            );
+            if std::mem::take(&mut t.focus_search) {
+                search.request_focus();
+            }
+            search.labelled_by(label.id);
+            ui.label(format!("{} neurons", t.order.len()));
+        });
+        let query = t.search.clone();
+        let ranked = t.token_rank.as_ref().is_some_and(|r| r.query == query);
+        let mut search_token = false;
+        if ranked {
+            if let Some(r) = &t.token_rank {
+                ui.label(format!(
+                    "the {} neurons that fire most on {:?} ({} occurrences): ranked by z-score of \
+                     their activation there (the activation's mean over the token minus its mean \
+                     everywhere, over its standard deviation)",
+                    t.token_top, r.query, r.occurrences
+                ));
+            }
+        } else if !query.trim().is_empty() && parse_neuron(&query).is_none() {
+            ui.horizontal(|ui| {
+                if self.token_task.is_some() {
+                    ui.spinner();
+                    ui.label(format!("finding the neurons that fire on {query:?}…"));
+                } else {
+                    search_token = ui
+                        .button(format!("Which neurons fire on the token {query:?}?"))
+                        .clicked();
+                }
+            });
+        }
+        if search_token {
+            self.search_token(query);
+        }
+        let t = &mut self.table;
+        t.refresh(ex, threshold);
+        let mut open = None;
+        let mut sort_clicked = None;
+        let scroll_to = t.scroll_to.take();
+        let selected = self.selected;
+        let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
+        // Cells are plain text: a click anywhere on a row opens its neuron.
+        ui.style_mut().interaction.selectable_labels = false;
+        let mut builder = TableBuilder::new(ui)
+            .striped(true)
+            .resizable(true)
+            .sense(egui::Sense::click())
+            .column(Column::auto().at_least(70.0))
+            .columns(Column::auto().at_least(64.0), 8)
+            .column(Column::remainder().at_least(120.0));
+        if let Some(row) = scroll_to {
+            builder = builder.scroll_to_row(row, Some(egui::Align::Center));
+        }
+        let headers = [
+            ("neuron", SortBy::Neuron),
+            ("excess", SortBy::Excess),
+            ("mean r", SortBy::MeanCorr),
+            ("max r", SortBy::MaxCorr),
+            ("min r", SortBy::MinCorr),
+            ("baseline", SortBy::Baseline),
+            ("act mean", SortBy::ActMean),
+            ("act var", SortBy::ActVar),
+        ];
+        let (sort, descending) = (t.sort, t.descending);
+        builder
+            .header(22.0, |mut h| {
+                for (name, by) in headers {
+                    h.col(|ui| {
+                        let arrow = if sort == by {
+                            if descending { " v" } else { " ^" }
+                        } else {
+                            ""
+                        };
+                        if ui.button(format!("{name}{arrow}")).clicked() {
+                            sort_clicked = Some(by);
+                        }
+                    });
+                }
+                h.col(|ui| {
+                    ui.strong("universal");
+                });
+                h.col(|ui| {
+                    ui.strong(format!("best match in each of {n_other} other seeds"));
+                });
+            })
+            .body(|body| {
+                body.rows(20.0, t.order.len(), |mut row| {
+                    let i = t.order[row.index()];
+                    let r = &ex.rows()[i];
+                    let id = ex.id_of_row(i);
+                    row.set_selected(id.is_some() && id == selected);
+                    row.col(|ui| {
+                        ui.label(format!("L{}.{}", r.layer, r.neuron));
+                    });
+                    for v in [
+                        r.excess_corr,
+                        r.mean_corr,
+                        r.max_corr,
+                        r.min_corr,
+                        r.mean_baseline,
+                    ] {
+                        row.col(|ui| {
+                            ui.label(format!("{v:.3}"));
+                        });
+                    }
+                    for v in [r.act_mean, r.act_var] {
+                        row.col(|ui| {
+                            ui.label(format!("{v:.3}"));
+                        });
+                    }
+                    row.col(|ui| {
+                        if r.excess_corr > threshold {
+                            ui.label(
+                                egui::RichText::new("yes")
+                                    .color(egui::Color32::from_rgb(230, 120, 60)),
+                            );
+                        }
+                    });
+                    row.col(|ui| {
+                        if let Some(id) = id {
+                            let text: Vec<String> = ex
+                                .matches(id)
+                                .iter()
+                                .map(|m| {
+                                    format!(
+                                        "{} {} ({:.2})",
+                                        ex.names[m.id.model],
+                                        m.id.short(),
+                                        m.corr
+                                    )
+                                })
+                                .collect();
+                            ui.label(text.join(", "));
+                        }
+                    });
+                    if row.response().clicked() {
+                        open = id;
+                    }
+                });
+            });
+        if let Some(by) = sort_clicked {
+            if t.sort == by {
+                t.descending = !t.descending;
+            } else {
+                t.sort = by;
+                t.descending = by != SortBy::Neuron;
+            }
+        }
+        if let Some(id) = open {
+            self.open_neuron(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_neuron;
+
+    #[test]
+    fn neuron_ids_parse_in_the_papers_notation() {
+        assert_eq!(parse_neuron("L1.41"), Some((1, 41)));
+        assert_eq!(parse_neuron(" 0.7 "), Some((0, 7)));
+        assert_eq!(parse_neuron("l2 5"), Some((2, 5)));
+        assert_eq!(parse_neuron(" the"), None);
+        assert_eq!(parse_neuron("L1"), None);
+    }
+}

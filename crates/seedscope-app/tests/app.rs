@@ -1,0 +1,455 @@
+//! The explorer driven through its real views with egui_kittest, rendered with wgpu (lavapipe
+//! in CI): a bundle of the embedded family is analysed once (CPU path, 4,096 tokens, all tiles)
+//! and opened as a user would; snapshots of the main views are compared with the committed
+//! images in `tests/snapshots/` (`UPDATE_SNAPSHOTS=1` rewrites them).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use egui::{Key, Modifiers, PointerButton};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
+use seedscope_app::data::NeuronId;
+use seedscope_app::{Explorer, Launch, SeedscopeApp, Tab};
+use seedscope_model::BackendKind;
+
+/// The fixture bundle, made once per test binary.
+fn bundle() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-fixture/bundle");
+        let request = AnalysisRequest {
+            out: out.clone(),
+            max_tokens: Some(4096),
+            save_tiles: Some("all".into()),
+            backend: BackendKind::Cpu,
+            command: vec!["seedscope-app tests".into()],
+            ..AnalysisRequest::default()
+        };
+        let end = run_analysis(&request, Arc::new(AtomicBool::new(false)), |_| {})
+            .expect("analysing the embedded family");
+        assert_eq!(end, JobEnd::Written(out.clone()));
+        out
+    })
+    .clone()
+}
+
+fn harness() -> Harness<'static, SeedscopeApp> {
+    let dir = bundle();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .wgpu()
+        .build_eframe(move |cc| {
+            SeedscopeApp::new(
+                cc,
+                Launch {
+                    bundle: Some(dir),
+                    embedded_bundle: PathBuf::from("/nonexistent"),
+                    analyse_embedded: false,
+                },
+            )
+        });
+    wait(&mut h, "the bundle to open", |app| app.ex.is_some());
+    h
+}
+
+/// Step the UI until `done` holds (background threads report through channels).
+fn wait(h: &mut Harness<'_, SeedscopeApp>, what: &str, done: impl Fn(&SeedscopeApp) -> bool) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}; messages: {:?}",
+            h.state().messages
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.run_steps(4);
+}
+
+fn explorer(h: &Harness<'_, SeedscopeApp>) -> Arc<Explorer> {
+    h.state().ex.clone().expect("a bundle is open")
+}
+
+#[test]
+fn a_table_row_opens_the_neuron_page_and_arrow_keys_step_through_the_table() {
+    let mut h = harness();
+    h.get_by_label("Table").click();
+    h.run_steps(4);
+    assert_eq!(h.state().tab, Tab::Table);
+    let ex = explorer(&h);
+    let order = h.state().table.order.clone();
+    assert_eq!(order.len(), ex.n_layers() * ex.d_mlp());
+    // Sorted by excess correlation, highest first.
+    assert!(ex.rows()[order[0]].excess_corr >= ex.rows()[order[1]].excess_corr);
+    let first = ex.id_of_row(order[0]).expect("row 0");
+    h.get_by_label(&first.short()).click();
+    h.run_steps(4);
+    assert_eq!(h.state().tab, Tab::Neuron);
+    assert_eq!(h.state().selected, Some(first));
+    assert!(
+        h.query_all_by_label(&format!("seed-a {}", first.short()))
+            .count()
+            >= 1
+    );
+    // Its best matches are listed with links.
+    for m in ex.matches(first) {
+        assert!(h.query_all_by_label(&m.id.short()).count() >= 1);
+    }
+    h.key_press(Key::ArrowRight);
+    h.run_steps(4);
+    let second = ex.id_of_row(order[1]).expect("row 1");
+    assert_eq!(h.state().selected, Some(second));
+    assert!(
+        h.query_all_by_label(&format!("seed-a {}", second.short()))
+            .count()
+            >= 1
+    );
+    h.key_press(Key::ArrowLeft);
+    h.run_steps(4);
+    assert_eq!(h.state().selected, Some(first));
+    // `/` jumps to the table's search; typing a neuron id filters to it.
+    h.key_press(Key::Slash);
+    h.run_steps(4);
+    assert_eq!(h.state().tab, Tab::Table);
+    let search = h.get_by_label("search:");
+    search.click();
+    search.type_text("L1.7");
+    h.run_steps(4);
+    let order = h.state().table.order.clone();
+    assert_eq!(order.len(), 1);
+    assert_eq!(
+        ex.id_of_row(order[0]),
+        Some(NeuronId {
+            model: 0,
+            layer: 1,
+            neuron: 7
+        })
+    );
+}
+
+#[test]
+fn dragging_the_threshold_line_updates_the_counts() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    let count_label = |t: f64| {
+        let (u, n) = ex
+            .counts(0, t)
+            .iter()
+            .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+        format!(
+            "universal: {u} of {n} ({:.2}%)",
+            100.0 * u as f64 / n as f64
+        )
+    };
+    h.get_by_label(&count_label(0.5));
+    // Press on the Fig. 2a plot at a quarter of its width: the threshold follows the pointer.
+    let rect = h.state().plot_rect.expect("the fig. 2a plot was drawn");
+    let pos = rect.left_center() + egui::vec2(rect.width() * 0.3, 0.0);
+    h.hover_at(pos);
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.run_steps(4);
+    let t = h.state().threshold;
+    assert!(t < 0.45, "threshold {t} did not follow the pointer");
+    assert_ne!(
+        count_label(t),
+        count_label(0.5),
+        "the counts should change at {t}"
+    );
+    h.get_by_label(&count_label(t));
+    // And the per-layer table filter agrees.
+    h.state_mut().table.only_universal = true;
+    h.get_by_label("Table").click();
+    h.run_steps(4);
+    let n: usize = ex.counts(0, t).iter().map(|c| c.0).sum();
+    assert_eq!(h.state().table.order.len(), n);
+}
+
+#[test]
+fn hovering_the_heatmap_names_both_neurons_and_r_and_a_click_opens_the_neuron() {
+    let mut h = harness();
+    h.get_by_label("Correlation map").click();
+    h.run_steps(4);
+    let ex = explorer(&h);
+    let rect = h.state().map.rect.expect("the heatmap was drawn");
+    let d = ex.d_mlp();
+    // The cell under a point a third of the way across and two thirds down.
+    let pos = rect.min + egui::vec2(rect.width() / 3.0 + 0.1, rect.height() * 2.0 / 3.0 + 0.1);
+    let col = ((pos.x - rect.min.x) / rect.width() * d as f32) as usize;
+    let row = ((pos.y - rect.min.y) / rect.height() * d as f32) as usize;
+    let tile = ex.read_tile(&ex.tile_name(0, 0, 1, 0)).expect("tile L0-L0");
+    let expected = format!(
+        "seed-a L0.{row} × seed-b L0.{col}: r = {:.3}",
+        tile[row * d + col]
+    );
+    h.hover_at(pos);
+    h.run_steps(4);
+    assert_eq!(h.state().map.hover_text.as_deref(), Some(expected.as_str()));
+    assert!(
+        h.query_all_by_label(&expected).count() >= 1,
+        "tooltip {expected:?} not shown"
+    );
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.run_steps(4);
+    assert_eq!(h.state().tab, Tab::Neuron);
+    assert_eq!(
+        h.state().selected,
+        Some(NeuronId {
+            model: 0,
+            layer: 0,
+            neuron: row
+        })
+    );
+}
+
+#[test]
+fn live_text_shows_the_neuron_in_every_seed() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    let id = NeuronId {
+        model: 0,
+        layer: 1,
+        neuron: 3,
+    };
+    h.state_mut().open_neuron(id);
+    h.state_mut().settings.live_text = "To be, or not to be".into();
+    h.run_steps(4);
+    wait(&mut h, "live text", |app| app.page.live.is_some());
+    let (text, live) = h.state().page.live.clone().expect("live text");
+    assert_eq!(text, "To be, or not to be");
+    // The neuron and its best match in each of the four other seeds.
+    assert_eq!(live.traces.len(), 5);
+    assert_eq!(live.traces[0].id, id);
+    let matches: Vec<NeuronId> = ex.matches(id).iter().map(|m| m.id).collect();
+    assert_eq!(
+        live.traces[1..].iter().map(|t| t.id).collect::<Vec<_>>(),
+        matches
+    );
+    assert!(live.tokens.len() > 3);
+    for t in &live.traces {
+        assert_eq!(t.acts.len(), live.tokens.len());
+        assert!(t.acts.iter().all(|v| v.is_finite()));
+    }
+    // Different seeds' neurons give different traces (they are different models).
+    assert_ne!(live.traces[0].acts, live.traces[1].acts);
+}
+
+#[test]
+fn examples_are_found_for_the_neuron_and_its_matches() {
+    let mut h = harness();
+    let id = NeuronId {
+        model: 0,
+        layer: 0,
+        neuron: 5,
+    };
+    h.state_mut().settings.examples_rows = 16;
+    h.state_mut().settings.examples_k = 5;
+    h.state_mut().open_neuron(id);
+    h.run_steps(4);
+    let button = h
+        .query_all_by_label_contains("Find them")
+        .next()
+        .expect("the find-examples button");
+    button.click();
+    h.run_steps(4);
+    wait(&mut h, "examples", |app| app.page.examples_task.is_none());
+    let ex = explorer(&h);
+    let page = h.state().page_neurons(&ex);
+    for n in &page {
+        let e = h
+            .state()
+            .page
+            .examples
+            .get(n)
+            .expect("examples for every page neuron");
+        assert_eq!(e.top.len(), 5);
+        assert!(e.top.windows(2).all(|w| w[0].value >= w[1].value));
+        for x in &e.top {
+            // The stored value is the activation at the marked position.
+            assert_eq!(x.acts[x.pos], x.value);
+        }
+    }
+}
+
+#[test]
+fn snapshots_of_the_main_views() {
+    let mut h = harness();
+    h.snapshot("overview");
+    h.get_by_label("Correlation map").click();
+    h.run_steps(4);
+    h.get_by_label("order by best match").click();
+    h.run_steps(4);
+    h.snapshot("correlation_map");
+    // The most universal neuron, its twins, live text and examples.
+    let ex = explorer(&h);
+    let top = h.state().table.order[0];
+    let id = ex.id_of_row(top).expect("row");
+    h.state_mut().settings.examples_rows = 16;
+    h.state_mut().settings.examples_k = 4;
+    h.state_mut().settings.live_text = "To be, or not to be, that is the question".into();
+    h.state_mut().open_neuron(id);
+    h.run_steps(4);
+    h.get_by_label_contains("Find them").click();
+    h.run_steps(4);
+    wait(&mut h, "live text and examples", |app| {
+        app.page.live.is_some() && app.page.live_task.is_none() && app.page.examples_task.is_none()
+    });
+    h.snapshot("neuron");
+}
+
+#[test]
+fn a_token_search_ranks_the_neurons_that_fire_on_it() {
+    let mut h = harness();
+    h.state_mut().settings.examples_rows = 32;
+    h.get_by_label("Table").click();
+    h.run_steps(4);
+    let search = h.get_by_label("search:");
+    search.click();
+    search.type_text(" the");
+    h.run_steps(4);
+    h.get_by_label_contains("Which neurons fire on the token")
+        .click();
+    h.run_steps(4);
+    wait(&mut h, "the token search", |app| app.token_task.is_none());
+    let rank = h.state().table.token_rank.clone().expect("a ranking");
+    assert_eq!(rank.query, " the");
+    assert!(rank.occurrences > 10);
+    assert!(rank.ranked.windows(2).all(|w| w[0].2 >= w[1].2));
+    // In a trained model some neuron singles out " the" clearly.
+    assert!(rank.ranked[0].2 > 2.0, "best z {}", rank.ranked[0].2);
+    let ex = explorer(&h);
+    let order = h.state().table.order.clone();
+    assert_eq!(order.len(), 50);
+    assert_eq!(ex.id_of_row(order[0]), Some(rank.ranked[0].0));
+}
+
+#[test]
+fn the_first_start_analyses_in_the_background_and_cancel_keeps_a_checkpoint() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-first-start/bundle");
+    let work = seedscope_analysis::bundle::partial_dir(&out);
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&out);
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .build_eframe(move |cc| {
+            SeedscopeApp::new(
+                cc,
+                Launch {
+                    bundle: None,
+                    embedded_bundle: out,
+                    analyse_embedded: true,
+                },
+            )
+        });
+    assert!(
+        h.state().analysis.is_some(),
+        "the embedded analysis starts at once"
+    );
+    // The window keeps drawing while the analysis runs; progress arrives.
+    wait(&mut h, "progress", |app| {
+        app.analysis.as_ref().is_some_and(|t| t.progress.is_some())
+    });
+    assert!(h.query_all_by_label_contains("tokens/s").count() >= 1);
+    h.get_by_label("Cancel").click();
+    h.run_steps(4);
+    wait(&mut h, "the cancel", |app| app.analysis.is_none());
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|m| m.contains("analysis cancelled")),
+        "{:?}",
+        h.state().messages
+    );
+    assert!(work.join("checkpoint.safetensors").exists());
+    assert!(h.state().ex.is_none());
+}
+
+#[test]
+fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-exports");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // CSV: the table's current order with its columns.
+    let order = h.state().table.order.clone();
+    let csv_path = dir.join("table.csv");
+    let n = seedscope_app::table::export_csv(&ex, &order, &csv_path).expect("csv");
+    assert_eq!(n, order.len());
+    let mut reader = csv::Reader::from_path(&csv_path).expect("read csv");
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    assert_eq!(rows.len(), order.len());
+    let first = &ex.rows()[order[0]];
+    assert_eq!(&rows[0][1], first.layer.to_string());
+    assert_eq!(&rows[0][2], first.neuron.to_string());
+    assert_eq!(
+        rows[0][9].parse::<f64>().expect("excess"),
+        first.excess_corr
+    );
+    // PNG: a region of a rendered frame.
+    let image = h.render().expect("render");
+    let color = egui::ColorImage::from_rgba_unmultiplied(
+        [image.width() as usize, image.height() as usize],
+        image.as_raw(),
+    );
+    let rect = h.state().plot_rect.expect("plot rect");
+    let png = dir.join("plot.png");
+    seedscope_app::app::save_region(&color, rect, 1.0, &png).expect("png");
+    let back = image::open(&png).expect("png reads back").to_rgba8();
+    assert_eq!(back.width(), rect.max.x as u32 - rect.min.x as u32);
+    assert_eq!(back.height(), rect.max.y as u32 - rect.min.y as u32);
+    assert!(
+        back.pixels().any(|p| p.0 != back.get_pixel(0, 0).0),
+        "the plot is not blank"
+    );
+    // Settings: saved with the last bundle, restored by eframe's storage.
+    #[derive(Default)]
+    struct Mem(std::collections::HashMap<String, String>);
+    impl eframe::Storage for Mem {
+        fn get_string(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+        fn set_string(&mut self, key: &str, value: String) {
+            self.0.insert(key.into(), value);
+        }
+        fn remove_string(&mut self, key: &str) {
+            self.0.remove(key);
+        }
+        fn flush(&mut self) {}
+    }
+    let mut mem = Mem::default();
+    h.state_mut().settings.live_text = "persist me".into();
+    eframe::App::save(h.state_mut(), &mut mem);
+    let restored: seedscope_app::Settings =
+        eframe::get_value(&mem, eframe::APP_KEY).expect("settings saved");
+    assert_eq!(restored.live_text, "persist me");
+    assert_eq!(restored.last_bundle.as_deref(), Some(bundle().as_path()));
+}
