@@ -34,6 +34,8 @@ pub struct Settings {
     pub live_text: String,
     /// Dark theme.
     pub dark: bool,
+    /// Recently opened bundles, newest first.
+    pub recent: Vec<PathBuf>,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             window_after: 4,
             live_text: "The king of France said that he would come to the castle on Monday.".into(),
             dark: true,
+            recent: Vec::new(),
         }
     }
 }
@@ -139,16 +142,29 @@ pub struct NewAnalysis {
     pub backend: BackendKind,
     /// Output bundle.
     pub out: String,
-    /// A path typed by hand.
-    pub typed: String,
 }
 
-enum DialogFor {
+/// What a path prompt is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogFor {
     OpenBundle,
     AddModel,
     Data,
     ExportCsv,
     ExportPng,
+}
+
+/// A path being asked for.
+pub struct PathPrompt {
+    /// What it is for.
+    pub purpose: DialogFor,
+    /// The window title.
+    pub title: String,
+    /// What the system dialog should pick.
+    pub pick: Pick,
+    /// The path typed so far.
+    pub text: String,
+    browsing: Option<Task<Option<PathBuf>>>,
 }
 
 /// The Seedscope explorer.
@@ -173,7 +189,8 @@ pub struct SeedscopeApp {
     /// Running analysis.
     pub analysis: Option<Task<AnalysisDone>>,
     opening: Option<Task<Box<Explorer>>>,
-    dialog: Option<(DialogFor, Task<Option<PathBuf>>)>,
+    /// The open path prompt.
+    pub prompt: Option<PathPrompt>,
     pub(crate) models: Option<Arc<Models>>,
     /// A running token search.
     pub token_task: Option<Task<crate::inspect::TokenRanking>>,
@@ -237,7 +254,7 @@ impl SeedscopeApp {
             page: NeuronPageState::default(),
             analysis: None,
             opening: None,
-            dialog: None,
+            prompt: None,
             models: None,
             token_task: None,
             models_error: None,
@@ -306,6 +323,9 @@ impl SeedscopeApp {
     pub fn set_explorer(&mut self, ex: Explorer) {
         self.threshold = ex.bundle.manifest.options.threshold;
         self.settings.last_bundle = Some(ex.dir.clone());
+        self.settings.recent.retain(|r| *r != ex.dir);
+        self.settings.recent.insert(0, ex.dir.clone());
+        self.settings.recent.truncate(8);
         self.selected = ex.id_of_row(0);
         self.map.anchor = 0;
         self.map.other = ex
@@ -468,7 +488,7 @@ impl SeedscopeApp {
         }
     }
 
-    fn poll_tasks(&mut self, ctx: &egui::Context) {
+    fn poll_tasks(&mut self) {
         if let Some(t) = &mut self.analysis {
             let log_len = t.log.len();
             let poll = t.poll();
@@ -500,20 +520,6 @@ impl SeedscopeApp {
             match r {
                 Ok(ex) => self.set_explorer(*ex),
                 Err(e) => self.error(format!("could not open the bundle: {e}")),
-            }
-        }
-        if let Some((_, t)) = &mut self.dialog
-            && let Poll::Done(r) = t.poll()
-        {
-            let Some((purpose, _)) = self.dialog.take() else {
-                return;
-            };
-            match r {
-                Ok(Some(path)) => self.dialog_done(purpose, path, ctx),
-                Ok(None) => {}
-                Err(e) => self.error(format!(
-                    "the file dialog failed ({e}); type the path in the dialog's text field instead"
-                )),
             }
         }
         if let Some(t) = &mut self.page.examples_task
@@ -594,8 +600,92 @@ impl SeedscopeApp {
     }
 
     fn ask(&mut self, purpose: DialogFor, title: &str, pick: Pick) {
-        if self.dialog.is_none() {
-            self.dialog = Some((purpose, spawn_dialog(title, pick, self.ctx.clone())));
+        let text = match pick {
+            Pick::Save(name) => std::env::current_dir()
+                .map(|d| d.join(name).display().to_string())
+                .unwrap_or_else(|_| name.to_string()),
+            Pick::Folder | Pick::File => String::new(),
+        };
+        self.prompt = Some(PathPrompt {
+            purpose,
+            title: title.to_owned(),
+            pick,
+            text,
+            browsing: None,
+        });
+    }
+
+    /// The path prompt: type a path, pick a recent bundle, or browse with the system's file
+    /// dialog (which may be unavailable, e.g. without an XDG desktop portal).
+    fn prompt_window(&mut self, ctx: &egui::Context) {
+        let Some(mut p) = self.prompt.take() else {
+            return;
+        };
+        if let Some(t) = &mut p.browsing
+            && let Poll::Done(r) = t.poll()
+        {
+            let quick = t.started.elapsed() < Duration::from_millis(400);
+            p.browsing = None;
+            match r {
+                Ok(Some(path)) => p.text = path.display().to_string(),
+                // rfd answers None at once when no dialog could be shown.
+                Ok(None) if quick => self.error(
+                    "the system file dialog is not available here (on Linux it needs an XDG \
+                     desktop portal); type the path instead"
+                        .into(),
+                ),
+                Ok(None) => {}
+                Err(e) => self.error(format!(
+                    "the file dialog failed ({e}); type the path instead"
+                )),
+            }
+        }
+        let (mut open, mut ok) = (true, false);
+        let recent = self.settings.recent.clone();
+        egui::Window::new(p.title.clone())
+            .open(&mut open)
+            .collapsible(false)
+            .default_width(560.0)
+            .show(ctx, |ui| {
+                ui.horizontal(|ui| {
+                    let l = ui.label("path");
+                    let e = ui
+                        .add(egui::TextEdit::singleline(&mut p.text).desired_width(460.0))
+                        .labelled_by(l.id);
+                    if e.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                        ok = true;
+                    }
+                });
+                if p.purpose == DialogFor::OpenBundle && !recent.is_empty() {
+                    ui.label("recent bundles:");
+                    for r in &recent {
+                        if ui.link(r.display().to_string()).clicked() {
+                            p.text = r.display().to_string();
+                            ok = true;
+                        }
+                    }
+                }
+                ui.horizontal(|ui| {
+                    if p.browsing.is_some() {
+                        ui.spinner();
+                        ui.label("waiting for the file dialog…");
+                    } else if ui.button("Browse…").clicked() {
+                        p.browsing = Some(spawn_dialog(&p.title, p.pick, self.ctx.clone()));
+                    }
+                    let verb = if matches!(p.pick, Pick::Save(_)) {
+                        "Save"
+                    } else {
+                        "OK"
+                    };
+                    if ui.button(verb).clicked() {
+                        ok = true;
+                    }
+                });
+            });
+        if ok && !p.text.trim().is_empty() {
+            self.dialog_done(p.purpose, PathBuf::from(p.text.trim()), ctx);
+        } else if open {
+            self.prompt = Some(p);
         }
     }
 
@@ -681,7 +771,6 @@ impl SeedscopeApp {
                         save_tiles: true,
                         backend: BackendKind::Auto,
                         out: "seedscope-out/bundle".into(),
-                        typed: String::new(),
                     });
                 }
                 if ui.button("Analyse the embedded family again").clicked() {
@@ -838,11 +927,6 @@ impl SeedscopeApp {
                             Pick::Folder,
                         ));
                     }
-                    ui.text_edit_singleline(&mut form.typed);
-                    if ui.button("Add typed path").clicked() && !form.typed.trim().is_empty() {
-                        form.models.push(PathBuf::from(form.typed.trim()));
-                        form.typed.clear();
-                    }
                 });
                 ui.separator();
                 ui.horizontal(|ui| {
@@ -861,26 +945,25 @@ impl SeedscopeApp {
                 egui::Grid::new("new-analysis")
                     .num_columns(2)
                     .show(ui, |ui| {
-                        ui.label("Token budget (0 = all)");
-                        ui.add(egui::DragValue::new(&mut form.max_tokens).speed(1000));
+                        let l = ui.label("Token budget (0 = all)");
+                        ui.add(egui::DragValue::new(&mut form.max_tokens).speed(1000))
+                            .labelled_by(l.id);
                         ui.end_row();
-                        ui.label("Threshold (excess correlation)");
-                        ui.add(egui::Slider::new(&mut form.threshold, 0.0..=1.0));
+                        let l = ui.label("Threshold (excess correlation)");
+                        ui.add(egui::Slider::new(&mut form.threshold, 0.0..=1.0))
+                            .labelled_by(l.id);
                         ui.end_row();
-                        ui.label("Save tiles for the map");
-                        ui.checkbox(&mut form.save_tiles, "");
+                        ui.label("");
+                        ui.checkbox(&mut form.save_tiles, "Save tiles for the map");
                         ui.end_row();
-                        ui.label("Backend");
-                        egui::ComboBox::from_id_salt("backend")
-                            .selected_text(form.backend.to_string())
-                            .show_ui(ui, |ui| {
-                                for b in [BackendKind::Auto, BackendKind::Wgpu, BackendKind::Cpu] {
-                                    ui.selectable_value(&mut form.backend, b, b.to_string());
-                                }
-                            });
+                        let backends = [BackendKind::Auto, BackendKind::Wgpu, BackendKind::Cpu];
+                        ui.label("");
+                        crate::map::choose(ui, "Backend", &mut form.backend, &backends, |b| {
+                            b.to_string()
+                        });
                         ui.end_row();
-                        ui.label("Output bundle");
-                        ui.text_edit_singleline(&mut form.out);
+                        let l = ui.label("Output bundle");
+                        ui.text_edit_singleline(&mut form.out).labelled_by(l.id);
                         ui.end_row();
                     });
                 if ui.button("Start").clicked() {
@@ -927,7 +1010,7 @@ impl SeedscopeApp {
         if self.ctx.is_none() {
             self.ctx = Some(ctx.clone());
         }
-        self.poll_tasks(&ctx);
+        self.poll_tasks();
         self.poll_png();
         self.dropped_files(&ctx);
         self.keyboard(&ctx);
@@ -946,6 +1029,7 @@ impl SeedscopeApp {
             }
         });
         self.new_analysis_window(&ctx);
+        self.prompt_window(&ctx);
         self.show_notices(&ctx);
         if self.analysis.is_some() || self.opening.is_some() {
             ctx.request_repaint_after(Duration::from_millis(500));

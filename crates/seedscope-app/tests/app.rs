@@ -453,3 +453,93 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
     assert_eq!(restored.live_text, "persist me");
     assert_eq!(restored.last_bundle.as_deref(), Some(bundle().as_path()));
 }
+
+#[test]
+fn a_bundle_opens_from_the_file_menu_by_typing_its_path() {
+    let dir = bundle();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .build_eframe(|cc| {
+            SeedscopeApp::new(
+                cc,
+                Launch {
+                    bundle: None,
+                    embedded_bundle: PathBuf::from("/nonexistent"),
+                    analyse_embedded: false,
+                },
+            )
+        });
+    h.run_steps(2);
+    assert!(h.state().ex.is_none());
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open bundle…").click();
+    h.run_steps(2);
+    // A wrong path is a readable error, not a crash.
+    let path = h.get_by_label("path");
+    path.click();
+    path.type_text("/nonexistent/bundle");
+    h.run_steps(2);
+    h.get_by_label("OK").click();
+    h.run_steps(2);
+    wait(&mut h, "the error", |app| {
+        app.messages.iter().any(|m| m.contains("could not open"))
+    });
+    assert!(
+        h.state()
+            .messages
+            .iter()
+            .any(|m| m.contains("/nonexistent/bundle/manifest.json")),
+        "{:?}",
+        h.state().messages
+    );
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open bundle…").click();
+    h.run_steps(2);
+    let path = h.get_by_label("path");
+    path.click();
+    path.type_text(&dir.display().to_string());
+    h.run_steps(2);
+    h.get_by_label("OK").click();
+    h.run_steps(2);
+    wait(&mut h, "the bundle to open", |app| app.ex.is_some());
+    assert_eq!(explorer(&h).dir, dir);
+    assert_eq!(h.state().settings.recent.first(), Some(&dir));
+}
+
+#[test]
+fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
+    let mut h = harness();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-dialog/bundle");
+    let _ = std::fs::remove_dir_all(&out);
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("New analysis…").click();
+    h.run_steps(2);
+    let budget = h.get_by_label("Token budget (0 = all)");
+    budget.click();
+    h.run_steps(2);
+    let budget = h.get_by_label("Token budget (0 = all)");
+    budget.type_text("2048");
+    h.key_press(Key::Enter);
+    h.run_steps(2);
+    // Replace the default output path: select all, then type.
+    h.get_by_label("Output bundle").click();
+    h.run_steps(2);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.run_steps(1);
+    h.get_by_label("Output bundle").type_text(&out.display().to_string());
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(h.state().analysis.is_some(), "{:?}", h.state().messages);
+    wait(&mut h, "the analysis", |app| app.analysis.is_none());
+    let ex = explorer(&h);
+    assert_eq!(ex.dir, out, "{:?}", h.state().messages);
+    assert_eq!(ex.bundle.manifest.n_tokens, 2048);
+    assert!(
+        ex.tile_names().count() > 0,
+        "the dialog saves tiles by default"
+    );
+}
