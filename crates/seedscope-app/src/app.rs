@@ -152,6 +152,7 @@ pub enum DialogFor {
     Data,
     ExportCsv,
     ExportPng,
+    ExportSvg,
 }
 
 /// A path being asked for.
@@ -352,6 +353,74 @@ impl SeedscopeApp {
         self.messages.push(format!("error: {message}"));
         self.notices
             .push((true, message, std::time::Instant::now()));
+    }
+
+    /// The current plot (the overview's figures, or the correlation map as shown) as SVG.
+    pub fn plot_svg(&self) -> Result<String, String> {
+        let ex = self.ex.as_ref().ok_or("no bundle is open")?;
+        match self.tab {
+            Tab::Overview => {
+                let anchor = self.table.model;
+                let a = ex.anchor(anchor).ok_or("no anchor data")?;
+                let rows: Vec<&seedscope_analysis::NeuronRow> =
+                    a.rows.iter().map(|&i| &ex.rows()[i]).collect();
+                let col = |f: fn(&seedscope_analysis::NeuronRow) -> f64| -> Vec<f64> {
+                    rows.iter().map(|r| f(r)).collect()
+                };
+                let m = &ex.bundle.manifest;
+                let title = format!(
+                    "{} seeds ({}), anchor {}, {} tokens, {} layers x {} neurons",
+                    ex.names.len(),
+                    ex.names.join(", "),
+                    ex.names[anchor],
+                    m.n_tokens,
+                    m.n_layers,
+                    m.d_mlp
+                );
+                let per_layer = ex.counts(anchor, self.threshold);
+                seedscope_report::overview_svg(
+                    &seedscope_report::Overview {
+                        title: &title,
+                        mean_corr: &col(|r| r.mean_corr),
+                        baseline: &col(|r| r.mean_baseline),
+                        excess: &col(|r| r.excess_corr),
+                        max_corr: &col(|r| r.max_corr),
+                        min_corr: &col(|r| r.min_corr),
+                        per_layer: &per_layer,
+                        layer_match: &a.layer_match,
+                        threshold: self.threshold,
+                    },
+                    1200,
+                    900,
+                )
+            }
+            Tab::Map => {
+                let d = self
+                    .map
+                    .data
+                    .as_ref()
+                    .ok_or("no correlation map is shown")?;
+                let m = &self.map;
+                seedscope_report::heatmap_svg(
+                    &d.values,
+                    d.rows,
+                    d.cols,
+                    &format!(
+                        "Pearson r{}",
+                        if m.by_match {
+                            ", ordered by best match"
+                        } else {
+                            ""
+                        }
+                    ),
+                    &format!("{} L{}", ex.names[m.anchor], m.layer_a),
+                    &format!("{} L{}", ex.names[m.other], m.layer_b),
+                )
+            }
+            Tab::Table | Tab::Neuron => {
+                Err("the overview and the correlation map can be exported as plots".into())
+            }
+        }
     }
 
     /// A passing notice (not an error).
@@ -582,6 +651,17 @@ impl SeedscopeApp {
                     }
                 }
             }
+            DialogFor::ExportSvg => match self.plot_svg() {
+                Ok(svg) => {
+                    match crate::write_atomic(&path, |tmp| {
+                        std::fs::write(tmp, svg.as_bytes()).map_err(|e| e.to_string())
+                    }) {
+                        Ok(()) => self.notice(format!("saved {}", path.display())),
+                        Err(e) => self.error(format!("{}: {e}", path.display())),
+                    }
+                }
+                Err(e) => self.error(e),
+            },
             DialogFor::ExportPng => {
                 if let Some(rect) = self.plot_rect {
                     let (tx, rx) = std::sync::mpsc::channel();
@@ -784,17 +864,28 @@ impl SeedscopeApp {
                         Pick::Save("neurons.csv"),
                     );
                 }
+                let plot = matches!(self.tab, Tab::Overview | Tab::Map) && self.ex.is_some();
+                let hint = "the overview and the correlation map are plots";
                 if ui
-                    .add_enabled(
-                        self.plot_rect.is_some(),
-                        egui::Button::new("Export plot as PNG…"),
-                    )
+                    .add_enabled(plot, egui::Button::new("Export plot as PNG…"))
+                    .on_disabled_hover_text(hint)
                     .clicked()
                 {
                     self.ask(
                         DialogFor::ExportPng,
                         "Export the plot",
                         Pick::Save("plot.png"),
+                    );
+                }
+                if ui
+                    .add_enabled(plot, egui::Button::new("Export plot as SVG…"))
+                    .on_disabled_hover_text(hint)
+                    .clicked()
+                {
+                    self.ask(
+                        DialogFor::ExportSvg,
+                        "Export the plot",
+                        Pick::Save("plot.svg"),
                     );
                 }
             });

@@ -529,7 +529,8 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
     h.run_steps(2);
     h.key_press_modifiers(Modifiers::COMMAND, Key::A);
     h.run_steps(1);
-    h.get_by_label("Output bundle").type_text(&out.display().to_string());
+    h.get_by_label("Output bundle")
+        .type_text(&out.display().to_string());
     h.run_steps(2);
     h.get_by_label("Start").click();
     h.run_steps(2);
@@ -542,4 +543,39 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
         ex.tile_names().count() > 0,
         "the dialog saves tiles by default"
     );
+}
+
+#[test]
+fn the_overview_and_the_map_export_as_svg() {
+    let mut h = harness();
+    let svg = h.state().plot_svg().expect("overview svg");
+    assert!(svg.contains("Fig. 2a") && svg.contains("Fig. 2c") && svg.contains("seed-a"));
+    h.get_by_label("Correlation map").click();
+    h.run_steps(4);
+    let svg = h.state().plot_svg().expect("map svg");
+    assert!(svg.contains("seed-a L0 (rows, 512)") && svg.contains("seed-b L0 (columns, 512)"));
+    h.get_by_label("Table").click();
+    h.run_steps(4);
+    assert!(h.state().plot_svg().is_err());
+    // Through the menu, to a file.
+    h.get_by_label("Overview").click();
+    h.run_steps(4);
+    assert_eq!(h.state().tab, Tab::Overview);
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-exports/overview.svg");
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    let _ = std::fs::remove_file(&path);
+    h.get_by_label("File").click();
+    h.run_steps(4);
+    h.get_by_label("Export plot as SVG…").click();
+    h.run_steps(2);
+    h.get_by_label("path").click();
+    h.run_steps(1);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_label("path")
+        .type_text(&path.display().to_string());
+    h.run_steps(2);
+    h.get_by_label("Save").click();
+    h.run_steps(2);
+    let written = std::fs::read_to_string(&path).expect("the svg was written");
+    assert!(written.starts_with("<svg"));
 }
