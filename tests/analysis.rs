@@ -217,7 +217,8 @@ fn check_against_reference(r: &Results, tol: f64) {
             "var[{i}]"
         );
     }
-    let rows = seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5);
+    let rows =
+        seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5, None);
     let (excess, universal) = (
         reference.f64s("excess_corr"),
         reference.f64s("is_universal"),

@@ -8,7 +8,8 @@
 //! of the neuron's best correlation), `max_baseline`, `mean_baseline`, `min_baseline` (the same
 //! for the rotated baseline), `excess_corr` (= mean_corr − mean_baseline), `is_universal`
 //! (excess_corr > threshold), then `act_mean`, `act_var` (post-activation over the kept
-//! tokens), and for the k-th other model of the row's anchor (manifest order, the anchor skipped)
+//! tokens), the weight statistics of [`crate::weights`] (`w_in_norm`, `input_bias`, `w_out_norm`,
+//! `in_out_sim`, `l2_penalty`, `vocab_mean`, `vocab_var`, `vocab_skew`, `vocab_kurt`), and for the k-th other model of the row's anchor (manifest order, the anchor skipped)
 //! `corr_k` and `match_k` (its best match, `layer.neuron`).
 //!
 //! `correlation.safetensors` (anchor = model 0): `max_corr`, `max_corr_layer`,
@@ -16,7 +17,9 @@
 //! `[n_other, n_layers, d_mlp]`; `excess_corr` and `is_universal` `[n_layers, d_mlp]`;
 //! `layer_match_fraction` `[n_layers, n_layers]` (row: anchor layer, column: layer of the best
 //! match, averaged over the other models; the paper's Fig. 2c) and
-//! `layer_match_fraction_per_model` `[n_other, n_layers, n_layers]`. With `--all-anchors` the
+//! `layer_match_fraction_per_model` `[n_other, n_layers, n_layers]`; `vocab_top` and
+//! `vocab_bottom` `[n_layers, d_mlp, 10]` (i32 token ids at both ends of each neuron's
+//! vocabulary projection cos(W_U, w_out)). With `--all-anchors` the
 //! same tensors for anchor `m` are prefixed `anchor{m}/`.
 //!
 //! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
@@ -29,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::engine::{AnchorResult, Results};
+use crate::weights::{NeuronWeights, VOCAB_ENDS};
 
 /// Files of a bundle.
 pub const MANIFEST: &str = "manifest.json";
@@ -78,14 +82,60 @@ pub struct NeuronRow {
     pub act_mean: f64,
     /// Its variance.
     pub act_var: f64,
+    /// ‖w_in‖₂ on TransformerLens-processed weights ([`crate::weights`]); NaN when absent.
+    #[serde(default = "nan")]
+    pub w_in_norm: f64,
+    /// The LayerNorm-folded input bias.
+    #[serde(default = "nan")]
+    pub input_bias: f64,
+    /// ‖w_out‖₂.
+    #[serde(default = "nan")]
+    pub w_out_norm: f64,
+    /// cos(w_in, w_out).
+    #[serde(default = "nan")]
+    pub in_out_sim: f64,
+    /// ‖w_in‖² + ‖w_out‖².
+    #[serde(default = "nan")]
+    pub l2_penalty: f64,
+    /// Mean over the vocabulary of cos(W_U[:, v], w_out).
+    #[serde(default = "nan")]
+    pub vocab_mean: f64,
+    /// Its variance.
+    #[serde(default = "nan")]
+    pub vocab_var: f64,
+    /// Its skew.
+    #[serde(default = "nan")]
+    pub vocab_skew: f64,
+    /// Its kurtosis (non-excess).
+    #[serde(default = "nan")]
+    pub vocab_kurt: f64,
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// The weight-statistic columns of `neurons.csv`, in order.
+pub const WEIGHT_COLUMNS: [&str; 9] = [
+    "w_in_norm",
+    "input_bias",
+    "w_out_norm",
+    "in_out_sim",
+    "l2_penalty",
+    "vocab_mean",
+    "vocab_var",
+    "vocab_skew",
+    "vocab_kurt",
+];
+
 /// Per-neuron aggregates of one anchor's results.
+/// `weights`: the anchor's weight statistics (`layer * d_mlp + neuron` order), if computed.
 pub fn neuron_rows(
     r: &AnchorResult,
     names: &[String],
     d_mlp: usize,
     threshold: f64,
+    weights: Option<&[NeuronWeights]>,
 ) -> Vec<(NeuronRow, Vec<(f32, u32)>)> {
     let width = r.real.first().map_or(0, |m| m.max.len());
     let n_other = r.others.len().max(1) as f64;
@@ -103,6 +153,8 @@ pub fn neuron_rows(
             let (max_corr, mean_corr, min_corr) = stats(&corr);
             let (max_baseline, mean_baseline, min_baseline) = stats(&base);
             let excess = mean_corr - mean_baseline;
+            let w = weights.and_then(|w| w.get(i));
+            let wv = |f: fn(&NeuronWeights) -> f64| w.map_or(f64::NAN, f);
             (
                 NeuronRow {
                     model: names[r.anchor].clone(),
@@ -119,6 +171,15 @@ pub fn neuron_rows(
                     is_universal: excess > threshold,
                     act_mean: r.mean.get(i).copied().unwrap_or(f64::NAN),
                     act_var: r.var.get(i).copied().unwrap_or(f64::NAN),
+                    w_in_norm: wv(|w| w.w_in_norm),
+                    input_bias: wv(|w| w.input_bias),
+                    w_out_norm: wv(|w| w.w_out_norm),
+                    in_out_sim: wv(|w| w.in_out_sim),
+                    l2_penalty: wv(|w| w.l2_penalty),
+                    vocab_mean: wv(|w| w.vocab_mean),
+                    vocab_var: wv(|w| w.vocab_var),
+                    vocab_skew: wv(|w| w.vocab_skew),
+                    vocab_kurt: wv(|w| w.vocab_kurt),
                 },
                 r.real.iter().map(|m| (m.max[i], m.argmax[i])).collect(),
             )
@@ -232,12 +293,14 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), AnalysisError> {
 }
 
 /// Write the bundle for `results` into `out` atomically (assembled in [`partial_dir`], whose
-/// checkpoint is removed, then renamed over any previous bundle).
+/// checkpoint is removed, then renamed over any previous bundle). `weights[a]`: the weight
+/// statistics of anchor `a` (same order as `results.anchors`), when computed.
 pub fn write_bundle(
     out: &Path,
     results: &Results,
     names: &[String],
     manifest: &Manifest,
+    weights: &[Option<Vec<NeuronWeights>>],
 ) -> Result<(), AnalysisError> {
     let dir = partial_dir(out);
     std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
@@ -251,7 +314,8 @@ pub fn write_bundle(
     let csv_err = |e: csv::Error| AnalysisError::Invalid(format!("writing neurons.csv: {e}"));
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (ai, r) in results.anchors.iter().enumerate() {
-        let rows = neuron_rows(r, names, d, threshold);
+        let stats = weights.get(ai).and_then(|w| w.as_deref());
+        let rows = neuron_rows(r, names, d, threshold, stats);
         if ai == 0 {
             let mut header: Vec<String> = [
                 "model",
@@ -269,6 +333,7 @@ pub fn write_bundle(
                 "act_var",
             ]
             .iter()
+            .chain(WEIGHT_COLUMNS.iter())
             .map(|s| s.to_string())
             .collect();
             for k in 0..r.others.len() {
@@ -293,6 +358,19 @@ pub fn write_bundle(
                 format!("{:.6e}", row.act_mean),
                 format!("{:.6e}", row.act_var),
             ];
+            for v in [
+                row.w_in_norm,
+                row.input_bias,
+                row.w_out_norm,
+                row.in_out_sim,
+                row.l2_penalty,
+                row.vocab_mean,
+                row.vocab_var,
+                row.vocab_skew,
+                row.vocab_kurt,
+            ] {
+                rec.push(format!("{v:.6e}"));
+            }
             for (c, j) in per {
                 rec.push(format!("{c:.6}"));
                 rec.push(format!("{}.{}", *j as usize / d, *j as usize % d));
@@ -384,6 +462,29 @@ pub fn write_bundle(
             vec![l, l],
             mean.iter().flat_map(|x| x.to_le_bytes()).collect(),
         ));
+        if let Some(stats) = stats {
+            let ends = |f: fn(&NeuronWeights) -> &Vec<u32>| -> Vec<u8> {
+                stats
+                    .iter()
+                    .flat_map(|n| {
+                        (0..VOCAB_ENDS).map(move |k| f(n).get(k).map_or(-1, |&t| t as i32))
+                    })
+                    .flat_map(|t| t.to_le_bytes())
+                    .collect()
+            };
+            tensors.push((
+                format!("{prefix}vocab_top"),
+                Dtype::I32,
+                vec![l, d, VOCAB_ENDS],
+                ends(|n| &n.vocab_top),
+            ));
+            tensors.push((
+                format!("{prefix}vocab_bottom"),
+                Dtype::I32,
+                vec![l, d, VOCAB_ENDS],
+                ends(|n| &n.vocab_bottom),
+            ));
+        }
         tensors.push((
             format!("{prefix}layer_match_fraction_per_model"),
             Dtype::F32,

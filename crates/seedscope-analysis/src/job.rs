@@ -391,11 +391,23 @@ pub fn run_analysis(
         Outcome::Interrupted { checkpoint } => return Ok(JobEnd::Interrupted(checkpoint)),
         Outcome::Done(r) => r,
     };
+    // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
+    // correlation pass).
+    let weights = results
+        .anchors
+        .iter()
+        .map(|a| {
+            models[a.anchor]
+                .processed_weights()
+                .map(|p| Some(crate::weights::weight_stats(&p)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let rows = crate::bundle::neuron_rows(
         &results.anchors[0],
         &names,
         results.d_mlp,
         options.threshold,
+        weights.first().and_then(|w| w.as_deref()),
     );
     let (fraction, per_layer) = crate::bundle::universal_fractions(
         rows.iter().map(|(r, _)| (r.layer, r.is_universal)),
@@ -425,7 +437,7 @@ pub fn run_analysis(
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };
-    write_bundle(&req.out, &results, &names, &manifest)?;
+    write_bundle(&req.out, &results, &names, &manifest, &weights)?;
     events(JobEvent::Log(format!(
         "wrote {} in {:.1} s",
         req.out.display(),

@@ -12,6 +12,7 @@
 //!   and the app run it.
 //! - [`rotation`]: the baseline's unit-row Gaussian matrices.
 //! - [`checkpoint`]: resumable state.
+//! - [`weights`]: per-neuron weight statistics on TransformerLens-processed weights.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod job;
 pub mod plan;
 pub mod rotation;
+pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
 pub use engine::{AnalysisOptions, Family, Outcome, Progress, Results, Run, TokenSet};

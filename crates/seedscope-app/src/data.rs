@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use seedscope_analysis::bundle::{CORRELATION, TILES};
+use seedscope_analysis::weights::VOCAB_ENDS;
 use seedscope_analysis::{Bundle, NeuronRow};
 
 /// A neuron of one model of the family.
@@ -60,6 +61,9 @@ pub struct AnchorData {
     pub layer_match: Vec<f32>,
     /// Indices into [`Explorer::rows`] of this anchor's neurons, `layer * d_mlp + neuron` order.
     pub rows: Vec<usize>,
+    /// Per neuron the token ids at the top and bottom of its vocabulary projection
+    /// (`VOCAB_ENDS` each), when the bundle has them.
+    pub vocab_ends: Option<(Vec<i32>, Vec<i32>)>,
 }
 
 /// An opened bundle.
@@ -76,6 +80,7 @@ pub struct Explorer {
     /// Saved tiles: name → (byte range in `tiles.safetensors`, shape).
     tiles: BTreeMap<String, ((u64, u64), [usize; 2])>,
     tiles_header: u64,
+    tokenizer: Option<seedscope_data::TextTokenizer>,
 }
 
 fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
@@ -198,11 +203,27 @@ impl Explorer {
                     &cpath,
                     l * l,
                 )?,
+                vocab_ends: {
+                    let n = width * VOCAB_ENDS;
+                    match (
+                        tensor_i32(&st, &format!("{prefix}vocab_top"), &cpath, n),
+                        tensor_i32(&st, &format!("{prefix}vocab_bottom"), &cpath, n),
+                    ) {
+                        (Ok(t), Ok(b)) => Some((t, b)),
+                        _ => None,
+                    }
+                },
                 others,
                 rows,
             });
         }
         let (tiles, tiles_header) = read_tile_index(&dir.join(TILES), d)?;
+        // Token strings need the tokenizer; a bundle whose models moved still opens without it.
+        let tokenizer = m
+            .models
+            .first()
+            .map(|e| PathBuf::from(&e.path).join("tokenizer.json"))
+            .and_then(|p| seedscope_data::TextTokenizer::from_file(&p).ok());
         Ok(Self {
             dir: dir.to_path_buf(),
             bundle,
@@ -210,6 +231,7 @@ impl Explorer {
             anchors,
             tiles,
             tiles_header,
+            tokenizer,
         })
     }
 
@@ -287,6 +309,18 @@ impl Explorer {
             }
         }
         c
+    }
+
+    /// The token ids at the top and bottom of an anchor neuron's vocabulary projection.
+    pub fn vocab_ends(&self, id: NeuronId) -> Option<(&[i32], &[i32])> {
+        let (t, b) = self.anchor(id.model)?.vocab_ends.as_ref()?;
+        let i = (id.layer * self.d_mlp() + id.neuron) * VOCAB_ENDS;
+        Some((t.get(i..i + VOCAB_ENDS)?, b.get(i..i + VOCAB_ENDS)?))
+    }
+
+    /// The anchor's tokenizer (`tokenizer.json` of the first model), for showing token ids.
+    pub fn tokenizer(&self) -> Option<&seedscope_data::TextTokenizer> {
+        self.tokenizer.as_ref()
     }
 
     /// Names of the saved tiles.

@@ -10,19 +10,18 @@ use crate::inspect::{Example, LiveText};
 use crate::jobs::Task;
 use crate::overview::UNIVERSAL;
 
-/// The percentile (0–100) of `value` among `values` (the share strictly below it, ties halved).
+/// The percentile (0-100) of `value` among `values`, as the paper computes it
+/// (`scipy.stats.percentileofscore`, `kind='rank'`): with `left` values below and `right` at
+/// most `value`, `(left + right + [right > left]) · 50 / n`. NaNs are left out.
 pub fn percentile(values: &[f64], value: f64) -> f64 {
     let finite = values.iter().filter(|v| v.is_finite());
-    let (mut below, mut equal, mut n) = (0usize, 0usize, 0usize);
+    let (mut left, mut right, mut n) = (0usize, 0usize, 0usize);
     for &v in finite {
         n += 1;
-        if v < value {
-            below += 1;
-        } else if v == value {
-            equal += 1;
-        }
+        left += usize::from(v < value);
+        right += usize::from(v <= value);
     }
-    100.0 * (below as f64 + 0.5 * equal as f64) / n.max(1) as f64
+    (left + right + usize::from(right > left)) as f64 * 50.0 / n.max(1) as f64
 }
 
 /// Background colour for an activation `v` when the neuron's scale is `scale` (its max).
@@ -200,7 +199,7 @@ impl SeedscopeApp {
                             .filter(|x| x.layer == id.layer)
                             .collect();
                         type Stat = (&'static str, fn(&seedscope_analysis::NeuronRow) -> f64);
-                        let stats: [Stat; 7] = [
+                        let stats: [Stat; 16] = [
                             ("mean best r over seeds", |r| r.mean_corr),
                             ("max best r", |r| r.max_corr),
                             ("min best r", |r| r.min_corr),
@@ -208,9 +207,21 @@ impl SeedscopeApp {
                             ("excess correlation", |r| r.excess_corr),
                             ("activation mean", |r| r.act_mean),
                             ("activation variance", |r| r.act_var),
+                            ("w_in norm", |r| r.w_in_norm),
+                            ("input bias", |r| r.input_bias),
+                            ("w_out norm", |r| r.w_out_norm),
+                            ("cos(w_in, w_out)", |r| r.in_out_sim),
+                            ("l2 penalty", |r| r.l2_penalty),
+                            ("vocab mean", |r| r.vocab_mean),
+                            ("vocab var", |r| r.vocab_var),
+                            ("vocab skew", |r| r.vocab_skew),
+                            ("vocab kurt", |r| r.vocab_kurt),
                         ];
                         egui::Grid::new("stats").striped(true).show(ui, |ui| {
                             for (name, f) in stats {
+                                if f(r).is_nan() {
+                                    continue;
+                                }
                                 let vals: Vec<f64> = layer_rows.iter().map(|x| f(x)).collect();
                                 ui.label(name);
                                 ui.label(format!("{:.4}", f(r)));
@@ -224,6 +235,37 @@ impl SeedscopeApp {
                     }
                 }
                 let ui = &mut cols[1];
+                if let Some(r) = &row
+                    && let Some(role) = seedscope_analysis::weights::vocab_role(
+                        r.vocab_kurt,
+                        r.vocab_skew,
+                        r.vocab_var,
+                    )
+                {
+                    ui.label(format!(
+                        "role from the vocabulary projection: {role} (kurtosis {:.1}, skew {:.2}, \
+                         variance {:.4})",
+                        r.vocab_kurt, r.vocab_skew, r.vocab_var
+                    ));
+                }
+                if let (Some((top, bottom)), Some(tok)) = (ex.vocab_ends(id), ex.tokenizer()) {
+                    let show = |ids: &[i32]| -> String {
+                        ids.iter()
+                            .map(|&t| {
+                                let s = u32::try_from(t)
+                                    .ok()
+                                    .and_then(|t| tok.decode(&[t]).ok())
+                                    .unwrap_or_else(|| format!("<{t}>"));
+                                format!("{:?}", display_token(&s))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    ui.strong("Vocabulary projection cos(W_U, w_out)");
+                    ui.label(format!("promotes: {}", show(top)));
+                    ui.label(format!("suppresses: {}", show(bottom)));
+                    ui.add_space(6.0);
+                }
                 ui.strong("Best match in each other seed");
                 let matches = ex.matches(id);
                 let mut open = None;
@@ -375,10 +417,14 @@ mod tests {
 
     #[test]
     fn percentiles_count_the_share_below_with_ties_halved() {
+        // scipy.stats.percentileofscore([1, 2, 3, 4], x, kind='rank') for x = 0.5, 3, 9, 2.5.
         let v = [1.0, 2.0, 3.0, 4.0, f64::NAN];
         assert_eq!(percentile(&v, 0.5), 0.0);
-        assert_eq!(percentile(&v, 3.0), 62.5);
+        assert_eq!(percentile(&v, 3.0), 75.0);
         assert_eq!(percentile(&v, 9.0), 100.0);
+        assert_eq!(percentile(&v, 2.5), 50.0);
+        // Ties average their ranks: [1, 2, 2, 3] at 2 gives 62.5.
+        assert_eq!(percentile(&[1.0, 2.0, 2.0, 3.0], 2.0), 62.5);
     }
 
     #[test]

@@ -29,7 +29,31 @@ pub enum SortBy {
     ActMean,
     /// Activation variance.
     ActVar,
+    /// ‖w_in‖² + ‖w_out‖².
+    L2Penalty,
+    /// Kurtosis of the vocabulary projection.
+    VocabKurt,
+    /// Skew of the vocabulary projection.
+    VocabSkew,
+    /// cos(w_in, w_out).
+    InOutSim,
 }
+
+/// Every sortable and filterable column with its header.
+pub const COLUMNS: [(SortBy, &str); 12] = [
+    (SortBy::Neuron, "neuron"),
+    (SortBy::Excess, "excess"),
+    (SortBy::MeanCorr, "mean r"),
+    (SortBy::MaxCorr, "max r"),
+    (SortBy::MinCorr, "min r"),
+    (SortBy::Baseline, "baseline"),
+    (SortBy::ActMean, "act mean"),
+    (SortBy::ActVar, "act var"),
+    (SortBy::L2Penalty, "l2"),
+    (SortBy::VocabKurt, "vocab kurt"),
+    (SortBy::VocabSkew, "vocab skew"),
+    (SortBy::InOutSim, "in-out cos"),
+];
 
 /// Filters, order and search of the table.
 #[derive(Debug, Clone)]
@@ -46,6 +70,8 @@ pub struct TableState {
     pub only_universal: bool,
     /// Excess correlation at least.
     pub min_excess: f64,
+    /// A range filter on any column: `(column, min, max)`.
+    pub range: Option<(SortBy, f64, f64)>,
     /// Search text: a neuron id (`L1.41`, `1.41`) or part of one.
     pub search: String,
     /// Row indices in display order (recomputed when a filter changes).
@@ -72,6 +98,7 @@ type RefreshKey = (
     String,
     u64,
     Option<String>,
+    Option<(SortBy, u64, u64)>,
 );
 
 impl Default for TableState {
@@ -83,6 +110,7 @@ impl Default for TableState {
             layer: None,
             only_universal: false,
             min_excess: -1.0,
+            range: None,
             search: String::new(),
             order: Vec::new(),
             focus_search: false,
@@ -101,7 +129,8 @@ pub fn parse_neuron(s: &str) -> Option<(usize, usize)> {
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
-fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
+/// The value of column `by` for a row.
+pub fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
     match by {
         SortBy::Neuron => (r.layer * 1_000_000 + r.neuron) as f64,
         SortBy::Excess => r.excess_corr,
@@ -111,6 +140,10 @@ fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
         SortBy::Baseline => r.mean_baseline,
         SortBy::ActMean => r.act_mean,
         SortBy::ActVar => r.act_var,
+        SortBy::L2Penalty => r.l2_penalty,
+        SortBy::VocabKurt => r.vocab_kurt,
+        SortBy::VocabSkew => r.vocab_skew,
+        SortBy::InOutSim => r.in_out_sim,
     }
 }
 
@@ -127,6 +160,8 @@ impl TableState {
             self.search.clone(),
             threshold.to_bits(),
             self.token_rank.as_ref().map(|r| r.query.clone()),
+            self.range
+                .map(|(c, lo, hi)| (c, lo.to_bits(), hi.to_bits())),
         );
         if self.key.as_ref() == Some(&key) {
             return;
@@ -166,6 +201,10 @@ impl TableState {
                 self.layer.is_none_or(|l| r.layer == l)
                     && (!self.only_universal || r.excess_corr > threshold)
                     && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
+                    && self.range.is_none_or(|(c, lo, hi)| {
+                        let v = sort_key(r, c);
+                        v >= lo && v <= hi
+                    })
                     && match wanted {
                         Some((l, n)) => r.layer == l && r.neuron == n,
                         None if needle.is_empty() => true,
@@ -201,6 +240,7 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
         "act_var",
     ]
     .iter()
+    .chain(seedscope_analysis::bundle::WEIGHT_COLUMNS.iter())
     .map(|s| s.to_string())
     .collect();
     let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
@@ -226,6 +266,19 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
             r.act_mean.to_string(),
             r.act_var.to_string(),
         ];
+        for v in [
+            r.w_in_norm,
+            r.input_bias,
+            r.w_out_norm,
+            r.in_out_sim,
+            r.l2_penalty,
+            r.vocab_mean,
+            r.vocab_var,
+            r.vocab_skew,
+            r.vocab_kurt,
+        ] {
+            rec.push(v.to_string());
+        }
         if let Some(id) = ex.id_of_row(i) {
             for m in ex.matches(id) {
                 rec.push(format!("{}:{}", ex.names[m.id.model], m.id.short()));
@@ -282,6 +335,26 @@ impl SeedscopeApp {
                     .speed(0.01)
                     .range(-1.0..=1.0),
             );
+            let mut on = t.range.is_some();
+            if ui.checkbox(&mut on, "where").changed() {
+                t.range = on.then_some((SortBy::L2Penalty, f64::NEG_INFINITY, f64::INFINITY));
+            }
+            if let Some((col, lo, hi)) = &mut t.range {
+                let cols: Vec<SortBy> = COLUMNS.iter().map(|c| c.0).collect();
+                choose(ui, "column", col, &cols, |c| {
+                    COLUMNS
+                        .iter()
+                        .find(|x| x.0 == *c)
+                        .map_or("", |x| x.1)
+                        .to_string()
+                });
+                let l = ui.label("from");
+                ui.add(egui::DragValue::new(lo).speed(0.01))
+                    .labelled_by(l.id);
+                let l = ui.label("to");
+                ui.add(egui::DragValue::new(hi).speed(0.01))
+                    .labelled_by(l.id);
+            }
             let label = ui.label("search:");
             let search = ui.add(
                 egui::TextEdit::singleline(&mut t.search)
@@ -335,25 +408,16 @@ impl SeedscopeApp {
             .resizable(true)
             .sense(egui::Sense::click())
             .column(Column::auto().at_least(70.0))
-            .columns(Column::auto().at_least(64.0), 8)
+            .columns(Column::auto().at_least(58.0), COLUMNS.len() - 1)
             .column(Column::remainder().at_least(120.0));
         if let Some(row) = scroll_to {
             builder = builder.scroll_to_row(row, Some(egui::Align::Center));
         }
-        let headers = [
-            ("neuron", SortBy::Neuron),
-            ("excess", SortBy::Excess),
-            ("mean r", SortBy::MeanCorr),
-            ("max r", SortBy::MaxCorr),
-            ("min r", SortBy::MinCorr),
-            ("baseline", SortBy::Baseline),
-            ("act mean", SortBy::ActMean),
-            ("act var", SortBy::ActVar),
-        ];
+        let headers = COLUMNS;
         let (sort, descending) = (t.sort, t.descending);
         builder
             .header(22.0, |mut h| {
-                for (name, by) in headers {
+                for (by, name) in headers {
                     h.col(|ui| {
                         let arrow = if sort == by {
                             if descending { " v" } else { " ^" }
@@ -392,7 +456,14 @@ impl SeedscopeApp {
                             ui.label(format!("{v:.3}"));
                         });
                     }
-                    for v in [r.act_mean, r.act_var] {
+                    for v in [
+                        r.act_mean,
+                        r.act_var,
+                        r.l2_penalty,
+                        r.vocab_kurt,
+                        r.vocab_skew,
+                        r.in_out_sim,
+                    ] {
                         row.col(|ui| {
                             ui.label(format!("{v:.3}"));
                         });

@@ -579,3 +579,41 @@ fn the_overview_and_the_map_export_as_svg() {
     let written = std::fs::read_to_string(&path).expect("the svg was written");
     assert!(written.starts_with("<svg"));
 }
+
+#[test]
+fn weight_statistics_reach_the_neuron_page_and_filter_the_table() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    // The job computed them for every anchor neuron.
+    assert!(
+        ex.rows()
+            .iter()
+            .all(|r| r.l2_penalty.is_finite() && r.vocab_kurt.is_finite())
+    );
+    let id = NeuronId {
+        model: 0,
+        layer: 1,
+        neuron: 41,
+    };
+    let (top, bottom) = ex.vocab_ends(id).expect("vocabulary ends in the bundle");
+    assert_eq!((top.len(), bottom.len()), (10, 10));
+    h.state_mut().open_neuron(id);
+    h.run_steps(4);
+    assert!(h.query_all_by_label_contains("promotes: ").count() == 1);
+    assert!(h.query_all_by_label("l2 penalty").count() == 1);
+    // A range filter on l2 penalty keeps exactly the neurons inside it.
+    h.get_by_label("Table").click();
+    h.run_steps(2);
+    h.get_by_label("where").click();
+    h.run_steps(2);
+    let mut l2: Vec<f64> = ex.rows().iter().map(|r| r.l2_penalty).collect();
+    l2.sort_by(f64::total_cmp);
+    let median = l2[l2.len() / 2];
+    let range = h.state().table.range.expect("the filter is on");
+    h.state_mut().table.range = Some((range.0, median, f64::INFINITY));
+    h.run_steps(4);
+    let order = h.state().table.order.clone();
+    let want = l2.iter().filter(|&&v| v >= median).count();
+    assert_eq!(order.len(), want);
+    assert!(order.iter().all(|&i| ex.rows()[i].l2_penalty >= median));
+}

@@ -45,10 +45,20 @@ pub type Result<T> = std::result::Result<T, DataError>;
 pub const ENDOFTEXT: &str = "<|endoftext|>";
 
 /// A Hugging Face `tokenizer.json` with the BOS token TransformerLens prepends.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
     bos: Option<u32>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("bos", &self.bos)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TextTokenizer {

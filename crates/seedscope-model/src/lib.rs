@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod hooks;
 mod model;
+mod processed;
 pub mod train;
 mod weights;
 
@@ -29,6 +30,7 @@ pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};
 pub use model::{
     ForwardOutput, Gpt2, Gpt2Block, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer, VocabMatrix,
 };
+pub use processed::{ProcessedMlp, ProcessedWeights};
 pub use weights::{
     Checkpoint, NamedTensors, WeightDtype, resolve_model_dir, write_file_atomic, write_safetensors,
 };

@@ -1,0 +1,126 @@
+//! Per-neuron weight statistics of the paper (§4, `weights.py:compute_neuron_statistics` and the
+//! vocabulary cosine moments) on TransformerLens-processed weights
+//! ([`seedscope_model::ProcessedWeights`]): input and output norms, the folded input bias,
+//! cos(w_in, w_out), the weight-decay penalty, and the moments of cos(W_U[:, v], w_out) over the
+//! vocabulary with the tokens at both ends.
+
+use ndarray::Array2;
+use seedscope_model::ProcessedWeights;
+
+/// Tokens kept at each end of a neuron's vocabulary projection.
+pub const VOCAB_ENDS: usize = 10;
+
+/// One neuron's weight statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeuronWeights {
+    /// ‖w_in‖₂.
+    pub w_in_norm: f64,
+    /// The folded input bias.
+    pub input_bias: f64,
+    /// ‖w_out‖₂.
+    pub w_out_norm: f64,
+    /// cos(w_in, w_out).
+    pub in_out_sim: f64,
+    /// ‖w_in‖² + ‖w_out‖².
+    pub l2_penalty: f64,
+    /// Mean over the vocabulary of cos(W_U[:, v], w_out).
+    pub vocab_mean: f64,
+    /// Its population variance.
+    pub vocab_var: f64,
+    /// Its skew.
+    pub vocab_skew: f64,
+    /// Its kurtosis (non-excess: a Gaussian gives 3).
+    pub vocab_kurt: f64,
+    /// The tokens with the largest cosine, largest first.
+    pub vocab_top: Vec<u32>,
+    /// The tokens with the smallest cosine, smallest first.
+    pub vocab_bottom: Vec<u32>,
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Statistics of every neuron, `layer * d_mlp + neuron` order. The cosines are computed in
+/// blocks of neurons (an f32 GEMM against the normalised unembedding), moments in f64.
+pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
+    let (d, vocab) = (p.d_model, p.vocab);
+    // Unit columns of W_U, as [d_model, vocab].
+    let mut u = Array2::<f32>::zeros((d, vocab));
+    for v in 0..vocab {
+        let row = &p.w_u[v * d..(v + 1) * d];
+        let n = norm(row).max(f64::MIN_POSITIVE);
+        for (k, x) in row.iter().enumerate() {
+            u[[k, v]] = (x / n) as f32;
+        }
+    }
+    let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
+    const BLOCK: usize = 256;
+    for layer in &p.layers {
+        for j0 in (0..p.d_mlp).step_by(BLOCK) {
+            let j1 = (j0 + BLOCK).min(p.d_mlp);
+            let mut w = Array2::<f32>::zeros((j1 - j0, d));
+            for j in j0..j1 {
+                let row = &layer.w_out[j * d..(j + 1) * d];
+                let n = norm(row).max(f64::MIN_POSITIVE);
+                for (k, x) in row.iter().enumerate() {
+                    w[[j - j0, k]] = (x / n) as f32;
+                }
+            }
+            let cos = w.dot(&u);
+            for j in j0..j1 {
+                let row = cos.row(j - j0).to_vec();
+                out.push(neuron(layer, j, d, &row));
+            }
+        }
+    }
+    out
+}
+
+fn neuron(layer: &seedscope_model::ProcessedMlp, j: usize, d: usize, cos: &[f32]) -> NeuronWeights {
+    let w_in = &layer.w_in[j * d..(j + 1) * d];
+    let w_out = &layer.w_out[j * d..(j + 1) * d];
+    let (n_in, n_out) = (norm(w_in), norm(w_out));
+    let dot: f64 = w_in.iter().zip(w_out).map(|(a, b)| a * b).sum();
+    let n = cos.len().max(1) as f64;
+    let mean = cos.iter().map(|&c| c as f64).sum::<f64>() / n;
+    let (mut m2, mut m3, mut m4) = (0.0, 0.0, 0.0);
+    for &c in cos {
+        let x = c as f64 - mean;
+        m2 += x * x;
+        m3 += x * x * x;
+        m4 += x * x * x * x;
+    }
+    let var = m2 / n;
+    let mut order: Vec<u32> = (0..cos.len() as u32).collect();
+    order.sort_by(|&a, &b| cos[b as usize].total_cmp(&cos[a as usize]));
+    NeuronWeights {
+        w_in_norm: n_in,
+        input_bias: layer.b_in[j],
+        w_out_norm: n_out,
+        in_out_sim: dot / (n_in * n_out),
+        l2_penalty: n_in * n_in + n_out * n_out,
+        vocab_mean: mean,
+        vocab_var: var,
+        vocab_skew: m3 / n / var.powf(1.5),
+        vocab_kurt: m4 / n / (var * var),
+        vocab_top: order.iter().take(VOCAB_ENDS).copied().collect(),
+        vocab_bottom: order.iter().rev().take(VOCAB_ENDS).copied().collect(),
+    }
+}
+
+/// The functional role the paper reads off a neuron's vocabulary projection (§5): prediction
+/// (`vocab_kurt > 10`, positive skew: it boosts a few tokens), suppression (`vocab_kurt > 10`,
+/// negative skew), partition (`vocab_var > 0.005`: it shifts most tokens, one group up and the
+/// other down), else none.
+pub fn vocab_role(vocab_kurt: f64, vocab_skew: f64, vocab_var: f64) -> Option<&'static str> {
+    if vocab_kurt > 10.0 && vocab_skew > 0.0 {
+        Some("prediction")
+    } else if vocab_kurt > 10.0 && vocab_skew < 0.0 {
+        Some("suppression")
+    } else if vocab_var > 0.005 {
+        Some("partition")
+    } else {
+        None
+    }
+}

@@ -1,0 +1,127 @@
+"""Reference neuron weight statistics for tests/weight_stats.rs.
+
+Independent numpy implementation of TransformerLens's weight processing (fold_ln,
+center_writing_weights, center_unembed; ../shared/PAPER.md section on weight preprocessing) and of
+the paper's per-neuron weight statistics (weights.py:compute_neuron_statistics and the vocabulary
+cosine moments of utils.vector_moments), from the Hugging Face state dict:
+
+  w_in_norm, input_bias, w_out_norm, in_out_sim, l2_penalty,
+  vocab_mean, vocab_var, vocab_skew, vocab_kurt (population moments, non-excess kurtosis),
+  vocab_top / vocab_bottom: the 10 token ids with the largest / smallest cos(W_U[:, v], w_out).
+
+Run with the pinned fixture environment (scripts/requirements-fixtures.txt):
+  .venv/bin/python scripts/make_weight_stats_reference.py
+"""
+
+import os
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from transformers import AutoModelForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "weight_stats")
+MODELS = {
+    "seed-a": os.path.join(ROOT, "assets", "family", "seed-a"),
+    "neox-rotary": os.path.join(ROOT, "tests", "fixtures", "neox-rotary"),
+}
+
+
+def mlp_weights(model):
+    """Per layer (W_in [d_model, d_mlp], b_in, W_out [d_mlp, d_model], ln gamma, ln beta)
+    in TransformerLens orientation, and (W_U [d_model, vocab], ln_final gamma, beta)."""
+    sd = {k: v.detach().to(torch.float64).numpy() for k, v in model.state_dict().items()}
+    layers = []
+    if model.config.model_type == "gpt2":
+        n = model.config.n_layer
+        for i in range(n):
+            h = f"transformer.h.{i}"
+            layers.append((
+                sd[f"{h}.mlp.c_fc.weight"],  # Conv1D: [in, out]
+                sd[f"{h}.mlp.c_fc.bias"],
+                sd[f"{h}.mlp.c_proj.weight"],
+                sd[f"{h}.ln_2.weight"],
+                sd[f"{h}.ln_2.bias"],
+            ))
+        w_u = sd["transformer.wte.weight"].T  # tied
+        ln_f = (sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
+    else:
+        n = model.config.num_hidden_layers
+        for i in range(n):
+            h = f"gpt_neox.layers.{i}"
+            layers.append((
+                sd[f"{h}.mlp.dense_h_to_4h.weight"].T,  # nn.Linear: [out, in]
+                sd[f"{h}.mlp.dense_h_to_4h.bias"],
+                sd[f"{h}.mlp.dense_4h_to_h.weight"].T,
+                sd[f"{h}.post_attention_layernorm.weight"],
+                sd[f"{h}.post_attention_layernorm.bias"],
+            ))
+        w_u = sd["embed_out.weight"].T
+        ln_f = (sd["gpt_neox.final_layer_norm.weight"], sd["gpt_neox.final_layer_norm.bias"])
+    return layers, w_u, ln_f
+
+
+def process(layers, w_u, ln_f):
+    out = []
+    for w_in, b_in, w_out, g, b in layers:
+        # fold_ln: the LayerNorm's scale into the reading weights, its shift into the bias,
+        # then centre the reading weights over d_model.
+        b_in = b_in + (w_in * b[:, None]).sum(0)
+        w_in = w_in * g[:, None]
+        w_in = w_in - w_in.mean(0, keepdims=True)
+        # center_writing_weights: each neuron's output row has mean zero over d_model.
+        w_out = w_out - w_out.mean(1, keepdims=True)
+        out.append((w_in, b_in, w_out))
+    g, _ = ln_f
+    w_u = w_u * g[:, None]
+    w_u = w_u - w_u.mean(0, keepdims=True)  # fold_ln centres reading weights
+    w_u = w_u - w_u.mean(1, keepdims=True)  # center_unembed: mean over the vocabulary
+    return out, w_u
+
+
+def stats(layers, w_u):
+    res = {k: [] for k in ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
+                           "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt",
+                           "vocab_top", "vocab_bottom"]}
+    u = w_u / np.linalg.norm(w_u, axis=0, keepdims=True)
+    for w_in, b_in, w_out in layers:
+        win = w_in.T  # [d_mlp, d_model]
+        n_in = np.linalg.norm(win, axis=1)
+        n_out = np.linalg.norm(w_out, axis=1)
+        res["w_in_norm"].append(n_in)
+        res["input_bias"].append(b_in)
+        res["w_out_norm"].append(n_out)
+        res["in_out_sim"].append((win * w_out).sum(1) / (n_in * n_out))
+        res["l2_penalty"].append(n_in ** 2 + n_out ** 2)
+        cos = (w_out / n_out[:, None]) @ u  # [d_mlp, vocab]
+        mean = cos.mean(1)
+        var = ((cos - mean[:, None]) ** 2).mean(1)
+        z = (cos - mean[:, None]) / np.sqrt(var)[:, None]
+        res["vocab_mean"].append(mean)
+        res["vocab_var"].append(var)
+        res["vocab_skew"].append((z ** 3).mean(1))
+        res["vocab_kurt"].append((z ** 4).mean(1))
+        order = np.argsort(-cos, axis=1, kind="stable")
+        res["vocab_top"].append(order[:, :10])
+        res["vocab_bottom"].append(order[:, ::-1][:, :10])
+    out = {}
+    for k, v in res.items():
+        a = np.stack(v)
+        out[k] = a.astype(np.int32) if k.startswith("vocab_t") or k.startswith("vocab_b") \
+            else a.astype(np.float64)
+    return out
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    for name, path in MODELS.items():
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        layers, w_u, ln_f = mlp_weights(model)
+        processed, w_u = process(layers, w_u, ln_f)
+        save_file(stats(processed, w_u), os.path.join(OUT, f"{name}.safetensors"))
+        print(name, "written")
+
+
+if __name__ == "__main__":
+    main()

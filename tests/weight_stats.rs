@@ -1,0 +1,103 @@
+//! Weight statistics on TransformerLens-processed weights against the independent numpy
+//! reference of `scripts/make_weight_stats_reference.py` (the trained seed-a, a GPT-2 with real
+//! LayerNorm parameters, and the GPT-NeoX fixture for its layout and untied unembedding).
+
+use std::path::Path;
+
+use burn::tensor::FloatDType;
+use safetensors::SafeTensors;
+use seedscope_analysis::weights::{NeuronWeights, VOCAB_ENDS, weight_stats};
+use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
+
+fn check(model_dir: &str, reference: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let device = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+    let model =
+        LoadedModel::load_on(&root.join(model_dir), &device, FloatDType::F32).expect("model");
+    let stats = weight_stats(&model.processed_weights().expect("processed"));
+    let bytes = std::fs::read(root.join(reference)).expect("reference");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    let f64s = |name: &str| -> Vec<f64> {
+        st.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    };
+    let i32s = |name: &str| -> Vec<i32> {
+        st.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect()
+    };
+    type Get = fn(&NeuronWeights) -> f64;
+    let columns: [(&str, Get, f64); 9] = [
+        ("w_in_norm", |n| n.w_in_norm, 1e-5),
+        ("input_bias", |n| n.input_bias, 1e-5),
+        ("w_out_norm", |n| n.w_out_norm, 1e-5),
+        ("in_out_sim", |n| n.in_out_sim, 1e-5),
+        ("l2_penalty", |n| n.l2_penalty, 1e-5),
+        ("vocab_mean", |n| n.vocab_mean, 1e-5),
+        ("vocab_var", |n| n.vocab_var, 1e-5),
+        ("vocab_skew", |n| n.vocab_skew, 1e-3),
+        ("vocab_kurt", |n| n.vocab_kurt, 1e-3),
+    ];
+    for (name, get, tol) in columns {
+        let want = f64s(name);
+        assert_eq!(want.len(), stats.len(), "{name}");
+        let mut worst = 0.0f64;
+        for (i, (w, n)) in want.iter().zip(&stats).enumerate() {
+            let got = get(n);
+            let err = (got - w).abs() / w.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(
+                err <= tol,
+                "{model_dir} {name}[{i}]: {got} vs reference {w}"
+            );
+        }
+        eprintln!("{model_dir} {name}: max relative error {worst:.2e}");
+    }
+    // The ends of the vocabulary projection: the same tokens (the order may differ only among
+    // cosines equal within f32 rounding).
+    let (top, bottom) = (i32s("vocab_top"), i32s("vocab_bottom"));
+    let mut same = 0;
+    for (i, n) in stats.iter().enumerate() {
+        let want_top = &top[i * VOCAB_ENDS..(i + 1) * VOCAB_ENDS];
+        let want_bottom = &bottom[i * VOCAB_ENDS..(i + 1) * VOCAB_ENDS];
+        same += usize::from(n.vocab_top[0] as i32 == want_top[0]);
+        same += usize::from(n.vocab_bottom[0] as i32 == want_bottom[0]);
+        let common = n.vocab_top[..5]
+            .iter()
+            .filter(|t| want_top.contains(&(**t as i32)))
+            .count();
+        assert!(
+            common >= 4,
+            "{model_dir} neuron {i}: top tokens {:?} vs {want_top:?}",
+            n.vocab_top
+        );
+    }
+    assert!(
+        same >= 2 * stats.len() * 99 / 100,
+        "{same} of {} extreme tokens agree",
+        2 * stats.len()
+    );
+}
+
+#[test]
+fn gpt2_weight_statistics_match_the_reference() {
+    check(
+        "assets/family/seed-a",
+        "tests/fixtures/weight_stats/seed-a.safetensors",
+    );
+}
+
+#[test]
+fn neox_weight_statistics_match_the_reference() {
+    check(
+        "tests/fixtures/neox-rotary",
+        "tests/fixtures/weight_stats/neox-rotary.safetensors",
+    );
+}
