@@ -5,6 +5,7 @@ use std::path::Path;
 
 use egui_extras::{Column, TableBuilder};
 use seedscope_analysis::NeuronRow;
+use seedscope_analysis::weights::vocab_role;
 
 use crate::app::SeedscopeApp;
 use crate::data::Explorer;
@@ -72,6 +73,8 @@ pub struct TableState {
     pub min_excess: f64,
     /// A range filter on any column: `(column, min, max)`.
     pub range: Option<(SortBy, f64, f64)>,
+    /// Only neurons with this role from the vocabulary projection.
+    pub role: Option<&'static str>,
     /// Search text: a neuron id (`L1.41`, `1.41`) or part of one.
     pub search: String,
     /// Row indices in display order (recomputed when a filter changes).
@@ -99,6 +102,7 @@ type RefreshKey = (
     u64,
     Option<String>,
     Option<(SortBy, u64, u64)>,
+    Option<&'static str>,
 );
 
 impl Default for TableState {
@@ -111,6 +115,7 @@ impl Default for TableState {
             only_universal: false,
             min_excess: -1.0,
             range: None,
+            role: None,
             search: String::new(),
             order: Vec::new(),
             focus_search: false,
@@ -148,6 +153,20 @@ pub fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
 }
 
 impl TableState {
+    /// Whether a row passes the filters (layer, universal, excess, range, role).
+    fn keep(&self, r: &NeuronRow, threshold: f64) -> bool {
+        self.layer.is_none_or(|l| r.layer == l)
+            && (!self.only_universal || r.excess_corr > threshold)
+            && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
+            && self.range.is_none_or(|(c, lo, hi)| {
+                let v = sort_key(r, c);
+                v >= lo && v <= hi
+            })
+            && self.role.is_none_or(|role| {
+                vocab_role(r.vocab_kurt, r.vocab_skew, r.vocab_var) == Some(role)
+            })
+    }
+
     /// Recompute the display order if a filter, the sort or the threshold changed.
     pub fn refresh(&mut self, ex: &Explorer, threshold: f64) {
         let key = (
@@ -162,6 +181,7 @@ impl TableState {
             self.token_rank.as_ref().map(|r| r.query.clone()),
             self.range
                 .map(|(c, lo, hi)| (c, lo.to_bits(), hi.to_bits())),
+            self.role,
         );
         if self.key.as_ref() == Some(&key) {
             return;
@@ -179,12 +199,7 @@ impl TableState {
                 .filter_map(|(id, _, _)| {
                     anchor.rows.get(id.layer * ex.d_mlp() + id.neuron).copied()
                 })
-                .filter(|&i| {
-                    let r = &rows[i];
-                    self.layer.is_none_or(|l| r.layer == l)
-                        && (!self.only_universal || r.excess_corr > threshold)
-                        && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
-                })
+                .filter(|&i| self.keep(&rows[i], threshold))
                 .take(self.token_top)
                 .collect();
             return;
@@ -198,13 +213,7 @@ impl TableState {
             .copied()
             .filter(|&i| {
                 let r = &rows[i];
-                self.layer.is_none_or(|l| r.layer == l)
-                    && (!self.only_universal || r.excess_corr > threshold)
-                    && (r.excess_corr >= self.min_excess || r.excess_corr.is_nan())
-                    && self.range.is_none_or(|(c, lo, hi)| {
-                        let v = sort_key(r, c);
-                        v >= lo && v <= hi
-                    })
+                self.keep(r, threshold)
                     && match wanted {
                         Some((l, n)) => r.layer == l && r.neuron == n,
                         None if needle.is_empty() => true,
@@ -335,6 +344,15 @@ impl SeedscopeApp {
                     .speed(0.01)
                     .range(-1.0..=1.0),
             );
+            let roles = [
+                None,
+                Some("prediction"),
+                Some("suppression"),
+                Some("partition"),
+            ];
+            choose(ui, "role", &mut t.role, &roles, |r| {
+                r.unwrap_or("any").to_string()
+            });
             let mut on = t.range.is_some();
             if ui.checkbox(&mut on, "where").changed() {
                 t.range = on.then_some((SortBy::L2Penalty, f64::NEG_INFINITY, f64::INFINITY));
@@ -408,7 +426,7 @@ impl SeedscopeApp {
             .resizable(true)
             .sense(egui::Sense::click())
             .column(Column::auto().at_least(70.0))
-            .columns(Column::auto().at_least(58.0), COLUMNS.len() - 1)
+            .columns(Column::auto().at_least(58.0), COLUMNS.len())
             .column(Column::remainder().at_least(120.0));
         if let Some(row) = scroll_to {
             builder = builder.scroll_to_row(row, Some(egui::Align::Center));
@@ -490,7 +508,7 @@ impl SeedscopeApp {
                                     )
                                 })
                                 .collect();
-                            ui.label(text.join(", "));
+                            ui.add(egui::Label::new(text.join(", ")).truncate());
                         }
                     });
                     if row.response().clicked() {

@@ -617,3 +617,52 @@ fn weight_statistics_reach_the_neuron_page_and_filter_the_table() {
     assert_eq!(order.len(), want);
     assert!(order.iter().all(|&i| ex.rows()[i].l2_penalty >= median));
 }
+
+#[test]
+fn the_role_filter_keeps_the_neurons_with_that_vocabulary_role() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    let role_of = |r: &seedscope_analysis::NeuronRow| {
+        seedscope_analysis::weights::vocab_role(r.vocab_kurt, r.vocab_skew, r.vocab_var)
+    };
+    h.get_by_label("Table").click();
+    h.run_steps(2);
+    h.state_mut().table.role = Some("partition");
+    h.run_steps(4);
+    let order = h.state().table.order.clone();
+    let want = ex
+        .rows()
+        .iter()
+        .filter(|r| role_of(r) == Some("partition"))
+        .count();
+    assert_eq!(order.len(), want);
+    assert!(want > 0, "some neurons of the family are partition neurons");
+    assert!(
+        order
+            .iter()
+            .all(|&i| role_of(&ex.rows()[i]) == Some("partition"))
+    );
+}
+
+#[test]
+fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
+    let dir = bundle();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .build_eframe(move |cc| {
+            SeedscopeApp::new(
+                cc,
+                Launch {
+                    bundle: None,
+                    embedded_bundle: dir,
+                    analyse_embedded: true,
+                },
+            )
+        });
+    assert!(
+        h.state().analysis.is_none(),
+        "a cached bundle is opened, not recomputed"
+    );
+    wait(&mut h, "the cached bundle", |app| app.ex.is_some());
+    assert_eq!(explorer(&h).dir, bundle());
+}
