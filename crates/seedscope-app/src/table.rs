@@ -338,12 +338,13 @@ impl SeedscopeApp {
                 &mut t.only_universal,
                 format!("universal only (excess > {threshold:.2})"),
             );
-            ui.label("excess ≥");
+            let l = ui.label("excess ≥");
             ui.add(
                 egui::DragValue::new(&mut t.min_excess)
                     .speed(0.01)
                     .range(-1.0..=1.0),
-            );
+            )
+            .labelled_by(l.id);
             let roles = [
                 None,
                 Some("prediction"),

@@ -308,6 +308,9 @@ fn snapshots_of_the_main_views() {
     h.get_by_label("order by best match").click();
     h.run_steps(4);
     h.snapshot("correlation_map");
+    h.get_by_label("Table").click();
+    h.run_steps(4);
+    h.snapshot("table");
     // The most universal neuron, its twins, live text and examples.
     let ex = explorer(&h);
     let top = h.state().table.order[0];
