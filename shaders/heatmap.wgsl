@@ -71,7 +71,8 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
         let r = min(u32(cell.y / scale), l.y - 1u);
         let c = min(u32(cell.x / scale), l.z - 1u);
         let v = data[l.x + r * l.z + c];
-        if (v != v) {
+        // NaN, tested on the bits (compilers may fold `v != v` away).
+        if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
             rgb = vec3(0.5, 0.5, 0.5);
         } else {
             rgb = colormap(v);

@@ -351,3 +351,87 @@ fn all_anchors_gives_every_model_its_own_consistent_result() {
         }
     }
 }
+
+/// The streaming pass's pre-activation histograms (histogram.wgsl on wgpu, the host loop on the
+/// CPU) against counts made directly from the model's `hook_pre` at the kept positions, and the
+/// binned mean against the exact mean.
+#[test]
+fn pre_activation_histograms_count_every_kept_token_on_both_paths() {
+    use seedscope_gpu::{HIST_BINS, reference::hist_bin};
+    use seedscope_model::{ForwardOptions, HookPoint, TokenBatch};
+    let mut got = Vec::new();
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let r = done(run(&dev, &options(), &temp_dir("histograms"), None));
+        got.push(r.anchors[0].pre_hist.clone());
+    }
+    // Direct counts on the CPU.
+    let dev = device(BackendKind::Cpu);
+    let model = models(&dev).swap_remove(0);
+    let tokens = tokens();
+    let n_layers = model.config.n_layers();
+    let d = model.config.d_mlp();
+    let out = model
+        .forward(
+            &TokenBatch::new(tokens.ids.clone(), tokens.n_rows, tokens.seq_len).expect("batch"),
+            &ForwardOptions {
+                taps: (0..n_layers).map(HookPoint::pre).collect(),
+                ..ForwardOptions::default()
+            },
+        )
+        .expect("forward");
+    let mut direct = vec![0u32; n_layers * d * HIST_BINS];
+    let mut sums = vec![0f64; n_layers * d];
+    let mut kept = 0usize;
+    for l in 0..n_layers {
+        let pre: Vec<f32> = out.taps[&HookPoint::pre(l)]
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        for (p, id) in tokens.ids.iter().enumerate() {
+            if tokens.drop_ids.contains(id) {
+                continue;
+            }
+            kept += usize::from(l == 0);
+            for j in 0..d {
+                let v = pre[p * d + j];
+                direct[(l * d + j) * HIST_BINS + hist_bin(v)] += 1;
+                sums[l * d + j] += v as f64;
+            }
+        }
+    }
+    // Forward passes in other batch shapes (and on another backend) differ in the last bits, so
+    // a value on an edge may land one bin over; allow a handful of such moves.
+    for (path, counts) in ["cpu", "wgpu"].iter().zip(&got) {
+        assert_eq!(counts.len(), direct.len(), "{path}");
+        let moved: u64 = counts
+            .iter()
+            .zip(&direct)
+            .map(|(a, b)| (*a as i64 - *b as i64).unsigned_abs())
+            .sum();
+        assert!(
+            moved <= 8,
+            "{path}: {moved} counts differ from the direct histogram"
+        );
+        for n in 0..n_layers * d {
+            let total: u32 = counts[n * HIST_BINS..(n + 1) * HIST_BINS].iter().sum();
+            assert_eq!(
+                total as usize, kept,
+                "{path}: neuron {n} counts every kept token once"
+            );
+        }
+    }
+    // The binned mean is within half a bin of the exact mean (all values lie inside the edges).
+    let step = 25.0 / 255.0;
+    for n in 0..n_layers * d {
+        let s = seedscope_analysis::hist::stats(&got[0][n * HIST_BINS..(n + 1) * HIST_BINS]);
+        let exact = sums[n] / kept as f64;
+        assert!(
+            (s.mean - exact).abs() <= step / 2.0,
+            "neuron {n}: {} vs {exact}",
+            s.mean
+        );
+        assert!(s.var > 0.0 && s.kurt > 1.0 && (0.0..=1.0).contains(&s.sparsity));
+    }
+}

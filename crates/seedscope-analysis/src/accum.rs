@@ -85,6 +85,60 @@ impl GpuBlock {
     }
 }
 
+impl GpuBlock {
+    /// Tokens.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Neurons per token.
+    pub fn cols(&self) -> u32 {
+        self.cols
+    }
+
+    /// Rows `[r0, r0 + len)` as a kernel input.
+    pub fn view(&self, r0: u64, len: u32) -> ActView<'_> {
+        ActView {
+            buffer: &self.buffer,
+            byte_offset: self.byte_offset + r0 * self.cols as u64 * 4,
+            rows: len,
+            row_len: self.cols,
+        }
+    }
+}
+
+/// How many of `rows` tokens one kernel call may take when its inputs have `cols` neurons per
+/// token: within [`seedscope_gpu::MAX_BLOCK_ROWS`], within the largest binding, and a multiple
+/// of the rows after which every input's offset is aligned as the device requires.
+pub fn rows_per_chunk(
+    ctx: &GpuContext,
+    rows: u32,
+    cols: impl IntoIterator<Item = u32>,
+) -> Result<u64, AnalysisError> {
+    let align = ctx
+        .device
+        .limits()
+        .min_storage_buffer_offset_alignment
+        .max(4) as u64;
+    let mut chunk = (rows as u64).min(seedscope_gpu::MAX_BLOCK_ROWS as u64);
+    for c in cols {
+        let row_bytes = c as u64 * 4;
+        let step = align / gcd(row_bytes, align);
+        let fit = (ctx.max_binding_bytes() / row_bytes.max(1))
+            .min(seedscope_gpu::MAX_BLOCK_ROWS as u64)
+            / step
+            * step;
+        if fit == 0 {
+            return Err(AnalysisError::Invalid(format!(
+                "{step} token(s) of {c} neurons exceed the device's largest binding ({} bytes)",
+                ctx.max_binding_bytes()
+            )));
+        }
+        chunk = chunk.min(fit);
+    }
+    Ok(chunk.max(1))
+}
+
 /// One block's activations per stream (`None` for streams the current pass does not use).
 #[derive(Debug)]
 pub enum Block {
@@ -112,6 +166,8 @@ pub struct SavedState {
     pub moments: Vec<Option<Vec<f64>>>,
     /// Per tile accumulators.
     pub tiles: Vec<Vec<f64>>,
+    /// Pre-activation histograms being counted in this pass ([`crate::hist::PreHists`]).
+    pub hists: Vec<Vec<u32>>,
 }
 
 /// Accumulators of one pass: moments of the streams it uses and its tiles.
@@ -307,40 +363,10 @@ impl Accumulator {
                 }
                 // Merge in row chunks whose matrices fit one binding, each starting at an
                 // offset the device accepts.
-                let align = ctx
-                    .device
-                    .limits()
-                    .min_storage_buffer_offset_alignment
-                    .max(4) as u64;
-                let mut chunk = (rows as u64).min(seedscope_gpu::MAX_BLOCK_ROWS as u64);
-                for b in data.iter().flatten() {
-                    let row_bytes = b.cols as u64 * 4;
-                    let step = align / gcd(row_bytes, align);
-                    let fit = (ctx.max_binding_bytes() / row_bytes.max(1))
-                        .min(seedscope_gpu::MAX_BLOCK_ROWS as u64)
-                        / step
-                        * step;
-                    if fit == 0 {
-                        return Err(AnalysisError::Invalid(format!(
-                            "{step} token(s) of {} neurons exceed the device's largest binding \
-                             ({} bytes)",
-                            b.cols,
-                            ctx.max_binding_bytes()
-                        )));
-                    }
-                    chunk = chunk.min(fit);
-                }
+                let chunk = rows_per_chunk(ctx, rows, data.iter().flatten().map(|b| b.cols))?;
                 let mut encoder = ctx.device.create_command_encoder(&Default::default());
                 for r0 in (0..rows as u64).step_by(chunk as usize) {
                     let len = chunk.min(rows as u64 - r0) as u32;
-                    fn view(b: &GpuBlock, r0: u64, len: u32) -> ActView<'_> {
-                        ActView {
-                            buffer: &b.buffer,
-                            byte_offset: b.byte_offset + r0 * b.cols as u64 * 4,
-                            rows: len,
-                            row_len: b.cols,
-                        }
-                    }
                     let n_prev = moments
                         .iter()
                         .flatten()
@@ -349,7 +375,7 @@ impl Accumulator {
                         .unwrap_or(0);
                     for (m, x) in moments.iter_mut().zip(data) {
                         if let (Some(m), Some(x)) = (m, x) {
-                            m.update(ctx, kernels, &mut encoder, view(x, r0, len))?;
+                            m.update(ctx, kernels, &mut encoder, x.view(r0, len))?;
                         }
                     }
                     for (t, tile) in specs.iter().zip(tiles.iter()) {
@@ -368,9 +394,9 @@ impl Accumulator {
                             ctx,
                             kernels,
                             &mut encoder,
-                            view(a, r0, len),
+                            a.view(r0, len),
                             ma,
-                            view(b, r0, len),
+                            b.view(r0, len),
                             mb,
                             n_prev,
                         )?;
@@ -466,6 +492,7 @@ impl Accumulator {
                     .map(|m| m.as_ref().map(|m| [m.mean.clone(), m.m2.clone()].concat()))
                     .collect(),
                 tiles: tiles.clone(),
+                hists: Vec::new(),
             }),
             Self::Gpu {
                 ctx,
@@ -489,6 +516,7 @@ impl Accumulator {
                     count,
                     moments: ms,
                     tiles: ts,
+                    hists: Vec::new(),
                 })
             }
         }

@@ -22,6 +22,10 @@
 //! vocabulary projection cos(W_U, w_out)). With `--all-anchors` the
 //! same tensors for anchor `m` are prefixed `anchor{m}/`.
 //!
+//! `histograms.safetensors`: per anchor model (tensor named after it) u32 counts
+//! `[n_layers, d_mlp, 257]` of pre-activations on the edges `linspace(-10, 15, 256)` (metadata
+//! `edges`); `neurons.csv`'s `mean`, `var`, `skew`, `kurt`, `sparsity` come from them.
+//!
 //! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
 
 use std::collections::HashMap;
@@ -42,6 +46,8 @@ pub const NEURONS: &str = "neurons.csv";
 pub const CORRELATION: &str = "correlation.safetensors";
 /// Saved correlation tiles.
 pub const TILES: &str = "tiles.safetensors";
+/// Pre-activation histograms per anchor.
+pub const HISTOGRAMS: &str = "histograms.safetensors";
 
 /// The working directory of a bundle being made: `<out>.partial`.
 pub fn partial_dir(out: &Path) -> PathBuf {
@@ -82,6 +88,22 @@ pub struct NeuronRow {
     pub act_mean: f64,
     /// Its variance.
     pub act_var: f64,
+    /// Mean pre-activation, from the histogram ([`crate::hist::stats`]); NaN when absent.
+    #[serde(default = "nan")]
+    pub mean: f64,
+    /// Pre-activation variance, from the histogram.
+    #[serde(default = "nan")]
+    pub var: f64,
+    /// Pre-activation skew, from the histogram.
+    #[serde(default = "nan")]
+    pub skew: f64,
+    /// Pre-activation kurtosis (non-excess), from the histogram.
+    #[serde(default = "nan")]
+    pub kurt: f64,
+    /// Activation frequency: the share of pre-activations from the first non-negative edge's
+    /// bin on (the paper's "sparsity").
+    #[serde(default = "nan")]
+    pub sparsity: f64,
     /// ‖w_in‖₂ on TransformerLens-processed weights ([`crate::weights`]); NaN when absent.
     #[serde(default = "nan")]
     pub w_in_norm: f64,
@@ -114,6 +136,9 @@ pub struct NeuronRow {
 fn nan() -> f64 {
     f64::NAN
 }
+
+/// The activation-statistic columns of `neurons.csv`, in order (from the histograms).
+pub const HIST_COLUMNS: [&str; 5] = ["mean", "var", "skew", "kurt", "sparsity"];
 
 /// The weight-statistic columns of `neurons.csv`, in order.
 pub const WEIGHT_COLUMNS: [&str; 9] = [
@@ -154,6 +179,12 @@ pub fn neuron_rows(
             let (max_baseline, mean_baseline, min_baseline) = stats(&base);
             let excess = mean_corr - mean_baseline;
             let w = weights.and_then(|w| w.get(i));
+            let bins = seedscope_gpu::HIST_BINS;
+            let h = r
+                .pre_hist
+                .get(i * bins..(i + 1) * bins)
+                .map(crate::hist::stats);
+            let hv = |f: fn(&crate::hist::HistStats) -> f64| h.as_ref().map_or(f64::NAN, f);
             let wv = |f: fn(&NeuronWeights) -> f64| w.map_or(f64::NAN, f);
             (
                 NeuronRow {
@@ -171,6 +202,11 @@ pub fn neuron_rows(
                     is_universal: excess > threshold,
                     act_mean: r.mean.get(i).copied().unwrap_or(f64::NAN),
                     act_var: r.var.get(i).copied().unwrap_or(f64::NAN),
+                    mean: hv(|h| h.mean),
+                    var: hv(|h| h.var),
+                    skew: hv(|h| h.skew),
+                    kurt: hv(|h| h.kurt),
+                    sparsity: hv(|h| h.sparsity),
                     w_in_norm: wv(|w| w.w_in_norm),
                     input_bias: wv(|w| w.input_bias),
                     w_out_norm: wv(|w| w.w_out_norm),
@@ -333,6 +369,7 @@ pub fn write_bundle(
                 "act_var",
             ]
             .iter()
+            .chain(HIST_COLUMNS.iter())
             .chain(WEIGHT_COLUMNS.iter())
             .map(|s| s.to_string())
             .collect();
@@ -359,6 +396,11 @@ pub fn write_bundle(
                 format!("{:.6e}", row.act_var),
             ];
             for v in [
+                row.mean,
+                row.var,
+                row.skew,
+                row.kurt,
+                row.sparsity,
                 row.w_in_norm,
                 row.input_bias,
                 row.w_out_norm,
@@ -525,6 +567,33 @@ pub fn write_bundle(
                 bytes,
             ));
         }
+    }
+    // Pre-activation histograms, u32 [n_layers, d_mlp, HIST_BINS] per anchor.
+    let hist_path = dir.join(HISTOGRAMS);
+    let hist_tensors: Vec<(String, &[u32])> = results
+        .anchors
+        .iter()
+        .filter(|r| !r.pre_hist.is_empty())
+        .map(|r| (names[r.anchor].clone(), r.pre_hist.as_slice()))
+        .collect();
+    if hist_tensors.is_empty() {
+        let _ = std::fs::remove_file(&hist_path);
+    } else {
+        let bytes: Vec<Vec<u8>> = hist_tensors
+            .iter()
+            .map(|(_, h)| h.iter().flat_map(|c| c.to_le_bytes()).collect())
+            .collect();
+        let views = hist_tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, _), b)| view(n, Dtype::U32, vec![l, d, seedscope_gpu::HIST_BINS], b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let edges = serde_json::to_string(&crate::hist::edges())
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        let info = HashMap::from([("edges".to_owned(), edges)]);
+        let out = safetensors::serialize(views, Some(info))
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        write(&hist_path, &out)?;
     }
     let tiles_path = dir.join(TILES);
     if tile_tensors.is_empty() {

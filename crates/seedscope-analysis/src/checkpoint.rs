@@ -43,6 +43,8 @@ struct Meta {
     count: Option<u64>,
     moments: Vec<bool>,
     n_tiles: usize,
+    #[serde(default)]
+    n_hists: usize,
     anchors: Vec<AnchorMeta>,
 }
 
@@ -73,6 +75,14 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
     for (i, r) in ck.results.iter().enumerate() {
         push(format!("res.{i}.mean"), Dtype::F64, f64_bytes(&r.mean), 8);
         push(format!("res.{i}.var"), Dtype::F64, f64_bytes(&r.var), 8);
+        if !r.pre_hist.is_empty() {
+            push(
+                format!("res.{i}.pre_hist"),
+                Dtype::U32,
+                u32_bytes(&r.pre_hist),
+                4,
+            );
+        }
         for (kind, list) in [("real", &r.real), ("baseline", &r.baseline)] {
             for (o, m) in list.iter().enumerate() {
                 push(
@@ -119,6 +129,9 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
         for (k, t) in acc.tiles.iter().enumerate() {
             push(format!("acc.tile.{k}"), Dtype::F64, f64_bytes(t), 8);
         }
+        for (k, h) in acc.hists.iter().enumerate() {
+            push(format!("acc.hist.{k}"), Dtype::U32, u32_bytes(h), 4);
+        }
     }
     let meta = Meta {
         fingerprint: ck.fingerprint.clone(),
@@ -130,6 +143,7 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
             .map(|a| a.moments.iter().map(Option::is_some).collect())
             .unwrap_or_default(),
         n_tiles: ck.accumulators.as_ref().map_or(0, |a| a.tiles.len()),
+        n_hists: ck.accumulators.as_ref().map_or(0, |a| a.hists.len()),
         anchors: ck
             .results
             .iter()
@@ -251,6 +265,11 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             baseline,
             mean: f64s(&format!("res.{i}.mean"))?,
             var: f64s(&format!("res.{i}.var"))?,
+            pre_hist: if st.names().iter().any(|n| *n == format!("res.{i}.pre_hist")) {
+                u32s(&format!("res.{i}.pre_hist"))?
+            } else {
+                Vec::new()
+            },
             tiles,
         });
     }
@@ -269,10 +288,15 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             for k in 0..meta.n_tiles {
                 tiles.push(f64s(&format!("acc.tile.{k}"))?);
             }
+            let mut hists = Vec::new();
+            for k in 0..meta.n_hists {
+                hists.push(u32s(&format!("acc.hist.{k}"))?);
+            }
             Some(SavedState {
                 count,
                 moments,
                 tiles,
+                hists,
             })
         }
     };

@@ -12,6 +12,7 @@ use seedscope_model::{ComputeDevice, ForwardOptions, HookPoint, LoadedModel, Tok
 use serde::{Deserialize, Serialize};
 
 use crate::accum::{Accumulator, Block, GpuBlock, SavedState};
+use crate::hist::PreHists;
 use crate::plan::{Plan, PlanInput, plan, stream};
 use crate::rotation::rotation_matrix;
 use crate::{AnalysisError, checkpoint};
@@ -117,6 +118,9 @@ pub struct AnchorResult {
     pub mean: Vec<f64>,
     /// Per anchor neuron variance.
     pub var: Vec<f64>,
+    /// Per anchor neuron pre-activation histogram, `[n_layers * d_mlp, HIST_BINS]` counts on the
+    /// paper's fixed edges ([`crate::hist`]); counted in the first pass that runs the anchor.
+    pub pre_hist: Vec<u32>,
     /// Requested tiles.
     pub tiles: Vec<SavedTile>,
 }
@@ -232,30 +236,46 @@ fn blocks(tokens: &TokenSet, options: &AnalysisOptions) -> Vec<(usize, usize, u6
     out
 }
 
-/// One model's post-activations over the kept positions: `[n_kept, n_layers * d_mlp]`.
+/// One model's post-activations over the kept positions: `[n_kept, n_layers * d_mlp]`, and with
+/// `with_pre` its pre-activations in the same layout.
 fn activations(
     model: &LoadedModel,
     batch: &TokenBatch,
     kept: &Tensor<1, Int>,
-) -> Result<Tensor<2>, AnalysisError> {
+    with_pre: bool,
+) -> Result<(Tensor<2>, Option<Tensor<2>>), AnalysisError> {
     let n_layers = model.config.n_layers();
+    let mut taps: std::collections::BTreeSet<HookPoint> =
+        (0..n_layers).map(HookPoint::post).collect();
+    if with_pre {
+        taps.extend((0..n_layers).map(HookPoint::pre));
+    }
     let options = ForwardOptions {
-        taps: (0..n_layers).map(HookPoint::post).collect(),
+        taps,
         stop_at_layer: Some(n_layers),
         ..ForwardOptions::default()
     };
     let out = model.forward(batch, &options)?;
     let [b, s] = batch.shape();
-    let layers: Vec<Tensor<2>> = (0..n_layers)
-        .map(|l| {
-            let t = out.taps.get(&HookPoint::post(l)).cloned().ok_or_else(|| {
-                AnalysisError::Invalid(format!("the forward pass returned no layer {l}"))
-            })?;
-            let d = t.dims()[2];
-            Ok(t.reshape([b * s, d]))
-        })
-        .collect::<Result<_, AnalysisError>>()?;
-    Ok(Tensor::cat(layers, 1).select(0, kept.clone()))
+    let gather = |hook: fn(usize) -> HookPoint| -> Result<Tensor<2>, AnalysisError> {
+        let layers: Vec<Tensor<2>> = (0..n_layers)
+            .map(|l| {
+                let t = out.taps.get(&hook(l)).cloned().ok_or_else(|| {
+                    AnalysisError::Invalid(format!("the forward pass returned no layer {l}"))
+                })?;
+                let d = t.dims()[2];
+                Ok(t.reshape([b * s, d]))
+            })
+            .collect::<Result<_, AnalysisError>>()?;
+        Ok(Tensor::cat(layers, 1).select(0, kept.clone()))
+    };
+    let post = gather(HookPoint::post)?;
+    let pre = if with_pre {
+        Some(gather(HookPoint::pre)?)
+    } else {
+        None
+    };
+    Ok((post, pre))
 }
 
 /// `x` with each layer's block multiplied by its rotation: `x_l R_lᵀ`.
@@ -354,6 +374,7 @@ impl Run<'_> {
                 others,
                 mean: Vec::new(),
                 var: Vec::new(),
+                pre_hist: Vec::new(),
                 tiles: Vec::new(),
             });
         }
@@ -386,14 +407,29 @@ impl Run<'_> {
             };
             let mut first_block = 0;
             let mut tokens_done = 0;
+            let mut restored_hists = None;
             if pass_idx == start.pass
                 && let Some(state) = resumed_state.take()
             {
                 acc.restore(&state)?;
                 first_block = start.block;
                 tokens_done = state.count;
+                restored_hists = Some(state.hists);
             }
             let used = acc.streams();
+            // Anchors whose pre-activation histograms this pass counts: those it runs that have
+            // none yet (so each token is counted once, in the anchor's first pass).
+            let hist_anchors: Vec<usize> = results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.pre_hist.is_empty() && used[stream(r.anchor, false)])
+                .map(|(i, _)| i)
+                .collect();
+            let mut hists =
+                PreHists::new(gpu.as_ref().map(|(c, k)| (c, k)), hist_anchors.len(), width)?;
+            if let Some(saved) = &restored_hists {
+                hists.restore(saved)?;
+            }
             // Rotation matrices (transposed) of the models whose baseline this pass needs.
             let rotations: Vec<Vec<Tensor<2>>> = (0..n_models)
                 .map(|m| {
@@ -423,7 +459,9 @@ impl Run<'_> {
             let mut last_ckpt = Instant::now();
             for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
-                    self.save(&ckpt_path, pass_idx, bi, &results, Some(acc.save()?))?;
+                    let mut state = acc.save()?;
+                    state.hists = hists.save()?;
+                    self.save(&ckpt_path, pass_idx, bi, &results, Some(state))?;
                     return Ok(Outcome::Interrupted {
                         checkpoint: ckpt_path,
                     });
@@ -442,7 +480,12 @@ impl Run<'_> {
                     if !(used[stream(m, false)] || used[stream(m, true)]) {
                         continue;
                     }
-                    let x = activations(&self.family.models[m], &batch, &kept)?;
+                    let hist = hist_anchors.iter().position(|&i| results[i].anchor == m);
+                    let (x, pre) =
+                        activations(&self.family.models[m], &batch, &kept, hist.is_some())?;
+                    if let (Some(k), Some(pre)) = (hist, pre) {
+                        hists.update(k, pre)?;
+                    }
                     if used[stream(m, true)] {
                         streams[stream(m, true)] = Some(rotate(&x, &rotations[m], d_mlp));
                     }
@@ -476,11 +519,16 @@ impl Run<'_> {
                     memory_bytes: plan.peak_bytes(),
                 });
                 if last_ckpt.elapsed() >= self.checkpoint_every && bi + 1 < blocks.len() {
-                    self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(acc.save()?))?;
+                    let mut state = acc.save()?;
+                    state.hists = hists.save()?;
+                    self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(state))?;
                     last_ckpt = Instant::now();
                 }
             }
             self.reduce(&acc, specs, &mut results, d_mlp)?;
+            for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
+                results[i].pre_hist = counts;
+            }
             self.save(&ckpt_path, pass_idx + 1, 0, &results, None)?;
         }
         Ok(Outcome::Done(Box::new(Results {

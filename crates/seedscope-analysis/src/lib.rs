@@ -12,6 +12,7 @@
 //!   and the app run it.
 //! - [`rotation`]: the baseline's unit-row Gaussian matrices.
 //! - [`checkpoint`]: resumable state.
+//! - [`hist`]: pre-activation histograms and the activation statistics drawn from them.
 //! - [`weights`]: per-neuron weight statistics on TransformerLens-processed weights.
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub mod accum;
 pub mod bundle;
 pub mod checkpoint;
 pub mod engine;
+pub mod hist;
 pub mod job;
 pub mod plan;
 pub mod rotation;

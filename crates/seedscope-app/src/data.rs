@@ -81,6 +81,8 @@ pub struct Explorer {
     tiles: BTreeMap<String, ((u64, u64), [usize; 2])>,
     tiles_header: u64,
     tokenizer: Option<seedscope_data::TextTokenizer>,
+    /// Pre-activation histograms per model name, `[n_layers * d_mlp * HIST_BINS]`.
+    histograms: BTreeMap<String, Vec<u32>>,
 }
 
 fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
@@ -232,6 +234,7 @@ impl Explorer {
             tiles,
             tiles_header,
             tokenizer,
+            histograms: read_histograms(&dir.join(seedscope_analysis::bundle::HISTOGRAMS), width)?,
         })
     }
 
@@ -316,6 +319,15 @@ impl Explorer {
         let (t, b) = self.anchor(id.model)?.vocab_ends.as_ref()?;
         let i = (id.layer * self.d_mlp() + id.neuron) * VOCAB_ENDS;
         Some((t.get(i..i + VOCAB_ENDS)?, b.get(i..i + VOCAB_ENDS)?))
+    }
+
+    /// The pre-activation histogram of an anchor neuron (`HIST_BINS` counts), when the bundle has
+    /// histograms.
+    pub fn histogram(&self, id: NeuronId) -> Option<&[u32]> {
+        let h = self.histograms.get(self.names.get(id.model)?)?;
+        let b = seedscope_gpu::HIST_BINS;
+        let i = id.layer * self.d_mlp() + id.neuron;
+        h.get(i * b..(i + 1) * b)
     }
 
     /// The anchor's tokenizer (`tokenizer.json` of the first model), for showing token ids.
@@ -411,4 +423,31 @@ fn read_tile_index(
         }
     }
     Ok((out, 8 + n))
+}
+
+/// `histograms.safetensors` (absent: none): per model name its u32 counts.
+fn read_histograms(path: &Path, width: usize) -> Result<BTreeMap<String, Vec<u32>>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
+    let want = width * seedscope_gpu::HIST_BINS;
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            if t.dtype() != Dtype::U32 || t.data().len() != want * 4 {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "{name} is {:?} {:?}, expected {want} u32",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok((name, bytemuck::pod_collect_to_vec::<u8, u32>(t.data())))
+        })
+        .collect()
 }

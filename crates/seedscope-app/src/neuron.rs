@@ -199,7 +199,7 @@ impl SeedscopeApp {
                             .filter(|x| x.layer == id.layer)
                             .collect();
                         type Stat = (&'static str, fn(&seedscope_analysis::NeuronRow) -> f64);
-                        let stats: [Stat; 16] = [
+                        let stats: [Stat; 21] = [
                             ("mean best r over seeds", |r| r.mean_corr),
                             ("max best r", |r| r.max_corr),
                             ("min best r", |r| r.min_corr),
@@ -207,6 +207,11 @@ impl SeedscopeApp {
                             ("excess correlation", |r| r.excess_corr),
                             ("activation mean", |r| r.act_mean),
                             ("activation variance", |r| r.act_var),
+                            ("pre-activation mean", |r| r.mean),
+                            ("pre-activation variance", |r| r.var),
+                            ("pre-activation skew", |r| r.skew),
+                            ("pre-activation kurtosis", |r| r.kurt),
+                            ("activation frequency", |r| r.sparsity),
                             ("w_in norm", |r| r.w_in_norm),
                             ("input bias", |r| r.input_bias),
                             ("w_out norm", |r| r.w_out_norm),
@@ -265,6 +270,9 @@ impl SeedscopeApp {
                     ui.label(format!("promotes: {}", show(top)));
                     ui.label(format!("suppresses: {}", show(bottom)));
                     ui.add_space(6.0);
+                }
+                if let Some(h) = ex.histogram(id) {
+                    histogram_plot(ui, h);
                 }
                 ui.strong("Best match in each other seed");
                 let matches = ex.matches(id);
@@ -409,6 +417,36 @@ impl SeedscopeApp {
             }
         });
     }
+}
+
+/// The pre-activation histogram on the paper's edges, over the bins that hold counts.
+fn histogram_plot(ui: &mut egui::Ui, counts: &[u32]) {
+    use egui_plot::{Bar, BarChart, Plot, VLine};
+    let edges = seedscope_analysis::hist::edges();
+    let step = edges[1] - edges[0];
+    let centre = |b: usize| match b {
+        0 => edges[0] - step / 2.0,
+        b if b >= edges.len() => edges[edges.len() - 1] + step / 2.0,
+        b => (edges[b - 1] + edges[b]) / 2.0,
+    };
+    let used: Vec<usize> = (0..counts.len()).filter(|&b| counts[b] > 0).collect();
+    let (Some(&lo), Some(&hi)) = (used.first(), used.last()) else {
+        return;
+    };
+    let total: f64 = counts.iter().map(|&c| c as f64).sum();
+    let bars: Vec<Bar> = (lo..=hi)
+        .map(|b| Bar::new(centre(b), counts[b] as f64 / total).width(step))
+        .collect();
+    ui.strong("Pre-activation histogram (share of tokens; the line at 0)");
+    Plot::new("pre-hist")
+        .height(120.0)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .show(ui, |p| {
+            p.bar_chart(BarChart::new("pre-activation", bars).color(UNIVERSAL));
+            p.vline(VLine::new("0", 0.0).color(Color32::GRAY));
+        });
 }
 
 #[cfg(test)]

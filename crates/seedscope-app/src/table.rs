@@ -38,10 +38,12 @@ pub enum SortBy {
     VocabSkew,
     /// cos(w_in, w_out).
     InOutSim,
+    /// Activation frequency.
+    Sparsity,
 }
 
 /// Every sortable and filterable column with its header.
-pub const COLUMNS: [(SortBy, &str); 12] = [
+pub const COLUMNS: [(SortBy, &str); 13] = [
     (SortBy::Neuron, "neuron"),
     (SortBy::Excess, "excess"),
     (SortBy::MeanCorr, "mean r"),
@@ -54,6 +56,7 @@ pub const COLUMNS: [(SortBy, &str); 12] = [
     (SortBy::VocabKurt, "vocab kurt"),
     (SortBy::VocabSkew, "vocab skew"),
     (SortBy::InOutSim, "in-out cos"),
+    (SortBy::Sparsity, "act freq"),
 ];
 
 /// Filters, order and search of the table.
@@ -149,6 +152,7 @@ pub fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
         SortBy::VocabKurt => r.vocab_kurt,
         SortBy::VocabSkew => r.vocab_skew,
         SortBy::InOutSim => r.in_out_sim,
+        SortBy::Sparsity => r.sparsity,
     }
 }
 
@@ -249,6 +253,7 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
         "act_var",
     ]
     .iter()
+    .chain(seedscope_analysis::bundle::HIST_COLUMNS.iter())
     .chain(seedscope_analysis::bundle::WEIGHT_COLUMNS.iter())
     .map(|s| s.to_string())
     .collect();
@@ -276,6 +281,11 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
             r.act_var.to_string(),
         ];
         for v in [
+            r.mean,
+            r.var,
+            r.skew,
+            r.kurt,
+            r.sparsity,
             r.w_in_norm,
             r.input_bias,
             r.w_out_norm,
@@ -482,6 +492,7 @@ impl SeedscopeApp {
                         r.vocab_kurt,
                         r.vocab_skew,
                         r.in_out_sim,
+                        r.sparsity,
                     ] {
                         row.col(|ui| {
                             ui.label(format!("{v:.3}"));

@@ -165,3 +165,66 @@ proptest! {
         check(&r, &e, na, nb, 5e-5);
     }
 }
+
+/// histogram.wgsl counts like numpy.searchsorted(linspace(-10, 15, 256), x, side="left"),
+/// across blocks, with values on both sides of the range, on edges and NaN; restore continues.
+#[test]
+fn the_histogram_kernel_bins_like_searchsorted() {
+    use seedscope_gpu::{HIST_BINS, Histogram};
+    let ctx = ctx();
+    let kernels = Kernels::new(&ctx);
+    let (rows, n) = (300usize, 7usize);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let z = Normal::new(0.0f32, 6.0).expect("normal");
+    let edges = reference::hist_edges();
+    let mut x: Vec<f32> = (0..rows * n)
+        .map(|i| z.sample(&mut rng) + (i % n) as f32)
+        .collect();
+    // Exact edges, the ends, beyond them, and NaN.
+    for (k, v) in [
+        edges[0],
+        edges[102],
+        edges[255],
+        -10.5,
+        15.5,
+        1e6,
+        -1e6,
+        f32::NAN,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        x[k * n + 3] = v;
+    }
+    let mut want = vec![0u32; n * HIST_BINS];
+    for (i, &v) in x.iter().enumerate() {
+        want[(i % n) * HIST_BINS + reference::hist_bin(v)] += 1;
+    }
+    let hist = Histogram::new(&ctx, n as u32).expect("histogram");
+    let first = ctx.upload("x", &x[..200 * n]).expect("upload");
+    hist.update(&ctx, &kernels, &ActView::whole(&first, 200, n))
+        .expect("update");
+    let saved = hist.read(&ctx).expect("read");
+    // A fresh histogram restored from the counts continues where the first left off.
+    let resumed = Histogram::new(&ctx, n as u32).expect("histogram");
+    resumed.restore(&ctx, &saved).expect("restore");
+    let rest = ctx.upload("x", &x[200 * n..]).expect("upload");
+    resumed
+        .update(&ctx, &kernels, &ActView::whole(&rest, rows - 200, n))
+        .expect("update");
+    let got = resumed.read(&ctx).expect("read");
+    let diff: Vec<(usize, usize, u32, u32)> = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i / HIST_BINS, i % HIST_BINS, *a, *b))
+        .collect();
+    assert!(diff.is_empty(), "(neuron, bin, gpu, reference): {diff:?}");
+    assert_eq!(got.iter().map(|&c| c as usize).sum::<usize>(), rows * n);
+    // The special values landed where searchsorted puts them.
+    assert_eq!(reference::hist_bin(edges[0]), 0);
+    assert_eq!(reference::hist_bin(edges[102]), 102);
+    assert_eq!(reference::hist_bin(15.5), 256);
+    assert_eq!(reference::hist_bin(f32::NAN), 256);
+}
