@@ -9,7 +9,8 @@
 //! for the rotated baseline), `excess_corr` (= mean_corr − mean_baseline), `is_universal`
 //! (excess_corr > threshold), then `act_mean`, `act_var` (post-activation over the kept
 //! tokens), the weight statistics of [`crate::weights`] (`w_in_norm`, `input_bias`, `w_out_norm`,
-//! `in_out_sim`, `l2_penalty`, `vocab_mean`, `vocab_var`, `vocab_skew`, `vocab_kurt`), and for the k-th other model of the row's anchor (manifest order, the anchor skipped)
+//! `in_out_sim`, `l2_penalty`, `vocab_mean`, `vocab_var`, `vocab_skew`, `vocab_kurt`), the
+//! within-layer percentiles `{stat}_pct` of [`PCT_COLUMNS`], and for the k-th other model of the row's anchor (manifest order, the anchor skipped)
 //! `corr_k` and `match_k` (its best match, `layer.neuron`).
 //!
 //! `correlation.safetensors` (anchor = model 0): `max_corr`, `max_corr_layer`,
@@ -245,6 +246,66 @@ pub fn universal_fractions(
     )
 }
 
+/// A per-neuron statistic of a row.
+pub type Column = fn(&NeuronRow) -> f64;
+
+/// The statistics whose within-layer percentiles `neurons.csv` carries (`{name}_pct`), as the
+/// paper compares universal and other neurons (§4.2, Fig. 3).
+pub const PCT_COLUMNS: [(&str, Column); 8] = [
+    ("sparsity", |r| r.sparsity),
+    ("mean", |r| r.mean),
+    ("skew", |r| r.skew),
+    ("kurt", |r| r.kurt),
+    ("input_bias", |r| r.input_bias),
+    ("in_out_sim", |r| r.in_out_sim),
+    ("l2_penalty", |r| r.l2_penalty),
+    ("vocab_kurt", |r| r.vocab_kurt),
+];
+
+/// The percentile (0-100) of `value` among `values` as `scipy.stats.percentileofscore(kind=
+/// 'rank')`: with `left` values below and `right` at most `value`, `(left + right + [right >
+/// left]) · 50 / n`. NaNs are left out (and a NaN value gives NaN).
+pub fn percentile_of_score(values: &[f64], value: f64) -> f64 {
+    if value.is_nan() {
+        return f64::NAN;
+    }
+    let (mut left, mut right, mut n) = (0usize, 0usize, 0usize);
+    for &v in values.iter().filter(|v| !v.is_nan()) {
+        n += 1;
+        left += usize::from(v < value);
+        right += usize::from(v <= value);
+    }
+    (left + right + usize::from(right > left)) as f64 * 50.0 / n.max(1) as f64
+}
+
+/// Per row, the [`PCT_COLUMNS`] percentiles within its layer (sorted once per layer and column).
+fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
+    let mut out = vec![vec![f64::NAN; PCT_COLUMNS.len()]; rows.len()];
+    let n_layers = rows.iter().map(|r| r.layer + 1).max().unwrap_or(0);
+    for l in 0..n_layers {
+        let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].layer == l).collect();
+        for (c, (_, f)) in PCT_COLUMNS.iter().enumerate() {
+            let mut sorted: Vec<f64> = idx
+                .iter()
+                .map(|&i| f(rows[i]))
+                .filter(|v| !v.is_nan())
+                .collect();
+            sorted.sort_by(f64::total_cmp);
+            let n = sorted.len().max(1) as f64;
+            for &i in &idx {
+                let v = f(rows[i]);
+                if v.is_nan() {
+                    continue;
+                }
+                let left = sorted.partition_point(|&x| x < v);
+                let right = sorted.partition_point(|&x| x <= v);
+                out[i][c] = (left + right + usize::from(right > left)) as f64 * 50.0 / n;
+            }
+        }
+    }
+    out
+}
+
 /// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
 /// lies in each layer.
 fn layer_match(argmax: &[u32], n_layers: usize, d: usize) -> Vec<f32> {
@@ -373,13 +434,15 @@ pub fn write_bundle(
             .chain(WEIGHT_COLUMNS.iter())
             .map(|s| s.to_string())
             .collect();
+            header.extend(PCT_COLUMNS.iter().map(|(n, _)| format!("{n}_pct")));
             for k in 0..r.others.len() {
                 header.push(format!("corr_{k}"));
                 header.push(format!("match_{k}"));
             }
             w.write_record(&header).map_err(csv_err)?;
         }
-        for (row, per) in &rows {
+        let pcts = layer_percentiles(&rows.iter().map(|(r, _)| r).collect::<Vec<_>>());
+        for ((row, per), pct) in rows.iter().zip(&pcts) {
             let mut rec = vec![
                 row.model.clone(),
                 row.layer.to_string(),
@@ -412,6 +475,9 @@ pub fn write_bundle(
                 row.vocab_kurt,
             ] {
                 rec.push(format!("{v:.6e}"));
+            }
+            for p in pct {
+                rec.push(format!("{p:.4}"));
             }
             for (c, j) in per {
                 rec.push(format!("{c:.6}"));
@@ -728,5 +794,23 @@ impl Bundle {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_scipys_rank_kind() {
+        // scipy.stats.percentileofscore([1, 2, 3, 4], x, kind='rank') for x = 0.5, 3, 9, 2.5.
+        let v = [1.0, 2.0, 3.0, 4.0, f64::NAN];
+        assert_eq!(percentile_of_score(&v, 0.5), 0.0);
+        assert_eq!(percentile_of_score(&v, 3.0), 75.0);
+        assert_eq!(percentile_of_score(&v, 9.0), 100.0);
+        assert_eq!(percentile_of_score(&v, 2.5), 50.0);
+        // Ties average their ranks: [1, 2, 2, 3] at 2 gives 62.5.
+        assert_eq!(percentile_of_score(&[1.0, 2.0, 2.0, 3.0], 2.0), 62.5);
+        assert!(percentile_of_score(&v, f64::NAN).is_nan());
     }
 }

@@ -10,19 +10,7 @@ use crate::inspect::{Example, LiveText};
 use crate::jobs::Task;
 use crate::overview::UNIVERSAL;
 
-/// The percentile (0-100) of `value` among `values`, as the paper computes it
-/// (`scipy.stats.percentileofscore`, `kind='rank'`): with `left` values below and `right` at
-/// most `value`, `(left + right + [right > left]) · 50 / n`. NaNs are left out.
-pub fn percentile(values: &[f64], value: f64) -> f64 {
-    let finite = values.iter().filter(|v| v.is_finite());
-    let (mut left, mut right, mut n) = (0usize, 0usize, 0usize);
-    for &v in finite {
-        n += 1;
-        left += usize::from(v < value);
-        right += usize::from(v <= value);
-    }
-    (left + right + usize::from(right > left)) as f64 * 50.0 / n.max(1) as f64
-}
+pub use seedscope_analysis::bundle::percentile_of_score as percentile;
 
 /// Background colour for an activation `v` when the neuron's scale is `scale` (its max).
 fn act_color(v: f32, scale: f32, dark: bool) -> Color32 {
@@ -452,18 +440,6 @@ fn histogram_plot(ui: &mut egui::Ui, counts: &[u32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_count_the_share_below_with_ties_halved() {
-        // scipy.stats.percentileofscore([1, 2, 3, 4], x, kind='rank') for x = 0.5, 3, 9, 2.5.
-        let v = [1.0, 2.0, 3.0, 4.0, f64::NAN];
-        assert_eq!(percentile(&v, 0.5), 0.0);
-        assert_eq!(percentile(&v, 3.0), 75.0);
-        assert_eq!(percentile(&v, 9.0), 100.0);
-        assert_eq!(percentile(&v, 2.5), 50.0);
-        // Ties average their ranks: [1, 2, 2, 3] at 2 gives 62.5.
-        assert_eq!(percentile(&[1.0, 2.0, 2.0, 3.0], 2.0), 62.5);
-    }
 
     #[test]
     fn tokens_are_shown_with_the_default_fonts_glyphs() {

@@ -669,3 +669,39 @@ fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
     wait(&mut h, "the cached bundle", |app| app.ex.is_some());
     assert_eq!(explorer(&h).dir, bundle());
 }
+
+#[test]
+fn the_bundle_carries_within_layer_percentiles_of_the_papers_statistics() {
+    let dir = bundle();
+    let mut reader = csv::Reader::from_path(dir.join("neurons.csv")).expect("neurons.csv");
+    let header = reader.headers().expect("header").clone();
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    let num = |r: &csv::StringRecord, c: usize| r[c].parse::<f64>().expect("number");
+    for stat in [
+        "sparsity",
+        "mean",
+        "skew",
+        "kurt",
+        "input_bias",
+        "in_out_sim",
+        "l2_penalty",
+        "vocab_kurt",
+    ] {
+        let (v, p, layer) = (col(stat), col(&format!("{stat}_pct")), col("layer"));
+        for r in records.iter().step_by(37) {
+            let same_layer: Vec<f64> = records
+                .iter()
+                .filter(|x| x[layer] == r[layer])
+                .map(|x| num(x, v))
+                .collect();
+            let want = seedscope_analysis::bundle::percentile_of_score(&same_layer, num(r, v));
+            // The values were written with 6 significant digits; allow one rank of slack.
+            assert!(
+                (num(r, p) - want).abs() <= 100.0 / same_layer.len() as f64 + 1e-3,
+                "{stat}: {} vs {want}",
+                num(r, p)
+            );
+        }
+    }
+}
