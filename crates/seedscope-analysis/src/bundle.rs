@@ -279,7 +279,7 @@ pub fn percentile_of_score(values: &[f64], value: f64) -> f64 {
 }
 
 /// Per row, the [`PCT_COLUMNS`] percentiles within its layer (sorted once per layer and column).
-fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
+pub fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
     let mut out = vec![vec![f64::NAN; PCT_COLUMNS.len()]; rows.len()];
     let n_layers = rows.iter().map(|r| r.layer + 1).max().unwrap_or(0);
     for l in 0..n_layers {

@@ -61,6 +61,9 @@ pub struct AnchorData {
     pub layer_match: Vec<f32>,
     /// Indices into [`Explorer::rows`] of this anchor's neurons, `layer * d_mlp + neuron` order.
     pub rows: Vec<usize>,
+    /// Per neuron (same order), the within-layer percentiles of
+    /// [`seedscope_analysis::bundle::PCT_COLUMNS`].
+    pub percentiles: Vec<Vec<f64>>,
     /// Per neuron the token ids at the top and bottom of its vocabulary projection
     /// (`VOCAB_ENDS` each), when the bundle has them.
     pub vocab_ends: Option<(Vec<i32>, Vec<i32>)>,
@@ -216,6 +219,9 @@ impl Explorer {
                     }
                 },
                 others,
+                percentiles: seedscope_analysis::bundle::layer_percentiles(
+                    &rows.iter().map(|&i| &bundle.neurons[i]).collect::<Vec<_>>(),
+                ),
                 rows,
             });
         }

@@ -170,7 +170,10 @@ impl SeedscopeApp {
                 ui.vertical(|ui| {
                     ui.strong("Fig. 2c: layer of the best match (fraction of each anchor layer)");
                     if let Some(a) = ex.anchor(anchor) {
-                        layer_grid(ui, &a.layer_match, ex.n_layers(), Vec2::new(w, h));
+                        ui.horizontal_top(|ui| {
+                            layer_grid(ui, &a.layer_match, ex.n_layers(), Vec2::new(w, h));
+                            ui.vertical(|ui| universal_percentiles(ui, ex, a, self.threshold));
+                        });
                     }
                 });
                 ui.end_row();
@@ -241,4 +244,49 @@ fn layer_grid(ui: &mut egui::Ui, f: &[f32], n: usize, size: Vec2) {
             ));
         }
     }
+}
+
+/// Fig. 3 in numbers: the median within-layer percentile of each statistic among the universal
+/// neurons (50 would mean "like any other neuron of its layer").
+fn universal_percentiles(
+    ui: &mut egui::Ui,
+    ex: &Explorer,
+    a: &crate::data::AnchorData,
+    threshold: f64,
+) {
+    ui.strong("Fig. 3: universal neurons' median percentile");
+    ui.label("within their layer (50 = typical)");
+    let universal: Vec<usize> = a
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| ex.rows()[**i].excess_corr > threshold)
+        .map(|(k, _)| k)
+        .collect();
+    if universal.is_empty() {
+        ui.label("no universal neurons at this threshold");
+        return;
+    }
+    egui::Grid::new("fig3").striped(true).show(ui, |ui| {
+        for (c, (name, _)) in seedscope_analysis::bundle::PCT_COLUMNS.iter().enumerate() {
+            let mut v: Vec<f64> = universal
+                .iter()
+                .map(|&k| a.percentiles[k][c])
+                .filter(|p| !p.is_nan())
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let median = if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            };
+            ui.label(*name);
+            ui.label(format!("{median:.0}"));
+            ui.end_row();
+        }
+    });
+    ui.label(format!("over {} universal neurons", universal.len()));
 }

@@ -147,6 +147,9 @@ fn dragging_the_threshold_line_updates_the_counts() {
         )
     };
     h.get_by_label(&count_label(0.5));
+    // Fig. 3's medians cover exactly the universal neurons.
+    let n_universal: usize = ex.counts(0, 0.5).iter().map(|c| c.0).sum();
+    h.get_by_label(&format!("over {n_universal} universal neurons"));
     // Press on the Fig. 2a plot at a quarter of its width: the threshold follows the pointer.
     let rect = h.state().plot_rect.expect("the fig. 2a plot was drawn");
     let pos = rect.left_center() + egui::vec2(rect.width() * 0.3, 0.0);
