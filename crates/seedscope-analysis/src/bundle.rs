@@ -138,6 +138,74 @@ fn nan() -> f64 {
     f64::NAN
 }
 
+impl NeuronRow {
+    /// The column names of [`NeuronRow::fields`], in `neurons.csv` order.
+    pub fn columns() -> Vec<&'static str> {
+        [
+            "model",
+            "layer",
+            "neuron",
+            "max_corr",
+            "mean_corr",
+            "min_corr",
+            "max_baseline",
+            "mean_baseline",
+            "min_baseline",
+            "excess_corr",
+            "is_universal",
+            "act_mean",
+            "act_var",
+        ]
+        .into_iter()
+        .chain(HIST_COLUMNS)
+        .chain(WEIGHT_COLUMNS)
+        .collect()
+    }
+
+    /// The row's values as `neurons.csv` writes them (correlations with 6 decimals, other
+    /// statistics with 7 significant digits).
+    pub fn fields(&self) -> Vec<String> {
+        let mut rec = vec![
+            self.model.clone(),
+            self.layer.to_string(),
+            self.neuron.to_string(),
+        ];
+        for v in [
+            self.max_corr,
+            self.mean_corr,
+            self.min_corr,
+            self.max_baseline,
+            self.mean_baseline,
+            self.min_baseline,
+            self.excess_corr,
+        ] {
+            rec.push(format!("{v:.6}"));
+        }
+        rec.push(self.is_universal.to_string());
+        for v in [
+            self.act_mean,
+            self.act_var,
+            self.mean,
+            self.var,
+            self.skew,
+            self.kurt,
+            self.sparsity,
+            self.w_in_norm,
+            self.input_bias,
+            self.w_out_norm,
+            self.in_out_sim,
+            self.l2_penalty,
+            self.vocab_mean,
+            self.vocab_var,
+            self.vocab_skew,
+            self.vocab_kurt,
+        ] {
+            rec.push(format!("{v:.6e}"));
+        }
+        rec
+    }
+}
+
 /// The activation-statistic columns of `neurons.csv`, in order (from the histograms).
 pub const HIST_COLUMNS: [&str; 5] = ["mean", "var", "skew", "kurt", "sparsity"];
 
@@ -414,26 +482,8 @@ pub fn write_bundle(
         let stats = weights.get(ai).and_then(|w| w.as_deref());
         let rows = neuron_rows(r, names, d, threshold, stats);
         if ai == 0 {
-            let mut header: Vec<String> = [
-                "model",
-                "layer",
-                "neuron",
-                "max_corr",
-                "mean_corr",
-                "min_corr",
-                "max_baseline",
-                "mean_baseline",
-                "min_baseline",
-                "excess_corr",
-                "is_universal",
-                "act_mean",
-                "act_var",
-            ]
-            .iter()
-            .chain(HIST_COLUMNS.iter())
-            .chain(WEIGHT_COLUMNS.iter())
-            .map(|s| s.to_string())
-            .collect();
+            let mut header: Vec<String> =
+                NeuronRow::columns().iter().map(|s| s.to_string()).collect();
             header.extend(PCT_COLUMNS.iter().map(|(n, _)| format!("{n}_pct")));
             for k in 0..r.others.len() {
                 header.push(format!("corr_{k}"));
@@ -443,39 +493,7 @@ pub fn write_bundle(
         }
         let pcts = layer_percentiles(&rows.iter().map(|(r, _)| r).collect::<Vec<_>>());
         for ((row, per), pct) in rows.iter().zip(&pcts) {
-            let mut rec = vec![
-                row.model.clone(),
-                row.layer.to_string(),
-                row.neuron.to_string(),
-                format!("{:.6}", row.max_corr),
-                format!("{:.6}", row.mean_corr),
-                format!("{:.6}", row.min_corr),
-                format!("{:.6}", row.max_baseline),
-                format!("{:.6}", row.mean_baseline),
-                format!("{:.6}", row.min_baseline),
-                format!("{:.6}", row.excess_corr),
-                row.is_universal.to_string(),
-                format!("{:.6e}", row.act_mean),
-                format!("{:.6e}", row.act_var),
-            ];
-            for v in [
-                row.mean,
-                row.var,
-                row.skew,
-                row.kurt,
-                row.sparsity,
-                row.w_in_norm,
-                row.input_bias,
-                row.w_out_norm,
-                row.in_out_sim,
-                row.l2_penalty,
-                row.vocab_mean,
-                row.vocab_var,
-                row.vocab_skew,
-                row.vocab_kurt,
-            ] {
-                rec.push(format!("{v:.6e}"));
-            }
+            let mut rec = row.fields();
             for p in pct {
                 rec.push(format!("{p:.4}"));
             }

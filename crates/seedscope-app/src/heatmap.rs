@@ -449,25 +449,14 @@ pub struct CpuTexture {
     texture: egui::TextureHandle,
 }
 
-/// The colour of `v` on the diverging scale (the same stops as `heatmap.wgsl`).
+/// The colour of `v` on the diverging scale (`seedscope_report::diverging`, the same stops as
+/// `heatmap.wgsl`).
 pub fn colormap(v: f32) -> Color32 {
     if v.is_nan() {
         return Color32::GRAY;
     }
-    const STOPS: [[f32; 3]; 5] = [
-        [0.020, 0.188, 0.380],
-        [0.263, 0.576, 0.765],
-        [0.969, 0.969, 0.969],
-        [0.839, 0.376, 0.302],
-        [0.404, 0.000, 0.122],
-    ];
-    let x = (v.clamp(-1.0, 1.0) + 1.0) * 2.0;
-    let i = (x.floor() as usize).min(3);
-    let f = x - i as f32;
-    let c: Vec<u8> = (0..3)
-        .map(|k| ((STOPS[i][k] + (STOPS[i + 1][k] - STOPS[i][k]) * f) * 255.0).round() as u8)
-        .collect();
-    Color32::from_rgb(c[0], c[1], c[2])
+    let [r, g, b] = seedscope_report::diverging(v);
+    Color32::from_rgb(r, g, b)
 }
 
 /// Draw `map` in `size`, with zoom (wheel or pinch), pan (drag) and reset (double click).

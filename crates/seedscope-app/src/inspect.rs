@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::FloatDType;
-use seedscope_analysis::job::drop_ids;
 use seedscope_data::{TextTokenizer, read_tokens_npy};
 use seedscope_model::{
     BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch,
@@ -239,11 +238,8 @@ impl Models {
         rep: &Reporter<Vec<Examples>>,
     ) -> Result<Vec<Examples>, String> {
         let (ids, rows, seq) = self.data_rows(max_rows)?;
-        let drop = if self.data.dropped.is_empty() {
-            Vec::new()
-        } else {
-            drop_ids(&self.tokenizer).map_err(|e| e.to_string())?
-        };
+        // The ids the analysis dropped (BOS/pad, newline), as its manifest records them.
+        let drop = &self.data.dropped;
         let block = 32usize;
         // per neuron: (value, row, pos) candidates and per-token sums
         let mut best: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); neurons.len()];
@@ -288,13 +284,12 @@ impl Models {
                 row_acts[k].retain(|row, _| seen.contains(row));
             }
             let done = (r1 * seq) as u64;
-            rep.progress(ProgressInfo {
+            rep.progress(ProgressInfo::tokens(
                 done,
-                total: (rows * seq) as u64,
-                rate: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                unit: "tokens",
-                note: format!("{} neuron(s)", neurons.len()),
-            });
+                (rows * seq) as u64,
+                started,
+                format!("{} neuron(s)", neurons.len()),
+            ));
         }
         Ok(neurons
             .iter()
@@ -360,11 +355,8 @@ impl Models {
         }
         let m = self.model(model)?;
         let (n_layers, d) = (m.config.n_layers(), m.config.d_mlp());
-        let drop = if self.data.dropped.is_empty() {
-            Vec::new()
-        } else {
-            drop_ids(&self.tokenizer).map_err(|e| e.to_string())?
-        };
+        // The ids the analysis dropped (BOS/pad, newline), as its manifest records them.
+        let drop = &self.data.dropped;
         let width = n_layers * d;
         let (mut sum, mut sq, mut on) = (vec![0f64; width], vec![0f64; width], vec![0f64; width]);
         let (mut n, mut n_on) = (0usize, 0usize);
@@ -413,13 +405,12 @@ impl Models {
                 }
             }
             let done = (r1 * seq) as u64;
-            rep.progress(ProgressInfo {
+            rep.progress(ProgressInfo::tokens(
                 done,
-                total: (rows * seq) as u64,
-                rate: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                unit: "tokens",
-                note: format!("token {query:?}"),
-            });
+                (rows * seq) as u64,
+                started,
+                format!("token {query:?}"),
+            ));
         }
         if n_on == 0 {
             return Err(format!(

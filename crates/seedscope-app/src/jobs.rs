@@ -28,6 +28,17 @@ pub struct ProgressInfo {
 }
 
 impl ProgressInfo {
+    /// `done` of `total` tokens, at the rate since `started`.
+    pub fn tokens(done: u64, total: u64, started: Instant, note: String) -> Self {
+        Self {
+            done,
+            total,
+            rate: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            unit: "tokens",
+            note,
+        }
+    }
+
     /// Fraction done.
     pub fn fraction(&self) -> f32 {
         if self.total == 0 {

@@ -237,26 +237,7 @@ impl TableState {
 /// Write the rows in `order` as CSV (the `neurons.csv` columns plus best matches), atomically.
 pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, String> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<String> = [
-        "model",
-        "layer",
-        "neuron",
-        "max_corr",
-        "mean_corr",
-        "min_corr",
-        "max_baseline",
-        "mean_baseline",
-        "min_baseline",
-        "excess_corr",
-        "is_universal",
-        "act_mean",
-        "act_var",
-    ]
-    .iter()
-    .chain(seedscope_analysis::bundle::HIST_COLUMNS.iter())
-    .chain(seedscope_analysis::bundle::WEIGHT_COLUMNS.iter())
-    .map(|s| s.to_string())
-    .collect();
+    let mut header: Vec<String> = NeuronRow::columns().iter().map(|s| s.to_string()).collect();
     let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
     for k in 0..n_other {
         header.push(format!("match_{k}"));
@@ -265,39 +246,7 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
     w.write_record(&header).map_err(|e| e.to_string())?;
     for &i in order {
         let r = &ex.rows()[i];
-        let mut rec = vec![
-            r.model.clone(),
-            r.layer.to_string(),
-            r.neuron.to_string(),
-            r.max_corr.to_string(),
-            r.mean_corr.to_string(),
-            r.min_corr.to_string(),
-            r.max_baseline.to_string(),
-            r.mean_baseline.to_string(),
-            r.min_baseline.to_string(),
-            r.excess_corr.to_string(),
-            r.is_universal.to_string(),
-            r.act_mean.to_string(),
-            r.act_var.to_string(),
-        ];
-        for v in [
-            r.mean,
-            r.var,
-            r.skew,
-            r.kurt,
-            r.sparsity,
-            r.w_in_norm,
-            r.input_bias,
-            r.w_out_norm,
-            r.in_out_sim,
-            r.l2_penalty,
-            r.vocab_mean,
-            r.vocab_var,
-            r.vocab_skew,
-            r.vocab_kurt,
-        ] {
-            rec.push(v.to_string());
-        }
+        let mut rec = r.fields();
         if let Some(id) = ex.id_of_row(i) {
             for m in ex.matches(id) {
                 rec.push(format!("{}:{}", ex.names[m.id.model], m.id.short()));

@@ -37,21 +37,23 @@ fn bundle() -> PathBuf {
     .clone()
 }
 
+/// The app as started with `launch`, in a 1280x860 window (rendered by wgpu when `wgpu`).
+fn app_with(launch: Launch, wgpu: bool) -> Harness<'static, SeedscopeApp> {
+    let builder = Harness::builder().with_size([1280.0, 860.0]);
+    let builder = if wgpu { builder.wgpu() } else { builder };
+    builder.build_eframe(move |cc| SeedscopeApp::new(cc, launch))
+}
+
+/// The app with the fixture bundle open.
 fn harness() -> Harness<'static, SeedscopeApp> {
-    let dir = bundle();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .wgpu()
-        .build_eframe(move |cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: Some(dir),
-                    embedded_bundle: PathBuf::from("/nonexistent"),
-                    analyse_embedded: false,
-                },
-            )
-        });
+    let mut h = app_with(
+        Launch {
+            bundle: Some(bundle()),
+            embedded_bundle: PathBuf::from("/nonexistent"),
+            analyse_embedded: false,
+        },
+        true,
+    );
     wait(&mut h, "the bundle to open", |app| app.ex.is_some());
     h
 }
@@ -69,6 +71,18 @@ fn wait(h: &mut Harness<'_, SeedscopeApp>, what: &str, done: impl Fn(&SeedscopeA
         h.step();
     }
     h.run_steps(4);
+}
+
+/// A primary click (press, one frame, release) at `pos`.
+fn click_at(h: &Harness<'_, SeedscopeApp>, pos: egui::Pos2) {
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos,
+            button: PointerButton::Primary,
+            pressed,
+            modifiers: Modifiers::NONE,
+        });
+    }
 }
 
 fn explorer(h: &Harness<'_, SeedscopeApp>) -> Arc<Explorer> {
@@ -154,19 +168,7 @@ fn dragging_the_threshold_line_updates_the_counts() {
     let rect = h.state().plot_rect.expect("the fig. 2a plot was drawn");
     let pos = rect.left_center() + egui::vec2(rect.width() * 0.3, 0.0);
     h.hover_at(pos);
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: PointerButton::Primary,
-        pressed: true,
-        modifiers: Modifiers::NONE,
-    });
-    h.step();
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: PointerButton::Primary,
-        pressed: false,
-        modifiers: Modifiers::NONE,
-    });
+    click_at(&h, pos);
     h.run_steps(4);
     let t = h.state().threshold;
     assert!(t < 0.45, "threshold {t} did not follow the pointer");
@@ -208,19 +210,7 @@ fn hovering_the_heatmap_names_both_neurons_and_r_and_a_click_opens_the_neuron() 
         h.query_all_by_label(&expected).count() >= 1,
         "tooltip {expected:?} not shown"
     );
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: PointerButton::Primary,
-        pressed: true,
-        modifiers: Modifiers::NONE,
-    });
-    h.step();
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: PointerButton::Primary,
-        pressed: false,
-        modifiers: Modifiers::NONE,
-    });
+    click_at(&h, pos);
     h.run_steps(4);
     assert_eq!(h.state().tab, Tab::Neuron);
     assert_eq!(
@@ -363,18 +353,14 @@ fn the_first_start_analyses_in_the_background_and_cancel_keeps_a_checkpoint() {
     let work = seedscope_analysis::bundle::partial_dir(&out);
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&out);
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .build_eframe(move |cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: None,
-                    embedded_bundle: out,
-                    analyse_embedded: true,
-                },
-            )
-        });
+    let mut h = app_with(
+        Launch {
+            bundle: None,
+            embedded_bundle: out,
+            analyse_embedded: true,
+        },
+        false,
+    );
     assert!(
         h.state().analysis.is_some(),
         "the embedded analysis starts at once"
@@ -463,18 +449,14 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
 #[test]
 fn a_bundle_opens_from_the_file_menu_by_typing_its_path() {
     let dir = bundle();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .build_eframe(|cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: None,
-                    embedded_bundle: PathBuf::from("/nonexistent"),
-                    analyse_embedded: false,
-                },
-            )
-        });
+    let mut h = app_with(
+        Launch {
+            bundle: None,
+            embedded_bundle: PathBuf::from("/nonexistent"),
+            analyse_embedded: false,
+        },
+        false,
+    );
     h.run_steps(2);
     assert!(h.state().ex.is_none());
     h.get_by_label("File").click();
@@ -653,18 +635,14 @@ fn the_role_filter_keeps_the_neurons_with_that_vocabulary_role() {
 #[test]
 fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
     let dir = bundle();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .build_eframe(move |cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: None,
-                    embedded_bundle: dir,
-                    analyse_embedded: true,
-                },
-            )
-        });
+    let mut h = app_with(
+        Launch {
+            bundle: None,
+            embedded_bundle: dir,
+            analyse_embedded: true,
+        },
+        false,
+    );
     assert!(
         h.state().analysis.is_none(),
         "a cached bundle is opened, not recomputed"
