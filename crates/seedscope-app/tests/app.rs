@@ -686,3 +686,48 @@ fn the_bundle_carries_within_layer_percentiles_of_the_papers_statistics() {
         }
     }
 }
+
+#[test]
+fn a_corrupt_bundle_is_a_readable_error_naming_the_file() {
+    let src = bundle();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-corrupt/bundle");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in [
+        "manifest.json",
+        "neurons.csv",
+        "correlation.safetensors",
+        "tiles.safetensors",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
+    }
+    // A truncated correlation file.
+    let c = dir.join("correlation.safetensors");
+    let bytes = std::fs::read(&c).expect("read");
+    std::fs::write(&c, &bytes[..bytes.len() / 2]).expect("truncate");
+    let err = Explorer::open(&dir).expect_err("a truncated file is refused");
+    assert!(err.contains("correlation.safetensors"), "{err}");
+    // A tile index that lies about its tensors.
+    std::fs::write(&c, &bytes).expect("restore");
+    std::fs::write(
+        dir.join("tiles.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"x\":1}        ",
+    )
+    .expect("tiles");
+    let err = Explorer::open(&dir).expect_err("a bad tile file is refused");
+    assert!(err.contains("tiles.safetensors"), "{err}");
+    // Through the app: an error message, no crash, nothing open.
+    let mut h = app_with(
+        Launch {
+            bundle: Some(dir.clone()),
+            embedded_bundle: PathBuf::from("/nonexistent"),
+            analyse_embedded: false,
+        },
+        false,
+    );
+    wait(&mut h, "the error", |app| {
+        app.messages.iter().any(|m| m.contains("could not open"))
+    });
+    assert!(h.state().ex.is_none());
+    assert!(h.query_all_by_label_contains("tiles.safetensors").count() >= 1);
+}
