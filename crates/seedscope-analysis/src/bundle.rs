@@ -374,6 +374,39 @@ pub fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
     out
 }
 
+/// Fig. 3 in numbers: for each of [`PCT_COLUMNS`], the median within-layer percentile
+/// (`pcts`, as [`layer_percentiles`] gives them for `rows`) over the rows whose excess
+/// correlation is above `threshold`; `None` where no such row has the statistic. Also the
+/// number of those rows.
+pub fn universal_medians(
+    rows: &[&NeuronRow],
+    pcts: &[Vec<f64>],
+    threshold: f64,
+) -> (Vec<(&'static str, Option<f64>)>, usize) {
+    let universal: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].excess_corr > threshold)
+        .collect();
+    let medians = PCT_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(c, (name, _))| {
+            let mut v: Vec<f64> = universal
+                .iter()
+                .filter_map(|&i| pcts.get(i).and_then(|p| p.get(c)).copied())
+                .filter(|p| !p.is_nan())
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let median = match v.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(v[n / 2]),
+                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+            };
+            (*name, median)
+        })
+        .collect();
+    (medians, universal.len())
+}
+
 /// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
 /// lies in each layer.
 fn layer_match(argmax: &[u32], n_layers: usize, d: usize) -> Vec<f32> {
@@ -810,6 +843,20 @@ impl Bundle {
                 "all",
                 100.0 * u as f64 / t.max(1) as f64
             );
+            let rows: Vec<&NeuronRow> = self.neurons.iter().filter(|r| r.model == model).collect();
+            let pcts = layer_percentiles(&rows);
+            let (medians, n) = universal_medians(&rows, &pcts, m.options.threshold);
+            let shown: Vec<String> = medians
+                .iter()
+                .filter_map(|(name, v)| v.map(|v| format!("{name} {v:.0}")))
+                .collect();
+            if n > 0 && !shown.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "universal neurons' median percentile within their layer (50 = typical): {}",
+                    shown.join(", ")
+                );
+            }
         }
         s
     }

@@ -256,37 +256,21 @@ fn universal_percentiles(
 ) {
     ui.strong("Fig. 3: universal neurons' median percentile");
     ui.label("within their layer (50 = typical)");
-    let universal: Vec<usize> = a
-        .rows
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| ex.rows()[**i].excess_corr > threshold)
-        .map(|(k, _)| k)
-        .collect();
-    if universal.is_empty() {
+    let rows: Vec<&seedscope_analysis::NeuronRow> = a.rows.iter().map(|&i| &ex.rows()[i]).collect();
+    let (medians, n) =
+        seedscope_analysis::bundle::universal_medians(&rows, &a.percentiles, threshold);
+    if n == 0 {
         ui.label("no universal neurons at this threshold");
         return;
     }
     egui::Grid::new("fig3").striped(true).show(ui, |ui| {
-        for (c, (name, _)) in seedscope_analysis::bundle::PCT_COLUMNS.iter().enumerate() {
-            let mut v: Vec<f64> = universal
-                .iter()
-                .map(|&k| a.percentiles[k][c])
-                .filter(|p| !p.is_nan())
-                .collect();
-            if v.is_empty() {
-                continue;
+        for (name, median) in medians {
+            if let Some(m) = median {
+                ui.label(name);
+                ui.label(format!("{m:.0}"));
+                ui.end_row();
             }
-            v.sort_by(f64::total_cmp);
-            let median = if v.len() % 2 == 1 {
-                v[v.len() / 2]
-            } else {
-                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-            };
-            ui.label(*name);
-            ui.label(format!("{median:.0}"));
-            ui.end_row();
         }
     });
-    ui.label(format!("over {} universal neurons", universal.len()));
+    ui.label(format!("over {n} universal neurons"));
 }

@@ -654,6 +654,14 @@ fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
 #[test]
 fn the_bundle_carries_within_layer_percentiles_of_the_papers_statistics() {
     let dir = bundle();
+    // `seedscope summary` prints Fig. 3's medians for the universal neurons.
+    let summary = seedscope_analysis::Bundle::read(&dir)
+        .expect("bundle")
+        .summary();
+    assert!(
+        summary.contains("median percentile within their layer") && summary.contains("vocab_kurt "),
+        "{summary}"
+    );
     let mut reader = csv::Reader::from_path(dir.join("neurons.csv")).expect("neurons.csv");
     let header = reader.headers().expect("header").clone();
     let col = |name: &str| header.iter().position(|h| h == name).expect(name);
