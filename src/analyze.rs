@@ -138,9 +138,8 @@ pub fn run(args: &Args) -> Result<()> {
         JobEvent::Log(line) => bar.suspend(|| eprintln!("{line}")),
         JobEvent::Planned(_) => bar.set_draw_target(indicatif::ProgressDrawTarget::stderr()),
         JobEvent::Progress(p) => {
-            let total = p.tokens_per_pass * p.passes as u64;
-            let done = p.tokens_per_pass * p.pass as u64 + p.tokens;
-            let first = *done_before.get_or_insert(done.saturating_sub(p.tokens.min(done)));
+            let (total, done) = (p.total(), p.done());
+            let first = *done_before.get_or_insert(done - p.tokens);
             bar.set_length(total);
             bar.set_position(done);
             let rate = (done - first) as f64 / t0.elapsed().as_secs_f64().max(1e-9);

@@ -155,6 +155,18 @@ pub struct Progress {
     pub memory_bytes: u64,
 }
 
+impl Progress {
+    /// Kept tokens processed over all passes so far.
+    pub fn done(&self) -> u64 {
+        self.tokens_per_pass * self.pass as u64 + self.tokens
+    }
+
+    /// Kept tokens over all passes.
+    pub fn total(&self) -> u64 {
+        self.tokens_per_pass * self.passes as u64
+    }
+}
+
 /// How a run ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -276,6 +288,14 @@ fn activations(
         None
     };
     Ok((post, pre))
+}
+
+/// The state of a pass in progress: its accumulators and the histograms it is counting.
+fn pass_state(acc: &Accumulator, hists: &PreHists) -> Result<SavedState, AnalysisError> {
+    Ok(SavedState {
+        hists: hists.save()?,
+        ..acc.save()?
+    })
 }
 
 /// `x` with each layer's block multiplied by its rotation: `x_l R_lᵀ`.
@@ -459,8 +479,7 @@ impl Run<'_> {
             let mut last_ckpt = Instant::now();
             for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
-                    let mut state = acc.save()?;
-                    state.hists = hists.save()?;
+                    let state = pass_state(&acc, &hists)?;
                     self.save(&ckpt_path, pass_idx, bi, &results, Some(state))?;
                     return Ok(Outcome::Interrupted {
                         checkpoint: ckpt_path,
@@ -519,8 +538,7 @@ impl Run<'_> {
                     memory_bytes: plan.peak_bytes(),
                 });
                 if last_ckpt.elapsed() >= self.checkpoint_every && bi + 1 < blocks.len() {
-                    let mut state = acc.save()?;
-                    state.hists = hists.save()?;
+                    let state = pass_state(&acc, &hists)?;
                     self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(state))?;
                     last_ckpt = Instant::now();
                 }

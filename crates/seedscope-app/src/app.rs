@@ -77,6 +77,14 @@ pub enum Tab {
     Neuron,
 }
 
+/// The views with their names, in menu order.
+const TABS: [(Tab, &str); 4] = [
+    (Tab::Overview, "Overview"),
+    (Tab::Map, "Correlation map"),
+    (Tab::Table, "Table"),
+    (Tab::Neuron, "Neuron"),
+];
+
 /// The correlation map's choices and state.
 pub struct MapState {
     /// Anchor model.
@@ -890,12 +898,7 @@ impl SeedscopeApp {
                 }
             });
             ui.menu_button("View", |ui| {
-                for (tab, name) in [
-                    (Tab::Overview, "Overview"),
-                    (Tab::Map, "Correlation map"),
-                    (Tab::Table, "Table"),
-                    (Tab::Neuron, "Neuron"),
-                ] {
+                for (tab, name) in TABS {
                     if ui.selectable_label(self.tab == tab, name).clicked() {
                         self.tab = tab;
                     }
@@ -910,12 +913,7 @@ impl SeedscopeApp {
                 }
             });
             ui.separator();
-            for (tab, name) in [
-                (Tab::Overview, "Overview"),
-                (Tab::Map, "Correlation map"),
-                (Tab::Table, "Table"),
-                (Tab::Neuron, "Neuron"),
-            ] {
+            for (tab, name) in TABS {
                 if ui.selectable_label(self.tab == tab, name).clicked() {
                     self.tab = tab;
                 }

@@ -92,38 +92,36 @@ fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
     format!("{}: {message}", path.display())
 }
 
-fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, String> {
+/// Tensor `name` of `st` as `len` values of `T` (stored as `dtype`), or an error naming `path`.
+fn tensor<T: bytemuck::Pod>(
+    st: &SafeTensors,
+    name: &str,
+    path: &Path,
+    len: usize,
+    dtype: Dtype,
+) -> Result<Vec<T>, String> {
     let t = st
         .tensor(name)
         .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
-    if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
+    if t.dtype() != dtype || t.data().len() != len * std::mem::size_of::<T>() {
         return Err(corrupt(
             path,
             format!(
-                "tensor {name} is {:?} {:?}, expected {len} f32",
+                "tensor {name} is {:?} {:?}, expected {len} {dtype:?}",
                 t.dtype(),
                 t.shape()
             ),
         ));
     }
-    Ok(bytemuck::pod_collect_to_vec::<u8, f32>(t.data()))
+    Ok(bytemuck::pod_collect_to_vec::<u8, T>(t.data()))
+}
+
+fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, String> {
+    tensor(st, name, path, len, Dtype::F32)
 }
 
 fn tensor_i32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<i32>, String> {
-    let t = st
-        .tensor(name)
-        .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
-    if t.dtype() != Dtype::I32 || t.data().len() != len * 4 {
-        return Err(corrupt(
-            path,
-            format!(
-                "tensor {name} is {:?} {:?}, expected {len} i32",
-                t.dtype(),
-                t.shape()
-            ),
-        ));
-    }
-    Ok(bytemuck::pod_collect_to_vec::<u8, i32>(t.data()))
+    tensor(st, name, path, len, Dtype::I32)
 }
 
 impl Explorer {
@@ -440,20 +438,8 @@ fn read_histograms(path: &Path, width: usize) -> Result<BTreeMap<String, Vec<u32
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let want = width * seedscope_gpu::HIST_BINS;
-    st.tensors()
+    st.names()
         .into_iter()
-        .map(|(name, t)| {
-            if t.dtype() != Dtype::U32 || t.data().len() != want * 4 {
-                return Err(corrupt(
-                    path,
-                    format!(
-                        "{name} is {:?} {:?}, expected {want} u32",
-                        t.dtype(),
-                        t.shape()
-                    ),
-                ));
-            }
-            Ok((name, bytemuck::pod_collect_to_vec::<u8, u32>(t.data())))
-        })
+        .map(|name| Ok((name.to_string(), tensor(&st, name, path, want, Dtype::U32)?)))
         .collect()
 }

@@ -203,9 +203,8 @@ pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> T
             JobEvent::Log(l) => rep.log(l),
             JobEvent::Planned(_) => {}
             JobEvent::Progress(p) => {
-                let total = p.tokens_per_pass * p.passes as u64;
-                let done = p.tokens_per_pass * p.pass as u64 + p.tokens;
-                let base = *first.get_or_insert(done.saturating_sub(p.tokens));
+                let (total, done) = (p.total(), p.done());
+                let base = *first.get_or_insert(done - p.tokens);
                 rep.progress(ProgressInfo {
                     done,
                     total,

@@ -8,26 +8,6 @@ use egui_plot::{Bar, BarChart, Legend, Plot, PlotPoints, Points, VLine};
 use crate::app::SeedscopeApp;
 use crate::data::Explorer;
 
-/// Histogram of `values` over `[lo, hi]` in `bins` bins: `(centre, count)`.
-pub fn histogram(
-    values: impl Iterator<Item = f64>,
-    lo: f64,
-    hi: f64,
-    bins: usize,
-) -> Vec<(f64, f64)> {
-    let w = (hi - lo) / bins as f64;
-    let mut counts = vec![0.0; bins];
-    for v in values.filter(|v| v.is_finite()) {
-        let b = (((v - lo) / w).floor().max(0.0) as usize).min(bins - 1);
-        counts[b] += 1.0;
-    }
-    counts
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| (lo + (i as f64 + 0.5) * w, c))
-        .collect()
-}
-
 /// Orange for universal neurons, everywhere in the app.
 pub const UNIVERSAL: Color32 = Color32::from_rgb(230, 120, 60);
 
@@ -111,14 +91,19 @@ impl SeedscopeApp {
                 });
                 ui.vertical(|ui| {
                     ui.strong("Fig. 2a: best correlation, baseline and excess (drag to set the threshold)");
-                    let (lo, hi, bins) = (-0.4, 1.0, 70);
+                    let (lo, hi, bins) = seedscope_report::FIG2A_BINS;
                     let bw = (hi - lo) / bins as f64;
                     let series = |name: &str, f: &dyn Fn(&seedscope_analysis::NeuronRow) -> f64, color: Color32| {
                         BarChart::new(
                             name,
-                            histogram(rows.iter().map(|r| f(r)), lo, hi, bins)
+                            seedscope_report::histogram(&rows.iter().map(|r| f(r)).collect::<Vec<_>>(), lo, hi, bins)
                                 .into_iter()
-                                .map(|(x, c)| Bar::new(x, c).width(bw).fill(color.gamma_multiply(0.55)))
+                                .enumerate()
+                                .map(|(i, c)| {
+                                    Bar::new(lo + (i as f64 + 0.5) * bw, c as f64)
+                                        .width(bw)
+                                        .fill(color.gamma_multiply(0.55))
+                                })
                                 .collect(),
                         )
                         .color(color)

@@ -48,6 +48,9 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("drawing the figure: {e}")
 }
 
+/// Fig. 2a's bins: `(lo, hi, bins)` over the correlation axis.
+pub const FIG2A_BINS: (f64, f64, usize) = (-0.4, 1.0, 70);
+
 /// Counts of `values` in `bins` equal bins over `[lo, hi)`, values outside clamped to the ends.
 pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u32> {
     let w = (hi - lo) / bins as f64;
@@ -106,7 +109,7 @@ pub fn overview_svg(d: &Overview<'_>, width: u32, height: u32) -> Result<String,
         }
         // Fig. 2a.
         {
-            let (lo, hi, bins) = (-0.4, 1.0, 70usize);
+            let (lo, hi, bins) = FIG2A_BINS;
             let w = (hi - lo) / bins as f64;
             let series = [
                 ("mean best r", d.mean_corr, BLUE),
