@@ -106,6 +106,16 @@ fn run(
     work: &Path,
     cancel_after: Option<u64>,
 ) -> Outcome {
+    run_with(dev, options, work, cancel_after, anatomy_spec(&tokens()))
+}
+
+fn run_with(
+    dev: &ComputeDevice,
+    options: &AnalysisOptions,
+    work: &Path,
+    cancel_after: Option<u64>,
+    anatomy: seedscope_analysis::anatomy::AnatomySpec,
+) -> Outcome {
     let models = models(dev);
     let tokens = tokens();
     let reference = Reference::load();
@@ -122,6 +132,7 @@ fn run(
         cancel: cancel.clone(),
         checkpoint_every: Duration::from_secs(3600),
         rotations: Some(reference.rotations(3)),
+        anatomy: Some(anatomy),
     };
     r.run(|p| {
         if cancel_after.is_some_and(|n| p.tokens >= n) {
@@ -129,6 +140,30 @@ fn run(
         }
     })
     .expect("analysis runs")
+}
+
+/// Features from the fixture tokenizer's vocabulary (every kind present, low thresholds so the
+/// tiny data set has unigram and token features).
+fn anatomy_spec(tokens: &TokenSet) -> seedscope_analysis::anatomy::AnatomySpec {
+    use seedscope_analysis::features::{FeatureOptions, FeatureSet};
+    let tok = seedscope_data::TextTokenizer::from_file(&fixture("gpt2-plain/tokenizer.json"))
+        .expect("tokenizer");
+    let vocab: Vec<String> = (0..tok.vocab_size() as u32)
+        .map(|i| tok.decode(&[i]).unwrap_or_default())
+        .collect();
+    let features = FeatureSet::build(
+        &vocab,
+        &tokens.ids,
+        &FeatureOptions {
+            unigram_min_tokens: 1,
+            token_min_count: 2,
+            ..FeatureOptions::default()
+        },
+    );
+    seedscope_analysis::anatomy::AnatomySpec {
+        features: Arc::new(features),
+        seq_len: tokens.seq_len,
+    }
 }
 
 fn done(o: Outcome) -> Results {
@@ -218,7 +253,7 @@ fn check_against_reference(r: &Results, tol: f64) {
         );
     }
     let rows =
-        seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5, None);
+        seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5, None, None);
     let (excess, universal) = (
         reference.f64s("excess_corr"),
         reference.f64s("is_universal"),
@@ -310,6 +345,7 @@ fn a_checkpoint_of_another_analysis_is_refused() {
         cancel: Arc::new(AtomicBool::new(false)),
         checkpoint_every: Duration::from_secs(3600),
         rotations: None,
+        anatomy: None,
     };
     let e = r.run(|_| {}).expect_err("foreign checkpoint").to_string();
     assert!(
@@ -435,5 +471,162 @@ fn pre_activation_histograms_count_every_kept_token_on_both_paths() {
             s.mean
         );
         assert!(s.var > 0.0 && s.kurt > 1.0 && (0.0..=1.0).contains(&s.sparsity));
+    }
+}
+
+/// Variance explained, max-activating examples, position information and per-token means of the
+/// streaming pass (anatomy.wgsl on wgpu, the host loop on the CPU) against numpy
+/// (scripts/make_anatomy_reference.py), with features given as token-id sets.
+#[test]
+fn anatomy_matches_the_numpy_reference_on_both_paths() {
+    use seedscope_analysis::anatomy::{AnatomySpec, BEST_FEATURES, TOP_K, TOP_TOKENS};
+    use seedscope_analysis::features::{Feature, FeatureKind, FeatureSet};
+    let bytes = std::fs::read(fixture("analysis/anatomy.safetensors")).expect("reference");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    let meta = header.metadata().clone().expect("metadata");
+    let sets = |k: &str| -> Vec<Vec<u32>> { serde_json::from_str(&meta[k]).expect("sets") };
+    let (current, previous) = (sets("current"), sets("previous"));
+    let reference = Reference { st: bytes.clone() };
+    let f64s = |n: &str| reference.f64s(n);
+    let tokens = tokens();
+    let vocab = 1 + *tokens.ids.iter().max().expect("ids") as usize;
+    let vocab = vocab.max(1024);
+    let mut fs = FeatureSet {
+        features: Vec::new(),
+        current: vec![Vec::new(); vocab],
+        previous: vec![Vec::new(); vocab],
+        token_of: Vec::new(),
+    };
+    for (prev, list) in [(false, &current), (true, &previous)] {
+        for set in list {
+            let f = fs.features.len() as u32;
+            fs.features.push(Feature {
+                name: format!("set{f}"),
+                kind: FeatureKind::Syntax,
+                previous: prev,
+            });
+            for &t in set {
+                let table = if prev {
+                    &mut fs.previous
+                } else {
+                    &mut fs.current
+                };
+                table[t as usize].push(f);
+            }
+        }
+    }
+    let n_sets = fs.features.len();
+    let tok_ids: Vec<u32> = f64s("tok_ids").into_iter().map(|t| t as u32).collect();
+    for &t in &tok_ids {
+        let f = fs.features.len() as u32;
+        fs.features.push(Feature {
+            name: format!("tok{t}"),
+            kind: FeatureKind::Token,
+            previous: false,
+        });
+        fs.current[t as usize].push(f);
+        fs.token_of.push((f, t));
+    }
+    let spec = AnatomySpec {
+        features: Arc::new(fs),
+        seq_len: tokens.seq_len,
+    };
+    // Expected variance explained of every feature: the sets from numpy, the token identities
+    // from numpy's per-token means (VR = n1 (mu1 - mu)^2 / (n0 var) for an indicator).
+    let base = Reference::load();
+    let (mean, var) = (base.f64s("mean"), base.f64s("var"));
+    let n_neurons = mean.len();
+    let kept: Vec<u32> = tokens
+        .ids
+        .iter()
+        .copied()
+        .filter(|t| !tokens.drop_ids.contains(t))
+        .collect();
+    let n = kept.len() as f64;
+    let tok_mean = f64s("tok_mean");
+    let mut expected_vr: Vec<Vec<f64>> =
+        (0..n_sets).map(|f| f64s(&format!("vr_pop.{f}"))).collect();
+    let mut worst_ddof = 0f64;
+    for f in 0..n_sets {
+        let pandas = f64s(&format!("vr_pandas.{f}"));
+        for (a, b) in expected_vr[f].iter().zip(&pandas) {
+            worst_ddof = worst_ddof.max((a - b).abs());
+        }
+    }
+    eprintln!("the paper's ddof=1 variant differs by at most {worst_ddof:.2e} on these 706 tokens");
+    for (i, &t) in tok_ids.iter().enumerate() {
+        let n1 = kept.iter().filter(|&&k| k == t).count() as f64;
+        expected_vr.push(
+            (0..n_neurons)
+                .map(|j| {
+                    let d = tok_mean[i * n_neurons + j] - mean[j];
+                    if var[j] > 0.0 {
+                        n1 * d * d / ((n - n1) * var[j])
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+    }
+    let top_val = f64s("top_val");
+    let top_idx = f64s("top_idx");
+    let pos_mi = f64s("pos_mi");
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let r = done(run_with(
+            &dev,
+            &options(),
+            &temp_dir("anatomy"),
+            None,
+            spec.clone(),
+        ));
+        let a = r.anchors[0].anatomy.as_ref().expect("anatomy computed");
+        let (mut vr_err, mut top_err, mut mi_err, mut mean_err) = (0f64, 0f64, 0f64, 0f64);
+        for j in 0..n_neurons {
+            let mut want: Vec<f64> = expected_vr.iter().map(|v| v[j]).collect();
+            want.sort_by(|x, y| y.total_cmp(x));
+            for b in 0..BEST_FEATURES {
+                let got = a.best_vr[j * BEST_FEATURES + b] as f64;
+                vr_err = vr_err.max((got - want[b]).abs());
+                // The feature named is one whose expected score is this high.
+                let f = a.best_feature[j * BEST_FEATURES + b] as usize;
+                assert!(
+                    (expected_vr[f][j] - got).abs() < 2e-4,
+                    "{kind} neuron {j}: feature {f}"
+                );
+            }
+            for q in 0..TOP_K {
+                let (g, w) = (a.top_val[j * TOP_K + q] as f64, top_val[j * TOP_K + q]);
+                top_err = top_err.max((g - w).abs());
+                // Indices agree unless two values are within rounding of each other.
+                let tied = (0..TOP_K).any(|o| o != q && (top_val[j * TOP_K + o] - w).abs() < 1e-4);
+                if !tied {
+                    assert_eq!(
+                        a.top_idx[j * TOP_K + q] as f64,
+                        top_idx[j * TOP_K + q],
+                        "{kind} neuron {j} example {q}"
+                    );
+                }
+            }
+            mi_err = mi_err.max((a.pos_mi[j] as f64 - pos_mi[j]).abs());
+            let mut means: Vec<f64> = (0..tok_ids.len())
+                .map(|i| tok_mean[i * n_neurons + j])
+                .collect();
+            means.sort_by(|x, y| y.total_cmp(x));
+            for q in 0..TOP_TOKENS {
+                mean_err =
+                    mean_err.max((a.top_token_mean[j * TOP_TOKENS + q] as f64 - means[q]).abs());
+            }
+        }
+        eprintln!(
+            "{kind}: max |error| variance explained {vr_err:.2e}, examples {top_err:.2e}, \
+             position MI {mi_err:.2e}, token means {mean_err:.2e}"
+        );
+        assert!(vr_err < 2e-4, "{kind}: variance explained off by {vr_err}");
+        assert!(top_err < 1e-4, "{kind}: examples off by {top_err}");
+        assert!(mi_err < 1e-3, "{kind}: position MI off by {mi_err}");
+        assert!(mean_err < 1e-4, "{kind}: token means off by {mean_err}");
     }
 }

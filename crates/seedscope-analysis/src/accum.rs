@@ -168,6 +168,8 @@ pub struct SavedState {
     pub tiles: Vec<Vec<f64>>,
     /// Pre-activation histograms being counted in this pass ([`crate::hist::PreHists`]).
     pub hists: Vec<Vec<u32>>,
+    /// Anatomy accumulators being filled in this pass ([`crate::anatomy::Anatomies`]).
+    pub anatomy: Vec<crate::anatomy::AnatomySaved>,
 }
 
 /// Accumulators of one pass: moments of the streams it uses and its tiles.
@@ -493,6 +495,7 @@ impl Accumulator {
                     .collect(),
                 tiles: tiles.clone(),
                 hists: Vec::new(),
+                anatomy: Vec::new(),
             }),
             Self::Gpu {
                 ctx,
@@ -517,6 +520,7 @@ impl Accumulator {
                     moments: ms,
                     tiles: ts,
                     hists: Vec::new(),
+                    anatomy: Vec::new(),
                 })
             }
         }

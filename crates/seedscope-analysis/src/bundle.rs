@@ -36,7 +36,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
-use crate::engine::{AnchorResult, Results};
+use crate::engine::{AnchorResult, Results, TokenSet};
+use crate::features::FeatureSet;
 use crate::weights::{NeuronWeights, VOCAB_ENDS};
 
 /// Files of a bundle.
@@ -49,6 +50,8 @@ pub const CORRELATION: &str = "correlation.safetensors";
 pub const TILES: &str = "tiles.safetensors";
 /// Pre-activation histograms per anchor.
 pub const HISTOGRAMS: &str = "histograms.safetensors";
+/// Examples, best features, top tokens and position information per anchor neuron.
+pub const ANATOMY: &str = "anatomy.safetensors";
 
 /// The working directory of a bundle being made: `<out>.partial`.
 pub fn partial_dir(out: &Path) -> PathBuf {
@@ -132,6 +135,20 @@ pub struct NeuronRow {
     /// Its kurtosis (non-excess).
     #[serde(default = "nan")]
     pub vocab_kurt: f64,
+    /// The token feature that explains most of the activation's variance
+    /// ([`crate::anatomy`]; `prev:` for the previous token); empty when not computed.
+    #[serde(default)]
+    pub best_feature: String,
+    /// Its variance explained (the paper's eq. 4).
+    #[serde(default = "nan")]
+    pub best_vr: f64,
+    /// Mutual information of `activation > 0` with position, nats.
+    #[serde(default = "nan")]
+    pub pos_mi: f64,
+    /// The family: unigram, alphabet, previous-token, syntax, semantic, position or
+    /// unexplained ([`crate::anatomy::family`]); empty when not computed.
+    #[serde(default)]
+    pub family: String,
 }
 
 fn nan() -> f64 {
@@ -159,6 +176,7 @@ impl NeuronRow {
         .into_iter()
         .chain(HIST_COLUMNS)
         .chain(WEIGHT_COLUMNS)
+        .chain(ANATOMY_COLUMNS)
         .collect()
     }
 
@@ -202,6 +220,10 @@ impl NeuronRow {
         ] {
             rec.push(format!("{v:.6e}"));
         }
+        rec.push(self.best_feature.clone());
+        rec.push(format!("{:.6}", self.best_vr));
+        rec.push(format!("{:.6}", self.pos_mi));
+        rec.push(self.family.clone());
         rec
     }
 }
@@ -222,14 +244,19 @@ pub const WEIGHT_COLUMNS: [&str; 9] = [
     "vocab_kurt",
 ];
 
+/// The anatomy columns of `neurons.csv`, in order ([`crate::anatomy`]).
+pub const ANATOMY_COLUMNS: [&str; 4] = ["best_feature", "best_vr", "pos_mi", "family"];
+
 /// Per-neuron aggregates of one anchor's results.
-/// `weights`: the anchor's weight statistics (`layer * d_mlp + neuron` order), if computed.
+/// `weights`: the anchor's weight statistics (`layer * d_mlp + neuron` order), if computed;
+/// `features`: the run's token features, which name the anatomy's best features.
 pub fn neuron_rows(
     r: &AnchorResult,
     names: &[String],
     d_mlp: usize,
     threshold: f64,
     weights: Option<&[NeuronWeights]>,
+    features: Option<&FeatureSet>,
 ) -> Vec<(NeuronRow, Vec<(f32, u32)>)> {
     let width = r.real.first().map_or(0, |m| m.max.len());
     let n_other = r.others.len().max(1) as f64;
@@ -255,6 +282,20 @@ pub fn neuron_rows(
                 .map(crate::hist::stats);
             let hv = |f: fn(&crate::hist::HistStats) -> f64| h.as_ref().map_or(f64::NAN, f);
             let wv = |f: fn(&NeuronWeights) -> f64| w.map_or(f64::NAN, f);
+            let nb = crate::anatomy::BEST_FEATURES;
+            let best = r.anatomy.as_ref().and_then(|a| {
+                let f = *a.best_feature.get(i * nb)?;
+                Some((f, a.best_vr[i * nb]))
+            });
+            let pos_mi = r.anatomy.as_ref().and_then(|a| a.pos_mi.get(i).copied());
+            let (best_feature, family) = match (features, r.anatomy.as_ref()) {
+                (Some(fs), Some(_)) => (
+                    best.and_then(|(f, _)| fs.features.get(f as usize))
+                        .map_or(String::new(), |f| f.name.clone()),
+                    crate::anatomy::family(fs, best, pos_mi.unwrap_or(0.0)).to_string(),
+                ),
+                _ => (String::new(), String::new()),
+            };
             (
                 NeuronRow {
                     model: names[r.anchor].clone(),
@@ -285,6 +326,10 @@ pub fn neuron_rows(
                     vocab_var: wv(|w| w.vocab_var),
                     vocab_skew: wv(|w| w.vocab_skew),
                     vocab_kurt: wv(|w| w.vocab_kurt),
+                    best_feature,
+                    best_vr: best.map_or(f64::NAN, |b| b.1 as f64),
+                    pos_mi: pos_mi.map_or(f64::NAN, f64::from),
+                    family,
                 },
                 r.real.iter().map(|m| (m.max[i], m.argmax[i])).collect(),
             )
@@ -499,6 +544,7 @@ pub fn write_bundle(
     names: &[String],
     manifest: &Manifest,
     weights: &[Option<Vec<NeuronWeights>>],
+    data: Option<(&FeatureSet, &TokenSet)>,
 ) -> Result<(), AnalysisError> {
     let dir = partial_dir(out);
     std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
@@ -513,7 +559,7 @@ pub fn write_bundle(
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (ai, r) in results.anchors.iter().enumerate() {
         let stats = weights.get(ai).and_then(|w| w.as_deref());
-        let rows = neuron_rows(r, names, d, threshold, stats);
+        let rows = neuron_rows(r, names, d, threshold, stats, data.map(|d| d.0));
         if ai == 0 {
             let mut header: Vec<String> =
                 NeuronRow::columns().iter().map(|s| s.to_string()).collect();
@@ -667,6 +713,7 @@ pub fn write_bundle(
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     write(&dir.join(CORRELATION), &bytes)?;
+    write_anatomy(&dir, results, data, l, d)?;
     // Tiles, f16.
     let mut tile_tensors = Vec::new();
     for r in &results.anchors {
@@ -749,6 +796,142 @@ pub fn write_bundle(
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     Ok(())
+}
+
+/// Tokens of context kept before and after each max-activating example (the paper's 50 / 10).
+pub const CONTEXT: (usize, usize) = (50, 10);
+
+/// `anatomy.safetensors`: per anchor (prefixed `anchor{m}/` after the first) the examples
+/// `top_val` `[l, d, k]` f32, `top_index` `[l, d, k]` i64 (`row * seq_len + position`, −1 where
+/// none) and `windows` `[l, d, k, 61]` i32 token ids (50 before, the token, 10 after, within its
+/// row; −1 outside); `best_feature` `[l, d, 3]` i32 with `best_vr` f32; `top_token` `[l, d, 10]`
+/// i32 with `top_token_mean` f32; `pos_mi` `[l, d]` f32. Metadata `features`: the feature list
+/// (JSON), `context`: `[50, 10]`.
+fn write_anatomy(
+    dir: &Path,
+    results: &Results,
+    data: Option<(&FeatureSet, &TokenSet)>,
+    l: usize,
+    d: usize,
+) -> Result<(), AnalysisError> {
+    let path = dir.join(ANATOMY);
+    let Some((features, tokens)) = data else {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    };
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let le_i32 =
+        |v: &mut dyn Iterator<Item = i32>| -> Vec<u8> { v.flat_map(|x| x.to_le_bytes()).collect() };
+    let le_f32 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (before, after) = CONTEXT;
+    let win = before + 1 + after;
+    for (ai, r) in results.anchors.iter().enumerate() {
+        let Some(a) = &r.anatomy else { continue };
+        let prefix = if ai == 0 {
+            String::new()
+        } else {
+            format!("anchor{}/", r.anchor)
+        };
+        let k = a.k;
+        let nb = crate::anatomy::BEST_FEATURES;
+        let nt = crate::anatomy::TOP_TOKENS;
+        tensors.push((
+            format!("{prefix}top_val"),
+            Dtype::F32,
+            vec![l, d, k],
+            le_f32(&a.top_val),
+        ));
+        let idx: Vec<u8> = a
+            .top_idx
+            .iter()
+            .map(|&i| if i == u32::MAX { -1i64 } else { i as i64 })
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        tensors.push((format!("{prefix}top_index"), Dtype::I64, vec![l, d, k], idx));
+        let seq = tokens.seq_len;
+        let windows = le_i32(&mut a.top_idx.iter().flat_map(|&g| {
+            (0..win).map(move |j| {
+                if g == u32::MAX {
+                    return -1;
+                }
+                let (row, pos) = (g as usize / seq, g as usize % seq);
+                let p = pos as i64 + j as i64 - before as i64;
+                if p < 0 || p >= seq as i64 {
+                    -1
+                } else {
+                    tokens
+                        .ids
+                        .get(row * seq + p as usize)
+                        .map_or(-1, |&t| t as i32)
+                }
+            })
+        }));
+        tensors.push((
+            format!("{prefix}windows"),
+            Dtype::I32,
+            vec![l, d, k, win],
+            windows,
+        ));
+        tensors.push((
+            format!("{prefix}best_feature"),
+            Dtype::I32,
+            vec![l, d, nb],
+            le_i32(
+                &mut a
+                    .best_feature
+                    .iter()
+                    .map(|&f| if f == u32::MAX { -1 } else { f as i32 }),
+            ),
+        ));
+        tensors.push((
+            format!("{prefix}best_vr"),
+            Dtype::F32,
+            vec![l, d, nb],
+            le_f32(&a.best_vr),
+        ));
+        tensors.push((
+            format!("{prefix}top_token"),
+            Dtype::I32,
+            vec![l, d, nt],
+            le_i32(
+                &mut a
+                    .top_token
+                    .iter()
+                    .map(|&t| if t == u32::MAX { -1 } else { t as i32 }),
+            ),
+        ));
+        tensors.push((
+            format!("{prefix}top_token_mean"),
+            Dtype::F32,
+            vec![l, d, nt],
+            le_f32(&a.top_token_mean),
+        ));
+        tensors.push((
+            format!("{prefix}pos_mi"),
+            Dtype::F32,
+            vec![l, d],
+            le_f32(&a.pos_mi),
+        ));
+    }
+    if tensors.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, dt, s, b)| view(n, *dt, s.clone(), b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let info = HashMap::from([
+        (
+            "features".to_owned(),
+            serde_json::to_string(&features.features)
+                .map_err(|e| AnalysisError::Invalid(e.to_string()))?,
+        ),
+        ("context".to_owned(), format!("[{before}, {after}]")),
+    ]);
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    write(&path, &bytes)
 }
 
 /// A bundle read back.

@@ -45,6 +45,8 @@ struct Meta {
     n_tiles: usize,
     #[serde(default)]
     n_hists: usize,
+    #[serde(default)]
+    n_anatomy: usize,
     anchors: Vec<AnchorMeta>,
 }
 
@@ -53,6 +55,8 @@ struct AnchorMeta {
     anchor: usize,
     others: Vec<usize>,
     tiles: Vec<(usize, usize, usize)>,
+    #[serde(default)]
+    anatomy: bool,
 }
 
 fn f64_bytes(v: &[f64]) -> Vec<u8> {
@@ -111,6 +115,31 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
                 );
             }
         }
+        if let Some(a) = &r.anatomy {
+            let p = format!("res.{i}.anat");
+            push(format!("{p}.top_val"), Dtype::F32, f32_bytes(&a.top_val), 4);
+            push(format!("{p}.top_idx"), Dtype::U32, u32_bytes(&a.top_idx), 4);
+            push(
+                format!("{p}.best_feature"),
+                Dtype::U32,
+                u32_bytes(&a.best_feature),
+                4,
+            );
+            push(format!("{p}.best_vr"), Dtype::F32, f32_bytes(&a.best_vr), 4);
+            push(
+                format!("{p}.top_token"),
+                Dtype::U32,
+                u32_bytes(&a.top_token),
+                4,
+            );
+            push(
+                format!("{p}.top_token_mean"),
+                Dtype::F32,
+                f32_bytes(&a.top_token_mean),
+                4,
+            );
+            push(format!("{p}.pos_mi"), Dtype::F32, f32_bytes(&a.pos_mi), 4);
+        }
         for (k, t) in r.tiles.iter().enumerate() {
             push(
                 format!("res.{i}.tile.{k}"),
@@ -132,6 +161,43 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
         for (k, h) in acc.hists.iter().enumerate() {
             push(format!("acc.hist.{k}"), Dtype::U32, u32_bytes(h), 4);
         }
+        for (k, a) in acc.anatomy.iter().enumerate() {
+            let p = format!("acc.anat.{k}");
+            push(format!("{p}.sums"), Dtype::F64, f64_bytes(&a.state.sums), 8);
+            push(
+                format!("{p}.shift"),
+                Dtype::F32,
+                f32_bytes(&a.state.shift),
+                4,
+            );
+            push(
+                format!("{p}.top_val"),
+                Dtype::F32,
+                f32_bytes(&a.state.top_val),
+                4,
+            );
+            push(
+                format!("{p}.top_idx"),
+                Dtype::U32,
+                u32_bytes(&a.state.top_idx),
+                4,
+            );
+            push(
+                format!("{p}.active"),
+                Dtype::U32,
+                u32_bytes(&a.state.active),
+                4,
+            );
+            let counts: Vec<f64> = a.feature_count.iter().map(|&c| c as f64).collect();
+            push(
+                format!("{p}.feature_count"),
+                Dtype::F64,
+                f64_bytes(&counts),
+                8,
+            );
+            let totals: Vec<f64> = a.pos_total.iter().map(|&c| c as f64).collect();
+            push(format!("{p}.pos_total"), Dtype::F64, f64_bytes(&totals), 8);
+        }
     }
     let meta = Meta {
         fingerprint: ck.fingerprint.clone(),
@@ -144,6 +210,7 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
             .unwrap_or_default(),
         n_tiles: ck.accumulators.as_ref().map_or(0, |a| a.tiles.len()),
         n_hists: ck.accumulators.as_ref().map_or(0, |a| a.hists.len()),
+        n_anatomy: ck.accumulators.as_ref().map_or(0, |a| a.anatomy.len()),
         anchors: ck
             .results
             .iter()
@@ -155,6 +222,7 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
                     .iter()
                     .map(|t| (t.other, t.layer_a, t.layer_b))
                     .collect(),
+                anatomy: r.anatomy.is_some(),
             })
             .collect(),
     };
@@ -270,6 +338,21 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             } else {
                 Vec::new()
             },
+            anatomy: if a.anatomy {
+                let p = format!("res.{i}.anat");
+                Some(crate::anatomy::AnatomyResult {
+                    k: crate::anatomy::TOP_K,
+                    top_val: f32s(&format!("{p}.top_val"))?,
+                    top_idx: u32s(&format!("{p}.top_idx"))?,
+                    best_feature: u32s(&format!("{p}.best_feature"))?,
+                    best_vr: f32s(&format!("{p}.best_vr"))?,
+                    top_token: u32s(&format!("{p}.top_token"))?,
+                    top_token_mean: f32s(&format!("{p}.top_token_mean"))?,
+                    pos_mi: f32s(&format!("{p}.pos_mi"))?,
+                })
+            } else {
+                None
+            },
             tiles,
         });
     }
@@ -292,11 +375,33 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             for k in 0..meta.n_hists {
                 hists.push(u32s(&format!("acc.hist.{k}"))?);
             }
+            let mut anatomy = Vec::new();
+            for k in 0..meta.n_anatomy {
+                let p = format!("acc.anat.{k}");
+                anatomy.push(crate::anatomy::AnatomySaved {
+                    state: seedscope_gpu::AnatomyState {
+                        sums: f64s(&format!("{p}.sums"))?,
+                        shift: f32s(&format!("{p}.shift"))?,
+                        top_val: f32s(&format!("{p}.top_val"))?,
+                        top_idx: u32s(&format!("{p}.top_idx"))?,
+                        active: u32s(&format!("{p}.active"))?,
+                    },
+                    feature_count: f64s(&format!("{p}.feature_count"))?
+                        .into_iter()
+                        .map(|c| c as u64)
+                        .collect(),
+                    pos_total: f64s(&format!("{p}.pos_total"))?
+                        .into_iter()
+                        .map(|c| c as u64)
+                        .collect(),
+                });
+            }
             Some(SavedState {
                 count,
                 moments,
                 tiles,
                 hists,
+                anatomy,
             })
         }
     };

@@ -12,6 +12,7 @@ use seedscope_model::{ComputeDevice, ForwardOptions, HookPoint, LoadedModel, Tok
 use serde::{Deserialize, Serialize};
 
 use crate::accum::{Accumulator, Block, GpuBlock, SavedState};
+use crate::anatomy::{Anatomies, AnatomyResult, AnatomySpec};
 use crate::hist::PreHists;
 use crate::plan::{Plan, PlanInput, plan, stream};
 use crate::rotation::rotation_matrix;
@@ -121,6 +122,9 @@ pub struct AnchorResult {
     /// Per anchor neuron pre-activation histogram, `[n_layers * d_mlp, HIST_BINS]` counts on the
     /// paper's fixed edges ([`crate::hist`]); counted in the first pass that runs the anchor.
     pub pre_hist: Vec<u32>,
+    /// What each anchor neuron responds to ([`crate::anatomy`]); computed in the same pass as
+    /// the histograms when the run has an [`AnatomySpec`].
+    pub anatomy: Option<AnatomyResult>,
     /// Requested tiles.
     pub tiles: Vec<SavedTile>,
 }
@@ -291,9 +295,17 @@ fn activations(
 }
 
 /// The state of a pass in progress: its accumulators and the histograms it is counting.
-fn pass_state(acc: &Accumulator, hists: &PreHists) -> Result<SavedState, AnalysisError> {
+fn pass_state(
+    acc: &Accumulator,
+    hists: &PreHists,
+    anatomy: Option<&Anatomies>,
+) -> Result<SavedState, AnalysisError> {
     Ok(SavedState {
         hists: hists.save()?,
+        anatomy: anatomy
+            .map(Anatomies::save)
+            .transpose()?
+            .unwrap_or_default(),
         ..acc.save()?
     })
 }
@@ -341,6 +353,8 @@ pub struct Run<'a> {
     /// Baseline matrices to use instead of the seeded ones, `[model][layer]` each `[d_mlp,
     /// d_mlp]` row-major (e.g. the paper's stored `R`, or a test's fixed matrices).
     pub rotations: Option<Vec<Vec<Vec<f32>>>>,
+    /// Features and positions for the anatomy of each anchor (none: skip it).
+    pub anatomy: Option<AnatomySpec>,
 }
 
 impl Run<'_> {
@@ -395,6 +409,7 @@ impl Run<'_> {
                 mean: Vec::new(),
                 var: Vec::new(),
                 pre_hist: Vec::new(),
+                anatomy: None,
                 tiles: Vec::new(),
             });
         }
@@ -428,6 +443,7 @@ impl Run<'_> {
             let mut first_block = 0;
             let mut tokens_done = 0;
             let mut restored_hists = None;
+            let mut restored_anatomy = None;
             if pass_idx == start.pass
                 && let Some(state) = resumed_state.take()
             {
@@ -435,6 +451,7 @@ impl Run<'_> {
                 first_block = start.block;
                 tokens_done = state.count;
                 restored_hists = Some(state.hists);
+                restored_anatomy = Some(state.anatomy);
             }
             let used = acc.streams();
             // Anchors whose pre-activation histograms this pass counts: those it runs that have
@@ -449,6 +466,18 @@ impl Run<'_> {
                 PreHists::new(gpu.as_ref().map(|(c, k)| (c, k)), hist_anchors.len(), width)?;
             if let Some(saved) = &restored_hists {
                 hists.restore(saved)?;
+            }
+            let mut anatomy = match &self.anatomy {
+                Some(spec) if !hist_anchors.is_empty() => Some(Anatomies::new(
+                    gpu.as_ref().map(|(c, k)| (c, k)),
+                    spec,
+                    hist_anchors.len(),
+                    width,
+                )?),
+                _ => None,
+            };
+            if let (Some(a), Some(saved)) = (&mut anatomy, &restored_anatomy) {
+                a.restore(saved)?;
             }
             // Rotation matrices (transposed) of the models whose baseline this pass needs.
             let rotations: Vec<Vec<Tensor<2>>> = (0..n_models)
@@ -479,7 +508,7 @@ impl Run<'_> {
             let mut last_ckpt = Instant::now();
             for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
-                    let state = pass_state(&acc, &hists)?;
+                    let state = pass_state(&acc, &hists, anatomy.as_ref())?;
                     self.save(&ckpt_path, pass_idx, bi, &results, Some(state))?;
                     return Ok(Outcome::Interrupted {
                         checkpoint: ckpt_path,
@@ -492,8 +521,10 @@ impl Run<'_> {
                 )?;
                 let kept =
                     kept_positions(self.tokens, self.options.keep_all_tokens, r0, r1, kept_n);
-                let kept =
-                    Tensor::<1, Int>::from_data(TensorData::new(kept, [kept_n as usize]), device);
+                let kept_t = Tensor::<1, Int>::from_data(
+                    TensorData::new(kept.clone(), [kept_n as usize]),
+                    device,
+                );
                 let mut streams: Vec<Option<Tensor<2>>> = vec![None; 2 * n_models];
                 for m in 0..n_models {
                     if !(used[stream(m, false)] || used[stream(m, true)]) {
@@ -501,9 +532,12 @@ impl Run<'_> {
                     }
                     let hist = hist_anchors.iter().position(|&i| results[i].anchor == m);
                     let (x, pre) =
-                        activations(&self.family.models[m], &batch, &kept, hist.is_some())?;
+                        activations(&self.family.models[m], &batch, &kept_t, hist.is_some())?;
                     if let (Some(k), Some(pre)) = (hist, pre) {
                         hists.update(k, pre)?;
+                    }
+                    if let (Some(k), Some(a)) = (hist, &mut anatomy) {
+                        a.update(k, x.clone(), &self.tokens.ids, r0, &kept)?;
                     }
                     if used[stream(m, true)] {
                         streams[stream(m, true)] = Some(rotate(&x, &rotations[m], d_mlp));
@@ -538,7 +572,7 @@ impl Run<'_> {
                     memory_bytes: plan.peak_bytes(),
                 });
                 if last_ckpt.elapsed() >= self.checkpoint_every && bi + 1 < blocks.len() {
-                    let state = pass_state(&acc, &hists)?;
+                    let state = pass_state(&acc, &hists, anatomy.as_ref())?;
                     self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(state))?;
                     last_ckpt = Instant::now();
                 }
@@ -546,6 +580,12 @@ impl Run<'_> {
             self.reduce(&acc, specs, &mut results, d_mlp)?;
             for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
                 results[i].pre_hist = counts;
+            }
+            if let Some(a) = &anatomy {
+                for (k, &i) in hist_anchors.iter().enumerate() {
+                    let r = &results[i];
+                    results[i].anatomy = Some(a.finish(k, &r.mean, &r.var)?);
+                }
             }
             self.save(&ckpt_path, pass_idx + 1, 0, &results, None)?;
         }

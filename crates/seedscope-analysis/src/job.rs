@@ -359,6 +359,24 @@ pub fn run_analysis(
         h.update(key);
         format!("{:x}", h.finalize())
     };
+    // Token features for the anatomy (decoded with the anchor's tokenizer when it has one).
+    let vocab: Vec<String> = {
+        let tok_path = models[0].dir.join("tokenizer.json");
+        let n = models[0].config.vocab_size();
+        if tok_path.exists() {
+            let t = TextTokenizer::from_file(&tok_path)?;
+            (0..n as u32)
+                .map(|id| t.decode(&[id]).unwrap_or_default())
+                .collect()
+        } else {
+            vec![String::new(); n]
+        }
+    };
+    let features = std::sync::Arc::new(crate::features::FeatureSet::build(
+        &vocab,
+        &tokens.ids,
+        &crate::features::FeatureOptions::default(),
+    ));
     let work = partial_dir(&req.out);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let run = Run {
@@ -373,6 +391,10 @@ pub fn run_analysis(
         cancel,
         checkpoint_every: req.checkpoint_every,
         rotations: None,
+        anatomy: Some(crate::anatomy::AnatomySpec {
+            features: features.clone(),
+            seq_len: tokens.seq_len,
+        }),
     };
     let plan = run.plan()?;
     events(JobEvent::Log(format!(
@@ -408,6 +430,7 @@ pub fn run_analysis(
         results.d_mlp,
         options.threshold,
         weights.first().and_then(|w| w.as_deref()),
+        Some(&features),
     );
     let (fraction, per_layer) = crate::bundle::universal_fractions(
         rows.iter().map(|(r, _)| (r.layer, r.is_universal)),
@@ -437,7 +460,14 @@ pub fn run_analysis(
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };
-    write_bundle(&req.out, &results, &names, &manifest, &weights)?;
+    write_bundle(
+        &req.out,
+        &results,
+        &names,
+        &manifest,
+        &weights,
+        Some((&features, &tokens)),
+    )?;
     events(JobEvent::Log(format!(
         "wrote {} in {:.1} s",
         req.out.display(),

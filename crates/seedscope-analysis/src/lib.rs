@@ -18,9 +18,11 @@
 use std::path::PathBuf;
 
 pub mod accum;
+pub mod anatomy;
 pub mod bundle;
 pub mod checkpoint;
 pub mod engine;
+pub mod features;
 pub mod hist;
 pub mod job;
 pub mod plan;

@@ -1,0 +1,598 @@
+//! What each anchor neuron responds to, accumulated in the anchor's first pass next to its
+//! histograms: the variance its activation shares with every token feature (eq. 4 of the paper),
+//! its max-activating examples, the tokens with its highest mean activation and its mutual
+//! information with position. The GPU path runs `shaders/anatomy.wgsl`; the CPU path is the same
+//! algorithm in f64.
+//!
+//! **Variance explained.** For a boolean feature y with n₁ of n positions on, eq. 4 with
+//! population variances, `1 − [(1−β)Var(v|y=0) + βVar(v|y=1)]/Var(v)`, equals the squared
+//! point-biserial correlation `C²/(M2_y · M2_v)` with the co-moment `C = Σ_{y=1}(v − μ)` and
+//! `M2_y = n₁n₀/n`. So one sparse GEMM of feature indicators against activations, plus the
+//! neuron's moments, gives every score. (The paper's pandas code uses ddof = 1 inside each
+//! group; that differs by the factors n_k/(n_k − 1), below 1e-3 for features on over a
+//! thousand positions; `tests/anatomy.rs` compares both with numpy.)
+
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+use seedscope_gpu::{
+    Anatomy as DevAnatomy, AnatomyState, FeatureTables, GpuContext, Kernels, NO_TOKEN,
+};
+
+use crate::AnalysisError;
+use crate::accum::{GpuBlock, rows_per_chunk};
+use crate::features::{FeatureKind, FeatureSet};
+
+/// Max-activating examples kept per neuron (the paper's 20).
+pub const TOP_K: usize = 20;
+/// Best features kept per neuron.
+pub const BEST_FEATURES: usize = 3;
+/// Tokens with the highest mean activation kept per neuron.
+pub const TOP_TOKENS: usize = 10;
+/// Most position buckets for the mutual information (positions are grouped beyond this).
+pub const MAX_POSITIONS: usize = 1024;
+/// Variance explained from which a feature defines a family (the paper's 0.5).
+pub const FAMILY_VR: f32 = 0.5;
+/// Mutual information with position (nats) from which an unexplained neuron is a position
+/// neuron.
+pub const POSITION_MI: f32 = 0.1;
+
+/// Per anchor neuron facts from the data (flat `[width, …]` arrays).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AnatomyResult {
+    /// Examples per neuron.
+    pub k: usize,
+    /// `[width, k]` largest activations, descending (`-inf` where fewer tokens were seen).
+    pub top_val: Vec<f32>,
+    /// `[width, k]` their token indices in the data (`row * seq_len + position`; `u32::MAX`
+    /// where none).
+    pub top_idx: Vec<u32>,
+    /// `[width, BEST_FEATURES]` best features (ids into the run's [`FeatureSet`]).
+    pub best_feature: Vec<u32>,
+    /// `[width, BEST_FEATURES]` their variance explained.
+    pub best_vr: Vec<f32>,
+    /// `[width, TOP_TOKENS]` token ids with the highest mean activation (`u32::MAX` where none).
+    pub top_token: Vec<u32>,
+    /// `[width, TOP_TOKENS]` those means.
+    pub top_token_mean: Vec<f32>,
+    /// `[width]` mutual information of `activation > 0` with position, nats.
+    pub pos_mi: Vec<f32>,
+}
+
+/// The host part of one anchor's running state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnatomySaved {
+    /// The accumulator state over all neurons (chunks joined).
+    pub state: AnatomyState,
+    /// Positions each feature was on.
+    pub feature_count: Vec<u64>,
+    /// Kept tokens per position bucket.
+    pub pos_total: Vec<u64>,
+}
+
+/// Where a run's anatomy is computed and with which features.
+#[derive(Debug, Clone)]
+pub struct AnatomySpec {
+    /// The features.
+    pub features: Arc<FeatureSet>,
+    /// Tokens per row (positions).
+    pub seq_len: usize,
+}
+
+impl AnatomySpec {
+    /// Position buckets.
+    pub fn n_pos(&self) -> usize {
+        self.seq_len.clamp(1, MAX_POSITIONS)
+    }
+
+    /// The bucket of position `p`.
+    pub fn bucket(&self, p: usize) -> u32 {
+        (p * self.n_pos() / self.seq_len.max(1)) as u32
+    }
+}
+
+enum Dev {
+    Cpu(Vec<AnatomyState>),
+    Gpu {
+        ctx: Box<GpuContext>,
+        kernels: Arc<Kernels>,
+        tables: FeatureTables,
+        /// Per anchor, column chunks.
+        chunks: Vec<Vec<DevAnatomy>>,
+    },
+}
+
+/// Anatomy accumulators of some anchors in one pass.
+pub struct Anatomies {
+    spec: AnatomySpec,
+    width: usize,
+    dev: Dev,
+    host: Vec<(Vec<u64>, Vec<u64>)>,
+    started: Vec<bool>,
+}
+
+impl std::fmt::Debug for Anatomies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anatomies")
+            .field("anchors", &self.host.len())
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+fn gpu_err(e: seedscope_gpu::GpuError) -> AnalysisError {
+    AnalysisError::Invalid(e.to_string())
+}
+
+impl Anatomies {
+    /// `n` empty accumulators of `width` neurons, on the GPU when `gpu` is given.
+    pub fn new(
+        gpu: Option<(&GpuContext, &Arc<Kernels>)>,
+        spec: &AnatomySpec,
+        n: usize,
+        width: usize,
+    ) -> Result<Self, AnalysisError> {
+        let nf = spec.features.len() as u32;
+        let (k, n_pos) = (TOP_K as u32, spec.n_pos() as u32);
+        let dev = match gpu {
+            Some((ctx, kernels)) => {
+                let tables =
+                    FeatureTables::new(ctx, &spec.features.current, &spec.features.previous, nf)
+                        .map_err(gpu_err)?;
+                let per = DevAnatomy::max_cols(ctx, k, n_pos, nf).max(1) as usize;
+                let chunks = (0..n)
+                    .map(|_| {
+                        (0..width)
+                            .step_by(per)
+                            .map(|c0| {
+                                let len = per.min(width - c0);
+                                DevAnatomy::new(ctx, c0 as u32, len as u32, k, n_pos, nf)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(gpu_err)?;
+                Dev::Gpu {
+                    ctx: Box::new(ctx.clone()),
+                    kernels: kernels.clone(),
+                    tables,
+                    chunks,
+                }
+            }
+            None => Dev::Cpu(
+                (0..n)
+                    .map(|_| AnatomyState::empty(width as u32, k, n_pos, nf))
+                    .collect(),
+            ),
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            width,
+            dev,
+            host: vec![(vec![0; nf as usize], vec![0; n_pos as usize]); n],
+            started: vec![false; n],
+        })
+    }
+
+    /// Accumulate anchor `a`'s post-activations `x` (`[kept, width]`) of the kept positions
+    /// `kept` (indices into rows `r0..` of `ids`, row-major with `seq_len` per row).
+    pub fn update(
+        &mut self,
+        a: usize,
+        x: Tensor<2>,
+        ids: &[u32],
+        r0: usize,
+        kept: &[i64],
+    ) -> Result<(), AnalysisError> {
+        let seq = self.spec.seq_len;
+        let mut info = Vec::with_capacity(kept.len() * 4);
+        for &i in kept {
+            let g = r0 * seq + i as usize;
+            let pos = g % seq;
+            let prev = if pos > 0 { ids[g - 1] } else { NO_TOKEN };
+            info.extend_from_slice(&[self.spec.bucket(pos), ids[g], prev, g as u32]);
+        }
+        let (fcount, ptotal) = &mut self.host[a];
+        self.spec.features.count(
+            info.chunks_exact(4)
+                .map(|r| (r[1], (r[2] != NO_TOKEN).then_some(r[2]))),
+            fcount,
+        );
+        for r in info.chunks_exact(4) {
+            ptotal[r[0] as usize] += 1;
+        }
+        let first = !self.started[a];
+        self.started[a] = true;
+        match &mut self.dev {
+            Dev::Cpu(states) => {
+                let [rows, width] = x.dims();
+                let v = x
+                    .try_into_data()
+                    .map_err(|e| AnalysisError::Invalid(format!("activations: {e}")))?
+                    .try_into_vec::<f32>()
+                    .map_err(|e| AnalysisError::Invalid(format!("activations: {e:?}")))?;
+                cpu_update(
+                    &mut states[a],
+                    &self.spec.features,
+                    &v,
+                    rows,
+                    width,
+                    &info,
+                    first,
+                );
+            }
+            Dev::Gpu {
+                ctx,
+                kernels,
+                tables,
+                chunks,
+            } => {
+                let b = GpuBlock::new(x)?;
+                let (rows, cols) = (b.rows(), b.cols());
+                let chunk = rows_per_chunk(ctx, rows, [cols])?;
+                for r0 in (0..rows as u64).step_by(chunk as usize) {
+                    let len = chunk.min(rows as u64 - r0) as u32;
+                    let part = &info[r0 as usize * 4..(r0 as usize + len as usize) * 4];
+                    for c in &chunks[a] {
+                        c.update(ctx, kernels, tables, &b.view(r0, len), part)
+                            .map_err(gpu_err)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The running state of every anchor (for a checkpoint).
+    pub fn save(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
+        (0..self.host.len())
+            .map(|a| {
+                let state = match &self.dev {
+                    Dev::Cpu(s) => s[a].clone(),
+                    Dev::Gpu { ctx, chunks, .. } => {
+                        let parts = chunks[a]
+                            .iter()
+                            .map(|c| c.read(ctx))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(gpu_err)?;
+                        join(&parts, self.spec.features.len(), self.spec.n_pos())
+                    }
+                };
+                Ok(AnatomySaved {
+                    state,
+                    feature_count: self.host[a].0.clone(),
+                    pos_total: self.host[a].1.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Continue from saved states.
+    pub fn restore(&mut self, saved: &[AnatomySaved]) -> Result<(), AnalysisError> {
+        if saved.len() != self.host.len() {
+            return Err(AnalysisError::Invalid(format!(
+                "the checkpoint holds {} anatomy states, the pass needs {}",
+                saved.len(),
+                self.host.len()
+            )));
+        }
+        let nf = self.spec.features.len();
+        let n_pos = self.spec.n_pos();
+        for (a, s) in saved.iter().enumerate() {
+            if s.feature_count.len() != nf || s.pos_total.len() != n_pos {
+                return Err(AnalysisError::Invalid(
+                    "saved anatomy counts do not fit this run's features or positions".into(),
+                ));
+            }
+            let started = s.pos_total.iter().any(|&t| t > 0);
+            match &mut self.dev {
+                Dev::Cpu(states) => {
+                    let empty = AnatomyState::empty(
+                        self.width as u32,
+                        TOP_K as u32,
+                        n_pos as u32,
+                        nf as u32,
+                    );
+                    if !same_shape(&empty, &s.state) {
+                        return Err(AnalysisError::Invalid(
+                            "saved anatomy state does not fit this run".into(),
+                        ));
+                    }
+                    states[a] = s.state.clone();
+                }
+                Dev::Gpu { ctx, chunks, .. } => {
+                    for c in &chunks[a] {
+                        let part = slice(
+                            &s.state,
+                            c.col0() as usize,
+                            c.n_cols() as usize,
+                            nf,
+                            n_pos,
+                            self.width,
+                        )?;
+                        c.restore(ctx, &part, started).map_err(gpu_err)?;
+                    }
+                }
+            }
+            self.host[a] = (s.feature_count.clone(), s.pos_total.clone());
+            self.started[a] = started;
+        }
+        Ok(())
+    }
+
+    /// Each anchor's result, from its state and the neurons' mean and variance over the same
+    /// kept tokens.
+    pub fn finish(
+        &self,
+        a: usize,
+        mean: &[f64],
+        var: &[f64],
+    ) -> Result<AnatomyResult, AnalysisError> {
+        let saved = self.save()?.swap_remove(a);
+        Ok(finish(&saved, &self.spec.features, mean, var))
+    }
+}
+
+fn same_shape(a: &AnatomyState, b: &AnatomyState) -> bool {
+    a.sums.len() == b.sums.len()
+        && a.shift.len() == b.shift.len()
+        && a.top_val.len() == b.top_val.len()
+        && a.top_idx.len() == b.top_idx.len()
+        && a.active.len() == b.active.len()
+}
+
+/// Join column chunks (in order) into one state over all their columns.
+fn join(parts: &[AnatomyState], nf: usize, n_pos: usize) -> AnatomyState {
+    let width: usize = parts.iter().map(|p| p.shift.len()).sum();
+    let k = parts
+        .first()
+        .map_or(0, |p| p.top_val.len() / p.shift.len().max(1));
+    let mut out = AnatomyState::empty(width as u32, k as u32, n_pos as u32, nf as u32);
+    let mut c0 = 0;
+    for p in parts {
+        let n = p.shift.len();
+        for f in 0..nf {
+            out.sums[f * width + c0..f * width + c0 + n]
+                .copy_from_slice(&p.sums[f * n..(f + 1) * n]);
+        }
+        out.shift[c0..c0 + n].copy_from_slice(&p.shift);
+        out.top_val[c0 * k..(c0 + n) * k].copy_from_slice(&p.top_val);
+        out.top_idx[c0 * k..(c0 + n) * k].copy_from_slice(&p.top_idx);
+        for t in 0..n_pos {
+            out.active[t * width + c0..t * width + c0 + n]
+                .copy_from_slice(&p.active[t * n..(t + 1) * n]);
+        }
+        c0 += n;
+    }
+    out
+}
+
+/// Columns `[c0, c0 + n)` of a whole state.
+fn slice(
+    s: &AnatomyState,
+    c0: usize,
+    n: usize,
+    nf: usize,
+    n_pos: usize,
+    width: usize,
+) -> Result<AnatomyState, AnalysisError> {
+    let k = TOP_K;
+    if s.shift.len() != width || s.sums.len() != nf * width || s.active.len() != n_pos * width {
+        return Err(AnalysisError::Invalid(
+            "saved anatomy state does not fit this run".into(),
+        ));
+    }
+    Ok(AnatomyState {
+        sums: (0..nf)
+            .flat_map(|f| s.sums[f * width + c0..f * width + c0 + n].iter().copied())
+            .collect(),
+        shift: s.shift[c0..c0 + n].to_vec(),
+        top_val: s.top_val[c0 * k..(c0 + n) * k].to_vec(),
+        top_idx: s.top_idx[c0 * k..(c0 + n) * k].to_vec(),
+        active: (0..n_pos)
+            .flat_map(|t| s.active[t * width + c0..t * width + c0 + n].iter().copied())
+            .collect(),
+    })
+}
+
+/// The CPU path: the kernel's algorithm on the host, sums in f64.
+fn cpu_update(
+    s: &mut AnatomyState,
+    features: &FeatureSet,
+    x: &[f32],
+    rows: usize,
+    width: usize,
+    info: &[u32],
+    first: bool,
+) {
+    let k = TOP_K;
+    if first && rows > 0 {
+        s.shift.copy_from_slice(&x[..width]);
+    }
+    for (r, inf) in info.chunks_exact(4).enumerate().take(rows) {
+        let (pos, tok, prev, index) = (inf[0] as usize, inf[1], inf[2], inf[3]);
+        let row = &x[r * width..(r + 1) * width];
+        let cur = features.current.get(tok as usize).map_or(&[][..], |v| v);
+        let prv = if prev == NO_TOKEN {
+            &[][..]
+        } else {
+            features.previous.get(prev as usize).map_or(&[][..], |v| v)
+        };
+        for (c, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                s.active[pos * width + c] += 1;
+            }
+            let top = &mut s.top_val[c * k..(c + 1) * k];
+            if v > top[k - 1] {
+                let idx = &mut s.top_idx[c * k..(c + 1) * k];
+                let mut j = k - 1;
+                while j > 0 && top[j - 1] < v {
+                    top[j] = top[j - 1];
+                    idx[j] = idx[j - 1];
+                    j -= 1;
+                }
+                top[j] = v;
+                idx[j] = index;
+            }
+            let d = (v - s.shift[c]) as f64;
+            for &f in cur.iter().chain(prv) {
+                s.sums[f as usize * width + c] += d;
+            }
+        }
+    }
+}
+
+/// Variance explained of a feature on `n1` of `n` positions with `sum = Σ_{y=1}(v − shift)`,
+/// for a neuron of mean `mean` and population variance `var`.
+pub fn variance_explained(sum: f64, n1: u64, n: u64, shift: f64, mean: f64, var: f64) -> f64 {
+    if n1 == 0 || n1 >= n || var <= 0.0 {
+        return 0.0;
+    }
+    let (n1, nn) = (n1 as f64, n as f64);
+    let c = sum - n1 * (mean - shift);
+    let m2y = n1 * (nn - n1) / nn;
+    (c * c / (m2y * var * nn)).clamp(0.0, 1.0)
+}
+
+/// Mutual information (nats) between `activation > 0` and position, from per-position active
+/// counts and totals (the paper's `pos_mutual_info`, weighted by each position's tokens).
+pub fn position_mi(active: impl Iterator<Item = u32> + Clone, total: &[u64]) -> f64 {
+    let n: u64 = total.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let on: u64 = active.clone().map(u64::from).sum();
+    let p = on as f64 / n as f64;
+    let eps = 1e-9;
+    active
+        .zip(total)
+        .filter(|(_, t)| **t > 0)
+        .map(|(a, &t)| {
+            let pt = a as f64 / t as f64;
+            let w = t as f64 / n as f64;
+            w * (pt * ((pt + eps) / (p + eps)).ln()
+                + (1.0 - pt) * ((1.0 - pt + eps) / (1.0 - p + eps)).ln())
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// The per-neuron result of a finished state.
+pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]) -> AnatomyResult {
+    let width = s.state.shift.len();
+    let n: u64 = s.pos_total.iter().sum();
+    let nf = features.len();
+    let n_pos = s.pos_total.len();
+    let mut best_feature = vec![u32::MAX; width * BEST_FEATURES];
+    let mut best_vr = vec![0f32; width * BEST_FEATURES];
+    let mut top_token = vec![u32::MAX; width * TOP_TOKENS];
+    let mut top_token_mean = vec![f32::NAN; width * TOP_TOKENS];
+    let mut pos_mi = vec![0f32; width];
+    let mut token_feature = vec![None; nf];
+    for &(f, t) in &features.token_of {
+        token_feature[f as usize] = Some(t);
+    }
+    for c in 0..width {
+        let shift = s.state.shift[c] as f64;
+        let mut scored: Vec<(f64, u32)> = (0..nf)
+            .map(|f| {
+                let vr = variance_explained(
+                    s.state.sums[f * width + c],
+                    s.feature_count[f],
+                    n,
+                    shift,
+                    mean[c],
+                    var[c],
+                );
+                (vr, f as u32)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (j, (vr, f)) in scored.iter().take(BEST_FEATURES).enumerate() {
+            best_feature[c * BEST_FEATURES + j] = *f;
+            best_vr[c * BEST_FEATURES + j] = *vr as f32;
+        }
+        let mut means: Vec<(f64, u32)> = features
+            .token_of
+            .iter()
+            .filter(|(f, _)| features_count(s, *f) > 0)
+            .map(|&(f, t)| {
+                let cnt = features_count(s, f) as f64;
+                (shift + s.state.sums[f as usize * width + c] / cnt, t)
+            })
+            .collect();
+        means.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (j, (m, t)) in means.iter().take(TOP_TOKENS).enumerate() {
+            top_token[c * TOP_TOKENS + j] = *t;
+            top_token_mean[c * TOP_TOKENS + j] = *m as f32;
+        }
+        pos_mi[c] = position_mi(
+            (0..n_pos).map(|t| s.state.active[t * width + c]),
+            &s.pos_total,
+        ) as f32;
+    }
+    AnatomyResult {
+        k: TOP_K,
+        top_val: s.state.top_val.clone(),
+        top_idx: s.state.top_idx.clone(),
+        best_feature,
+        best_vr,
+        top_token,
+        top_token_mean,
+        pos_mi,
+    }
+}
+
+fn features_count(s: &AnatomySaved, f: u32) -> u64 {
+    s.feature_count[f as usize]
+}
+
+/// A neuron's family from its best feature (the paper's VR > 0.5), its mutual information with
+/// position and its activation kurtosis: `unigram`, `alphabet`, `previous-token`, `syntax`,
+/// `semantic`, `position` or `unexplained`.
+pub fn family(features: &FeatureSet, best: Option<(u32, f32)>, pos_mi: f32) -> &'static str {
+    if let Some((f, vr)) = best
+        && vr > FAMILY_VR
+        && let Some(feat) = features.features.get(f as usize)
+    {
+        if feat.previous {
+            return "previous-token";
+        }
+        return match feat.kind {
+            FeatureKind::Unigram | FeatureKind::Token => "unigram",
+            FeatureKind::Alphabet => "alphabet",
+            FeatureKind::Syntax => "syntax",
+            FeatureKind::Semantic => "semantic",
+        };
+    }
+    if pos_mi >= POSITION_MI {
+        return "position";
+    }
+    "unexplained"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variance_explained_is_eq4_with_population_variances() {
+        // v = [1, 2, 10, 11], y = [0, 0, 1, 1].
+        let v = [1.0f64, 2.0, 10.0, 11.0];
+        let mean = v.iter().sum::<f64>() / 4.0;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0;
+        let (var0, var1) = (0.25, 0.25);
+        let eq4 = 1.0 - (0.5 * var0 + 0.5 * var1) / var;
+        let shift = 2.0;
+        let sum = (10.0 - shift) + (11.0 - shift);
+        let vr = variance_explained(sum, 2, 4, shift, mean, var);
+        assert!((vr - eq4).abs() < 1e-12, "{vr} vs {eq4}");
+    }
+
+    #[test]
+    fn position_mi_is_zero_when_independent_and_high_when_determined() {
+        assert!(position_mi([5u32, 5].into_iter(), &[10, 10]).abs() < 1e-9);
+        let mi = position_mi([10u32, 0].into_iter(), &[10, 10]);
+        assert!((mi - std::f64::consts::LN_2).abs() < 1e-6, "{mi}");
+    }
+}
