@@ -7,7 +7,9 @@ cosine moments of utils.vector_moments), from the Hugging Face state dict:
 
   w_in_norm, input_bias, w_out_norm, in_out_sim, l2_penalty,
   vocab_mean, vocab_var, vocab_skew, vocab_kurt (population moments, non-excess kurtosis),
-  vocab_top / vocab_bottom: the 10 token ids with the largest / smallest cos(W_U[:, v], w_out).
+  vocab_top / vocab_bottom: the 10 token ids with the largest / smallest cos(W_U[:, v], w_out),
+  null_frac: ||P w_out|| / ||w_out|| with P the projection onto W_U's bottom d_model/20 + 1
+  eigen-directions (the near-null space of the entropy neurons).
 
 Run with the pinned fixture environment (scripts/requirements-fixtures.txt):
   .venv/bin/python scripts/make_weight_stats_reference.py
@@ -83,8 +85,13 @@ def process(layers, w_u, ln_f):
 def stats(layers, w_u):
     res = {k: [] for k in ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty",
                            "vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt",
-                           "vocab_top", "vocab_bottom"]}
+                           "vocab_top", "vocab_bottom", "null_frac"]}
     u = w_u / np.linalg.norm(w_u, axis=0, keepdims=True)
+    # W_U's near-null space: eigenvectors of W_U W_U^T with the smallest eigenvalues, the bottom
+    # 5 % plus one (the all-ones direction the centring removes).
+    d = w_u.shape[0]
+    _, vecs = np.linalg.eigh(w_u @ w_u.T)
+    null = vecs[:, :max(d // 20, 1) + 1]  # [d_model, k], ascending eigenvalues
     for w_in, b_in, w_out in layers:
         win = w_in.T  # [d_mlp, d_model]
         n_in = np.linalg.norm(win, axis=1)
@@ -105,6 +112,7 @@ def stats(layers, w_u):
         order = np.argsort(-cos, axis=1, kind="stable")
         res["vocab_top"].append(order[:, :10])
         res["vocab_bottom"].append(order[:, ::-1][:, :10])
+        res["null_frac"].append(np.linalg.norm(w_out @ null, axis=1) / n_out)
     out = {}
     for k, v in res.items():
         a = np.stack(v)

@@ -9,6 +9,7 @@ mod analyze;
 mod bench;
 mod bench_corr;
 mod eval_loss;
+mod report;
 mod tokenizer;
 mod train;
 
@@ -33,6 +34,9 @@ enum Command {
     Analyze(analyze::Args),
     /// Print the fraction of universal neurons, overall and per layer, of a bundle.
     Summary(analyze::SummaryArgs),
+    /// Render a bundle's figures (Fig. 2, 3, 6, 9, families, entropy candidates) as PNG and SVG
+    /// with a page per neuron family and an index.html.
+    Report(report::Args),
     /// Run a model over tokens and save every MLP neuron's pre- and post-activation.
     Activations(activations::Args),
     /// Measure forward throughput (tokens/s) of the neuron pass on a model.
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Activations(args)) => activations::run(&args),
         Some(Command::Analyze(args)) => analyze::run(&args),
         Some(Command::Summary(args)) => analyze::summary(&args),
+        Some(Command::Report(args)) => report::run(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
         Some(Command::BenchCorrelation(args)) => bench_corr::run(&args),
         Some(Command::EvalLoss(args)) => eval_loss::run(&args),

@@ -482,7 +482,6 @@ fn anatomy_matches_the_numpy_reference_on_both_paths() {
     use seedscope_analysis::anatomy::{AnatomySpec, BEST_FEATURES, TOP_K, TOP_TOKENS};
     use seedscope_analysis::features::{Feature, FeatureKind, FeatureSet};
     let bytes = std::fs::read(fixture("analysis/anatomy.safetensors")).expect("reference");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
     let meta = header.metadata().clone().expect("metadata");
     let sets = |k: &str| -> Vec<Vec<u32>> { serde_json::from_str(&meta[k]).expect("sets") };
@@ -548,9 +547,9 @@ fn anatomy_matches_the_numpy_reference_on_both_paths() {
     let mut expected_vr: Vec<Vec<f64>> =
         (0..n_sets).map(|f| f64s(&format!("vr_pop.{f}"))).collect();
     let mut worst_ddof = 0f64;
-    for f in 0..n_sets {
+    for (f, pop) in expected_vr.iter().enumerate() {
         let pandas = f64s(&format!("vr_pandas.{f}"));
-        for (a, b) in expected_vr[f].iter().zip(&pandas) {
+        for (a, b) in pop.iter().zip(&pandas) {
             worst_ddof = worst_ddof.max((a - b).abs());
         }
     }
@@ -587,9 +586,9 @@ fn anatomy_matches_the_numpy_reference_on_both_paths() {
         for j in 0..n_neurons {
             let mut want: Vec<f64> = expected_vr.iter().map(|v| v[j]).collect();
             want.sort_by(|x, y| y.total_cmp(x));
-            for b in 0..BEST_FEATURES {
+            for (b, w) in want.iter().take(BEST_FEATURES).enumerate() {
                 let got = a.best_vr[j * BEST_FEATURES + b] as f64;
-                vr_err = vr_err.max((got - want[b]).abs());
+                vr_err = vr_err.max((got - w).abs());
                 // The feature named is one whose expected score is this high.
                 let f = a.best_feature[j * BEST_FEATURES + b] as usize;
                 assert!(
@@ -615,9 +614,8 @@ fn anatomy_matches_the_numpy_reference_on_both_paths() {
                 .map(|i| tok_mean[i * n_neurons + j])
                 .collect();
             means.sort_by(|x, y| y.total_cmp(x));
-            for q in 0..TOP_TOKENS {
-                mean_err =
-                    mean_err.max((a.top_token_mean[j * TOP_TOKENS + q] as f64 - means[q]).abs());
+            for (q, m) in means.iter().take(TOP_TOKENS).enumerate() {
+                mean_err = mean_err.max((a.top_token_mean[j * TOP_TOKENS + q] as f64 - m).abs());
             }
         }
         eprintln!(

@@ -34,7 +34,7 @@ fn check(model_dir: &str, reference: &str) {
             .collect()
     };
     type Get = fn(&NeuronWeights) -> f64;
-    let columns: [(&str, Get, f64); 9] = [
+    let columns: [(&str, Get, f64); 10] = [
         ("w_in_norm", |n| n.w_in_norm, 1e-5),
         ("input_bias", |n| n.input_bias, 1e-5),
         ("w_out_norm", |n| n.w_out_norm, 1e-5),
@@ -44,6 +44,7 @@ fn check(model_dir: &str, reference: &str) {
         ("vocab_var", |n| n.vocab_var, 1e-5),
         ("vocab_skew", |n| n.vocab_skew, 1e-3),
         ("vocab_kurt", |n| n.vocab_kurt, 1e-3),
+        ("null_frac", |n| n.null_frac, 1e-6),
     ];
     for (name, get, tol) in columns {
         let want = f64s(name);

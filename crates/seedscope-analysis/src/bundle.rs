@@ -32,7 +32,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+pub use safetensors::tensor::Dtype;
+use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
@@ -135,6 +136,9 @@ pub struct NeuronRow {
     /// Its kurtosis (non-excess).
     #[serde(default = "nan")]
     pub vocab_kurt: f64,
+    /// Share of ‖w_out‖ in W_U's near-null space ([`crate::weights::null_dims`]).
+    #[serde(default = "nan")]
+    pub null_frac: f64,
     /// The token feature that explains most of the activation's variance
     /// ([`crate::anatomy`]; `prev:` for the previous token); empty when not computed.
     #[serde(default)]
@@ -217,6 +221,7 @@ impl NeuronRow {
             self.vocab_var,
             self.vocab_skew,
             self.vocab_kurt,
+            self.null_frac,
         ] {
             rec.push(format!("{v:.6e}"));
         }
@@ -232,7 +237,7 @@ impl NeuronRow {
 pub const HIST_COLUMNS: [&str; 5] = ["mean", "var", "skew", "kurt", "sparsity"];
 
 /// The weight-statistic columns of `neurons.csv`, in order.
-pub const WEIGHT_COLUMNS: [&str; 9] = [
+pub const WEIGHT_COLUMNS: [&str; 10] = [
     "w_in_norm",
     "input_bias",
     "w_out_norm",
@@ -242,6 +247,7 @@ pub const WEIGHT_COLUMNS: [&str; 9] = [
     "vocab_var",
     "vocab_skew",
     "vocab_kurt",
+    "null_frac",
 ];
 
 /// The anatomy columns of `neurons.csv`, in order ([`crate::anatomy`]).
@@ -326,6 +332,7 @@ pub fn neuron_rows(
                     vocab_var: wv(|w| w.vocab_var),
                     vocab_skew: wv(|w| w.vocab_skew),
                     vocab_kurt: wv(|w| w.vocab_kurt),
+                    null_frac: wv(|w| w.null_frac),
                     best_feature,
                     best_vr: best.map_or(f64::NAN, |b| b.1 as f64),
                     pos_mi: pos_mi.map_or(f64::NAN, f64::from),
@@ -932,6 +939,135 @@ fn write_anatomy(
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     write(&path, &bytes)
+}
+
+/// Tensor `name` of `st` as `len` values of `T` (stored as `dtype`), or an error naming `path`.
+pub fn read_tensor<T: bytemuck::Pod>(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+    path: &Path,
+    len: usize,
+    dtype: Dtype,
+) -> Result<Vec<T>, AnalysisError> {
+    let corrupt = |message: String| AnalysisError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+    if t.dtype() != dtype || t.data().len() != len * std::mem::size_of::<T>() {
+        return Err(corrupt(format!(
+            "tensor {name} is {:?} {:?}, expected {len} {dtype:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok(bytemuck::pod_collect_to_vec::<u8, T>(t.data()))
+}
+
+/// One anchor's part of `anatomy.safetensors`, read whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnatomyFile {
+    /// The run's features (ids index this).
+    pub features: Vec<crate::features::Feature>,
+    /// Tokens before and after each example in `windows`.
+    pub context: (usize, usize),
+    /// Examples per neuron.
+    pub k: usize,
+    /// `[width, k]` example activations, descending.
+    pub top_val: Vec<f32>,
+    /// `[width, k, before + 1 + after]` token ids around each example (−1 outside its row).
+    pub windows: Vec<i32>,
+    /// `[width, BEST_FEATURES]` best feature ids (−1: none).
+    pub best_feature: Vec<i32>,
+    /// Their variance explained.
+    pub best_vr: Vec<f32>,
+    /// `[width, TOP_TOKENS]` tokens with the highest mean activation (−1: none).
+    pub top_token: Vec<i32>,
+    /// Their means.
+    pub top_token_mean: Vec<f32>,
+    /// `[width]` mutual information with position.
+    pub pos_mi: Vec<f32>,
+}
+
+impl AnatomyFile {
+    /// Tokens per example window.
+    pub fn window(&self) -> usize {
+        self.context.0 + 1 + self.context.1
+    }
+
+    /// Read anchor `anchor`'s anatomy (`width` neurons) from bundle `dir`; `None` when the
+    /// bundle has none (made before it existed, or without it).
+    pub fn read(dir: &Path, anchor: usize, width: usize) -> Result<Option<Self>, AnalysisError> {
+        let path = dir.join(ANATOMY);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(AnalysisError::Io { path, source }),
+        };
+        let corrupt = |message: String| AnalysisError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let features: Vec<crate::features::Feature> = meta
+            .get("features")
+            .ok_or_else(|| corrupt("no features metadata".into()))
+            .and_then(|s| serde_json::from_str(s).map_err(|e| corrupt(format!("features: {e}"))))?;
+        let context: (usize, usize) = meta
+            .get("context")
+            .ok_or_else(|| corrupt("no context metadata".into()))
+            .and_then(|s| serde_json::from_str(s).map_err(|e| corrupt(format!("context: {e}"))))?;
+        let prefix = if anchor == 0 {
+            String::new()
+        } else {
+            format!("anchor{anchor}/")
+        };
+        let name = |n: &str| format!("{prefix}{n}");
+        let k = st
+            .tensor(&name("top_val"))
+            .map_err(|e| corrupt(format!("tensor {}: {e}", name("top_val"))))?
+            .shape()
+            .last()
+            .copied()
+            .unwrap_or(0);
+        let win = context.0 + 1 + context.1;
+        let (nb, nt) = (crate::anatomy::BEST_FEATURES, crate::anatomy::TOP_TOKENS);
+        let out = Self {
+            top_val: read_tensor(&st, &name("top_val"), &path, width * k, Dtype::F32)?,
+            windows: read_tensor(&st, &name("windows"), &path, width * k * win, Dtype::I32)?,
+            best_feature: read_tensor(&st, &name("best_feature"), &path, width * nb, Dtype::I32)?,
+            best_vr: read_tensor(&st, &name("best_vr"), &path, width * nb, Dtype::F32)?,
+            top_token: read_tensor(&st, &name("top_token"), &path, width * nt, Dtype::I32)?,
+            top_token_mean: read_tensor(
+                &st,
+                &name("top_token_mean"),
+                &path,
+                width * nt,
+                Dtype::F32,
+            )?,
+            pos_mi: read_tensor(&st, &name("pos_mi"), &path, width, Dtype::F32)?,
+            features,
+            context,
+            k,
+        };
+        if let Some(f) = out
+            .best_feature
+            .iter()
+            .find(|&&f| f >= out.features.len() as i32)
+        {
+            return Err(corrupt(format!(
+                "best feature {f} of {} features",
+                out.features.len()
+            )));
+        }
+        Ok(Some(out))
+    }
 }
 
 /// A bundle read back.

@@ -550,7 +550,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let id = |n: &str| fs.features.iter().position(|f| f.name == n).unwrap() as u32;
+        let id = |n: &str| {
+            fs.features
+                .iter()
+                .position(|f| f.name == n)
+                .expect("feature exists") as u32
+        };
         let on = id("on_unigram");
         assert_eq!(fs.features[on as usize].kind, FeatureKind::Unigram);
         for t in 0..4 {

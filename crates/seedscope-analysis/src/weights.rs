@@ -35,6 +35,32 @@ pub struct NeuronWeights {
     pub vocab_top: Vec<u32>,
     /// The tokens with the smallest cosine, smallest first.
     pub vocab_bottom: Vec<u32>,
+    /// ‖P w_out‖ / ‖w_out‖ with P the projection onto W_U's near-null space (the bottom
+    /// [`null_dims`] right singular directions): large for entropy-neuron candidates, which
+    /// change the final LayerNorm scale without changing the logits' order (§5.2).
+    pub null_frac: f64,
+}
+
+/// Dimensions of W_U's near-null space for a residual width `d_model`: the bottom 5 % of its
+/// singular directions, plus the one direction that the centred unembedding maps to zero
+/// (all-ones; centred writing weights never use it).
+pub fn null_dims(d_model: usize) -> usize {
+    (d_model / 20).max(1) + 1
+}
+
+/// An orthonormal basis `[k, d_model]` of W_U's near-null space (`w_u`: `[vocab, d_model]`
+/// rows): the eigenvectors of W_Uᵀ W_U with the `null_dims(d_model)` smallest eigenvalues.
+pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Vec<Vec<f64>> {
+    let u = ndarray::ArrayView2::from_shape((vocab, d), w_u).expect("w_u is [vocab, d_model]");
+    let g = u.t().dot(&u);
+    let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_fn(d, d, |i, j| g[[i, j]]));
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
+    order
+        .into_iter()
+        .take(null_dims(d).min(d))
+        .map(|c| eig.eigenvectors.column(c).iter().copied().collect())
+        .collect()
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -54,6 +80,7 @@ pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
             u[[k, v]] = (x / n) as f32;
         }
     }
+    let null = null_space(&p.w_u, vocab, d);
     let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
     const BLOCK: usize = 256;
     for layer in &p.layers {
@@ -70,17 +97,27 @@ pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
             let cos = w.dot(&u);
             for j in j0..j1 {
                 let row = cos.row(j - j0).to_vec();
-                out.push(neuron(layer, j, d, &row));
+                out.push(neuron(layer, j, d, &row, &null));
             }
         }
     }
     out
 }
 
-fn neuron(layer: &seedscope_model::ProcessedMlp, j: usize, d: usize, cos: &[f32]) -> NeuronWeights {
+fn neuron(
+    layer: &seedscope_model::ProcessedMlp,
+    j: usize,
+    d: usize,
+    cos: &[f32],
+    null: &[Vec<f64>],
+) -> NeuronWeights {
     let w_in = &layer.w_in[j * d..(j + 1) * d];
     let w_out = &layer.w_out[j * d..(j + 1) * d];
     let (n_in, n_out) = (norm(w_in), norm(w_out));
+    let in_null: f64 = null
+        .iter()
+        .map(|e| e.iter().zip(w_out).map(|(a, b)| a * b).sum::<f64>().powi(2))
+        .sum();
     let dot: f64 = w_in.iter().zip(w_out).map(|(a, b)| a * b).sum();
     let n = cos.len().max(1) as f64;
     let mean = cos.iter().map(|&c| c as f64).sum::<f64>() / n;
@@ -106,6 +143,7 @@ fn neuron(layer: &seedscope_model::ProcessedMlp, j: usize, d: usize, cos: &[f32]
         vocab_kurt: m4 / n / (var * var),
         vocab_top: order.iter().take(VOCAB_ENDS).copied().collect(),
         vocab_bottom: order.iter().rev().take(VOCAB_ENDS).copied().collect(),
+        null_frac: in_null.sqrt() / n_out.max(f64::MIN_POSITIVE),
     }
 }
 

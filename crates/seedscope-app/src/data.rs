@@ -100,20 +100,7 @@ fn tensor<T: bytemuck::Pod>(
     len: usize,
     dtype: Dtype,
 ) -> Result<Vec<T>, String> {
-    let t = st
-        .tensor(name)
-        .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
-    if t.dtype() != dtype || t.data().len() != len * std::mem::size_of::<T>() {
-        return Err(corrupt(
-            path,
-            format!(
-                "tensor {name} is {:?} {:?}, expected {len} {dtype:?}",
-                t.dtype(),
-                t.shape()
-            ),
-        ));
-    }
-    Ok(bytemuck::pod_collect_to_vec::<u8, T>(t.data()))
+    seedscope_analysis::bundle::read_tensor(st, name, path, len, dtype).map_err(|e| e.to_string())
 }
 
 fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, String> {

@@ -229,6 +229,18 @@ impl SeedscopeApp {
                 }
                 let ui = &mut cols[1];
                 if let Some(r) = &row
+                    && !r.family.is_empty()
+                {
+                    ui.label(format!(
+                        "family: {} (best token feature {}, variance explained {:.3}; mutual \
+                         information with position {:.3} nats)",
+                        r.family,
+                        display_token(&r.best_feature),
+                        r.best_vr,
+                        r.pos_mi
+                    ));
+                }
+                if let Some(r) = &row
                     && let Some(role) = seedscope_analysis::weights::vocab_role(
                         r.vocab_kurt,
                         r.vocab_skew,

@@ -40,10 +40,12 @@ pub enum SortBy {
     InOutSim,
     /// Activation frequency.
     Sparsity,
+    /// Variance explained by the best token feature.
+    BestVr,
 }
 
 /// Every sortable and filterable column with its header.
-pub const COLUMNS: [(SortBy, &str); 13] = [
+pub const COLUMNS: [(SortBy, &str); 14] = [
     (SortBy::Neuron, "neuron"),
     (SortBy::Excess, "excess"),
     (SortBy::MeanCorr, "mean r"),
@@ -57,6 +59,18 @@ pub const COLUMNS: [(SortBy, &str); 13] = [
     (SortBy::VocabSkew, "vocab skew"),
     (SortBy::InOutSim, "in-out cos"),
     (SortBy::Sparsity, "act freq"),
+    (SortBy::BestVr, "best VR"),
+];
+
+/// The families of [`seedscope_analysis::anatomy::family`], for the filter.
+pub const FAMILIES: [&str; 7] = [
+    "unigram",
+    "alphabet",
+    "previous-token",
+    "syntax",
+    "semantic",
+    "position",
+    "unexplained",
 ];
 
 /// Filters, order and search of the table.
@@ -78,6 +92,8 @@ pub struct TableState {
     pub range: Option<(SortBy, f64, f64)>,
     /// Only neurons with this role from the vocabulary projection.
     pub role: Option<&'static str>,
+    /// Only neurons of this family (from the anatomy).
+    pub family: Option<&'static str>,
     /// Search text: a neuron id (`L1.41`, `1.41`) or part of one.
     pub search: String,
     /// Row indices in display order (recomputed when a filter changes).
@@ -106,6 +122,7 @@ type RefreshKey = (
     Option<String>,
     Option<(SortBy, u64, u64)>,
     Option<&'static str>,
+    Option<&'static str>,
 );
 
 impl Default for TableState {
@@ -119,6 +136,7 @@ impl Default for TableState {
             min_excess: -1.0,
             range: None,
             role: None,
+            family: None,
             search: String::new(),
             order: Vec::new(),
             focus_search: false,
@@ -153,6 +171,7 @@ pub fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
         SortBy::VocabSkew => r.vocab_skew,
         SortBy::InOutSim => r.in_out_sim,
         SortBy::Sparsity => r.sparsity,
+        SortBy::BestVr => r.best_vr,
     }
 }
 
@@ -169,6 +188,7 @@ impl TableState {
             && self.role.is_none_or(|role| {
                 vocab_role(r.vocab_kurt, r.vocab_skew, r.vocab_var) == Some(role)
             })
+            && self.family.is_none_or(|f| r.family == f)
     }
 
     /// Recompute the display order if a filter, the sort or the threshold changed.
@@ -186,6 +206,7 @@ impl TableState {
             self.range
                 .map(|(c, lo, hi)| (c, lo.to_bits(), hi.to_bits())),
             self.role,
+            self.family,
         );
         if self.key.as_ref() == Some(&key) {
             return;
@@ -312,6 +333,11 @@ impl SeedscopeApp {
             ];
             choose(ui, "role", &mut t.role, &roles, |r| {
                 r.unwrap_or("any").to_string()
+            });
+            let families: Vec<Option<&'static str>> =
+                std::iter::once(None).chain(FAMILIES.map(Some)).collect();
+            choose(ui, "family", &mut t.family, &families, |f| {
+                f.unwrap_or("any").to_string()
             });
             let mut on = t.range.is_some();
             if ui.checkbox(&mut on, "where").changed() {
@@ -442,6 +468,7 @@ impl SeedscopeApp {
                         r.vocab_skew,
                         r.in_out_sim,
                         r.sparsity,
+                        r.best_vr,
                     ] {
                         row.col(|ui| {
                             ui.label(format!("{v:.3}"));

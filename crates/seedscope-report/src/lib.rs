@@ -1,12 +1,21 @@
-//! The paper's figures as SVG, from plain per-neuron arrays (so any bundle reader can feed them):
-//! the overview (universal fraction per layer, Fig. 2a distributions with the threshold,
-//! Fig. 2b max vs min, Fig. 2c layer of the best match) and correlation heatmaps. The app's
-//! "Export plot as SVG" writes these; the report of the anatomy issue builds on them.
+//! The paper's figures as SVG and PNG, from plain per-neuron arrays (so any bundle reader can
+//! feed them): the overview (universal fraction per layer, Fig. 2a distributions with the
+//! threshold, Fig. 2b max vs min, Fig. 2c layer of the best match), correlation heatmaps, and the
+//! anatomy figures of [`figures`] (Fig. 3 percentiles, Fig. 6 vocabulary quantiles by layer,
+//! scatters such as Fig. 9, bar charts). Every figure is a generic `draw_*` function over a
+//! plotters backend, rendered by [`svg`] or [`png`]. The app's "Export plot as SVG" and
+//! `seedscope report` use them.
 
 use std::io::Cursor;
 
 use base64::Engine;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+
+mod figures;
+mod report;
+pub use figures::*;
+pub use report::{ReportSummary, write_report};
 
 /// What the overview figure shows, per anchor neuron.
 #[derive(Debug, Clone, Copy)]
@@ -64,9 +73,58 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u32> {
 
 /// The overview as one SVG document (2 × 2 panels), `width` × `height` pixels.
 pub fn overview_svg(d: &Overview<'_>, width: u32, height: u32) -> Result<String, String> {
+    svg(width, height, |root| draw_overview(root, d))
+}
+
+/// A figure drawn by `draw` as an SVG document of `width` × `height` pixels.
+pub fn svg(
+    width: u32,
+    height: u32,
+    draw: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<String, String> {
+    register_fonts();
     let mut out = String::new();
+    draw(SVGBackend::with_string(&mut out, (width, height)).into_drawing_area())?;
+    Ok(out)
+}
+
+/// Register the Ubuntu font that egui ships as plotters' "sans-serif" (text layout needs its
+/// metrics on every backend; the PNG rasterises with it).
+fn register_fonts() {
+    static FONT: std::sync::Once = std::sync::Once::new();
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            epaint_default_fonts::UBUNTU_LIGHT,
+        );
+    });
+}
+
+/// A figure drawn by `draw` as a PNG of `width` × `height` pixels (text in the Ubuntu font that
+/// egui ships).
+pub fn png(
+    width: u32,
+    height: u32,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    register_fonts();
+    let mut rgb = vec![255u8; width as usize * height as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area())?;
+    let img = image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| "the bitmap has the wrong size".to_string())?;
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| format!("encoding the PNG: {e}"))?;
+    Ok(out)
+}
+
+/// The overview (2 × 2 panels) on any plotters backend.
+pub fn draw_overview<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    d: &Overview<'_>,
+) -> Result<(), String> {
     {
-        let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (top, body) = root.split_vertically(30);
         top.titled(d.title, ("sans-serif", 16)).map_err(err)?;
@@ -273,7 +331,7 @@ pub fn overview_svg(d: &Overview<'_>, width: u32, height: u32) -> Result<String,
         }
         root.present().map_err(err)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The diverging colour of r in [-1, 1] (blue, white, red), as the app draws it.
