@@ -121,13 +121,60 @@ def stats(layers, w_u):
     return out
 
 
+def attention_scores(model, processed):
+    """The paper's h_n = w_out_hat^T W_Q[A,h] k_BOS[A,h] / sqrt(d_head) for every neuron and
+    every head of a later layer: per neuron the max and min with their head (layer*H + h)."""
+    from tokenizers import Tokenizer
+    sd = {k: v.detach().to(torch.float64).numpy() for k, v in model.state_dict().items()}
+    tok = Tokenizer.from_file(os.path.join(model.name_or_path, "tokenizer.json"))
+    bos = tok.token_to_id("<|endoftext|>")
+    with torch.no_grad():
+        out = model(torch.tensor([[bos]]), use_cache=True)
+    cache = out.past_key_values
+    keys = [(cache.key_cache[i] if hasattr(cache, "key_cache") else cache[i][0])[0, :, 0, :].double().numpy()
+            for i in range(len(processed))]  # [H, dh] per layer
+    gpt2 = model.config.model_type == "gpt2"
+    H = model.config.n_head if gpt2 else model.config.num_attention_heads
+    d = keys[0].size
+    dh = d // H
+    us = []
+    for a in range(len(processed)):
+        if gpt2:
+            wq = sd[f"transformer.h.{a}.attn.c_attn.weight"][:, :d] * sd[f"transformer.h.{a}.ln_1.weight"][:, None]
+        else:
+            w = sd[f"gpt_neox.layers.{a}.attention.query_key_value.weight"].reshape(H, 3, dh, d)[:, 0]
+            wq = w.reshape(H * dh, d).T * sd[f"gpt_neox.layers.{a}.input_layernorm.weight"][:, None]
+        wq = wq - wq.mean(0, keepdims=True)  # fold_ln centres the reading weights
+        for h in range(H):
+            us.append(wq[:, h * dh:(h + 1) * dh] @ keys[a][h] / np.sqrt(dh))
+    u = np.stack(us, 1)  # [d, L*H]
+    res = {"attn_max": [], "attn_max_head": [], "attn_min": [], "attn_min_head": []}
+    for q, (_, _, w_out) in enumerate(processed):
+        n = w_out.shape[0]
+        if q == len(processed) - 1:
+            res["attn_max"].append(np.full(n, np.nan))
+            res["attn_min"].append(np.full(n, np.nan))
+            res["attn_max_head"].append(np.full(n, -1))
+            res["attn_min_head"].append(np.full(n, -1))
+            continue
+        w = w_out / np.linalg.norm(w_out, axis=1, keepdims=True)
+        s = w @ u[:, (q + 1) * H:]
+        res["attn_max"].append(s.max(1))
+        res["attn_min"].append(s.min(1))
+        res["attn_max_head"].append(s.argmax(1) + (q + 1) * H)
+        res["attn_min_head"].append(s.argmin(1) + (q + 1) * H)
+    return {k: np.stack(v).astype(np.int32 if k.endswith("head") else np.float64) for k, v in res.items()}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for name, path in MODELS.items():
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         layers, w_u, ln_f = mlp_weights(model)
         processed, w_u = process(layers, w_u, ln_f)
-        save_file(stats(processed, w_u), os.path.join(OUT, f"{name}.safetensors"))
+        out = stats(processed, w_u)
+        out.update(attention_scores(model, processed))
+        save_file(out, os.path.join(OUT, f"{name}.safetensors"))
         print(name, "written")
 
 

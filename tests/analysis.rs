@@ -252,8 +252,13 @@ fn check_against_reference(r: &Results, tol: f64) {
             "var[{i}]"
         );
     }
-    let rows =
-        seedscope_analysis::bundle::neuron_rows(a, &MODELS.map(String::from), 128, 0.5, None, None);
+    let rows = seedscope_analysis::bundle::neuron_rows(
+        a,
+        &MODELS.map(String::from),
+        128,
+        0.5,
+        &Default::default(),
+    );
     let (excess, universal) = (
         reference.f64s("excess_corr"),
         reference.f64s("is_universal"),

@@ -14,7 +14,8 @@ fn check(model_dir: &str, reference: &str) {
     let device = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
     let model =
         LoadedModel::load_on(&root.join(model_dir), &device, FloatDType::F32).expect("model");
-    let stats = weight_stats(&model.processed_weights().expect("processed"));
+    let processed = model.processed_weights().expect("processed");
+    let stats = weight_stats(&processed);
     let bytes = std::fs::read(root.join(reference)).expect("reference");
     let st = SafeTensors::deserialize(&bytes).expect("safetensors");
     let f64s = |name: &str| -> Vec<f64> {
@@ -61,6 +62,38 @@ fn check(model_dir: &str, reference: &str) {
         }
         eprintln!("{model_dir} {name}: max relative error {worst:.2e}");
     }
+    // Attention (de)activation scores: BOS keys from the model, W_Q processed like
+    // TransformerLens, every neuron against every later head.
+    let tok =
+        seedscope_data::TextTokenizer::from_file(&root.join(model_dir).join("tokenizer.json"))
+            .expect("tokenizer");
+    let keys = seedscope_analysis::attention::bos_keys(&model, tok.bos_id().expect("bos"))
+        .expect("BOS keys");
+    let att = seedscope_analysis::attention::attention_scores(&processed, &keys, 0);
+    let mut worst = 0.0f64;
+    for (name, got, heads, want_heads) in [
+        ("attn_max", &att.max, &att.max_head, i32s("attn_max_head")),
+        ("attn_min", &att.min, &att.min_head, i32s("attn_min_head")),
+    ] {
+        let want = f64s(name);
+        for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
+            if w.is_nan() {
+                assert!(
+                    g.is_nan(),
+                    "{model_dir} {name}[{i}]: {g} where no later head exists"
+                );
+                continue;
+            }
+            let err = (*g as f64 - w).abs() / w.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(err < 1e-4, "{model_dir} {name}[{i}]: {g} vs reference {w}");
+            assert_eq!(
+                heads[i] as i32, want_heads[i],
+                "{model_dir} {name}[{i}] head"
+            );
+        }
+    }
+    eprintln!("{model_dir} attention scores: max relative error {worst:.2e}");
     // The ends of the vocabulary projection: the same tokens (the order may differ only among
     // cosines equal within f32 rounding).
     let (top, bottom) = (i32s("vocab_top"), i32s("vocab_bottom"));

@@ -53,6 +53,8 @@ pub const TILES: &str = "tiles.safetensors";
 pub const HISTOGRAMS: &str = "histograms.safetensors";
 /// Examples, best features, top tokens and position information per anchor neuron.
 pub const ANATOMY: &str = "anatomy.safetensors";
+/// Histograms of the attention (de)activation scores per anchor.
+pub const ATTENTION: &str = "attention.safetensors";
 
 /// The working directory of a bundle being made: `<out>.partial`.
 pub fn partial_dir(out: &Path) -> PathBuf {
@@ -153,6 +155,19 @@ pub struct NeuronRow {
     /// unexplained ([`crate::anatomy::family`]); empty when not computed.
     #[serde(default)]
     pub family: String,
+    /// The largest attention score over later heads ([`crate::attention`]): how strongly the
+    /// neuron turns a head off by raising its attention to BOS. NaN in the last layer.
+    #[serde(default = "nan")]
+    pub attn_deact: f64,
+    /// That head, `L{layer}H{head}`.
+    #[serde(default)]
+    pub attn_deact_head: String,
+    /// The smallest score (an activation when negative).
+    #[serde(default = "nan")]
+    pub attn_act: f64,
+    /// That head.
+    #[serde(default)]
+    pub attn_act_head: String,
 }
 
 fn nan() -> f64 {
@@ -229,6 +244,10 @@ impl NeuronRow {
         rec.push(format!("{:.6}", self.best_vr));
         rec.push(format!("{:.6}", self.pos_mi));
         rec.push(self.family.clone());
+        rec.push(format!("{:.6}", self.attn_deact));
+        rec.push(self.attn_deact_head.clone());
+        rec.push(format!("{:.6}", self.attn_act));
+        rec.push(self.attn_act_head.clone());
         rec
     }
 }
@@ -251,19 +270,37 @@ pub const WEIGHT_COLUMNS: [&str; 10] = [
 ];
 
 /// The anatomy columns of `neurons.csv`, in order ([`crate::anatomy`]).
-pub const ANATOMY_COLUMNS: [&str; 4] = ["best_feature", "best_vr", "pos_mi", "family"];
+pub const ANATOMY_COLUMNS: [&str; 8] = [
+    "best_feature",
+    "best_vr",
+    "pos_mi",
+    "family",
+    "attn_deact",
+    "attn_deact_head",
+    "attn_act",
+    "attn_act_head",
+];
+
+/// What an anchor's rows draw from besides the streaming pass, each when computed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowExtras<'a> {
+    /// The anchor's weight statistics (`layer * d_mlp + neuron` order).
+    pub weights: Option<&'a [NeuronWeights]>,
+    /// The run's token features, which name the anatomy's best features.
+    pub features: Option<&'a FeatureSet>,
+    /// The anchor's attention (de)activation scores.
+    pub attention: Option<&'a crate::attention::AttentionScores>,
+}
 
 /// Per-neuron aggregates of one anchor's results.
-/// `weights`: the anchor's weight statistics (`layer * d_mlp + neuron` order), if computed;
-/// `features`: the run's token features, which name the anatomy's best features.
 pub fn neuron_rows(
     r: &AnchorResult,
     names: &[String],
     d_mlp: usize,
     threshold: f64,
-    weights: Option<&[NeuronWeights]>,
-    features: Option<&FeatureSet>,
+    extras: &RowExtras<'_>,
 ) -> Vec<(NeuronRow, Vec<(f32, u32)>)> {
+    let (weights, features) = (extras.weights, extras.features);
     let width = r.real.first().map_or(0, |m| m.max.len());
     let n_other = r.others.len().max(1) as f64;
     (0..width)
@@ -288,6 +325,26 @@ pub fn neuron_rows(
                 .map(crate::hist::stats);
             let hv = |f: fn(&crate::hist::HistStats) -> f64| h.as_ref().map_or(f64::NAN, f);
             let wv = |f: fn(&NeuronWeights) -> f64| w.map_or(f64::NAN, f);
+            // (score, head) of the strongest deactivation (max) or activation (min).
+            let att = |max: bool| -> (f64, String) {
+                match extras.attention {
+                    Some(a) => {
+                        let (v, h) = if max {
+                            (a.max[i], a.max_head[i])
+                        } else {
+                            (a.min[i], a.min_head[i])
+                        };
+                        if h == u32::MAX {
+                            return (f64::NAN, String::new());
+                        }
+                        let h = h as usize;
+                        (v as f64, format!("L{}H{}", h / a.n_head, h % a.n_head))
+                    }
+                    None => (f64::NAN, String::new()),
+                }
+            };
+            let (deact, deact_head) = att(true);
+            let (act, act_head) = att(false);
             let nb = crate::anatomy::BEST_FEATURES;
             let best = r.anatomy.as_ref().and_then(|a| {
                 let f = *a.best_feature.get(i * nb)?;
@@ -337,6 +394,10 @@ pub fn neuron_rows(
                     best_vr: best.map_or(f64::NAN, |b| b.1 as f64),
                     pos_mi: pos_mi.map_or(f64::NAN, f64::from),
                     family,
+                    attn_deact: deact,
+                    attn_deact_head: deact_head,
+                    attn_act: act,
+                    attn_act_head: act_head,
                 },
                 r.real.iter().map(|m| (m.max[i], m.argmax[i])).collect(),
             )
@@ -551,6 +612,7 @@ pub fn write_bundle(
     names: &[String],
     manifest: &Manifest,
     weights: &[Option<Vec<NeuronWeights>>],
+    attention: &[Option<crate::attention::AttentionScores>],
     data: Option<(&FeatureSet, &TokenSet)>,
 ) -> Result<(), AnalysisError> {
     let dir = partial_dir(out);
@@ -566,7 +628,12 @@ pub fn write_bundle(
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (ai, r) in results.anchors.iter().enumerate() {
         let stats = weights.get(ai).and_then(|w| w.as_deref());
-        let rows = neuron_rows(r, names, d, threshold, stats, data.map(|d| d.0));
+        let extras = RowExtras {
+            weights: stats,
+            features: data.map(|d| d.0),
+            attention: attention.get(ai).and_then(Option::as_ref),
+        };
+        let rows = neuron_rows(r, names, d, threshold, &extras);
         if ai == 0 {
             let mut header: Vec<String> =
                 NeuronRow::columns().iter().map(|s| s.to_string()).collect();
@@ -721,6 +788,7 @@ pub fn write_bundle(
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     write(&dir.join(CORRELATION), &bytes)?;
     write_anatomy(&dir, results, data, l, d)?;
+    write_attention(&dir, results, names, attention)?;
     // Tiles, f16.
     let mut tile_tensors = Vec::new();
     for r in &results.anchors {
@@ -803,6 +871,42 @@ pub fn write_bundle(
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     Ok(())
+}
+
+/// `attention.safetensors`: per anchor (tensor names prefixed with its model name) `hist` and
+/// `hist_baseline`, u64 counts of all (neuron, later head) attention scores and of the Gaussian
+/// baseline's over [`crate::attention::SCORE_RANGE`] in [`crate::attention::SCORE_BINS`] bins.
+fn write_attention(
+    dir: &Path,
+    results: &Results,
+    names: &[String],
+    attention: &[Option<crate::attention::AttentionScores>],
+) -> Result<(), AnalysisError> {
+    let path = dir.join(ATTENTION);
+    let mut tensors: Vec<(String, Vec<u8>)> = Vec::new();
+    for (r, a) in results.anchors.iter().zip(attention) {
+        if let Some(a) = a {
+            for (n, h) in [("hist", &a.hist), ("hist_baseline", &a.hist_baseline)] {
+                tensors.push((
+                    format!("{}/{n}", names[r.anchor]),
+                    h.iter().flat_map(|c| c.to_le_bytes()).collect(),
+                ));
+            }
+        }
+    }
+    if tensors.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, b)| view(n, Dtype::U64, vec![crate::attention::SCORE_BINS], b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (lo, hi) = crate::attention::SCORE_RANGE;
+    let info = HashMap::from([("range".to_owned(), format!("[{lo}, {hi}]"))]);
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    write(&path, &bytes)
 }
 
 /// Tokens of context kept before and after each max-activating example (the paper's 50 / 10).

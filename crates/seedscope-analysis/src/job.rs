@@ -196,6 +196,13 @@ pub fn drop_ids(tokenizer: &TextTokenizer) -> Result<Vec<u32>, AnalysisError> {
     Ok(ids)
 }
 
+/// The BOS id of a model's `tokenizer.json`, if it has one.
+fn tokenizer_bos(model: &LoadedModel) -> Option<u32> {
+    TextTokenizer::from_file(&model.dir.join("tokenizer.json"))
+        .ok()?
+        .bos_id()
+}
+
 /// Token rows of `req`'s data and a description of where they came from.
 pub fn load_tokens(
     req: &AnalysisRequest,
@@ -424,13 +431,32 @@ pub fn run_analysis(
                 .map(|p| Some(crate::weights::weight_stats(&p)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Attention (de)activation scores of every anchor (BOS keys from one forward of BOS).
+    let bos = tokenizer_bos(&models[0]);
+    let attention = results
+        .anchors
+        .iter()
+        .map(|a| -> Result<_, AnalysisError> {
+            let Some(bos) = bos else { return Ok(None) };
+            let m = &models[a.anchor];
+            let keys = crate::attention::bos_keys(m, bos)?;
+            Ok(Some(crate::attention::attention_scores(
+                &m.processed_weights()?,
+                &keys,
+                options.seed,
+            )))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let rows = crate::bundle::neuron_rows(
         &results.anchors[0],
         &names,
         results.d_mlp,
         options.threshold,
-        weights.first().and_then(|w| w.as_deref()),
-        Some(&features),
+        &crate::bundle::RowExtras {
+            weights: weights.first().and_then(|w| w.as_deref()),
+            features: Some(&features),
+            attention: attention.first().and_then(Option::as_ref),
+        },
     );
     let (fraction, per_layer) = crate::bundle::universal_fractions(
         rows.iter().map(|(r, _)| (r.layer, r.is_universal)),
@@ -466,6 +492,7 @@ pub fn run_analysis(
         &names,
         &manifest,
         &weights,
+        &attention,
         Some((&features, &tokens)),
     )?;
     events(JobEvent::Log(format!(

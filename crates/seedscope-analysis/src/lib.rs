@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 pub mod accum;
 pub mod anatomy;
+pub mod attention;
 pub mod bundle;
 pub mod checkpoint;
 pub mod engine;

@@ -90,6 +90,10 @@ pub struct ForwardOptions {
     pub logits: bool,
     /// Neurons whose post-activations are overwritten before the MLP output projection.
     pub patches: Vec<NeuronPatch>,
+    /// Return every attention layer's keys (`hook_k`, after rotary embedding).
+    pub keys: bool,
+    /// Return the final LayerNorm's scale (`ln_final.hook_scale`; needs the full model).
+    pub ln_final_scale: bool,
 }
 
 impl ForwardOptions {
@@ -122,11 +126,11 @@ impl ForwardOptions {
     }
 
     /// The number of blocks that must run: `stop_at_layer` when given, all of them for logits,
-    /// else up to the deepest tap.
+    /// the final LayerNorm scale or keys, else up to the deepest tap.
     pub fn layers_to_run(&self, n_layers: usize) -> usize {
         match self.stop_at_layer {
             Some(stop) => stop.min(n_layers),
-            None if self.logits => n_layers,
+            None if self.logits || self.ln_final_scale || self.keys => n_layers,
             None => self
                 .taps
                 .iter()

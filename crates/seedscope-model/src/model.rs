@@ -45,6 +45,21 @@ pub struct ForwardOutput {
     pub taps: BTreeMap<HookPoint, Tensor<3>>,
     /// `[batch, seq, vocab]` when logits were requested.
     pub logits: Option<Tensor<3>>,
+    /// Per layer `[batch, n_head, seq, d_head]` attention keys, when requested.
+    pub keys: Vec<Tensor<4>>,
+    /// `[batch, seq]` scale of the final LayerNorm, `sqrt(var(x) + eps)`, when requested.
+    pub ln_final_scale: Option<Tensor<2>>,
+}
+
+/// `sqrt(mean((x - mean x)^2) + eps)` over the last dimension: what a LayerNorm divides by.
+fn ln_scale(x: Tensor<3>, eps: f64) -> Tensor<2> {
+    let [b, s, _] = x.dims();
+    let c = x.clone() - x.mean_dim(2);
+    (c.clone() * c)
+        .mean_dim(2)
+        .add_scalar(eps)
+        .sqrt()
+        .reshape([b, s])
 }
 
 /// The MLP of one block: `W_out · act(W_in · x + b_in) + b_out`.
@@ -238,7 +253,8 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+    /// The attention output and the keys `[batch, n_head, seq, d_head]`.
+    fn attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
         let qkv = self.c_attn.forward(x);
@@ -248,8 +264,9 @@ impl Gpt2Block {
                 .reshape([batch, seq, self.n_head, head_dim])
                 .swap_dims(1, 2)
         };
-        let out = causal_attention(split(0), split(1), split(2), self.attn_scale);
-        self.c_proj.forward(out)
+        let k = split(1);
+        let out = causal_attention(split(0), k.clone(), split(2), self.attn_scale);
+        (self.c_proj.forward(out), k)
     }
 }
 
@@ -264,6 +281,8 @@ pub struct Gpt2 {
     pub blocks: Vec<Gpt2Block>,
     /// Final norm `ln_f`.
     pub ln_f: LayerNorm,
+    #[module(skip)]
+    ln_eps: f64,
 }
 
 impl Gpt2 {
@@ -273,22 +292,35 @@ impl Gpt2 {
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
         let mut x = self.wte.embed(tokens) + self.wpe.forward(positions);
         let mut taps = BTreeMap::new();
+        let mut keys = Vec::new();
         let run = options.layers_to_run(self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            x = x.clone() + block.attention(block.ln_1.forward(x));
+            let (attn, k) = block.attention(block.ln_1.forward(x.clone()));
+            if options.keys {
+                keys.push(k);
+            }
+            x = x + attn;
             x = x.clone()
                 + block
                     .mlp
                     .forward(block.ln_2.forward(x), layer, options, &mut taps);
         }
-        let logits = wants_logits(options, run, self.blocks.len())
-            .then(|| self.wte.unembed(self.ln_f.forward(x)));
-        ForwardOutput { taps, logits }
+        let full = wants_full(options, run, self.blocks.len());
+        let ln_final_scale =
+            (full && options.ln_final_scale).then(|| ln_scale(x.clone(), self.ln_eps));
+        let logits = (full && options.logits).then(|| self.wte.unembed(self.ln_f.forward(x)));
+        ForwardOutput {
+            taps,
+            logits,
+            keys,
+            ln_final_scale,
+        }
     }
 }
 
-fn wants_logits(options: &ForwardOptions, run: usize, n_layers: usize) -> bool {
-    options.logits && options.stop_at_layer.is_none() && run == n_layers
+/// Whether the final norm runs: logits or its scale asked for, every block run.
+fn wants_full(options: &ForwardOptions, run: usize, n_layers: usize) -> bool {
+    (options.logits || options.ln_final_scale) && options.stop_at_layer.is_none() && run == n_layers
 }
 
 /// One GPT-NeoX block with partial rotary attention.
@@ -315,7 +347,8 @@ pub struct NeoXBlock {
 }
 
 impl NeoXBlock {
-    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+    /// The attention output and the keys `[batch, n_head, seq, d_head]` (rotated).
+    fn attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
         let qkv = self
@@ -333,8 +366,8 @@ impl NeoXBlock {
         );
         let q = self.rotate(part(0), &cos, &sin);
         let k = self.rotate(part(1), &cos, &sin);
-        let out = causal_attention(q, k, part(2), 1.0 / (head_dim as f64).sqrt());
-        self.dense.forward(out)
+        let out = causal_attention(q, k.clone(), part(2), 1.0 / (head_dim as f64).sqrt());
+        (self.dense.forward(out), k)
     }
 
     /// Apply rotary embedding to the first `rotary_ndims` dimensions of each head.
@@ -398,15 +431,21 @@ pub struct NeoX {
     pub final_layer_norm: LayerNorm,
     /// `embed_out.weight`, `[vocab, d]`.
     pub embed_out: VocabMatrix,
+    #[module(skip)]
+    ln_eps: f64,
 }
 
 impl NeoX {
     fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
         let mut x = self.embed_in.embed(tokens);
         let mut taps = BTreeMap::new();
+        let mut keys = Vec::new();
         let run = options.layers_to_run(self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            let attn = block.attention(block.input_layernorm.forward(x.clone()));
+            let (attn, k) = block.attention(block.input_layernorm.forward(x.clone()));
+            if options.keys {
+                keys.push(k);
+            }
             if block.parallel_residual {
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
                 let mlp = block.mlp.forward(mlp_in, layer, options, &mut taps);
@@ -417,9 +456,17 @@ impl NeoX {
                 x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut taps);
             }
         }
-        let logits = wants_logits(options, run, self.blocks.len())
+        let full = wants_full(options, run, self.blocks.len());
+        let ln_final_scale =
+            (full && options.ln_final_scale).then(|| ln_scale(x.clone(), self.ln_eps));
+        let logits = (full && options.logits)
             .then(|| self.embed_out.unembed(self.final_layer_norm.forward(x)));
-        ForwardOutput { taps, logits }
+        ForwardOutput {
+            taps,
+            logits,
+            keys,
+            ln_final_scale,
+        }
     }
 }
 
@@ -468,9 +515,10 @@ impl Transformer {
                 "tap {h} lies beyond the {run} blocks that run (the model has {n_layers})"
             )));
         }
-        if options.logits && options.stop_at_layer.is_some() {
+        if (options.logits || options.ln_final_scale) && options.stop_at_layer.is_some() {
             return Err(ModelError::Input(
-                "logits need the full model; drop stop_at_layer".into(),
+                "logits and the final LayerNorm scale need the full model; drop stop_at_layer"
+                    .into(),
             ));
         }
         for p in &options.patches {
@@ -758,6 +806,7 @@ fn load_gpt2(
         wpe: l.embedding("wpe", c.n_positions, d)?,
         blocks,
         ln_f: l.layer_norm("ln_f", d, c.layer_norm_epsilon)?,
+        ln_eps: c.layer_norm_epsilon,
     })
 }
 
@@ -821,6 +870,7 @@ fn load_neox(
         embed_in: l.vocab_from(&embed_in_name, &embed_in, shape),
         blocks,
         embed_out,
+        ln_eps: c.layer_norm_eps,
     })
 }
 

@@ -40,6 +40,12 @@ pub struct ProcessedWeights {
     pub layers: Vec<ProcessedMlp>,
     /// Unembedding `[vocab, d_model]` (TransformerLens's `W_U` transposed: one row per token).
     pub w_u: Vec<f64>,
+    /// Attention heads per layer.
+    pub n_head: usize,
+    /// Per layer the query weights `[d_model, n_head * d_head]` (column `h * d_head + j` is
+    /// head h's j-th query dimension) with the attention LayerNorm's scale folded in and
+    /// centred over d_model, as TransformerLens's `W_Q` after `fold_ln`.
+    pub w_q: Vec<Vec<f64>>,
 }
 
 /// Where a model keeps what the processing needs, in Hugging Face names.
@@ -113,6 +119,52 @@ impl LoadedModel {
                 )));
             }
         };
+        let n_head = match &self.config {
+            crate::ModelConfig::Gpt2(c) => c.n_head,
+            crate::ModelConfig::NeoX(c) => c.num_attention_heads,
+        };
+        let d_head = d_model / n_head.max(1);
+        let mut w_q = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let (qkv, ln) = if gpt2 {
+                let h = format!("transformer.h.{i}");
+                (
+                    format!("{h}.attn.c_attn.weight"),
+                    format!("{h}.ln_1.weight"),
+                )
+            } else {
+                let h = format!("gpt_neox.layers.{i}");
+                (
+                    format!("{h}.attention.query_key_value.weight"),
+                    format!("{h}.input_layernorm.weight"),
+                )
+            };
+            let (w, _) = get(&qkv)?;
+            let (g, _) = get(&ln)?;
+            let mut q = vec![0.0; d_model * d_model];
+            for h in 0..n_head {
+                for j in 0..d_head {
+                    let col = h * d_head + j;
+                    for k in 0..d_model {
+                        // GPT-2's Conv1D is [in, 3 d] with q first; NeoX's Linear is [3 d, in]
+                        // with rows per head interleaved [q | k | v].
+                        let raw = if gpt2 {
+                            w[k * 3 * d_model + col]
+                        } else {
+                            w[(h * 3 * d_head + j) * d_model + k]
+                        };
+                        q[k * d_model + col] = raw * g[k];
+                    }
+                }
+            }
+            for col in 0..d_model {
+                let mean = (0..d_model).map(|k| q[k * d_model + col]).sum::<f64>() / d_model as f64;
+                for k in 0..d_model {
+                    q[k * d_model + col] -= mean;
+                }
+            }
+            w_q.push(q);
+        }
         let mut layers = Vec::with_capacity(n_layers);
         let mut d_mlp = 0;
         for i in 0..n_layers {
@@ -182,6 +234,8 @@ impl LoadedModel {
             vocab,
             layers,
             w_u,
+            n_head,
+            w_q,
         })
     }
 }
