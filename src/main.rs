@@ -9,6 +9,7 @@ mod analyze;
 mod bench;
 mod bench_corr;
 mod eval_loss;
+mod intervene;
 mod report;
 mod tokenizer;
 mod train;
@@ -37,6 +38,9 @@ enum Command {
     /// Render a bundle's figures (Fig. 2, 3, 6, 9, families, entropy candidates) as PNG and SVG
     /// with a page per neuron family and an index.html.
     Report(report::Args),
+    /// The entropy-neuron experiment: fix neurons' activations and measure LayerNorm scale,
+    /// entropy, loss and reciprocal rank against random baseline neurons.
+    Intervene(intervene::Args),
     /// Run a model over tokens and save every MLP neuron's pre- and post-activation.
     Activations(activations::Args),
     /// Measure forward throughput (tokens/s) of the neuron pass on a model.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Some(Command::Analyze(args)) => analyze::run(&args),
         Some(Command::Summary(args)) => analyze::summary(&args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Intervene(args)) => intervene::run(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
         Some(Command::BenchCorrelation(args)) => bench_corr::run(&args),
         Some(Command::EvalLoss(args)) => eval_loss::run(&args),

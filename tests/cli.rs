@@ -185,6 +185,9 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
         "neurons.csv",
         "correlation.safetensors",
         "tiles.safetensors",
+        "histograms.safetensors",
+        "anatomy.safetensors",
+        "attention.safetensors",
     ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
@@ -219,6 +222,49 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
         .expect("run summary");
     assert!(summary.status.success());
     assert_eq!(String::from_utf8_lossy(&summary.stdout), printed);
+    // The entropy-neuron experiment on one neuron and one baseline neuron, then the report.
+    let iv = seedscope()
+        .arg("intervene")
+        .arg(&out)
+        .args([
+            "--neurons",
+            "L2.3",
+            "--values",
+            "-0.17,2",
+            "--baseline",
+            "1",
+        ])
+        .args(["--max-tokens", "200", "--backend", "cpu"])
+        .output()
+        .expect("run intervene");
+    let stdout = String::from_utf8_lossy(&iv.stdout);
+    assert!(
+        iv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&iv.stderr)
+    );
+    assert!(
+        stdout.contains("L2.3 scale") && stdout.contains("(baseline)"),
+        "{stdout}"
+    );
+    assert!(out.join("interventions.json").is_file());
+    let report = dir.join("report");
+    let r = seedscope()
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .expect("run report");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let index = std::fs::read_to_string(report.join("index.html")).expect("index");
+    for f in [
+        "fig2-universality.png",
+        "fig7-entropy-interventions.png",
+        "family-",
+    ] {
+        assert!(index.contains(f), "index lacks {f}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -246,12 +292,14 @@ fn analyze_and_summary_name_the_file_that_is_wrong() {
     assert!(!out.exists());
     std::fs::create_dir_all(&out).expect("dir");
     std::fs::write(out.join("manifest.json"), "{ not json").expect("write");
-    let s = seedscope().arg("summary").arg(&out).output().expect("run");
-    let stderr = String::from_utf8_lossy(&s.stderr);
-    assert!(
-        !s.status.success() && stderr.contains("manifest.json"),
-        "{stderr}"
-    );
+    for command in ["summary", "report", "intervene"] {
+        let s = seedscope().arg(command).arg(&out).output().expect("run");
+        let stderr = String::from_utf8_lossy(&s.stderr);
+        assert!(
+            !s.status.success() && stderr.contains("manifest.json") && !stderr.contains("panicked"),
+            "{command}: {stderr}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod engine;
 pub mod features;
 pub mod hist;
+pub mod intervene;
 pub mod job;
 pub mod plan;
 pub mod rotation;

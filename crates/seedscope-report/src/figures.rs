@@ -419,6 +419,125 @@ pub fn draw_bars<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One line of a panel of [`draw_curves`].
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// Legend label (empty: no legend entry).
+    pub label: String,
+    /// `(x, y)` points.
+    pub points: Vec<(f64, f64)>,
+    /// A baseline line (thin grey) rather than a target (coloured).
+    pub baseline: bool,
+}
+
+/// Panels side by side (2 per row): in each, the targets' curves in colour, the baselines in
+/// grey and the nominal value as a dashed line; `panels[i] = (title, y label, nominal, curves)`.
+pub fn draw_curves<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    panels: &[(String, String, f64, Vec<Curve>)],
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let (top, body) = root.split_vertically(30);
+    top.titled(title, ("sans-serif", 16)).map_err(err)?;
+    let rows = panels.len().div_ceil(2).max(1);
+    let areas = body.split_evenly((rows, 2));
+    const COLORS: [RGBColor; 4] = [
+        RGBColor(230, 120, 60),
+        RGBColor(60, 110, 200),
+        RGBColor(40, 150, 80),
+        RGBColor(170, 60, 160),
+    ];
+    for ((name, y_desc, nominal, curves), area) in panels.iter().zip(&areas) {
+        let pts = curves.iter().flat_map(|c| c.points.iter());
+        let xs: Vec<f64> = pts.clone().map(|p| p.0).filter(|v| v.is_finite()).collect();
+        let ys: Vec<f64> = pts
+            .map(|p| p.1)
+            .chain(std::iter::once(*nominal))
+            .filter(|v| v.is_finite())
+            .collect();
+        let span = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if lo.is_finite() {
+                let pad = (hi - lo).max(1e-9) * 0.06;
+                lo - pad..hi + pad
+            } else {
+                0.0..1.0
+            }
+        };
+        let xr = span(&xs);
+        let mut chart = ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(xr.clone(), span(&ys))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(GRID)
+            .x_desc(x_desc)
+            .y_desc(y_desc.as_str())
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .draw()
+            .map_err(err)?;
+        for c in curves.iter().filter(|c| c.baseline) {
+            chart
+                .draw_series(LineSeries::new(
+                    c.points.clone(),
+                    GREY.mix(0.6).stroke_width(1),
+                ))
+                .map_err(err)?;
+        }
+        if nominal.is_finite() {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(xr.start, *nominal), (xr.end, *nominal)],
+                    6,
+                    4,
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(err)?
+                .label("no intervention")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK));
+        }
+        if curves.iter().any(|c| c.baseline) {
+            // A legend entry for the grey lines.
+            chart
+                .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
+                .map_err(err)?
+                .label("random baseline neurons")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], GREY));
+        }
+        for (k, c) in curves.iter().filter(|c| !c.baseline).enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(c.points.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(c.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +582,23 @@ mod tests {
         })
         .expect("svg");
         assert!(svg.contains("unigram") && svg.contains("universal"));
+        let curves = vec![
+            Curve {
+                label: "L1.5".into(),
+                points: vec![(0.0, 1.0), (3.0, 2.0)],
+                baseline: false,
+            },
+            Curve {
+                label: String::new(),
+                points: vec![(0.0, 1.1), (3.0, 1.2)],
+                baseline: true,
+            },
+        ];
+        let panels = vec![("scale".to_string(), "ln scale".to_string(), 1.05, curves)];
+        let svg =
+            crate::svg(600, 400, |a| draw_curves(a, "Fig. 7", "value", &panels)).expect("svg");
+        assert!(
+            svg.contains("L1.5") && svg.contains("no intervention") && svg.contains("baseline")
+        );
     }
 }

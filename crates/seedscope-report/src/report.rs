@@ -315,6 +315,67 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
         )
     );
 
+    // The entropy-neuron intervention curves (Fig. 7c-f), when `seedscope intervene` ran.
+    match seedscope_analysis::intervene::Interventions::read(dir) {
+        Ok(Some(iv)) if !iv.curves.is_empty() => {
+            type Get = fn(&seedscope_analysis::intervene::Metrics) -> f64;
+            let metrics: [(&str, &str, Get); 4] = [
+                ("(c) final LayerNorm scale", "mean scale", |m| m.scale),
+                ("(d) true-token reciprocal rank", "mean 1/(rank+1)", |m| {
+                    m.reciprocal_rank
+                }),
+                ("(e) next-token entropy", "mean entropy (nats)", |m| {
+                    m.entropy
+                }),
+                ("(f) loss", "mean loss (nats)", |m| m.loss),
+            ];
+            let panels: Vec<(String, String, f64, Vec<crate::Curve>)> = metrics
+                .iter()
+                .map(|(name, y, get)| {
+                    let curves = iv
+                        .curves
+                        .iter()
+                        .map(|c| crate::Curve {
+                            label: format!("L{}.{}", c.layer, c.neuron),
+                            points: iv
+                                .request
+                                .values
+                                .iter()
+                                .zip(&c.metrics)
+                                .map(|(&v, m)| (v as f64, get(m)))
+                                .collect(),
+                            baseline: c.baseline,
+                        })
+                        .collect();
+                    (name.to_string(), y.to_string(), get(&iv.nominal), curves)
+                })
+                .collect();
+            let title = format!(
+                "Fig. 7: fixing a neuron's activation, {} ({} tokens; {} baseline neurons)",
+                iv.model,
+                iv.n_tokens,
+                iv.curves.iter().filter(|c| c.baseline).count()
+            );
+            figure!(
+                "fig7-entropy-interventions",
+                "Fig. 7c-f: the neurons' post-activation fixed to each value at every position \
+                 (seedscope intervene): mean final LayerNorm scale, true-token reciprocal rank, \
+                 entropy and loss, against random neurons of the last two layers (grey) and the \
+                 unmodified model (dashed). An entropy neuron raises the scale and the entropy \
+                 while the rank barely moves.",
+                1100,
+                760,
+                |a| crate::draw_curves(a, &title, "fixed activation", &panels)
+            );
+        }
+        Ok(_) => summary.notes.push(
+            "no interventions yet: run `seedscope intervene BUNDLE` for the entropy-neuron \
+             curves (Fig. 7)"
+                .into(),
+        ),
+        Err(e) => summary.notes.push(format!("interventions not shown: {e}")),
+    }
+
     // Families.
     let mut families: Vec<String> = rows
         .iter()
