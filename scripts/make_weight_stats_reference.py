@@ -1,7 +1,8 @@
 """Reference neuron weight statistics for tests/weight_stats.rs.
 
-Independent numpy implementation of TransformerLens's weight processing (fold_ln,
-center_writing_weights, center_unembed; ../shared/PAPER.md section on weight preprocessing) and of
+A numpy implementation of TransformerLens's weight processing (fold_ln, center_writing_weights,
+center_unembed), checked against TransformerLens itself for GPT-2 (whose processed weights then
+feed the reference; the NeoX fixture uses the numpy processing), and of
 the paper's per-neuron weight statistics (weights.py:compute_neuron_statistics and the vocabulary
 cosine moments of utils.vector_moments), from the Hugging Face state dict:
 
@@ -166,12 +167,44 @@ def attention_scores(model, processed):
     return {k: np.stack(v).astype(np.int32 if k.endswith("head") else np.float64) for k, v in res.items()}
 
 
+def transformer_lens_processed(model):
+    """The same processing done by TransformerLens itself (GPT-2): a HookedTransformer loaded
+    with fold_ln, center_writing_weights and center_unembed, in float64. Returns its per-layer
+    (W_in, b_in, W_out), W_U and W_Q [L, H, d_model, d_head]."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    c = model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions,
+        act_fn=c.activation_function, normalization_type="LN", eps=c.layer_norm_epsilon,
+        dtype=torch.float64, default_prepend_bos=False)
+    tl = HookedTransformer(cfg)
+    sd = convert_gpt2_weights(model.to(torch.float64), cfg)
+    tl.load_and_process_state_dict(sd, fold_ln=True, center_writing_weights=True,
+                                   center_unembed=True, fold_value_biases=True)
+    f = lambda t: t.detach().double().numpy()  # noqa: E731
+    layers = [(f(tl.W_in[i]), f(tl.b_in[i]), f(tl.W_out[i])) for i in range(cfg.n_layers)]
+    return layers, f(tl.W_U), f(tl.W_Q)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for name, path in MODELS.items():
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         layers, w_u, ln_f = mlp_weights(model)
         processed, w_u = process(layers, w_u, ln_f)
+        if model.config.model_type == "gpt2":
+            # Check this script's processing against TransformerLens, then use TransformerLens's
+            # weights for the reference.
+            tl_layers, tl_w_u, _ = transformer_lens_processed(model)
+            diff = max(max(np.abs(a - b).max() for a, b in zip(x, y))
+                       for x, y in zip(processed, tl_layers))
+            diff = max(diff, np.abs(w_u - tl_w_u).max())
+            print(f"{name}: numpy processing vs TransformerLens, max |diff| = {diff:.2e}")
+            assert diff < 1e-9, diff
+            processed, w_u = tl_layers, tl_w_u
+            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         out = stats(processed, w_u)
         out.update(attention_scores(model, processed))
         save_file(out, os.path.join(OUT, f"{name}.safetensors"))

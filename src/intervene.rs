@@ -30,6 +30,10 @@ pub struct Args {
     /// Tokens of the bundle's data to average over (whole rows).
     #[arg(long, default_value_t = 8192)]
     pub max_tokens: u64,
+    /// Run the query-only path ablation of a neuron on a later head instead (`L4.3594:L5H0`;
+    /// without a value: the neuron with the largest deactivation score and its head).
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
+    pub path: Option<String>,
     /// Compute backend: auto, cpu or wgpu.
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
@@ -48,8 +52,67 @@ fn parse_neuron(s: &str) -> Result<(usize, usize)> {
     ))
 }
 
-/// Run and print the curves.
+fn parse_pair(s: &str) -> Result<((usize, usize), (usize, usize))> {
+    let (n, h) = s
+        .split_once(':')
+        .with_context(|| format!("pair {s:?}: write it as L<layer>.<neuron>:L<layer>H<head>"))?;
+    let (l, head) = h
+        .trim()
+        .trim_start_matches(['L', 'l'])
+        .split_once(['H', 'h'])
+        .with_context(|| format!("head {h:?}: write it as L<layer>H<head>"))?;
+    Ok((
+        parse_neuron(n)?,
+        (
+            l.parse()
+                .with_context(|| format!("head {h:?}: bad layer"))?,
+            head.parse()
+                .with_context(|| format!("head {h:?}: bad head"))?,
+        ),
+    ))
+}
+
+/// Run and print the curves (or the path ablation).
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(p) = &args.path {
+        let pair = if p == "auto" {
+            None
+        } else {
+            Some(parse_pair(p)?)
+        };
+        let r = seedscope_analysis::path_ablation::run_path_ablation(
+            &args.bundle,
+            pair,
+            args.max_tokens,
+            args.backend,
+        )?;
+        println!(
+            "L{}.{} on head L{}H{} over {} positions ({}..{} of each row): mean activation {:.3}; \
+             attention to BOS {:.4} -> {:.4} and output norm {:.4} -> {:.4} with the neuron \
+             removed from the query; corr(activation, change) {:.3} and {:.3}",
+            r.neuron.0,
+            r.neuron.1,
+            r.head.0,
+            r.head.1,
+            r.n_tokens,
+            r.positions.0,
+            r.positions.1,
+            r.mean_activation,
+            r.mean_bos_attention,
+            r.mean_bos_attention_ablated,
+            r.mean_z_norm,
+            r.mean_z_norm_ablated,
+            r.corr_activation_bos_change,
+            r.corr_activation_norm_change
+        );
+        println!(
+            "wrote {}",
+            args.bundle
+                .join(seedscope_analysis::path_ablation::FILE)
+                .display()
+        );
+        return Ok(());
+    }
     let request = InterventionRequest {
         neurons: args
             .neurons

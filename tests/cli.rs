@@ -248,6 +248,19 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
         "{stdout}"
     );
     assert!(out.join("interventions.json").is_file());
+    let pa = seedscope()
+        .arg("intervene")
+        .arg(&out)
+        .args(["--path", "L1.3:L2H0", "--backend", "cpu"])
+        .output()
+        .expect("run intervene --path");
+    let stdout = String::from_utf8_lossy(&pa.stdout);
+    assert!(
+        pa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pa.stderr)
+    );
+    assert!(stdout.contains("L1.3 on head L2H0"), "{stdout}");
     let report = dir.join("report");
     let r = seedscope()
         .arg("report")

@@ -27,6 +27,7 @@ pub mod features;
 pub mod hist;
 pub mod intervene;
 pub mod job;
+pub mod path_ablation;
 pub mod plan;
 pub mod rotation;
 pub mod weights;

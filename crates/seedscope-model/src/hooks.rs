@@ -79,6 +79,23 @@ pub struct NeuronPatch {
     pub value: f32,
 }
 
+/// The query-only path ablation of the paper's attention-deactivation experiment (§5.3): at
+/// attention layer `attn_layer`, head `head` also computes its query from the residual stream
+/// minus neuron `neuron_layer.neuron`'s contribution `act · w_out` (keys and values unchanged),
+/// and the forward pass reports both heads' attention to position 0 and output (`z`) norms.
+/// The neuron's layer must be tapped (`hook_post`) and come before the attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryAblation {
+    /// The neuron's MLP layer.
+    pub neuron_layer: usize,
+    /// The neuron.
+    pub neuron: usize,
+    /// The attention layer (after the neuron's).
+    pub attn_layer: usize,
+    /// The head.
+    pub head: usize,
+}
+
 /// What one forward pass should produce.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
@@ -94,6 +111,8 @@ pub struct ForwardOptions {
     pub keys: bool,
     /// Return the final LayerNorm's scale (`ln_final.hook_scale`; needs the full model).
     pub ln_final_scale: bool,
+    /// Probe one head with and without a neuron on its query path.
+    pub query_ablation: Option<QueryAblation>,
 }
 
 impl ForwardOptions {
@@ -131,6 +150,14 @@ impl ForwardOptions {
         match self.stop_at_layer {
             Some(stop) => stop.min(n_layers),
             None if self.logits || self.ln_final_scale || self.keys => n_layers,
+            None if self.query_ablation.is_some() => self
+                .taps
+                .iter()
+                .map(|h| h.layer + 1)
+                .chain(self.query_ablation.map(|a| a.attn_layer + 1))
+                .max()
+                .unwrap_or(0)
+                .min(n_layers),
             None => self
                 .taps
                 .iter()

@@ -26,9 +26,10 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
-pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch};
+pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch, QueryAblation};
 pub use model::{
-    ForwardOutput, Gpt2, Gpt2Block, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer, VocabMatrix,
+    ForwardOutput, Gpt2, Gpt2Block, HeadProbe, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer,
+    VocabMatrix,
 };
 pub use processed::{ProcessedMlp, ProcessedWeights};
 pub use weights::{

@@ -49,6 +49,80 @@ pub struct ForwardOutput {
     pub keys: Vec<Tensor<4>>,
     /// `[batch, seq]` scale of the final LayerNorm, `sqrt(var(x) + eps)`, when requested.
     pub ln_final_scale: Option<Tensor<2>>,
+    /// The head of a [`crate::QueryAblation`], when requested.
+    pub head_probe: Option<HeadProbe>,
+}
+
+/// One head with and without a neuron's contribution on its query path, each `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct HeadProbe {
+    /// The neuron's post-activation.
+    pub activation: Tensor<2>,
+    /// Attention to position 0, unmodified.
+    pub bos_attention: Tensor<2>,
+    /// Attention to position 0 with the neuron removed from the query's input.
+    pub bos_attention_ablated: Tensor<2>,
+    /// ‖z‖ of the head (its output before `W_O`), unmodified.
+    pub z_norm: Tensor<2>,
+    /// ‖z‖ with the neuron removed from the query's input.
+    pub z_norm_ablated: Tensor<2>,
+}
+
+/// Head `h`'s attention to position 0 and output norm from per-head `q`, `k`, `v`.
+fn head_stats(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    h: usize,
+) -> (Tensor<2>, Tensor<2>) {
+    let [b, _, s, _] = q.dims();
+    let pick = |t: Tensor<4>| t.narrow(1, h, 1);
+    let (q, k, v) = (pick(q), pick(k), pick(v));
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let mask = causal_mask(s, &scores.device()).expand([b, 1, s, s]);
+    let probs = softmax(scores.mask_fill(mask, f32::MIN), 3);
+    let bos = probs.clone().narrow(3, 0, 1).reshape([b, s]);
+    let z = probs.matmul(v);
+    let norm = (z.clone() * z).sum_dim(3).sqrt().reshape([b, s]);
+    (bos, norm)
+}
+
+/// The neuron's activation `[b, s]` and its residual contribution `act · w_out` `[b, s, d]`.
+fn neuron_contribution(
+    taps: &BTreeMap<HookPoint, Tensor<3>>,
+    mlp: &Mlp,
+    a: &crate::QueryAblation,
+) -> Option<(Tensor<2>, Tensor<3>)> {
+    let post = taps.get(&HookPoint::post(a.neuron_layer))?;
+    let [b, s, _] = post.dims();
+    let act = post.clone().narrow(2, a.neuron, 1);
+    let w = mlp.w_out.weight.val();
+    let d = w.dims()[1];
+    let row = w.narrow(0, a.neuron, 1).reshape([1, 1, d]);
+    Some((act.clone().reshape([b, s]), act * row))
+}
+
+/// Probe `a`'s head: clean `q` against `q` from `ln(x - contribution)`.
+#[allow(clippy::too_many_arguments)]
+fn probe(
+    act: Tensor<2>,
+    q: Tensor<4>,
+    q_ablated: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    head: usize,
+) -> HeadProbe {
+    let (bos, zn) = head_stats(q, k.clone(), v.clone(), scale, head);
+    let (bos_a, zn_a) = head_stats(q_ablated, k, v, scale, head);
+    HeadProbe {
+        activation: act,
+        bos_attention: bos,
+        bos_attention_ablated: bos_a,
+        z_norm: zn,
+        z_norm_ablated: zn_a,
+    }
 }
 
 /// `sqrt(mean((x - mean x)^2) + eps)` over the last dimension: what a LayerNorm divides by.
@@ -253,8 +327,8 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    /// The attention output and the keys `[batch, n_head, seq, d_head]`.
-    fn attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+    /// Queries, keys and values `[batch, n_head, seq, d_head]` of a normalised input.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
         let qkv = self.c_attn.forward(x);
@@ -264,9 +338,7 @@ impl Gpt2Block {
                 .reshape([batch, seq, self.n_head, head_dim])
                 .swap_dims(1, 2)
         };
-        let k = split(1);
-        let out = causal_attention(split(0), k.clone(), split(2), self.attn_scale);
-        (self.c_proj.forward(out), k)
+        (split(0), split(1), split(2))
     }
 }
 
@@ -294,16 +366,40 @@ impl Gpt2 {
         let mut taps = BTreeMap::new();
         let mut keys = Vec::new();
         let run = options.layers_to_run(self.blocks.len());
+        let mut contribution: Option<(Tensor<2>, Tensor<3>)> = None;
+        let mut head_probe = None;
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            let (attn, k) = block.attention(block.ln_1.forward(x.clone()));
-            if options.keys {
-                keys.push(k);
+            let (q, k, v) = block.qkv(block.ln_1.forward(x.clone()));
+            if let (Some(a), Some((act, c))) = (&options.query_ablation, &contribution)
+                && a.attn_layer == layer
+            {
+                let (q_abl, _, _) = block.qkv(block.ln_1.forward(x.clone() - c.clone()));
+                head_probe = Some(probe(
+                    act.clone(),
+                    q.clone(),
+                    q_abl,
+                    k.clone(),
+                    v.clone(),
+                    block.attn_scale,
+                    a.head,
+                ));
             }
+            if options.keys {
+                keys.push(k.clone());
+            }
+            let attn = block
+                .c_proj
+                .forward(causal_attention(q, k, v, block.attn_scale));
             x = x + attn;
             x = x.clone()
                 + block
                     .mlp
                     .forward(block.ln_2.forward(x), layer, options, &mut taps);
+            if let Some(a) = &options.query_ablation
+                && a.neuron_layer == layer
+            {
+                contribution = neuron_contribution(&taps, &block.mlp, a);
+            }
         }
         let full = wants_full(options, run, self.blocks.len());
         let ln_final_scale =
@@ -314,6 +410,7 @@ impl Gpt2 {
             logits,
             keys,
             ln_final_scale,
+            head_probe,
         }
     }
 }
@@ -347,8 +444,9 @@ pub struct NeoXBlock {
 }
 
 impl NeoXBlock {
-    /// The attention output and the keys `[batch, n_head, seq, d_head]` (rotated).
-    fn attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+    /// Queries and keys (rotated) and values `[batch, n_head, seq, d_head]` of a normalised
+    /// input.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
         let qkv = self
@@ -366,8 +464,13 @@ impl NeoXBlock {
         );
         let q = self.rotate(part(0), &cos, &sin);
         let k = self.rotate(part(1), &cos, &sin);
-        let out = causal_attention(q, k.clone(), part(2), 1.0 / (head_dim as f64).sqrt());
-        (self.dense.forward(out), k)
+        (q, k, part(2))
+    }
+
+    /// `1 / sqrt(d_head)`.
+    fn scale(&self) -> f64 {
+        let d = self.dense.weight.val().dims()[0];
+        1.0 / ((d / self.n_head) as f64).sqrt()
     }
 
     /// Apply rotary embedding to the first `rotary_ndims` dimensions of each head.
@@ -441,11 +544,30 @@ impl NeoX {
         let mut taps = BTreeMap::new();
         let mut keys = Vec::new();
         let run = options.layers_to_run(self.blocks.len());
+        let mut contribution: Option<(Tensor<2>, Tensor<3>)> = None;
+        let mut head_probe = None;
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            let (attn, k) = block.attention(block.input_layernorm.forward(x.clone()));
-            if options.keys {
-                keys.push(k);
+            let (q, k, v) = block.qkv(block.input_layernorm.forward(x.clone()));
+            if let (Some(a), Some((act, c))) = (&options.query_ablation, &contribution)
+                && a.attn_layer == layer
+            {
+                let (q_abl, _, _) = block.qkv(block.input_layernorm.forward(x.clone() - c.clone()));
+                head_probe = Some(probe(
+                    act.clone(),
+                    q.clone(),
+                    q_abl,
+                    k.clone(),
+                    v.clone(),
+                    block.scale(),
+                    a.head,
+                ));
             }
+            if options.keys {
+                keys.push(k.clone());
+            }
+            let attn = block
+                .dense
+                .forward(causal_attention(q, k, v, block.scale()));
             if block.parallel_residual {
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
                 let mlp = block.mlp.forward(mlp_in, layer, options, &mut taps);
@@ -454,6 +576,11 @@ impl NeoX {
                 x = x + attn;
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
                 x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut taps);
+            }
+            if let Some(a) = &options.query_ablation
+                && a.neuron_layer == layer
+            {
+                contribution = neuron_contribution(&taps, &block.mlp, a);
             }
         }
         let full = wants_full(options, run, self.blocks.len());
@@ -466,6 +593,7 @@ impl NeoX {
             logits,
             keys,
             ln_final_scale,
+            head_probe,
         }
     }
 }
@@ -520,6 +648,33 @@ impl Transformer {
                 "logits and the final LayerNorm scale need the full model; drop stop_at_layer"
                     .into(),
             ));
+        }
+        if let Some(a) = &options.query_ablation {
+            let heads = match config {
+                crate::ModelConfig::Gpt2(c) => c.n_head,
+                crate::ModelConfig::NeoX(c) => c.num_attention_heads,
+            };
+            if a.neuron_layer >= a.attn_layer
+                || a.attn_layer >= n_layers
+                || a.neuron >= config.d_mlp()
+                || a.head >= heads
+            {
+                return Err(ModelError::Input(format!(
+                    "path ablation of neuron L{}.{} on head L{}H{}: the neuron must exist and \
+                     come before the head ({n_layers} layers of {} neurons, {heads} heads)",
+                    a.neuron_layer,
+                    a.neuron,
+                    a.attn_layer,
+                    a.head,
+                    config.d_mlp()
+                )));
+            }
+            if !options.taps.contains(&HookPoint::post(a.neuron_layer)) {
+                return Err(ModelError::Input(format!(
+                    "path ablation needs the tap {}",
+                    HookPoint::post(a.neuron_layer)
+                )));
+            }
         }
         for p in &options.patches {
             if p.layer >= n_layers || p.neuron >= config.d_mlp() {

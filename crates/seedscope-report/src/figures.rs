@@ -250,15 +250,33 @@ pub fn draw_layer_quantiles<DB: DrawingBackend>(
 /// One point of a scatter: `(x, y, highlighted)`.
 pub type Point = (f64, f64, bool);
 
-/// A scatter of all neurons (small blue) with the highlighted ones (universal: large orange) on
-/// top; non-finite points are left out. `r` is the Pearson correlation printed in the title when
-/// given.
+/// What the points of a scatter are: their plural (`"neurons"`) and, for a legend, the names of
+/// the plain and the highlighted points.
+#[derive(Debug, Clone, Copy)]
+pub struct ScatterLabels<'a> {
+    /// The points' plural, in the title's count.
+    pub unit: &'a str,
+    /// Legend names of plain and highlighted points (no legend: `None`).
+    pub legend: Option<(&'a str, &'a str)>,
+}
+
+impl ScatterLabels<'_> {
+    /// Neurons, universal ones highlighted.
+    pub const NEURONS: ScatterLabels<'static> = ScatterLabels {
+        unit: "neurons",
+        legend: Some(("other neurons", "universal")),
+    };
+}
+
+/// A scatter of all points (small blue) with the highlighted ones (large orange) on top;
+/// non-finite points are left out. The title gets the Pearson correlation and the count.
 pub fn draw_scatter<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     x_desc: &str,
     y_desc: &str,
     points: &[Point],
+    labels: ScatterLabels<'_>,
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
     let pts: Vec<Point> = points
@@ -279,7 +297,7 @@ pub fn draw_scatter<DB: DrawingBackend>(
     let r = pearson(&pts);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{title} (r = {r:.2}, {} neurons)", pts.len()),
+            format!("{title} (r = {r:.2}, {} {})", pts.len(), labels.unit),
             ("sans-serif", 16),
         )
         .margin(12)
@@ -302,7 +320,7 @@ pub fn draw_scatter<DB: DrawingBackend>(
                 .map(|p| Circle::new((p.0, p.1), 2, BLUE.mix(0.5).filled())),
         )
         .map_err(err)?
-        .label("other neurons")
+        .label(labels.legend.map_or("", |l| l.0))
         .legend(|(x, y)| Circle::new((x + 5, y), 3, BLUE.filled()));
     chart
         .draw_series(
@@ -311,14 +329,16 @@ pub fn draw_scatter<DB: DrawingBackend>(
                 .map(|p| Circle::new((p.0, p.1), 4, ORANGE.filled())),
         )
         .map_err(err)?
-        .label("universal")
+        .label(labels.legend.map_or("", |l| l.1))
         .legend(|(x, y)| Circle::new((x + 5, y), 4, ORANGE.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    if labels.legend.is_some() {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
     root.present().map_err(err)?;
     Ok(())
 }
@@ -568,7 +588,10 @@ mod tests {
         .expect("svg");
         assert!(svg.contains("2 seeds") && svg.contains("95 %"));
         let pts = [(0.0, 0.0, false), (1.0, 1.0, true), (f64::NAN, 0.0, false)];
-        let svg = crate::svg(600, 400, |a| draw_scatter(a, "Fig. 9", "x", "y", &pts)).expect("svg");
+        let svg = crate::svg(600, 400, |a| {
+            draw_scatter(a, "Fig. 9", "x", "y", &pts, ScatterLabels::NEURONS)
+        })
+        .expect("svg");
         assert!(svg.contains("r = 1.00, 2 neurons"));
         let svg = crate::svg(600, 400, |a| {
             draw_bars(

@@ -284,7 +284,8 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
             "Fig. 9: activation frequency vs cos(w_in, w_out)",
             "activation frequency",
             "cos(w_in, w_out)",
-            &fig9
+            &fig9,
+            crate::ScatterLabels::NEURONS
         )
     );
     // From the anchor's weights when they are at hand (bundles made before null_frac existed).
@@ -311,7 +312,8 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
             "Entropy-neuron candidates",
             "||w_out||",
             "share of ||w_out|| in W_U's null space",
-            &entropy
+            &entropy,
+            crate::ScatterLabels::NEURONS
         )
     );
 
@@ -374,6 +376,53 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
                 .into(),
         ),
         Err(e) => summary.notes.push(format!("interventions not shown: {e}")),
+    }
+
+    // Fig. 8: the query-only path ablation, when `seedscope intervene --path` ran.
+    match seedscope_analysis::path_ablation::read(dir) {
+        Ok(list) => {
+            for a in &list {
+                let name = format!(
+                    "fig8-path-ablation-L{}.{}-L{}H{}",
+                    a.neuron.0, a.neuron.1, a.head.0, a.head.1
+                );
+                let pts: Vec<(f64, f64, bool)> = a
+                    .points
+                    .iter()
+                    .map(|p| (p.0 as f64, p.1 as f64, false))
+                    .collect();
+                let title = format!(
+                    "Fig. 8: L{}.{} removed from head L{}H{}'s query",
+                    a.neuron.0, a.neuron.1, a.head.0, a.head.1
+                );
+                let caption = format!(
+                    "Fig. 8b: the neuron's activation against the change in the head's attention \
+                     to BOS when the neuron's output is removed from the query only (positions \
+                     {}..{} of each row, {} positions). Mean attention to BOS {:.4} -> {:.4}, \
+                     output norm {:.4} -> {:.4}. A deactivation neuron's removal lowers the \
+                     attention to BOS most where it fires most.",
+                    a.positions.0,
+                    a.positions.1,
+                    a.n_tokens,
+                    a.mean_bos_attention,
+                    a.mean_bos_attention_ablated,
+                    a.mean_z_norm,
+                    a.mean_z_norm_ablated
+                );
+                figure!(&name, caption, 800, 520, |ar| draw_scatter(
+                    ar,
+                    &title,
+                    "neuron activation",
+                    "change in attention to BOS",
+                    &pts,
+                    crate::ScatterLabels {
+                        unit: "positions",
+                        legend: None
+                    }
+                ));
+            }
+        }
+        Err(e) => summary.notes.push(format!("path ablations not shown: {e}")),
     }
 
     // Families.
