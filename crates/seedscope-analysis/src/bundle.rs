@@ -1102,8 +1102,14 @@ impl AnatomyFile {
     }
 
     /// Read anchor `anchor`'s anatomy (`width` neurons) from bundle `dir`; `None` when the
-    /// bundle has none (made before it existed, or without it).
-    pub fn read(dir: &Path, anchor: usize, width: usize) -> Result<Option<Self>, AnalysisError> {
+    /// bundle has none (made before it existed, or without it). Without `examples` the example
+    /// values and windows (most of the file) are left empty.
+    pub fn read(
+        dir: &Path,
+        anchor: usize,
+        width: usize,
+        examples: bool,
+    ) -> Result<Option<Self>, AnalysisError> {
         let path = dir.join(ANATOMY);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -1143,8 +1149,16 @@ impl AnatomyFile {
         let win = context.0 + 1 + context.1;
         let (nb, nt) = (crate::anatomy::BEST_FEATURES, crate::anatomy::TOP_TOKENS);
         let out = Self {
-            top_val: read_tensor(&st, &name("top_val"), &path, width * k, Dtype::F32)?,
-            windows: read_tensor(&st, &name("windows"), &path, width * k * win, Dtype::I32)?,
+            top_val: if examples {
+                read_tensor(&st, &name("top_val"), &path, width * k, Dtype::F32)?
+            } else {
+                Vec::new()
+            },
+            windows: if examples {
+                read_tensor(&st, &name("windows"), &path, width * k * win, Dtype::I32)?
+            } else {
+                Vec::new()
+            },
             best_feature: read_tensor(&st, &name("best_feature"), &path, width * nb, Dtype::I32)?,
             best_vr: read_tensor(&st, &name("best_vr"), &path, width * nb, Dtype::F32)?,
             top_token: read_tensor(&st, &name("top_token"), &path, width * nt, Dtype::I32)?,

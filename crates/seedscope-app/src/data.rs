@@ -86,6 +86,8 @@ pub struct Explorer {
     tokenizer: Option<seedscope_data::TextTokenizer>,
     /// Pre-activation histograms per model name, `[n_layers * d_mlp * HIST_BINS]`.
     histograms: BTreeMap<String, Vec<u32>>,
+    /// Per anchor model index: best features, top tokens, position MI (no examples).
+    anatomy: BTreeMap<usize, seedscope_analysis::bundle::AnatomyFile>,
 }
 
 fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
@@ -226,6 +228,18 @@ impl Explorer {
             tiles_header,
             tokenizer,
             histograms: read_histograms(&dir.join(seedscope_analysis::bundle::HISTOGRAMS), width)?,
+            anatomy: {
+                let mut m = BTreeMap::new();
+                for &a in &anchor_ids {
+                    if let Some(f) =
+                        seedscope_analysis::bundle::AnatomyFile::read(&dir, a, width, false)
+                            .map_err(|e| e.to_string())?
+                    {
+                        m.insert(a, f);
+                    }
+                }
+                m
+            },
         })
     }
 
@@ -319,6 +333,37 @@ impl Explorer {
         let b = seedscope_gpu::HIST_BINS;
         let i = id.layer * self.d_mlp() + id.neuron;
         h.get(i * b..(i + 1) * b)
+    }
+
+    /// An anchor neuron's best token features with their variance explained, best first.
+    pub fn best_features(&self, id: NeuronId) -> Vec<(&str, f32)> {
+        let Some(a) = self.anatomy.get(&id.model) else {
+            return Vec::new();
+        };
+        let nb = seedscope_analysis::anatomy::BEST_FEATURES;
+        let i = id.layer * self.d_mlp() + id.neuron;
+        (0..nb)
+            .filter_map(|j| {
+                let f = usize::try_from(*a.best_feature.get(i * nb + j)?).ok()?;
+                Some((a.features.get(f)?.name.as_str(), a.best_vr[i * nb + j]))
+            })
+            .collect()
+    }
+
+    /// An anchor neuron's tokens with the highest mean activation over the analysed data, with
+    /// those means.
+    pub fn mean_top_tokens(&self, id: NeuronId) -> Vec<(u32, f32)> {
+        let Some(a) = self.anatomy.get(&id.model) else {
+            return Vec::new();
+        };
+        let nt = seedscope_analysis::anatomy::TOP_TOKENS;
+        let i = id.layer * self.d_mlp() + id.neuron;
+        (0..nt)
+            .filter_map(|j| {
+                let t = u32::try_from(*a.top_token.get(i * nt + j)?).ok()?;
+                Some((t, a.top_token_mean[i * nt + j]))
+            })
+            .collect()
     }
 
     /// The anchor's tokenizer (`tokenizer.json` of the first model), for showing token ids.

@@ -240,6 +240,31 @@ impl SeedscopeApp {
                         r.pos_mi
                     ));
                 }
+                let best = ex.best_features(id);
+                if !best.is_empty() {
+                    let text: Vec<String> = best
+                        .iter()
+                        .map(|(f, vr)| format!("{} {vr:.3}", display_token(f)))
+                        .collect();
+                    ui.label(format!(
+                        "token features by variance explained: {}",
+                        text.join(", ")
+                    ));
+                }
+                let means = ex.mean_top_tokens(id);
+                if let (false, Some(tok)) = (means.is_empty(), ex.tokenizer()) {
+                    let text: Vec<String> = means
+                        .iter()
+                        .map(|(t, m)| {
+                            let s = tok.decode(&[*t]).unwrap_or_default();
+                            format!("\"{}\" {m:.2}", display_token(&s))
+                        })
+                        .collect();
+                    ui.label(format!(
+                        "highest mean activation over the analysed data: {}",
+                        text.join(" ")
+                    ));
+                }
                 if let Some(r) = &row
                     && let Some(role) = seedscope_analysis::weights::vocab_role(
                         r.vocab_kurt,

@@ -606,6 +606,54 @@ fn weight_statistics_reach_the_neuron_page_and_filter_the_table() {
     assert!(order.iter().all(|&i| ex.rows()[i].l2_penalty >= median));
 }
 
+/// The anatomy from the bundle: the neuron page names the family and best features, and the
+/// family filter keeps exactly that family's neurons.
+#[test]
+fn anatomy_reaches_the_neuron_page_and_the_family_filter() {
+    let mut h = harness();
+    let ex = explorer(&h);
+    let id = NeuronId {
+        model: 0,
+        layer: 1,
+        neuron: 41,
+    };
+    let best = ex.best_features(id);
+    assert_eq!(best.len(), 3, "three best features per neuron");
+    assert!(
+        best.windows(2).all(|w| w[0].1 >= w[1].1),
+        "best first: {best:?}"
+    );
+    assert!(!ex.mean_top_tokens(id).is_empty());
+    h.state_mut().open_neuron(id);
+    h.run_steps(4);
+    assert_eq!(h.query_all_by_label_contains("family: ").count(), 1);
+    assert_eq!(
+        h.query_all_by_label_contains("token features by variance explained: ")
+            .count(),
+        1
+    );
+    assert_eq!(
+        h.query_all_by_label_contains("highest mean activation over the analysed data")
+            .count(),
+        1
+    );
+    // Every neuron has a family; the filter keeps one family's neurons.
+    assert!(ex.rows().iter().all(|r| !r.family.is_empty()));
+    let fam = ex.rows()[0].family.clone();
+    let fam: &'static str = seedscope_app::table::FAMILIES
+        .iter()
+        .find(|f| **f == fam)
+        .expect("a known family");
+    h.get_by_label("Table").click();
+    h.run_steps(2);
+    h.state_mut().table.family = Some(fam);
+    h.run_steps(4);
+    let order = h.state().table.order.clone();
+    let want = ex.rows().iter().filter(|r| r.family == fam).count();
+    assert_eq!(order.len(), want);
+    assert!(order.iter().all(|&i| ex.rows()[i].family == fam));
+}
+
 #[test]
 fn the_role_filter_keeps_the_neurons_with_that_vocabulary_role() {
     let mut h = harness();

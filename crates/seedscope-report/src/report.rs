@@ -75,7 +75,7 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
         .map_err(|e| format!("{}: {e}", cpath.display()))?;
     let layer_match: Vec<f32> = read_tensor(&st, "layer_match_fraction", &cpath, l * l, Dtype::F32)
         .map_err(|e| e.to_string())?;
-    let anatomy = AnatomyFile::read(dir, 0, l * d).map_err(|e| e.to_string())?;
+    let anatomy = AnatomyFile::read(dir, 0, l * d, true).map_err(|e| e.to_string())?;
     let tokenizer = m
         .models
         .first()
