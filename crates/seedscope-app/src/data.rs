@@ -232,7 +232,7 @@ impl Explorer {
                 let mut m = BTreeMap::new();
                 for &a in &anchor_ids {
                     if let Some(f) =
-                        seedscope_analysis::bundle::AnatomyFile::read(&dir, a, width, false)
+                        seedscope_analysis::bundle::AnatomyFile::read(dir, a, width, false)
                             .map_err(|e| e.to_string())?
                     {
                         m.insert(a, f);
