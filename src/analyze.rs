@@ -29,9 +29,14 @@ pub struct Args {
     /// A UTF-8 text, tokenised with the anchor's tokenizer.json into rows that start with BOS.
     #[arg(long)]
     pub text: Option<PathBuf>,
-    /// A JSON-lines file with a "text" field per line (documents joined as with --text).
+    /// JSON Lines with a "text" field per line, plain or .zst (the Pile's test.jsonl.zst):
+    /// documents over 50 characters, concatenated and cut into rows behind a BOS like
+    /// TransformerLens tokenize_and_concatenate; with --max-tokens a seeded sample of rows.
     #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// Seed of the row sample of --dataset under --max-tokens.
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
     /// Tokens per row for --text/--dataset (default: the model's context, at most 512).
     #[arg(long)]
     pub seq_len: Option<usize>,
@@ -98,6 +103,7 @@ impl Args {
             threshold: self.threshold,
             seed: self.seed,
             max_tokens: self.max_tokens,
+            data_seed: self.data_seed,
             keep_all_tokens: self.keep_all_tokens,
             all_anchors: self.all_anchors,
             save_tiles: self.save_tiles.clone(),

@@ -328,3 +328,55 @@ fn without_a_display_the_app_says_so_and_points_to_analyze() {
     assert!(err.contains("no display"), "{err}");
     assert!(err.contains("seedscope analyze"), "{err}");
 }
+
+/// JSON Lines data (the Pile's format) sampled under a token budget: the bundle records the
+/// seed, and a later command on the bundle rebuilds the same rows (its token hash matches).
+#[test]
+fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
+    let dir = temp_dir("cli-jsonl");
+    let data = dir.join("docs.jsonl");
+    let docs: String = (0..60)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"Document {i}: the quick brown fox jumps over the lazy dog, again and again {i}.\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&data, docs).expect("write");
+    let out = dir.join("bundle");
+    let run = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--seq-len", "32", "--max-tokens", "300", "--data-seed", "3"])
+        .args(["--backend", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run analyze");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["data_seed"], 3);
+    assert_eq!(manifest["data_shape"][1], 32);
+    assert!(manifest["n_tokens"].as_u64().expect("n") <= 300);
+    let pa = seedscope()
+        .arg("intervene")
+        .arg(&out)
+        .args(["--path", "L0.1:L1H0", "--backend", "cpu"])
+        .output()
+        .expect("run intervene");
+    assert!(
+        pa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pa.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -561,6 +561,9 @@ pub struct Manifest {
     pub data_shape: [usize; 2],
     /// Ids whose positions were dropped.
     pub dropped_ids: Vec<u32>,
+    /// Seed of the row sample of JSON Lines data.
+    #[serde(default)]
+    pub data_seed: u64,
     /// Kept tokens the correlations are over.
     pub n_tokens: u64,
     /// Layers and neurons per layer.

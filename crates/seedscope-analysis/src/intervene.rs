@@ -140,6 +140,8 @@ pub fn bundle_tokens(bundle: &Bundle, anchor: &LoadedModel) -> Result<TokenSet, 
         data,
         seq_len: Some(m.data_shape[1]),
         keep_all_tokens: m.options.keep_all_tokens,
+        max_tokens: m.options.max_tokens,
+        data_seed: m.data_seed,
         ..AnalysisRequest::default()
     };
     let (tokens, _) = load_tokens(&req, anchor)?;

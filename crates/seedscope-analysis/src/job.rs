@@ -2,7 +2,6 @@
 //! checkpoint), write the bundle. `seedscope analyze` and the app's background jobs both run
 //! this, so the CLI and the UI give the same bundle for the same request.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -39,7 +38,9 @@ pub enum DataSource {
     Tokens(PathBuf),
     /// UTF-8 text, tokenised with the anchor's `tokenizer.json` into rows that start with BOS.
     Text(PathBuf),
-    /// JSON lines with a `"text"` field, documents joined as for [`DataSource::Text`].
+    /// JSON lines with a `"text"` field (the Pile's format; `.zst`-compressed or not), packed
+    /// like TransformerLens `tokenize_and_concatenate` ([`seedscope_data::pile`]); with
+    /// `max_tokens`, a seeded uniform sample of rows.
     Dataset(PathBuf),
 }
 
@@ -60,6 +61,8 @@ pub struct AnalysisRequest {
     pub seed: u64,
     /// Use at most this many kept tokens.
     pub max_tokens: Option<u64>,
+    /// Seed of the row sample of a [`DataSource::Dataset`] under `max_tokens`.
+    pub data_seed: u64,
     /// Keep BOS/pad and newline positions.
     pub keep_all_tokens: bool,
     /// Every model as the anchor in turn.
@@ -89,6 +92,7 @@ impl Default for AnalysisRequest {
             threshold: 0.5,
             seed: 0,
             max_tokens: None,
+            data_seed: 0,
             keep_all_tokens: false,
             all_anchors: false,
             save_tiles: None,
@@ -252,28 +256,24 @@ pub fn load_tokens(
             (ids, [n, seq_len], p.display().to_string())
         }
         DataSource::Dataset(p) => {
-            let f = std::fs::File::open(p).map_err(io(p))?;
-            let mut joined = String::new();
-            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(io(p))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let corrupt = |message: String| AnalysisError::Corrupt {
-                    path: p.clone(),
-                    message,
-                };
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .map_err(|e| corrupt(format!("line {}: not JSON: {e}", i + 1)))?;
-                let text = v
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| corrupt(format!("line {}: no string field \"text\"", i + 1)))?;
-                joined.push_str(text);
-                joined.push('\n');
-            }
-            let (ids, n) = text_rows(&joined)?;
-            (ids, [n, seq_len], p.display().to_string())
+            let t = tokenizer
+                .as_ref()
+                .ok_or_else(|| missing("needed to tokenise the documents"))?;
+            // Rows to sample for the token budget: a row keeps at most seq_len - 1 tokens.
+            let max_rows = req
+                .max_tokens
+                .map(|m| (m as usize).div_ceil(seq_len.saturating_sub(1).max(1)) + 1);
+            let rows = seedscope_data::pile::read_pile_rows(
+                p,
+                t,
+                &seedscope_data::pile::PileOptions {
+                    seq_len,
+                    min_chars: 50,
+                    max_rows,
+                    seed: req.data_seed,
+                },
+            )?;
+            (rows.ids, [rows.n_rows, seq_len], p.display().to_string())
         }
     };
     if shape[0] == 0 {
@@ -470,6 +470,7 @@ pub fn run_analysis(
         data_sha256: data_sha,
         data_shape: [tokens.n_rows, tokens.seq_len],
         dropped_ids: tokens.drop_ids.clone(),
+        data_seed: req.data_seed,
         n_tokens: results.n_tokens,
         n_layers,
         d_mlp: results.d_mlp,

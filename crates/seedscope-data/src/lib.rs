@@ -3,6 +3,7 @@
 //! corpus and BPE training.
 
 pub mod corpus;
+pub mod pile;
 
 use std::io::Read;
 
