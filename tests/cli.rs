@@ -212,7 +212,9 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
     assert!(st.names().contains(&"gpt2-plain/gpt2-crfm/L2-L1"));
     let printed = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
-        printed.contains("anchor gpt2-plain") && printed.contains("all"),
+        printed.contains("anchor gpt2-plain")
+            && printed.contains("all")
+            && printed.contains("families: "),
         "{printed}"
     );
     let summary = seedscope()

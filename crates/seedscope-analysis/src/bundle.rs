@@ -1297,9 +1297,31 @@ impl Bundle {
                     shown.join(", ")
                 );
             }
+            let families = family_counts(&rows);
+            if !families.is_empty() {
+                let shown: Vec<String> = families
+                    .iter()
+                    .map(|(f, all, univ)| format!("{f} {all} ({univ} universal)"))
+                    .collect();
+                let _ = writeln!(s, "families: {}", shown.join(", "));
+            }
         }
         s
     }
+}
+
+/// Per family (alphabetical): neurons and universal neurons among `rows`; empty when the rows
+/// have no families (bundles made before the anatomy).
+pub fn family_counts(rows: &[&NeuronRow]) -> Vec<(String, usize, usize)> {
+    let mut out: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for r in rows.iter().filter(|r| !r.family.is_empty()) {
+        let e = out.entry(r.family.as_str()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(r.is_universal);
+    }
+    out.into_iter()
+        .map(|(f, (a, u))| (f.to_string(), a, u))
+        .collect()
 }
 
 #[cfg(test)]
