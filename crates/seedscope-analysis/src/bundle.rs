@@ -443,6 +443,53 @@ pub const PCT_COLUMNS: [(&str, Column); 8] = [
     ("vocab_kurt", |r| r.vocab_kurt),
 ];
 
+/// `q`-quantile (0..=1) of the finite `v` by linear interpolation (numpy's default); NaN if
+/// there are none.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos.fract());
+    if i + 1 < s.len() {
+        s[i] + (s[i + 1] - s[i]) * f
+    } else {
+        s[i]
+    }
+}
+
+/// Pearson correlation of paired values (NaN with fewer than two, or no spread).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().max(1) as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Read JSON result `path` of a bundle; `None` when it does not exist yet.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, AnalysisError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| AnalysisError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AnalysisError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// The percentile (0-100) of `value` among `values` as `scipy.stats.percentileofscore(kind=
 /// 'rank')`: with `left` values below and `right` at most `value`, `(left + right + [right >
 /// left]) · 50 / n`. NaNs are left out (and a NaN value gives NaN).

@@ -104,17 +104,7 @@ pub struct Interventions {
 impl Interventions {
     /// Read a bundle's interventions, if it has any.
     pub fn read(bundle: &Path) -> Result<Option<Self>, AnalysisError> {
-        let path = bundle.join(FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| AnalysisError::Corrupt {
-                    path,
-                    message: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(AnalysisError::Io { path, source }),
-        }
+        crate::bundle::read_json(&bundle.join(FILE))
     }
 }
 
@@ -278,18 +268,8 @@ pub fn baseline_neurons(
 ) -> Vec<(usize, usize)> {
     let last: Vec<&&NeuronRow> = rows.iter().filter(|r| r.layer + 2 >= n_layers).collect();
     let pct = |f: fn(&NeuronRow) -> f64, q: f64| {
-        let mut v: Vec<f64> = last
-            .iter()
-            .map(|r| f(r))
-            .filter(|x| x.is_finite())
-            .collect();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let pos = q * (v.len() - 1) as f64;
-        let (i, t) = (pos.floor() as usize, pos.fract());
-        v[i] + (v[(i + 1).min(v.len() - 1)] - v[i]) * t
+        let v: Vec<f64> = last.iter().map(|r| f(r)).collect();
+        crate::bundle::quantile(&v, q)
     };
     let (l2_max, var_min) = (pct(|r| r.l2_penalty, 0.9), pct(|r| r.vocab_var, 0.1));
     let mut pool: Vec<(usize, usize)> = last
@@ -337,18 +317,14 @@ fn default_targets(
         .collect())
 }
 
-/// Run the interventions on `bundle`'s anchor over its data (resuming a matching
-/// `interventions.json`), writing the file after each neuron.
-pub fn run_interventions(
+/// A bundle with its anchor model loaded on `backend` and its token rows rebuilt.
+pub(crate) fn open_anchor(
     bundle_dir: &Path,
-    request: &InterventionRequest,
     backend: BackendKind,
-    cancel: Arc<AtomicBool>,
-    mut progress: impl FnMut(InterventionProgress),
-) -> Result<Interventions, AnalysisError> {
+) -> Result<(Bundle, LoadedModel, TokenSet), AnalysisError> {
     let bundle = Bundle::read(bundle_dir)?;
-    let m = &bundle.manifest;
-    let entry = m
+    let entry = bundle
+        .manifest
         .models
         .first()
         .ok_or_else(|| AnalysisError::Invalid("the bundle names no models".into()))?;
@@ -359,9 +335,22 @@ pub fn run_interventions(
         burn::tensor::FloatDType::F32,
     )?;
     let tokens = bundle_tokens(&bundle, &model)?;
-    let bos = seedscope_data::TextTokenizer::from_file(&model.dir.join("tokenizer.json"))
-        .ok()
-        .and_then(|t| t.bos_id());
+    Ok((bundle, model, tokens))
+}
+
+/// Run the interventions on `bundle`'s anchor over its data (resuming a matching
+/// `interventions.json`), writing the file after each neuron.
+pub fn run_interventions(
+    bundle_dir: &Path,
+    request: &InterventionRequest,
+    backend: BackendKind,
+    cancel: Arc<AtomicBool>,
+    mut progress: impl FnMut(InterventionProgress),
+) -> Result<Interventions, AnalysisError> {
+    let (bundle, model, tokens) = open_anchor(bundle_dir, backend)?;
+    let m = &bundle.manifest;
+    let entry = &m.models[0];
+    let bos = crate::job::tokenizer_bos(&model);
     let n_layers = m.n_layers;
     for &(l, n) in &request.neurons {
         if l >= n_layers || n >= m.d_mlp {

@@ -201,7 +201,7 @@ pub fn drop_ids(tokenizer: &TextTokenizer) -> Result<Vec<u32>, AnalysisError> {
 }
 
 /// The BOS id of a model's `tokenizer.json`, if it has one.
-fn tokenizer_bos(model: &LoadedModel) -> Option<u32> {
+pub(crate) fn tokenizer_bos(model: &LoadedModel) -> Option<u32> {
     TextTokenizer::from_file(&model.dir.join("tokenizer.json"))
         .ok()?
         .bos_id()

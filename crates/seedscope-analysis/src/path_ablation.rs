@@ -8,14 +8,12 @@
 
 use std::path::Path;
 
-use seedscope_model::{
-    BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, QueryAblation, TokenBatch,
-};
+use seedscope_model::{BackendKind, ForwardOptions, HookPoint, QueryAblation, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::bundle::Bundle;
-use crate::intervene::bundle_tokens;
+use crate::intervene::open_anchor;
 
 /// File in the bundle.
 pub const FILE: &str = "path_ablation.json";
@@ -52,18 +50,6 @@ pub struct PathAblation {
     pub points: Vec<(f32, f32, f32)>,
 }
 
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len().max(1) as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in x.iter().zip(y) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx).powi(2);
-        syy += (b - my).powi(2);
-    }
-    sxy / (sxx * syy).sqrt()
-}
-
 /// Parse `L{layer}H{head}`.
 fn parse_head(s: &str) -> Option<(usize, usize)> {
     let (l, h) = s.strip_prefix('L')?.split_once('H')?;
@@ -89,7 +75,7 @@ pub fn run_path_ablation(
     max_tokens: u64,
     backend: BackendKind,
 ) -> Result<PathAblation, AnalysisError> {
-    let bundle = Bundle::read(bundle_dir)?;
+    let (bundle, model, tokens) = open_anchor(bundle_dir, backend)?;
     let (neuron, head) = match pair.or_else(|| strongest_pair(&bundle)) {
         Some(p) => p,
         None => {
@@ -99,18 +85,6 @@ pub fn run_path_ablation(
             )));
         }
     };
-    let entry = bundle
-        .manifest
-        .models
-        .first()
-        .ok_or_else(|| AnalysisError::Invalid("the bundle names no models".into()))?;
-    let device = ComputeDevice::open(backend).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    let model = LoadedModel::load_on(
-        Path::new(&entry.path),
-        &device,
-        burn::tensor::FloatDType::F32,
-    )?;
-    let tokens = bundle_tokens(&bundle, &model)?;
     let seq = tokens.seq_len.min(256);
     let lo = seq / 4;
     let per_row = (seq - lo) as u64;
@@ -175,8 +149,8 @@ pub fn run_path_ablation(
         mean_bos_attention_ablated: mean(&bos_a),
         mean_z_norm: mean(&zn),
         mean_z_norm_ablated: mean(&zn_a),
-        corr_activation_bos_change: pearson(&act, &d_bos),
-        corr_activation_norm_change: pearson(&act, &d_zn),
+        corr_activation_bos_change: crate::bundle::pearson(&act, &d_bos),
+        corr_activation_norm_change: crate::bundle::pearson(&act, &d_zn),
         points: (0..act.len())
             .step_by(step)
             .map(|i| (act[i] as f32, d_bos[i] as f32, d_zn[i] as f32))
@@ -193,13 +167,5 @@ pub fn run_path_ablation(
 
 /// A bundle's path ablations (none yet: empty).
 pub fn read(bundle_dir: &Path) -> Result<Vec<PathAblation>, AnalysisError> {
-    let path = bundle_dir.join(FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| AnalysisError::Corrupt {
-            path,
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(AnalysisError::Io { path, source }),
-    }
+    Ok(crate::bundle::read_json(&bundle_dir.join(FILE))?.unwrap_or_default())
 }

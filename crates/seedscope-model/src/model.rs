@@ -88,40 +88,94 @@ fn head_stats(
     (bos, norm)
 }
 
-/// The neuron's activation `[b, s]` and its residual contribution `act · w_out` `[b, s, d]`.
-fn neuron_contribution(
-    taps: &BTreeMap<HookPoint, Tensor<3>>,
-    mlp: &Mlp,
-    a: &crate::QueryAblation,
-) -> Option<(Tensor<2>, Tensor<3>)> {
-    let post = taps.get(&HookPoint::post(a.neuron_layer))?;
-    let [b, s, _] = post.dims();
-    let act = post.clone().narrow(2, a.neuron, 1);
-    let w = mlp.w_out.weight.val();
-    let d = w.dims()[1];
-    let row = w.narrow(0, a.neuron, 1).reshape([1, 1, d]);
-    Some((act.clone().reshape([b, s]), act * row))
+/// What a forward pass records besides the residual stream, shared by both architectures:
+/// taps, attention keys and the probe of a [`crate::QueryAblation`].
+struct Recorder<'a> {
+    options: &'a ForwardOptions,
+    taps: BTreeMap<HookPoint, Tensor<3>>,
+    keys: Vec<Tensor<4>>,
+    /// The ablated neuron's activation `[b, s]` and residual contribution `act · w_out`.
+    contribution: Option<(Tensor<2>, Tensor<3>)>,
+    head_probe: Option<HeadProbe>,
 }
 
-/// Probe `a`'s head: clean `q` against `q` from `ln(x - contribution)`.
-#[allow(clippy::too_many_arguments)]
-fn probe(
-    act: Tensor<2>,
-    q: Tensor<4>,
-    q_ablated: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    scale: f64,
-    head: usize,
-) -> HeadProbe {
-    let (bos, zn) = head_stats(q, k.clone(), v.clone(), scale, head);
-    let (bos_a, zn_a) = head_stats(q_ablated, k, v, scale, head);
-    HeadProbe {
-        activation: act,
-        bos_attention: bos,
-        bos_attention_ablated: bos_a,
-        z_norm: zn,
-        z_norm_ablated: zn_a,
+impl<'a> Recorder<'a> {
+    fn new(options: &'a ForwardOptions) -> Self {
+        Self {
+            options,
+            taps: BTreeMap::new(),
+            keys: Vec::new(),
+            contribution: None,
+            head_probe: None,
+        }
+    }
+
+    /// A block's attention inputs `qkv` from the residual stream `x`: keep the keys, and at the
+    /// ablation's layer probe its head against the query `query(x - contribution)`.
+    fn attention(
+        &mut self,
+        layer: usize,
+        x: &Tensor<3>,
+        (q, k, v): &(Tensor<4>, Tensor<4>, Tensor<4>),
+        scale: f64,
+        query: impl Fn(Tensor<3>) -> Tensor<4>,
+    ) {
+        if let (Some(a), Some((act, c))) = (&self.options.query_ablation, &self.contribution)
+            && a.attn_layer == layer
+        {
+            let q_ablated = query(x.clone() - c.clone());
+            let (bos, zn) = head_stats(q.clone(), k.clone(), v.clone(), scale, a.head);
+            let (bos_a, zn_a) = head_stats(q_ablated, k.clone(), v.clone(), scale, a.head);
+            self.head_probe = Some(HeadProbe {
+                activation: act.clone(),
+                bos_attention: bos,
+                bos_attention_ablated: bos_a,
+                z_norm: zn,
+                z_norm_ablated: zn_a,
+            });
+        }
+        if self.options.keys {
+            self.keys.push(k.clone());
+        }
+    }
+
+    /// After a block's MLP: at the ablation's neuron layer, its activation and contribution.
+    fn mlp_done(&mut self, layer: usize, mlp: &Mlp) {
+        let Some(a) = self.options.query_ablation else {
+            return;
+        };
+        if a.neuron_layer != layer {
+            return;
+        }
+        if let Some(post) = self.taps.get(&HookPoint::post(layer)) {
+            let [b, s, _] = post.dims();
+            let act = post.clone().narrow(2, a.neuron, 1);
+            let w = mlp.w_out.weight.val();
+            let d = w.dims()[1];
+            let row = w.narrow(0, a.neuron, 1).reshape([1, 1, d]);
+            self.contribution = Some((act.clone().reshape([b, s]), act * row));
+        }
+    }
+
+    /// The output, with the final norm's scale and the logits (`unembed(norm(x))`) when the
+    /// whole model ran and they were asked for.
+    fn finish(
+        self,
+        x: Tensor<3>,
+        full: bool,
+        eps: f64,
+        unembed: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    ) -> ForwardOutput {
+        let ln_final_scale =
+            (full && self.options.ln_final_scale).then(|| ln_scale(x.clone(), eps));
+        let logits = (full && self.options.logits).then(|| unembed(x));
+        ForwardOutput {
+            taps: self.taps,
+            logits,
+            keys: self.keys,
+            ln_final_scale,
+            head_probe: self.head_probe,
+        }
     }
 }
 
@@ -363,55 +417,27 @@ impl Gpt2 {
         let device = tokens.device();
         let positions = Tensor::<1, Int>::arange(0..seq as i64, &device).reshape([1, seq]);
         let mut x = self.wte.embed(tokens) + self.wpe.forward(positions);
-        let mut taps = BTreeMap::new();
-        let mut keys = Vec::new();
+        let mut rec = Recorder::new(options);
         let run = options.layers_to_run(self.blocks.len());
-        let mut contribution: Option<(Tensor<2>, Tensor<3>)> = None;
-        let mut head_probe = None;
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            let (q, k, v) = block.qkv(block.ln_1.forward(x.clone()));
-            if let (Some(a), Some((act, c))) = (&options.query_ablation, &contribution)
-                && a.attn_layer == layer
-            {
-                let (q_abl, _, _) = block.qkv(block.ln_1.forward(x.clone() - c.clone()));
-                head_probe = Some(probe(
-                    act.clone(),
-                    q.clone(),
-                    q_abl,
-                    k.clone(),
-                    v.clone(),
-                    block.attn_scale,
-                    a.head,
-                ));
-            }
-            if options.keys {
-                keys.push(k.clone());
-            }
-            let attn = block
+            let qkv = block.qkv(block.ln_1.forward(x.clone()));
+            rec.attention(layer, &x, &qkv, block.attn_scale, |x| {
+                block.qkv(block.ln_1.forward(x)).0
+            });
+            let (q, k, v) = qkv;
+            x = x + block
                 .c_proj
                 .forward(causal_attention(q, k, v, block.attn_scale));
-            x = x + attn;
             x = x.clone()
                 + block
                     .mlp
-                    .forward(block.ln_2.forward(x), layer, options, &mut taps);
-            if let Some(a) = &options.query_ablation
-                && a.neuron_layer == layer
-            {
-                contribution = neuron_contribution(&taps, &block.mlp, a);
-            }
+                    .forward(block.ln_2.forward(x), layer, options, &mut rec.taps);
+            rec.mlp_done(layer, &block.mlp);
         }
         let full = wants_full(options, run, self.blocks.len());
-        let ln_final_scale =
-            (full && options.ln_final_scale).then(|| ln_scale(x.clone(), self.ln_eps));
-        let logits = (full && options.logits).then(|| self.wte.unembed(self.ln_f.forward(x)));
-        ForwardOutput {
-            taps,
-            logits,
-            keys,
-            ln_final_scale,
-            head_probe,
-        }
+        rec.finish(x, full, self.ln_eps, |x| {
+            self.wte.unembed(self.ln_f.forward(x))
+        })
     }
 }
 
@@ -541,60 +567,32 @@ pub struct NeoX {
 impl NeoX {
     fn forward(&self, tokens: Tensor<2, Int>, options: &ForwardOptions) -> ForwardOutput {
         let mut x = self.embed_in.embed(tokens);
-        let mut taps = BTreeMap::new();
-        let mut keys = Vec::new();
+        let mut rec = Recorder::new(options);
         let run = options.layers_to_run(self.blocks.len());
-        let mut contribution: Option<(Tensor<2>, Tensor<3>)> = None;
-        let mut head_probe = None;
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
-            let (q, k, v) = block.qkv(block.input_layernorm.forward(x.clone()));
-            if let (Some(a), Some((act, c))) = (&options.query_ablation, &contribution)
-                && a.attn_layer == layer
-            {
-                let (q_abl, _, _) = block.qkv(block.input_layernorm.forward(x.clone() - c.clone()));
-                head_probe = Some(probe(
-                    act.clone(),
-                    q.clone(),
-                    q_abl,
-                    k.clone(),
-                    v.clone(),
-                    block.scale(),
-                    a.head,
-                ));
-            }
-            if options.keys {
-                keys.push(k.clone());
-            }
+            let qkv = block.qkv(block.input_layernorm.forward(x.clone()));
+            rec.attention(layer, &x, &qkv, block.scale(), |x| {
+                block.qkv(block.input_layernorm.forward(x)).0
+            });
+            let (q, k, v) = qkv;
             let attn = block
                 .dense
                 .forward(causal_attention(q, k, v, block.scale()));
             if block.parallel_residual {
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
-                let mlp = block.mlp.forward(mlp_in, layer, options, &mut taps);
+                let mlp = block.mlp.forward(mlp_in, layer, options, &mut rec.taps);
                 x = x + attn + mlp;
             } else {
                 x = x + attn;
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
-                x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut taps);
+                x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut rec.taps);
             }
-            if let Some(a) = &options.query_ablation
-                && a.neuron_layer == layer
-            {
-                contribution = neuron_contribution(&taps, &block.mlp, a);
-            }
+            rec.mlp_done(layer, &block.mlp);
         }
         let full = wants_full(options, run, self.blocks.len());
-        let ln_final_scale =
-            (full && options.ln_final_scale).then(|| ln_scale(x.clone(), self.ln_eps));
-        let logits = (full && options.logits)
-            .then(|| self.embed_out.unembed(self.final_layer_norm.forward(x)));
-        ForwardOutput {
-            taps,
-            logits,
-            keys,
-            ln_final_scale,
-            head_probe,
-        }
+        rec.finish(x, full, self.ln_eps, |x| {
+            self.embed_out.unembed(self.final_layer_norm.forward(x))
+        })
     }
 }
 

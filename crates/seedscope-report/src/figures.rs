@@ -7,21 +7,7 @@ use plotters::prelude::*;
 
 use crate::{BLUE, GREY, GRID, ORANGE, err};
 
-/// `q`-quantile (0..=1) of finite `v` by linear interpolation (numpy's default); NaN if empty.
-pub fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (i, f) = (pos.floor() as usize, pos.fract());
-    if i + 1 < s.len() {
-        s[i] + (s[i + 1] - s[i]) * f
-    } else {
-        s[i]
-    }
-}
+pub use seedscope_analysis::bundle::quantile;
 
 /// Fig. 3: for each statistic, the distribution of universal neurons' within-layer percentiles
 /// as a box (25–75 %), whiskers (5–95 %), median line and the points themselves; the dashed
@@ -345,21 +331,8 @@ pub fn draw_scatter<DB: DrawingBackend>(
 
 /// Pearson correlation of the points' coordinates (NaN with fewer than two).
 pub fn pearson(p: &[Point]) -> f64 {
-    let n = p.len() as f64;
-    if p.len() < 2 {
-        return f64::NAN;
-    }
-    let (mx, my) = (
-        p.iter().map(|q| q.0).sum::<f64>() / n,
-        p.iter().map(|q| q.1).sum::<f64>() / n,
-    );
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for q in p {
-        sxy += (q.0 - mx) * (q.1 - my);
-        sxx += (q.0 - mx).powi(2);
-        syy += (q.1 - my).powi(2);
-    }
-    sxy / (sxx * syy).sqrt()
+    let (x, y): (Vec<f64>, Vec<f64>) = p.iter().map(|q| (q.0, q.1)).unzip();
+    seedscope_analysis::bundle::pearson(&x, &y)
 }
 
 /// Grouped bars: for each label, one bar per series (`values[label][series]`).
