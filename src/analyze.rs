@@ -19,10 +19,17 @@ pub use seedscope_analysis::job::{family_dir, family_models};
 #[derive(ClapArgs, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("data").args(["tokens", "text", "dataset"])))]
 pub struct Args {
-    /// Model directories (Hugging Face layout); the first is the anchor. Default: the embedded
-    /// family assets/family/seed-{a..e}.
+    /// Model directories (Hugging Face layout), presets (stanford-gpt2-small, ...) or org/name
+    /// repository ids, resolved from the Hugging Face cache (`seedscope download` fills it); the
+    /// first model is the anchor. Default: the embedded family assets/family/seed-{a..e}.
     #[arg(long, num_args = 1..)]
     pub models: Vec<PathBuf>,
+    /// Revision of the models named by preset or repository id (default: main).
+    #[arg(long, conflicts_with = "step")]
+    pub revision: Option<String>,
+    /// The training checkpoint at this step of the models named by preset or repository id.
+    #[arg(long)]
+    pub step: Option<u64>,
     /// Token ids, int32/int64 .npy [n_seq, seq_len], used as given.
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -89,14 +96,18 @@ impl Args {
                 "give the data to analyse: --tokens FILE.npy, --text FILE or --dataset FILE.jsonl"
             ),
         };
-        if self.models.len() == 1 {
+        let models = crate::download::resolve_models(
+            &self.models,
+            &crate::download::revision(self.revision.as_deref(), self.step),
+        )?;
+        if models.len() == 1 {
             bail!("--models needs at least two models (an anchor and another seed)");
         }
         if self.batch_size == Some(0) {
             bail!("--batch-size must be at least 1");
         }
         Ok(AnalysisRequest {
-            models: self.models.clone(),
+            models,
             data,
             seq_len: self.seq_len,
             out: self.out.clone(),

@@ -11,9 +11,16 @@ use seedscope_model::{BackendKind, ComputeDevice, LoadedModel, TokenBatch};
 /// Options of `seedscope eval-loss`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directories (default: the embedded family).
+    /// Model directories, presets or org/name repository ids from the Hugging Face cache
+    /// (default: the embedded family).
     #[arg(long, num_args = 1..)]
     pub models: Vec<PathBuf>,
+    /// Revision of the models named by preset or repository id (default: main).
+    #[arg(long, conflicts_with = "step")]
+    pub revision: Option<String>,
+    /// The training checkpoint at this step of the models named by preset or repository id.
+    #[arg(long)]
+    pub step: Option<u64>,
     /// Token rows, .npy [n_seq, seq_len] (default: the family's eval_tokens.npy).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -31,7 +38,10 @@ pub fn run(args: &Args) -> Result<()> {
     let models: Vec<PathBuf> = if args.models.is_empty() {
         crate::analyze::family_models()
     } else {
-        args.models.clone()
+        crate::download::resolve_models(
+            &args.models,
+            &crate::download::revision(args.revision.as_deref(), args.step),
+        )?
     };
     let tokens = args
         .tokens

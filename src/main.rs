@@ -8,6 +8,7 @@ mod activations;
 mod analyze;
 mod bench;
 mod bench_corr;
+mod download;
 mod eval_loss;
 mod intervene;
 mod report;
@@ -33,6 +34,9 @@ enum Command {
     /// Find universal neurons: cross-seed correlations, rotation baseline, excess correlation,
     /// written to a bundle. With no arguments: the embedded family on its eval tokens.
     Analyze(analyze::Args),
+    /// Fetch a seed family (preset) or a model from the Hugging Face hub into its cache:
+    /// resumable, checksums verified, HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE honoured.
+    Download(download::Args),
     /// Print the fraction of universal neurons, overall and per layer, of a bundle.
     Summary(analyze::SummaryArgs),
     /// Render a bundle's figures (Fig. 2, 3, 6, 9, families, entropy candidates) as PNG and SVG
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Activations(args)) => activations::run(&args),
         Some(Command::Analyze(args)) => analyze::run(&args),
+        Some(Command::Download(args)) => download::run(&args),
         Some(Command::Summary(args)) => analyze::summary(&args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Intervene(args)) => intervene::run(&args),

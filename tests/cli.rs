@@ -382,3 +382,126 @@ fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[path = "common/hub_server.rs"]
+mod hub_server;
+
+#[test]
+fn download_a_preset_from_a_hub_then_analyse_it_offline() {
+    // The five repositories of the stanford-gpt2-small preset, served from the tiny fixtures
+    // (safetensors, and the CRFM fp16 pickle) by a hub-like server on 127.0.0.1.
+    let mut state = hub_server::HubState::default();
+    let preset = seedscope_hub::find_preset("stanford-gpt2-small").expect("preset");
+    let sources = [
+        ("gpt2-plain", "model.safetensors"),
+        ("gpt2-crfm", "model.safetensors"),
+        ("gpt2-crfm-fp16", "pytorch_model.bin"),
+        ("gpt2-plain", "model.safetensors"),
+        ("gpt2-crfm", "model.safetensors"),
+    ];
+    for (i, (repo, (dir, weights))) in preset.repos.iter().zip(sources).enumerate() {
+        let commit = format!("{i:040}");
+        hub_server::repo_from_dir(
+            &mut state,
+            repo,
+            &commit,
+            &fixture(dir),
+            &["config.json", weights, "tokenizer.json"],
+        );
+    }
+    let server = hub_server::HubServer::start(state);
+    let dir = temp_dir("cli-download");
+    let home = dir.join("hf");
+    let env = |c: &mut Command| {
+        c.env("HF_ENDPOINT", &server.endpoint)
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1");
+    };
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .args(["download", "stanford-gpt2-small", "--step", "400000"])
+        .output()
+        .expect("run seedscope download");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("checksum verified").count(), 15, "{stderr}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let snapshots: Vec<&str> = printed.lines().collect();
+    assert_eq!(snapshots.len(), 5);
+    assert!(
+        snapshots[0].ends_with(&format!(
+            "hf/hub/models--stanford-crfm--alias-gpt2-small-x21/snapshots/{:040}",
+            0
+        )),
+        "{printed}"
+    );
+    assert!(
+        server
+            .requests("/resolve/")
+            .iter()
+            .all(|r| r.1.contains("/resolve/checkpoint-400000/"))
+    );
+
+    // Offline, `--models PRESET` finds the five seeds in the cache and nothing is requested.
+    let seen = server.requests("").len();
+    let out = dir.join("bundle");
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "analyze",
+            "--models",
+            "stanford-gpt2-small",
+            "--step",
+            "400000",
+        ])
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run seedscope analyze");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server.requests("").len(), seen);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let models = manifest["models"].as_array().expect("models");
+    assert_eq!(models.len(), 5);
+    assert!(
+        models[2].to_string().contains("caprica-gpt2-small-x81"),
+        "{}",
+        models[2]
+    );
+
+    // A revision that was never downloaded is an error that says what to run.
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["analyze", "--models", "stanford-gpt2-small"])
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .arg("--out")
+        .arg(dir.join("never"))
+        .output()
+        .expect("run seedscope analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("alias-gpt2-small-x21 at revision `main` is not in the Hugging Face cache")
+            && stderr.contains("offline mode")
+            && stderr.contains("seedscope download stanford-crfm/alias-gpt2-small-x21"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
