@@ -82,6 +82,14 @@ pub struct Args {
     /// Seconds between checkpoints.
     #[arg(long, default_value_t = 120)]
     pub checkpoint_secs: u64,
+    /// Candidate refinement: all pairs over the first N kept tokens only, then exact
+    /// correlations of each neuron's --candidates best and worst matches over all tokens
+    /// (e.g. 2000000 for the paper's 100M-token runs).
+    #[arg(long, value_name = "N")]
+    pub refine: Option<u64>,
+    /// Candidates kept at each end per neuron and stream with --refine.
+    #[arg(long, default_value_t = 8, requires = "refine")]
+    pub candidates: usize,
 }
 
 impl Args {
@@ -123,6 +131,14 @@ impl Args {
                 .map_err(|e| anyhow::anyhow!("--gpu-memory: {e}"))?,
             batch_size: self.batch_size,
             checkpoint_every: Duration::from_secs(self.checkpoint_secs),
+            refine: match self.refine {
+                Some(0) => bail!("--refine needs a prefix of at least 2 tokens"),
+                Some(n) => Some(seedscope_analysis::Refine {
+                    prefix_tokens: n,
+                    k: self.candidates.max(1),
+                }),
+                None => None,
+            },
             command: std::env::args().collect(),
         })
     }

@@ -86,12 +86,7 @@ pub fn run(args: &Args) -> Result<()> {
     for path in args.paths.split(',') {
         let (secs, device) = match path {
             "cpu" => {
-                let spec = TileSpec {
-                    a_stream: 0,
-                    a_cols: 0..na,
-                    b_stream: 1,
-                    b_cols: 0..nb,
-                };
+                let spec = TileSpec::dense(0, 0..na, 1, 0..nb);
                 let mut acc = Accumulator::cpu(vec![spec], &[na, nb]);
                 let block = Block::Cpu(vec![Some(a.clone()), Some(b.clone())]);
                 acc.update(&block)?;

@@ -633,3 +633,132 @@ fn anatomy_matches_the_numpy_reference_on_both_paths() {
         assert!(mean_err < 1e-4, "{kind}: token means off by {mean_err}");
     }
 }
+
+/// A run on the fixtures that is cancelled when `stop` says so.
+fn run_until(
+    dev: &ComputeDevice,
+    options: &AnalysisOptions,
+    work: &Path,
+    stop: impl Fn(&seedscope_analysis::Progress) -> bool,
+) -> Outcome {
+    let models = models(dev);
+    let tokens = tokens();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let r = Run {
+        family: Family {
+            models: &models,
+            device: dev,
+        },
+        tokens: &tokens,
+        options,
+        fingerprint: "test".into(),
+        work_dir: work,
+        cancel: cancel.clone(),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: Some(Reference::load().rotations(3)),
+        anatomy: Some(anatomy_spec(&tokens)),
+    };
+    r.run(|p| {
+        if stop(&p) {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    })
+    .expect("analysis runs")
+}
+
+fn refined(prefix_tokens: u64, k: usize) -> AnalysisOptions {
+    AnalysisOptions {
+        refine: Some(seedscope_analysis::Refine { prefix_tokens, k }),
+        ..options()
+    }
+}
+
+#[test]
+fn refinement_over_the_whole_data_reproduces_the_reference_on_both_paths() {
+    // With the prefix covering every token, the candidates hold each neuron's true best and
+    // worst match, so the candidate stage must give the exhaustive numbers exactly (up to f32):
+    // this checks the pair kernels, the sparse reduction and the stage plumbing.
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let work = temp_dir("refine-whole");
+        let r = done(run(&dev, &refined(1 << 40, 3), &work, None));
+        check_against_reference(&r, 1e-4);
+        assert!(
+            !work.join("prefix").exists(),
+            "{kind}: the prefix stage was left behind"
+        );
+        assert_eq!(r.plan.passes.len(), 1);
+        assert!(r.plan.passes[0].iter().all(|t| t.pairs.is_some()));
+        let exhaustive = done(run(&dev, &options(), &temp_dir("refine-exh"), None));
+        for (a, b) in r.anchors.iter().zip(&exhaustive.anchors) {
+            assert_eq!(a.pre_hist, b.pre_hist, "{kind}");
+            assert_eq!(
+                a.tiles, b.tiles,
+                "{kind}: heatmap tiles come from the prefix"
+            );
+            assert_eq!(
+                a.anatomy.as_ref().map(|x| &x.best_feature),
+                b.anatomy.as_ref().map(|x| &x.best_feature)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_short_prefix_only_ever_lowers_the_maximum_and_is_exact_where_it_finds_it() {
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let exhaustive = done(run(&dev, &options(), &temp_dir("short-exh"), None));
+        let r = done(run(&dev, &refined(150, 4), &temp_dir("short"), None));
+        let (mut found, mut total, mut worst) = (0usize, 0usize, 0.0f32);
+        for (a, b) in r.anchors.iter().zip(&exhaustive.anchors) {
+            for (ma, mb) in a
+                .real
+                .iter()
+                .chain(&a.baseline)
+                .zip(b.real.iter().chain(&b.baseline))
+            {
+                for i in 0..ma.max.len() {
+                    total += 1;
+                    // A candidate's correlation over all tokens is exact; the best candidate
+                    // can be no better than the best neuron.
+                    assert!(ma.max[i] <= mb.max[i] + 1e-5, "{kind}: neuron {i}");
+                    assert!(ma.min[i] >= mb.min[i] - 1e-5, "{kind}: neuron {i}");
+                    if ma.argmax[i] == mb.argmax[i] {
+                        found += 1;
+                        assert!((ma.max[i] - mb.max[i]).abs() < 1e-5, "{kind}: neuron {i}");
+                    }
+                    worst = worst.max(mb.max[i] - ma.max[i]);
+                }
+            }
+        }
+        eprintln!(
+            "{kind}: prefix 150 of 706 tokens, k = 4: best match among the candidates for \
+             {found} of {total} (neuron, stream) pairs; largest shortfall {worst:.4}"
+        );
+        // The fixtures' random models correlate weakly, yet most best matches survive.
+        assert!(found * 2 > total, "{found} of {total}");
+    }
+}
+
+#[test]
+fn an_interrupted_refinement_resumes_in_either_stage() {
+    let dev = device(BackendKind::Cpu);
+    let options = refined(300, 4);
+    let whole = done(run(&dev, &options, &temp_dir("refine-uninterrupted"), None));
+    for (stage, last) in [("prefix", false), ("candidates", true)] {
+        let work = temp_dir(&format!("refine-resume-{stage}"));
+        let stopped = run_until(&dev, &options, &work, |p| {
+            (p.pass + 1 == p.passes) == last && p.tokens >= 100
+        });
+        assert!(
+            matches!(stopped, Outcome::Interrupted { .. }),
+            "the {stage} stage should have stopped"
+        );
+        let resumed = done(run(&dev, &options, &work, None));
+        assert_eq!(
+            whole.anchors, resumed.anchors,
+            "resumed in the {stage} stage"
+        );
+    }
+}

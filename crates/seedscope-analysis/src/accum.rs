@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, s};
 use seedscope_gpu::{
-    ActView, CrossTile, GpuContext, Kernels, Moments, REL_ZERO_STD, TileReduction,
+    ActView, CrossTile, GpuContext, Kernels, Moments, PairTile, REL_ZERO_STD, TileReduction,
 };
 
 use crate::AnalysisError;
@@ -27,12 +27,78 @@ pub struct TileSpec {
     pub b_stream: usize,
     /// Its columns.
     pub b_cols: Range<usize>,
+    /// Candidate refinement's sparse form: for each anchor column in order, the same number
+    /// of other-stream columns (absolute, within `b_cols`); only these pairs are accumulated.
+    pub pairs: Option<Arc<Vec<u32>>>,
 }
 
 impl TileSpec {
-    /// Accumulator bytes of the tile (8 per entry on both paths).
+    /// A dense tile.
+    pub fn dense(
+        a_stream: usize,
+        a_cols: Range<usize>,
+        b_stream: usize,
+        b_cols: Range<usize>,
+    ) -> Self {
+        Self {
+            a_stream,
+            a_cols,
+            b_stream,
+            b_cols,
+            pairs: None,
+        }
+    }
+
+    /// Entries accumulated: every pair of the dense tile, or the candidate pairs.
+    pub fn entries(&self) -> usize {
+        match &self.pairs {
+            Some(p) => p.len(),
+            None => self.a_cols.len() * self.b_cols.len(),
+        }
+    }
+
+    /// Accumulator bytes of the tile (8 per entry on both paths; a pair list adds 8 more).
     pub fn bytes(&self) -> u64 {
-        (self.a_cols.len() * self.b_cols.len() * 8) as u64
+        let per = if self.pairs.is_some() { 16 } else { 8 };
+        (self.entries() * per) as u64
+    }
+
+    /// The `(anchor column, other column)` pairs of a sparse tile.
+    fn pair_list(&self) -> Vec<[u32; 2]> {
+        let Some(p) = &self.pairs else {
+            return Vec::new();
+        };
+        let k = p.len() / self.a_cols.len().max(1);
+        p.iter()
+            .enumerate()
+            .map(|(e, &j)| [(self.a_cols.start + e / k.max(1)) as u32, j])
+            .collect()
+    }
+}
+
+/// A GPU accumulator: a dense co-moment tile or a list of pairs.
+#[derive(Debug)]
+pub enum GpuTile {
+    /// All pairs of a column range × a column range.
+    Dense(CrossTile),
+    /// Candidate pairs.
+    Pairs(PairTile),
+}
+
+impl GpuTile {
+    fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, AnalysisError> {
+        Ok(match self {
+            Self::Dense(t) => t.read_state(ctx)?,
+            Self::Pairs(t) => t.read_state(ctx)?,
+        })
+    }
+
+    fn restore(&self, ctx: &GpuContext, v: &[f32]) -> Result<(), AnalysisError> {
+        match self {
+            Self::Dense(t) => t.restore(ctx, v)?,
+            Self::Pairs(t) => t.restore(ctx, v)?,
+        }
+        Ok(())
     }
 }
 
@@ -197,7 +263,7 @@ pub enum Accumulator {
         /// Per stream.
         moments: Vec<Option<Moments>>,
         /// Per tile.
-        tiles: Vec<CrossTile>,
+        tiles: Vec<GpuTile>,
     },
 }
 
@@ -226,10 +292,7 @@ impl Accumulator {
                     })
                 })
                 .collect(),
-            tiles: specs
-                .iter()
-                .map(|t| vec![0.0; t.a_cols.len() * t.b_cols.len()])
-                .collect(),
+            tiles: specs.iter().map(|t| vec![0.0; t.entries()]).collect(),
             specs,
             count: 0,
         }
@@ -253,13 +316,16 @@ impl Accumulator {
         }
         let mut tiles = Vec::new();
         for t in &specs {
-            tiles.push(CrossTile::new(
-                &ctx,
-                t.a_cols.start as u32,
-                t.a_cols.len() as u32,
-                t.b_cols.start as u32,
-                t.b_cols.len() as u32,
-            )?);
+            tiles.push(match &t.pairs {
+                None => GpuTile::Dense(CrossTile::new(
+                    &ctx,
+                    t.a_cols.start as u32,
+                    t.a_cols.len() as u32,
+                    t.b_cols.start as u32,
+                    t.b_cols.len() as u32,
+                )?),
+                Some(_) => GpuTile::Pairs(PairTile::new(&ctx, &t.pair_list())?),
+            });
         }
         Ok(Self::Gpu {
             ctx: Box::new(ctx),
@@ -324,6 +390,18 @@ impl Accumulator {
                     let (c, delta) = center_block(x.view(), m, w_mean, w_cross);
                     centred.push(Some((c, delta)));
                 }
+                // Column-major copies of the streams that sparse tiles read (contiguous
+                // columns make each pair one dot product).
+                let mut columns: Vec<Option<Array2<f32>>> = vec![None; centred.len()];
+                for t in specs.iter().filter(|t| t.pairs.is_some()) {
+                    for s in [t.a_stream, t.b_stream] {
+                        if columns[s].is_none()
+                            && let Some((c, _)) = &centred[s]
+                        {
+                            columns[s] = Some(c.t().as_standard_layout().into_owned());
+                        }
+                    }
+                }
                 for (t, acc) in specs.iter().zip(tiles.iter_mut()) {
                     let (Some((ca, da)), Some((cb, db))) =
                         (&centred[t.a_stream], &centred[t.b_stream])
@@ -332,6 +410,23 @@ impl Accumulator {
                             "a block lacks a stream its tiles need".into(),
                         ));
                     };
+                    if t.pairs.is_some() {
+                        let (Some(xa), Some(xb)) = (&columns[t.a_stream], &columns[t.b_stream])
+                        else {
+                            return Err(AnalysisError::Invalid(
+                                "a block lacks a stream its tiles need".into(),
+                            ));
+                        };
+                        for (c, [i, j]) in acc.iter_mut().zip(t.pair_list()) {
+                            let (i, j) = (i as usize, j as usize);
+                            let g = dot(
+                                xa.row(i).as_slice().unwrap_or_default(),
+                                xb.row(j).as_slice().unwrap_or_default(),
+                            );
+                            *c += g + da[i] * w_cross * db[j];
+                        }
+                        continue;
+                    }
                     let g = ca
                         .slice(s![.., t.a_cols.clone()])
                         .t()
@@ -391,6 +486,22 @@ impl Accumulator {
                             return Err(AnalysisError::Invalid(
                                 "moments missing for a tile".into(),
                             ));
+                        };
+                        let tile = match tile {
+                            GpuTile::Dense(t) => t,
+                            GpuTile::Pairs(t) => {
+                                t.update(
+                                    ctx,
+                                    kernels,
+                                    &mut encoder,
+                                    a.view(r0, len),
+                                    ma,
+                                    b.view(r0, len),
+                                    mb,
+                                    n_prev,
+                                )?;
+                                continue;
+                            }
                         };
                         tile.update(
                             ctx,
@@ -456,7 +567,10 @@ impl Accumulator {
                         .clone()
                         .map(|j| inv_scale(mb.mean[j], mb.m2[j], *count))
                         .collect();
-                    out.push(reduce_rows(acc, &ia, &ib, want_tile(k)));
+                    out.push(match &t.pairs {
+                        Some(p) => reduce_pairs(acc, p, &ia, &ib, t.b_cols.start),
+                        None => reduce_rows(acc, &ia, &ib, want_tile(k)),
+                    });
                 }
                 Ok(out)
             }
@@ -468,11 +582,47 @@ impl Accumulator {
                 tiles,
             } => {
                 let mut out = Vec::new();
+                let count = self.count();
+                let mut scales: Vec<Option<Vec<f64>>> = vec![None; moments.len()];
                 for (k, (t, tile)) in specs.iter().zip(tiles).enumerate() {
                     let (Some(ma), Some(mb)) = (&moments[t.a_stream], &moments[t.b_stream]) else {
                         return Err(no_stream());
                     };
-                    out.push(tile.finalize(ctx, kernels, ma, mb, want_tile(k))?);
+                    match tile {
+                        GpuTile::Dense(tile) => {
+                            out.push(tile.finalize(ctx, kernels, ma, mb, want_tile(k))?)
+                        }
+                        GpuTile::Pairs(tile) => {
+                            // Few entries: read the totals and reduce on the host in f64.
+                            for (s, m) in [(t.a_stream, ma), (t.b_stream, mb)] {
+                                if scales[s].is_none() {
+                                    scales[s] = Some(
+                                        m.read(ctx)?
+                                            .into_iter()
+                                            .map(|(mean, m2)| inv_scale(mean, m2, count))
+                                            .collect(),
+                                    );
+                                }
+                            }
+                            let state = tile.read_state(ctx)?;
+                            let acc: Vec<f64> = state
+                                .chunks_exact(2)
+                                .map(|hl| hl[0] as f64 - hl[1] as f64)
+                                .collect();
+                            let (Some(sa), Some(sb)) = (&scales[t.a_stream], &scales[t.b_stream])
+                            else {
+                                return Err(no_stream());
+                            };
+                            let pairs = t.pairs.as_deref().ok_or_else(no_stream)?;
+                            out.push(reduce_pairs(
+                                &acc,
+                                pairs,
+                                &sa[t.a_cols.clone()],
+                                &sb[t.b_cols.clone()],
+                                t.b_cols.start,
+                            ));
+                        }
+                    }
                 }
                 Ok(out)
             }
@@ -639,6 +789,53 @@ fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
     } else {
         1.0 / m2.sqrt()
     }
+}
+
+/// Per anchor row of a sparse tile: the best and worst of its candidate pairs (columns relative
+/// to `b0`, as [`reduce_rows`] gives them).
+fn reduce_pairs(acc: &[f64], pairs: &[u32], ia: &[f64], ib: &[f64], b0: usize) -> TileReduction {
+    let k = pairs.len() / ia.len().max(1);
+    let mut r = TileReduction {
+        max: Vec::new(),
+        argmax: Vec::new(),
+        min: Vec::new(),
+        argmin: Vec::new(),
+        tile: None,
+    };
+    for (i, &sa) in ia.iter().enumerate() {
+        let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
+        for e in i * k..(i + 1) * k {
+            let j = pairs[e] as usize - b0;
+            let corr = (acc[e] * sa * ib[j]).clamp(-1.0, 1.0);
+            if corr > best {
+                best = corr;
+                bj = j as u32;
+            }
+            if corr < worst {
+                worst = corr;
+                wj = j as u32;
+            }
+        }
+        r.max.push(best as f32);
+        r.argmax.push(bj);
+        r.min.push(worst as f32);
+        r.argmin.push(wj);
+    }
+    r
+}
+
+/// Dot product of two f32 slices with eight partial sums (so it vectorises), in f64 at the end.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
 fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {

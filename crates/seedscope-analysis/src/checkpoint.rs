@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::accum::SavedState;
-use crate::engine::{AnchorResult, Matches, SavedTile};
+use crate::engine::{AnchorResult, Candidates, Matches, SavedTile};
 
 /// File name inside the work directory.
 pub const FILE: &str = "checkpoint.safetensors";
@@ -57,6 +57,11 @@ struct AnchorMeta {
     tiles: Vec<(usize, usize, usize)>,
     #[serde(default)]
     anatomy: bool,
+    /// Candidate lists held (refinement's prefix stage) and their `k`.
+    #[serde(default)]
+    candidates: usize,
+    #[serde(default)]
+    candidate_k: usize,
 }
 
 fn f64_bytes(v: &[f64]) -> Vec<u8> {
@@ -139,6 +144,20 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
                 4,
             );
             push(format!("{p}.pos_mi"), Dtype::F32, f32_bytes(&a.pos_mi), 4);
+        }
+        for (j, c) in r.candidates.iter().enumerate() {
+            push(
+                format!("res.{i}.cand.{j}.val"),
+                Dtype::F32,
+                f32_bytes(&c.val),
+                4,
+            );
+            push(
+                format!("res.{i}.cand.{j}.col"),
+                Dtype::U32,
+                u32_bytes(&c.col),
+                4,
+            );
         }
         for (k, t) in r.tiles.iter().enumerate() {
             push(
@@ -223,6 +242,8 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
                     .map(|t| (t.other, t.layer_a, t.layer_b))
                     .collect(),
                 anatomy: r.anatomy.is_some(),
+                candidates: r.candidates.len(),
+                candidate_k: r.candidates.first().map_or(0, |c| c.k),
             })
             .collect(),
     };
@@ -354,6 +375,15 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
                 None
             },
             tiles,
+            candidates: (0..a.candidates)
+                .map(|j| {
+                    Ok(Candidates {
+                        k: a.candidate_k,
+                        val: f32s(&format!("res.{i}.cand.{j}.val"))?,
+                        col: u32s(&format!("res.{i}.cand.{j}.col"))?,
+                    })
+                })
+                .collect::<Result<_, AnalysisError>>()?,
         });
     }
     let accumulators = match meta.count {

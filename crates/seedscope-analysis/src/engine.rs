@@ -37,6 +37,21 @@ pub struct AnalysisOptions {
     pub save_tiles: Vec<(usize, usize)>,
     /// Analyse with every model as the anchor.
     pub all_anchors: bool,
+    /// Two-stage candidate refinement instead of all pairs over all tokens (none: exhaustive).
+    #[serde(default)]
+    pub refine: Option<Refine>,
+}
+
+/// Candidate refinement: all pairs over a prefix of the tokens keep each anchor neuron's `k`
+/// most and `k` least correlated neurons per stream (every other model and its baseline); one
+/// more pass over all tokens computes exact correlations of those pairs only. The cost falls
+/// from all pairs × all tokens to all pairs × the prefix plus 2k pairs per neuron × all tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refine {
+    /// Kept tokens of the first stage.
+    pub prefix_tokens: u64,
+    /// Candidates kept at each end (best and worst).
+    pub k: usize,
 }
 
 impl Default for AnalysisOptions {
@@ -50,6 +65,7 @@ impl Default for AnalysisOptions {
             memory_budget: 4 << 30,
             save_tiles: Vec::new(),
             all_anchors: false,
+            refine: None,
         }
     }
 }
@@ -104,6 +120,70 @@ pub struct SavedTile {
     pub corr: Vec<f32>,
 }
 
+/// Each anchor neuron's candidate matches in one stream: `[n_neurons, 2k]`, the `k` highest
+/// correlations (descending) then the `k` lowest (ascending), with their columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// Candidates kept at each end.
+    pub k: usize,
+    /// Correlations.
+    pub val: Vec<f32>,
+    /// Columns in the other stream.
+    pub col: Vec<u32>,
+}
+
+impl Candidates {
+    /// No candidates yet for `n` neurons.
+    pub fn new(n: usize, k: usize) -> Self {
+        let mut val = Vec::with_capacity(n * 2 * k);
+        for _ in 0..n {
+            val.extend(std::iter::repeat_n(f32::NEG_INFINITY, k));
+            val.extend(std::iter::repeat_n(f32::INFINITY, k));
+        }
+        Self {
+            k,
+            val,
+            col: vec![u32::MAX; n * 2 * k],
+        }
+    }
+
+    /// Offer one anchor neuron's correlations with columns `b0..b0 + corr.len()`.
+    pub fn offer(&mut self, row: usize, b0: usize, corr: &[f32]) {
+        let k = self.k;
+        let base = row * 2 * k;
+        let (top, bottom) = self.val[base..base + 2 * k].split_at_mut(k);
+        let (top_c, bottom_c) = self.col[base..base + 2 * k].split_at_mut(k);
+        for (j, &v) in corr.iter().enumerate() {
+            let c = (b0 + j) as u32;
+            if v > top[k - 1] {
+                let mut p = k - 1;
+                while p > 0 && top[p - 1] < v {
+                    top[p] = top[p - 1];
+                    top_c[p] = top_c[p - 1];
+                    p -= 1;
+                }
+                top[p] = v;
+                top_c[p] = c;
+            }
+            if v < bottom[k - 1] {
+                let mut p = k - 1;
+                while p > 0 && bottom[p - 1] > v {
+                    bottom[p] = bottom[p - 1];
+                    bottom_c[p] = bottom_c[p - 1];
+                    p -= 1;
+                }
+                bottom[p] = v;
+                bottom_c[p] = c;
+            }
+        }
+    }
+
+    /// The candidate columns of every neuron, `[n_neurons, 2k]`.
+    pub fn columns(&self) -> &[u32] {
+        &self.col
+    }
+}
+
 /// Everything computed for one anchor model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnchorResult {
@@ -127,6 +207,9 @@ pub struct AnchorResult {
     pub anatomy: Option<AnatomyResult>,
     /// Requested tiles.
     pub tiles: Vec<SavedTile>,
+    /// Candidate matches per stream (`2 * other + rotated`), collected by the first stage of
+    /// candidate refinement; empty otherwise.
+    pub candidates: Vec<Candidates>,
 }
 
 /// The result of a finished run.
@@ -379,12 +462,91 @@ impl Run<'_> {
         })
     }
 
-    /// Run every pass (resuming from a matching checkpoint in `work_dir`).
+    /// Run every pass (resuming from a matching checkpoint in `work_dir`); with
+    /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, removed at the end)
+    /// and then the candidate stage.
     pub fn run(&self, mut progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
+        let Some(refine) = self.options.refine else {
+            return self.run_stage(self.plan()?, None, &mut progress);
+        };
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let width = n_layers * d_mlp;
+        let k = refine.k.clamp(1, (width / 2).max(1));
+        let prefix_options = AnalysisOptions {
+            max_tokens: Some(
+                self.options
+                    .max_tokens
+                    .map_or(refine.prefix_tokens, |m| m.min(refine.prefix_tokens)),
+            ),
+            refine: None,
+            ..self.options.clone()
+        };
+        let prefix_dir = self.work_dir.join("prefix");
+        std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
+            path: prefix_dir.clone(),
+            source,
+        })?;
+        let prefix = Run {
+            family: Family {
+                models: self.family.models,
+                device: self.family.device,
+            },
+            tokens: self.tokens,
+            options: &prefix_options,
+            fingerprint: format!("{}/prefix", self.fingerprint),
+            work_dir: &prefix_dir,
+            cancel: self.cancel.clone(),
+            checkpoint_every: self.checkpoint_every,
+            rotations: self.rotations.clone(),
+            anatomy: None,
+        };
+        let prefix_plan = prefix.plan()?;
+        let n_first = prefix_plan.passes.len();
+        let first = match prefix.run_stage(prefix_plan, Some(k), &mut |p: Progress| {
+            progress(Progress {
+                passes: p.passes + 1,
+                ..p
+            })
+        })? {
+            Outcome::Done(r) => r,
+            interrupted => return Ok(interrupted),
+        };
+        let block_tokens = self.options.block_rows * self.tokens.seq_len;
+        let max_binding = self.family.device.max_buffer_bytes.unwrap_or(u64::MAX);
+        let plan =
+            crate::plan::pair_plan(&first, self.family.models.len(), block_tokens, max_binding)?;
+        let out = self.run_stage(plan, None, &mut |p: Progress| {
+            progress(Progress {
+                pass: p.pass + n_first,
+                passes: n_first + 1,
+                ..p
+            })
+        })?;
+        let Outcome::Done(mut results) = out else {
+            return Ok(out);
+        };
+        // Heatmap tiles come from the prefix, the only stage with dense tiles.
+        for (r, f) in results.anchors.iter_mut().zip(&first.anchors) {
+            r.tiles = f.tiles.clone();
+        }
+        std::fs::remove_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
+            path: prefix_dir.clone(),
+            source,
+        })?;
+        Ok(Outcome::Done(results))
+    }
+
+    /// Run the passes of `plan` (resuming from a matching checkpoint in `work_dir`); with
+    /// `collect = Some(k)`, keep every anchor neuron's `k` best and worst candidates.
+    fn run_stage(
+        &self,
+        plan: Plan,
+        collect: Option<usize>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
         let (n_layers, d_mlp) = self.family.shape()?;
         let n_models = self.family.models.len();
         let width = n_layers * d_mlp;
-        let plan = self.plan()?;
         let blocks = blocks(self.tokens, self.options);
         let tokens_per_pass: u64 = blocks.iter().map(|b| b.2).sum();
         if tokens_per_pass < 2 {
@@ -411,6 +573,7 @@ impl Run<'_> {
                 pre_hist: Vec::new(),
                 anatomy: None,
                 tiles: Vec::new(),
+                candidates: Vec::new(),
             });
         }
         let ckpt_path = self.work_dir.join(checkpoint::FILE);
@@ -577,7 +740,7 @@ impl Run<'_> {
                     last_ckpt = Instant::now();
                 }
             }
-            self.reduce(&acc, specs, &mut results, d_mlp)?;
+            self.reduce(&acc, specs, &mut results, d_mlp, collect)?;
             for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
                 results[i].pre_hist = counts;
             }
@@ -624,16 +787,20 @@ impl Run<'_> {
         specs: &[crate::accum::TileSpec],
         results: &mut [AnchorResult],
         d: usize,
+        collect: Option<usize>,
     ) -> Result<(), AnalysisError> {
         let wanted = |k: usize| {
             let t = &specs[k];
-            t.b_stream.is_multiple_of(2)
+            t.pairs.is_none()
+                && t.b_stream.is_multiple_of(2)
                 && self
                     .options
                     .save_tiles
                     .contains(&(t.a_cols.start / d, t.b_cols.start / d))
         };
-        let reductions = acc.finalize(wanted)?;
+        let reductions =
+            acc.finalize(|k| wanted(k) || (collect.is_some() && specs[k].pairs.is_none()))?;
+
         // Anchor moments, once per anchor.
         for r in results.iter_mut() {
             if r.mean.is_empty() && acc.streams()[stream(r.anchor, false)] {
@@ -650,6 +817,19 @@ impl Run<'_> {
             let Some(oi) = r.others.iter().position(|&o| o == other) else {
                 continue;
             };
+            if let (Some(k), Some(tile)) = (collect, &red.tile) {
+                if r.candidates.is_empty() {
+                    let n = r.real.first().map_or(0, |m| m.max.len());
+                    r.candidates = (0..2 * r.others.len())
+                        .map(|_| Candidates::new(n, k))
+                        .collect();
+                }
+                let c = &mut r.candidates[2 * oi + usize::from(rotated)];
+                let nb = t.b_cols.len();
+                for (i, col) in t.a_cols.clone().enumerate() {
+                    c.offer(col, t.b_cols.start, &tile[i * nb..(i + 1) * nb]);
+                }
+            }
             let m = if rotated {
                 &mut r.baseline[oi]
             } else {

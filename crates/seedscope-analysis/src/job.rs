@@ -77,6 +77,8 @@ pub struct AnalysisRequest {
     pub batch_size: Option<usize>,
     /// Time between checkpoints.
     pub checkpoint_every: Duration,
+    /// Two-stage candidate refinement instead of the exhaustive all-pairs pass.
+    pub refine: Option<crate::engine::Refine>,
     /// The command line recorded in the manifest.
     pub command: Vec<String>,
 }
@@ -100,6 +102,7 @@ impl Default for AnalysisRequest {
             memory_budget: 4 << 30,
             batch_size: None,
             checkpoint_every: Duration::from_secs(120),
+            refine: None,
             command: Vec::new(),
         }
     }
@@ -343,6 +346,7 @@ pub fn run_analysis(
         save_tiles: parse_tiles(req.save_tiles.as_deref(), n_layers)
             .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
         all_anchors: req.all_anchors,
+        refine: req.refine,
     };
     let entries = models
         .iter()

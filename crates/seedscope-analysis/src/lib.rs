@@ -33,7 +33,9 @@ pub mod rotation;
 pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
-pub use engine::{AnalysisOptions, Family, Outcome, Progress, Results, Run, TokenSet};
+pub use engine::{
+    AnalysisOptions, Candidates, Family, Outcome, Progress, Refine, Results, Run, TokenSet,
+};
 
 /// Errors of an analysis. Each names the file or the setting at fault.
 #[derive(Debug, thiserror::Error)]

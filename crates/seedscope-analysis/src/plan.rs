@@ -89,12 +89,12 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
                 for la in 0..input.n_layers {
                     for a_cols in chunks(la * d, d, a_split) {
                         for lb in 0..input.n_layers {
-                            tiles.push(TileSpec {
-                                a_stream: stream(a, false),
-                                a_cols: a_cols.clone(),
-                                b_stream: stream(b, rotated),
-                                b_cols: lb * d..(lb + 1) * d,
-                            });
+                            tiles.push(TileSpec::dense(
+                                stream(a, false),
+                                a_cols.clone(),
+                                stream(b, rotated),
+                                lb * d..(lb + 1) * d,
+                            ));
                         }
                     }
                 }
@@ -140,6 +140,60 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         _ => return Err(format!("`{s}`: unknown unit (use KiB, MiB or GiB)")),
     };
     Ok((value * scale) as u64)
+}
+
+/// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
+/// and every stream, the candidate pairs the prefix stage kept (`first`'s
+/// [`crate::engine::Candidates`]); anchor rows are split only where a pair list would exceed
+/// the device's largest binding.
+pub fn pair_plan(
+    first: &crate::engine::Results,
+    n_models: usize,
+    block_tokens: usize,
+    max_binding: u64,
+) -> Result<Plan, AnalysisError> {
+    let width = first.n_layers * first.d_mlp;
+    let mut specs = Vec::new();
+    for r in &first.anchors {
+        if r.candidates.len() != 2 * r.others.len() {
+            return Err(AnalysisError::Invalid(format!(
+                "the prefix stage left candidates for {} of {} streams of anchor {}",
+                r.candidates.len(),
+                2 * r.others.len(),
+                r.anchor
+            )));
+        }
+        for (oi, &b) in r.others.iter().enumerate() {
+            for rotated in [false, true] {
+                let c = &r.candidates[2 * oi + usize::from(rotated)];
+                let per_row = 2 * c.k;
+                if c.col.len() != width * per_row || c.col.iter().any(|&j| j as usize >= width) {
+                    return Err(AnalysisError::Invalid(format!(
+                        "the prefix stage left incomplete candidates for anchor {} and model {b}",
+                        r.anchor
+                    )));
+                }
+                let rows_per = ((max_binding / 16) as usize / per_row.max(1)).clamp(1, width);
+                for a_cols in chunks(0, width, width.div_ceil(rows_per)) {
+                    let pairs = c.col[a_cols.start * per_row..a_cols.end * per_row].to_vec();
+                    specs.push(TileSpec {
+                        a_stream: stream(r.anchor, false),
+                        a_cols,
+                        b_stream: stream(b, rotated),
+                        b_cols: 0..width,
+                        pairs: Some(std::sync::Arc::new(pairs)),
+                    });
+                }
+            }
+        }
+    }
+    let activation_bytes = (block_tokens * width * 4) as u64 * (2 * n_models as u64 + 2);
+    let max_tile_bytes = specs.iter().map(TileSpec::bytes).sum();
+    Ok(Plan {
+        passes: vec![specs],
+        activation_bytes,
+        max_tile_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ pub struct Kernels {
     finalize: wgpu::ComputePipeline,
     histogram: wgpu::ComputePipeline,
     anatomy: wgpu::ComputePipeline,
+    pairs: wgpu::ComputePipeline,
 }
 
 /// Output tile side of `cross.wgsl` (a 16x16 workgroup computes 64x64 entries).
@@ -249,6 +250,7 @@ impl Kernels {
                 "anatomy.wgsl",
                 include_str!("../../../shaders/anatomy.wgsl"),
             ),
+            pairs: make("pairs.wgsl", include_str!("../../../shaders/pairs.wgsl")),
         }
     }
 }
@@ -1142,6 +1144,134 @@ impl CrossTile {
             )));
         }
         ctx.write_f32(&self.c, state);
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PairParams {
+    rows: u32,
+    a_row_len: u32,
+    b_row_len: u32,
+    n_pairs: u32,
+    w_cross: f32,
+    pad: [u32; 3],
+}
+
+/// Running co-moments of a list of column pairs (`shaders/pairs.wgsl`): the sparse counterpart
+/// of [`CrossTile`] for candidate refinement, with the same block centring, Chan merge and
+/// Kahan `(hi, lo)` totals.
+#[derive(Debug)]
+pub struct PairTile {
+    pairs: wgpu::Buffer,
+    c: wgpu::Buffer,
+    /// Pairs held.
+    pub n_pairs: u32,
+}
+
+impl PairTile {
+    /// Bytes the accumulator of `n_pairs` pairs takes on the GPU (totals and the pair list).
+    pub fn bytes(n_pairs: u32) -> u64 {
+        n_pairs as u64 * 16
+    }
+
+    /// Zeroed totals for `pairs`, each `(anchor column, other column)`.
+    pub fn new(ctx: &GpuContext, pairs: &[[u32; 2]]) -> Result<Self, GpuError> {
+        let n = u32::try_from(pairs.len())
+            .map_err(|_| GpuError::Limit(format!("{} pairs in one list", pairs.len())))?;
+        if n.div_ceil(64) > MAX_GROUPS * MAX_GROUPS {
+            return Err(GpuError::Limit(format!(
+                "{n} pairs need too many workgroups"
+            )));
+        }
+        let list = ctx.storage("pair list", (n as u64 * 8).max(8))?;
+        let flat: Vec<u32> = pairs.iter().flatten().copied().collect();
+        if !flat.is_empty() {
+            ctx.queue
+                .write_buffer(&list, 0, bytemuck::cast_slice(&flat));
+        }
+        Ok(Self {
+            pairs: list,
+            c: ctx.storage("pair co-moments", (n as u64 * 8).max(8))?,
+            n_pairs: n,
+        })
+    }
+
+    /// Record the merge of one block into `encoder`; as [`CrossTile::update`], the moments must
+    /// already hold this block and `n_prev` is the row count before it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &self,
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        a: ActView<'_>,
+        a_moments: &Moments,
+        b: ActView<'_>,
+        b_moments: &Moments,
+        n_prev: u64,
+    ) -> Result<(), GpuError> {
+        if a.rows != b.rows {
+            return Err(GpuError::Limit(format!(
+                "anchor block has {} rows, the other {}",
+                a.rows, b.rows
+            )));
+        }
+        check_rows(a.rows)?;
+        if a.rows == 0 || self.n_pairs == 0 {
+            return Ok(());
+        }
+        let (_, w_cross) = merge_weights(n_prev, a.rows as u64);
+        let params = PairParams {
+            rows: a.rows,
+            a_row_len: a.row_len,
+            b_row_len: b.row_len,
+            n_pairs: self.n_pairs,
+            w_cross: w_cross as f32,
+            pad: [0; 3],
+        };
+        let groups = self.n_pairs.div_ceil(64);
+        let (gx, gy) = if groups > MAX_GROUPS {
+            (MAX_GROUPS, groups.div_ceil(MAX_GROUPS))
+        } else {
+            (groups, 1)
+        };
+        dispatch(
+            ctx,
+            encoder,
+            &kernels.pairs,
+            bytemuck::bytes_of(&params),
+            vec![
+                a.binding(),
+                b.binding(),
+                a_moments.block.as_entire_binding(),
+                b_moments.block.as_entire_binding(),
+                self.pairs.as_entire_binding(),
+                self.c.as_entire_binding(),
+            ],
+            (gx, gy),
+        );
+        Ok(())
+    }
+
+    /// Read the running `(hi, lo)` pairs.
+    pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
+        ctx.read_f32(&self.c, self.n_pairs as usize * 2)
+    }
+
+    /// Restore pairs saved with [`PairTile::read_state`].
+    pub fn restore(&self, ctx: &GpuContext, state: &[f32]) -> Result<(), GpuError> {
+        if state.len() != self.n_pairs as usize * 2 {
+            return Err(GpuError::Limit(format!(
+                "pair co-moment state has {} values, expected {}",
+                state.len(),
+                self.n_pairs as usize * 2
+            )));
+        }
+        if !state.is_empty() {
+            ctx.write_f32(&self.c, state);
+        }
         Ok(())
     }
 }
