@@ -90,6 +90,48 @@ pub struct Args {
     /// Candidates kept at each end per neuron and stream with --refine.
     #[arg(long, default_value_t = 8, requires = "refine")]
     pub candidates: usize,
+    /// Process only shard I of N (every N-th block of the data from the I-th) and write its
+    /// sums to --out as a shard directory for `seedscope merge`; as I/N, or taken from
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT with `--shard slurm`.
+    #[arg(long, value_name = "I/N|slurm")]
+    pub shard: Option<String>,
+}
+
+/// `I/N`, or the Slurm array task's (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`, with
+/// `SLURM_ARRAY_TASK_MIN` subtracted so arrays may start at 0 or 1).
+pub fn parse_shard(spec: &str) -> Result<(usize, usize)> {
+    let (i, n) = if spec == "slurm" {
+        let var = |name: &str| -> Result<usize> {
+            std::env::var(name)
+                .map_err(|_| {
+                    anyhow::anyhow!("--shard slurm: {name} is not set (not in a job array?)")
+                })?
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--shard slurm: {name}: {e}"))
+        };
+        let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or(0);
+        (
+            var("SLURM_ARRAY_TASK_ID")?.saturating_sub(min),
+            var("SLURM_ARRAY_TASK_COUNT")?,
+        )
+    } else {
+        let (i, n) = spec
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("--shard {spec}: expected I/N, e.g. 0/4"))?;
+        (
+            i.trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--shard {spec}: {e}"))?,
+            n.trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--shard {spec}: {e}"))?,
+        )
+    };
+    if n == 0 || i >= n {
+        bail!("--shard {spec}: shard {i} of {n} does not exist (0 <= I < N)");
+    }
+    Ok((i, n))
 }
 
 impl Args {
@@ -139,6 +181,8 @@ impl Args {
                 }),
                 None => None,
             },
+            shard: self.shard.as_deref().map(parse_shard).transpose()?,
+            merge: Vec::new(),
             command: std::env::args().collect(),
         })
     }
@@ -193,6 +237,10 @@ pub fn run(args: &Args) -> Result<()> {
             );
             std::process::exit(130);
         }
+        JobEnd::Written(out) if request.shard.is_some() => eprintln!(
+            "shard written to {}; when every shard is done: seedscope merge SHARD_DIRS... --out BUNDLE",
+            out.display()
+        ),
         JobEnd::Written(out) => print!("{}", Bundle::read(&out)?.summary()),
     }
     Ok(())
@@ -209,4 +257,44 @@ pub struct SummaryArgs {
 pub fn summary(args: &SummaryArgs) -> Result<()> {
     print!("{}", Bundle::read(&args.bundle)?.summary());
     Ok(())
+}
+
+/// Options of `seedscope merge`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct MergeArgs {
+    /// Shard directories written by `seedscope analyze --shard I/N` (all N of them).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// The bundle directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Compute backend for the weight statistics (the merge itself runs on the CPU).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+}
+
+/// Run `seedscope merge`: the bundle the unsharded analysis would have written.
+pub fn merge(args: &MergeArgs) -> Result<()> {
+    let first = args
+        .shards
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no shards given"))?;
+    let info = seedscope_analysis::job::read_shard_info(first)?;
+    let mut request = info.request;
+    request.out = args.out.clone();
+    request.shard = None;
+    request.merge = args.shards.clone();
+    request.backend = args.backend;
+    request.command = std::env::args().collect();
+    match run_analysis(&request, Arc::new(AtomicBool::new(false)), |e| {
+        if let JobEvent::Log(line) = e {
+            eprintln!("{line}");
+        }
+    })? {
+        JobEnd::Written(out) => {
+            print!("{}", Bundle::read(&out)?.summary());
+            Ok(())
+        }
+        JobEnd::Interrupted(p) => bail!("interrupted (checkpoint {})", p.display()),
+    }
 }

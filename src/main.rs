@@ -8,6 +8,7 @@ mod activations;
 mod analyze;
 mod bench;
 mod bench_corr;
+mod bench_refine;
 mod download;
 mod eval_loss;
 mod intervene;
@@ -37,6 +38,9 @@ enum Command {
     /// Fetch a seed family (preset) or a model from the Hugging Face hub into its cache:
     /// resumable, checksums verified, HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE honoured.
     Download(download::Args),
+    /// Combine the shard directories of `analyze --shard I/N` into the bundle an unsharded
+    /// run would have written (the sums add exactly).
+    Merge(analyze::MergeArgs),
     /// Print the fraction of universal neurons, overall and per layer, of a bundle.
     Summary(analyze::SummaryArgs),
     /// Render a bundle's figures (Fig. 2, 3, 6, 9, families, entropy candidates) as PNG and SVG
@@ -51,6 +55,9 @@ enum Command {
     BenchForward(bench::Args),
     /// Measure correlation-update throughput (GFLOP/s) of the CPU path and the WGSL kernels.
     BenchCorrelation(bench_corr::Args),
+    /// Candidate refinement against the exhaustive run on the same data: times, deviations,
+    /// missed best matches, universal-set differences.
+    BenchRefine(bench_refine::Args),
     /// Mean next-token loss of models over a token set (default: the family on its eval set).
     EvalLoss(eval_loss::Args),
     /// Train a byte-level BPE tokenizer on the bundled corpus.
@@ -72,11 +79,13 @@ fn main() -> ExitCode {
         Some(Command::Activations(args)) => activations::run(&args),
         Some(Command::Analyze(args)) => analyze::run(&args),
         Some(Command::Download(args)) => download::run(&args),
+        Some(Command::Merge(args)) => analyze::merge(&args),
         Some(Command::Summary(args)) => analyze::summary(&args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Intervene(args)) => intervene::run(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
         Some(Command::BenchCorrelation(args)) => bench_corr::run(&args),
+        Some(Command::BenchRefine(args)) => bench_refine::run(&args),
         Some(Command::EvalLoss(args)) => eval_loss::run(&args),
         Some(Command::Tokenizer(args)) => tokenizer::run(&args),
         Some(Command::Train(args)) => train::run(&args),

@@ -762,3 +762,132 @@ fn an_interrupted_refinement_resumes_in_either_stage() {
         );
     }
 }
+
+/// Run the fixture analysis as `count` shards (each in its own directory) and merge them on
+/// the CPU.
+fn sharded(dev: &ComputeDevice, options: &AnalysisOptions, count: usize, tag: &str) -> Results {
+    let models = models(dev);
+    let tokens = tokens();
+    let reference = Reference::load();
+    let spec = anatomy_spec(&tokens);
+    let mut dirs = Vec::new();
+    let mut fingerprints = Vec::new();
+    for i in 0..count {
+        let dir = temp_dir(&format!("{tag}-shard-{i}"));
+        let fp = format!("shard {i}");
+        let r = Run {
+            family: Family {
+                models: &models,
+                device: dev,
+            },
+            tokens: &tokens,
+            options,
+            fingerprint: fp.clone(),
+            work_dir: &dir,
+            cancel: Arc::new(AtomicBool::new(false)),
+            checkpoint_every: Duration::from_secs(3600),
+            rotations: Some(reference.rotations(3)),
+            anatomy: Some(spec.clone()),
+        };
+        match r.run_shard(i, count, |_| {}).expect("shard runs") {
+            Outcome::Done(res) => assert!(res.n_tokens > 0, "shard {i} saw no tokens"),
+            Outcome::Interrupted { .. } => panic!("interrupted"),
+        }
+        assert!(dir.join("pass-0.safetensors").is_file());
+        dirs.push(dir);
+        fingerprints.push(fp);
+    }
+    // The merge needs no GPU: it runs on the CPU whatever path made the shards.
+    let cpu = device(BackendKind::Cpu);
+    let cpu_models = self::models(&cpu);
+    let merger = Run {
+        family: Family {
+            models: &cpu_models,
+            device: &cpu,
+        },
+        tokens: &tokens,
+        options,
+        fingerprint: "merge".into(),
+        work_dir: &temp_dir(&format!("{tag}-merge")),
+        cancel: Arc::new(AtomicBool::new(false)),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: Some(reference.rotations(3)),
+        anatomy: Some(spec),
+    };
+    merger
+        .merge(
+            &dirs,
+            &fingerprints,
+            dev.max_buffer_bytes.unwrap_or(u64::MAX),
+        )
+        .expect("merge")
+}
+
+fn assert_close_results(a: &Results, b: &Results, tol: f32, what: &str) {
+    assert_eq!(a.n_tokens, b.n_tokens, "{what}: tokens");
+    for (x, y) in a.anchors.iter().zip(&b.anchors) {
+        for (mx, my) in x
+            .real
+            .iter()
+            .chain(&x.baseline)
+            .zip(y.real.iter().chain(&y.baseline))
+        {
+            for i in 0..mx.max.len() {
+                assert!((mx.max[i] - my.max[i]).abs() <= tol, "{what}: max of {i}");
+                assert!((mx.min[i] - my.min[i]).abs() <= tol, "{what}: min of {i}");
+                // Where two matches are within rounding, either may win.
+                if (mx.max[i] - my.max[i]).abs() < tol / 10.0 && mx.argmax[i] != my.argmax[i] {
+                    continue;
+                }
+                assert_eq!(mx.argmax[i], my.argmax[i], "{what}: argmax of {i}");
+            }
+        }
+        for (p, q) in x.mean.iter().zip(&y.mean) {
+            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{what}: mean");
+        }
+        for (p, q) in x.var.iter().zip(&y.var) {
+            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{what}: var");
+        }
+        assert_eq!(x.pre_hist, y.pre_hist, "{what}: histograms");
+        for (t, u) in x.tiles.iter().zip(&y.tiles) {
+            let d = t
+                .corr
+                .iter()
+                .zip(&u.corr)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d <= tol, "{what}: tile {d}");
+        }
+        let (ax, ay) = (
+            x.anatomy.as_ref().expect("anatomy"),
+            y.anatomy.as_ref().expect("anatomy"),
+        );
+        assert_eq!(ax.top_idx, ay.top_idx, "{what}: examples");
+        assert_eq!(ax.best_feature, ay.best_feature, "{what}: best features");
+        for (p, q) in ax.best_vr.iter().zip(&ay.best_vr) {
+            assert!((p - q).abs() <= 1e-4, "{what}: variance explained {p} {q}");
+        }
+    }
+}
+
+#[test]
+fn shards_merged_equal_the_unsharded_run_on_both_paths() {
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let whole = done(run(&dev, &options(), &temp_dir("shard-whole"), None));
+        let merged = sharded(&dev, &options(), 3, &format!("shards-{kind}"));
+        // CPU shards merge in f64; GPU shards carry their f32 kernels' rounding.
+        let tol = if kind == BackendKind::Cpu { 1e-6 } else { 2e-5 };
+        assert_close_results(&merged, &whole, tol, &format!("{kind}"));
+        check_against_reference(&merged, 1e-4);
+    }
+}
+
+#[test]
+fn refined_shards_merged_equal_the_unsharded_refined_run() {
+    let dev = device(BackendKind::Cpu);
+    let options = refined(300, 4);
+    let whole = done(run(&dev, &options, &temp_dir("refined-whole"), None));
+    let merged = sharded(&dev, &options, 2, "refined-shards");
+    assert_close_results(&merged, &whole, 1e-6, "refined");
+}

@@ -505,3 +505,109 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn shards_of_a_slurm_array_merge_into_the_unsharded_bundle() {
+    let dir = temp_dir("cli-shards");
+    let common = |c: &mut Command| {
+        c.arg("--models")
+            .args(["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"].map(fixture))
+            .arg("--tokens")
+            .arg(fixture("analysis/tokens.npy"))
+            .args(["--backend", "cpu", "--batch-size", "4"]);
+    };
+    let mut whole = seedscope();
+    whole.arg("analyze");
+    common(&mut whole);
+    let output = whole
+        .arg("--out")
+        .arg(dir.join("whole"))
+        .output()
+        .expect("analyze");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Two array tasks as Slurm numbers them (from 1), plus one given by hand.
+    for (task, shard) in [(1, None), (2, Some("1/3")), (3, None)] {
+        let mut c = seedscope();
+        c.arg("analyze");
+        common(&mut c);
+        c.arg("--out").arg(dir.join(format!("shard-{task}")));
+        match shard {
+            Some(s) => c.args(["--shard", s]),
+            None => c
+                .args(["--shard", "slurm"])
+                .env("SLURM_ARRAY_TASK_ID", task.to_string())
+                .env("SLURM_ARRAY_TASK_MIN", "1")
+                .env("SLURM_ARRAY_TASK_COUNT", "3"),
+        };
+        let output = c.output().expect("analyze --shard");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("seedscope merge"), "{stderr}");
+        let info: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("shard-{task}/shard.json")))
+                .expect("shard.json"),
+        )
+        .expect("json");
+        assert_eq!(info["index"], task - 1);
+        assert_eq!(info["count"], 3);
+    }
+    // A missing shard is named, and nothing is written.
+    let output = seedscope()
+        .args(["merge", "--out"])
+        .arg(dir.join("partial"))
+        .arg(dir.join("shard-1"))
+        .arg(dir.join("shard-3"))
+        .output()
+        .expect("merge");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("shard 1/3 is missing"), "{stderr}");
+    assert!(!dir.join("partial").exists());
+
+    let output = seedscope()
+        .args(["merge", "--backend", "cpu", "--out"])
+        .arg(dir.join("merged"))
+        .args((1..=3).map(|t| dir.join(format!("shard-{t}"))))
+        .output()
+        .expect("merge");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read = |name: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(dir.join(name).join("neurons.csv")).expect("csv");
+        text.lines()
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    let (w, m) = (read("whole"), read("merged"));
+    assert_eq!(w.len(), m.len());
+    assert_eq!(w[0], m[0], "same columns");
+    let col = |name: &str| w[0].iter().position(|c| c == name).expect("column");
+    for name in ["max_corr", "excess_corr", "act_var", "kurt"] {
+        let c = col(name);
+        for (a, b) in w[1..].iter().zip(&m[1..]) {
+            let (x, y): (f64, f64) = (a[c].parse().expect("num"), b[c].parse().expect("num"));
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    let manifest = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.join(name).join("manifest.json")).expect("manifest"),
+        )
+        .expect("json")
+    };
+    assert_eq!(
+        manifest("whole")["n_tokens"],
+        manifest("merged")["n_tokens"]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

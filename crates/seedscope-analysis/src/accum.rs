@@ -676,6 +676,49 @@ impl Accumulator {
         }
     }
 
+    /// The running state in the CPU path's layout on either path (moments as means then M2,
+    /// co-moments as plain f64 sums): what shards write, so any machine can merge them.
+    pub fn save_canonical(&self) -> Result<SavedState, AnalysisError> {
+        match self {
+            Self::Cpu { .. } => self.save(),
+            Self::Gpu {
+                ctx,
+                moments,
+                tiles,
+                ..
+            } => {
+                let mut ms = Vec::new();
+                for m in moments {
+                    ms.push(match m {
+                        Some(m) => {
+                            let mv = m.read(ctx)?;
+                            let mut v: Vec<f64> = mv.iter().map(|x| x.0).collect();
+                            v.extend(mv.iter().map(|x| x.1));
+                            Some(v)
+                        }
+                        None => None,
+                    });
+                }
+                let mut ts = Vec::new();
+                for t in tiles {
+                    ts.push(
+                        t.read_state(ctx)?
+                            .chunks_exact(2)
+                            .map(|hl| hl[0] as f64 - hl[1] as f64)
+                            .collect(),
+                    );
+                }
+                Ok(SavedState {
+                    count: self.count(),
+                    moments: ms,
+                    tiles: ts,
+                    hists: Vec::new(),
+                    anatomy: Vec::new(),
+                })
+            }
+        }
+    }
+
     /// Restore a state from [`Accumulator::save`] on the same path and plan.
     pub fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
         let mismatch = || AnalysisError::Invalid("the checkpoint does not match this plan".into());
@@ -869,4 +912,108 @@ fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileRedu
         r.argmin.push(wj);
     }
     r
+}
+
+/// Merge the canonical states ([`Accumulator::save_canonical`]) of disjoint parts of the data
+/// into the state of the whole (Chan et al.'s parallel formulas in f64): counts add; means
+/// move by `δ·n_b/n`; M2 and co-moments add with `δ²·n_a n_b/n` and `δ_a δ_b·n_a n_b/n`;
+/// histograms and anatomy counts add, anatomy sums are re-shifted to the first part's shift
+/// and top activations are merged.
+pub fn merge_states(
+    specs: &[TileSpec],
+    widths: &[usize],
+    states: Vec<SavedState>,
+) -> Result<SavedState, AnalysisError> {
+    let bad = |why: String| AnalysisError::Invalid(format!("shards do not merge: {why}"));
+    let mut parts = states.into_iter();
+    let mut acc = parts.next().ok_or_else(|| bad("no shards".into()))?;
+    let check = |st: &SavedState| -> Result<(), AnalysisError> {
+        if st.moments.len() != widths.len() || st.tiles.len() != specs.len() {
+            return Err(bad("different plans".into()));
+        }
+        for (m, &w) in st.moments.iter().zip(widths) {
+            if m.as_ref().is_some_and(|m| m.len() != 2 * w) {
+                return Err(bad("different widths".into()));
+            }
+        }
+        for (t, spec) in st.tiles.iter().zip(specs) {
+            if t.len() != spec.entries() {
+                return Err(bad("different tiles".into()));
+            }
+        }
+        Ok(())
+    };
+    check(&acc)?;
+    for b in parts {
+        check(&b)?;
+        if b.moments
+            .iter()
+            .map(Option::is_some)
+            .ne(acc.moments.iter().map(Option::is_some))
+        {
+            return Err(bad("different streams".into()));
+        }
+        let (na, nb) = (acc.count as f64, b.count as f64);
+        let n = na + nb;
+        if b.count > 0 {
+            // Per stream: the mean shift δ = mean_b − mean_a.
+            let delta: Vec<Option<Vec<f64>>> = acc
+                .moments
+                .iter()
+                .zip(&b.moments)
+                .zip(widths)
+                .map(|((ma, mb), &w)| match (ma, mb) {
+                    (Some(ma), Some(mb)) => Some((0..w).map(|j| mb[j] - ma[j]).collect()),
+                    _ => None,
+                })
+                .collect();
+            let w_cross = if acc.count == 0 { 0.0 } else { na * nb / n };
+            for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
+                let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
+                    return Err(bad("a tile without moments".into()));
+                };
+                if spec.pairs.is_some() {
+                    for ((c, &x), [i, j]) in ca.iter_mut().zip(cb).zip(spec.pair_list()) {
+                        *c += x + da[i as usize] * db[j as usize] * w_cross;
+                    }
+                } else {
+                    let nbc = spec.b_cols.len();
+                    for (r, i) in spec.a_cols.clone().enumerate() {
+                        for (q, j) in spec.b_cols.clone().enumerate() {
+                            let e = r * nbc + q;
+                            ca[e] += cb[e] + da[i] * db[j] * w_cross;
+                        }
+                    }
+                }
+            }
+            for ((ma, mb), (d, &w)) in acc
+                .moments
+                .iter_mut()
+                .zip(&b.moments)
+                .zip(delta.iter().zip(widths))
+            {
+                let (Some(ma), Some(mb), Some(d)) = (ma, mb, d) else {
+                    continue;
+                };
+                for j in 0..w {
+                    ma[j] += d[j] * nb / n;
+                    ma[w + j] += mb[w + j] + d[j] * d[j] * w_cross;
+                }
+            }
+            acc.count += b.count;
+        }
+        if acc.hists.len() != b.hists.len() || acc.anatomy.len() != b.anatomy.len() {
+            return Err(bad("different anchors counted".into()));
+        }
+        for (ha, hb) in acc.hists.iter_mut().zip(&b.hists) {
+            if ha.len() != hb.len() {
+                return Err(bad("different histograms".into()));
+            }
+            ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
+        }
+        for (aa, ab) in acc.anatomy.iter_mut().zip(&b.anatomy) {
+            crate::anatomy::merge_saved(aa, ab).map_err(bad)?;
+        }
+    }
+    Ok(acc)
 }

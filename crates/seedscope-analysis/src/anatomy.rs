@@ -478,6 +478,70 @@ pub fn position_mi(active: impl Iterator<Item = u32> + Clone, total: &[u64]) -> 
 }
 
 /// The per-neuron result of a finished state.
+/// Merge the anatomy state of another part of the data into `a`: counts add, `b`'s feature
+/// sums of `v − shift_b` are moved to `a`'s shift (`+ n_f (shift_b − shift_a)`), the top
+/// activations of both are merged (value descending, then token index).
+pub fn merge_saved(a: &mut AnatomySaved, b: &AnatomySaved) -> Result<(), String> {
+    let (sa, sb) = (&mut a.state, &b.state);
+    let width = sa.shift.len();
+    if sb.shift.len() != width
+        || sa.sums.len() != sb.sums.len()
+        || sa.top_val.len() != sb.top_val.len()
+        || sa.active.len() != sb.active.len()
+        || a.feature_count.len() != b.feature_count.len()
+        || a.pos_total.len() != b.pos_total.len()
+    {
+        return Err("anatomy states of different shapes".into());
+    }
+    let b_started = b.pos_total.iter().any(|&t| t > 0);
+    if !b_started {
+        return Ok(());
+    }
+    if !a.pos_total.iter().any(|&t| t > 0) {
+        *a = b.clone();
+        return Ok(());
+    }
+    let nf = a.feature_count.len();
+    for f in 0..nf {
+        let nfb = b.feature_count[f] as f64;
+        for c in 0..width {
+            let e = f * width + c;
+            sa.sums[e] += sb.sums[e] + nfb * (sb.shift[c] as f64 - sa.shift[c] as f64);
+        }
+    }
+    let k = sa.top_val.len() / width.max(1);
+    for c in 0..width {
+        let mut all: Vec<(f32, u32)> = (c * k..(c + 1) * k)
+            .flat_map(|e| {
+                [
+                    (sa.top_val[e], sa.top_idx[e]),
+                    (sb.top_val[e], sb.top_idx[e]),
+                ]
+            })
+            .filter(|(_, i)| *i != NO_TOKEN)
+            .collect();
+        all.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        for (q, e) in (c * k..(c + 1) * k).enumerate() {
+            let (v, i) = all.get(q).copied().unwrap_or((f32::NEG_INFINITY, NO_TOKEN));
+            sa.top_val[e] = v;
+            sa.top_idx[e] = i;
+        }
+    }
+    sa.active
+        .iter_mut()
+        .zip(&sb.active)
+        .for_each(|(x, y)| *x += y);
+    a.feature_count
+        .iter_mut()
+        .zip(&b.feature_count)
+        .for_each(|(x, y)| *x += y);
+    a.pos_total
+        .iter_mut()
+        .zip(&b.pos_total)
+        .for_each(|(x, y)| *x += y);
+    Ok(())
+}
+
 pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]) -> AnatomyResult {
     let width = s.state.shift.len();
     let n: u64 = s.pos_total.iter().sum();

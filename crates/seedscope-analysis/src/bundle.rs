@@ -900,7 +900,12 @@ pub fn write_bundle(
         serde_json::to_vec_pretty(manifest).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     write(&dir.join(MANIFEST), &json)?;
     let _ = std::fs::remove_file(dir.join(crate::checkpoint::FILE));
-    // Swap into place.
+    swap_into_place(&dir, out)
+}
+
+/// Rename the finished directory `dir` to `out`, replacing a previous `out` only once the new
+/// one is in place.
+pub fn swap_into_place(dir: &Path, out: &Path) -> Result<(), AnalysisError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| AnalysisError::Io { path, source }
@@ -916,7 +921,7 @@ pub fn write_bundle(
     if had_old {
         std::fs::rename(out, &old).map_err(io(out))?;
     }
-    std::fs::rename(&dir, out).map_err(io(out))?;
+    std::fs::rename(dir, out).map_err(io(out))?;
     if had_old {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }

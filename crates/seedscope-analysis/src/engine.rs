@@ -42,13 +42,14 @@ pub struct AnalysisOptions {
     pub refine: Option<Refine>,
 }
 
-/// Candidate refinement: all pairs over a prefix of the tokens keep each anchor neuron's `k`
+/// Candidate refinement: all pairs over a sample of the tokens (every s-th row, so that the
+/// sample spans the data) keep each anchor neuron's `k`
 /// most and `k` least correlated neurons per stream (every other model and its baseline); one
 /// more pass over all tokens computes exact correlations of those pairs only. The cost falls
 /// from all pairs × all tokens to all pairs × the prefix plus 2k pairs per neuron × all tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refine {
-    /// Kept tokens of the first stage.
+    /// Kept tokens of the first stage (rows spread evenly over the data, up to this many).
     pub prefix_tokens: u64,
     /// Candidates kept at each end (best and worst).
     pub k: usize,
@@ -306,6 +307,25 @@ impl Family<'_> {
     }
 }
 
+/// File of a shard's pass state in its work directory.
+pub fn pass_file(pass: usize) -> String {
+    format!("pass-{pass}.safetensors")
+}
+
+/// File of a shard's prefix-stage results (the candidates) in its work directory.
+pub const CANDIDATES: &str = "candidates.safetensors";
+
+/// Results whose histograms a pass reading `used` streams counts: anchors it runs that have
+/// none yet (each token is counted once, in the anchor's first pass).
+fn hist_anchors(results: &[AnchorResult], used: &[bool]) -> Vec<usize> {
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.pre_hist.is_empty() && used[stream(r.anchor, false)])
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Kept positions of rows `[r0, r1)` (indices into the block, row-major), at most `limit`.
 fn kept_positions(tokens: &TokenSet, keep_all: bool, r0: usize, r1: usize, limit: u64) -> Vec<i64> {
     let ids = &tokens.ids[r0 * tokens.seq_len..r1 * tokens.seq_len];
@@ -443,10 +463,15 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The plan for this family, data and budget.
     pub fn plan(&self) -> Result<Plan, AnalysisError> {
+        self.plan_for(self.family.device.max_buffer_bytes.unwrap_or(u64::MAX))
+    }
+
+    /// The plan under a device binding limit of `max_binding` bytes (a merge replays the
+    /// shards' device's plan).
+    pub fn plan_for(&self, max_binding: u64) -> Result<Plan, AnalysisError> {
         let (n_layers, d_mlp) = self.family.shape()?;
         let n = self.family.models.len();
         let block_tokens = self.options.block_rows * self.tokens.seq_len;
-        let max_binding = self.family.device.max_buffer_bytes.unwrap_or(u64::MAX);
         plan(&PlanInput {
             n_models: n,
             anchors: if self.options.all_anchors {
@@ -466,8 +491,35 @@ impl Run<'_> {
     /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, removed at the end)
     /// and then the candidate stage.
     pub fn run(&self, mut progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
+        self.run_inner(None, &mut progress)
+    }
+
+    /// Run shard `index` of `count`: every `count`-th block of the data from `index`, each
+    /// pass's accumulators written to `work_dir/pass-{k}.safetensors` in the path-independent
+    /// layout instead of being reduced ([`Run::merge`] combines the shards exactly). With
+    /// refinement, the prefix stage runs whole in every shard (its candidates are saved to
+    /// `work_dir/candidates.safetensors`, so the merge can check the shards agree).
+    pub fn run_shard(
+        &self,
+        index: usize,
+        count: usize,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        if count == 0 || index >= count {
+            return Err(AnalysisError::Invalid(format!(
+                "shard {index}/{count}: the index must be below the count"
+            )));
+        }
+        self.run_inner(Some((index, count)), &mut progress)
+    }
+
+    fn run_inner(
+        &self,
+        shard: Option<(usize, usize)>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
         let Some(refine) = self.options.refine else {
-            return self.run_stage(self.plan()?, None, &mut progress);
+            return self.run_stage(self.plan()?, None, shard, progress);
         };
         let (n_layers, d_mlp) = self.family.shape()?;
         let width = n_layers * d_mlp;
@@ -481,6 +533,23 @@ impl Run<'_> {
             refine: None,
             ..self.options.clone()
         };
+        // The first stage reads rows spread evenly over the data (every s-th row), not its
+        // beginning: data sets ordered by source (documents, books) would otherwise pick
+        // candidates from one kind of text.
+        let used = blocks(self.tokens, self.options);
+        let total: u64 = used.iter().map(|b| b.2).sum();
+        let n_rows = used.last().map_or(0, |b| b.1);
+        let stride = (total / refine.prefix_tokens.max(1)).max(1) as usize;
+        let seq = self.tokens.seq_len;
+        let sample = TokenSet {
+            ids: (0..n_rows)
+                .step_by(stride)
+                .flat_map(|r| self.tokens.ids[r * seq..(r + 1) * seq].iter().copied())
+                .collect(),
+            n_rows: n_rows.div_ceil(stride),
+            seq_len: seq,
+            drop_ids: self.tokens.drop_ids.clone(),
+        };
         let prefix_dir = self.work_dir.join("prefix");
         std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
             path: prefix_dir.clone(),
@@ -491,7 +560,7 @@ impl Run<'_> {
                 models: self.family.models,
                 device: self.family.device,
             },
-            tokens: self.tokens,
+            tokens: &sample,
             options: &prefix_options,
             fingerprint: format!("{}/prefix", self.fingerprint),
             work_dir: &prefix_dir,
@@ -502,7 +571,7 @@ impl Run<'_> {
         };
         let prefix_plan = prefix.plan()?;
         let n_first = prefix_plan.passes.len();
-        let first = match prefix.run_stage(prefix_plan, Some(k), &mut |p: Progress| {
+        let first = match prefix.run_stage(prefix_plan, Some(k), None, &mut |p: Progress| {
             progress(Progress {
                 passes: p.passes + 1,
                 ..p
@@ -512,10 +581,11 @@ impl Run<'_> {
             interrupted => return Ok(interrupted),
         };
         let block_tokens = self.options.block_rows * self.tokens.seq_len;
-        let max_binding = self.family.device.max_buffer_bytes.unwrap_or(u64::MAX);
-        let plan =
-            crate::plan::pair_plan(&first, self.family.models.len(), block_tokens, max_binding)?;
-        let out = self.run_stage(plan, None, &mut |p: Progress| {
+        if shard.is_some() {
+            self.save(&self.work_dir.join(CANDIDATES), 0, 0, &first.anchors, None)?;
+        }
+        let plan = crate::plan::pair_plan(&first, self.family.models.len(), block_tokens)?;
+        let out = self.run_stage(plan, None, shard, &mut |p: Progress| {
             progress(Progress {
                 pass: p.pass + n_first,
                 passes: n_first + 1,
@@ -542,40 +612,26 @@ impl Run<'_> {
         &self,
         plan: Plan,
         collect: Option<usize>,
+        shard: Option<(usize, usize)>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Outcome, AnalysisError> {
         let (n_layers, d_mlp) = self.family.shape()?;
         let n_models = self.family.models.len();
         let width = n_layers * d_mlp;
-        let blocks = blocks(self.tokens, self.options);
+        let all_blocks = blocks(self.tokens, self.options);
+        let total_tokens: u64 = all_blocks.iter().map(|b| b.2).sum();
+        let blocks: Vec<(usize, usize, u64)> = match shard {
+            Some((i, n)) => all_blocks.into_iter().skip(i).step_by(n).collect(),
+            None => all_blocks,
+        };
         let tokens_per_pass: u64 = blocks.iter().map(|b| b.2).sum();
-        if tokens_per_pass < 2 {
+        if total_tokens < 2 {
             return Err(AnalysisError::Invalid(format!(
-                "only {tokens_per_pass} token(s) remain after dropping BOS/pad and newline \
+                "only {total_tokens} token(s) remain after dropping BOS/pad and newline \
                  positions: correlations need at least 2"
             )));
         }
-        let anchors: Vec<usize> = if self.options.all_anchors {
-            (0..n_models).collect()
-        } else {
-            vec![0]
-        };
-        let mut results = Vec::new();
-        for &a in &anchors {
-            let others: Vec<usize> = (0..n_models).filter(|&b| b != a).collect();
-            results.push(AnchorResult {
-                anchor: a,
-                real: others.iter().map(|_| Matches::new(width)).collect(),
-                baseline: others.iter().map(|_| Matches::new(width)).collect(),
-                others,
-                mean: Vec::new(),
-                var: Vec::new(),
-                pre_hist: Vec::new(),
-                anatomy: None,
-                tiles: Vec::new(),
-                candidates: Vec::new(),
-            });
-        }
+        let mut results = self.initial_results(width);
         let ckpt_path = self.work_dir.join(checkpoint::FILE);
         let mut start = checkpoint::Position::default();
         let mut resumed_state = None;
@@ -619,12 +675,7 @@ impl Run<'_> {
             let used = acc.streams();
             // Anchors whose pre-activation histograms this pass counts: those it runs that have
             // none yet (so each token is counted once, in the anchor's first pass).
-            let hist_anchors: Vec<usize> = results
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.pre_hist.is_empty() && used[stream(r.anchor, false)])
-                .map(|(i, _)| i)
-                .collect();
+            let hist_anchors = hist_anchors(&results, &used);
             let mut hists =
                 PreHists::new(gpu.as_ref().map(|(c, k)| (c, k)), hist_anchors.len(), width)?;
             if let Some(saved) = &restored_hists {
@@ -740,15 +791,38 @@ impl Run<'_> {
                     last_ckpt = Instant::now();
                 }
             }
-            self.reduce(&acc, specs, &mut results, d_mlp, collect)?;
-            for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
-                results[i].pre_hist = counts;
-            }
-            if let Some(a) = &anatomy {
-                for (k, &i) in hist_anchors.iter().enumerate() {
-                    let r = &results[i];
-                    results[i].anatomy = Some(a.finish(k, &r.mean, &r.var)?);
+            if shard.is_some() {
+                // A shard keeps its sums for the merge; its histograms are marked counted so
+                // later passes do not count them again (as in a whole run).
+                let state = SavedState {
+                    hists: hists.save()?,
+                    anatomy: anatomy
+                        .as_ref()
+                        .map(Anatomies::save)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    ..acc.save_canonical()?
+                };
+                self.save(
+                    &self.work_dir.join(pass_file(pass_idx)),
+                    pass_idx,
+                    0,
+                    &[],
+                    Some(state),
+                )?;
+                for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
+                    results[i].pre_hist = counts;
                 }
+            } else {
+                self.finish_pass(
+                    &acc,
+                    specs,
+                    &mut results,
+                    collect,
+                    &hist_anchors,
+                    &hists,
+                    anatomy.as_ref(),
+                )?;
             }
             self.save(&ckpt_path, pass_idx + 1, 0, &results, None)?;
         }
@@ -759,6 +833,171 @@ impl Run<'_> {
             anchors: results,
             plan,
         })))
+    }
+
+    /// The per-anchor results before any pass.
+    fn initial_results(&self, width: usize) -> Vec<AnchorResult> {
+        let n_models = self.family.models.len();
+        let anchors: Vec<usize> = if self.options.all_anchors {
+            (0..n_models).collect()
+        } else {
+            vec![0]
+        };
+        anchors
+            .into_iter()
+            .map(|a| {
+                let others: Vec<usize> = (0..n_models).filter(|&b| b != a).collect();
+                AnchorResult {
+                    anchor: a,
+                    real: others.iter().map(|_| Matches::new(width)).collect(),
+                    baseline: others.iter().map(|_| Matches::new(width)).collect(),
+                    others,
+                    mean: Vec::new(),
+                    var: Vec::new(),
+                    pre_hist: Vec::new(),
+                    anatomy: None,
+                    tiles: Vec::new(),
+                    candidates: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Fold a finished pass into the results: matches (and candidates), then the histograms
+    /// and anatomy of the anchors it counted.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_pass(
+        &self,
+        acc: &Accumulator,
+        specs: &[crate::accum::TileSpec],
+        results: &mut [AnchorResult],
+        collect: Option<usize>,
+        hist_anchors: &[usize],
+        hists: &PreHists,
+        anatomy: Option<&Anatomies>,
+    ) -> Result<(), AnalysisError> {
+        let (_, d_mlp) = self.family.shape()?;
+        self.reduce(acc, specs, results, d_mlp, collect)?;
+        for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
+            results[i].pre_hist = counts;
+        }
+        if let Some(a) = anatomy {
+            for (k, &i) in hist_anchors.iter().enumerate() {
+                let r = &results[i];
+                results[i].anatomy = Some(a.finish(k, &r.mean, &r.var)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Combine the shards a [`Run::run_shard`] of this same analysis wrote into `dirs` (each a
+    /// shard's work directory, checkpoints written under `fingerprints[i]`) into the result of
+    /// the whole run: per pass, the shards' sums are merged exactly (Chan's formula in f64)
+    /// and reduced on the CPU as a whole run's pass would be.
+    pub fn merge(
+        &self,
+        dirs: &[PathBuf],
+        fingerprints: &[String],
+        max_binding: u64,
+    ) -> Result<Results, AnalysisError> {
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let width = n_layers * d_mlp;
+        let n_models = self.family.models.len();
+        if dirs.is_empty() || dirs.len() != fingerprints.len() {
+            return Err(AnalysisError::Invalid("no shards to merge".into()));
+        }
+        let mut first_tiles = None;
+        let plan = if self.options.refine.is_some() {
+            let mut lists = Vec::new();
+            for (d, f) in dirs.iter().zip(fingerprints) {
+                let path = d.join(CANDIDATES);
+                let ck = checkpoint::load(&path, f)?.ok_or_else(|| {
+                    AnalysisError::Invalid(format!("{} is missing", path.display()))
+                })?;
+                lists.push(ck.results);
+            }
+            if lists.iter().any(|l| {
+                l.iter()
+                    .zip(&lists[0])
+                    .any(|(a, b)| a.candidates != b.candidates)
+            }) {
+                return Err(AnalysisError::Invalid(
+                    "the shards' prefix stages chose different candidates (different \
+                     hardware or backend?): run every shard on the same kind of device"
+                        .into(),
+                ));
+            }
+            let anchors = lists.swap_remove(0);
+            first_tiles = Some(anchors.iter().map(|a| a.tiles.clone()).collect::<Vec<_>>());
+            let first = Results {
+                n_tokens: 0,
+                n_layers,
+                d_mlp,
+                anchors,
+                plan: self.plan_for(max_binding)?,
+            };
+            let block_tokens = self.options.block_rows * self.tokens.seq_len;
+            crate::plan::pair_plan(&first, n_models, block_tokens)?
+        } else {
+            self.plan_for(max_binding)?
+        };
+        let mut results = self.initial_results(width);
+        let widths = vec![width; 2 * n_models];
+        let mut n_tokens = 0;
+        for (pass_idx, specs) in plan.passes.iter().enumerate() {
+            let mut states = Vec::new();
+            for (d, f) in dirs.iter().zip(fingerprints) {
+                let path = d.join(pass_file(pass_idx));
+                let state = checkpoint::load(&path, f)?
+                    .and_then(|ck| ck.accumulators)
+                    .ok_or_else(|| {
+                        AnalysisError::Invalid(format!(
+                            "{} is missing: the shard did not finish pass {pass_idx}",
+                            path.display()
+                        ))
+                    })?;
+                states.push(state);
+            }
+            let merged = crate::accum::merge_states(specs, &widths, states)?;
+            n_tokens = merged.count;
+            let mut acc = Accumulator::cpu(specs.clone(), &widths);
+            acc.restore(&merged)?;
+            let used = acc.streams();
+            let hist_anchors = hist_anchors(&results, &used);
+            let mut hists = PreHists::new(None, hist_anchors.len(), width)?;
+            if !hist_anchors.is_empty() {
+                hists.restore(&merged.hists)?;
+            }
+            let anatomy = match &self.anatomy {
+                Some(spec) if !hist_anchors.is_empty() => {
+                    let mut a = Anatomies::new(None, spec, hist_anchors.len(), width)?;
+                    a.restore(&merged.anatomy)?;
+                    Some(a)
+                }
+                _ => None,
+            };
+            self.finish_pass(
+                &acc,
+                specs,
+                &mut results,
+                None,
+                &hist_anchors,
+                &hists,
+                anatomy.as_ref(),
+            )?;
+        }
+        if let Some(tiles) = first_tiles {
+            for (r, t) in results.iter_mut().zip(tiles) {
+                r.tiles = t;
+            }
+        }
+        Ok(Results {
+            n_tokens,
+            n_layers,
+            d_mlp,
+            anchors: results,
+            plan,
+        })
     }
 
     fn save(

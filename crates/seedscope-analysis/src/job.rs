@@ -30,7 +30,7 @@ pub fn family_models() -> Vec<PathBuf> {
 }
 
 /// Where the tokens come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum DataSource {
     /// The embedded family's held-out eval tokens (`assets/family/eval_tokens.npy`).
     Embedded,
@@ -44,8 +44,9 @@ pub enum DataSource {
     Dataset(PathBuf),
 }
 
-/// Everything an analysis needs, as the CLI's flags or the app's dialog give it.
-#[derive(Debug, Clone)]
+/// Everything an analysis needs, as the CLI's flags or the app's dialog give it (recorded in a
+/// shard's `shard.json`, the backend aside, so a merge rebuilds the same analysis).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AnalysisRequest {
     /// Model directories; the first is the anchor. Empty: the embedded family.
     pub models: Vec<PathBuf>,
@@ -70,6 +71,7 @@ pub struct AnalysisRequest {
     /// Tiles to save: `all` or `A-B,...` layer pairs.
     pub save_tiles: Option<String>,
     /// Compute backend.
+    #[serde(skip, default = "auto_backend")]
     pub backend: BackendKind,
     /// Memory budget for activations and accumulators, bytes.
     pub memory_budget: u64,
@@ -81,6 +83,53 @@ pub struct AnalysisRequest {
     pub refine: Option<crate::engine::Refine>,
     /// The command line recorded in the manifest.
     pub command: Vec<String>,
+    /// Run only shard `(index, count)` of the data: `out` becomes a shard directory of
+    /// accumulated sums (`shard.json`, `pass-*.safetensors`) for [`AnalysisRequest::merge`].
+    #[serde(default)]
+    pub shard: Option<(usize, usize)>,
+    /// Shard directories of this same analysis to combine into the bundle `out`, instead of
+    /// running the models over the data (models and data are still read: weights, features).
+    #[serde(default)]
+    pub merge: Vec<PathBuf>,
+}
+
+fn auto_backend() -> BackendKind {
+    BackendKind::Auto
+}
+
+/// `shard.json` of a shard directory.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardInfo {
+    /// This shard.
+    pub index: usize,
+    /// Shards in all.
+    pub count: usize,
+    /// Identifies the analysis (models, data, options), whatever device ran it.
+    pub merge_key: String,
+    /// The fingerprint its pass files carry.
+    pub fingerprint: String,
+    /// The device's largest binding, which shaped the plan the merge replays.
+    pub max_binding: u64,
+    /// Kept tokens this shard accumulated.
+    pub tokens: u64,
+    /// The analysis.
+    pub request: AnalysisRequest,
+}
+
+/// File name of a shard's description.
+pub const SHARD_INFO: &str = "shard.json";
+
+/// Read `dir/shard.json`.
+pub fn read_shard_info(dir: &Path) -> Result<ShardInfo, AnalysisError> {
+    let path = dir.join(SHARD_INFO);
+    let bytes = std::fs::read(&path).map_err(|source| AnalysisError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| AnalysisError::Corrupt {
+        path,
+        message: format!("not a Seedscope shard description: {e}"),
+    })
 }
 
 impl Default for AnalysisRequest {
@@ -104,6 +153,8 @@ impl Default for AnalysisRequest {
             checkpoint_every: Duration::from_secs(120),
             refine: None,
             command: Vec::new(),
+            shard: None,
+            merge: Vec::new(),
         }
     }
 }
@@ -357,19 +408,9 @@ pub fn run_analysis(
         h.update(id.to_le_bytes());
     }
     let data_sha = format!("{:x}", h.finalize());
-    let fingerprint = {
-        let mut h = Sha256::new();
-        let key = serde_json::to_vec(&(
-            &entries,
-            &data_sha,
-            &options,
-            env!("CARGO_PKG_VERSION"),
-            device.kind.to_string(),
-        ))
-        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        h.update(key);
-        format!("{:x}", h.finalize())
-    };
+    // The analysis whatever the device (shards of it merge), then this run on this device.
+    let merge_key = json_sha256(&(&entries, &data_sha, &options, env!("CARGO_PKG_VERSION")))?;
+    let fingerprint = json_sha256(&(&merge_key, device.kind.to_string(), req.shard))?;
     // Token features for the anatomy (decoded with the anchor's tokenizer when it has one).
     let vocab: Vec<String> = {
         let tok_path = models[0].dir.join("tokenizer.json");
@@ -420,9 +461,51 @@ pub fn run_analysis(
         plan.peak_bytes() as f64 / (1 << 20) as f64
     )));
     events(JobEvent::Planned(plan));
-    let results = match run.run(|p| events(JobEvent::Progress(p)))? {
-        Outcome::Interrupted { checkpoint } => return Ok(JobEnd::Interrupted(checkpoint)),
-        Outcome::Done(r) => r,
+    let results = if !req.merge.is_empty() {
+        let infos = req
+            .merge
+            .iter()
+            .map(|d| read_shard_info(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_shards(&req.merge, &infos, &merge_key)?;
+        events(JobEvent::Log(format!(
+            "merging {} shards ({} tokens)",
+            infos.len(),
+            infos.iter().map(|i| i.tokens).sum::<u64>()
+        )));
+        let fingerprints: Vec<String> = infos.iter().map(|i| i.fingerprint.clone()).collect();
+        Box::new(run.merge(&req.merge, &fingerprints, infos[0].max_binding)?)
+    } else if let Some((index, count)) = req.shard {
+        let r = match run.run_shard(index, count, |p| events(JobEvent::Progress(p)))? {
+            Outcome::Interrupted { checkpoint } => return Ok(JobEnd::Interrupted(checkpoint)),
+            Outcome::Done(r) => r,
+        };
+        let info = ShardInfo {
+            index,
+            count,
+            merge_key,
+            fingerprint: run.fingerprint.clone(),
+            max_binding: device.max_buffer_bytes.unwrap_or(u64::MAX),
+            tokens: r.n_tokens,
+            request: req.clone(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&info).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        seedscope_model::write_file_atomic(&work.join(SHARD_INFO), &json)?;
+        let _ = std::fs::remove_file(work.join(crate::checkpoint::FILE));
+        crate::bundle::swap_into_place(&work, &req.out)?;
+        events(JobEvent::Log(format!(
+            "wrote shard {index}/{count} ({} tokens) to {} in {:.1} s",
+            r.n_tokens,
+            req.out.display(),
+            started.elapsed().as_secs_f64()
+        )));
+        return Ok(JobEnd::Written(req.out.clone()));
+    } else {
+        match run.run(|p| events(JobEvent::Progress(p)))? {
+            Outcome::Interrupted { checkpoint } => return Ok(JobEnd::Interrupted(checkpoint)),
+            Outcome::Done(r) => r,
+        }
     };
     // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
     // correlation pass).
@@ -506,4 +589,55 @@ pub fn run_analysis(
         started.elapsed().as_secs_f64()
     )));
     Ok(JobEnd::Written(req.out.clone()))
+}
+
+/// Shards merge only when they are every slice of the same analysis, once each.
+fn check_shards(
+    dirs: &[PathBuf],
+    infos: &[ShardInfo],
+    merge_key: &str,
+) -> Result<(), AnalysisError> {
+    let count = infos.first().map_or(0, |i| i.count);
+    let mut seen = vec![false; count];
+    for (d, i) in dirs.iter().zip(infos) {
+        if i.merge_key != merge_key {
+            return Err(AnalysisError::Invalid(format!(
+                "{} is a shard of a different analysis (other models, data or options)",
+                d.display()
+            )));
+        }
+        if i.count != count || i.index >= count {
+            return Err(AnalysisError::Invalid(format!(
+                "{} is shard {}/{}, the first is of {count}",
+                d.display(),
+                i.index,
+                i.count
+            )));
+        }
+        if std::mem::replace(&mut seen[i.index], true) {
+            return Err(AnalysisError::Invalid(format!(
+                "{} repeats shard {}/{count}",
+                d.display(),
+                i.index
+            )));
+        }
+        if i.max_binding != infos[0].max_binding {
+            return Err(AnalysisError::Invalid(format!(
+                "{} ran on a device with another binding limit (so another plan)",
+                d.display()
+            )));
+        }
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        return Err(AnalysisError::Invalid(format!(
+            "shard {missing}/{count} is missing: give every shard directory"
+        )));
+    }
+    Ok(())
+}
+
+/// The sha256 of `key`'s JSON (fingerprints of analyses).
+fn json_sha256<T: serde::Serialize>(key: &T) -> Result<String, AnalysisError> {
+    let bytes = serde_json::to_vec(key).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    Ok(format!("{:x}", Sha256::digest(bytes)))
 }

@@ -142,15 +142,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((value * scale) as u64)
 }
 
+/// Pairs per sparse tile at most: 32 MiB of totals and 32 MiB of pair list, under WebGPU's
+/// default 128 MiB binding.
+pub const MAX_PAIRS_PER_TILE: usize = 1 << 22;
+
 /// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
 /// and every stream, the candidate pairs the prefix stage kept (`first`'s
-/// [`crate::engine::Candidates`]); anchor rows are split only where a pair list would exceed
-/// the device's largest binding.
+/// [`crate::engine::Candidates`]); anchor rows are split into tiles of at most
+/// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge).
 pub fn pair_plan(
     first: &crate::engine::Results,
     n_models: usize,
     block_tokens: usize,
-    max_binding: u64,
 ) -> Result<Plan, AnalysisError> {
     let width = first.n_layers * first.d_mlp;
     let mut specs = Vec::new();
@@ -173,7 +176,7 @@ pub fn pair_plan(
                         r.anchor
                     )));
                 }
-                let rows_per = ((max_binding / 16) as usize / per_row.max(1)).clamp(1, width);
+                let rows_per = (MAX_PAIRS_PER_TILE / per_row.max(1)).clamp(1, width);
                 for a_cols in chunks(0, width, width.div_ceil(rows_per)) {
                     let pairs = c.col[a_cols.start * per_row..a_cols.end * per_row].to_vec();
                     specs.push(TileSpec {
