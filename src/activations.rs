@@ -147,7 +147,7 @@ fn input_tokens(args: &Args, model: &LoadedModel) -> Result<TokenBatch> {
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("{}: reading text", text_path.display()))?;
     let tokenizer_path = model.dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
+    let tokenizer = TextTokenizer::from_model_dir(&model.dir)?;
     tokenizer.check_fits(model.config.vocab_size())?;
     let bos = (!args.no_bos).then(|| tokenizer.bos_id()).flatten();
     if !args.no_bos && bos.is_none() {

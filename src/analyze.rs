@@ -95,6 +95,10 @@ pub struct Args {
     /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT with `--shard slurm`.
     #[arg(long, value_name = "I/N|slurm")]
     pub shard: Option<String>,
+    /// Compute the models in f16 where the GPU supports shader-f16 (half the weight and
+    /// activation memory; accumulation stays compensated f32); f32 elsewhere.
+    #[arg(long)]
+    pub half: bool,
 }
 
 /// `I/N`, or the Slurm array task's (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`, with
@@ -182,6 +186,7 @@ impl Args {
                 None => None,
             },
             shard: self.shard.as_deref().map(parse_shard).transpose()?,
+            half: self.half,
             merge: Vec::new(),
             command: std::env::args().collect(),
         })

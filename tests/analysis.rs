@@ -891,3 +891,108 @@ fn refined_shards_merged_equal_the_unsharded_refined_run() {
     let merged = sharded(&dev, &options, 2, "refined-shards");
     assert_close_results(&merged, &whole, 1e-6, "refined");
 }
+
+#[test]
+fn f16_models_accumulate_with_the_f32_accuracy_bound() {
+    use burn::tensor::FloatDType;
+    use seedscope_model::{ForwardOptions, HookPoint, TokenBatch};
+    let dev = device(BackendKind::Wgpu);
+    assert!(
+        dev.supports_f16(),
+        "the wgpu adapter has no shader-f16 (lavapipe has it)"
+    );
+    let models: Vec<LoadedModel> = MODELS
+        .iter()
+        .map(|m| LoadedModel::load_on(&fixture(m), &dev, FloatDType::F16).expect("f16 model"))
+        .collect();
+    let tokens = tokens();
+    let options = options();
+    let r = Run {
+        family: Family {
+            models: &models,
+            device: &dev,
+        },
+        tokens: &tokens,
+        options: &options,
+        fingerprint: "f16".into(),
+        work_dir: &temp_dir("f16"),
+        cancel: Arc::new(AtomicBool::new(false)),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: Some(Reference::load().rotations(3)),
+        anatomy: None,
+    };
+    let r16 = done(r.run(|_| {}).expect("f16 run"));
+    // The f16 models' own activations at the kept positions, and their exact correlations.
+    let kept: Vec<usize> = (0..tokens.ids.len())
+        .filter(|&i| !tokens.drop_ids.contains(&tokens.ids[i]))
+        .collect();
+    let batch = TokenBatch::new(tokens.ids.clone(), tokens.n_rows, tokens.seq_len).expect("batch");
+    let acts: Vec<Vec<Vec<f64>>> = models
+        .iter()
+        .map(|m| {
+            let n_layers = m.config.n_layers();
+            let out = m
+                .forward(
+                    &batch,
+                    &ForwardOptions {
+                        taps: (0..n_layers).map(HookPoint::post).collect(),
+                        ..ForwardOptions::default()
+                    },
+                )
+                .expect("forward");
+            // Per neuron (layer-major), its values at the kept positions.
+            let mut cols = Vec::new();
+            for l in 0..n_layers {
+                let t = out.taps[&HookPoint::post(l)].clone().cast(FloatDType::F32);
+                let d = t.dims()[2];
+                let v = common::host(&t);
+                for j in 0..d {
+                    cols.push(kept.iter().map(|&i| v[i * d + j] as f64).collect());
+                }
+            }
+            cols
+        })
+        .collect();
+    let pearson = |x: &[f64], y: &[f64]| {
+        let n = x.len() as f64;
+        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for (a, b) in x.iter().zip(y) {
+            sxy += (a - mx) * (b - my);
+            sxx += (a - mx) * (a - mx);
+            syy += (b - my) * (b - my);
+        }
+        if sxx <= 0.0 || syy <= 0.0 {
+            0.0
+        } else {
+            sxy / (sxx * syy).sqrt()
+        }
+    };
+    let (mut worst_exact, mut worst_vs_f32) = (0.0f64, 0.0f64);
+    let f32_run = done(run(
+        &device(BackendKind::Cpu),
+        &options,
+        &temp_dir("f16-vs-f32"),
+        None,
+    ));
+    for (o, other) in [1usize, 2].into_iter().enumerate() {
+        for (i, a) in acts[0].iter().enumerate() {
+            let best = acts[other]
+                .iter()
+                .map(|b| pearson(a, b))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let got = r16.anchors[0].real[o].max[i] as f64;
+            worst_exact = worst_exact.max((got - best).abs());
+            worst_vs_f32 = worst_vs_f32.max((got - f32_run.anchors[0].real[o].max[i] as f64).abs());
+        }
+    }
+    eprintln!(
+        "f16 models: engine vs exact correlations of their activations {worst_exact:.2e}; \
+         vs the f32 models {worst_vs_f32:.2e}"
+    );
+    assert!(worst_exact < 1e-4, "accumulation error {worst_exact}");
+    assert!(
+        worst_vs_f32 < 0.05,
+        "f16 rounding moved a correlation by {worst_vs_f32}"
+    );
+}

@@ -57,6 +57,7 @@ pub fn bos_keys(model: &LoadedModel, bos: u32) -> Result<Vec<Vec<f64>>, Analysis
             let v = k
                 .try_into_data()
                 .map_err(|e| AnalysisError::Invalid(format!("BOS keys: {e}")))?
+                .convert::<f32>()
                 .try_into_vec::<f32>()
                 .map_err(|e| AnalysisError::Invalid(format!("BOS keys: {e:?}")))?;
             Ok(v.into_iter().map(f64::from).collect())

@@ -40,6 +40,10 @@ pub struct AnalysisOptions {
     /// Two-stage candidate refinement instead of all pairs over all tokens (none: exhaustive).
     #[serde(default)]
     pub refine: Option<Refine>,
+    /// The models computed in f16 (weights and activations; accumulation stays in compensated
+    /// f32 / f64). Only where the device has `shader-f16`; the job falls back to f32 elsewhere.
+    #[serde(default)]
+    pub half: bool,
 }
 
 /// Candidate refinement: all pairs over a sample of the tokens (every s-th row, so that the
@@ -67,6 +71,7 @@ impl Default for AnalysisOptions {
             save_tiles: Vec::new(),
             all_anchors: false,
             refine: None,
+            half: false,
         }
     }
 }
@@ -383,6 +388,12 @@ fn activations(
                     AnalysisError::Invalid(format!("the forward pass returned no layer {l}"))
                 })?;
                 let d = t.dims()[2];
+                // f16 models: the accumulators read f32.
+                let t = if t.dtype() == burn::tensor::DType::F32 {
+                    t
+                } else {
+                    t.cast(burn::tensor::FloatDType::F32)
+                };
                 Ok(t.reshape([b * s, d]))
             })
             .collect::<Result<_, AnalysisError>>()?;

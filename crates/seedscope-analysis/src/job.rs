@@ -81,6 +81,9 @@ pub struct AnalysisRequest {
     pub checkpoint_every: Duration,
     /// Two-stage candidate refinement instead of the exhaustive all-pairs pass.
     pub refine: Option<crate::engine::Refine>,
+    /// Compute the models in f16 where the device supports it (f32 otherwise, with a note).
+    #[serde(default)]
+    pub half: bool,
     /// The command line recorded in the manifest.
     pub command: Vec<String>,
     /// Run only shard `(index, count)` of the data: `out` becomes a shard directory of
@@ -152,6 +155,7 @@ impl Default for AnalysisRequest {
             batch_size: None,
             checkpoint_every: Duration::from_secs(120),
             refine: None,
+            half: false,
             command: Vec::new(),
             shard: None,
             merge: Vec::new(),
@@ -254,11 +258,9 @@ pub fn drop_ids(tokenizer: &TextTokenizer) -> Result<Vec<u32>, AnalysisError> {
     Ok(ids)
 }
 
-/// The BOS id of a model's `tokenizer.json`, if it has one.
+/// The BOS id of a model's tokenizer, if it has one.
 pub(crate) fn tokenizer_bos(model: &LoadedModel) -> Option<u32> {
-    TextTokenizer::from_file(&model.dir.join("tokenizer.json"))
-        .ok()?
-        .bos_id()
+    TextTokenizer::from_model_dir(&model.dir).ok()?.bos_id()
 }
 
 /// Token rows of `req`'s data and a description of where they came from.
@@ -267,8 +269,8 @@ pub fn load_tokens(
     anchor: &LoadedModel,
 ) -> Result<(TokenSet, String), AnalysisError> {
     let tok_path = anchor.dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() {
-        Some(TextTokenizer::from_file(&tok_path)?)
+    let tokenizer = if TextTokenizer::model_dir_has_tokenizer(&anchor.dir) {
+        Some(TextTokenizer::from_model_dir(&anchor.dir)?)
     } else {
         None
     };
@@ -373,9 +375,20 @@ pub fn run_analysis(
     let device =
         ComputeDevice::open(req.backend).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     events(JobEvent::Log(format!("device: {}", device.describe())));
+    let half = req.half && device.supports_f16();
+    if req.half && !half {
+        events(JobEvent::Log(
+            "f16 asked for, but the device has no shader-f16: computing in f32".into(),
+        ));
+    }
+    let dtype = if half {
+        burn::tensor::FloatDType::F16
+    } else {
+        burn::tensor::FloatDType::F32
+    };
     let models = dirs
         .iter()
-        .map(|d| LoadedModel::load_on(d, &device, burn::tensor::FloatDType::F32))
+        .map(|d| LoadedModel::load_on(d, &device, dtype))
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
@@ -398,6 +411,7 @@ pub fn run_analysis(
             .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
         all_anchors: req.all_anchors,
         refine: req.refine,
+        half,
     };
     let entries = models
         .iter()
@@ -413,10 +427,9 @@ pub fn run_analysis(
     let fingerprint = json_sha256(&(&merge_key, device.kind.to_string(), req.shard))?;
     // Token features for the anatomy (decoded with the anchor's tokenizer when it has one).
     let vocab: Vec<String> = {
-        let tok_path = models[0].dir.join("tokenizer.json");
         let n = models[0].config.vocab_size();
-        if tok_path.exists() {
-            let t = TextTokenizer::from_file(&tok_path)?;
+        if TextTokenizer::model_dir_has_tokenizer(&models[0].dir) {
+            let t = TextTokenizer::from_model_dir(&models[0].dir)?;
             (0..n as u32)
                 .map(|id| t.decode(&[id]).unwrap_or_default())
                 .collect()

@@ -217,8 +217,7 @@ impl Explorer {
         let tokenizer = m
             .models
             .first()
-            .map(|e| PathBuf::from(&e.path).join("tokenizer.json"))
-            .and_then(|p| seedscope_data::TextTokenizer::from_file(&p).ok());
+            .and_then(|e| seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok());
         Ok(Self {
             dir: dir.to_path_buf(),
             bundle,

@@ -86,8 +86,7 @@ impl Models {
         let first = dirs
             .first()
             .ok_or_else(|| format!("{}: the manifest lists no models", ex.dir.display()))?;
-        let tok_path = first.join("tokenizer.json");
-        let tokenizer = TextTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
+        let tokenizer = TextTokenizer::from_model_dir(first).map_err(|e| e.to_string())?;
         let device = ComputeDevice::open(BackendKind::Cpu).map_err(|e| e.to_string())?;
         Ok(Self {
             device,

@@ -63,6 +63,54 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// The tokenizer of a Hugging Face model directory: its `tokenizer.json`, else GPT-2's
+    /// byte-level BPE built from `vocab.json` and `merges.txt` (as transformers'
+    /// `GPT2TokenizerFast` converts them), with `<|endoftext|>` as a special token.
+    pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json);
+        }
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if !(vocab.is_file() && merges.is_file()) {
+            return Err(DataError::Io {
+                path: json,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no tokenizer.json (nor vocab.json with merges.txt) in the model directory",
+                ),
+            });
+        }
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let err = |message: String| DataError::Tokenizer {
+            path: vocab.clone(),
+            message,
+        };
+        let bpe = tokenizers::models::bpe::BPE::from_file(
+            &vocab.to_string_lossy(),
+            &merges.to_string_lossy(),
+        )
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_post_processor(Some(ByteLevel::default().trim_offsets(true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.add_special_tokens(&[tokenizers::AddedToken::from(ENDOFTEXT, true)]);
+        let bos = inner.token_to_id(ENDOFTEXT);
+        Ok(Self {
+            inner,
+            path: vocab,
+            bos,
+        })
+    }
+
+    /// Whether [`TextTokenizer::from_model_dir`] finds a tokenizer in `dir`.
+    pub fn model_dir_has_tokenizer(dir: &Path) -> bool {
+        dir.join("tokenizer.json").is_file()
+            || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
+    }
+
     /// Load `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| DataError::Io {

@@ -70,6 +70,15 @@ pub struct ComputeDevice {
     pub wgpu: Option<WgpuHandles>,
 }
 
+impl ComputeDevice {
+    /// Whether the models may compute in f16 here: a wgpu device with `shader-f16`.
+    pub fn supports_f16(&self) -> bool {
+        self.wgpu
+            .as_ref()
+            .is_some_and(|h| h.device.features().contains(wgpu::Features::SHADER_F16))
+    }
+}
+
 /// The wgpu device shared by Burn and Seedscope's kernels.
 #[derive(Debug, Clone)]
 pub struct WgpuHandles {

@@ -3,7 +3,7 @@
 //! place when complete.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use seedscope_analysis::bundle::{
     AnatomyFile, Bundle, CORRELATION, Dtype, NeuronRow, PCT_COLUMNS, layer_percentiles,
@@ -79,9 +79,7 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, String> {
     let tokenizer = m
         .models
         .first()
-        .map(|e| PathBuf::from(&e.path).join("tokenizer.json"))
-        .filter(|p| p.exists())
-        .and_then(|p| seedscope_data::TextTokenizer::from_file(&p).ok());
+        .and_then(|e| seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok());
 
     let work = partial_dir(out);
     if work.exists() {
