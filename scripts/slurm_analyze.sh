@@ -22,5 +22,5 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 mkdir -p shards
 exec seedscope analyze --models "$MODELS" --dataset "$DATA" --max-tokens 100000000 \
-  --refine 2000000 --candidates 8 --shard slurm \
+  --refine 2000000 --candidates 32 --shard slurm \
   --out "shards/shard-${SLURM_ARRAY_TASK_ID}"

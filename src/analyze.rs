@@ -88,7 +88,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub refine: Option<u64>,
     /// Candidates kept at each end per neuron and stream with --refine.
-    #[arg(long, default_value_t = 8, requires = "refine")]
+    #[arg(long, default_value_t = 32, requires = "refine")]
     pub candidates: usize,
     /// Process only shard I of N (every N-th block of the data from the I-th) and write its
     /// sums to --out as a shard directory for `seedscope merge`; as I/N, or taken from

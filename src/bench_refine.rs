@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use seedscope_analysis::bundle::{Dtype, read_tensor};
 use seedscope_analysis::job::{JobEnd, run_analysis};
-use seedscope_analysis::{Bundle, Refine};
+use seedscope_analysis::{AnalysisOptions, Bundle, Refine};
 
 /// Options of `seedscope bench-refine`.
 #[derive(ClapArgs, Debug)]
@@ -20,6 +20,10 @@ pub struct Args {
     /// (`exhaustive/`, `refined/`).
     #[command(flatten)]
     pub analysis: crate::analyze::Args,
+    /// Keep an existing `exhaustive/` bundle from an earlier run (it must be of the same models,
+    /// data and options: checked against the refined bundle's manifest).
+    #[arg(long)]
+    pub reuse_exhaustive: bool,
 }
 
 /// One bundle's tensors compared here, anchor model 0.
@@ -80,14 +84,43 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let exh_dir = a.out.join("exhaustive");
     let ref_dir = a.out.join("refined");
-    eprintln!("exhaustive run -> {}", exh_dir.display());
-    let t_exh = run_once(a, exh_dir.clone(), None)?;
+    let reused = args.reuse_exhaustive && exh_dir.join("manifest.json").is_file();
+    let t_exh = if reused {
+        let m = Bundle::read(&exh_dir)?.manifest;
+        eprintln!(
+            "reusing {} ({:.1} s when it ran)",
+            exh_dir.display(),
+            m.seconds
+        );
+        m.seconds
+    } else {
+        eprintln!("exhaustive run -> {}", exh_dir.display());
+        run_once(a, exh_dir.clone(), None)?
+    };
     eprintln!(
         "refined run (prefix {prefix}, k {}) -> {}",
         refine.k,
         ref_dir.display()
     );
     let t_ref = run_once(a, ref_dir.clone(), Some(refine))?;
+    let (me, mr) = (
+        Bundle::read(&exh_dir)?.manifest,
+        Bundle::read(&ref_dir)?.manifest,
+    );
+    let unrefined = AnalysisOptions {
+        refine: None,
+        ..mr.options.clone()
+    };
+    if me.models != mr.models
+        || me.data_sha256 != mr.data_sha256
+        || me.n_tokens != mr.n_tokens
+        || unrefined != me.options
+    {
+        bail!(
+            "{} is not the same analysis as the refined run (models, data or options differ)",
+            exh_dir.display()
+        );
+    }
     let (e, r) = (numbers(&exh_dir)?, numbers(&ref_dir)?);
     if e.max.len() != r.max.len() || e.excess.len() != r.excess.len() {
         bail!("the two bundles have different shapes");

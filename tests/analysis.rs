@@ -100,6 +100,32 @@ fn tokens() -> TokenSet {
     }
 }
 
+/// A run of the fixture family (no time-based checkpoints).
+#[allow(clippy::too_many_arguments)]
+fn fixture_run<'a>(
+    models: &'a [LoadedModel],
+    device: &'a ComputeDevice,
+    tokens: &'a TokenSet,
+    options: &'a AnalysisOptions,
+    work_dir: &'a Path,
+    fingerprint: String,
+    cancel: Arc<AtomicBool>,
+    rotations: Option<Vec<Vec<Vec<f32>>>>,
+    anatomy: Option<seedscope_analysis::anatomy::AnatomySpec>,
+) -> Run<'a> {
+    Run {
+        family: Family { models, device },
+        tokens,
+        options,
+        fingerprint,
+        work_dir,
+        cancel,
+        checkpoint_every: Duration::from_secs(3600),
+        rotations,
+        anatomy,
+    }
+}
+
 fn run(
     dev: &ComputeDevice,
     options: &AnalysisOptions,
@@ -120,20 +146,17 @@ fn run_with(
     let tokens = tokens();
     let reference = Reference::load();
     let cancel = Arc::new(AtomicBool::new(false));
-    let r = Run {
-        family: Family {
-            models: &models,
-            device: dev,
-        },
-        tokens: &tokens,
+    let r = fixture_run(
+        &models,
+        dev,
+        &tokens,
         options,
-        fingerprint: "test".into(),
-        work_dir: work,
-        cancel: cancel.clone(),
-        checkpoint_every: Duration::from_secs(3600),
-        rotations: Some(reference.rotations(3)),
-        anatomy: Some(anatomy),
-    };
+        work,
+        "test".into(),
+        cancel.clone(),
+        Some(reference.rotations(3)),
+        Some(anatomy),
+    );
     r.run(|p| {
         if cancel_after.is_some_and(|n| p.tokens >= n) {
             cancel.store(true, Ordering::SeqCst);
@@ -338,20 +361,18 @@ fn a_checkpoint_of_another_analysis_is_refused() {
     let _ = run(&dev, &options(), &work, Some(1));
     let models = models(&dev);
     let tokens = tokens();
-    let r = Run {
-        family: Family {
-            models: &models,
-            device: &dev,
-        },
-        tokens: &tokens,
-        options: &options(),
-        fingerprint: "another".into(),
-        work_dir: &work,
-        cancel: Arc::new(AtomicBool::new(false)),
-        checkpoint_every: Duration::from_secs(3600),
-        rotations: None,
-        anatomy: None,
-    };
+    let options = options();
+    let r = fixture_run(
+        &models,
+        &dev,
+        &tokens,
+        &options,
+        &work,
+        "another".into(),
+        Arc::new(AtomicBool::new(false)),
+        None,
+        None,
+    );
     let e = r.run(|_| {}).expect_err("foreign checkpoint").to_string();
     assert!(
         e.contains("checkpoint.safetensors") && e.contains("different analysis"),
@@ -644,20 +665,17 @@ fn run_until(
     let models = models(dev);
     let tokens = tokens();
     let cancel = Arc::new(AtomicBool::new(false));
-    let r = Run {
-        family: Family {
-            models: &models,
-            device: dev,
-        },
-        tokens: &tokens,
+    let r = fixture_run(
+        &models,
+        dev,
+        &tokens,
         options,
-        fingerprint: "test".into(),
-        work_dir: work,
-        cancel: cancel.clone(),
-        checkpoint_every: Duration::from_secs(3600),
-        rotations: Some(Reference::load().rotations(3)),
-        anatomy: Some(anatomy_spec(&tokens)),
-    };
+        work,
+        "test".into(),
+        cancel.clone(),
+        Some(Reference::load().rotations(3)),
+        Some(anatomy_spec(&tokens)),
+    );
     r.run(|p| {
         if stop(&p) {
             cancel.store(true, Ordering::SeqCst);
@@ -775,20 +793,17 @@ fn sharded(dev: &ComputeDevice, options: &AnalysisOptions, count: usize, tag: &s
     for i in 0..count {
         let dir = temp_dir(&format!("{tag}-shard-{i}"));
         let fp = format!("shard {i}");
-        let r = Run {
-            family: Family {
-                models: &models,
-                device: dev,
-            },
-            tokens: &tokens,
+        let r = fixture_run(
+            &models,
+            dev,
+            &tokens,
             options,
-            fingerprint: fp.clone(),
-            work_dir: &dir,
-            cancel: Arc::new(AtomicBool::new(false)),
-            checkpoint_every: Duration::from_secs(3600),
-            rotations: Some(reference.rotations(3)),
-            anatomy: Some(spec.clone()),
-        };
+            &dir,
+            fp.clone(),
+            Arc::new(AtomicBool::new(false)),
+            Some(reference.rotations(3)),
+            Some(spec.clone()),
+        );
         match r.run_shard(i, count, |_| {}).expect("shard runs") {
             Outcome::Done(res) => assert!(res.n_tokens > 0, "shard {i} saw no tokens"),
             Outcome::Interrupted { .. } => panic!("interrupted"),
@@ -800,20 +815,18 @@ fn sharded(dev: &ComputeDevice, options: &AnalysisOptions, count: usize, tag: &s
     // The merge needs no GPU: it runs on the CPU whatever path made the shards.
     let cpu = device(BackendKind::Cpu);
     let cpu_models = self::models(&cpu);
-    let merger = Run {
-        family: Family {
-            models: &cpu_models,
-            device: &cpu,
-        },
-        tokens: &tokens,
+    let merge_dir = temp_dir(&format!("{tag}-merge"));
+    let merger = fixture_run(
+        &cpu_models,
+        &cpu,
+        &tokens,
         options,
-        fingerprint: "merge".into(),
-        work_dir: &temp_dir(&format!("{tag}-merge")),
-        cancel: Arc::new(AtomicBool::new(false)),
-        checkpoint_every: Duration::from_secs(3600),
-        rotations: Some(reference.rotations(3)),
-        anatomy: Some(spec),
-    };
+        &merge_dir,
+        "merge".into(),
+        Arc::new(AtomicBool::new(false)),
+        Some(reference.rotations(3)),
+        Some(spec),
+    );
     merger
         .merge(
             &dirs,
@@ -907,20 +920,18 @@ fn f16_models_accumulate_with_the_f32_accuracy_bound() {
         .collect();
     let tokens = tokens();
     let options = options();
-    let r = Run {
-        family: Family {
-            models: &models,
-            device: &dev,
-        },
-        tokens: &tokens,
-        options: &options,
-        fingerprint: "f16".into(),
-        work_dir: &temp_dir("f16"),
-        cancel: Arc::new(AtomicBool::new(false)),
-        checkpoint_every: Duration::from_secs(3600),
-        rotations: Some(Reference::load().rotations(3)),
-        anatomy: None,
-    };
+    let work = temp_dir("f16");
+    let r = fixture_run(
+        &models,
+        &dev,
+        &tokens,
+        &options,
+        &work,
+        "f16".into(),
+        Arc::new(AtomicBool::new(false)),
+        Some(Reference::load().rotations(3)),
+        None,
+    );
     let r16 = done(r.run(|_| {}).expect("f16 run"));
     // The f16 models' own activations at the kept positions, and their exact correlations.
     let kept: Vec<usize> = (0..tokens.ids.len())

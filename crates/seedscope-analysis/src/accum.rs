@@ -86,6 +86,26 @@ pub enum GpuTile {
 }
 
 impl GpuTile {
+    /// Record the merge of one block (see [`CrossTile::update`]).
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        a: ActView<'_>,
+        ma: &Moments,
+        b: ActView<'_>,
+        mb: &Moments,
+        n_prev: u64,
+    ) -> Result<(), AnalysisError> {
+        match self {
+            Self::Dense(t) => t.update(ctx, kernels, encoder, a, ma, b, mb, n_prev)?,
+            Self::Pairs(t) => t.update(ctx, kernels, encoder, a, ma, b, mb, n_prev)?,
+        }
+        Ok(())
+    }
+
     fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, AnalysisError> {
         Ok(match self {
             Self::Dense(t) => t.read_state(ctx)?,
@@ -486,22 +506,6 @@ impl Accumulator {
                             return Err(AnalysisError::Invalid(
                                 "moments missing for a tile".into(),
                             ));
-                        };
-                        let tile = match tile {
-                            GpuTile::Dense(t) => t,
-                            GpuTile::Pairs(t) => {
-                                t.update(
-                                    ctx,
-                                    kernels,
-                                    &mut encoder,
-                                    a.view(r0, len),
-                                    ma,
-                                    b.view(r0, len),
-                                    mb,
-                                    n_prev,
-                                )?;
-                                continue;
-                            }
                         };
                         tile.update(
                             ctx,

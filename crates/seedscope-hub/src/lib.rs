@@ -619,28 +619,12 @@ pub fn verify(path: &Path, etag: &str) -> Result<bool> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    let mut buf = vec![0u8; 1 << 20];
     let actual = if etag.len() == 64 {
-        let mut h = sha2::Sha256::new();
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        to_hex(&h.finalize())
+        hash_reader(sha2::Sha256::new(), &mut file).map_err(io)?
     } else {
         let mut h = sha1::Sha1::new();
         h.update(format!("blob {len}\0").as_bytes());
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        to_hex(&h.finalize())
+        hash_reader(h, &mut file).map_err(io)?
     };
     if actual != etag {
         return Err(HubError::Checksum {
@@ -650,6 +634,18 @@ pub fn verify(path: &Path, etag: &str) -> Result<bool> {
         });
     }
     Ok(true)
+}
+
+/// Feed everything `r` yields to `h`; the digest in hex.
+fn hash_reader<D: sha1::Digest>(mut h: D, r: &mut impl Read) -> std::io::Result<String> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(to_hex(&h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn to_hex(bytes: &[u8]) -> String {
