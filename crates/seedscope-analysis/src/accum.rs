@@ -842,33 +842,12 @@ fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
 /// to `b0`, as [`reduce_rows`] gives them).
 fn reduce_pairs(acc: &[f64], pairs: &[u32], ia: &[f64], ib: &[f64], b0: usize) -> TileReduction {
     let k = pairs.len() / ia.len().max(1);
-    let mut r = TileReduction {
-        max: Vec::new(),
-        argmax: Vec::new(),
-        min: Vec::new(),
-        argmin: Vec::new(),
-        tile: None,
-    };
-    for (i, &sa) in ia.iter().enumerate() {
-        let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
-        for e in i * k..(i + 1) * k {
+    reduce(ia.len(), false, |i| {
+        (i * k..(i + 1) * k).map(move |e| {
             let j = pairs[e] as usize - b0;
-            let corr = (acc[e] * sa * ib[j]).clamp(-1.0, 1.0);
-            if corr > best {
-                best = corr;
-                bj = j as u32;
-            }
-            if corr < worst {
-                worst = corr;
-                wj = j as u32;
-            }
-        }
-        r.max.push(best as f32);
-        r.argmax.push(bj);
-        r.min.push(worst as f32);
-        r.argmin.push(wj);
-    }
-    r
+            (j as u32, acc[e] * ia[i] * ib[j])
+        })
+    })
 }
 
 /// Dot product of two f32 slices with eight partial sums (so it vectorises), in f64 at the end.
@@ -885,26 +864,42 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
 }
 
+/// Per anchor row of a dense tile: the best and worst correlation (and with `with_tile`, the
+/// row itself).
 fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {
     let nb = ib.len();
+    reduce(ia.len(), with_tile, |i| {
+        ib.iter()
+            .enumerate()
+            .map(move |(j, &sb)| (j as u32, acc[i * nb + j] * ia[i] * sb))
+    })
+}
+
+/// Reduce `n` rows, each given as `(column, correlation)` pairs by `row(i)`, to their extremes
+/// (correlations clamped to [-1, 1]).
+fn reduce<I: Iterator<Item = (u32, f64)>>(
+    n: usize,
+    with_tile: bool,
+    row: impl Fn(usize) -> I,
+) -> TileReduction {
     let mut r = TileReduction {
-        max: Vec::new(),
-        argmax: Vec::new(),
-        min: Vec::new(),
-        argmin: Vec::new(),
+        max: Vec::with_capacity(n),
+        argmax: Vec::with_capacity(n),
+        min: Vec::with_capacity(n),
+        argmin: Vec::with_capacity(n),
         tile: with_tile.then(Vec::new),
     };
-    for (i, &sa) in ia.iter().enumerate() {
+    for i in 0..n {
         let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
-        for (j, &sb) in ib.iter().enumerate() {
-            let corr = (acc[i * nb + j] * sa * sb).clamp(-1.0, 1.0);
+        for (j, corr) in row(i) {
+            let corr = corr.clamp(-1.0, 1.0);
             if corr > best {
                 best = corr;
-                bj = j as u32;
+                bj = j;
             }
             if corr < worst {
                 worst = corr;
-                wj = j as u32;
+                wj = j;
             }
             if let Some(t) = r.tile.as_mut() {
                 t.push(corr as f32);

@@ -203,6 +203,19 @@ pub const CROSS_TILE: u32 = 64;
 /// to schedule, and lavapipe was seen to drop such dispatches (results silently zero).
 pub const MAX_BLOCK_ROWS: u32 = 4096;
 
+/// Chan's cross weight `n_prev · n_block / n` of merging the block `a`/`b` (which must have the
+/// same rows, at most [`MAX_BLOCK_ROWS`]); `None` for an empty block.
+fn cross_weight(a: &ActView<'_>, b: &ActView<'_>, n_prev: u64) -> Result<Option<f64>, GpuError> {
+    if a.rows != b.rows {
+        return Err(GpuError::Limit(format!(
+            "anchor block has {} rows, the other {}",
+            a.rows, b.rows
+        )));
+    }
+    check_rows(a.rows)?;
+    Ok((a.rows > 0).then(|| merge_weights(n_prev, a.rows as u64).1))
+}
+
 fn check_rows(rows: u32) -> Result<(), GpuError> {
     if rows > MAX_BLOCK_ROWS {
         return Err(GpuError::Limit(format!(
@@ -997,17 +1010,9 @@ impl CrossTile {
         b_moments: &Moments,
         n_prev: u64,
     ) -> Result<(), GpuError> {
-        if a.rows != b.rows {
-            return Err(GpuError::Limit(format!(
-                "anchor block has {} rows, the other {}",
-                a.rows, b.rows
-            )));
-        }
-        check_rows(a.rows)?;
-        if a.rows == 0 {
+        let Some(w_cross) = cross_weight(&a, &b, n_prev)? else {
             return Ok(());
-        }
-        let (_, w_cross) = merge_weights(n_prev, a.rows as u64);
+        };
         let params = CrossParams {
             rows: a.rows,
             a_row_len: a.row_len,
@@ -1212,17 +1217,12 @@ impl PairTile {
         b_moments: &Moments,
         n_prev: u64,
     ) -> Result<(), GpuError> {
-        if a.rows != b.rows {
-            return Err(GpuError::Limit(format!(
-                "anchor block has {} rows, the other {}",
-                a.rows, b.rows
-            )));
-        }
-        check_rows(a.rows)?;
-        if a.rows == 0 || self.n_pairs == 0 {
+        let Some(w_cross) = cross_weight(&a, &b, n_prev)? else {
+            return Ok(());
+        };
+        if self.n_pairs == 0 {
             return Ok(());
         }
-        let (_, w_cross) = merge_weights(n_prev, a.rows as u64);
         let params = PairParams {
             rows: a.rows,
             a_row_len: a.row_len,
