@@ -121,10 +121,16 @@ pub struct InterventionProgress {
 pub fn bundle_tokens(bundle: &Bundle, anchor: &LoadedModel) -> Result<TokenSet, AnalysisError> {
     let m = &bundle.manifest;
     let src = PathBuf::from(&m.data_source);
-    let data = match src.extension().and_then(|e| e.to_str()) {
-        Some("npy") => DataSource::Tokens(src.clone()),
-        Some("jsonl") | Some("json") => DataSource::Dataset(src.clone()),
-        _ => DataSource::Text(src.clone()),
+    let name = src.to_string_lossy();
+    let data = if name.ends_with(".npy") {
+        DataSource::Tokens(src.clone())
+    } else if [".jsonl", ".json", ".jsonl.zst", ".json.zst", ".zst"]
+        .iter()
+        .any(|s| name.ends_with(s))
+    {
+        DataSource::Dataset(src.clone())
+    } else {
+        DataSource::Text(src.clone())
     };
     let req = AnalysisRequest {
         data,

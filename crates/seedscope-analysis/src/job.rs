@@ -289,13 +289,6 @@ pub fn load_tokens(
     let seq_len = req
         .seq_len
         .unwrap_or(anchor.config.max_positions().min(512));
-    let text_rows = |text: &str| -> Result<(Vec<u32>, usize), AnalysisError> {
-        let t = tokenizer
-            .as_ref()
-            .ok_or_else(|| missing("needed to tokenise text"))?;
-        let stream = t.to_tokens(text, false)?;
-        Ok(pack_rows(&stream, seq_len, t.bos_id()))
-    };
     let (ids, shape, source) = match &req.data {
         DataSource::Tokens(p) => {
             let (ids, shape) = read_tokens_npy(p)?;
@@ -307,8 +300,28 @@ pub fn load_tokens(
             (ids, shape, p.display().to_string())
         }
         DataSource::Text(p) => {
-            let text = seedscope_data::corpus::read_text(p)?;
-            let (ids, n) = text_rows(&text.replace(ENDOFTEXT, "\n"))?;
+            let t = tokenizer
+                .as_ref()
+                .ok_or_else(|| missing("needed to tokenise text"))?;
+            // Read in 1 MiB chunks, and under --max-tokens only as far as the budget (plus a
+            // row) of tokens that are not dropped.
+            let (mut seen, mut kept) = (0usize, 0u64);
+            let need = req.max_tokens.map(|m| m + seq_len as u64);
+            let stream = seedscope_data::corpus::stream_text_tokens(
+                p,
+                t,
+                1 << 20,
+                |chunk| chunk.replace(ENDOFTEXT, "\n"),
+                |tokens| {
+                    kept += tokens[seen..]
+                        .iter()
+                        .filter(|id| !drop.contains(id))
+                        .count() as u64;
+                    seen = tokens.len();
+                    need.is_some_and(|n| kept >= n)
+                },
+            )?;
+            let (ids, n) = pack_rows(&stream, seq_len, t.bos_id());
             (ids, [n, seq_len], p.display().to_string())
         }
         DataSource::Dataset(p) => {

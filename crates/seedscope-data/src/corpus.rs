@@ -60,6 +60,74 @@ pub fn train_bpe<'a>(
     TextTokenizer::from_bytes(json.as_bytes(), Path::new("<trained tokenizer>"))
 }
 
+/// The tokens of a UTF-8 text file (gunzipped when its name ends in `.gz`), read in chunks of
+/// about `chunk_bytes` so memory holds the tokens, not the text. A chunk ends after a single
+/// newline between two non-space characters: GPT-2-style pre-tokenisation splits there anyway,
+/// so the tokens equal those of the whole text at once. Each chunk passes through `map` before
+/// tokenising; reading stops early once `enough(tokens so far)` holds.
+pub fn stream_text_tokens(
+    path: &Path,
+    tokenizer: &TextTokenizer,
+    chunk_bytes: usize,
+    map: impl Fn(&str) -> String,
+    mut enough: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<u32>> {
+    let io = |source: std::io::Error| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let utf8 = |bytes: &[u8], offset: usize| -> Result<String> {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| DataError::Tokens {
+                path: path.to_path_buf(),
+                message: format!("not UTF-8 text at byte {}: {e}", offset + e.valid_up_to()),
+            })
+    };
+    let mut tokens = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut consumed = 0usize;
+    let mut buf = vec![0u8; chunk_bytes.max(1)];
+    loop {
+        let n = reader.read(&mut buf).map_err(io)?;
+        pending.extend_from_slice(&buf[..n]);
+        let at_end = n == 0;
+        // The last safe cut: just after a lone '\n' between two non-space ASCII characters
+        // (after a longer whitespace run, the text's end would join the run into one
+        // pre-token where the whole text splits its last character off).
+        let safe = |c: u8| c.is_ascii() && !c.is_ascii_whitespace();
+        let cut = if at_end {
+            Some(pending.len())
+        } else if pending.len() >= chunk_bytes {
+            pending
+                .windows(3)
+                .rposition(|w| safe(w[0]) && w[1] == b'\n' && safe(w[2]))
+                .map(|i| i + 2)
+        } else {
+            None
+        };
+        if let Some(cut) = cut.filter(|&c| c > 0) {
+            let text = utf8(&pending[..cut], consumed)?;
+            tokens.extend(tokenizer.to_tokens(&map(&text), false)?);
+            pending.drain(..cut);
+            consumed += cut;
+            if enough(&tokens) {
+                break;
+            }
+        }
+        if at_end {
+            break;
+        }
+    }
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
