@@ -336,7 +336,8 @@ fn without_a_display_the_app_says_so_and_points_to_analyze() {
 #[test]
 fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
     let dir = temp_dir("cli-jsonl");
-    let data = dir.join("docs.jsonl");
+    // Compressed as the Pile ships it; `intervene` must recognise .jsonl.zst as a dataset.
+    let data = dir.join("docs.jsonl.zst");
     let docs: String = (0..60)
         .map(|i| {
             format!(
@@ -344,7 +345,7 @@ fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
             )
         })
         .collect();
-    std::fs::write(&data, docs).expect("write");
+    std::fs::write(&data, zstd::encode_all(docs.as_bytes(), 3).expect("zstd")).expect("write");
     let out = dir.join("bundle");
     let run = seedscope()
         .arg("analyze")
