@@ -437,14 +437,24 @@ impl Accumulator {
                                 "a block lacks a stream its tiles need".into(),
                             ));
                         };
-                        for (c, [i, j]) in acc.iter_mut().zip(t.pair_list()) {
-                            let (i, j) = (i as usize, j as usize);
-                            let g = dot(
-                                xa.row(i).as_slice().unwrap_or_default(),
-                                xb.row(j).as_slice().unwrap_or_default(),
-                            );
-                            *c += g + da[i] * w_cross * db[j];
-                        }
+                        // Independent pairs: split over the cores (same sums, any split).
+                        let pairs = t.pair_list();
+                        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        let chunk = pairs.len().div_ceil(threads).max(1);
+                        std::thread::scope(|scope| {
+                            for (accs, ps) in acc.chunks_mut(chunk).zip(pairs.chunks(chunk)) {
+                                scope.spawn(move || {
+                                    for (c, &[i, j]) in accs.iter_mut().zip(ps) {
+                                        let (i, j) = (i as usize, j as usize);
+                                        let g = dot(
+                                            xa.row(i).as_slice().unwrap_or_default(),
+                                            xb.row(j).as_slice().unwrap_or_default(),
+                                        );
+                                        *c += g + da[i] * w_cross * db[j];
+                                    }
+                                });
+                            }
+                        });
                         continue;
                     }
                     let g = ca
