@@ -270,16 +270,7 @@ pub fn draw_scatter<DB: DrawingBackend>(
         .copied()
         .filter(|p| p.0.is_finite() && p.1.is_finite())
         .collect();
-    let range = |f: fn(&Point) -> f64| {
-        let lo = pts.iter().map(f).fold(f64::INFINITY, f64::min);
-        let hi = pts.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
-        if lo.is_finite() {
-            let pad = (hi - lo).max(1e-9) * 0.05;
-            lo - pad..hi + pad
-        } else {
-            0.0..1.0
-        }
-    };
+    let range = |f: fn(&Point) -> f64| padded_range(pts.iter().map(f), 0.05);
     let r = pearson(&pts);
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -450,16 +441,7 @@ pub fn draw_curves<DB: DrawingBackend>(
             .chain(std::iter::once(*nominal))
             .filter(|v| v.is_finite())
             .collect();
-        let span = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            if lo.is_finite() {
-                let pad = (hi - lo).max(1e-9) * 0.06;
-                lo - pad..hi + pad
-            } else {
-                0.0..1.0
-            }
-        };
+        let span = |v: &[f64]| padded_range(v.iter().copied(), 0.06);
         let xr = span(&xs);
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 14))
@@ -529,6 +511,22 @@ pub fn draw_curves<DB: DrawingBackend>(
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The span of the finite `values` widened by `frac` of its width at each end (`0..1` when
+/// there are none), for a chart axis.
+fn padded_range(values: impl Iterator<Item = f64>, frac: f64) -> std::ops::Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo.is_finite() {
+        let pad = (hi - lo).max(1e-9) * frac;
+        lo - pad..hi + pad
+    } else {
+        0.0..1.0
+    }
 }
 
 #[cfg(test)]
