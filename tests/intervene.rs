@@ -7,11 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{fixture, temp_dir};
+use common::{fixture, fixture_bundle};
 use seedscope_analysis::intervene::{
     InterventionRequest, Interventions, Metrics, run_interventions,
 };
-use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, run_analysis};
 use seedscope_model::BackendKind;
 
 fn close(got: &Metrics, want: &serde_json::Value, what: &str) -> f64 {
@@ -32,22 +31,10 @@ fn close(got: &Metrics, want: &serde_json::Value, what: &str) -> f64 {
 
 #[test]
 fn interventions_match_transformers_and_resume() {
-    let bundle = temp_dir("intervene-bundle");
-    let end = run_analysis(
-        &AnalysisRequest {
-            models: ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"]
-                .map(fixture)
-                .to_vec(),
-            data: DataSource::Tokens(fixture("analysis/tokens.npy")),
-            out: bundle.clone(),
-            backend: BackendKind::Cpu,
-            ..AnalysisRequest::default()
-        },
-        Arc::new(AtomicBool::new(false)),
-        |_| {},
-    )
-    .expect("analysis");
-    assert_eq!(end, JobEnd::Written(bundle.clone()));
+    let bundle = fixture_bundle(
+        "intervene-bundle",
+        &["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"],
+    );
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("analysis/interventions.json")).expect("reference"),
     )

@@ -3,30 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use common::{fixture, temp_dir};
-use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, run_analysis};
+use common::{fixture, fixture_bundle};
 use seedscope_analysis::path_ablation::{read, run_path_ablation};
 use seedscope_model::BackendKind;
 
 #[test]
 fn path_ablation_matches_transformers() {
-    let bundle = temp_dir("path-ablation-bundle");
-    let end = run_analysis(
-        &AnalysisRequest {
-            models: ["gpt2-plain", "gpt2-crfm"].map(fixture).to_vec(),
-            data: DataSource::Tokens(fixture("analysis/tokens.npy")),
-            out: bundle.clone(),
-            backend: BackendKind::Cpu,
-            ..AnalysisRequest::default()
-        },
-        Arc::new(AtomicBool::new(false)),
-        |_| {},
-    )
-    .expect("analysis");
-    assert_eq!(end, JobEnd::Written(bundle.clone()));
+    let bundle = fixture_bundle("path-ablation-bundle", &["gpt2-plain", "gpt2-crfm"]);
     let want: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("analysis/path_ablation.json")).expect("reference"),
     )

@@ -107,3 +107,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy file");
     }
 }
+
+/// A bundle of `models` (fixture names) over the fixture tokens, analysed on the CPU into a
+/// fresh temporary directory tagged `tag`.
+pub fn fixture_bundle(tag: &str, models: &[&str]) -> PathBuf {
+    use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, run_analysis};
+    let bundle = temp_dir(tag);
+    let end = run_analysis(
+        &AnalysisRequest {
+            models: models.iter().map(|m| fixture(m)).collect(),
+            data: DataSource::Tokens(fixture("analysis/tokens.npy")),
+            out: bundle.clone(),
+            backend: BackendKind::Cpu,
+            ..AnalysisRequest::default()
+        },
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        |_| {},
+    )
+    .expect("analysis");
+    assert_eq!(end, JobEnd::Written(bundle.clone()));
+    bundle
+}
