@@ -976,7 +976,7 @@ pub fn merge_states(
                     _ => None,
                 })
                 .collect();
-            let w_cross = if acc.count == 0 { 0.0 } else { na * nb / n };
+            let w_cross = na * nb / n;
             for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
                 let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
                     return Err(bad("a tile without moments".into()));

@@ -805,8 +805,9 @@ impl Run<'_> {
             if shard.is_some() {
                 // A shard keeps its sums for the merge; its histograms are marked counted so
                 // later passes do not count them again (as in a whole run).
+                let counts = hists.save()?;
                 let state = SavedState {
-                    hists: hists.save()?,
+                    hists: counts.clone(),
                     anatomy: anatomy
                         .as_ref()
                         .map(Anatomies::save)
@@ -821,8 +822,8 @@ impl Run<'_> {
                     &[],
                     Some(state),
                 )?;
-                for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
-                    results[i].pre_hist = counts;
+                for (&i, c) in hist_anchors.iter().zip(counts) {
+                    results[i].pre_hist = c;
                 }
             } else {
                 self.finish_pass(
