@@ -122,16 +122,14 @@ impl ComputeDevice {
         }
     }
 
-    /// Open a device on `adapter` the way Burn's wgpu runtime would (all adapter features but
-    /// mappable primary buffers, the adapter's full limits) and hand it to Burn.
+    /// Open a device on `adapter` the way Burn's wgpu runtime would (the adapter's features, see
+    /// [`device_features`], and its full limits) and hand it to Burn.
     fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(
             adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("seedscope"),
-                required_features: adapter
-                    .features()
-                    .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+                required_features: device_features(adapter.features()),
                 required_limits: limits.clone(),
                 ..Default::default()
             }),
@@ -191,4 +189,28 @@ fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
     pollster::block_on(instance.request_adapter(&options))
         .map(|adapter| (instance.clone(), adapter))
         .map_err(|e| NoAdapter(e.to_string()))
+}
+
+/// The features Seedscope asks a device for: everything the adapter offers except mappable
+/// primary buffers (slow on discrete GPUs) and wgpu's experimental features (mesh shaders,
+/// cooperative matrices, ray tracing pipelines), which wgpu refuses to enable without an
+/// unsafe opt-in and which no kernel here uses. Requesting them made opening a device fail on
+/// NVIDIA's Vulkan driver.
+pub fn device_features(adapter: wgpu::Features) -> wgpu::Features {
+    adapter
+        .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+        .difference(wgpu::Features::all_experimental_mask())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_features_leave_out_experimental_and_mappable_primary_buffers() {
+        let asked = device_features(wgpu::Features::all());
+        assert!(!asked.intersects(wgpu::Features::all_experimental_mask()));
+        assert!(!asked.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS));
+        assert!(asked.contains(wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY));
+    }
 }
