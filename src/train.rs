@@ -35,6 +35,10 @@ pub struct Args {
     /// Override the preset's peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Override the preset's batch size (rows of n_ctx tokens per step); a GPU trains faster
+    /// with larger batches.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Output Hugging Face directory (config.json, model.safetensors, tokenizer.json); a
     /// checkpoint in it is resumed.
     #[arg(long)]
@@ -79,6 +83,7 @@ pub fn run(args: &Args) -> Result<()> {
     config.n_embd = args.d_model.unwrap_or(config.n_embd);
     config.n_inner = args.d_mlp.unwrap_or(config.n_inner);
     config.lr = args.lr.unwrap_or(config.lr);
+    config.batch_size = args.batch_size.unwrap_or(config.batch_size);
     let tokenizer = TextTokenizer::from_file(&args.tokenizer)?;
     let stream = token_stream(&tokenizer, &args.corpus)?;
     let data = TrainData::new(&stream, config.n_ctx, args.seed)?;
@@ -98,7 +103,10 @@ pub fn run(args: &Args) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let mut first_step = None;
+    // Tokens per second from the end of the first step of this invocation on (the first step
+    // pays for start-up: shader compilation, autotuning), for the bar and the log.
+    let mut first_step: Option<(usize, Instant)> = None;
+    let mut rate = 0.0;
     let job = TrainJob {
         config: &config,
         vocab_size: tokenizer.vocab_size(),
@@ -108,8 +116,10 @@ pub fn run(args: &Args) -> Result<()> {
         stop_after: args.stop_after,
     };
     let state = train(&job, &data, |r| {
-        let first = *first_step.get_or_insert(r.step - 1);
-        let rate = (r.step - first) as f64 * r.tokens as f64 / started.elapsed().as_secs_f64();
+        let (first, at) = *first_step.get_or_insert((r.step, Instant::now()));
+        if r.step > first {
+            rate = (r.step - first) as f64 * r.tokens as f64 / at.elapsed().as_secs_f64();
+        }
         bar.set_position(r.step as u64);
         bar.set_message(format!(
             "loss {:.3}, lr {:.2e}, {rate:.0} tok/s",
@@ -119,9 +129,11 @@ pub fn run(args: &Args) -> Result<()> {
     bar.finish();
     if state.step < config.steps {
         eprintln!(
-            "stopped after step {} of {}: rerun the same command to resume from {}",
+            "stopped after step {} of {} ({rate:.0} tokens/s after the first step, {:.1} s in all): \
+             rerun the same command to resume from {}",
             state.step,
             config.steps,
+            started.elapsed().as_secs_f64(),
             args.out.join("checkpoint").display()
         );
         return Ok(());
@@ -144,13 +156,15 @@ pub fn run(args: &Args) -> Result<()> {
         "eval_loss": loss,
         "eval_tokens": n_rows * config.n_ctx,
         "train_losses": state.losses,
+        "device": device.describe(),
+        "tokens_per_s_last_run": rate,
     });
     seedscope_model::write_file_atomic(
         &args.out.join("train_log.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     eprintln!(
-        "eval loss {loss:.4} nats over {} tokens; wrote {}",
+        "eval loss {loss:.4} nats over {} tokens ({rate:.0} training tokens/s); wrote {}",
         n_rows * config.n_ctx,
         args.out.display()
     );
