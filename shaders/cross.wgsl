@@ -11,9 +11,11 @@
 // moments.wgsl. Centring each block first keeps f32 products small even when activations have
 // large means; the Kahan pair keeps thousands of block merges from drifting.
 //
-// A tiled GEMM: each 16x16 workgroup computes a 64x64 output tile, 4x4 per thread, staging
-// 16-token slices of A and B in workgroup memory. Out-of-range rows and columns load zeros, so
-// any shape works.
+// A tiled GEMM: each 16x16 workgroup computes a 64x64 output tile, a 4x4 block of adjacent
+// rows and columns per thread, staging 16-token slices of A and B in workgroup memory as vec4s.
+// The accumulators are four vec4 registers, not an indexed array: an array indexed in loops
+// can be placed in (slow) local memory by a GPU compiler, and this kernel is the engine's
+// hot loop. Out-of-range rows and columns load zeros, so any shape works.
 
 struct Params {
     rows: u32,
@@ -40,8 +42,46 @@ struct Params {
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> sa: array<f32, 1024>; // [TK][TILE]
-var<workgroup> sb: array<f32, 1024>;
+// [TK][16] vec4s: entry k * 16 + u holds tile columns 4u..4u+3 at token k of the slice.
+var<workgroup> sa: array<vec4<f32>, 256>;
+var<workgroup> sb: array<vec4<f32>, 256>;
+
+// One block-centred activation of A (row t, tile column ci), zero outside the block or tile.
+fn ld_a(t: u32, ci: u32) -> f32 {
+    if (t >= p.rows || ci >= p.n_a) {
+        return 0.0;
+    }
+    let col = p.a_col + ci;
+    return a[p.a_offset + t * p.a_row_len + col] - a_block[col].x;
+}
+
+fn ld_b(t: u32, cj: u32) -> f32 {
+    if (t >= p.rows || cj >= p.n_b) {
+        return 0.0;
+    }
+    let col = p.b_col + cj;
+    return b[p.b_offset + t * p.b_row_len + col] - b_block[col].x;
+}
+
+// Merge v into the compensated pair at (i, j), if it lies in the tile.
+fn merge(i: u32, j: u32, v: f32) {
+    if (i >= p.n_a || j >= p.n_b) {
+        return;
+    }
+    let w = v + a_block[p.a_col + i].y * b_block[p.b_col + j].y * p.w_cross;
+    let idx = i * p.n_b + j;
+    let old = c[idx];
+    let y = w - old.y;
+    let t = old.x + y;
+    c[idx] = vec2<f32>(t, (t - old.x) - y);
+}
+
+fn merge_row(i: u32, j0: u32, v: vec4<f32>) {
+    merge(i, j0, v.x);
+    merge(i, j0 + 1u, v.y);
+    merge(i, j0 + 2u, v.z);
+    merge(i, j0 + 3u, v.w);
+}
 
 @compute @workgroup_size(16, 16)
 fn main(
@@ -51,64 +91,34 @@ fn main(
 ) {
     let i0 = wid.y * TILE;
     let j0 = wid.x * TILE;
-    var acc: array<f32, 16>;
-    for (var q = 0u; q < 16u; q++) {
-        acc[q] = 0.0;
-    }
+    // This thread's staging slot: token li / 16, columns 4 (li % 16) .. + 3.
+    let sk = li / 16u;
+    let su = li % 16u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.rows; k0 += TK) {
-        for (var q = 0u; q < 4u; q++) {
-            let e = li + q * 256u;
-            let k = e / TILE;
-            let m = e % TILE;
-            let t = k0 + k;
-            var va = 0.0;
-            let ci = i0 + m;
-            if (t < p.rows && ci < p.n_a) {
-                let col = p.a_col + ci;
-                va = a[p.a_offset + t * p.a_row_len + col] - a_block[col].x;
-            }
-            sa[e] = va;
-            var vb = 0.0;
-            let cj = j0 + m;
-            if (t < p.rows && cj < p.n_b) {
-                let col = p.b_col + cj;
-                vb = b[p.b_offset + t * p.b_row_len + col] - b_block[col].x;
-            }
-            sb[e] = vb;
-        }
+        let t = k0 + sk;
+        let ci = i0 + 4u * su;
+        let cj = j0 + 4u * su;
+        sa[li] = vec4<f32>(ld_a(t, ci), ld_a(t, ci + 1u), ld_a(t, ci + 2u), ld_a(t, ci + 3u));
+        sb[li] = vec4<f32>(ld_b(t, cj), ld_b(t, cj + 1u), ld_b(t, cj + 2u), ld_b(t, cj + 3u));
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var r = 0u; r < 4u; r++) {
-                ra[r] = sa[k * TILE + lid.y + 16u * r];
-                rb[r] = sb[k * TILE + lid.x + 16u * r];
-            }
-            for (var r = 0u; r < 4u; r++) {
-                for (var s = 0u; s < 4u; s++) {
-                    acc[r * 4u + s] += ra[r] * rb[s];
-                }
-            }
+            let av = sa[k * 16u + lid.y];
+            let bv = sb[k * 16u + lid.x];
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r++) {
-        let i = i0 + lid.y + 16u * r;
-        if (i >= p.n_a) {
-            continue;
-        }
-        let da = a_block[p.a_col + i].y;
-        for (var s = 0u; s < 4u; s++) {
-            let j = j0 + lid.x + 16u * s;
-            if (j >= p.n_b) {
-                continue;
-            }
-            let v = acc[r * 4u + s] + da * b_block[p.b_col + j].y * p.w_cross;
-            let idx = i * p.n_b + j;
-            let old = c[idx];
-            let y = v - old.y;
-            let t = old.x + y;
-            c[idx] = vec2<f32>(t, (t - old.x) - y);
-        }
-    }
+    let i = i0 + 4u * lid.y;
+    let j = j0 + 4u * lid.x;
+    merge_row(i, j, acc0);
+    merge_row(i + 1u, j, acc1);
+    merge_row(i + 2u, j, acc2);
+    merge_row(i + 3u, j, acc3);
 }
