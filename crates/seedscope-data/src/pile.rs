@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
+use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use rand::{RngExt, SeedableRng};
 
 use crate::{DataError, Result, TextTokenizer};
@@ -50,11 +51,50 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("zst"));
     Ok(if zst {
-        let d: Box<dyn Read> = Box::new(zstd::stream::read::Decoder::new(f).map_err(io)?);
+        let d: Box<dyn Read> = Box::new(ZstdFrames::new(BufReader::new(f)).map_err(io)?);
         Box::new(BufReader::new(d))
     } else {
         Box::new(BufReader::new(f))
     })
+}
+
+/// A zstd stream of one or more frames (one per `zstd` call; `pzstd` and concatenated files have
+/// several), decoded by the pure-Rust `ruzstd`, which also builds for the browser.
+struct ZstdFrames<R: BufRead> {
+    frame: Option<StreamingDecoder<R, FrameDecoder>>,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(source: R) -> std::io::Result<Self> {
+        let frame = StreamingDecoder::new(source).map_err(std::io::Error::other)?;
+        Ok(Self { frame: Some(frame) })
+    }
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(frame) = self.frame.as_mut() else {
+                return Ok(0);
+            };
+            let n = frame.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done: the next one starts where it ended, unless the file does.
+            let Some((mut source, decoder)) = self.frame.take().map(StreamingDecoder::into_parts)
+            else {
+                return Ok(0);
+            };
+            if source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.frame = Some(
+                StreamingDecoder::new_with_decoder(source, decoder)
+                    .map_err(std::io::Error::other)?,
+            );
+        }
+    }
 }
 
 /// Read `path` (`.jsonl`, or `.jsonl.zst`/`.zst`), tokenise with `tokenizer` and pack into rows.
@@ -159,7 +199,12 @@ mod tests {
             .collect();
         let p = dir.join(name);
         let bytes = if zst {
-            zstd::stream::encode_all(lines.as_bytes(), 3).expect("zstd")
+            // Two frames, as `pzstd` or `cat a.zst b.zst` write them.
+            let half = lines.len() / 2;
+            let cut = half + lines[half..].find('\n').expect("a line break") + 1;
+            let mut bytes = zstd::stream::encode_all(&lines.as_bytes()[..cut], 3).expect("zstd");
+            bytes.extend(zstd::stream::encode_all(&lines.as_bytes()[cut..], 3).expect("zstd"));
+            bytes
         } else {
             lines.into_bytes()
         };
