@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, second command; .ci/run calls it).
 # Installs what the tests need on a fresh Debian machine (lavapipe, a Vulkan driver that runs on
-# the CPU, so the wgpu tests run WGSL for real), then format, clippy and the tests.
+# the CPU, so the wgpu tests run WGSL for real), then format, clippy, the tests and a wasm32
+# type-check of the crates the browser build will use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,7 @@ fi
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+# Everything below the app must build for the browser too (ARCHITECTURE.md): type-check the
+# engine and the report for wasm32 so nothing native-only creeps in unnoticed.
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+cargo check --release --target wasm32-unknown-unknown -p seedscope-analysis -p seedscope-report

@@ -89,7 +89,12 @@ pub fn svg(
 }
 
 /// Register the Ubuntu font that egui ships as plotters' "sans-serif" (text layout needs its
-/// metrics on every backend; the PNG rasterises with it).
+/// metrics on every backend; the PNG rasterises with it). In the browser plotters measures and
+/// draws text with the page's canvas fonts instead.
+#[cfg(target_arch = "wasm32")]
+fn register_fonts() {}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn register_fonts() {
     static FONT: std::sync::Once = std::sync::Once::new();
     FONT.call_once(|| {
