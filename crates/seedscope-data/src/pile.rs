@@ -9,8 +9,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
-use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use rand::{RngExt, SeedableRng};
+use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 
 use crate::{DataError, Result, TextTokenizer};
 

@@ -126,14 +126,12 @@ impl ComputeDevice {
     /// [`device_features`], and its full limits) and hand it to Burn.
     fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(
-            adapter.request_device(&wgpu::DeviceDescriptor {
-                label: Some("seedscope"),
-                required_features: device_features(adapter.features()),
-                required_limits: limits.clone(),
-                ..Default::default()
-            }),
-        )
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("seedscope"),
+            required_features: device_features(adapter.features()),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
         .map_err(|e| NoAdapter(format!("requesting a device failed: {e}")))?;
         let info = adapter.get_info();
         let setup = WgpuSetup {
