@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
+use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 use crate::{DataError, Result, TextTokenizer};
 
@@ -51,48 +52,75 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("zst"));
     Ok(if zst {
-        let d: Box<dyn Read> = Box::new(ZstdFrames::new(BufReader::new(f)).map_err(io)?);
+        let d: Box<dyn Read> = Box::new(ZstdFrames::new(BufReader::new(f)));
         Box::new(BufReader::new(d))
     } else {
         Box::new(BufReader::new(f))
     })
 }
 
-/// A zstd stream of one or more frames (one per `zstd` call; `pzstd` and concatenated files have
-/// several), decoded by the pure-Rust `ruzstd`, which also builds for the browser.
+/// A zstd stream of one or more frames (one per `zstd` call; concatenated files have several,
+/// and `pzstd` puts a skippable frame before each), decoded by the pure-Rust `ruzstd`, which
+/// also builds for the browser. Skippable frames are passed over, as the zstd tool does.
 struct ZstdFrames<R: BufRead> {
-    frame: Option<StreamingDecoder<R, FrameDecoder>>,
+    source: R,
+    decoder: FrameDecoder,
+    /// Whether `decoder` is inside a frame (its header read).
+    in_frame: bool,
 }
 
 impl<R: BufRead> ZstdFrames<R> {
-    fn new(source: R) -> std::io::Result<Self> {
-        let frame = StreamingDecoder::new(source).map_err(std::io::Error::other)?;
-        Ok(Self { frame: Some(frame) })
+    fn new(source: R) -> Self {
+        Self {
+            source,
+            decoder: FrameDecoder::new(),
+            in_frame: false,
+        }
     }
 }
 
 impl<R: BufRead> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
-            let Some(frame) = self.frame.as_mut() else {
-                return Ok(0);
-            };
-            let n = frame.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
+            if self.in_frame {
+                let d = &mut self.decoder;
+                while d.can_collect() < buf.len() && !d.is_finished() {
+                    let more = BlockDecodingStrategy::UptoBytes(buf.len() - d.can_collect());
+                    d.decode_blocks(&mut self.source, more)
+                        .map_err(std::io::Error::other)?;
+                }
+                let n = d.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.in_frame = false;
             }
-            // This frame is done: the next one starts where it ended, unless the file does.
-            let Some((mut source, decoder)) = self.frame.take().map(StreamingDecoder::into_parts)
-            else {
-                return Ok(0);
-            };
-            if source.fill_buf()?.is_empty() {
+            // The next frame starts where the last ended, unless the file does.
+            if self.source.fill_buf()?.is_empty() {
                 return Ok(0);
             }
-            self.frame = Some(
-                StreamingDecoder::new_with_decoder(source, decoder)
-                    .map_err(std::io::Error::other)?,
-            );
+            match self.decoder.init(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let skipped = std::io::copy(
+                        &mut (&mut self.source).take(u64::from(length)),
+                        &mut std::io::sink(),
+                    )?;
+                    if skipped < u64::from(length) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the file ends inside a skippable zstd frame",
+                        ));
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
         }
     }
 }
@@ -199,10 +227,14 @@ mod tests {
             .collect();
         let p = dir.join(name);
         let bytes = if zst {
-            // Two frames, as `pzstd` or `cat a.zst b.zst` write them.
+            // Two frames, as `cat a.zst b.zst` writes them, the second behind a skippable
+            // frame, as `pzstd` writes them.
             let half = lines.len() / 2;
             let cut = half + lines[half..].find('\n').expect("a line break") + 1;
             let mut bytes = zstd::stream::encode_all(&lines.as_bytes()[..cut], 3).expect("zstd");
+            bytes.extend(0x184D_2A50_u32.to_le_bytes());
+            bytes.extend(5_u32.to_le_bytes());
+            bytes.extend(b"skip!");
             bytes.extend(zstd::stream::encode_all(&lines.as_bytes()[cut..], 3).expect("zstd"));
             bytes
         } else {
@@ -282,6 +314,20 @@ mod tests {
             .expect_err("bad json")
             .to_string();
         assert!(e.contains("bad.jsonl") && e.contains("line 2"), "{e}");
+        // So does a file that is not zstd, and one cut off inside a frame.
+        let notz = dir.join("notz.jsonl.zst");
+        std::fs::write(&notz, b"{\"text\": \"plain JSON under a .zst name\"}\n").expect("write");
+        let e = read_pile_rows(&notz, &tok, &o)
+            .expect_err("not zstd")
+            .to_string();
+        assert!(e.contains("notz.jsonl.zst"), "{e}");
+        let bytes = std::fs::read(&zst).expect("read");
+        let cut = dir.join("cut.jsonl.zst");
+        std::fs::write(&cut, &bytes[..bytes.len() / 3]).expect("write");
+        let e = read_pile_rows(&cut, &tok, &o)
+            .expect_err("truncated")
+            .to_string();
+        assert!(e.contains("cut.jsonl.zst"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
