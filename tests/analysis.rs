@@ -118,7 +118,7 @@ fn fixture_run<'a>(
         tokens,
         options,
         fingerprint,
-        work_dir,
+        work_dir: Some(work_dir),
         cancel,
         checkpoint_every: Duration::from_secs(3600),
         rotations,

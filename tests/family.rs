@@ -85,3 +85,93 @@ fn the_seeds_share_a_shape_but_not_their_weights() {
         .collect();
     assert_eq!(distinct.len(), 5);
 }
+
+/// The browser's analysis (`analyse_in_memory`: bytes in, bundle files out, no directories)
+/// gives the same bundle as `run_analysis` of the same request from the files.
+#[test]
+fn the_in_memory_analysis_equals_the_analysis_from_files() {
+    use seedscope_analysis::bundle::{Bundle, BundleSource};
+    use seedscope_analysis::job::{
+        AnalysisRequest, JobEnd, MemoryInputs, analyse_in_memory, run_analysis,
+    };
+    let out = common::temp_dir("in-memory-vs-files").join("bundle");
+    let req = AnalysisRequest {
+        max_tokens: Some(3000),
+        backend: BackendKind::Cpu,
+        save_tiles: Some("1-1".into()),
+        out: out.clone(),
+        ..AnalysisRequest::default()
+    };
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let JobEnd::Written(dir) = run_analysis(&req, cancel.clone(), |_| {}).expect("from files")
+    else {
+        panic!("the analysis from files was interrupted");
+    };
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let inputs = MemoryInputs {
+        models: SEEDS
+            .iter()
+            .map(|s| {
+                let d = family().join(s);
+                (
+                    s.to_string(),
+                    read(d.join("config.json")),
+                    read(d.join("model.safetensors")),
+                )
+            })
+            .collect(),
+        tokens_npy: read(family().join("eval_tokens.npy")),
+        tokenizer_json: read(family().join("tokenizer.json")),
+        source: "eval_tokens.npy".into(),
+    };
+    let dev = common::device(BackendKind::Cpu);
+    let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
+        .expect("in memory")
+        .expect("not cancelled");
+    let from_files = Bundle::read(&dir).expect("bundle from files");
+    let source = BundleSource::Memory {
+        label: "memory".into(),
+        files: std::sync::Arc::new(files.clone()),
+    };
+    let in_memory = Bundle::read_from(&source).expect("bundle in memory");
+    let (a, b) = (&from_files.manifest, &in_memory.manifest);
+    assert_eq!(a.n_tokens, b.n_tokens);
+    assert_eq!(a.data_sha256, b.data_sha256);
+    assert_eq!(a.fraction_universal, b.fraction_universal);
+    assert_eq!(
+        a.fraction_universal_per_layer,
+        b.fraction_universal_per_layer
+    );
+    assert_eq!(from_files.neurons.len(), in_memory.neurons.len());
+    for (x, y) in from_files.neurons.iter().zip(&in_memory.neurons) {
+        assert_eq!(
+            (x.layer, x.neuron, x.is_universal),
+            (y.layer, y.neuron, y.is_universal)
+        );
+        assert_eq!(x.max_corr, y.max_corr);
+        assert_eq!(x.mean_baseline, y.mean_baseline);
+        assert_eq!(x.w_out_norm, y.w_out_norm);
+    }
+    // Every file of the directory bundle is there, byte for byte except the manifest
+    // (paths, timing), with the tokenizer copied in.
+    for name in [
+        "neurons.csv",
+        "correlation.safetensors",
+        "tiles.safetensors",
+        "histograms.safetensors",
+        "anatomy.safetensors",
+        "attention.safetensors",
+        "tokenizer.json",
+    ] {
+        let on_disk = read(dir.join(name));
+        let in_mem = files
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing in memory"));
+        if name == "neurons.csv" {
+            // Model names are the same; only the manifest records paths.
+            assert_eq!(on_disk.len(), in_mem.len(), "{name}");
+        } else {
+            assert!(on_disk == *in_mem, "{name} differs");
+        }
+    }
+}

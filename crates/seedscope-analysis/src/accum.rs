@@ -539,7 +539,7 @@ impl Accumulator {
     }
 
     /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
-    pub fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
+    pub async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
         let n = self.count().max(1) as f64;
         let mv: Vec<(f64, f64)> = match self {
             Self::Cpu { moments, .. } => {
@@ -547,7 +547,11 @@ impl Accumulator {
                 m.mean.iter().copied().zip(m.m2.iter().copied()).collect()
             }
             Self::Gpu { ctx, moments, .. } => {
-                moments[stream].as_ref().ok_or_else(no_stream)?.read(ctx)?
+                moments[stream]
+                    .as_ref()
+                    .ok_or_else(no_stream)?
+                    .read_async(ctx)
+                    .await?
             }
         };
         Ok(mv.into_iter().map(|(m, m2)| (m, m2 / n)).collect())
@@ -555,7 +559,7 @@ impl Accumulator {
 
     /// Reduce every tile to per-anchor-row best and worst matches; with `want_tile(i)`, also
     /// return tile `i`'s correlations.
-    pub fn finalize(
+    pub async fn finalize(
         &self,
         want_tile: impl Fn(usize) -> bool,
     ) -> Result<Vec<TileReduction>, AnalysisError> {
@@ -603,22 +607,24 @@ impl Accumulator {
                         return Err(no_stream());
                     };
                     match tile {
-                        GpuTile::Dense(tile) => {
-                            out.push(tile.finalize(ctx, kernels, ma, mb, want_tile(k))?)
-                        }
+                        GpuTile::Dense(tile) => out.push(
+                            tile.finalize_async(ctx, kernels, ma, mb, want_tile(k))
+                                .await?,
+                        ),
                         GpuTile::Pairs(tile) => {
                             // Few entries: read the totals and reduce on the host in f64.
                             for (s, m) in [(t.a_stream, ma), (t.b_stream, mb)] {
                                 if scales[s].is_none() {
                                     scales[s] = Some(
-                                        m.read(ctx)?
+                                        m.read_async(ctx)
+                                            .await?
                                             .into_iter()
                                             .map(|(mean, m2)| inv_scale(mean, m2, count))
                                             .collect(),
                                     );
                                 }
                             }
-                            let state = tile.read_state(ctx)?;
+                            let state = tile.read_state_async(ctx).await?;
                             let acc: Vec<f64> = state
                                 .chunks_exact(2)
                                 .map(|hl| hl[0] as f64 - hl[1] as f64)

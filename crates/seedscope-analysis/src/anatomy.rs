@@ -243,28 +243,32 @@ impl Anatomies {
         Ok(())
     }
 
-    /// The running state of every anchor (for a checkpoint).
+    /// The running state of every anchor (for a checkpoint; blocking, native).
     pub fn save(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
-        (0..self.host.len())
-            .map(|a| {
-                let state = match &self.dev {
-                    Dev::Cpu(s) => s[a].clone(),
-                    Dev::Gpu { ctx, chunks, .. } => {
-                        let parts = chunks[a]
-                            .iter()
-                            .map(|c| c.read(ctx))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(gpu_err)?;
-                        join(&parts, self.spec.features.len(), self.spec.n_pos())
+        pollster::block_on(self.save_async())
+    }
+
+    /// The running state of every anchor.
+    pub async fn save_async(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
+        let mut out = Vec::with_capacity(self.host.len());
+        for a in 0..self.host.len() {
+            let state = match &self.dev {
+                Dev::Cpu(s) => s[a].clone(),
+                Dev::Gpu { ctx, chunks, .. } => {
+                    let mut parts = Vec::with_capacity(chunks[a].len());
+                    for c in &chunks[a] {
+                        parts.push(c.read_async(ctx).await.map_err(gpu_err)?);
                     }
-                };
-                Ok(AnatomySaved {
-                    state,
-                    feature_count: self.host[a].0.clone(),
-                    pos_total: self.host[a].1.clone(),
-                })
-            })
-            .collect()
+                    join(&parts, self.spec.features.len(), self.spec.n_pos())
+                }
+            };
+            out.push(AnatomySaved {
+                state,
+                feature_count: self.host[a].0.clone(),
+                pos_total: self.host[a].1.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// Continue from saved states.
@@ -322,13 +326,13 @@ impl Anatomies {
 
     /// Each anchor's result, from its state and the neurons' mean and variance over the same
     /// kept tokens.
-    pub fn finish(
+    pub async fn finish(
         &self,
         a: usize,
         mean: &[f64],
         var: &[f64],
     ) -> Result<AnatomyResult, AnalysisError> {
-        let saved = self.save()?.swap_remove(a);
+        let saved = self.save_async().await?.swap_remove(a);
         Ok(finish(&saved, &self.spec.features, mean, var))
     }
 }

@@ -29,7 +29,8 @@
 //!
 //! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use safetensors::tensor::Dtype;
@@ -55,6 +56,117 @@ pub const HISTOGRAMS: &str = "histograms.safetensors";
 pub const ANATOMY: &str = "anatomy.safetensors";
 /// Histograms of the attention (de)activation scores per anchor.
 pub const ATTENTION: &str = "attention.safetensors";
+/// A copy of the anchor's tokenizer, so token strings show where the models are not (the
+/// browser, another machine).
+pub const TOKENIZER: &str = "tokenizer.json";
+
+/// Where a bundle's files are read from: its directory, or files held in memory (in the
+/// browser: fetched from a URL, picked or dropped, or made by an analysis run there).
+#[derive(Debug, Clone)]
+pub enum BundleSource {
+    /// A bundle directory.
+    Dir(PathBuf),
+    /// Files by name; `label` names the bundle in messages (a URL, a folder's name).
+    Memory {
+        /// The bundle's name.
+        label: String,
+        /// Its files.
+        files: std::sync::Arc<BundleFiles>,
+    },
+}
+
+impl BundleSource {
+    /// File `name` as messages name it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Self::Dir(dir) => dir.join(name),
+            Self::Memory { label, .. } => PathBuf::from(format!("{label}/{name}")),
+        }
+    }
+
+    /// The bundle as messages name it: the directory, or the label.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Dir(dir) => dir.display().to_string(),
+            Self::Memory { label, .. } => label.clone(),
+        }
+    }
+
+    /// File `name`'s bytes; `None` when the bundle has no such file.
+    pub fn read(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>, AnalysisError> {
+        match self {
+            Self::Dir(dir) => {
+                let path = dir.join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(Cow::Owned(b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(AnalysisError::Io { path, source }),
+                }
+            }
+            Self::Memory { files, .. } => Ok(files.get(name).map(|b| Cow::Borrowed(b.as_slice()))),
+        }
+    }
+
+    /// File `name`'s bytes, or an error naming it when it is missing.
+    pub fn require(&self, name: &str) -> Result<Cow<'_, [u8]>, AnalysisError> {
+        self.read(name)?.ok_or_else(|| AnalysisError::Io {
+            path: self.path(name),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in the bundle"),
+        })
+    }
+
+    /// File `name`'s length in bytes; `None` when the bundle has no such file.
+    pub fn len(&self, name: &str) -> Result<Option<u64>, AnalysisError> {
+        match self {
+            Self::Dir(dir) => {
+                let path = dir.join(name);
+                match std::fs::metadata(&path) {
+                    Ok(m) => Ok(Some(m.len())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(AnalysisError::Io { path, source }),
+                }
+            }
+            Self::Memory { files, .. } => Ok(files.get(name).map(|b| b.len() as u64)),
+        }
+    }
+
+    /// `len` bytes of file `name` from byte `start` (from a directory only those are read).
+    pub fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Vec<u8>, AnalysisError> {
+        let path = self.path(name);
+        let short = |message: String| AnalysisError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        match self {
+            Self::Dir(_) => {
+                use std::io::{Read, Seek, SeekFrom};
+                let io = |source| AnalysisError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let mut f = std::fs::File::open(&path).map_err(io)?;
+                f.seek(SeekFrom::Start(start)).map_err(io)?;
+                let mut out = vec![0u8; len];
+                f.read_exact(&mut out)
+                    .map_err(|e| short(format!("bytes {start}..+{len}: {e}")))?;
+                Ok(out)
+            }
+            Self::Memory { .. } => {
+                let bytes = self.require(name)?;
+                usize::try_from(start)
+                    .ok()
+                    .and_then(|s| bytes.get(s..s.checked_add(len)?))
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        short(format!(
+                            "bytes {start}..+{len} past its end ({})",
+                            bytes.len()
+                        ))
+                    })
+            }
+        }
+    }
+}
 
 /// The working directory of a bundle being made: `<out>.partial`.
 pub fn partial_dir(out: &Path) -> PathBuf {
@@ -653,23 +765,52 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), AnalysisError> {
     })
 }
 
-/// Write the bundle for `results` into `out` atomically (assembled in [`partial_dir`], whose
-/// checkpoint is removed, then renamed over any previous bundle). `weights[a]`: the weight
-/// statistics of anchor `a` (same order as `results.anchors`), when computed.
-pub fn write_bundle(
-    out: &Path,
+/// The files of a bundle by name, in memory.
+pub type BundleFiles = BTreeMap<String, Vec<u8>>;
+
+/// Write bundle `files` into `out` atomically (assembled in [`partial_dir`], whose checkpoint
+/// is removed, then renamed over any previous bundle).
+pub fn write_bundle_files(out: &Path, files: &BundleFiles) -> Result<(), AnalysisError> {
+    let dir = partial_dir(out);
+    std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    // Optional files a previous attempt may have left in the partial directory.
+    for name in [
+        TILES,
+        HISTOGRAMS,
+        ANATOMY,
+        ATTENTION,
+        TOKENIZER,
+        crate::checkpoint::FILE,
+    ] {
+        if !files.contains_key(name) {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    for (name, bytes) in files {
+        write(&dir.join(name), bytes)?;
+    }
+    swap_into_place(&dir, out)
+}
+
+/// The files of the bundle for `results`, in memory: what the browser keeps and what
+/// [`write_bundle_files`] writes. `weights[a]`: the weight statistics of anchor `a` (same
+/// order as `results.anchors`), when computed; `tokenizer`: the anchor's `tokenizer.json`.
+pub fn bundle_files(
     results: &Results,
     names: &[String],
     manifest: &Manifest,
     weights: &[Option<Vec<NeuronWeights>>],
     attention: &[Option<crate::attention::AttentionScores>],
     data: Option<(&FeatureSet, &TokenSet)>,
-) -> Result<(), AnalysisError> {
-    let dir = partial_dir(out);
-    std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    tokenizer: Option<&[u8]>,
+) -> Result<BundleFiles, AnalysisError> {
+    let mut files = BundleFiles::new();
+    if let Some(t) = tokenizer {
+        files.insert(TOKENIZER.into(), t.to_vec());
+    }
     let (l, d) = (results.n_layers, results.d_mlp);
     let threshold = manifest.options.threshold;
     // neurons.csv
@@ -828,7 +969,7 @@ pub fn write_bundle(
     let csv_bytes = w
         .into_inner()
         .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))?;
-    write(&dir.join(NEURONS), &csv_bytes)?;
+    files.insert(NEURONS.into(), csv_bytes);
     let views = tensors
         .iter()
         .map(|(n, dt, s, b)| view(n, *dt, s.clone(), b))
@@ -836,9 +977,9 @@ pub fn write_bundle(
     let info = HashMap::from([("format".to_owned(), "seedscope-correlation-v1".to_owned())]);
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    write(&dir.join(CORRELATION), &bytes)?;
-    write_anatomy(&dir, results, data, l, d)?;
-    write_attention(&dir, results, names, attention)?;
+    files.insert(CORRELATION.into(), bytes);
+    write_anatomy(&mut files, results, data, l, d)?;
+    write_attention(&mut files, results, names, attention)?;
     // Tiles, f16.
     let mut tile_tensors = Vec::new();
     for r in &results.anchors {
@@ -858,16 +999,13 @@ pub fn write_bundle(
         }
     }
     // Pre-activation histograms, u32 [n_layers, d_mlp, HIST_BINS] per anchor.
-    let hist_path = dir.join(HISTOGRAMS);
     let hist_tensors: Vec<(String, &[u32])> = results
         .anchors
         .iter()
         .filter(|r| !r.pre_hist.is_empty())
         .map(|r| (names[r.anchor].clone(), r.pre_hist.as_slice()))
         .collect();
-    if hist_tensors.is_empty() {
-        let _ = std::fs::remove_file(&hist_path);
-    } else {
+    if !hist_tensors.is_empty() {
         let bytes: Vec<Vec<u8>> = hist_tensors
             .iter()
             .map(|(_, h)| h.iter().flat_map(|c| c.to_le_bytes()).collect())
@@ -882,25 +1020,21 @@ pub fn write_bundle(
         let info = HashMap::from([("edges".to_owned(), edges)]);
         let out = safetensors::serialize(views, Some(info))
             .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        write(&hist_path, &out)?;
+        files.insert(HISTOGRAMS.into(), out);
     }
-    let tiles_path = dir.join(TILES);
-    if tile_tensors.is_empty() {
-        let _ = std::fs::remove_file(&tiles_path);
-    } else {
+    if !tile_tensors.is_empty() {
         let views = tile_tensors
             .iter()
             .map(|(n, b)| view(n, Dtype::F16, vec![d, d], b))
             .collect::<Result<Vec<_>, _>>()?;
         let bytes = safetensors::serialize(views, None)
             .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        write(&tiles_path, &bytes)?;
+        files.insert(TILES.into(), bytes);
     }
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    write(&dir.join(MANIFEST), &json)?;
-    let _ = std::fs::remove_file(dir.join(crate::checkpoint::FILE));
-    swap_into_place(&dir, out)
+    files.insert(MANIFEST.into(), json);
+    Ok(files)
 }
 
 /// Rename the finished directory `dir` to `out`, replacing a previous `out` only once the new
@@ -932,12 +1066,11 @@ pub fn swap_into_place(dir: &Path, out: &Path) -> Result<(), AnalysisError> {
 /// `hist_baseline`, u64 counts of all (neuron, later head) attention scores and of the Gaussian
 /// baseline's over [`crate::attention::SCORE_RANGE`] in [`crate::attention::SCORE_BINS`] bins.
 fn write_attention(
-    dir: &Path,
+    files: &mut BundleFiles,
     results: &Results,
     names: &[String],
     attention: &[Option<crate::attention::AttentionScores>],
 ) -> Result<(), AnalysisError> {
-    let path = dir.join(ATTENTION);
     let mut tensors: Vec<(String, Vec<u8>)> = Vec::new();
     for (r, a) in results.anchors.iter().zip(attention) {
         if let Some(a) = a {
@@ -950,7 +1083,6 @@ fn write_attention(
         }
     }
     if tensors.is_empty() {
-        let _ = std::fs::remove_file(&path);
         return Ok(());
     }
     let views = tensors
@@ -961,7 +1093,8 @@ fn write_attention(
     let info = HashMap::from([("range".to_owned(), format!("[{lo}, {hi}]"))]);
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    write(&path, &bytes)
+    files.insert(ATTENTION.into(), bytes);
+    Ok(())
 }
 
 /// Tokens of context kept before and after each max-activating example (the paper's 50 / 10).
@@ -974,15 +1107,13 @@ pub const CONTEXT: (usize, usize) = (50, 10);
 /// i32 with `top_token_mean` f32; `pos_mi` `[l, d]` f32. Metadata `features`: the feature list
 /// (JSON), `context`: `[50, 10]`.
 fn write_anatomy(
-    dir: &Path,
+    files: &mut BundleFiles,
     results: &Results,
     data: Option<(&FeatureSet, &TokenSet)>,
     l: usize,
     d: usize,
 ) -> Result<(), AnalysisError> {
-    let path = dir.join(ANATOMY);
     let Some((features, tokens)) = data else {
-        let _ = std::fs::remove_file(&path);
         return Ok(());
     };
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -1080,7 +1211,6 @@ fn write_anatomy(
         ));
     }
     if tensors.is_empty() {
-        let _ = std::fs::remove_file(&path);
         return Ok(());
     }
     let views = tensors
@@ -1097,7 +1227,8 @@ fn write_anatomy(
     ]);
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    write(&path, &bytes)
+    files.insert(ANATOMY.into(), bytes);
+    Ok(())
 }
 
 /// Tensor `name` of `st` as `len` values of `T` (stored as `dtype`), or an error naming `path`.
@@ -1165,11 +1296,24 @@ impl AnatomyFile {
         width: usize,
         examples: bool,
     ) -> Result<Option<Self>, AnalysisError> {
-        let path = dir.join(ANATOMY);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(AnalysisError::Io { path, source }),
+        Self::read_from(
+            &BundleSource::Dir(dir.to_path_buf()),
+            anchor,
+            width,
+            examples,
+        )
+    }
+
+    /// [`AnatomyFile::read`] from any [`BundleSource`].
+    pub fn read_from(
+        source: &BundleSource,
+        anchor: usize,
+        width: usize,
+        examples: bool,
+    ) -> Result<Option<Self>, AnalysisError> {
+        let path = source.path(ANATOMY);
+        let Some(bytes) = source.read(ANATOMY)? else {
+            return Ok(None);
         };
         let corrupt = |message: String| AnalysisError::Corrupt {
             path: path.clone(),
@@ -1255,21 +1399,21 @@ pub struct Bundle {
 impl Bundle {
     /// Read `manifest.json` and `neurons.csv` of the bundle at `dir`.
     pub fn read(dir: &Path) -> Result<Self, AnalysisError> {
-        let mpath = dir.join(MANIFEST);
-        let bytes = std::fs::read(&mpath).map_err(|source| AnalysisError::Io {
-            path: mpath.clone(),
-            source,
-        })?;
+        Self::read_from(&BundleSource::Dir(dir.to_path_buf()))
+    }
+
+    /// Read `manifest.json` and `neurons.csv` from any [`BundleSource`].
+    pub fn read_from(source: &BundleSource) -> Result<Self, AnalysisError> {
+        let mpath = source.path(MANIFEST);
+        let bytes = source.require(MANIFEST)?;
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| AnalysisError::Corrupt {
                 path: mpath.clone(),
                 message: format!("not a Seedscope manifest: {e}"),
             })?;
-        let npath = dir.join(NEURONS);
-        let mut reader = csv::Reader::from_path(&npath).map_err(|e| AnalysisError::Corrupt {
-            path: npath.clone(),
-            message: e.to_string(),
-        })?;
+        let npath = source.path(NEURONS);
+        let csv_bytes = source.require(NEURONS)?;
+        let mut reader = csv::Reader::from_reader(&csv_bytes[..]);
         let neurons = reader
             .deserialize::<NeuronRow>()
             .collect::<Result<Vec<_>, _>>()

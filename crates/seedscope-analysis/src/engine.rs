@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use ndarray::Array2;
@@ -458,8 +460,9 @@ pub struct Run<'a> {
     pub options: &'a AnalysisOptions,
     /// A fingerprint of models, data and options; a checkpoint resumes only if it matches.
     pub fingerprint: String,
-    /// Where the checkpoint lives.
-    pub work_dir: &'a Path,
+    /// Where the checkpoint lives; `None`: no checkpoints (the browser has no files), so a
+    /// cancelled run just stops.
+    pub work_dir: Option<&'a Path>,
     /// Set to stop at the next block boundary, leaving a checkpoint.
     pub cancel: Arc<AtomicBool>,
     /// Seconds between checkpoints.
@@ -501,8 +504,17 @@ impl Run<'_> {
     /// Run every pass (resuming from a matching checkpoint in `work_dir`); with
     /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, removed at the end)
     /// and then the candidate stage.
-    pub fn run(&self, mut progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
-        self.run_inner(None, &mut progress)
+    pub fn run(&self, progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
+        pollster::block_on(self.run_async(progress))
+    }
+
+    /// [`Run::run`] as a future: GPU reads are awaited, and between blocks the future waits
+    /// for the device to finish (in the browser that hands the event loop to the page).
+    pub async fn run_async(
+        &self,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        self.run_inner(None, &mut progress).await
     }
 
     /// Run shard `index` of `count`: every `count`-th block of the data from `index`, each
@@ -521,17 +533,27 @@ impl Run<'_> {
                 "shard {index}/{count}: the index must be below the count"
             )));
         }
-        self.run_inner(Some((index, count)), &mut progress)
+        pollster::block_on(self.run_inner(Some((index, count)), &mut progress))
     }
 
-    fn run_inner(
+    /// The work directory, or an error saying `what` needs one.
+    fn need_dir(&self, what: &str) -> Result<&Path, AnalysisError> {
+        self.work_dir.ok_or_else(|| {
+            AnalysisError::Invalid(format!(
+                "{what} needs a work directory (not available in the browser)"
+            ))
+        })
+    }
+
+    async fn run_inner(
         &self,
         shard: Option<(usize, usize)>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Outcome, AnalysisError> {
         let Some(refine) = self.options.refine else {
-            return self.run_stage(self.plan()?, None, shard, progress);
+            return self.run_stage(self.plan()?, None, shard, progress).await;
         };
+        let work_dir = self.need_dir("refinement")?;
         let (n_layers, d_mlp) = self.family.shape()?;
         let width = n_layers * d_mlp;
         let k = refine.k.clamp(1, (width / 2).max(1));
@@ -561,7 +583,7 @@ impl Run<'_> {
             seq_len: seq,
             drop_ids: self.tokens.drop_ids.clone(),
         };
-        let prefix_dir = self.work_dir.join("prefix");
+        let prefix_dir = work_dir.join("prefix");
         std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
             path: prefix_dir.clone(),
             source,
@@ -574,7 +596,7 @@ impl Run<'_> {
             tokens: &sample,
             options: &prefix_options,
             fingerprint: format!("{}/prefix", self.fingerprint),
-            work_dir: &prefix_dir,
+            work_dir: Some(&prefix_dir),
             cancel: self.cancel.clone(),
             checkpoint_every: self.checkpoint_every,
             rotations: self.rotations.clone(),
@@ -582,27 +604,32 @@ impl Run<'_> {
         };
         let prefix_plan = prefix.plan()?;
         let n_first = prefix_plan.passes.len();
-        let first = match prefix.run_stage(prefix_plan, Some(k), None, &mut |p: Progress| {
-            progress(Progress {
-                passes: p.passes + 1,
-                ..p
+        let first = match prefix
+            .run_stage(prefix_plan, Some(k), None, &mut |p: Progress| {
+                progress(Progress {
+                    passes: p.passes + 1,
+                    ..p
+                })
             })
-        })? {
+            .await?
+        {
             Outcome::Done(r) => r,
             interrupted => return Ok(interrupted),
         };
         let block_tokens = self.options.block_rows * self.tokens.seq_len;
         if shard.is_some() {
-            self.save(&self.work_dir.join(CANDIDATES), 0, 0, &first.anchors, None)?;
+            self.save(&work_dir.join(CANDIDATES), 0, 0, &first.anchors, None)?;
         }
         let plan = crate::plan::pair_plan(&first, self.family.models.len(), block_tokens)?;
-        let out = self.run_stage(plan, None, shard, &mut |p: Progress| {
-            progress(Progress {
-                pass: p.pass + n_first,
-                passes: n_first + 1,
-                ..p
+        let out = self
+            .run_stage(plan, None, shard, &mut |p: Progress| {
+                progress(Progress {
+                    pass: p.pass + n_first,
+                    passes: n_first + 1,
+                    ..p
+                })
             })
-        })?;
+            .await?;
         let Outcome::Done(mut results) = out else {
             return Ok(out);
         };
@@ -619,7 +646,7 @@ impl Run<'_> {
 
     /// Run the passes of `plan` (resuming from a matching checkpoint in `work_dir`); with
     /// `collect = Some(k)`, keep every anchor neuron's `k` best and worst candidates.
-    fn run_stage(
+    async fn run_stage(
         &self,
         plan: Plan,
         collect: Option<usize>,
@@ -643,10 +670,12 @@ impl Run<'_> {
             )));
         }
         let mut results = self.initial_results(width);
-        let ckpt_path = self.work_dir.join(checkpoint::FILE);
+        let ckpt_path = self.work_dir.map(|d| d.join(checkpoint::FILE));
         let mut start = checkpoint::Position::default();
         let mut resumed_state = None;
-        if let Some(ck) = checkpoint::load(&ckpt_path, &self.fingerprint)? {
+        if let Some(path) = &ckpt_path
+            && let Some(ck) = checkpoint::load(path, &self.fingerprint)?
+        {
             start = ck.position;
             results = ck.results;
             resumed_state = ck.accumulators;
@@ -733,10 +762,12 @@ impl Run<'_> {
             let mut last_ckpt = Instant::now();
             for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
-                    let state = pass_state(&acc, &hists, anatomy.as_ref())?;
-                    self.save(&ckpt_path, pass_idx, bi, &results, Some(state))?;
+                    if let Some(path) = &ckpt_path {
+                        let state = pass_state(&acc, &hists, anatomy.as_ref())?;
+                        self.save(path, pass_idx, bi, &results, Some(state))?;
+                    }
                     return Ok(Outcome::Interrupted {
-                        checkpoint: ckpt_path,
+                        checkpoint: ckpt_path.unwrap_or_default(),
                     });
                 }
                 let batch = TokenBatch::new(
@@ -788,6 +819,9 @@ impl Run<'_> {
                 };
                 acc.update(&block)?;
                 drop(block);
+                if let Some((ctx, _)) = &gpu {
+                    ctx.settle().await;
+                }
                 tokens_done += kept_n;
                 progress(Progress {
                     pass: pass_idx,
@@ -796,9 +830,12 @@ impl Run<'_> {
                     tokens_per_pass,
                     memory_bytes: plan.peak_bytes(),
                 });
-                if last_ckpt.elapsed() >= self.checkpoint_every && bi + 1 < blocks.len() {
+                if let Some(path) = &ckpt_path
+                    && last_ckpt.elapsed() >= self.checkpoint_every
+                    && bi + 1 < blocks.len()
+                {
                     let state = pass_state(&acc, &hists, anatomy.as_ref())?;
-                    self.save(&ckpt_path, pass_idx, bi + 1, &results, Some(state))?;
+                    self.save(path, pass_idx, bi + 1, &results, Some(state))?;
                     last_ckpt = Instant::now();
                 }
             }
@@ -816,7 +853,7 @@ impl Run<'_> {
                     ..acc.save_canonical()?
                 };
                 self.save(
-                    &self.work_dir.join(pass_file(pass_idx)),
+                    &self.need_dir("a shard")?.join(pass_file(pass_idx)),
                     pass_idx,
                     0,
                     &[],
@@ -834,9 +871,12 @@ impl Run<'_> {
                     &hist_anchors,
                     &hists,
                     anatomy.as_ref(),
-                )?;
+                )
+                .await?;
             }
-            self.save(&ckpt_path, pass_idx + 1, 0, &results, None)?;
+            if let Some(path) = &ckpt_path {
+                self.save(path, pass_idx + 1, 0, &results, None)?;
+            }
         }
         Ok(Outcome::Done(Box::new(Results {
             n_tokens: tokens_per_pass,
@@ -878,7 +918,7 @@ impl Run<'_> {
     /// Fold a finished pass into the results: matches (and candidates), then the histograms
     /// and anatomy of the anchors it counted.
     #[allow(clippy::too_many_arguments)]
-    fn finish_pass(
+    async fn finish_pass(
         &self,
         acc: &Accumulator,
         specs: &[crate::accum::TileSpec],
@@ -889,14 +929,14 @@ impl Run<'_> {
         anatomy: Option<&Anatomies>,
     ) -> Result<(), AnalysisError> {
         let (_, d_mlp) = self.family.shape()?;
-        self.reduce(acc, specs, results, d_mlp, collect)?;
-        for (&i, counts) in hist_anchors.iter().zip(hists.save()?) {
+        self.reduce(acc, specs, results, d_mlp, collect).await?;
+        for (&i, counts) in hist_anchors.iter().zip(hists.save_async().await?) {
             results[i].pre_hist = counts;
         }
         if let Some(a) = anatomy {
             for (k, &i) in hist_anchors.iter().enumerate() {
                 let r = &results[i];
-                results[i].anatomy = Some(a.finish(k, &r.mean, &r.var)?);
+                results[i].anatomy = Some(a.finish(k, &r.mean, &r.var).await?);
             }
         }
         Ok(())
@@ -988,7 +1028,8 @@ impl Run<'_> {
                 }
                 _ => None,
             };
-            self.finish_pass(
+            // CPU accumulators: the future is ready at once.
+            pollster::block_on(self.finish_pass(
                 &acc,
                 specs,
                 &mut results,
@@ -996,7 +1037,7 @@ impl Run<'_> {
                 &hist_anchors,
                 &hists,
                 anatomy.as_ref(),
-            )?;
+            ))?;
         }
         if let Some(tiles) = first_tiles {
             for (r, t) in results.iter_mut().zip(tiles) {
@@ -1032,7 +1073,7 @@ impl Run<'_> {
     }
 
     /// Fold a finished pass's tiles into the per-anchor results.
-    fn reduce(
+    async fn reduce(
         &self,
         acc: &Accumulator,
         specs: &[crate::accum::TileSpec],
@@ -1049,13 +1090,14 @@ impl Run<'_> {
                     .save_tiles
                     .contains(&(t.a_cols.start / d, t.b_cols.start / d))
         };
-        let reductions =
-            acc.finalize(|k| wanted(k) || (collect.is_some() && specs[k].pairs.is_none()))?;
+        let reductions = acc
+            .finalize(|k| wanted(k) || (collect.is_some() && specs[k].pairs.is_none()))
+            .await?;
 
         // Anchor moments, once per anchor.
         for r in results.iter_mut() {
             if r.mean.is_empty() && acc.streams()[stream(r.anchor, false)] {
-                let mv = acc.mean_var(stream(r.anchor, false))?;
+                let mv = acc.mean_var(stream(r.anchor, false)).await?;
                 r.mean = mv.iter().map(|x| x.0).collect();
                 r.var = mv.iter().map(|x| x.1).collect();
             }

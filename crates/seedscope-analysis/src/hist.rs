@@ -162,14 +162,22 @@ impl PreHists {
         Ok(())
     }
 
-    /// The counts of every histogram.
+    /// The counts of every histogram (blocking; native).
     pub fn save(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
+        pollster::block_on(self.save_async())
+    }
+
+    /// The counts of every histogram.
+    pub async fn save_async(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
         Ok(match self {
             Self::Cpu { counts, .. } => counts.clone(),
-            Self::Gpu { ctx, hists, .. } => hists
-                .iter()
-                .map(|h| h.read(ctx))
-                .collect::<Result<_, _>>()?,
+            Self::Gpu { ctx, hists, .. } => {
+                let mut out = Vec::with_capacity(hists.len());
+                for h in hists {
+                    out.push(h.read_async(ctx).await?);
+                }
+                out
+            }
         })
     }
 

@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use seedscope_data::{ENDOFTEXT, TextTokenizer, pack_rows, read_tokens_npy};
 use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{Manifest, ModelEntry, partial_dir, write_bundle};
+use crate::bundle::{Manifest, ModelEntry, TOKENIZER, partial_dir, write_bundle_files};
 use crate::plan::Plan;
 use crate::{AnalysisError, AnalysisOptions, Family, Outcome, Progress, Run, TokenSet};
 
@@ -362,6 +364,180 @@ pub fn load_tokens(
     ))
 }
 
+/// An analysis's inputs held in memory (what the browser fetches or the user picks): per model
+/// its name, `config.json` and `model.safetensors`; token rows as an int32/int64 `.npy`
+/// `[n_rows, seq_len]`; the anchor's `tokenizer.json`.
+pub struct MemoryInputs {
+    /// `(name, config.json, model.safetensors)` per model, the anchor first.
+    pub models: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// The token rows.
+    pub tokens_npy: Vec<u8>,
+    /// The anchor's tokenizer.
+    pub tokenizer_json: Vec<u8>,
+    /// Where the tokens came from, for the manifest.
+    pub source: String,
+}
+
+/// Run `req`'s analysis (threshold, baseline seed, token budget, tiles; its paths are unused) on
+/// inputs in memory, to a bundle in memory: no files, no checkpoints, and no blocking (GPU reads
+/// are awaited), so it runs in the browser on the page's event loop. The models run on
+/// `device`; the weight statistics and attention scores are computed from CPU copies (Burn's
+/// blocking reads are not possible in the browser). `None` when cancelled.
+pub async fn analyse_in_memory(
+    req: &AnalysisRequest,
+    inputs: &MemoryInputs,
+    device: &ComputeDevice,
+    cancel: Arc<AtomicBool>,
+    mut events: impl FnMut(JobEvent),
+) -> Result<Option<crate::bundle::BundleFiles>, AnalysisError> {
+    let started = Instant::now();
+    if inputs.models.len() < 2 {
+        return Err(AnalysisError::Invalid(
+            "universality needs at least two models (an anchor and another seed)".into(),
+        ));
+    }
+    events(JobEvent::Log(format!("device: {}", device.describe())));
+    let cpu = ComputeDevice::open_async(BackendKind::Cpu)
+        .await
+        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    let (mut models, mut stat_models, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, config, weights) in &inputs.models {
+        let dir = Path::new(name);
+        let f32 = burn::tensor::FloatDType::F32;
+        models.push(LoadedModel::from_bytes(
+            dir,
+            config,
+            weights.clone(),
+            device,
+            f32,
+        )?);
+        stat_models.push(LoadedModel::from_bytes(
+            dir,
+            config,
+            weights.clone(),
+            &cpu,
+            f32,
+        )?);
+        let sha = |b: &[u8]| format!("{:x}", Sha256::digest(b));
+        entries.push(ModelEntry {
+            name: name.clone(),
+            path: name.clone(),
+            files: vec![
+                ("config.json".into(), sha(config)),
+                ("model.safetensors".into(), sha(weights)),
+            ],
+        });
+        events(JobEvent::Log(format!("loaded {name}")));
+    }
+    let names: Vec<String> = inputs.models.iter().map(|m| m.0.clone()).collect();
+    let tokenizer = TextTokenizer::from_bytes(&inputs.tokenizer_json, Path::new(TOKENIZER))?;
+    let (ids, shape) =
+        seedscope_data::read_tokens_npy_bytes(&inputs.tokens_npy, Path::new(&inputs.source))?;
+    let tokens = TokenSet {
+        ids,
+        n_rows: shape[0],
+        seq_len: shape[1],
+        drop_ids: if req.keep_all_tokens {
+            Vec::new()
+        } else {
+            drop_ids(&tokenizer)?
+        },
+    };
+    let options = analysis_options(req, &models, &tokens, device, false)?;
+    let data_sha = format!(
+        "{:x}",
+        Sha256::digest(
+            tokens
+                .ids
+                .iter()
+                .flat_map(|id| id.to_le_bytes())
+                .collect::<Vec<u8>>()
+        )
+    );
+    let vocab: Vec<String> = (0..models[0].config.vocab_size() as u32)
+        .map(|id| tokenizer.decode(&[id]).unwrap_or_default())
+        .collect();
+    let features = Arc::new(crate::features::FeatureSet::build(
+        &vocab,
+        &tokens.ids,
+        &crate::features::FeatureOptions::default(),
+    ));
+    let run = Run {
+        family: Family {
+            models: &models,
+            device,
+        },
+        tokens: &tokens,
+        options: &options,
+        fingerprint: String::new(),
+        work_dir: None,
+        cancel,
+        checkpoint_every: Duration::MAX,
+        rotations: None,
+        anatomy: Some(crate::anatomy::AnatomySpec {
+            features: features.clone(),
+            seq_len: tokens.seq_len,
+        }),
+    };
+    let plan = run.plan()?;
+    events(JobEvent::Planned(plan));
+    let results = match run.run_async(|p| events(JobEvent::Progress(p))).await? {
+        Outcome::Interrupted { .. } => return Ok(None),
+        Outcome::Done(r) => r,
+    };
+    let files = assemble(
+        &Assembly {
+            results: &results,
+            stat_models: &stat_models,
+            names: &names,
+            entries,
+            tokens: &tokens,
+            features: &features,
+            bos: tokenizer.bos_id(),
+            source: inputs.source.clone(),
+            data_sha,
+            options: &options,
+            req,
+            device: device.describe(),
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        Some(inputs.tokenizer_json.clone()),
+    )?;
+    Ok(Some(files))
+}
+
+/// The engine's options for `req` on these models, tokens and device (rows per block: what
+/// fits the memory budget and the device's largest buffer, at most 32, unless given).
+fn analysis_options(
+    req: &AnalysisRequest,
+    models: &[LoadedModel],
+    tokens: &TokenSet,
+    device: &ComputeDevice,
+    half: bool,
+) -> Result<AnalysisOptions, AnalysisError> {
+    let n_layers = models[0].config.n_layers();
+    let budget = req.memory_budget;
+    let block_rows = req.batch_size.unwrap_or_else(|| {
+        let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
+        let per_stream = (budget / (4 * (2 * models.len() as u64 + 2)))
+            .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
+        ((per_stream / row_bytes) as usize).clamp(1, 32)
+    });
+    Ok(AnalysisOptions {
+        threshold: req.threshold,
+        seed: req.seed,
+        max_tokens: req.max_tokens,
+        keep_all_tokens: req.keep_all_tokens,
+        block_rows,
+        memory_budget: budget,
+        save_tiles: parse_tiles(req.save_tiles.as_deref(), n_layers)
+            .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
+        all_anchors: req.all_anchors,
+        refine: req.refine,
+        half,
+    })
+}
+
 /// Run the analysis `req` describes to its bundle. `cancel` stops it at the next block boundary
 /// with a checkpoint (a rerun resumes); `events` hears the log, the plan and the progress.
 pub fn run_analysis(
@@ -406,26 +582,7 @@ pub fn run_analysis(
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
     let n_layers = models[0].config.n_layers();
-    let budget = req.memory_budget;
-    let block_rows = req.batch_size.unwrap_or_else(|| {
-        let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
-        let per_stream = (budget / (4 * (2 * models.len() as u64 + 2)))
-            .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
-        ((per_stream / row_bytes) as usize).clamp(1, 32)
-    });
-    let options = AnalysisOptions {
-        threshold: req.threshold,
-        seed: req.seed,
-        max_tokens: req.max_tokens,
-        keep_all_tokens: req.keep_all_tokens,
-        block_rows,
-        memory_budget: budget,
-        save_tiles: parse_tiles(req.save_tiles.as_deref(), n_layers)
-            .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
-        all_anchors: req.all_anchors,
-        refine: req.refine,
-        half,
-    };
+    let options = analysis_options(req, &models, &tokens, &device, half)?;
     let entries = models
         .iter()
         .map(model_entry)
@@ -465,7 +622,7 @@ pub fn run_analysis(
         tokens: &tokens,
         options: &options,
         fingerprint,
-        work_dir: &work,
+        work_dir: Some(&work),
         cancel,
         checkpoint_every: req.checkpoint_every,
         rotations: None,
@@ -533,41 +690,96 @@ pub fn run_analysis(
             Outcome::Done(r) => r,
         }
     };
+    let files = assemble(
+        &Assembly {
+            results: &results,
+            stat_models: &models,
+            names: &names,
+            entries,
+            tokens: &tokens,
+            features: &features,
+            source,
+            data_sha,
+            options: &options,
+            req,
+            device: device.describe(),
+            seconds: started.elapsed().as_secs_f64(),
+            bos: tokenizer_bos(&models[0]),
+        },
+        std::fs::read(models[0].dir.join(TOKENIZER)).ok(),
+    )?;
+    write_bundle_files(&req.out, &files)?;
+    events(JobEvent::Log(format!(
+        "wrote {} in {:.1} s",
+        req.out.display(),
+        started.elapsed().as_secs_f64()
+    )));
+    Ok(JobEnd::Written(req.out.clone()))
+}
+
+/// What [`assemble`] turns into a bundle's files.
+struct Assembly<'a> {
+    results: &'a crate::Results,
+    /// The models the weight statistics and attention scores read (in the browser CPU copies:
+    /// Burn's blocking reads are not possible there).
+    stat_models: &'a [LoadedModel],
+    names: &'a [String],
+    entries: Vec<ModelEntry>,
+    tokens: &'a TokenSet,
+    features: &'a crate::features::FeatureSet,
+    bos: Option<u32>,
+    source: String,
+    data_sha: String,
+    options: &'a AnalysisOptions,
+    req: &'a AnalysisRequest,
+    device: String,
+    seconds: f64,
+}
+
+/// The bundle of a finished run: weight statistics and attention scores of every anchor, the
+/// neuron rows, the manifest, and the files (with a copy of `tokenizer`, the anchor's
+/// `tokenizer.json`).
+fn assemble(
+    a_: &Assembly<'_>,
+    tokenizer: Option<Vec<u8>>,
+) -> Result<crate::bundle::BundleFiles, AnalysisError> {
+    let results = a_.results;
+    let n_layers = results.n_layers;
     // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
     // correlation pass).
     let weights = results
         .anchors
         .iter()
         .map(|a| {
-            models[a.anchor]
+            a_.stat_models[a.anchor]
                 .processed_weights()
                 .map(|p| Some(crate::weights::weight_stats(&p)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Attention (de)activation scores of every anchor (BOS keys from one forward of BOS).
-    let bos = tokenizer_bos(&models[0]);
+    let bos = a_.bos;
     let attention = results
         .anchors
         .iter()
         .map(|a| -> Result<_, AnalysisError> {
             let Some(bos) = bos else { return Ok(None) };
-            let m = &models[a.anchor];
+            let m = &a_.stat_models[a.anchor];
             let keys = crate::attention::bos_keys(m, bos)?;
             Ok(Some(crate::attention::attention_scores(
                 &m.processed_weights()?,
                 &keys,
-                options.seed,
+                a_.options.seed,
             )))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rows = crate::bundle::neuron_rows(
-        &results.anchors[0],
-        &names,
-        results.d_mlp,
-        options.threshold,
+        &a_.results.anchors[0],
+        a_.names,
+        a_.results.d_mlp,
+        a_.options.threshold,
         &crate::bundle::RowExtras {
             weights: weights.first().and_then(|w| w.as_deref()),
-            features: Some(&features),
+            features: Some(a_.features),
             attention: attention.first().and_then(Option::as_ref),
         },
     );
@@ -577,44 +789,38 @@ pub fn run_analysis(
     );
     let manifest = Manifest {
         seedscope_version: env!("CARGO_PKG_VERSION").into(),
-        command: req.command.clone(),
-        models: entries,
-        data_source: source,
-        data_sha256: data_sha,
-        data_shape: [tokens.n_rows, tokens.seq_len],
-        dropped_ids: tokens.drop_ids.clone(),
-        data_seed: req.data_seed,
-        n_tokens: results.n_tokens,
+        command: a_.req.command.clone(),
+        models: a_.entries.clone(),
+        data_source: a_.source.clone(),
+        data_sha256: a_.data_sha.clone(),
+        data_shape: [a_.tokens.n_rows, a_.tokens.seq_len],
+        dropped_ids: a_.tokens.drop_ids.clone(),
+        data_seed: a_.req.data_seed,
+        n_tokens: a_.results.n_tokens,
         n_layers,
-        d_mlp: results.d_mlp,
-        options: options.clone(),
+        d_mlp: a_.results.d_mlp,
+        options: a_.options.clone(),
         baseline: format!(
             "per layer of each other model a d_mlp x d_mlp Gaussian matrix with unit-norm rows \
              (seed {}; seedscope_analysis::rotation::rotation_matrix)",
-            options.seed
+            a_.options.seed
         ),
-        device: device.describe(),
-        passes: results.plan.passes.len(),
-        peak_memory_bytes: results.plan.peak_bytes(),
-        seconds: started.elapsed().as_secs_f64(),
+        device: a_.device.clone(),
+        passes: a_.results.plan.passes.len(),
+        peak_memory_bytes: a_.results.plan.peak_bytes(),
+        seconds: a_.seconds,
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };
-    write_bundle(
-        &req.out,
-        &results,
-        &names,
+    crate::bundle::bundle_files(
+        a_.results,
+        a_.names,
         &manifest,
         &weights,
         &attention,
-        Some((&features, &tokens)),
-    )?;
-    events(JobEvent::Log(format!(
-        "wrote {} in {:.1} s",
-        req.out.display(),
-        started.elapsed().as_secs_f64()
-    )));
-    Ok(JobEnd::Written(req.out.clone()))
+        Some((a_.features, a_.tokens)),
+        tokenizer.as_deref(),
+    )
 }
 
 /// Shards merge only when they are every slice of the same analysis, once each.

@@ -13,7 +13,9 @@ use seedscope_model::BackendKind;
 use crate::data::{Explorer, NeuronId};
 use crate::heatmap::{CpuTexture, HeatmapView, MapData};
 use crate::inspect::{Examples, LiveText, Models};
-use crate::jobs::{AnalysisDone, Pick, Poll, Task, spawn_analysis, spawn_dialog, spawn_open};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::jobs::spawn_dialog;
+use crate::jobs::{AnalysisDone, Pick, Poll, Task, spawn_analysis, spawn_open};
 use crate::table::TableState;
 
 /// Settings kept across restarts.
@@ -54,7 +56,7 @@ impl Default for Settings {
 }
 
 /// How the app was started.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Launch {
     /// A bundle named on the command line.
     pub bundle: Option<PathBuf>,
@@ -62,6 +64,12 @@ pub struct Launch {
     pub embedded_bundle: PathBuf,
     /// Start the embedded analysis when nothing else is there to open.
     pub analyse_embedded: bool,
+    /// A bundle to fetch and open (the browser's `?bundle=URL`).
+    pub bundle_url: Option<String>,
+    /// Where the browser fetches the embedded family from (`family`, next to the page).
+    pub family_url: String,
+    /// A token budget for the browser's analysis of the embedded family (`?max_tokens=N`).
+    pub max_tokens: Option<u64>,
 }
 
 /// The views.
@@ -197,7 +205,8 @@ pub struct SeedscopeApp {
     pub page: NeuronPageState,
     /// Running analysis.
     pub analysis: Option<Task<AnalysisDone>>,
-    opening: Option<Task<Box<Explorer>>>,
+    /// Opening a bundle (`None` when the browser's file picker was dismissed).
+    opening: Option<Task<Option<Box<Explorer>>>>,
     /// The open path prompt.
     pub prompt: Option<PathPrompt>,
     pub(crate) models: Option<Arc<Models>>,
@@ -206,7 +215,7 @@ pub struct SeedscopeApp {
     models_error: Option<String>,
     new_analysis: Option<NewAnalysis>,
     /// Notices shown in the corner for a few seconds: (is_error, text, since).
-    pub notices: Vec<(bool, String, std::time::Instant)>,
+    pub notices: Vec<(bool, String, web_time::Instant)>,
     /// Messages shown in the log panel (errors and job logs).
     pub messages: Vec<String>,
     /// Whether heatmaps render on the GPU (a wgpu renderer is present).
@@ -215,6 +224,9 @@ pub struct SeedscopeApp {
     png_result: Option<std::sync::mpsc::Receiver<Result<PathBuf, String>>>,
     /// The rectangle of the plot last drawn, for PNG export.
     pub plot_rect: Option<egui::Rect>,
+    /// The browser's state (WebGPU available?).
+    #[cfg(target_arch = "wasm32")]
+    pub web: crate::web::WebState,
 }
 
 impl SeedscopeApp {
@@ -226,6 +238,8 @@ impl SeedscopeApp {
             .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
             .unwrap_or_default();
         let gpu = match &cc.wgpu_render_state {
+            // WebGL2 (the browser without WebGPU) has no storage buffers: CPU-pooled texture.
+            Some(rs) if rs.adapter.get_info().backend == wgpu::Backend::Gl => false,
             Some(rs) => {
                 crate::heatmap::register(rs);
                 true
@@ -274,12 +288,18 @@ impl SeedscopeApp {
             ctx: Some(cc.egui_ctx.clone()),
             png_result: None,
             plot_rect: None,
+            #[cfg(target_arch = "wasm32")]
+            web: crate::web::WebState::new(cc.wgpu_render_state.as_ref()),
         };
         app.start();
         app
     }
 
     fn start(&mut self) {
+        if let Some(url) = self.launch.bundle_url.clone() {
+            self.open_url(url);
+            return;
+        }
         let first = self
             .launch
             .bundle
@@ -303,6 +323,23 @@ impl SeedscopeApp {
 
     /// Analyse the embedded family into the cached bundle (with tiles for the map).
     pub fn analyse_embedded(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            if self.analysis.is_some() {
+                self.error("an analysis is already running".into());
+                return;
+            }
+            self.messages
+                .push("analysing the embedded family in this browser".into());
+            self.analysis = Some(crate::web::spawn_web_analysis(
+                self.web.compute_device(),
+                self.launch.family_url.clone(),
+                self.launch.max_tokens,
+                self.ctx.clone(),
+            ));
+            return;
+        }
+        #[allow(unreachable_code)]
         let request = AnalysisRequest {
             out: self.launch.embedded_bundle.clone(),
             save_tiles: Some("all".into()),
@@ -328,13 +365,47 @@ impl SeedscopeApp {
         self.opening = Some(spawn_open(dir, self.ctx.clone()));
     }
 
+    /// Fetch the bundle at `url` (a directory URL: its files are fetched by name) and open it.
+    pub fn open_url(&mut self, url: String) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.web.heavy_url = Some(url.clone());
+            self.opening = Some(crate::web::spawn_fetch_bundle(url, self.ctx.clone()));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.error(format!(
+            "{url}: bundles open from URLs in the browser build; download the bundle's files \
+             into a directory and open that"
+        ));
+    }
+
+    /// Ask for a bundle: the path prompt natively, the file picker in the browser (choose the
+    /// bundle's files).
+    pub fn ask_bundle(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.opening = Some(crate::web::spawn_pick_bundle(self.ctx.clone()));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.ask(
+            DialogFor::OpenBundle,
+            "Open a Seedscope bundle",
+            Pick::Folder,
+        );
+    }
+
     /// Show an opened bundle.
     pub fn set_explorer(&mut self, ex: Explorer) {
+        #[cfg(target_arch = "wasm32")]
+        crate::web::console_log(&crate::web::summary_line(&ex));
         self.threshold = ex.bundle.manifest.options.threshold;
-        self.settings.last_bundle = Some(ex.dir.clone());
-        self.settings.recent.retain(|r| *r != ex.dir);
-        self.settings.recent.insert(0, ex.dir.clone());
-        self.settings.recent.truncate(8);
+        // Only directories can be reopened from the settings.
+        if let seedscope_analysis::bundle::BundleSource::Dir(dir) = &ex.source {
+            self.settings.last_bundle = Some(dir.clone());
+            self.settings.recent.retain(|r| r != dir);
+            self.settings.recent.insert(0, dir.clone());
+            self.settings.recent.truncate(8);
+        }
         self.selected = ex.id_of_row(0);
         self.map.anchor = 0;
         self.map.other = ex
@@ -356,11 +427,27 @@ impl SeedscopeApp {
         self.load_map();
     }
 
+    /// Whether no bundle is being opened.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn opening_none(&self) -> bool {
+        self.opening.is_none()
+    }
+
+    /// Swap in `ex`, the open bundle with more of its files (the browser fetches the heavy
+    /// arrays after opening), keeping the view, the neuron and the threshold.
+    pub fn complete_explorer(&mut self, ex: Explorer) {
+        let ex = Arc::new(ex);
+        self.table.refresh(&ex, self.threshold);
+        self.ex = Some(ex);
+        self.map.data = None;
+        self.map.missing = None;
+        self.load_map();
+    }
+
     /// Report an error in a toast and the log.
     pub fn error(&mut self, message: String) {
         self.messages.push(format!("error: {message}"));
-        self.notices
-            .push((true, message, std::time::Instant::now()));
+        self.notices.push((true, message, web_time::Instant::now()));
     }
 
     /// The current plot (the overview's figures, or the correlation map as shown) as SVG.
@@ -434,7 +521,7 @@ impl SeedscopeApp {
     /// A passing notice (not an error).
     pub fn notice(&mut self, message: String) {
         self.notices
-            .push((false, message, std::time::Instant::now()));
+            .push((false, message, web_time::Instant::now()));
     }
 
     fn show_notices(&mut self, ctx: &egui::Context) {
@@ -522,9 +609,15 @@ impl SeedscopeApp {
         let m = &mut self.map;
         let name = ex.tile_name(m.anchor, m.layer_a, m.other, m.layer_b);
         m.cpu_texture = None;
+        #[cfg(target_arch = "wasm32")]
+        let fetching = self.web.heavy.is_some() || self.web.heavy_url.is_some();
+        #[cfg(not(target_arch = "wasm32"))]
+        let fetching = false;
         if !ex.tile_names().any(|n| n == name) {
             m.data = None;
-            m.missing = Some(if ex.tile_names().next().is_none() {
+            m.missing = Some(if fetching {
+                "the correlation tiles are still being fetched…".into()
+            } else if ex.tile_names().next().is_none() {
                 "this bundle has no saved correlation tiles: rerun the analysis with \
                  `--save-tiles all` (the app's own analyses save them)"
                     .into()
@@ -540,7 +633,7 @@ impl SeedscopeApp {
                 let d = ex.d_mlp();
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (ex.dir.as_path(), &name, m.by_match).hash(&mut h);
+                (ex.source.display(), &name, m.by_match).hash(&mut h);
                 let (values, rows, cols) = if m.by_match {
                     crate::heatmap::order_by_match(&values, d, d)
                 } else {
@@ -570,13 +663,25 @@ impl SeedscopeApp {
             let log_len = t.log.len();
             let poll = t.poll();
             let new_lines: Vec<String> = t.log[log_len..].to_vec();
+            #[cfg(target_arch = "wasm32")]
+            for l in &new_lines {
+                crate::web::console_log(&format!("seedscope-log {l}"));
+            }
             self.messages.extend(new_lines);
             if let Poll::Done(r) = poll {
                 self.analysis = None;
                 match r {
                     Ok(AnalysisDone::Opened(ex)) => {
-                        self.notice(format!("analysis written to {}", ex.dir.display()));
+                        self.notice(match &ex.source {
+                            seedscope_analysis::bundle::BundleSource::Dir(d) => {
+                                format!("analysis written to {}", d.display())
+                            }
+                            other => format!("analysis done: {}", other.display()),
+                        });
                         self.set_explorer(*ex);
+                    }
+                    Ok(AnalysisDone::Cancelled) => {
+                        self.notice("analysis cancelled".into());
                     }
                     Ok(AnalysisDone::Interrupted(c)) => {
                         let msg = format!(
@@ -586,7 +691,11 @@ impl SeedscopeApp {
                         self.messages.push(msg.clone());
                         self.notice(msg);
                     }
-                    Err(e) => self.error(format!("analysis failed: {e}")),
+                    Err(e) => {
+                        #[cfg(target_arch = "wasm32")]
+                        crate::web::console_log(&format!("seedscope-error analysis failed: {e}"));
+                        self.error(format!("analysis failed: {e}"));
+                    }
                 }
             }
         }
@@ -595,7 +704,8 @@ impl SeedscopeApp {
         {
             self.opening = None;
             match r {
-                Ok(ex) => self.set_explorer(*ex),
+                Ok(Some(ex)) => self.set_explorer(*ex),
+                Ok(None) => {}
                 Err(e) => self.error(format!("could not open the bundle: {e}")),
             }
         }
@@ -757,8 +867,11 @@ impl SeedscopeApp {
                     if p.browsing.is_some() {
                         ui.spinner();
                         ui.label("waiting for the file dialog…");
-                    } else if ui.button("Browse…").clicked() {
-                        p.browsing = Some(spawn_dialog(&p.title, p.pick, self.ctx.clone()));
+                    } else if !cfg!(target_arch = "wasm32") && ui.button("Browse…").clicked() {
+                        #[cfg(not(target_arch = "wasm32"))]
+                        {
+                            p.browsing = Some(spawn_dialog(&p.title, p.pick, self.ctx.clone()));
+                        }
                     }
                     let verb = if matches!(p.pick, Pick::Save(_)) {
                         "Save"
@@ -818,25 +931,46 @@ impl SeedscopeApp {
             self.tab = Tab::Table;
             self.table.focus_search = true;
         }
+        // 1–4: the views in menu order.
+        let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4];
+        if let Some((tab, _)) = keys
+            .iter()
+            .zip(TABS)
+            .find(|(k, _)| ctx.input(|i| i.key_pressed(**k)))
+            .map(|(_, t)| t)
+        {
+            self.tab = tab;
+        }
     }
 
     fn dropped_files(&mut self, ctx: &egui::Context) {
-        let dropped: Vec<PathBuf> = ctx.input(|i| {
-            i.raw
-                .dropped_files
-                .iter()
-                .map(|f| f.path().to_path_buf())
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        });
-        for p in dropped {
-            // A dropped manifest or any file inside a bundle opens its directory.
-            let dir = if p.is_dir() {
-                p
-            } else {
-                p.parent().map(Path::to_path_buf).unwrap_or(p)
-            };
-            self.open_bundle(dir);
+        // In the browser dropped files come without paths: together they are one bundle.
+        #[cfg(target_arch = "wasm32")]
+        {
+            let files = ctx.input(|i| i.raw.dropped_files.clone());
+            if !files.is_empty() {
+                self.opening = Some(crate::web::spawn_open_dropped(files, self.ctx.clone()));
+            }
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let dropped: Vec<PathBuf> = ctx.input(|i| {
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            });
+            for p in dropped {
+                // A dropped manifest or any file inside a bundle opens its directory.
+                let dir = if p.is_dir() {
+                    p
+                } else {
+                    p.parent().map(Path::to_path_buf).unwrap_or(p)
+                };
+                self.open_bundle(dir);
+            }
         }
     }
 
@@ -844,11 +978,7 @@ impl SeedscopeApp {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open bundle…").clicked() {
-                    self.ask(
-                        DialogFor::OpenBundle,
-                        "Open a Seedscope bundle",
-                        Pick::Folder,
-                    );
+                    self.ask_bundle();
                 }
                 if ui.button("New analysis…").clicked() {
                     self.new_analysis = Some(NewAnalysis {
@@ -955,14 +1085,14 @@ impl SeedscopeApp {
                 ui.spinner();
                 ui.label("opening bundle…");
             } else if let Some(ex) = &self.ex {
-                let name = ex
-                    .dir
-                    .file_name()
-                    .map_or(ex.dir.display().to_string(), |n| {
-                        n.to_string_lossy().into_owned()
-                    });
-                ui.label(format!("bundle: {name}"))
-                    .on_hover_text(ex.dir.display().to_string());
+                let full = ex.source.display();
+                let name = full
+                    .trim_end_matches('/')
+                    .rsplit(['/', '\\'])
+                    .next()
+                    .unwrap_or(&full)
+                    .to_string();
+                ui.label(format!("bundle: {name}")).on_hover_text(full);
                 if let Some(h) = &self.map.hover_text
                     && self.tab == Tab::Map
                 {
@@ -974,6 +1104,41 @@ impl SeedscopeApp {
             }
             if cancel && let Some(t) = &self.analysis {
                 t.cancel();
+            }
+            #[cfg(target_arch = "wasm32")]
+            {
+                if let Err(why) = &self.web.webgpu {
+                    ui.separator();
+                    ui.colored_label(
+                        ui.visuals().warn_fg_color,
+                        "analysis unavailable: no WebGPU",
+                    )
+                    .on_hover_text(why.clone());
+                }
+                let (bytes, note) = crate::web::cache_state();
+                if bytes > 0 || note.is_some() {
+                    ui.separator();
+                    let label = ui.label(format!(
+                        "browser cache: {:.1} MB of model files",
+                        bytes as f64 / 1e6
+                    ));
+                    if let Some(note) = note {
+                        label.on_hover_text(note);
+                    }
+                    if ui
+                        .small_button("Clear")
+                        .on_hover_text(
+                            "delete the cached model files (they are fetched again when needed)",
+                        )
+                        .clicked()
+                    {
+                        wasm_bindgen_futures::spawn_local(async {
+                            if let Err(e) = crate::web::clear_cache().await {
+                                crate::web::console_log(&format!("clearing the cache failed: {e}"));
+                            }
+                        });
+                    }
+                }
             }
         });
     }
@@ -1099,6 +1264,13 @@ impl SeedscopeApp {
         if self.ctx.is_none() {
             self.ctx = Some(ctx.clone());
         }
+        #[cfg(target_arch = "wasm32")]
+        if !self.web.first_frame_logged {
+            self.web.first_frame_logged = true;
+            crate::web::log_first_frame();
+        }
+        #[cfg(target_arch = "wasm32")]
+        self.poll_web();
         self.poll_tasks();
         self.poll_png();
         self.dropped_files(&ctx);
@@ -1141,9 +1313,13 @@ impl SeedscopeApp {
                     self.analyse_embedded();
                 }
                 if ui.button("Open a bundle…").clicked() {
-                    self.ask(DialogFor::OpenBundle, "Open a Seedscope bundle", Pick::Folder);
+                    self.ask_bundle();
                 }
-                ui.label("or drop a bundle directory onto this window");
+                ui.label(if cfg!(target_arch = "wasm32") {
+                    "or drop a bundle's files onto this page"
+                } else {
+                    "or drop a bundle directory onto this window"
+                });
             }
             if !self.messages.is_empty() {
                 ui.add_space(20.0);

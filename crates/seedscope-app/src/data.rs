@@ -2,12 +2,10 @@
 //! tensors, and the saved tiles (read lazily, one at a time).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
-use seedscope_analysis::bundle::{CORRELATION, TILES};
+use seedscope_analysis::bundle::{BundleSource, CORRELATION, TILES};
 use seedscope_analysis::weights::VOCAB_ENDS;
 use seedscope_analysis::{Bundle, NeuronRow};
 
@@ -72,8 +70,8 @@ pub struct AnchorData {
 /// An opened bundle.
 #[derive(Debug, Clone)]
 pub struct Explorer {
-    /// The bundle directory.
-    pub dir: PathBuf,
+    /// Where the bundle's files are (a directory, or files in memory on the web).
+    pub source: BundleSource,
     /// Manifest and rows.
     pub bundle: Bundle,
     /// Model names, manifest order.
@@ -116,13 +114,18 @@ fn tensor_i32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<V
 impl Explorer {
     /// Open the bundle at `dir`. Errors name the file and what is wrong with it.
     pub fn open(dir: &Path) -> Result<Self, String> {
-        let bundle = Bundle::read(dir).map_err(|e| e.to_string())?;
+        Self::open_source(BundleSource::Dir(dir.to_path_buf()))
+    }
+
+    /// Open a bundle from a directory or from files in memory.
+    pub fn open_source(source: BundleSource) -> Result<Self, String> {
+        let bundle = Bundle::read_from(&source).map_err(|e| e.to_string())?;
         let m = &bundle.manifest;
         let names: Vec<String> = m.models.iter().map(|e| e.name.clone()).collect();
         let (l, d) = (m.n_layers, m.d_mlp);
         let width = l * d;
-        let cpath = dir.join(CORRELATION);
-        let bytes = std::fs::read(&cpath).map_err(|e| corrupt(&cpath, e))?;
+        let cpath = source.path(CORRELATION);
+        let bytes = source.require(CORRELATION).map_err(|e| e.to_string())?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&cpath, e))?;
         let anchor_ids: Vec<usize> = if m.options.all_anchors {
             (0..names.len()).collect()
@@ -149,7 +152,7 @@ impl Explorer {
                 .collect();
             if rows.len() != width {
                 return Err(corrupt(
-                    &dir.join(seedscope_analysis::bundle::NEURONS),
+                    &source.path(seedscope_analysis::bundle::NEURONS),
                     format!(
                         "{} rows for anchor {}, expected {l} layers x {d} neurons",
                         rows.len(),
@@ -212,33 +215,44 @@ impl Explorer {
                 rows,
             });
         }
-        let (tiles, tiles_header) = read_tile_index(&dir.join(TILES), d)?;
-        // Token strings need the tokenizer; a bundle whose models moved still opens without it.
-        let tokenizer = m
-            .models
-            .first()
-            .and_then(|e| seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok());
+        let (tiles, tiles_header) = read_tile_index(&source, d)?;
+        // Token strings need the tokenizer: the bundle's copy, else the anchor's; a bundle
+        // without one whose models moved still opens without it.
+        let tokenizer = match source
+            .read(seedscope_analysis::bundle::TOKENIZER)
+            .map_err(|e| e.to_string())?
+        {
+            Some(bytes) => Some(
+                seedscope_data::TextTokenizer::from_bytes(
+                    &bytes,
+                    &source.path(seedscope_analysis::bundle::TOKENIZER),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            None => m.models.first().and_then(|e| {
+                seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok()
+            }),
+        };
+        let histograms = read_histograms(&source, width)?;
+        let mut anatomy = BTreeMap::new();
+        for &a in &anchor_ids {
+            if let Some(f) =
+                seedscope_analysis::bundle::AnatomyFile::read_from(&source, a, width, false)
+                    .map_err(|e| e.to_string())?
+            {
+                anatomy.insert(a, f);
+            }
+        }
         Ok(Self {
-            dir: dir.to_path_buf(),
+            source,
             bundle,
             names,
             anchors,
             tiles,
             tiles_header,
             tokenizer,
-            histograms: read_histograms(&dir.join(seedscope_analysis::bundle::HISTOGRAMS), width)?,
-            anatomy: {
-                let mut m = BTreeMap::new();
-                for &a in &anchor_ids {
-                    if let Some(f) =
-                        seedscope_analysis::bundle::AnatomyFile::read(dir, a, width, false)
-                            .map_err(|e| e.to_string())?
-                    {
-                        m.insert(a, f);
-                    }
-                }
-                m
-            },
+            histograms,
+            anatomy,
         })
     }
 
@@ -382,17 +396,15 @@ impl Explorer {
 
     /// Read one saved tile, `[d_mlp, d_mlp]` row-major (rows: anchor neurons), as f32.
     pub fn read_tile(&self, name: &str) -> Result<Vec<f32>, String> {
-        let path = self.dir.join(TILES);
+        let path = self.source.path(TILES);
         let &((start, end), shape) = self
             .tiles
             .get(name)
             .ok_or_else(|| corrupt(&path, format!("no tile {name}")))?;
-        let mut f = File::open(&path).map_err(|e| corrupt(&path, e))?;
-        f.seek(SeekFrom::Start(self.tiles_header + start))
-            .map_err(|e| corrupt(&path, e))?;
-        let mut bytes = vec![0u8; (end - start) as usize];
-        f.read_exact(&mut bytes)
-            .map_err(|e| corrupt(&path, format!("tile {name}: {e}")))?;
+        let bytes = self
+            .source
+            .read_range(TILES, self.tiles_header + start, (end - start) as usize)
+            .map_err(|e| format!("tile {name}: {e}"))?;
         if bytes.len() != shape[0] * shape[1] * 2 {
             return Err(corrupt(&path, format!("tile {name} has the wrong size")));
         }
@@ -407,24 +419,24 @@ impl Explorer {
 /// header and its shape, and the header's length.
 #[allow(clippy::type_complexity)]
 fn read_tile_index(
-    path: &Path,
+    source: &BundleSource,
     d: usize,
 ) -> Result<(BTreeMap<String, ((u64, u64), [usize; 2])>, u64), String> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), 0)),
-        Err(e) => return Err(corrupt(path, e)),
+    let path = &source.path(TILES);
+    let file_len = match source.len(TILES).map_err(|e| e.to_string())? {
+        Some(n) => n,
+        None => return Ok((BTreeMap::new(), 0)),
     };
-    let file_len = f.metadata().map_err(|e| corrupt(path, e))?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
+    let n = source
+        .read_range(TILES, 0, 8)
         .map_err(|e| corrupt(path, format!("not a safetensors file: {e}")))?;
-    let n = u64::from_le_bytes(n);
+    let n = u64::from_le_bytes(n.try_into().unwrap_or_default());
     if n > 100 << 20 || n + 8 > file_len {
         return Err(corrupt(path, "not a safetensors file (bad header length)"));
     }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| corrupt(path, e))?;
+    let header = source
+        .read_range(TILES, 8, n as usize)
+        .map_err(|e| e.to_string())?;
     let json: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
     let mut out = BTreeMap::new();
@@ -461,11 +473,16 @@ fn read_tile_index(
 }
 
 /// `histograms.safetensors` (absent: none): per model name its u32 counts.
-fn read_histograms(path: &Path, width: usize) -> Result<BTreeMap<String, Vec<u32>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(corrupt(path, e)),
+fn read_histograms(
+    source: &BundleSource,
+    width: usize,
+) -> Result<BTreeMap<String, Vec<u32>>, String> {
+    let path = &source.path(seedscope_analysis::bundle::HISTOGRAMS);
+    let Some(bytes) = source
+        .read(seedscope_analysis::bundle::HISTOGRAMS)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(BTreeMap::new());
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let want = width * seedscope_gpu::HIST_BINS;

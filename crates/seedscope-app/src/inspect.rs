@@ -81,11 +81,19 @@ pub struct Examples {
 impl Models {
     /// Prepare to run the models of `ex` (nothing is loaded yet).
     pub fn new(ex: &Explorer) -> Result<Self, String> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(
+                "live text and example scans run the models over the data, which the \
+                        browser version does not do yet: open this bundle in the desktop app \
+                        (`seedscope app BUNDLE`) for them"
+                    .into(),
+            );
+        }
         let m = &ex.bundle.manifest;
         let dirs: Vec<PathBuf> = m.models.iter().map(|e| PathBuf::from(&e.path)).collect();
         let first = dirs
             .first()
-            .ok_or_else(|| format!("{}: the manifest lists no models", ex.dir.display()))?;
+            .ok_or_else(|| format!("{}: the manifest lists no models", ex.source.display()))?;
         let tokenizer = TextTokenizer::from_model_dir(first).map_err(|e| e.to_string())?;
         let device = ComputeDevice::open(BackendKind::Cpu).map_err(|e| e.to_string())?;
         Ok(Self {
@@ -244,7 +252,7 @@ impl Models {
         let mut best: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); neurons.len()];
         let mut sums: Vec<HashMap<u32, (f64, usize)>> = vec![HashMap::new(); neurons.len()];
         let mut row_acts: Vec<HashMap<usize, Vec<f32>>> = vec![HashMap::new(); neurons.len()];
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         for r0 in (0..rows).step_by(block) {
             if rep.cancelled() {
                 return Err("cancelled".into());
@@ -360,7 +368,7 @@ impl Models {
         let (mut sum, mut sq, mut on) = (vec![0f64; width], vec![0f64; width], vec![0f64; width]);
         let (mut n, mut n_on) = (0usize, 0usize);
         let options = ForwardOptions::all_neurons(n_layers);
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         for r0 in (0..rows).step_by(32) {
             if rep.cancelled() {
                 return Err("cancelled".into());

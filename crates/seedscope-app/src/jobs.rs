@@ -1,16 +1,32 @@
 //! Work off the UI thread: analyses, bundle loading and file dialogs run on their own threads
-//! and report through channels that the UI polls once per frame (and that wake it with
-//! `request_repaint`). Nothing here blocks the UI thread.
+//! (in the browser, which has none, as futures on the page's event loop) and report through
+//! channels that the UI polls once per frame (and that wake it with `request_repaint`).
+//! Nothing here blocks the UI thread.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::Instant;
+
+use web_time::Instant;
 
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, JobEvent, run_analysis};
 
 use crate::data::Explorer;
+
+/// `Send` natively, where a task's body moves to a thread; nothing in the browser, where it
+/// stays on the page's one thread (and GPU handles are not `Send`).
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send> MaybeSend for T {}
+/// `Send` natively, where a task's body moves to a thread; nothing in the browser, where it
+/// stays on the page's one thread (and GPU handles are not `Send`).
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSend {}
+#[cfg(target_arch = "wasm32")]
+impl<T> MaybeSend for T {}
 
 /// Progress as a bar shows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,12 +91,21 @@ pub struct Task<T> {
 }
 
 /// What a task's body gets: a way to report and the cancel flag.
-#[derive(Clone)]
 pub struct Reporter<T> {
     tx: Sender<Msg<T>>,
     ctx: Option<egui::Context>,
     /// Set when the user cancels.
     pub cancel: Arc<AtomicBool>,
+}
+
+impl<T> Clone for Reporter<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            ctx: self.ctx.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
 }
 
 impl<T> Reporter<T> {
@@ -117,12 +142,8 @@ pub enum Poll<T> {
 }
 
 impl<T: Send + 'static> Task<T> {
-    /// Run `body` on a new thread; `ctx` is woken on every report.
-    pub fn spawn(
-        label: impl Into<String>,
-        ctx: Option<egui::Context>,
-        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
-    ) -> Self {
+    /// A task, its reporter, not yet running.
+    fn new(label: String, ctx: Option<egui::Context>) -> (Self, Reporter<T>) {
         let (tx, rx) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let reporter = Reporter {
@@ -130,9 +151,66 @@ impl<T: Send + 'static> Task<T> {
             ctx,
             cancel: cancel.clone(),
         };
+        let task = Self {
+            label,
+            rx,
+            cancel,
+            progress: None,
+            log: Vec::new(),
+            started: Instant::now(),
+        };
+        (task, reporter)
+    }
+
+    /// Run the future `body` makes: natively on a new thread that blocks on it, in the browser
+    /// on the page's event loop (so it must yield, e.g. await GPU reads, to keep the page
+    /// responsive). `ctx` is woken on every report.
+    pub fn spawn_async<F, Fut>(
+        label: impl Into<String>,
+        ctx: Option<egui::Context>,
+        body: F,
+    ) -> Self
+    where
+        F: FnOnce(Reporter<T>) -> Fut + MaybeSend + 'static,
+        Fut: Future<Output = Result<T, String>> + 'static,
+    {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            Self::spawn(label, ctx, move |rep| pollster::block_on(body(rep.clone())))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (task, reporter) = Self::new(label.into(), ctx);
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = body(reporter.clone()).await;
+                let _ = reporter.tx.send(Msg::Done(result));
+                reporter.wake();
+            });
+            task
+        }
+    }
+
+    /// Run `body` on a new thread (in the browser: on the event loop, after this frame); `ctx`
+    /// is woken on every report.
+    #[cfg(target_arch = "wasm32")]
+    pub fn spawn(
+        label: impl Into<String>,
+        ctx: Option<egui::Context>,
+        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
+    ) -> Self {
+        Self::spawn_async(label, ctx, move |rep| async move { body(&rep) })
+    }
+
+    /// Run `body` on a new thread; `ctx` is woken on every report.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn spawn(
+        label: impl Into<String>,
+        ctx: Option<egui::Context>,
+        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
+    ) -> Self {
         let label = label.into();
-        let name = label.clone();
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let (task, reporter) = Self::new(label.clone(), ctx);
+        let spawned = std::thread::Builder::new().name(label).spawn(move || {
             // A panic in the body (a bug) reaches the UI as an error, not a dead channel.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&reporter)))
                 .unwrap_or_else(|p| {
@@ -145,14 +223,6 @@ impl<T: Send + 'static> Task<T> {
             let _ = reporter.tx.send(Msg::Done(result));
             reporter.wake();
         });
-        let task = Self {
-            label,
-            rx,
-            cancel,
-            progress: None,
-            log: Vec::new(),
-            started: Instant::now(),
-        };
         if let Err(e) = spawned {
             // Report through the same channel shape: a task that is already done.
             let (tx, rx) = channel();
@@ -191,6 +261,8 @@ pub enum AnalysisDone {
     Opened(Box<Explorer>),
     /// Cancelled with a checkpoint; starting the same analysis again resumes.
     Interrupted(PathBuf),
+    /// Cancelled where there are no checkpoints (the browser).
+    Cancelled,
 }
 
 /// Run an analysis and open its bundle, on a thread.
@@ -228,9 +300,9 @@ pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> T
 }
 
 /// Open a bundle on a thread.
-pub fn spawn_open(dir: PathBuf, ctx: Option<egui::Context>) -> Task<Box<Explorer>> {
+pub fn spawn_open(dir: PathBuf, ctx: Option<egui::Context>) -> Task<Option<Box<Explorer>>> {
     Task::spawn(format!("opening {}", dir.display()), ctx, move |_| {
-        Explorer::open(&dir).map(Box::new)
+        Explorer::open(&dir).map(|ex| Some(Box::new(ex)))
     })
 }
 
@@ -245,7 +317,23 @@ pub enum Pick {
     Save(&'static str),
 }
 
+/// Open a bundle whose files are in memory (fetched, picked or dropped in the browser).
+pub fn spawn_open_files(
+    label: String,
+    files: seedscope_analysis::bundle::BundleFiles,
+    ctx: Option<egui::Context>,
+) -> Task<Option<Box<Explorer>>> {
+    Task::spawn(format!("opening {label}"), ctx, move |_| {
+        Explorer::open_source(seedscope_analysis::bundle::BundleSource::Memory {
+            label,
+            files: Arc::new(files),
+        })
+        .map(|ex| Some(Box::new(ex)))
+    })
+}
+
 /// Show a native file dialog on a thread (the UI keeps drawing); `None` when dismissed.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn spawn_dialog(title: &str, pick: Pick, ctx: Option<egui::Context>) -> Task<Option<PathBuf>> {
     let title = title.to_owned();
     Task::spawn("file dialog", ctx, move |_| {

@@ -8,7 +8,9 @@
 //! - [`heatmap`]: the GPU correlation heatmap (WGSL pooling and colour mapping in egui's wgpu
 //!   renderer).
 //! - [`data`]: a bundle as the views read it; [`inspect`]: running the bundle's models for live
-//!   text and max-activating examples; [`jobs`]: threads and their progress.
+//!   text and max-activating examples; [`jobs`]: background work (threads natively, futures
+//!   on the event loop in the browser) and its progress.
+//! - `web` (wasm32 only): the browser entry point, fetching and caching.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,8 @@ pub mod map;
 pub mod neuron;
 pub mod overview;
 pub mod table;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use app::{Launch, SeedscopeApp, Settings, Tab};
 pub use data::{Explorer, NeuronId};
@@ -61,13 +65,17 @@ pub fn no_display_reason() -> Option<String> {
 /// Where the embedded family's bundle is cached for the app: the platform data directory
 /// (`$XDG_DATA_HOME/seedscope` on Linux), else `seedscope-out/`.
 pub fn embedded_bundle_dir() -> PathBuf {
-    eframe::storage_dir(APP_ID)
-        .unwrap_or_else(|| PathBuf::from("seedscope-out"))
-        .join("embedded-bundle")
+    // The browser has no directories (its analysis stays in memory).
+    #[cfg(target_arch = "wasm32")]
+    let base = PathBuf::from("seedscope-out");
+    #[cfg(not(target_arch = "wasm32"))]
+    let base = eframe::storage_dir(APP_ID).unwrap_or_else(|| PathBuf::from("seedscope-out"));
+    base.join("embedded-bundle")
 }
 
 /// Open the desktop window. `bundle`: a bundle to open at once (else the last one, else the
 /// cached embedded analysis, else the embedded family is analysed in the background).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_native(bundle: Option<PathBuf>) -> Result<(), String> {
     if let Some(why) = no_display_reason() {
         return Err(why);
@@ -76,6 +84,7 @@ pub fn run_native(bundle: Option<PathBuf>) -> Result<(), String> {
         bundle,
         embedded_bundle: embedded_bundle_dir(),
         analyse_embedded: true,
+        ..Launch::default()
     };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

@@ -51,6 +51,7 @@ fn harness() -> Harness<'static, SeedscopeApp> {
             bundle: Some(bundle()),
             embedded_bundle: PathBuf::from("/nonexistent"),
             analyse_embedded: false,
+            ..Launch::default()
         },
         true,
     );
@@ -358,6 +359,7 @@ fn the_first_start_analyses_in_the_background_and_cancel_keeps_a_checkpoint() {
             bundle: None,
             embedded_bundle: out,
             analyse_embedded: true,
+            ..Launch::default()
         },
         false,
     );
@@ -454,6 +456,7 @@ fn a_bundle_opens_from_the_file_menu_by_typing_its_path() {
             bundle: None,
             embedded_bundle: PathBuf::from("/nonexistent"),
             analyse_embedded: false,
+            ..Launch::default()
         },
         false,
     );
@@ -492,7 +495,7 @@ fn a_bundle_opens_from_the_file_menu_by_typing_its_path() {
     h.get_by_label("OK").click();
     h.run_steps(2);
     wait(&mut h, "the bundle to open", |app| app.ex.is_some());
-    assert_eq!(explorer(&h).dir, dir);
+    assert_eq!(explorer(&h).source.display(), dir.display().to_string());
     assert_eq!(h.state().settings.recent.first(), Some(&dir));
 }
 
@@ -525,7 +528,12 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
     assert!(h.state().analysis.is_some(), "{:?}", h.state().messages);
     wait(&mut h, "the analysis", |app| app.analysis.is_none());
     let ex = explorer(&h);
-    assert_eq!(ex.dir, out, "{:?}", h.state().messages);
+    assert_eq!(
+        ex.source.display(),
+        out.display().to_string(),
+        "{:?}",
+        h.state().messages
+    );
     assert_eq!(ex.bundle.manifest.n_tokens, 2048);
     assert!(
         ex.tile_names().count() > 0,
@@ -688,6 +696,7 @@ fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
             bundle: None,
             embedded_bundle: dir,
             analyse_embedded: true,
+            ..Launch::default()
         },
         false,
     );
@@ -696,7 +705,10 @@ fn a_later_start_opens_the_cached_embedded_bundle_without_analysing() {
         "a cached bundle is opened, not recomputed"
     );
     wait(&mut h, "the cached bundle", |app| app.ex.is_some());
-    assert_eq!(explorer(&h).dir, bundle());
+    assert_eq!(
+        explorer(&h).source.display(),
+        bundle().display().to_string()
+    );
 }
 
 #[test]
@@ -778,6 +790,7 @@ fn a_corrupt_bundle_is_a_readable_error_naming_the_file() {
             bundle: Some(dir.clone()),
             embedded_bundle: PathBuf::from("/nonexistent"),
             analyse_embedded: false,
+            ..Launch::default()
         },
         false,
     );

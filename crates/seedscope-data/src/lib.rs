@@ -228,10 +228,6 @@ pub fn pack_rows(stream: &[u32], seq_len: usize, bos: Option<u32>) -> (Vec<u32>,
 /// Token ids of shape `[n_seq, seq_len]`, read from a `.npy` file of int32 or int64 (as
 /// numpy or `torch.save(...).numpy()` writes them), used as given.
 pub fn read_tokens_npy(path: &Path) -> Result<(Vec<u32>, [usize; 2])> {
-    let bad = |message: String| DataError::Tokens {
-        path: path.to_path_buf(),
-        message,
-    };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -239,7 +235,17 @@ pub fn read_tokens_npy(path: &Path) -> Result<(Vec<u32>, [usize; 2])> {
             path: path.to_path_buf(),
             source,
         })?;
-    let file = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a .npy file: {e}")))?;
+    read_tokens_npy_bytes(&bytes, path)
+}
+
+/// [`read_tokens_npy`] of a file already in memory (fetched in the browser); `path` names it
+/// in errors.
+pub fn read_tokens_npy_bytes(bytes: &[u8], path: &Path) -> Result<(Vec<u32>, [usize; 2])> {
+    let bad = |message: String| DataError::Tokens {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = npyz::NpyFile::new(bytes).map_err(|e| bad(format!("not a .npy file: {e}")))?;
     let shape: Vec<u64> = file.shape().to_vec();
     let [n_seq, seq_len] = shape[..] else {
         return Err(bad(format!(

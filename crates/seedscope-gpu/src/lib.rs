@@ -117,9 +117,31 @@ impl GpuContext {
     }
 
     /// Copy `bytes` from the start of `buffer` to the host, blocking until it arrives (native;
-    /// on the web use [`GpuContext::read_async`]).
+    /// in the browser, which cannot block, this is an error: use [`GpuContext::read_async`]).
     pub fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(GpuError::Readback(
+                "a blocking GPU read was asked for in the browser, which only reads \
+                 asynchronously (a bug: this path needs its async form)"
+                    .into(),
+            ));
+        }
         pollster::block_on(self.read_async(buffer, bytes))
+    }
+
+    /// Wait until the device has finished the work submitted so far. In the browser this
+    /// hands the event loop to the page (drawing, input) while the GPU works, and keeps the
+    /// queue from running far ahead of it; natively it returns at once (the queue orders the
+    /// work already, and reads wait for it).
+    pub async fn settle(&self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (tx, rx) = async_channel::bounded(1);
+            self.queue.on_submitted_work_done(move || {
+                let _ = tx.try_send(());
+            });
+            let _ = rx.recv().await;
+        }
     }
 
     /// Copy `bytes` from the start of `buffer` to the host without blocking the thread: the
@@ -156,8 +178,8 @@ impl GpuContext {
         Ok(out)
     }
 
-    fn read_f32(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
-        let bytes = self.read(buffer, (n * 4) as u64)?;
+    async fn read_f32(&self, buffer: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_async(buffer, (n * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -358,9 +380,16 @@ impl Histogram {
         Ok(())
     }
 
-    /// The counts, `[n_cols, HIST_BINS]`.
+    /// The counts, `[n_cols, HIST_BINS]` (blocking; native).
     pub fn read(&self, ctx: &GpuContext) -> Result<Vec<u32>, GpuError> {
-        let bytes = ctx.read(&self.counts, self.n_cols as u64 * HIST_BINS as u64 * 4)?;
+        pollster::block_on(self.read_async(ctx))
+    }
+
+    /// The counts, `[n_cols, HIST_BINS]`.
+    pub async fn read_async(&self, ctx: &GpuContext) -> Result<Vec<u32>, GpuError> {
+        let bytes = ctx
+            .read_async(&self.counts, self.n_cols as u64 * HIST_BINS as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -874,15 +903,28 @@ impl Moments {
         Ok(())
     }
 
-    /// Read the running state: per neuron `(mean, mean compensation, m2, m2 compensation)`.
+    /// Read the running state: per neuron `(mean, mean compensation, m2, m2 compensation)`
+    /// (blocking; native).
     pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
-        ctx.read_f32(&self.stats, self.n_cols as usize * 4)
+        pollster::block_on(self.read_state_async(ctx))
     }
 
-    /// Per-neuron `(mean, M2)` (the compensation folded in: a pair stands for `hi - lo`).
+    /// [`Moments::read_state`] without blocking.
+    pub async fn read_state_async(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
+        ctx.read_f32(&self.stats, self.n_cols as usize * 4).await
+    }
+
+    /// Per-neuron `(mean, M2)` (the compensation folded in: a pair stands for `hi - lo`;
+    /// blocking, native).
     pub fn read(&self, ctx: &GpuContext) -> Result<Vec<(f64, f64)>, GpuError> {
+        pollster::block_on(self.read_async(ctx))
+    }
+
+    /// [`Moments::read`] without blocking.
+    pub async fn read_async(&self, ctx: &GpuContext) -> Result<Vec<(f64, f64)>, GpuError> {
         Ok(self
-            .read_state(ctx)?
+            .read_state_async(ctx)
+            .await?
             .chunks_exact(4)
             .map(|s| (s[0] as f64 - s[1] as f64, s[2] as f64 - s[3] as f64))
             .collect())
@@ -1073,8 +1115,21 @@ impl CrossTile {
         Ok(())
     }
 
-    /// Correlations from the running totals, reduced per anchor neuron on the GPU.
+    /// Correlations from the running totals, reduced per anchor neuron on the GPU (blocking;
+    /// native).
     pub fn finalize(
+        &self,
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        a_moments: &Moments,
+        b_moments: &Moments,
+        with_tile: bool,
+    ) -> Result<TileReduction, GpuError> {
+        pollster::block_on(self.finalize_async(ctx, kernels, a_moments, b_moments, with_tile))
+    }
+
+    /// [`CrossTile::finalize`] without blocking.
+    pub async fn finalize_async(
         &self,
         ctx: &GpuContext,
         kernels: &Kernels,
@@ -1114,7 +1169,7 @@ impl CrossTile {
             (self.n_a.div_ceil(64), 1),
         );
         ctx.queue.submit([encoder.finish()]);
-        let raw = ctx.read_f32(&out, self.n_a as usize * 4)?;
+        let raw = ctx.read_f32(&out, self.n_a as usize * 4).await?;
         let mut r = TileReduction {
             max: Vec::with_capacity(self.n_a as usize),
             argmax: Vec::with_capacity(self.n_a as usize),
@@ -1129,14 +1184,17 @@ impl CrossTile {
             r.argmin.push(v[3].to_bits());
         }
         if with_tile {
-            r.tile = Some(ctx.read_f32(&tile, self.n_a as usize * self.n_b as usize)?);
+            r.tile = Some(
+                ctx.read_f32(&tile, self.n_a as usize * self.n_b as usize)
+                    .await?,
+            );
         }
         Ok(r)
     }
 
-    /// Read the running `(hi, lo)` pairs (for checkpoints).
+    /// Read the running `(hi, lo)` pairs (for checkpoints; blocking, native).
     pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
-        ctx.read_f32(&self.c, self.n_a as usize * self.n_b as usize * 2)
+        pollster::block_on(ctx.read_f32(&self.c, self.n_a as usize * self.n_b as usize * 2))
     }
 
     /// Restore pairs saved with [`CrossTile::read_state`].
@@ -1255,9 +1313,14 @@ impl PairTile {
         Ok(())
     }
 
-    /// Read the running `(hi, lo)` pairs.
+    /// Read the running `(hi, lo)` pairs (blocking; native).
     pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
-        ctx.read_f32(&self.c, self.n_pairs as usize * 2)
+        pollster::block_on(self.read_state_async(ctx))
+    }
+
+    /// [`PairTile::read_state`] without blocking.
+    pub async fn read_state_async(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
+        ctx.read_f32(&self.c, self.n_pairs as usize * 2).await
     }
 
     /// Restore pairs saved with [`PairTile::read_state`].

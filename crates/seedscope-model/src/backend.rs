@@ -92,6 +92,13 @@ impl ComputeDevice {
     /// Open the requested backend. For wgpu the adapter is probed first, so a machine without
     /// one gets a clear error instead of a panic inside Burn; `Auto` never fails.
     pub fn open(kind: BackendKind) -> Result<Self, NoAdapter> {
+        pollster::block_on(Self::open_async(kind))
+    }
+
+    /// [`ComputeDevice::open`] without blocking (the browser's adapter and device requests
+    /// complete on its event loop). In the browser only WebGPU is asked for (not WebGL, which
+    /// has no compute shaders).
+    pub async fn open_async(kind: BackendKind) -> Result<Self, NoAdapter> {
         let cpu = Self {
             device: Device::flex(),
             kind: BackendKind::Cpu,
@@ -102,10 +109,10 @@ impl ComputeDevice {
         };
         match kind {
             BackendKind::Cpu => Ok(cpu),
-            BackendKind::Wgpu => Self::wgpu(probe_adapter()?),
-            BackendKind::Auto => Ok(match probe_adapter() {
+            BackendKind::Wgpu => Self::wgpu(probe_adapter().await?).await,
+            BackendKind::Auto => Ok(match probe_adapter().await {
                 Ok(probe) if probe.1.get_info().device_type != wgpu::DeviceType::Cpu => {
-                    Self::wgpu(probe)?
+                    Self::wgpu(probe).await?
                 }
                 Ok((_, adapter)) => Self {
                     note: Some(format!(
@@ -124,15 +131,29 @@ impl ComputeDevice {
 
     /// Open a device on `adapter` the way Burn's wgpu runtime would (the adapter's features, see
     /// [`device_features`], and its full limits) and hand it to Burn.
-    fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
+    async fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("seedscope"),
-            required_features: device_features(adapter.features()),
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| NoAdapter(format!("requesting a device failed: {e}")))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("seedscope"),
+                required_features: device_features(adapter.features()),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NoAdapter(format!("requesting a device failed: {e}")))?;
+        Self::from_wgpu(instance, adapter, device, queue)
+    }
+
+    /// Hand a device that is already open (in the browser: the one the page draws with, which
+    /// asked for the adapter's full limits and features) to Burn and the kernels.
+    pub fn from_wgpu(
+        instance: wgpu::Instance,
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Self, NoAdapter> {
+        let limits = device.limits();
         let info = adapter.get_info();
         let setup = WgpuSetup {
             instance,
@@ -170,6 +191,13 @@ impl ComputeDevice {
     /// One line for logs and manifests: `wgpu: llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan, Cpu]`.
     pub fn describe(&self) -> String {
         match (&self.adapter, &self.note) {
+            // Browsers keep the adapter's name to themselves.
+            (Some(a), _) if a.name.is_empty() => {
+                format!(
+                    "wgpu: unnamed adapter [{:?}, {:?}]",
+                    a.backend, a.device_type
+                )
+            }
             (Some(a), _) => format!("wgpu: {} [{:?}, {:?}]", a.name, a.backend, a.device_type),
             (None, Some(note)) => format!("cpu: Burn Flex (chosen automatically: {note})"),
             (None, None) => "cpu: Burn Flex".to_owned(),
@@ -178,13 +206,32 @@ impl ComputeDevice {
 }
 
 /// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
-fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+async fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
+    #[allow(unused_mut)]
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    #[cfg(target_arch = "wasm32")]
+    {
+        descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
+    }
+    let instance = wgpu::Instance::new(descriptor);
     let options = wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
     };
-    pollster::block_on(instance.request_adapter(&options))
+    let adapter = match instance.request_adapter(&options).await {
+        Ok(a) => Ok(a),
+        // A software adapter (SwiftShader in a browser) may be offered only as a fallback.
+        Err(_) if cfg!(target_arch = "wasm32") => {
+            instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    force_fallback_adapter: true,
+                    ..options
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    adapter
         .map(|adapter| (instance.clone(), adapter))
         .map_err(|e| NoAdapter(e.to_string()))
 }

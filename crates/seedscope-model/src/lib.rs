@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
-pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles};
+pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles, device_features};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
 pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch, QueryAblation};
@@ -128,6 +128,37 @@ impl LoadedModel {
             model,
             dir,
             device: device.clone(),
+        })
+    }
+
+    /// Load a model from the bytes of its `config.json` and `model.safetensors` (the browser,
+    /// which has no directories), onto `device` in `dtype`; `dir` names it in errors and
+    /// manifests.
+    pub fn from_bytes(
+        dir: &Path,
+        config_json: &[u8],
+        safetensors: Vec<u8>,
+        device: &ComputeDevice,
+        dtype: FloatDType,
+    ) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::str::from_utf8(config_json).map_err(|e| ModelError::CorruptWeights {
+            path: config_path.clone(),
+            message: format!("not UTF-8: {e}"),
+        })?;
+        let config = ModelConfig::from_json_str(text, &config_path)?;
+        let checkpoint =
+            Checkpoint::from_safetensors_bytes(&dir.join(weights::SAFETENSORS_FILE), safetensors)?;
+        let options = LoadOptions {
+            dtype,
+            max_tensor_bytes: device.max_buffer_bytes,
+        };
+        let model = Transformer::load(&config, &checkpoint, &device.device, &options)?;
+        Ok(Self {
+            config,
+            model,
+            dir: dir.to_path_buf(),
+            device: device.device.clone(),
         })
     }
 

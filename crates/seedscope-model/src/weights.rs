@@ -174,6 +174,17 @@ impl Checkpoint {
         })
     }
 
+    /// A safetensors file already in memory (fetched in the browser); `path` names it in
+    /// errors.
+    pub fn from_safetensors_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        add_safetensors_bytes(path, bytes, &mut tensors, None)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
     /// Open a sharded safetensors checkpoint through its `model.safetensors.index.json`.
     pub fn open_safetensors_index(index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(|e| io_error(index, e))?;
@@ -359,6 +370,16 @@ fn add_safetensors_file(
     expected_names: Option<&[String]>,
 ) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    add_safetensors_bytes(path, bytes, tensors, expected_names)
+}
+
+/// The tensors of safetensors file `bytes` (named `path` in errors) into `tensors`.
+fn add_safetensors_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    tensors: &mut HashMap<String, Entry>,
+    expected_names: Option<&[String]>,
+) -> Result<()> {
     let (header_len, metadata) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| corrupt(path, format!("safetensors: {e}")))?;
     let data_start = 8 + header_len;
