@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, second command; .ci/run calls it).
 # Installs what the tests need on a fresh Debian machine (lavapipe, a Vulkan driver that runs on
-# the CPU, so the wgpu tests run WGSL for real), then format, clippy, the tests and a wasm32
-# type-check of the crates the browser build will use.
+# the CPU, so the wgpu tests run WGSL for real), then format, clippy, the tests, and the browser
+# build with its end-to-end test in headless Chromium (installed too, with Node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,20 @@ fi
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
-# Everything below the app must build for the browser too (ARCHITECTURE.md): type-check the
-# engine and the report for wasm32 so nothing native-only creeps in unnoticed.
+# The browser build (web/): lint its wasm-only code, build web/dist, then run the page end to
+# end in headless Chromium (web/e2e.mjs): the embedded family analysed on WebGPU (SwiftShader)
+# must give the native `seedscope analyze` result on the same tokens; a bundle opens from a URL,
+# and without WebGPU (drawn with WebGL2); screenshots must not be blank.
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-cargo check --release --target wasm32-unknown-unknown -p seedscope-analysis -p seedscope-report
+cargo clippy --release --target wasm32-unknown-unknown -p seedscope-web -- -D warnings
+web/build.sh
+if ! command -v chromium >/dev/null || ! command -v npm >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium nodejs npm >/dev/null
+fi
+(cd web && npm ci --no-audit --no-fund --silent)
+e2e="$(mktemp -d)"
+cargo run --release --quiet -- analyze --max-tokens 2048 --save-tiles all --out "$e2e/bundle" >/dev/null
+node web/e2e.mjs --dist web/dist --bundle "$e2e/bundle" --out "${E2E_OUT:-$e2e/out}" --max-tokens 2048
+rm -rf "$e2e"

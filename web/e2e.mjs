@@ -1,0 +1,161 @@
+// End-to-end test of the browser explorer in headless Chromium (Debian's `chromium`, WebGPU on
+// SwiftShader). Serves web/dist and a native bundle on 127.0.0.1 only, then:
+//  1. ?autorun=1&max_tokens=N: the page analyses the embedded family on WebGPU; the summary it
+//     writes to the console must equal the native `seedscope analyze` bundle's within 1e-4;
+//     screenshots of the overview and of a neuron page must not be blank.
+//  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary).
+//  3. Without WebGPU: the bundle still opens and draws (WebGL2), and the page says why
+//     analysis is unavailable.
+// Usage: node web/e2e.mjs --dist web/dist --bundle DIR --out DIR [--chromium PATH] [--max-tokens N]
+import { chromium } from "playwright-core";
+import { PNG } from "pngjs";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const dist = path.resolve(args.dist ?? "web/dist");
+const bundleDir = path.resolve(args.bundle ?? "");
+const outDir = path.resolve(args.out ?? "web/e2e-out");
+const maxTokens = args["max-tokens"] ?? "2048";
+const chromiumPath = args.chromium ?? "/usr/bin/chromium";
+const timeoutMs = Number(args["timeout-s"] ?? 1500) * 1000;
+fs.mkdirSync(outDir, { recursive: true });
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
+function serve() {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://127.0.0.1");
+    const [root, rel] = url.pathname.startsWith("/bundle/")
+      ? [bundleDir, url.pathname.slice("/bundle/".length)]
+      : [dist, url.pathname === "/" ? "index.html" : url.pathname.slice(1)];
+    const file = path.resolve(root, decodeURIComponent(rel));
+    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+const expected = JSON.parse(fs.readFileSync(path.join(bundleDir, "manifest.json"), "utf8"));
+function checkSummary(what, s) {
+  const bad = [];
+  const close = (a, b) => Math.abs(a - b) <= 1e-4;
+  if (!close(s.fraction_universal, expected.fraction_universal)) {
+    bad.push(`fraction universal ${s.fraction_universal} vs native ${expected.fraction_universal}`);
+  }
+  const el = expected.fraction_universal_per_layer;
+  if (s.fraction_universal_per_layer.length !== el.length || s.fraction_universal_per_layer.some((v, i) => !close(v, el[i]))) {
+    bad.push(`per layer ${JSON.stringify(s.fraction_universal_per_layer)} vs native ${JSON.stringify(el)}`);
+  }
+  if (s.n_tokens !== expected.n_tokens) bad.push(`${s.n_tokens} tokens vs native ${expected.n_tokens}`);
+  if (bad.length) throw new Error(`${what}: ${bad.join("; ")}`);
+  console.log(`ok  ${what}: ${(100 * s.fraction_universal).toFixed(3)}% universal, per layer ${JSON.stringify(s.fraction_universal_per_layer)}, ${s.n_tokens} tokens (native: same within 1e-4)`);
+}
+
+// A screenshot is blank when (almost) every pixel has one colour.
+function checkNotBlank(file) {
+  const png = PNG.sync.read(fs.readFileSync(file));
+  const counts = new Map();
+  for (let i = 0; i < png.data.length; i += 4) {
+    const key = (png.data[i] << 16) | (png.data[i + 1] << 8) | png.data[i + 2];
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  const top = Math.max(...counts.values()) / (png.width * png.height);
+  if (counts.size < 16 || top > 0.97) {
+    throw new Error(`${file} looks blank: ${counts.size} colours, the commonest covers ${(100 * top).toFixed(1)}%`);
+  }
+  console.log(`ok  ${path.basename(file)}: ${counts.size} colours, background ${(100 * top).toFixed(1)}%`);
+}
+
+async function withPage(flags, fn) {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "seedscope-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: chromiumPath,
+    headless: true,
+    viewport: { width: 1280, height: 860 },
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...flags],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const log = [];
+  const waiters = [];
+  page.on("console", (m) => {
+    const text = m.text();
+    log.push(text);
+    for (const w of waiters) w(text);
+  });
+  page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+  const waitFor = (prefix, ms) =>
+    new Promise((resolve, reject) => {
+      const found = log.find((l) => l.startsWith(prefix));
+      if (found) return resolve(found);
+      const timer = setTimeout(() => reject(new Error(`no "${prefix}" on the console within ${ms / 1000} s; console:\n${log.slice(-40).join("\n")}`)), ms);
+      waiters.push((t) => {
+        if (t.startsWith(prefix)) { clearTimeout(timer); resolve(t); }
+        if (t.startsWith("seedscope-error") || t.startsWith("panicked")) { clearTimeout(timer); reject(new Error(`the page failed: ${t}\n${log.slice(-40).join("\n")}`)); }
+      });
+    });
+  try {
+    await fn(page, waitFor, log);
+  } finally {
+    fs.writeFileSync(path.join(outDir, `console-${flags === WEBGPU ? "webgpu" : "nowebgpu"}-${Date.now()}.log`), log.join("\n"));
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+// WebGPU on SwiftShader. With only --enable-unsafe-webgpu, Chromium 156 in headless mode loses
+// the device as soon as a canvas is configured for it ("Device was destroyed"); with Vulkan on
+// SwiftShader behind both ANGLE and WebGPU, canvas and compute work (web/README.md).
+const WEBGPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader"];
+const summaryOf = (line) => JSON.parse(line.slice("seedscope-summary ".length));
+const server = await serve();
+const base = `http://127.0.0.1:${server.address().port}`;
+try {
+  await withPage(WEBGPU, async (page, waitFor, log) => {
+    const t0 = Date.now();
+    await page.goto(`${base}/?autorun=1&max_tokens=${maxTokens}`);
+    const paint = await waitFor("seedscope-first-frame", 60000);
+    console.log(`ok  first frame: ${paint.split(" ")[1]} ms after navigation started`);
+    // Mid-analysis: the page is drawn with its progress bar (best effort: on SwiftShader the
+    // GPU process is busy with the analysis and may not composite a frame in time).
+    await page.waitForTimeout(20000);
+    await page.screenshot({ path: path.join(outDir, "progress.png"), timeout: 60000 }).catch((e) => console.log(`--  no mid-analysis screenshot: ${e.message.split("\n")[0]}`));
+    const summary = await waitFor("seedscope-summary", timeoutMs);
+    const seconds = log.find((l) => l.startsWith("seedscope-analysis-seconds"));
+    console.log(`ok  analysis in the browser finished after ${((Date.now() - t0) / 1000).toFixed(1)} s (${seconds})`);
+    checkSummary("browser analysis (WebGPU)", summaryOf(summary));
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: path.join(outDir, "overview.png") });
+    checkNotBlank(path.join(outDir, "overview.png"));
+    await page.focus("#seedscope");
+    await page.keyboard.press("4");
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: path.join(outDir, "neuron.png") });
+    checkNotBlank(path.join(outDir, "neuron.png"));
+    await page.keyboard.press("2");
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: path.join(outDir, "map.png") });
+  });
+  await withPage(WEBGPU, async (page, waitFor) => {
+    await page.goto(`${base}/?bundle=/bundle`);
+    checkSummary("bundle from a URL", summaryOf(await waitFor("seedscope-summary", 120000)));
+  });
+  await withPage(["--disable-features=WebGPU"], async (page, waitFor, log) => {
+    await page.goto(`${base}/?bundle=/bundle&autorun=1`);
+    checkSummary("bundle without WebGPU (WebGL2)", summaryOf(await waitFor("seedscope-summary", 120000)));
+    await waitFor("seedscope-no-webgpu", 60000);
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: path.join(outDir, "webgl2-overview.png") });
+    checkNotBlank(path.join(outDir, "webgl2-overview.png"));
+  });
+  console.log("e2e: all checks passed");
+} finally {
+  server.close();
+}
