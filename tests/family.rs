@@ -92,7 +92,7 @@ fn the_seeds_share_a_shape_but_not_their_weights() {
 fn the_in_memory_analysis_equals_the_analysis_from_files() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
     use seedscope_analysis::job::{
-        AnalysisRequest, JobEnd, MemoryInputs, analyse_in_memory, run_analysis,
+        AnalysisRequest, JobEnd, MemoryInputs, MemoryTokens, analyse_in_memory, run_analysis,
     };
     let out = common::temp_dir("in-memory-vs-files").join("bundle");
     let req = AnalysisRequest {
@@ -120,7 +120,7 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
                 )
             })
             .collect(),
-        tokens_npy: read(family().join("eval_tokens.npy")),
+        tokens: MemoryTokens::Npy(read(family().join("eval_tokens.npy"))),
         tokenizer_json: read(family().join("tokenizer.json")),
         source: "eval_tokens.npy".into(),
     };
@@ -190,4 +190,69 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
             .unwrap_or_else(|| panic!("{name} missing in memory"));
         assert!(on_disk == *in_mem, "{name} differs");
     }
+}
+
+/// Text chosen in the browser is tokenised as `seedscope analyze --text` does it: the same rows,
+/// the same result.
+#[test]
+fn in_memory_text_is_tokenised_like_the_text_data_source() {
+    use seedscope_analysis::bundle::{Bundle, BundleSource};
+    use seedscope_analysis::job::{
+        AnalysisRequest, DataSource, JobEnd, MemoryInputs, MemoryTokens, analyse_in_memory,
+        run_analysis,
+    };
+    let dir = common::temp_dir("in-memory-text");
+    let text_path = dir.join("sample.txt");
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .expect("ARCHITECTURE.md");
+    std::fs::write(&text_path, &text).expect("write the text");
+    let req = AnalysisRequest {
+        models: vec![family().join("seed-a"), family().join("seed-b")],
+        data: DataSource::Text(text_path),
+        max_tokens: Some(1500),
+        backend: BackendKind::Cpu,
+        out: dir.join("bundle"),
+        ..AnalysisRequest::default()
+    };
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let JobEnd::Written(out) = run_analysis(&req, cancel.clone(), |_| {}).expect("from files")
+    else {
+        panic!("interrupted");
+    };
+    let read = |p: PathBuf| std::fs::read(&p).expect("family file");
+    let inputs = MemoryInputs {
+        models: ["seed-a", "seed-b"]
+            .iter()
+            .map(|s| {
+                let d = family().join(s);
+                (
+                    s.to_string(),
+                    read(d.join("config.json")),
+                    read(d.join("model.safetensors")),
+                )
+            })
+            .collect(),
+        tokens: MemoryTokens::Text(text),
+        tokenizer_json: read(family().join("tokenizer.json")),
+        source: "sample.txt".into(),
+    };
+    let dev = common::device(BackendKind::Cpu);
+    let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
+        .expect("in memory")
+        .expect("not cancelled");
+    let a = Bundle::read(&out).expect("from files").manifest;
+    let b = Bundle::read_from(&BundleSource::Memory {
+        label: "memory".into(),
+        files: std::sync::Arc::new(files),
+    })
+    .expect("in memory")
+    .manifest;
+    assert_eq!(a.data_shape, b.data_shape);
+    assert_eq!(a.data_sha256, b.data_sha256);
+    assert_eq!(a.n_tokens, b.n_tokens);
+    assert_eq!(
+        a.fraction_universal_per_layer,
+        b.fraction_universal_per_layer
+    );
 }

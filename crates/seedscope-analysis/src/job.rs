@@ -364,14 +364,22 @@ pub fn load_tokens(
     ))
 }
 
+/// The data of an in-memory analysis.
+pub enum MemoryTokens {
+    /// Token rows, an int32/int64 `.npy` `[n_rows, seq_len]`, used as given.
+    Npy(Vec<u8>),
+    /// UTF-8 text, tokenised with the anchor's tokenizer into rows of the model's context (at
+    /// most 512) that start with BOS, as `seedscope analyze --text` does.
+    Text(String),
+}
+
 /// An analysis's inputs held in memory (what the browser fetches or the user picks): per model
-/// its name, `config.json` and `model.safetensors`; token rows as an int32/int64 `.npy`
-/// `[n_rows, seq_len]`; the anchor's `tokenizer.json`.
+/// its name, `config.json` and `model.safetensors`; the data; the anchor's `tokenizer.json`.
 pub struct MemoryInputs {
     /// `(name, config.json, model.safetensors)` per model, the anchor first.
     pub models: Vec<(String, Vec<u8>, Vec<u8>)>,
-    /// The token rows.
-    pub tokens_npy: Vec<u8>,
+    /// The data.
+    pub tokens: MemoryTokens,
     /// The anchor's tokenizer.
     pub tokenizer_json: Vec<u8>,
     /// Where the tokens came from, for the manifest.
@@ -431,8 +439,23 @@ pub async fn analyse_in_memory(
     }
     let names: Vec<String> = inputs.models.iter().map(|m| m.0.clone()).collect();
     let tokenizer = TextTokenizer::from_bytes(&inputs.tokenizer_json, Path::new(TOKENIZER))?;
-    let (ids, shape) =
-        seedscope_data::read_tokens_npy_bytes(&inputs.tokens_npy, Path::new(&inputs.source))?;
+    let (ids, shape) = match &inputs.tokens {
+        MemoryTokens::Npy(bytes) => {
+            seedscope_data::read_tokens_npy_bytes(bytes, Path::new(&inputs.source))?
+        }
+        MemoryTokens::Text(text) => {
+            let seq_len = models[0].config.max_positions().min(512);
+            let stream = tokenizer.to_tokens(&text.replace(ENDOFTEXT, "\n"), false)?;
+            let (ids, n) = pack_rows(&stream, seq_len, tokenizer.bos_id());
+            if n == 0 {
+                return Err(AnalysisError::Invalid(format!(
+                    "{}: shorter than one row of {seq_len} tokens",
+                    inputs.source
+                )));
+            }
+            (ids, [n, seq_len])
+        }
+    };
     let tokens = TokenSet {
         ids,
         n_rows: shape[0],

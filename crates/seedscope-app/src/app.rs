@@ -980,7 +980,11 @@ impl SeedscopeApp {
                 if ui.button("Open bundle…").clicked() {
                     self.ask_bundle();
                 }
-                if ui.button("New analysis…").clicked() {
+                #[cfg(target_arch = "wasm32")]
+                if ui.button("Analyse models from disk…").clicked() {
+                    self.web.disk = Some(crate::web::DiskForm::default());
+                }
+                if !cfg!(target_arch = "wasm32") && ui.button("New analysis…").clicked() {
                     self.new_analysis = Some(NewAnalysis {
                         models: Vec::new(),
                         data: None,
@@ -995,15 +999,27 @@ impl SeedscopeApp {
                     self.analyse_embedded();
                 }
                 ui.separator();
-                if ui.button("Export table as CSV…").clicked() {
+                // Exports write files: the desktop app's (the browser has no paths to write).
+                let files = !cfg!(target_arch = "wasm32");
+                let no_files = "exports write files: use the desktop app";
+                if ui
+                    .add_enabled(files, egui::Button::new("Export table as CSV…"))
+                    .on_disabled_hover_text(no_files)
+                    .clicked()
+                {
                     self.ask(
                         DialogFor::ExportCsv,
                         "Export the table",
                         Pick::Save("neurons.csv"),
                     );
                 }
-                let plot = matches!(self.tab, Tab::Overview | Tab::Map) && self.ex.is_some();
-                let hint = "the overview and the correlation map are plots";
+                let plot =
+                    files && matches!(self.tab, Tab::Overview | Tab::Map) && self.ex.is_some();
+                let hint = if files {
+                    "the overview and the correlation map are plots"
+                } else {
+                    no_files
+                };
                 if ui
                     .add_enabled(plot, egui::Button::new("Export plot as PNG…"))
                     .on_disabled_hover_text(hint)
@@ -1290,6 +1306,8 @@ impl SeedscopeApp {
             }
         });
         self.new_analysis_window(&ctx);
+        #[cfg(target_arch = "wasm32")]
+        self.disk_analysis_window(&ctx);
         self.prompt_window(&ctx);
         self.show_notices(&ctx);
         if self.analysis.is_some() || self.opening.is_some() {

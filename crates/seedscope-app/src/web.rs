@@ -14,6 +14,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::data::Explorer;
 use crate::jobs::Task;
+use seedscope_analysis::job::{MemoryInputs, MemoryTokens};
 
 /// Files every bundle has.
 const REQUIRED: [&str; 3] = [MANIFEST, NEURONS, CORRELATION];
@@ -311,17 +312,11 @@ pub fn spawn_web_analysis(
     max_tokens: Option<u64>,
     ctx: Option<egui::Context>,
 ) -> Task<crate::jobs::AnalysisDone> {
-    use seedscope_analysis::job::{AnalysisRequest, JobEvent, MemoryInputs, analyse_in_memory};
     Task::spawn_async(
         "analysing the embedded family in this browser",
         ctx,
         move |rep| async move {
-            let device = device.map_err(|e| {
-                format!(
-                    "analysis in the browser needs WebGPU ({e}). Bundles still open here; to \
-                     analyse, use the desktop app (`seedscope`) or the CLI (`seedscope analyze`)"
-                )
-            })?;
+            let device = device.map_err(needs_webgpu)?;
             let mut models = Vec::new();
             for name in seedscope_analysis::job::FAMILY {
                 rep.log(format!("fetching {name}"));
@@ -333,7 +328,7 @@ pub fn spawn_web_analysis(
             let tokens_url = join_url(&family_url, "eval_tokens.npy");
             let inputs = MemoryInputs {
                 models,
-                tokens_npy: fetch_cached(&tokens_url).await?,
+                tokens: MemoryTokens::Npy(fetch_cached(&tokens_url).await?),
                 tokenizer_json: fetch_cached(&join_url(&family_url, "tokenizer.json")).await?,
                 source: tokens_url,
             };
@@ -345,61 +340,284 @@ pub fn spawn_web_analysis(
             if let Some(note) = note {
                 rep.log(note);
             }
-            let request = AnalysisRequest {
-                save_tiles: Some("all".into()),
+            analyse_here(
+                &device,
+                &inputs,
                 max_tokens,
-                // Small blocks: the page gets the event loop (drawing, progress) between them.
-                batch_size: Some(4),
-                command: vec!["seedscope (browser): embedded family".into()],
-                ..AnalysisRequest::default()
-            };
-            let started = web_time::Instant::now();
-            let mut first: Option<u64> = None;
-            let files =
-                analyse_in_memory(
-                    &request,
-                    &inputs,
-                    &device,
-                    rep.cancel.clone(),
-                    |e| match e {
-                        JobEvent::Log(l) => rep.log(l),
-                        JobEvent::Planned(_) => {}
-                        JobEvent::Progress(p) => {
-                            let (total, done) = (p.total(), p.done());
-                            let base = *first.get_or_insert(done - p.tokens);
-                            rep.progress(crate::jobs::ProgressInfo {
-                                done,
-                                total,
-                                rate: (done - base) as f64
-                                    / started.elapsed().as_secs_f64().max(1e-9),
-                                unit: "tokens",
-                                note: format!("pass {}/{}", p.pass + 1, p.passes),
-                            });
-                        }
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(files) = files else {
-                return Ok(crate::jobs::AnalysisDone::Cancelled);
-            };
-            let ex = Explorer::open_source(BundleSource::Memory {
-                label: "the embedded family, analysed in this browser".into(),
-                files: Arc::new(files),
-            })?;
-            console_log(&format!(
-                "seedscope-analysis-seconds {:.2}",
-                started.elapsed().as_secs_f64()
-            ));
-            Ok(crate::jobs::AnalysisDone::Opened(Box::new(ex)))
+                "the embedded family, analysed in this browser",
+                &rep,
+            )
+            .await
         },
     )
+}
+
+/// Why analysis needs WebGPU, and what to do instead.
+fn needs_webgpu(e: String) -> String {
+    format!(
+        "analysis in the browser needs WebGPU ({e}). Bundles still open here; to analyse, use \
+         the desktop app (`seedscope`) or the CLI (`seedscope analyze`)"
+    )
+}
+
+/// Run [`analyse_in_memory`](seedscope_analysis::job::analyse_in_memory) on this page's
+/// device, reporting through `rep`, and open the bundle it makes.
+async fn analyse_here(
+    device: &seedscope_model::ComputeDevice,
+    inputs: &seedscope_analysis::job::MemoryInputs,
+    max_tokens: Option<u64>,
+    label: &str,
+    rep: &crate::jobs::Reporter<crate::jobs::AnalysisDone>,
+) -> Result<crate::jobs::AnalysisDone, String> {
+    use seedscope_analysis::job::{AnalysisRequest, JobEvent, analyse_in_memory};
+    let request = AnalysisRequest {
+        save_tiles: Some("all".into()),
+        max_tokens,
+        // Small blocks: the page gets the event loop (drawing, progress) between them.
+        batch_size: Some(4),
+        command: vec![format!("seedscope (browser): {label}")],
+        ..AnalysisRequest::default()
+    };
+    let started = web_time::Instant::now();
+    let mut first: Option<u64> = None;
+    let files = analyse_in_memory(&request, inputs, device, rep.cancel.clone(), |e| match e {
+        JobEvent::Log(l) => rep.log(l),
+        JobEvent::Planned(_) => {}
+        JobEvent::Progress(p) => {
+            let (total, done) = (p.total(), p.done());
+            let base = *first.get_or_insert(done - p.tokens);
+            rep.progress(crate::jobs::ProgressInfo {
+                done,
+                total,
+                rate: (done - base) as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                unit: "tokens",
+                note: format!("pass {}/{}", p.pass + 1, p.passes),
+            });
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let Some(files) = files else {
+        return Ok(crate::jobs::AnalysisDone::Cancelled);
+    };
+    let ex = Explorer::open_source(BundleSource::Memory {
+        label: label.into(),
+        files: Arc::new(files),
+    })?;
+    console_log(&format!(
+        "seedscope-analysis-seconds {:.2}",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(crate::jobs::AnalysisDone::Opened(Box::new(ex)))
+}
+
+/// The most model weight the page takes on: every model is held twice (its bytes, and a CPU
+/// copy for the weight statistics) besides its GPU upload, in a WebAssembly memory of at most
+/// 4 GiB.
+pub const MAX_BROWSER_WEIGHT_BYTES: u64 = 1 << 30;
+
+/// Models chosen from disk for an analysis in the browser.
+#[derive(Default)]
+pub struct DiskForm {
+    /// `(name, config.json, model.safetensors)`, the anchor first.
+    pub models: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// The anchor's `tokenizer.json`.
+    pub tokenizer: Option<Vec<u8>>,
+    /// The data: its name and contents.
+    pub data: Option<(String, MemoryTokens)>,
+    /// Token budget (0: all).
+    pub max_tokens: u64,
+    picking: Option<Task<Option<Picked>>>,
+}
+
+enum Picked {
+    Model(String, Vec<u8>, Vec<u8>, Option<Vec<u8>>),
+    Data(String, MemoryTokens),
+}
+
+/// Let the user choose one model's files (`config.json`, a `.safetensors`, optionally
+/// `tokenizer.json`), named `model-{n}`.
+fn spawn_pick_model(n: usize, ctx: Option<egui::Context>) -> Task<Option<Picked>> {
+    Task::spawn_async("choosing a model", ctx, move |_| async move {
+        let Some(handles) = rfd::AsyncFileDialog::new()
+            .set_title("Choose one model's config.json and model.safetensors (and tokenizer.json)")
+            .pick_files()
+            .await
+        else {
+            return Ok(None);
+        };
+        let (mut config, mut weights, mut tokenizer) = (None, None, None);
+        for h in handles {
+            let name = h.file_name();
+            if name == "config.json" {
+                config = Some(h.read().await);
+            } else if name.ends_with(".safetensors") {
+                weights = Some(h.read().await);
+            } else if name == "tokenizer.json" {
+                tokenizer = Some(h.read().await);
+            }
+        }
+        match (config, weights) {
+            (Some(c), Some(w)) => Ok(Some(Picked::Model(format!("model-{n}"), c, w, tokenizer))),
+            _ => Err(
+                "choose the model's config.json and its model.safetensors together (the \
+                      browser reads safetensors; convert pytorch_model.bin with the desktop app \
+                      or transformers)"
+                    .into(),
+            ),
+        }
+    })
+}
+
+/// Let the user choose the data: token rows (`.npy`) or UTF-8 text.
+fn spawn_pick_data(ctx: Option<egui::Context>) -> Task<Option<Picked>> {
+    Task::spawn_async("choosing data", ctx, move |_| async move {
+        let Some(h) = rfd::AsyncFileDialog::new()
+            .set_title("Choose the data: token ids (.npy) or text (.txt)")
+            .pick_file()
+            .await
+        else {
+            return Ok(None);
+        };
+        let name = h.file_name();
+        let bytes = h.read().await;
+        let tokens = if name.ends_with(".npy") {
+            MemoryTokens::Npy(bytes)
+        } else {
+            MemoryTokens::Text(
+                String::from_utf8(bytes).map_err(|e| format!("{name}: not UTF-8 text ({e})"))?,
+            )
+        };
+        Ok(Some(Picked::Data(name, tokens)))
+    })
+}
+
+/// Check that `models` fit the page, naming the limit and what to do when they do not.
+pub fn check_fits(models: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), String> {
+    let total: u64 = models.iter().map(|m| m.2.len() as u64).sum();
+    if total > MAX_BROWSER_WEIGHT_BYTES {
+        return Err(format!(
+            "these {} models hold {:.2} GB of weights; the page keeps each twice in its \
+             WebAssembly memory, which browsers limit to 4 GiB, so it takes at most {:.2} GB. \
+             Analyse them with the desktop app (`seedscope`) or the CLI (`seedscope analyze`)",
+            models.len(),
+            total as f64 / 1e9,
+            MAX_BROWSER_WEIGHT_BYTES as f64 / 1e9
+        ));
+    }
+    Ok(())
+}
+
+impl crate::SeedscopeApp {
+    /// The browser's form for analysing models chosen from disk.
+    pub(crate) fn disk_analysis_window(&mut self, ctx: &egui::Context) {
+        let Some(mut form) = self.web.disk.take() else {
+            return;
+        };
+        if let Some(t) = &mut form.picking
+            && let crate::jobs::Poll::Done(r) = t.poll()
+        {
+            form.picking = None;
+            match r {
+                Ok(Some(Picked::Model(name, config, weights, tokenizer))) => {
+                    if form.tokenizer.is_none() {
+                        form.tokenizer = tokenizer;
+                    }
+                    form.models.push((name, config, weights));
+                }
+                Ok(Some(Picked::Data(name, tokens))) => form.data = Some((name, tokens)),
+                Ok(None) => {}
+                Err(e) => self.error(e),
+            }
+        }
+        let (mut open, mut start) = (true, false);
+        egui::Window::new("Analyse models from disk")
+            .open(&mut open)
+            .collapsible(false)
+            .show(ctx, |ui| {
+                ui.label("Models that differ only in their seed; the first is the anchor.");
+                for (name, _, w) in &form.models {
+                    ui.label(format!("{name}: {:.1} MB of weights", w.len() as f64 / 1e6));
+                }
+                let busy = form.picking.is_some();
+                ui.horizontal(|ui| {
+                    if ui
+                        .add_enabled(!busy, egui::Button::new("Add a model…"))
+                        .clicked()
+                    {
+                        form.picking =
+                            Some(spawn_pick_model(form.models.len() + 1, self.ctx_clone()));
+                    }
+                    if ui
+                        .add_enabled(!busy, egui::Button::new("Choose the data…"))
+                        .clicked()
+                    {
+                        form.picking = Some(spawn_pick_data(self.ctx_clone()));
+                    }
+                });
+                ui.label(match (&form.data, &form.tokenizer) {
+                    (Some((name, _)), _) => format!("data: {name}"),
+                    (None, _) => "data: none chosen yet (.npy token ids or .txt text)".into(),
+                });
+                if form.tokenizer.is_none() {
+                    ui.label("tokenizer: none yet (choose tokenizer.json with the first model)");
+                }
+                ui.horizontal(|ui| {
+                    ui.label("token budget (0 = all)");
+                    ui.add(egui::DragValue::new(&mut form.max_tokens).speed(1000));
+                });
+                if ui
+                    .add_enabled(
+                        form.models.len() >= 2 && form.data.is_some() && form.tokenizer.is_some(),
+                        egui::Button::new("Analyse"),
+                    )
+                    .clicked()
+                {
+                    start = true;
+                }
+            });
+        if start {
+            if let Err(e) = check_fits(&form.models) {
+                self.error(e);
+                self.web.disk = Some(form);
+                return;
+            }
+            if self.analysis.is_some() {
+                self.error("an analysis is already running".into());
+                self.web.disk = Some(form);
+                return;
+            }
+            let (Some((source, tokens)), Some(tokenizer_json)) = (form.data, form.tokenizer) else {
+                return;
+            };
+            let inputs = MemoryInputs {
+                models: form.models,
+                tokens,
+                tokenizer_json,
+                source,
+            };
+            let max_tokens = (form.max_tokens > 0).then_some(form.max_tokens);
+            let device = self.web.compute_device();
+            self.analysis = Some(Task::spawn_async(
+                "analysing models from disk in this browser",
+                self.ctx_clone(),
+                move |rep| async move {
+                    let device = device.map_err(needs_webgpu)?;
+                    analyse_here(&device, &inputs, max_tokens, "models from disk", &rep).await
+                },
+            ));
+        } else if open {
+            self.web.disk = Some(form);
+        }
+    }
 }
 
 /// The browser's part of the app state.
 pub struct WebState {
     /// The URL of a bundle opening without its heavy arrays, still to fetch.
     pub heavy_url: Option<String>,
+    /// The form for analysing models chosen from disk, when open.
+    pub disk: Option<DiskForm>,
     /// Fetching them.
     pub heavy: Option<Task<Option<Box<Explorer>>>>,
     /// The first frame's time has been written to the console.
@@ -421,6 +639,7 @@ impl WebState {
             None => Err("this browser offers no WebGPU".into()),
         };
         Self {
+            disk: None,
             heavy_url: None,
             heavy: None,
             first_frame_logged: false,
