@@ -567,7 +567,12 @@ impl SeedscopeApp {
                 Ok(m) => self.models = Some(Arc::new(m)),
                 Err(e) => {
                     self.models_error = Some(e.clone());
-                    self.error(e);
+                    // In the browser this is a known limit, not a failure.
+                    if cfg!(target_arch = "wasm32") {
+                        self.notice(e);
+                    } else {
+                        self.error(e);
+                    }
                     return None;
                 }
             }

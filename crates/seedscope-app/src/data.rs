@@ -491,3 +491,77 @@ fn read_histograms(
         .map(|name| Ok((name.to_string(), tensor(&st, name, path, want, Dtype::U32)?)))
         .collect()
 }
+
+impl Explorer {
+    /// The examples the bundle stores for `neurons` (its `anatomy.safetensors`: each anchor
+    /// neuron's top activations with 50 tokens before and 10 after), for where the models
+    /// cannot run (the browser). Neurons of models that were not an anchor get none; the
+    /// stored examples carry the activation at the example's token only.
+    pub fn stored_examples(
+        &self,
+        neurons: &[NeuronId],
+    ) -> Result<Vec<crate::inspect::Examples>, String> {
+        let width = self.n_layers() * self.d_mlp();
+        let tok = self
+            .tokenizer()
+            .ok_or("the bundle has no tokenizer to show the examples' tokens with")?;
+        let mut files = BTreeMap::new();
+        let mut out = Vec::new();
+        for &n in neurons {
+            let file = files.entry(n.model).or_insert_with(|| {
+                seedscope_analysis::bundle::AnatomyFile::read_from(
+                    &self.source,
+                    n.model,
+                    width,
+                    true,
+                )
+                .ok()
+                .flatten()
+            });
+            let Some(a) = file.as_ref() else {
+                out.push(crate::inspect::Examples {
+                    id: n,
+                    top: Vec::new(),
+                    top_tokens: Vec::new(),
+                    scanned: 0,
+                });
+                continue;
+            };
+            let i = n.layer * self.d_mlp() + n.neuron;
+            let win = a.window();
+            let top = (0..a.k)
+                .filter_map(|j| {
+                    let value = *a.top_val.get(i * a.k + j)?;
+                    let ids = a
+                        .windows
+                        .get((i * a.k + j) * win..(i * a.k + j + 1) * win)?;
+                    if !value.is_finite() || ids.get(a.context.0).is_none_or(|&t| t < 0) {
+                        return None;
+                    }
+                    let pos = ids[..a.context.0].iter().filter(|&&t| t >= 0).count();
+                    let tokens: Vec<String> = ids
+                        .iter()
+                        .filter(|&&t| t >= 0)
+                        .map(|&t| tok.decode(&[t as u32]).unwrap_or_default())
+                        .collect();
+                    let mut acts = vec![0.0; tokens.len()];
+                    acts[pos] = value;
+                    Some(crate::inspect::Example {
+                        value,
+                        row: 0,
+                        pos,
+                        tokens,
+                        acts,
+                    })
+                })
+                .collect();
+            out.push(crate::inspect::Examples {
+                id: n,
+                top,
+                top_tokens: Vec::new(),
+                scanned: 0,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -100,6 +100,20 @@ impl SeedscopeApp {
         if self.page.examples_task.is_some() {
             return;
         }
+        if cfg!(target_arch = "wasm32") {
+            // The browser does not run the models: the examples the bundle stores.
+            if let Some(ex) = self.ex.clone() {
+                match ex.stored_examples(&neurons) {
+                    Ok(list) => {
+                        for e in list {
+                            self.page.examples.insert(e.id, e);
+                        }
+                    }
+                    Err(e) => self.error(e),
+                }
+            }
+            return;
+        }
         let Some(models) = self.models() else { return };
         let (k, rows) = (self.settings.examples_k, self.settings.examples_rows);
         let ctx = self.ctx_clone();
@@ -369,11 +383,15 @@ impl SeedscopeApp {
                     }
                 } else if !missing.is_empty()
                     && ui
-                        .button(format!(
-                            "Find them (first {} rows of the bundle's data, all {} seeds)",
-                            self.settings.examples_rows,
-                            neurons.len()
-                        ))
+                        .button(if cfg!(target_arch = "wasm32") {
+                            "Show the examples the bundle stores (the anchor's top 20)".to_string()
+                        } else {
+                            format!(
+                                "Find them (first {} rows of the bundle's data, all {} seeds)",
+                                self.settings.examples_rows,
+                                neurons.len()
+                            )
+                        })
                         .clicked()
                 {
                     self.request_examples(missing);
@@ -385,15 +403,22 @@ impl SeedscopeApp {
                 for (ui, n) in cols.iter_mut().zip(&neurons) {
                     ui.push_id(n, |ui| {
                         ui.strong(format!("{} {}", ex.names[n.model], n.short()));
-                        if let Some(e) = self.page.examples.get(n) {
+                        if let Some(e) = self.page.examples.get(n)
+                            && e.top.is_empty()
+                            && e.scanned == 0
+                        {
+                            ui.weak("none stored: bundles keep examples for their anchors' neurons");
+                        } else if let Some(e) = self.page.examples.get(n) {
                             let toks: Vec<String> = e
                                 .top_tokens
                                 .iter()
                                 .take(5)
                                 .map(|(t, m, _)| format!("{:?} {m:.2}", t))
                                 .collect();
-                            ui.label(format!("top tokens: {}", toks.join(", ")))
+                            if !toks.is_empty() {
+                                ui.label(format!("top tokens: {}", toks.join(", ")))
                                 .on_hover_text("tokens with the highest mean activation (seen at least 3 times)");
+                            }
                             let scale = e.top.first().map_or(1.0, |x| x.value.abs().max(1e-6));
                             for ex_ in &e.top {
                                 self.example_row(ui, ex_, scale);

@@ -800,3 +800,39 @@ fn a_corrupt_bundle_is_a_readable_error_naming_the_file() {
     assert!(h.state().ex.is_none());
     assert!(h.query_all_by_label_contains("tiles.safetensors").count() >= 1);
 }
+
+/// The examples a bundle stores (what the browser shows, as it cannot run the models): the
+/// anchor's top activations with their windows, none for the other seeds' neurons.
+#[test]
+fn stored_examples_come_from_the_anatomy_file() {
+    let ex = seedscope_app::Explorer::open(&bundle()).expect("open the bundle");
+    let width = ex.n_layers() * ex.d_mlp();
+    let anatomy = seedscope_analysis::bundle::AnatomyFile::read(&bundle(), 0, width, true)
+        .expect("read the anatomy")
+        .expect("the bundle has one");
+    let anchor = seedscope_app::NeuronId {
+        model: 0,
+        layer: 1,
+        neuron: 7,
+    };
+    let other = seedscope_app::NeuronId { model: 1, ..anchor };
+    let list = ex
+        .stored_examples(&[anchor, other])
+        .expect("stored examples");
+    assert_eq!(list.len(), 2);
+    let i = ex.d_mlp() + 7;
+    let top = &list[0].top;
+    assert!(!top.is_empty());
+    let tok = ex.tokenizer().expect("tokenizer");
+    for (j, e) in top.iter().enumerate() {
+        assert_eq!(e.value, anatomy.top_val[i * anatomy.k + j]);
+        let centre = anatomy.windows[(i * anatomy.k + j) * anatomy.window() + anatomy.context.0];
+        assert_eq!(
+            e.tokens[e.pos],
+            tok.decode(&[centre as u32]).expect("decode")
+        );
+        assert_eq!(e.acts[e.pos], e.value);
+    }
+    assert!(top.windows(2).all(|w| w[0].value >= w[1].value));
+    assert!(list[1].top.is_empty(), "seed-b was not an anchor");
+}
