@@ -82,6 +82,13 @@ async function withPage(flags, fn) {
     viewport: { width: 1280, height: 860 },
     args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...flags],
   });
+  // Main-thread tasks over 50 ms, recorded from the start: whether the page stays responsive.
+  await context.addInitScript(() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.__longTasks.push([e.startTime, e.duration]);
+    }).observe({ type: "longtask", buffered: true });
+  });
   const page = context.pages()[0] ?? (await context.newPage());
   const log = [];
   const waiters = [];
@@ -131,6 +138,10 @@ try {
     const seconds = log.find((l) => l.startsWith("seedscope-analysis-seconds"));
     console.log(`ok  analysis in the browser finished after ${((Date.now() - t0) / 1000).toFixed(1)} s (${seconds})`);
     checkSummary("browser analysis (WebGPU)", summaryOf(summary));
+    const long = await page.evaluate(() => window.__longTasks);
+    const worst = Math.max(0, ...long.map((t) => t[1]));
+    const busy = long.reduce((a, t) => a + t[1], 0);
+    console.log(`--  main thread from navigation to the result: ${long.length} tasks over 50 ms, longest ${worst.toFixed(0)} ms, ${(busy / 1000).toFixed(1)} s in them`);
     await page.waitForTimeout(1500);
     await page.screenshot({ path: path.join(outDir, "overview.png") });
     checkNotBlank(path.join(outDir, "overview.png"));
