@@ -86,13 +86,41 @@ fn the_seeds_share_a_shape_but_not_their_weights() {
     assert_eq!(distinct.len(), 5);
 }
 
+fn read(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The family's seeds `seeds` as the browser holds them: their files' bytes.
+fn memory_inputs(
+    seeds: &[&str],
+    tokens: seedscope_analysis::job::MemoryTokens,
+    source: &str,
+) -> seedscope_analysis::job::MemoryInputs {
+    seedscope_analysis::job::MemoryInputs {
+        models: seeds
+            .iter()
+            .map(|s| {
+                let d = family().join(s);
+                (
+                    s.to_string(),
+                    read(d.join("config.json")),
+                    read(d.join("model.safetensors")),
+                )
+            })
+            .collect(),
+        tokens,
+        tokenizer_json: read(family().join("tokenizer.json")),
+        source: source.into(),
+    }
+}
+
 /// The browser's analysis (`analyse_in_memory`: bytes in, bundle files out, no directories)
 /// gives the same bundle as `run_analysis` of the same request from the files.
 #[test]
 fn the_in_memory_analysis_equals_the_analysis_from_files() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
     use seedscope_analysis::job::{
-        AnalysisRequest, JobEnd, MemoryInputs, MemoryTokens, analyse_in_memory, run_analysis,
+        AnalysisRequest, JobEnd, MemoryTokens, analyse_in_memory, run_analysis,
     };
     let out = common::temp_dir("in-memory-vs-files").join("bundle");
     let req = AnalysisRequest {
@@ -107,23 +135,11 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
     else {
         panic!("the analysis from files was interrupted");
     };
-    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let inputs = MemoryInputs {
-        models: SEEDS
-            .iter()
-            .map(|s| {
-                let d = family().join(s);
-                (
-                    s.to_string(),
-                    read(d.join("config.json")),
-                    read(d.join("model.safetensors")),
-                )
-            })
-            .collect(),
-        tokens: MemoryTokens::Npy(read(family().join("eval_tokens.npy"))),
-        tokenizer_json: read(family().join("tokenizer.json")),
-        source: "eval_tokens.npy".into(),
-    };
+    let inputs = memory_inputs(
+        &SEEDS,
+        MemoryTokens::Npy(read(family().join("eval_tokens.npy"))),
+        "eval_tokens.npy",
+    );
     let dev = common::device(BackendKind::Cpu);
     let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
         .expect("in memory")
@@ -198,8 +214,7 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
 fn in_memory_text_is_tokenised_like_the_text_data_source() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
     use seedscope_analysis::job::{
-        AnalysisRequest, DataSource, JobEnd, MemoryInputs, MemoryTokens, analyse_in_memory,
-        run_analysis,
+        AnalysisRequest, DataSource, JobEnd, MemoryTokens, analyse_in_memory, run_analysis,
     };
     let dir = common::temp_dir("in-memory-text");
     let text_path = dir.join("sample.txt");
@@ -220,23 +235,11 @@ fn in_memory_text_is_tokenised_like_the_text_data_source() {
     else {
         panic!("interrupted");
     };
-    let read = |p: PathBuf| std::fs::read(&p).expect("family file");
-    let inputs = MemoryInputs {
-        models: ["seed-a", "seed-b"]
-            .iter()
-            .map(|s| {
-                let d = family().join(s);
-                (
-                    s.to_string(),
-                    read(d.join("config.json")),
-                    read(d.join("model.safetensors")),
-                )
-            })
-            .collect(),
-        tokens: MemoryTokens::Text(text),
-        tokenizer_json: read(family().join("tokenizer.json")),
-        source: "sample.txt".into(),
-    };
+    let inputs = memory_inputs(
+        &["seed-a", "seed-b"],
+        MemoryTokens::Text(text),
+        "sample.txt",
+    );
     let dev = common::device(BackendKind::Cpu);
     let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
         .expect("in memory")
