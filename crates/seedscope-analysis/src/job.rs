@@ -467,24 +467,8 @@ pub async fn analyse_in_memory(
         },
     };
     let options = analysis_options(req, &models, &tokens, device, false)?;
-    let data_sha = format!(
-        "{:x}",
-        Sha256::digest(
-            tokens
-                .ids
-                .iter()
-                .flat_map(|id| id.to_le_bytes())
-                .collect::<Vec<u8>>()
-        )
-    );
-    let vocab: Vec<String> = (0..models[0].config.vocab_size() as u32)
-        .map(|id| tokenizer.decode(&[id]).unwrap_or_default())
-        .collect();
-    let features = Arc::new(crate::features::FeatureSet::build(
-        &vocab,
-        &tokens.ids,
-        &crate::features::FeatureOptions::default(),
-    ));
+    let data_sha = data_sha256(&tokens.ids);
+    let features = token_features(Some(&tokenizer), models[0].config.vocab_size(), &tokens.ids);
     let run = Run {
         family: Family {
             models: &models,
@@ -527,6 +511,35 @@ pub async fn analyse_in_memory(
         Some(inputs.tokenizer_json.clone()),
     )?;
     Ok(Some(files))
+}
+
+/// The sha256 of token ids (little-endian u32s): what a manifest records of its data.
+fn data_sha256(ids: &[u32]) -> String {
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The token features of the anatomy for a vocabulary of `vocab_size` (strings decoded with
+/// `tokenizer`; empty without one) and the analysed ids.
+fn token_features(
+    tokenizer: Option<&TextTokenizer>,
+    vocab_size: usize,
+    ids: &[u32],
+) -> Arc<crate::features::FeatureSet> {
+    let vocab: Vec<String> = match tokenizer {
+        Some(t) => (0..vocab_size as u32)
+            .map(|id| t.decode(&[id]).unwrap_or_default())
+            .collect(),
+        None => vec![String::new(); vocab_size],
+    };
+    Arc::new(crate::features::FeatureSet::build(
+        &vocab,
+        ids,
+        &crate::features::FeatureOptions::default(),
+    ))
 }
 
 /// The engine's options for `req` on these models, tokens and device (rows per block: what
@@ -610,31 +623,21 @@ pub fn run_analysis(
         .iter()
         .map(model_entry)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut h = Sha256::new();
-    for id in &tokens.ids {
-        h.update(id.to_le_bytes());
-    }
-    let data_sha = format!("{:x}", h.finalize());
+    let data_sha = data_sha256(&tokens.ids);
     // The analysis whatever the device (shards of it merge), then this run on this device.
     let merge_key = json_sha256(&(&entries, &data_sha, &options, env!("CARGO_PKG_VERSION")))?;
     let fingerprint = json_sha256(&(&merge_key, device.kind.to_string(), req.shard))?;
     // Token features for the anatomy (decoded with the anchor's tokenizer when it has one).
-    let vocab: Vec<String> = {
-        let n = models[0].config.vocab_size();
-        if TextTokenizer::model_dir_has_tokenizer(&models[0].dir) {
-            let t = TextTokenizer::from_model_dir(&models[0].dir)?;
-            (0..n as u32)
-                .map(|id| t.decode(&[id]).unwrap_or_default())
-                .collect()
-        } else {
-            vec![String::new(); n]
-        }
+    let tokenizer = if TextTokenizer::model_dir_has_tokenizer(&models[0].dir) {
+        Some(TextTokenizer::from_model_dir(&models[0].dir)?)
+    } else {
+        None
     };
-    let features = std::sync::Arc::new(crate::features::FeatureSet::build(
-        &vocab,
+    let features = token_features(
+        tokenizer.as_ref(),
+        models[0].config.vocab_size(),
         &tokens.ids,
-        &crate::features::FeatureOptions::default(),
-    ));
+    );
     let work = partial_dir(&req.out);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let run = Run {

@@ -265,22 +265,36 @@ pub enum AnalysisDone {
     Cancelled,
 }
 
-/// Run an analysis and open its bundle, on a thread.
-pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> Task<AnalysisDone> {
-    let label = format!("analysing into {}", request.out.display());
-    Task::spawn(label, ctx, move |rep| {
-        let t0 = Instant::now();
-        let mut first: Option<u64> = None;
-        let end = run_analysis(&request, rep.cancel.clone(), |e| match e {
-            JobEvent::Log(l) => rep.log(l),
+/// Forwards an analysis job's events to a task's reporter: log lines, and progress with the
+/// rate since the first report (a resumed run's earlier tokens do not count).
+pub struct JobForwarder<'a, T> {
+    rep: &'a Reporter<T>,
+    started: Instant,
+    first: Option<u64>,
+}
+
+impl<'a, T> JobForwarder<'a, T> {
+    /// Start forwarding to `rep`.
+    pub fn new(rep: &'a Reporter<T>) -> Self {
+        Self {
+            rep,
+            started: Instant::now(),
+            first: None,
+        }
+    }
+
+    /// Forward one event.
+    pub fn event(&mut self, e: JobEvent) {
+        match e {
+            JobEvent::Log(l) => self.rep.log(l),
             JobEvent::Planned(_) => {}
             JobEvent::Progress(p) => {
                 let (total, done) = (p.total(), p.done());
-                let base = *first.get_or_insert(done - p.tokens);
-                rep.progress(ProgressInfo {
+                let base = *self.first.get_or_insert(done - p.tokens);
+                self.rep.progress(ProgressInfo {
                     done,
                     total,
-                    rate: (done - base) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    rate: (done - base) as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
                     unit: "tokens",
                     note: format!(
                         "pass {}/{}, {:.0} MiB",
@@ -290,8 +304,17 @@ pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> T
                     ),
                 });
             }
-        })
-        .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// Run an analysis and open its bundle, on a thread.
+pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> Task<AnalysisDone> {
+    let label = format!("analysing into {}", request.out.display());
+    Task::spawn(label, ctx, move |rep| {
+        let mut forward = JobForwarder::new(rep);
+        let end = run_analysis(&request, rep.cancel.clone(), |e| forward.event(e))
+            .map_err(|e| e.to_string())?;
         match end {
             JobEnd::Written(dir) => Ok(AnalysisDone::Opened(Box::new(Explorer::open(&dir)?))),
             JobEnd::Interrupted(c) => Ok(AnalysisDone::Interrupted(c)),
@@ -315,21 +338,6 @@ pub enum Pick {
     File,
     /// A file to save, with this default name.
     Save(&'static str),
-}
-
-/// Open a bundle whose files are in memory (fetched, picked or dropped in the browser).
-pub fn spawn_open_files(
-    label: String,
-    files: seedscope_analysis::bundle::BundleFiles,
-    ctx: Option<egui::Context>,
-) -> Task<Option<Box<Explorer>>> {
-    Task::spawn(format!("opening {label}"), ctx, move |_| {
-        Explorer::open_source(seedscope_analysis::bundle::BundleSource::Memory {
-            label,
-            files: Arc::new(files),
-        })
-        .map(|ex| Some(Box::new(ex)))
-    })
 }
 
 /// Show a native file dialog on a thread (the UI keeps drawing); `None` when dismissed.

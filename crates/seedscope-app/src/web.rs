@@ -216,25 +216,36 @@ pub fn summary_line(ex: &Explorer) -> String {
 /// The Cache API cache that holds the fetched model files.
 pub const CACHE_NAME: &str = "seedscope-models-v1";
 
+/// What this page has put into (or found in) the browser cache: bytes per URL, and why
+/// caching stopped if it did (quota).
+#[derive(Default)]
+struct CacheState {
+    sizes: std::collections::BTreeMap<String, u64>,
+    refused: Option<String>,
+}
+
 thread_local! {
-    /// What this page has put into (or found in) the browser cache: bytes, and why caching
-    /// stopped if it did (quota).
-    static CACHE_STATE: std::cell::RefCell<(u64, Option<String>)> =
-        const { std::cell::RefCell::new((0, None)) };
+    static CACHE_STATE: std::cell::RefCell<CacheState> = std::cell::RefCell::new(CacheState::default());
 }
 
 /// Bytes of model files this page keeps in the browser cache, and why caching stopped if it
 /// did (a quota error: the files are then held in memory only).
 pub fn cache_state() -> (u64, Option<String>) {
-    CACHE_STATE.with(|c| c.borrow().clone())
+    CACHE_STATE.with(|c| {
+        let c = c.borrow();
+        (c.sizes.values().sum(), c.refused.clone())
+    })
+}
+
+fn caches() -> Result<web_sys::CacheStorage, String> {
+    web_sys::window()
+        .ok_or("no browser window")?
+        .caches()
+        .map_err(js_error)
 }
 
 async fn open_cache() -> Result<web_sys::Cache, String> {
-    let caches = web_sys::window()
-        .ok_or("no browser window")?
-        .caches()
-        .map_err(js_error)?;
-    let cache = JsFuture::from(caches.open(CACHE_NAME))
+    let cache = JsFuture::from(caches()?.open(CACHE_NAME))
         .await
         .map_err(js_error)?;
     cache
@@ -256,7 +267,7 @@ pub async fn fetch_cached(url: &str) -> Result<Vec<u8>, String> {
             .await
             .map_err(|e| format!("{url} (cached): {}", js_error(e)))?;
         let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-        CACHE_STATE.with(|c| c.borrow_mut().0 += bytes.len() as u64);
+        CACHE_STATE.with(|c| c.borrow_mut().sizes.insert(url.into(), bytes.len() as u64));
         return Ok(bytes);
     }
     let bytes = fetch_bytes(url)
@@ -278,9 +289,11 @@ pub async fn fetch_cached(url: &str) -> Result<Vec<u8>, String> {
     CACHE_STATE.with(|c| {
         let mut c = c.borrow_mut();
         match stored {
-            Ok(()) => c.0 += bytes.len() as u64,
+            Ok(()) => {
+                c.sizes.insert(url.into(), bytes.len() as u64);
+            }
             Err(e) => {
-                c.1 = Some(format!(
+                c.refused = Some(format!(
                     "the browser cache refused the model files ({e}); they are kept in memory \
                      for this visit only"
                 ))
@@ -292,14 +305,10 @@ pub async fn fetch_cached(url: &str) -> Result<Vec<u8>, String> {
 
 /// Delete the cached model files.
 pub async fn clear_cache() -> Result<(), String> {
-    let caches = web_sys::window()
-        .ok_or("no browser window")?
-        .caches()
-        .map_err(js_error)?;
-    JsFuture::from(caches.delete(CACHE_NAME))
+    JsFuture::from(caches()?.delete(CACHE_NAME))
         .await
         .map_err(js_error)?;
-    CACHE_STATE.with(|c| *c.borrow_mut() = (0, None));
+    CACHE_STATE.with(|c| *c.borrow_mut() = CacheState::default());
     Ok(())
 }
 
@@ -369,7 +378,7 @@ async fn analyse_here(
     label: &str,
     rep: &crate::jobs::Reporter<crate::jobs::AnalysisDone>,
 ) -> Result<crate::jobs::AnalysisDone, String> {
-    use seedscope_analysis::job::{AnalysisRequest, JobEvent, analyse_in_memory};
+    use seedscope_analysis::job::{AnalysisRequest, analyse_in_memory};
     let request = AnalysisRequest {
         save_tiles: Some("all".into()),
         max_tokens,
@@ -379,21 +388,9 @@ async fn analyse_here(
         ..AnalysisRequest::default()
     };
     let started = web_time::Instant::now();
-    let mut first: Option<u64> = None;
-    let files = analyse_in_memory(&request, inputs, device, rep.cancel.clone(), |e| match e {
-        JobEvent::Log(l) => rep.log(l),
-        JobEvent::Planned(_) => {}
-        JobEvent::Progress(p) => {
-            let (total, done) = (p.total(), p.done());
-            let base = *first.get_or_insert(done - p.tokens);
-            rep.progress(crate::jobs::ProgressInfo {
-                done,
-                total,
-                rate: (done - base) as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                unit: "tokens",
-                note: format!("pass {}/{}", p.pass + 1, p.passes),
-            });
-        }
+    let mut forward = crate::jobs::JobForwarder::new(rep);
+    let files = analyse_in_memory(&request, inputs, device, rep.cancel.clone(), |e| {
+        forward.event(e)
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -555,9 +552,9 @@ impl crate::SeedscopeApp {
                         form.picking = Some(spawn_pick_data(self.ctx_clone()));
                     }
                 });
-                ui.label(match (&form.data, &form.tokenizer) {
-                    (Some((name, _)), _) => format!("data: {name}"),
-                    (None, _) => "data: none chosen yet (.npy token ids or .txt text)".into(),
+                ui.label(match &form.data {
+                    Some((name, _)) => format!("data: {name}"),
+                    None => "data: none chosen yet (.npy token ids or .txt text)".into(),
                 });
                 if form.tokenizer.is_none() {
                     ui.label("tokenizer: none yet (choose tokenizer.json with the first model)");
@@ -672,10 +669,12 @@ pub fn log_first_frame() {
 impl crate::SeedscopeApp {
     /// Say once (console, and a notice without WebGPU) whether analyses can run here.
     pub(crate) fn poll_web(&mut self) {
-        // A bundle from a URL opened without its heavy arrays: fetch them, then swap them in.
+        // A bundle from a URL opened without its heavy arrays: fetch them, then swap them in,
+        // as long as that bundle (labelled with its URL) is still the one shown. An opening
+        // that failed leaves no URL behind for the next bundle.
         if self.opening_none()
-            && let Some(ex) = self.ex.clone()
             && let Some(url) = self.web.heavy_url.take()
+            && let Some(ex) = self.ex.clone().filter(|ex| ex.source.display() == url)
         {
             self.web.heavy = Some(spawn_fetch_heavy(url, ex, self.ctx_clone()));
         }
@@ -684,8 +683,15 @@ impl crate::SeedscopeApp {
         {
             self.web.heavy = None;
             match r {
-                Ok(Some(ex)) => self.complete_explorer(*ex),
-                Ok(None) => {}
+                Ok(Some(ex))
+                    if self
+                        .ex
+                        .as_ref()
+                        .is_some_and(|shown| shown.source.display() == ex.source.display()) =>
+                {
+                    self.complete_explorer(*ex)
+                }
+                Ok(_) => {}
                 Err(e) => self.error(format!("the bundle's examples and tiles: {e}")),
             }
         }

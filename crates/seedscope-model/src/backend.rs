@@ -95,9 +95,9 @@ impl ComputeDevice {
         pollster::block_on(Self::open_async(kind))
     }
 
-    /// [`ComputeDevice::open`] without blocking (the browser's adapter and device requests
-    /// complete on its event loop). In the browser only WebGPU is asked for (not WebGL, which
-    /// has no compute shaders).
+    /// [`ComputeDevice::open`] without blocking (adapter and device requests are futures).
+    /// The browser's page shares the device it draws with instead
+    /// ([`ComputeDevice::from_wgpu`]).
     pub async fn open_async(kind: BackendKind) -> Result<Self, NoAdapter> {
         let cpu = Self {
             device: Device::flex(),
@@ -207,31 +207,14 @@ impl ComputeDevice {
 
 /// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
 async fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
-    #[allow(unused_mut)]
-    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
-    #[cfg(target_arch = "wasm32")]
-    {
-        descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
-    }
-    let instance = wgpu::Instance::new(descriptor);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let options = wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         ..Default::default()
     };
-    let adapter = match instance.request_adapter(&options).await {
-        Ok(a) => Ok(a),
-        // A software adapter (SwiftShader in a browser) may be offered only as a fallback.
-        Err(_) if cfg!(target_arch = "wasm32") => {
-            instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    force_fallback_adapter: true,
-                    ..options
-                })
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    adapter
+    instance
+        .request_adapter(&options)
+        .await
         .map(|adapter| (instance.clone(), adapter))
         .map_err(|e| NoAdapter(e.to_string()))
 }
