@@ -91,10 +91,12 @@ async function withPage(flags, fn) {
   });
   const page = context.pages()[0] ?? (await context.newPage());
   const log = [];
+  const stamps = []; // ms since the epoch, per console line
   const waiters = [];
   page.on("console", (m) => {
     const text = m.text();
     log.push(text);
+    stamps.push(Date.now());
     for (const w of waiters) w(text);
   });
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
@@ -109,7 +111,7 @@ async function withPage(flags, fn) {
       });
     });
   try {
-    await fn(page, waitFor, log);
+    await fn(page, waitFor, log, stamps);
   } finally {
     fs.writeFileSync(path.join(outDir, `console-${flags === WEBGPU ? "webgpu" : "nowebgpu"}-${Date.now()}.log`), log.join("\n"));
     await context.close();
@@ -125,7 +127,7 @@ const summaryOf = (line) => JSON.parse(line.slice("seedscope-summary ".length));
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
-  await withPage(WEBGPU, async (page, waitFor, log) => {
+  await withPage(WEBGPU, async (page, waitFor, log, stamps) => {
     const t0 = Date.now();
     await page.goto(`${base}/?autorun=1&max_tokens=${maxTokens}`);
     const paint = await waitFor("seedscope-first-frame", 60000);
@@ -142,6 +144,15 @@ try {
     const worst = Math.max(0, ...long.map((t) => t[1]));
     const busy = long.reduce((a, t) => a + t[1], 0);
     console.log(`--  main thread from navigation to the result: ${long.length} tasks over 50 ms, longest ${worst.toFixed(0)} ms, ${(busy / 1000).toFixed(1)} s in them`);
+    // Which step each task over a second belongs to: the console lines around it (page times
+    // are ms since navigation; console times are stamped here, so about the same origin; the
+    // app prints its log when it next draws, so a step's line comes after its task).
+    const origin = await page.evaluate(() => performance.timeOrigin);
+    for (const [start, duration] of long.filter((t) => t[1] > 1000)) {
+      const before = log.filter((_, i) => stamps[i] - origin <= start).at(-1) ?? "(page start)";
+      const after = log.find((_, i) => stamps[i] - origin >= start + duration) ?? "(none)";
+      console.log(`--    ${(start / 1000).toFixed(1)} s + ${(duration / 1000).toFixed(1)} s, between "${before.slice(0, 70)}" and "${after.slice(0, 70)}"`);
+    }
     await page.waitForTimeout(1500);
     await page.screenshot({ path: path.join(outDir, "overview.png") });
     checkNotBlank(path.join(outDir, "overview.png"));

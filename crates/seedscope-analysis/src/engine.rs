@@ -248,6 +248,23 @@ pub struct Progress {
     pub tokens_per_pass: u64,
     /// Estimated peak memory of the accumulation.
     pub memory_bytes: u64,
+    /// Where this pass's time went so far.
+    pub timing: BlockTiming,
+}
+
+/// Seconds spent so far in a pass, by step of the block loop. On a GPU the steps only record
+/// and submit work (the host's share) and `wait` is the device finishing it; on the CPU path
+/// the steps do the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BlockTiming {
+    /// The models' forward passes to the MLP activations.
+    pub forward: f64,
+    /// Pre-activation histograms and the anatomy (top examples, token statistics).
+    pub statistics: f64,
+    /// The rotation baseline's mixing and the correlation accumulators.
+    pub accumulate: f64,
+    /// Waiting for the device to finish the block's work.
+    pub wait: f64,
 }
 
 impl Progress {
@@ -760,6 +777,7 @@ impl Run<'_> {
                 })
                 .collect::<Result<_, _>>()?;
             let mut last_ckpt = Instant::now();
+            let mut timing = BlockTiming::default();
             for (bi, &(r0, r1, kept_n)) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
                     if let Some(path) = &ckpt_path {
@@ -781,34 +799,54 @@ impl Run<'_> {
                     TensorData::new(kept.clone(), [kept_n as usize]),
                     device,
                 );
+                let on_gpu = matches!(acc, Accumulator::Gpu { .. });
                 let mut streams: Vec<Option<Tensor<2>>> = vec![None; 2 * n_models];
+                let mut gpu_streams: Vec<Option<GpuBlock>> =
+                    (0..2 * n_models).map(|_| None).collect();
                 for m in 0..n_models {
                     if !(used[stream(m, false)] || used[stream(m, true)]) {
                         continue;
                     }
                     let hist = hist_anchors.iter().position(|&i| results[i].anchor == m);
+                    let t = Instant::now();
                     let (x, pre) =
                         activations(&self.family.models[m], &batch, &kept_t, hist.is_some())?;
+                    timing.forward += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
                     if let (Some(k), Some(pre)) = (hist, pre) {
                         hists.update(k, pre)?;
                     }
                     if let (Some(k), Some(a)) = (hist, &mut anatomy) {
                         a.update(k, x.clone(), &self.tokens.ids, r0, &kept)?;
                     }
+                    timing.statistics += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
                     if used[stream(m, true)] {
                         streams[stream(m, true)] = Some(rotate(&x, &rotations[m], d_mlp));
                     }
                     if used[stream(m, false)] {
                         streams[stream(m, false)] = Some(x);
                     }
+                    if let Some((ctx, _)) = &gpu {
+                        // Submit this model's work and, in a browser, let the device finish it
+                        // and the page have its event loop before the next model is recorded
+                        // (a no-op natively).
+                        for s in [stream(m, false), stream(m, true)] {
+                            if let Some(x) = streams[s].take() {
+                                gpu_streams[s] = Some(GpuBlock::new(x)?);
+                            }
+                        }
+                        timing.accumulate += t.elapsed().as_secs_f64();
+                        let t = Instant::now();
+                        ctx.settle().await;
+                        timing.wait += t.elapsed().as_secs_f64();
+                    } else {
+                        timing.accumulate += t.elapsed().as_secs_f64();
+                    }
                 }
-                let block = if matches!(acc, Accumulator::Gpu { .. }) {
-                    Block::Gpu(
-                        streams
-                            .into_iter()
-                            .map(|t| t.map(GpuBlock::new).transpose())
-                            .collect::<Result<_, _>>()?,
-                    )
+                let t = Instant::now();
+                let block = if on_gpu {
+                    Block::Gpu(gpu_streams)
                 } else {
                     Block::Cpu(
                         streams
@@ -819,9 +857,12 @@ impl Run<'_> {
                 };
                 acc.update(&block)?;
                 drop(block);
+                timing.accumulate += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 if let Some((ctx, _)) = &gpu {
                     ctx.settle().await;
                 }
+                timing.wait += t.elapsed().as_secs_f64();
                 tokens_done += kept_n;
                 progress(Progress {
                     pass: pass_idx,
@@ -829,6 +870,7 @@ impl Run<'_> {
                     tokens: tokens_done,
                     tokens_per_pass,
                     memory_bytes: plan.peak_bytes(),
+                    timing,
                 });
                 if let Some(path) = &ckpt_path
                     && last_ckpt.elapsed() >= self.checkpoint_every

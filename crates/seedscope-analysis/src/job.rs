@@ -410,6 +410,7 @@ pub async fn analyse_in_memory(
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     let (mut models, mut stat_models, mut entries) = (Vec::new(), Vec::new(), Vec::new());
     for (name, config, weights) in &inputs.models {
+        let step = Instant::now();
         let dir = Path::new(name);
         let f32 = burn::tensor::FloatDType::F32;
         models.push(LoadedModel::from_bytes(
@@ -435,7 +436,10 @@ pub async fn analyse_in_memory(
                 ("model.safetensors".into(), sha(weights)),
             ],
         });
-        events(JobEvent::Log(format!("loaded {name}")));
+        events(JobEvent::Log(format!(
+            "loaded {name} in {:.1} s",
+            step.elapsed().as_secs_f64()
+        )));
     }
     let names: Vec<String> = inputs.models.iter().map(|m| m.0.clone()).collect();
     let tokenizer = TextTokenizer::from_bytes(&inputs.tokenizer_json, Path::new(TOKENIZER))?;
@@ -468,7 +472,14 @@ pub async fn analyse_in_memory(
     };
     let options = analysis_options(req, &models, &tokens, device, false)?;
     let data_sha = data_sha256(&tokens.ids);
+    let step = Instant::now();
     let features = token_features(Some(&tokenizer), models[0].config.vocab_size(), &tokens.ids);
+    events(JobEvent::Log(format!(
+        "{} rows x {} tokens; token features in {:.1} s",
+        tokens.n_rows,
+        tokens.seq_len,
+        step.elapsed().as_secs_f64()
+    )));
     let run = Run {
         family: Family {
             models: &models,
@@ -492,6 +503,10 @@ pub async fn analyse_in_memory(
         Outcome::Interrupted { .. } => return Ok(None),
         Outcome::Done(r) => r,
     };
+    events(JobEvent::Log(format!(
+        "correlation passes done after {:.1} s",
+        started.elapsed().as_secs_f64()
+    )));
     let files = assemble(
         &Assembly {
             results: &results,
@@ -509,6 +524,7 @@ pub async fn analyse_in_memory(
             seconds: started.elapsed().as_secs_f64(),
         },
         Some(inputs.tokenizer_json.clone()),
+        &mut |l| events(JobEvent::Log(l)),
     )?;
     Ok(Some(files))
 }
@@ -733,6 +749,7 @@ pub fn run_analysis(
             bos: tokenizer_bos(&models[0]),
         },
         std::fs::read(models[0].dir.join(TOKENIZER)).ok(),
+        &mut |l| events(JobEvent::Log(l)),
     )?;
     write_bundle_files(&req.out, &files)?;
     events(JobEvent::Log(format!(
@@ -768,8 +785,10 @@ struct Assembly<'a> {
 fn assemble(
     a_: &Assembly<'_>,
     tokenizer: Option<Vec<u8>>,
+    log: &mut dyn FnMut(String),
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
     let results = a_.results;
+    let step = Instant::now();
     let n_layers = results.n_layers;
     // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
     // correlation pass).
@@ -782,6 +801,11 @@ fn assemble(
                 .map(|p| Some(crate::weights::weight_stats(&p)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    log(format!(
+        "weight statistics in {:.1} s",
+        step.elapsed().as_secs_f64()
+    ));
+    let step = Instant::now();
     // Attention (de)activation scores of every anchor (BOS keys from one forward of BOS).
     let bos = a_.bos;
     let attention = results
@@ -798,6 +822,11 @@ fn assemble(
             )))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    log(format!(
+        "attention scores in {:.1} s",
+        step.elapsed().as_secs_f64()
+    ));
+    let step = Instant::now();
     let rows = crate::bundle::neuron_rows(
         &a_.results.anchors[0],
         a_.names,
@@ -838,7 +867,7 @@ fn assemble(
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };
-    crate::bundle::bundle_files(
+    let files = crate::bundle::bundle_files(
         a_.results,
         a_.names,
         &manifest,
@@ -846,7 +875,12 @@ fn assemble(
         &attention,
         Some((a_.features, a_.tokens)),
         tokenizer.as_deref(),
-    )
+    )?;
+    log(format!(
+        "neuron rows and bundle files in {:.1} s",
+        step.elapsed().as_secs_f64()
+    ));
+    Ok(files)
 }
 
 /// Shards merge only when they are every slice of the same analysis, once each.

@@ -34,7 +34,8 @@ pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
 pub use engine::{
-    AnalysisOptions, Candidates, Family, Outcome, Progress, Refine, Results, Run, TokenSet,
+    AnalysisOptions, BlockTiming, Candidates, Family, Outcome, Progress, Refine, Results, Run,
+    TokenSet,
 };
 
 /// Errors of an analysis. Each names the file or the setting at fault.

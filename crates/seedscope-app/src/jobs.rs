@@ -271,6 +271,8 @@ pub struct JobForwarder<'a, T> {
     rep: &'a Reporter<T>,
     started: Instant,
     first: Option<u64>,
+    pass: Option<usize>,
+    timing_logged: Instant,
 }
 
 impl<'a, T> JobForwarder<'a, T> {
@@ -280,6 +282,8 @@ impl<'a, T> JobForwarder<'a, T> {
             rep,
             started: Instant::now(),
             first: None,
+            pass: None,
+            timing_logged: Instant::now(),
         }
     }
 
@@ -291,6 +295,31 @@ impl<'a, T> JobForwarder<'a, T> {
             JobEvent::Progress(p) => {
                 let (total, done) = (p.total(), p.done());
                 let base = *self.first.get_or_insert(done - p.tokens);
+                if self.pass != Some(p.pass) {
+                    self.pass = Some(p.pass);
+                    self.rep.log(format!(
+                        "pass {}/{} after {:.1} s",
+                        p.pass + 1,
+                        p.passes,
+                        self.started.elapsed().as_secs_f64()
+                    ));
+                }
+                // Where the time goes, every minute and at the end of a pass.
+                if self.timing_logged.elapsed().as_secs() >= 60 || p.tokens == p.tokens_per_pass {
+                    self.timing_logged = Instant::now();
+                    let t = p.timing;
+                    self.rep.log(format!(
+                        "pass {}: {} of {} tokens; forward {:.1} s, statistics {:.1} s, \
+                         accumulation {:.1} s, waiting for the device {:.1} s",
+                        p.pass + 1,
+                        p.tokens,
+                        p.tokens_per_pass,
+                        t.forward,
+                        t.statistics,
+                        t.accumulate,
+                        t.wait
+                    ));
+                }
                 self.rep.progress(ProgressInfo {
                     done,
                     total,

@@ -397,10 +397,15 @@ async fn analyse_here(
     let Some(files) = files else {
         return Ok(crate::jobs::AnalysisDone::Cancelled);
     };
+    let opening = web_time::Instant::now();
     let ex = Explorer::open_source(BundleSource::Memory {
         label: label.into(),
         files: Arc::new(files),
     })?;
+    rep.log(format!(
+        "bundle opened in {:.1} s",
+        opening.elapsed().as_secs_f64()
+    ));
     console_log(&format!(
         "seedscope-analysis-seconds {:.2}",
         started.elapsed().as_secs_f64()
