@@ -2,7 +2,8 @@
 // SwiftShader). Serves web/dist and a native bundle on 127.0.0.1 only, then:
 //  1. ?autorun=1&max_tokens=N: the page analyses the embedded family on WebGPU; the summary it
 //     writes to the console must equal the native `seedscope analyze` bundle's within 1e-4;
-//     screenshots of the overview and of a neuron page must not be blank.
+//     screenshots of the overview and of a neuron page must not be blank; meanwhile the page
+//     must stay usable (a screenshot two minutes in is not blank, no main-thread task over 10 s).
 //  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary).
 //  3. Without WebGPU: the bundle still opens and draws (WebGL2), and the page says why
 //     analysis is unavailable.
@@ -132,10 +133,12 @@ try {
     await page.goto(`${base}/?autorun=1&max_tokens=${maxTokens}`);
     const paint = await waitFor("seedscope-first-frame", 60000);
     console.log(`ok  first frame: ${paint.split(" ")[1]} ms after navigation started`);
-    // Mid-analysis: the page is drawn with its progress bar (best effort: on SwiftShader the
-    // GPU process is busy with the analysis and may not composite a frame in time).
-    await page.waitForTimeout(20000);
-    await page.screenshot({ path: path.join(outDir, "progress.png"), timeout: 60000 }).catch((e) => console.log(`--  no mid-analysis screenshot: ${e.message.split("\n")[0]}`));
+    // Mid-analysis (after the first blocks, so the progress bar shows): the page still draws.
+    await Promise.race([waitFor("seedscope-summary", 120000), page.waitForTimeout(120000)]).catch(() => {});
+    if (!log.some((l) => l.startsWith("seedscope-summary"))) {
+      await page.screenshot({ path: path.join(outDir, "progress.png"), timeout: 60000 });
+      checkNotBlank(path.join(outDir, "progress.png"));
+    }
     const summary = await waitFor("seedscope-summary", timeoutMs);
     const seconds = log.find((l) => l.startsWith("seedscope-analysis-seconds"));
     console.log(`ok  analysis in the browser finished after ${((Date.now() - t0) / 1000).toFixed(1)} s (${seconds})`);
@@ -143,7 +146,7 @@ try {
     const long = await page.evaluate(() => window.__longTasks);
     const worst = Math.max(0, ...long.map((t) => t[1]));
     const busy = long.reduce((a, t) => a + t[1], 0);
-    console.log(`--  main thread from navigation to the result: ${long.length} tasks over 50 ms, longest ${worst.toFixed(0)} ms, ${(busy / 1000).toFixed(1)} s in them`);
+    console.log(`ok  main thread from navigation to the result: ${long.length} tasks over 50 ms, longest ${worst.toFixed(0)} ms, ${(busy / 1000).toFixed(1)} s in them`);
     // Which step each task over a second belongs to: the console lines around it (page times
     // are ms since navigation; console times are stamped here, so about the same origin; the
     // app prints its log when it next draws, so a step's line comes after its task).
@@ -153,6 +156,9 @@ try {
       const after = log.find((_, i) => stamps[i] - origin >= start + duration) ?? "(none)";
       console.log(`--    ${(start / 1000).toFixed(1)} s + ${(duration / 1000).toFixed(1)} s, between "${before.slice(0, 70)}" and "${after.slice(0, 70)}"`);
     }
+    // The page must stay usable while it analyses: no freeze near the 12-13 s ones this test
+    // measured before the fixes in web/README.md (5 s after them, on this 2-core machine).
+    if (worst > 10000) throw new Error(`the page froze for ${(worst / 1000).toFixed(1)} s during the analysis`);
     await page.waitForTimeout(1500);
     await page.screenshot({ path: path.join(outDir, "overview.png") });
     checkNotBlank(path.join(outDir, "overview.png"));
