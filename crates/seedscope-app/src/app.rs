@@ -1346,7 +1346,11 @@ impl SeedscopeApp {
             }
             if !self.messages.is_empty() {
                 ui.add_space(20.0);
-                egui::ScrollArea::vertical().max_height(160.0).show(ui, |ui| {
+                // The newest lines in view while a task logs.
+                egui::ScrollArea::vertical()
+                    .max_height(160.0)
+                    .stick_to_bottom(true)
+                    .show(ui, |ui| {
                     for m in &self.messages {
                         ui.monospace(m);
                     }
