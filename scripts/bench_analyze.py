@@ -17,6 +17,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,6 +25,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from transformers import GPT2LMHeadModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quick_universality import excess_correlation  # noqa: E402
 
 SEEDS = ["seed-a", "seed-b", "seed-c", "seed-d", "seed-e"]
 
@@ -53,25 +57,10 @@ def reference(family, tokens, max_tokens, threshold=0.5, seed=0):
     n_layers = len(model.transformer.h)
     d = acts[0].shape[1] // n_layers
 
-    def z(x):
-        x = x - x.mean(0)
-        sd = np.sqrt((x ** 2).mean(0))
-        return np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
-
-    rng = np.random.default_rng(seed)
-    za = z(acts[0])
-    n = za.shape[0]
-    maxes, bases = [], []
-    for other in acts[1:]:
-        maxes.append((za.T @ z(other) / n).max(1))
-        rot = []
-        for l in range(n_layers):
-            r = rng.standard_normal((d, d))
-            r /= np.linalg.norm(r, axis=1, keepdims=True)
-            rot.append(other[:, l * d:(l + 1) * d] @ r.T)
-        bases.append((za.T @ z(np.concatenate(rot, 1)) / n).max(1))
-    excess = np.mean(maxes, 0) - np.mean(bases, 0)
-    return time.perf_counter() - t0, float((excess > threshold).mean()), n
+    mean_corr, mean_base = excess_correlation(acts[0], acts[1:], n_layers, d,
+                                              np.random.default_rng(seed))
+    excess = mean_corr - mean_base
+    return time.perf_counter() - t0, float((excess > threshold).mean()), acts[0].shape[0]
 
 
 def main():

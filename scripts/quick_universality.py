@@ -42,6 +42,25 @@ def zscore(x):
     return np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
 
 
+def excess_correlation(anchor, others, n_layers, d, rng):
+    """Per anchor neuron (columns of `anchor`, [tokens, n_layers * d]): the mean over `others`
+    of the max Pearson correlation with any of their neurons, and the same against each other
+    model's neurons mixed per layer by a unit-row Gaussian matrix from `rng` (the rotation
+    baseline). Returns (mean_corr, mean_baseline); excess = mean_corr - mean_baseline."""
+    za = zscore(anchor)
+    n = anchor.shape[0]
+    maxes, bases = [], []
+    for other in others:
+        maxes.append(np.nan_to_num(za.T @ zscore(other) / n).max(1))
+        rotated = []
+        for l in range(n_layers):
+            r = rng.standard_normal((d, d))
+            r /= np.linalg.norm(r, axis=1, keepdims=True)
+            rotated.append(other[:, l * d:(l + 1) * d] @ r.T)
+        bases.append((za.T @ zscore(np.concatenate(rotated, 1)) / n).max(1))
+    return np.mean(maxes, 0), np.mean(bases, 0)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
@@ -60,21 +79,10 @@ def main():
         text_path = os.path.join(tmp, "eval.txt")
         open(text_path, "w", encoding="utf-8").write(text)
         anchor, n_layers, d = activations(args.seedscope, args.models[0], text_path, args.seq_len, tmp, "a")
-        za = zscore(anchor)
+        others = [activations(args.seedscope, m, text_path, args.seq_len, tmp, f"m{k}")[0]
+                  for k, m in enumerate(args.models[1:])]
         n = anchor.shape[0]
-        maxes, bases = [], []
-        for k, other_dir in enumerate(args.models[1:]):
-            other, ol, od = activations(args.seedscope, other_dir, text_path, args.seq_len, tmp, f"m{k}")
-            corr = za.T @ zscore(other) / n
-            maxes.append(corr.max(1))
-            rotated = []
-            for l in range(ol):
-                r = rng.standard_normal((od, od))
-                r /= np.linalg.norm(r, axis=1, keepdims=True)
-                rotated.append(other[:, l * od:(l + 1) * od] @ r.T)
-            base = za.T @ zscore(np.concatenate(rotated, 1)) / n
-            bases.append(base.max(1))
-        mean_corr, mean_base = np.mean(maxes, 0), np.mean(bases, 0)
+        mean_corr, mean_base = excess_correlation(anchor, others, n_layers, d, rng)
         excess = mean_corr - mean_base
         freq = (anchor > 0).mean(0)
         print(f"{n} tokens, anchor {args.models[0]}, {len(args.models) - 1} other model(s)")

@@ -22,6 +22,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quick_universality import excess_correlation  # noqa: E402
+
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 name = sys.argv[1]
@@ -100,27 +103,9 @@ def train(seed):
     return float(np.mean(losses)), A, time.time() - t0
 
 
-def z(x):
-    x = x - x.mean(0)
-    sd = np.sqrt((x ** 2).mean(0))
-    return np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
-
-
 res = [train(s) for s in range(cfg["seeds"])]
 L, d = cfg["layers"], cfg["d_mlp"]
-rng = np.random.default_rng(0)
-a = z(res[0][1])
-n = a.shape[0]
-mc, mb = [], []
-for _, B, _ in res[1:]:
-    mc.append(np.nan_to_num(a.T @ z(B) / n).max(1))
-    rot = []
-    for l in range(L):
-        R = rng.standard_normal((d, d))
-        R /= np.linalg.norm(R, axis=1, keepdims=True)
-        rot.append(B[:, l * d:(l + 1) * d] @ R.T)
-    mb.append((a.T @ z(np.concatenate(rot, 1)) / n).max(1))
-mc, mb = np.mean(mc, 0), np.mean(mb, 0)
+mc, mb = excess_correlation(res[0][1], [r[1] for r in res[1:]], L, d, np.random.default_rng(0))
 ex = mc - mb
 freq = (res[0][1] > 0).mean(0)
 out = dict(name=name, cfg=cfg, steps=steps, eval_loss=[r[0] for r in res],
@@ -128,5 +113,5 @@ out = dict(name=name, cfg=cfg, steps=steps, eval_loss=[r[0] for r in res],
            universal=float((ex > 0.5).mean()), over03=float((ex > 0.3).mean()),
            per_layer_universal=[float((ex[l * d:(l + 1) * d] > 0.5).mean()) for l in range(L)],
            per_layer_baseline=[float(mb[l * d:(l + 1) * d].mean()) for l in range(L)],
-           freq=float(freq.mean()), n_tokens=int(n))
+           freq=float(freq.mean()), n_tokens=int(res[0][1].shape[0]))
 print(json.dumps(out))
