@@ -4,7 +4,9 @@
 //     writes to the console must equal the native `seedscope analyze` bundle's within 1e-4;
 //     screenshots of the overview and of a neuron page must not be blank; meanwhile the page
 //     must stay usable (a screenshot two minutes in is not blank, no main-thread task over 10 s).
-//  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary).
+//  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary); its files
+//     dropped on the page open too; with the Cache API refusing (quota) the page says so and
+//     goes on with the files in memory.
 //  3. Without WebGPU: the bundle still opens and draws (WebGL2), and the page says why
 //     analysis is unavailable.
 // Usage: node web/e2e.mjs --dist web/dist --bundle DIR --out DIR [--chromium PATH] [--max-tokens N]
@@ -176,6 +178,38 @@ try {
   await withPage(WEBGPU, async (page, waitFor) => {
     await page.goto(`${base}/?bundle=/bundle`);
     checkSummary("bundle from a URL", summaryOf(await waitFor("seedscope-summary", 120000)));
+  });
+  // Drag and drop: the bundle's files, dropped on the canvas as a visitor would drop them from
+  // a file manager (a DataTransfer of File objects), open as one bundle.
+  await withPage(WEBGPU, async (page, waitFor) => {
+    await page.goto(`${base}/`);
+    await waitFor("seedscope-first-frame", 60000);
+    const names = fs.readdirSync(bundleDir);
+    await page.evaluate(async (names) => {
+      const dt = new DataTransfer();
+      for (const name of names) {
+        const bytes = await (await fetch(`/bundle/${name}`)).arrayBuffer();
+        dt.items.add(new File([bytes], name));
+      }
+      const canvas = document.getElementById("seedscope");
+      for (const type of ["dragenter", "dragover", "drop"]) {
+        canvas.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }
+    }, names);
+    checkSummary(`bundle dropped on the page (${names.length} files)`, summaryOf(await waitFor("seedscope-summary", 120000)));
+  });
+  // A full browser cache: every Cache API put rejects with a QuotaExceededError, as a browser
+  // over its storage quota does. The page keeps the model files in memory and says so (the
+  // analysis then runs as above; the test stops once the files are in).
+  await withPage(WEBGPU, async (page, waitFor) => {
+    await page.context().addInitScript(() => {
+      Cache.prototype.put = () => Promise.reject(new DOMException("storage quota exceeded", "QuotaExceededError"));
+    });
+    await page.goto(`${base}/?autorun=1&max_tokens=${maxTokens}`);
+    const note = await waitFor("seedscope-log the browser cache refused", 120000);
+    if (!note.includes("storage quota exceeded") || !note.includes("kept in memory")) throw new Error(`unexpected quota note: ${note}`);
+    await waitFor("seedscope-log device:", 120000);
+    console.log(`ok  quota error: the files stay in memory and the page says so ("${note.slice("seedscope-log ".length, 120)}…")`);
   });
   await withPage(["--disable-features=WebGPU"], async (page, waitFor, log) => {
     await page.goto(`${base}/?bundle=/bundle&autorun=1`);
