@@ -114,14 +114,31 @@ fn memory_inputs(
     }
 }
 
+/// `req` analysed both ways: `run_analysis` from the files (its bundle directory) and
+/// `analyse_in_memory` of `inputs` (the browser's bundle files).
+fn analysed_both_ways(
+    req: &seedscope_analysis::job::AnalysisRequest,
+    inputs: &seedscope_analysis::job::MemoryInputs,
+) -> (PathBuf, seedscope_analysis::bundle::BundleFiles) {
+    use seedscope_analysis::job::{JobEnd, analyse_in_memory, run_analysis};
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let JobEnd::Written(dir) = run_analysis(req, cancel.clone(), |_| {}).expect("from files")
+    else {
+        panic!("the analysis from files was interrupted");
+    };
+    let dev = common::device(BackendKind::Cpu);
+    let files = pollster::block_on(analyse_in_memory(req, inputs, &dev, cancel, |_| {}))
+        .expect("in memory")
+        .expect("not cancelled");
+    (dir, files)
+}
+
 /// The browser's analysis (`analyse_in_memory`: bytes in, bundle files out, no directories)
 /// gives the same bundle as `run_analysis` of the same request from the files.
 #[test]
 fn the_in_memory_analysis_equals_the_analysis_from_files() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
-    use seedscope_analysis::job::{
-        AnalysisRequest, JobEnd, MemoryTokens, analyse_in_memory, run_analysis,
-    };
+    use seedscope_analysis::job::{AnalysisRequest, MemoryTokens};
     let out = common::temp_dir("in-memory-vs-files").join("bundle");
     let req = AnalysisRequest {
         max_tokens: Some(3000),
@@ -130,20 +147,12 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
         out: out.clone(),
         ..AnalysisRequest::default()
     };
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let JobEnd::Written(dir) = run_analysis(&req, cancel.clone(), |_| {}).expect("from files")
-    else {
-        panic!("the analysis from files was interrupted");
-    };
     let inputs = memory_inputs(
         &SEEDS,
         MemoryTokens::Npy(read(family().join("eval_tokens.npy"))),
         "eval_tokens.npy",
     );
-    let dev = common::device(BackendKind::Cpu);
-    let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
-        .expect("in memory")
-        .expect("not cancelled");
+    let (dir, files) = analysed_both_ways(&req, &inputs);
     let from_files = Bundle::read(&dir).expect("bundle from files");
     let source = BundleSource::Memory {
         label: "memory".into(),
@@ -213,9 +222,7 @@ fn the_in_memory_analysis_equals_the_analysis_from_files() {
 #[test]
 fn in_memory_text_is_tokenised_like_the_text_data_source() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
-    use seedscope_analysis::job::{
-        AnalysisRequest, DataSource, JobEnd, MemoryTokens, analyse_in_memory, run_analysis,
-    };
+    use seedscope_analysis::job::{AnalysisRequest, DataSource, MemoryTokens};
     let dir = common::temp_dir("in-memory-text");
     let text_path = dir.join("sample.txt");
     let text =
@@ -230,20 +237,12 @@ fn in_memory_text_is_tokenised_like_the_text_data_source() {
         out: dir.join("bundle"),
         ..AnalysisRequest::default()
     };
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let JobEnd::Written(out) = run_analysis(&req, cancel.clone(), |_| {}).expect("from files")
-    else {
-        panic!("interrupted");
-    };
     let inputs = memory_inputs(
         &["seed-a", "seed-b"],
         MemoryTokens::Text(text),
         "sample.txt",
     );
-    let dev = common::device(BackendKind::Cpu);
-    let files = pollster::block_on(analyse_in_memory(&req, &inputs, &dev, cancel, |_| {}))
-        .expect("in memory")
-        .expect("not cancelled");
+    let (out, files) = analysed_both_ways(&req, &inputs);
     let a = Bundle::read(&out).expect("from files").manifest;
     let b = Bundle::read_from(&BundleSource::Memory {
         label: "memory".into(),

@@ -472,14 +472,14 @@ pub async fn analyse_in_memory(
     };
     let options = analysis_options(req, &models, &tokens, device, false)?;
     let data_sha = data_sha256(&tokens.ids);
-    let step = Instant::now();
-    let features = token_features(Some(&tokenizer), models[0].config.vocab_size(), &tokens.ids);
-    events(JobEvent::Log(format!(
-        "{} rows x {} tokens; token features in {:.1} s",
-        tokens.n_rows,
-        tokens.seq_len,
-        step.elapsed().as_secs_f64()
-    )));
+    let features = timed(
+        &mut |l| events(JobEvent::Log(l)),
+        &format!(
+            "{} rows x {} tokens; token features",
+            tokens.n_rows, tokens.seq_len
+        ),
+        || token_features(Some(&tokenizer), models[0].config.vocab_size(), &tokens.ids),
+    );
     let run = Run {
         family: Family {
             models: &models,
@@ -527,6 +527,17 @@ pub async fn analyse_in_memory(
         &mut |l| events(JobEvent::Log(l)),
     )?;
     Ok(Some(files))
+}
+
+/// Run `step`, then `log` what it was and how long it took.
+fn timed<T>(log: &mut dyn FnMut(String), what: &str, step: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = step();
+    log(format!(
+        "{what} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    out
 }
 
 /// The sha256 of token ids (little-endian u32s): what a manifest records of its data.
@@ -788,45 +799,51 @@ fn assemble(
     log: &mut dyn FnMut(String),
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
     let results = a_.results;
-    let step = Instant::now();
-    let n_layers = results.n_layers;
     // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
     // correlation pass).
-    let weights = results
-        .anchors
-        .iter()
-        .map(|a| {
-            a_.stat_models[a.anchor]
-                .processed_weights()
-                .map(|p| Some(crate::weights::weight_stats(&p)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    log(format!(
-        "weight statistics in {:.1} s",
-        step.elapsed().as_secs_f64()
-    ));
-    let step = Instant::now();
+    let weights = timed(log, "weight statistics", || {
+        results
+            .anchors
+            .iter()
+            .map(|a| {
+                a_.stat_models[a.anchor]
+                    .processed_weights()
+                    .map(|p| Some(crate::weights::weight_stats(&p)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     // Attention (de)activation scores of every anchor (BOS keys from one forward of BOS).
     let bos = a_.bos;
-    let attention = results
-        .anchors
-        .iter()
-        .map(|a| -> Result<_, AnalysisError> {
-            let Some(bos) = bos else { return Ok(None) };
-            let m = &a_.stat_models[a.anchor];
-            let keys = crate::attention::bos_keys(m, bos)?;
-            Ok(Some(crate::attention::attention_scores(
-                &m.processed_weights()?,
-                &keys,
-                a_.options.seed,
-            )))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    log(format!(
-        "attention scores in {:.1} s",
-        step.elapsed().as_secs_f64()
-    ));
-    let step = Instant::now();
+    let attention = timed(log, "attention scores", || {
+        results
+            .anchors
+            .iter()
+            .map(|a| -> Result<_, AnalysisError> {
+                let Some(bos) = bos else { return Ok(None) };
+                let m = &a_.stat_models[a.anchor];
+                let keys = crate::attention::bos_keys(m, bos)?;
+                Ok(Some(crate::attention::attention_scores(
+                    &m.processed_weights()?,
+                    &keys,
+                    a_.options.seed,
+                )))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    timed(log, "neuron rows and bundle files", || {
+        bundle_of(a_, &weights, &attention, tokenizer)
+    })
+}
+
+/// The neuron rows, the manifest and the files of a finished run, given its anchors' weight
+/// statistics and attention scores.
+fn bundle_of(
+    a_: &Assembly<'_>,
+    weights: &[Option<Vec<crate::weights::NeuronWeights>>],
+    attention: &[Option<crate::attention::AttentionScores>],
+    tokenizer: Option<Vec<u8>>,
+) -> Result<crate::bundle::BundleFiles, AnalysisError> {
+    let n_layers = a_.results.n_layers;
     let rows = crate::bundle::neuron_rows(
         &a_.results.anchors[0],
         a_.names,
@@ -867,20 +884,15 @@ fn assemble(
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };
-    let files = crate::bundle::bundle_files(
+    crate::bundle::bundle_files(
         a_.results,
         a_.names,
         &manifest,
-        &weights,
-        &attention,
+        weights,
+        attention,
         Some((a_.features, a_.tokens)),
         tokenizer.as_deref(),
-    )?;
-    log(format!(
-        "neuron rows and bundle files in {:.1} s",
-        step.elapsed().as_secs_f64()
-    ));
-    Ok(files)
+    )
 }
 
 /// Shards merge only when they are every slice of the same analysis, once each.
