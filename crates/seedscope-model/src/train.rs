@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
@@ -49,11 +49,12 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Final learning rate as a fraction of the peak (cosine decay to it).
     pub min_lr_ratio: f64,
-    /// AdamW decoupled weight decay.
+    /// AdamW decoupled weight decay, on weight matrices and embeddings (not on biases and
+    /// LayerNorm parameters).
     pub weight_decay: f32,
     /// AdamW β₂ (β₁ is 0.9).
     pub beta_2: f32,
-    /// Clip the global gradient norm to this.
+    /// Clip the global gradient norm (all parameters together) to this.
     pub grad_clip: f32,
     /// Write a checkpoint every this many steps.
     pub checkpoint_every: usize,
@@ -365,15 +366,9 @@ pub fn train(
     std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
     let train_device = device.clone().autodiff();
     let load = LoadOptions::default();
-    let mut optim = AdamWConfig::new()
-        .with_beta_2(config.beta_2)
-        .with_epsilon(1e-8)
-        .with_weight_decay(config.weight_decay)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)))
-        .init();
-
     let checkpoint_dir = out.join(CHECKPOINT_DIR);
-    let (mut model, mut state) = if checkpoint_dir.join("state.json").is_file() {
+    let resuming = checkpoint_dir.join("state.json").is_file();
+    let (mut model, mut state) = if resuming {
         let state = read_state(&checkpoint_dir.join("state.json"))?;
         if state.config != *config || state.seed != seed {
             return Err(ModelError::Input(format!(
@@ -383,13 +378,6 @@ pub fn train(
         }
         let weights = Checkpoint::open_safetensors(&checkpoint_dir.join("model.safetensors"))?;
         let model = Transformer::load(&hf, &weights, &train_device, &load)?;
-        let optim_path = checkpoint_dir.join("optimizer.bpk");
-        optim = optim
-            .load(&optim_path)
-            .map_err(|e| ModelError::CorruptWeights {
-                path: optim_path.clone(),
-                message: format!("optimizer state: {e:?}"),
-            })?;
         (model, state)
     } else {
         let init = gpt2_random_init(&config.gpt2_config(vocab_size), seed);
@@ -403,6 +391,17 @@ pub fn train(
         (model, state)
     };
 
+    let mut optim = optimizer(&model, config);
+    if resuming {
+        let optim_path = checkpoint_dir.join("optimizer.bpk");
+        optim = optim
+            .load(&optim_path)
+            .map_err(|e| ModelError::CorruptWeights {
+                path: optim_path.clone(),
+                message: format!("optimizer state: {e:?}"),
+            })?;
+    }
+
     let tokens_per_step = config.batch_size * config.n_ctx;
     let mut done_here = 0;
     while state.step < config.steps {
@@ -411,7 +410,8 @@ pub fn train(
         }
         let batch = data.batch(state.step, config.batch_size);
         let loss = next_token_loss(&model, batch.to_tensor(&train_device));
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        clip_global_norm(&model, &mut grads, config.grad_clip)?;
         let lr = config.lr_at(state.step);
         model = optim.step(lr, model, grads);
         let loss_value = loss
@@ -448,6 +448,85 @@ pub fn train(
         &hf_config_json(&config.gpt2_config(vocab_size)),
     )?;
     Ok(state)
+}
+
+/// AdamW with decoupled weight decay on matrices only, as GPT-2 recipes do: LayerNorm gains,
+/// biases and the other 1-D parameters form a group without it. Parameter ids follow the
+/// Hugging Face names, so the group is the same for the random initialisation and a checkpoint.
+fn optimizer(model: &Transformer, config: &TrainConfig) -> burn::optim::ModuleOptimizer {
+    let adamw = AdamWConfig::new()
+        .with_beta_2(config.beta_2)
+        .with_epsilon(1e-8);
+    let mut vectors = VectorIds(Vec::new());
+    model.visit(&mut vectors);
+    adamw
+        .clone()
+        .with_weight_decay(config.weight_decay)
+        .init()
+        .with_group(
+            ParamGroup::from_ids(vectors.0),
+            adamw.with_weight_decay(0.0).build(),
+            None,
+        )
+}
+
+/// Collects the ids of a module's 1-D float parameters.
+struct VectorIds(Vec<ParamId>);
+
+impl ModuleVisitor for VectorIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if D == 1 {
+            self.0.push(param.id);
+        }
+    }
+}
+
+/// Sums the squares of every parameter's gradient, or scales every gradient.
+struct GradientPass<'a> {
+    grads: &'a mut GradientsParams,
+    sum_of_squares: Option<Tensor<1>>,
+    scale: Option<f32>,
+}
+
+impl ModuleVisitor for GradientPass<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(scale) = self.scale {
+            if let Some(grad) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, grad.mul_scalar(scale));
+            }
+        } else if let Some(grad) = self.grads.get::<D>(param.id) {
+            let squares = grad.square().sum();
+            self.sum_of_squares = Some(match self.sum_of_squares.take() {
+                Some(sum) => sum + squares,
+                None => squares,
+            });
+        }
+    }
+}
+
+/// Clip the gradients by their global L2 norm, as `torch.nn.utils.clip_grad_norm_` does:
+/// when the norm of all gradients together exceeds `max_norm`, every gradient is scaled by
+/// `max_norm / norm`. (Burn's `GradientClipping::Norm` clips each parameter by its own norm,
+/// which changes the direction of the update.)
+fn clip_global_norm(model: &Transformer, grads: &mut GradientsParams, max_norm: f32) -> Result<()> {
+    let mut pass = GradientPass {
+        grads,
+        sum_of_squares: None,
+        scale: None,
+    };
+    model.visit(&mut pass);
+    let Some(sum) = pass.sum_of_squares.take() else {
+        return Ok(());
+    };
+    let norm = sum
+        .try_into_scalar::<f32>()
+        .map_err(|e| ModelError::Input(format!("gradient norm: {e}")))?
+        .sqrt();
+    if norm > max_norm {
+        pass.scale = Some(max_norm / (norm + 1e-6));
+        model.visit(&mut pass);
+    }
+    Ok(())
 }
 
 fn write_checkpoint(
@@ -555,4 +634,121 @@ pub fn eval_loss(
         total += f64::from(loss) * rows_here as f64;
     }
     Ok(total / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackendKind, ComputeDevice};
+
+    /// The `ci` preset's model, on the CPU with autodiff (as the optimizer needs).
+    fn tiny_model() -> (TrainConfig, Transformer) {
+        let device = ComputeDevice::open(BackendKind::Cpu)
+            .expect("cpu")
+            .device
+            .autodiff();
+        let config = TrainConfig::preset("ci").expect("ci preset");
+        let gpt2 = config.gpt2_config(64);
+        let init = gpt2_random_init(&gpt2, 3);
+        let hf = ModelConfig::Gpt2(gpt2);
+        let model = Transformer::load(&hf, &init, &device, &LoadOptions::default()).expect("load");
+        (config, model)
+    }
+
+    /// A gradient for every parameter: zeros, or the constant `k + 1` for the k-th parameter
+    /// (so the parameters' norms differ and the direction of the whole update is known).
+    struct MakeGrads(GradientsParams, Option<f32>);
+
+    impl ModuleVisitor for MakeGrads {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let grad = match self.1.as_mut() {
+                Some(k) => {
+                    *k += 1.0;
+                    param.val().ones_like().mul_scalar(*k)
+                }
+                None => param.val().zeros_like(),
+            };
+            self.0.register(param.id, grad);
+        }
+    }
+
+    /// Every parameter's gradient, in visiting order.
+    struct ReadGrads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+
+    impl ModuleVisitor for ReadGrads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let grad = self.0.get::<D>(param.id).expect("a gradient");
+            self.1
+                .push(grad.into_data().try_to_vec::<f32>().expect("f32"));
+        }
+    }
+
+    fn read(model: &Transformer, grads: &GradientsParams) -> Vec<Vec<f32>> {
+        let mut read = ReadGrads(grads, Vec::new());
+        model.visit(&mut read);
+        read.1
+    }
+
+    fn norm(grads: &[Vec<f32>]) -> f64 {
+        let squares: f64 = grads.iter().flatten().map(|&x| f64::from(x).powi(2)).sum();
+        squares.sqrt()
+    }
+
+    #[test]
+    fn clipping_scales_all_gradients_by_one_factor_to_the_global_norm() {
+        let (_, model) = tiny_model();
+        let mut grads = MakeGrads(GradientsParams::new(), Some(0.0));
+        model.visit(&mut grads);
+        let mut grads = grads.0;
+        let before = read(&model, &grads);
+        assert!(norm(&before) > 10.0, "the test gradients exceed the limit");
+
+        clip_global_norm(&model, &mut grads, 1.0).expect("clip");
+        let after = read(&model, &grads);
+        assert!(
+            (norm(&after) - 1.0).abs() < 1e-4,
+            "global norm {}",
+            norm(&after)
+        );
+        let factor = f64::from(after[0][0]) / f64::from(before[0][0]);
+        for (x, y) in before.iter().flatten().zip(after.iter().flatten()) {
+            let ratio = f64::from(*y) / f64::from(*x);
+            assert!(
+                (ratio - factor).abs() < 1e-5 * factor,
+                "{ratio} vs {factor}"
+            );
+        }
+        // Under the limit, nothing changes.
+        clip_global_norm(&model, &mut grads, 2.0).expect("clip");
+        assert_eq!(read(&model, &grads), after);
+    }
+
+    #[test]
+    fn weight_decay_shrinks_matrices_and_leaves_vectors() {
+        let (mut config, model) = tiny_model();
+        config.weight_decay = 0.5;
+        let before = model.named_tensors().expect("tensors");
+        // Zero gradients: Adam's own update is zero, what changes is the decay alone.
+        let mut grads = MakeGrads(GradientsParams::new(), None);
+        model.visit(&mut grads);
+        let lr = 0.1;
+        let model = optimizer(&model, &config).step(lr, model, grads.0);
+        let after = model.named_tensors().expect("tensors");
+        let mut matrices = 0;
+        for ((name, b, shape), (_, a, _)) in before.iter().zip(&after) {
+            let expected = if shape.len() >= 2 {
+                matrices += 1;
+                1.0 - lr as f32 * config.weight_decay
+            } else {
+                1.0
+            };
+            for (x, y) in b.iter().zip(a) {
+                assert!(
+                    (x * expected - y).abs() <= 1e-6 * x.abs().max(1.0),
+                    "{name}: {x} → {y}"
+                );
+            }
+        }
+        assert!(matrices >= 6, "the model has weight matrices");
+    }
 }
