@@ -72,7 +72,8 @@ pub struct Examples {
     pub id: NeuronId,
     /// Best first.
     pub top: Vec<Example>,
-    /// `(token, mean activation, count)`, highest mean first (tokens seen at least 3 times).
+    /// `(token, mean activation, count)`, highest mean first: tokens seen at least 3 times on
+    /// which the neuron fires (mean above zero and at least 1 % of the highest).
     pub top_tokens: Vec<(String, f32, usize)>,
     /// Tokens scanned.
     pub scanned: usize,
@@ -317,7 +318,12 @@ impl Models {
                     .filter(|(_, (_, c))| *c >= 3)
                     .map(|(&t, &(s, c))| (t, (s / c as f64) as f32, c))
                     .collect();
-                toks.sort_by(|a, b| b.1.total_cmp(&a.1));
+                // Highest mean first (ties by token id, so the order does not depend on the
+                // map's); only tokens on which the neuron fires: a mean above zero and at least
+                // 1 % of the highest, not the near-zero GELU tails whose order is noise.
+                toks.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let floor = toks.first().map_or(0.0, |t| 0.01 * t.1);
+                toks.retain(|t| t.1 > 0.0 && t.1 >= floor);
                 toks.truncate(10);
                 Examples {
                     id,

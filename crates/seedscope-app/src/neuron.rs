@@ -417,7 +417,7 @@ impl SeedscopeApp {
                                 .collect();
                             if !toks.is_empty() {
                                 ui.label(format!("top tokens: {}", toks.join(", ")))
-                                .on_hover_text("tokens with the highest mean activation (seen at least 3 times)");
+                                .on_hover_text("tokens with the highest mean activation (seen at least 3 times; positive and at least 1 % of the highest)");
                             }
                             let scale = e.top.first().map_or(1.0, |x| x.value.abs().max(1e-6));
                             for ex_ in &e.top {

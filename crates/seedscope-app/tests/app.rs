@@ -290,6 +290,11 @@ fn examples_are_found_for_the_neuron_and_its_matches() {
             // The stored value is the activation at the marked position.
             assert_eq!(x.acts[x.pos], x.value);
         }
+        // Top tokens: ones the neuron fires on, highest mean first.
+        let means: Vec<f32> = e.top_tokens.iter().map(|t| t.1).collect();
+        assert!(!means.is_empty(), "{n:?} has top tokens");
+        assert!(means.windows(2).all(|w| w[0] >= w[1]));
+        assert!(means.iter().all(|&m| m > 0.0 && m >= 0.01 * means[0]));
     }
 }
 
