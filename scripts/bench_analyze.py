@@ -65,7 +65,7 @@ def reference(family, tokens, max_tokens, threshold=0.5, seed=0):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/seedscope-target"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--seedscope", default=os.path.join(target, "release", "seedscope"))
     ap.add_argument("--backend", default="cpu")
