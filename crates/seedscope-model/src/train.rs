@@ -481,25 +481,34 @@ impl ModuleVisitor for VectorIds {
     }
 }
 
-/// Sums the squares of every parameter's gradient, or scales every gradient.
-struct GradientPass<'a> {
-    grads: &'a mut GradientsParams,
-    sum_of_squares: Option<Tensor<1>>,
-    scale: Option<f32>,
+/// The sum of squares of every parameter's gradient (a lazy scalar tensor).
+struct SumOfSquares<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
 }
 
-impl ModuleVisitor for GradientPass<'_> {
+impl ModuleVisitor for SumOfSquares<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(scale) = self.scale {
-            if let Some(grad) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, grad.mul_scalar(scale));
-            }
-        } else if let Some(grad) = self.grads.get::<D>(param.id) {
+        if let Some(grad) = self.grads.get::<D>(param.id) {
             let squares = grad.square().sum();
-            self.sum_of_squares = Some(match self.sum_of_squares.take() {
+            self.sum = Some(match self.sum.take() {
                 Some(sum) => sum + squares,
                 None => squares,
             });
+        }
+    }
+}
+
+/// Scales every parameter's gradient by one factor.
+struct ScaleGradients<'a> {
+    grads: &'a mut GradientsParams,
+    scale: f32,
+}
+
+impl ModuleVisitor for ScaleGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, grad.mul_scalar(self.scale));
         }
     }
 }
@@ -509,13 +518,9 @@ impl ModuleVisitor for GradientPass<'_> {
 /// `max_norm / norm`. (Burn's `GradientClipping::Norm` clips each parameter by its own norm,
 /// which changes the direction of the update.)
 fn clip_global_norm(model: &Transformer, grads: &mut GradientsParams, max_norm: f32) -> Result<()> {
-    let mut pass = GradientPass {
-        grads,
-        sum_of_squares: None,
-        scale: None,
-    };
-    model.visit(&mut pass);
-    let Some(sum) = pass.sum_of_squares.take() else {
+    let mut squares = SumOfSquares { grads, sum: None };
+    model.visit(&mut squares);
+    let Some(sum) = squares.sum else {
         return Ok(());
     };
     let norm = sum
@@ -523,8 +528,8 @@ fn clip_global_norm(model: &Transformer, grads: &mut GradientsParams, max_norm: 
         .map_err(|e| ModelError::Input(format!("gradient norm: {e}")))?
         .sqrt();
     if norm > max_norm {
-        pass.scale = Some(max_norm / (norm + 1e-6));
-        model.visit(&mut pass);
+        let scale = max_norm / (norm + 1e-6);
+        model.visit(&mut ScaleGradients { grads, scale });
     }
     Ok(())
 }
