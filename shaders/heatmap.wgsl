@@ -71,9 +71,10 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
         let r = min(u32(cell.y / scale), l.y - 1u);
         let c = min(u32(cell.x / scale), l.z - 1u);
         let v = data[l.x + r * l.z + c];
-        // NaN, tested on the bits (compilers may fold `v != v` away).
+        // NaN, tested on the bits (compilers may fold `v != v` away): egui's GRAY
+        // (160/255), as the CPU twin `heatmap::colormap` draws it.
         if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
-            rgb = vec3(0.5, 0.5, 0.5);
+            rgb = vec3(0.627451, 0.627451, 0.627451);
         } else {
             rgb = colormap(v);
         }

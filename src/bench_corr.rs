@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use ndarray::Array2;
-use seedscope_analysis::accum::{Accumulator, Block, TileSpec};
+use seedscope_analysis::accum::{Accumulate, CpuAccumulator};
+use seedscope_analysis::plan::TileSpec;
 use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments};
 
 /// Options of `seedscope bench-correlation`.
@@ -87,8 +88,8 @@ pub fn run(args: &Args) -> Result<()> {
         let (secs, device) = match path {
             "cpu" => {
                 let spec = TileSpec::dense(0, 0..na, 1, 0..nb);
-                let mut acc = Accumulator::cpu(vec![spec], &[na, nb]);
-                let block = Block::Cpu(vec![Some(a.clone()), Some(b.clone())]);
+                let mut acc = CpuAccumulator::new(vec![spec], &[na, nb]);
+                let block = [Some(a.clone()), Some(b.clone())];
                 acc.update(&block)?;
                 let t = Instant::now();
                 for _ in 0..args.iters {

@@ -16,7 +16,7 @@ pub struct Args {
 
 /// Write the report and say where it is.
 pub fn run(args: &Args) -> Result<()> {
-    let s = seedscope_report::write_report(&args.bundle, &args.out).map_err(anyhow::Error::msg)?;
+    let s = seedscope_report::write_report(&args.bundle, &args.out)?;
     for n in &s.notes {
         eprintln!("note: {n}");
     }

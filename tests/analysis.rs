@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{device, fixture, temp_dir};
-use seedscope_analysis::engine::Results;
+use seedscope_analysis::Results;
 use seedscope_analysis::{AnalysisOptions, Family, Outcome, Run, TokenSet};
 use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
 
@@ -419,7 +419,9 @@ fn all_anchors_gives_every_model_its_own_consistent_result() {
 /// binned mean against the exact mean.
 #[test]
 fn pre_activation_histograms_count_every_kept_token_on_both_paths() {
-    use seedscope_gpu::{HIST_BINS, reference::hist_bin};
+    use seedscope_gpu::HIST_BINS;
+    use seedscope_gpu::twin::{hist_bin, hist_edges};
+    let edges = hist_edges();
     use seedscope_model::{ForwardOptions, HookPoint, TokenBatch};
     let mut got = Vec::new();
     for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
@@ -458,7 +460,7 @@ fn pre_activation_histograms_count_every_kept_token_on_both_paths() {
             kept += usize::from(l == 0);
             for j in 0..d {
                 let v = pre[p * d + j];
-                direct[(l * d + j) * HIST_BINS + hist_bin(v)] += 1;
+                direct[(l * d + j) * HIST_BINS + hist_bin(v, &edges)] += 1;
                 sums[l * d + j] += v as f64;
             }
         }

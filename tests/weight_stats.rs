@@ -15,7 +15,7 @@ fn check(model_dir: &str, reference: &str) {
     let model =
         LoadedModel::load_on(&root.join(model_dir), &device, FloatDType::F32).expect("model");
     let processed = model.processed_weights().expect("processed");
-    let stats = weight_stats(&processed);
+    let stats = weight_stats(&processed).expect("weight statistics");
     let bytes = std::fs::read(root.join(reference)).expect("reference");
     let st = SafeTensors::deserialize(&bytes).expect("safetensors");
     let f64s = |name: &str| -> Vec<f64> {
@@ -69,7 +69,8 @@ fn check(model_dir: &str, reference: &str) {
             .expect("tokenizer");
     let keys = seedscope_analysis::attention::bos_keys(&model, tok.bos_id().expect("bos"))
         .expect("BOS keys");
-    let att = seedscope_analysis::attention::attention_scores(&processed, &keys, 0);
+    let att =
+        seedscope_analysis::attention::attention_scores(&processed, &keys, 0).expect("scores");
     let mut worst = 0.0f64;
     for (name, got, heads, want_heads) in [
         ("attn_max", &att.max, &att.max_head, i32s("attn_max_head")),

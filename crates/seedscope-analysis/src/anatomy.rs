@@ -14,14 +14,14 @@
 
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use ndarray::Array2;
 use seedscope_gpu::{
     Anatomy as DevAnatomy, AnatomyState, FeatureTables, GpuContext, Kernels, NO_TOKEN,
 };
 
 use crate::AnalysisError;
-use crate::accum::{GpuBlock, rows_per_chunk};
 use crate::features::{FeatureKind, FeatureSet};
+use crate::gpu_block::{GpuBlock, rows_per_chunk};
 
 /// Max-activating examples kept per neuron (the paper's 20).
 pub const TOP_K: usize = 20;
@@ -91,87 +91,224 @@ impl AnatomySpec {
     }
 }
 
-enum Dev {
-    Cpu(Vec<AnatomyState>),
-    Gpu {
-        ctx: Box<GpuContext>,
-        kernels: Arc<Kernels>,
-        tables: FeatureTables,
-        /// Per anchor, column chunks.
-        chunks: Vec<Vec<DevAnatomy>>,
-    },
+/// Where an anchor's anatomy accumulates: [`CpuAnatomy`] (the kernel's twin, f64 sums) or
+/// [`GpuAnatomy`] (`shaders/anatomy.wgsl`), each reading its own path's blocks.
+#[allow(async_fn_in_trait)]
+pub trait AnatomyDevice {
+    /// One block of post-activations, `[tokens, width]`.
+    type Block;
+
+    /// Accumulate anchor `a`'s block, `info` holding four u32 per row (position bucket, token,
+    /// previous token, global index); `first`: its first block.
+    fn update(
+        &mut self,
+        a: usize,
+        x: &Self::Block,
+        info: &[u32],
+        first: bool,
+    ) -> Result<(), AnalysisError>;
+
+    /// Anchor `a`'s state over all neurons.
+    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError>;
+
+    /// Continue anchor `a` from `state` (`started`: its shifts are set).
+    fn restore(
+        &mut self,
+        a: usize,
+        state: &AnatomyState,
+        started: bool,
+    ) -> Result<(), AnalysisError>;
 }
 
-/// Anatomy accumulators of some anchors in one pass.
-pub struct Anatomies {
-    spec: AnatomySpec,
+/// The anatomy on the host: [`seedscope_gpu::twin::anatomy_update`] with f64 sums.
+#[derive(Debug)]
+pub struct CpuAnatomy {
+    states: Vec<AnatomyState>,
+    features: Arc<FeatureSet>,
     width: usize,
-    dev: Dev,
+}
+
+impl AnatomyDevice for CpuAnatomy {
+    type Block = Array2<f32>;
+
+    fn update(
+        &mut self,
+        a: usize,
+        x: &Array2<f32>,
+        info: &[u32],
+        first: bool,
+    ) -> Result<(), AnalysisError> {
+        let x = x.as_standard_layout();
+        let v = x.as_slice().ok_or_else(|| {
+            AnalysisError::Invalid("activations are not a contiguous matrix".into())
+        })?;
+        seedscope_gpu::twin::anatomy_update(
+            &mut self.states[a],
+            &self.features.current,
+            &self.features.previous,
+            v,
+            self.width,
+            info,
+            first,
+        );
+        Ok(())
+    }
+
+    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
+        Ok(self.states[a].clone())
+    }
+
+    fn restore(&mut self, a: usize, state: &AnatomyState, _: bool) -> Result<(), AnalysisError> {
+        if !same_shape(&self.states[a], state) {
+            return Err(AnalysisError::Invalid(
+                "saved anatomy state does not fit this run".into(),
+            ));
+        }
+        self.states[a] = state.clone();
+        Ok(())
+    }
+}
+
+/// The anatomy on the device (`shaders/anatomy.wgsl`), in column chunks that fit one binding.
+#[derive(Debug)]
+pub struct GpuAnatomy {
+    ctx: GpuContext,
+    kernels: Arc<Kernels>,
+    tables: FeatureTables,
+    /// Per anchor, column chunks.
+    chunks: Vec<Vec<DevAnatomy>>,
+    n_feat: usize,
+    n_pos: usize,
+    width: usize,
+}
+
+impl AnatomyDevice for GpuAnatomy {
+    type Block = GpuBlock;
+
+    fn update(
+        &mut self,
+        a: usize,
+        x: &GpuBlock,
+        info: &[u32],
+        _first: bool,
+    ) -> Result<(), AnalysisError> {
+        let (rows, cols) = (x.rows(), x.cols());
+        let chunk = rows_per_chunk(&self.ctx, rows, [cols])?;
+        for r0 in (0..rows as u64).step_by(chunk as usize) {
+            let len = chunk.min(rows as u64 - r0) as u32;
+            let part = &info[r0 as usize * 4..(r0 as usize + len as usize) * 4];
+            for c in &self.chunks[a] {
+                c.update(
+                    &self.ctx,
+                    &self.kernels,
+                    &self.tables,
+                    &x.view(r0, len),
+                    part,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
+        let mut parts = Vec::with_capacity(self.chunks[a].len());
+        for c in &self.chunks[a] {
+            parts.push(c.read_async(&self.ctx).await?);
+        }
+        Ok(join(&parts, self.n_feat, self.n_pos))
+    }
+
+    fn restore(
+        &mut self,
+        a: usize,
+        state: &AnatomyState,
+        started: bool,
+    ) -> Result<(), AnalysisError> {
+        for c in &self.chunks[a] {
+            let part = slice(
+                state,
+                c.col0() as usize,
+                c.n_cols() as usize,
+                self.n_feat,
+                self.n_pos,
+                self.width,
+            )?;
+            c.restore(&self.ctx, &part, started)?;
+        }
+        Ok(())
+    }
+}
+
+/// Anatomy accumulators of some anchors in one pass: the host's counts (features on, tokens
+/// per position) and the device part `D`.
+#[derive(Debug)]
+pub struct Anatomies<D> {
+    spec: AnatomySpec,
+    dev: D,
     host: Vec<(Vec<u64>, Vec<u64>)>,
     started: Vec<bool>,
 }
 
-impl std::fmt::Debug for Anatomies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Anatomies")
-            .field("anchors", &self.host.len())
-            .field("width", &self.width)
-            .finish()
+impl Anatomies<CpuAnatomy> {
+    /// `n` empty accumulators of `width` neurons on the host.
+    pub fn cpu(spec: &AnatomySpec, n: usize, width: usize) -> Self {
+        let nf = spec.features.len() as u32;
+        let dev = CpuAnatomy {
+            states: (0..n)
+                .map(|_| AnatomyState::empty(width as u32, TOP_K as u32, spec.n_pos() as u32, nf))
+                .collect(),
+            features: spec.features.clone(),
+            width,
+        };
+        Self::with(spec, n, dev)
     }
 }
 
-fn gpu_err(e: seedscope_gpu::GpuError) -> AnalysisError {
-    AnalysisError::Invalid(e.to_string())
-}
-
-impl Anatomies {
-    /// `n` empty accumulators of `width` neurons, on the GPU when `gpu` is given.
-    pub fn new(
-        gpu: Option<(&GpuContext, &Arc<Kernels>)>,
+impl Anatomies<GpuAnatomy> {
+    /// `n` empty accumulators of `width` neurons on `ctx`'s device.
+    pub fn gpu(
+        ctx: &GpuContext,
+        kernels: &Arc<Kernels>,
         spec: &AnatomySpec,
         n: usize,
         width: usize,
     ) -> Result<Self, AnalysisError> {
         let nf = spec.features.len() as u32;
         let (k, n_pos) = (TOP_K as u32, spec.n_pos() as u32);
-        let dev = match gpu {
-            Some((ctx, kernels)) => {
-                let tables =
-                    FeatureTables::new(ctx, &spec.features.current, &spec.features.previous, nf)
-                        .map_err(gpu_err)?;
-                let per = DevAnatomy::max_cols(ctx, k, n_pos, nf).max(1) as usize;
-                let chunks = (0..n)
-                    .map(|_| {
-                        (0..width)
-                            .step_by(per)
-                            .map(|c0| {
-                                let len = per.min(width - c0);
-                                DevAnatomy::new(ctx, c0 as u32, len as u32, k, n_pos, nf)
-                            })
-                            .collect::<Result<Vec<_>, _>>()
+        let tables = FeatureTables::new(ctx, &spec.features.current, &spec.features.previous, nf)?;
+        let per = DevAnatomy::max_cols(ctx, k, n_pos, nf).max(1) as usize;
+        let chunks = (0..n)
+            .map(|_| {
+                (0..width)
+                    .step_by(per)
+                    .map(|c0| {
+                        let len = per.min(width - c0);
+                        DevAnatomy::new(ctx, c0 as u32, len as u32, k, n_pos, nf)
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(gpu_err)?;
-                Dev::Gpu {
-                    ctx: Box::new(ctx.clone()),
-                    kernels: kernels.clone(),
-                    tables,
-                    chunks,
-                }
-            }
-            None => Dev::Cpu(
-                (0..n)
-                    .map(|_| AnatomyState::empty(width as u32, k, n_pos, nf))
-                    .collect(),
-            ),
-        };
-        Ok(Self {
-            spec: spec.clone(),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let dev = GpuAnatomy {
+            ctx: ctx.clone(),
+            kernels: kernels.clone(),
+            tables,
+            chunks,
+            n_feat: nf as usize,
+            n_pos: n_pos as usize,
             width,
+        };
+        Ok(Self::with(spec, n, dev))
+    }
+}
+
+impl<D: AnatomyDevice> Anatomies<D> {
+    fn with(spec: &AnatomySpec, n: usize, dev: D) -> Self {
+        Self {
+            spec: spec.clone(),
             dev,
-            host: vec![(vec![0; nf as usize], vec![0; n_pos as usize]); n],
+            host: vec![(vec![0; spec.features.len()], vec![0; spec.n_pos()]); n],
             started: vec![false; n],
-        })
+        }
     }
 
     /// Accumulate anchor `a`'s post-activations `x` (`[kept, width]`) of the kept positions
@@ -179,7 +316,7 @@ impl Anatomies {
     pub fn update(
         &mut self,
         a: usize,
-        x: Tensor<2>,
+        x: &D::Block,
         ids: &[u32],
         r0: usize,
         kept: &[i64],
@@ -203,69 +340,17 @@ impl Anatomies {
         }
         let first = !self.started[a];
         self.started[a] = true;
-        match &mut self.dev {
-            Dev::Cpu(states) => {
-                let [rows, width] = x.dims();
-                let v = x
-                    .try_into_data()
-                    .map_err(|e| AnalysisError::Invalid(format!("activations: {e}")))?
-                    .try_into_vec::<f32>()
-                    .map_err(|e| AnalysisError::Invalid(format!("activations: {e:?}")))?;
-                cpu_update(
-                    &mut states[a],
-                    &self.spec.features,
-                    &v,
-                    rows,
-                    width,
-                    &info,
-                    first,
-                );
-            }
-            Dev::Gpu {
-                ctx,
-                kernels,
-                tables,
-                chunks,
-            } => {
-                let b = GpuBlock::new(x)?;
-                let (rows, cols) = (b.rows(), b.cols());
-                let chunk = rows_per_chunk(ctx, rows, [cols])?;
-                for r0 in (0..rows as u64).step_by(chunk as usize) {
-                    let len = chunk.min(rows as u64 - r0) as u32;
-                    let part = &info[r0 as usize * 4..(r0 as usize + len as usize) * 4];
-                    for c in &chunks[a] {
-                        c.update(ctx, kernels, tables, &b.view(r0, len), part)
-                            .map_err(gpu_err)?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.dev.update(a, x, &info, first)
     }
 
-    /// The running state of every anchor (for a checkpoint; blocking, native).
-    pub fn save(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
-        pollster::block_on(self.save_async())
-    }
-
-    /// The running state of every anchor.
-    pub async fn save_async(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
+    /// The running state of every anchor (for a checkpoint).
+    pub async fn save(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
         let mut out = Vec::with_capacity(self.host.len());
-        for a in 0..self.host.len() {
-            let state = match &self.dev {
-                Dev::Cpu(s) => s[a].clone(),
-                Dev::Gpu { ctx, chunks, .. } => {
-                    let mut parts = Vec::with_capacity(chunks[a].len());
-                    for c in &chunks[a] {
-                        parts.push(c.read_async(ctx).await.map_err(gpu_err)?);
-                    }
-                    join(&parts, self.spec.features.len(), self.spec.n_pos())
-                }
-            };
+        for (a, (feature_count, pos_total)) in self.host.iter().enumerate() {
             out.push(AnatomySaved {
-                state,
-                feature_count: self.host[a].0.clone(),
-                pos_total: self.host[a].1.clone(),
+                state: self.dev.state(a).await?,
+                feature_count: feature_count.clone(),
+                pos_total: pos_total.clone(),
             });
         }
         Ok(out)
@@ -280,8 +365,7 @@ impl Anatomies {
                 self.host.len()
             )));
         }
-        let nf = self.spec.features.len();
-        let n_pos = self.spec.n_pos();
+        let (nf, n_pos) = (self.spec.features.len(), self.spec.n_pos());
         for (a, s) in saved.iter().enumerate() {
             if s.feature_count.len() != nf || s.pos_total.len() != n_pos {
                 return Err(AnalysisError::Invalid(
@@ -289,42 +373,14 @@ impl Anatomies {
                 ));
             }
             let started = s.pos_total.iter().any(|&t| t > 0);
-            match &mut self.dev {
-                Dev::Cpu(states) => {
-                    let empty = AnatomyState::empty(
-                        self.width as u32,
-                        TOP_K as u32,
-                        n_pos as u32,
-                        nf as u32,
-                    );
-                    if !same_shape(&empty, &s.state) {
-                        return Err(AnalysisError::Invalid(
-                            "saved anatomy state does not fit this run".into(),
-                        ));
-                    }
-                    states[a] = s.state.clone();
-                }
-                Dev::Gpu { ctx, chunks, .. } => {
-                    for c in &chunks[a] {
-                        let part = slice(
-                            &s.state,
-                            c.col0() as usize,
-                            c.n_cols() as usize,
-                            nf,
-                            n_pos,
-                            self.width,
-                        )?;
-                        c.restore(ctx, &part, started).map_err(gpu_err)?;
-                    }
-                }
-            }
+            self.dev.restore(a, &s.state, started)?;
             self.host[a] = (s.feature_count.clone(), s.pos_total.clone());
             self.started[a] = started;
         }
         Ok(())
     }
 
-    /// Each anchor's result, from its state and the neurons' mean and variance over the same
+    /// Anchor `a`'s result, from its state and the neurons' mean and variance over the same
     /// kept tokens.
     pub async fn finish(
         &self,
@@ -332,7 +388,11 @@ impl Anatomies {
         mean: &[f64],
         var: &[f64],
     ) -> Result<AnatomyResult, AnalysisError> {
-        let saved = self.save_async().await?.swap_remove(a);
+        let saved = AnatomySaved {
+            state: self.dev.state(a).await?,
+            feature_count: self.host[a].0.clone(),
+            pos_total: self.host[a].1.clone(),
+        };
         Ok(finish(&saved, &self.spec.features, mean, var))
     }
 }
@@ -397,53 +457,6 @@ fn slice(
             .flat_map(|t| s.active[t * width + c0..t * width + c0 + n].iter().copied())
             .collect(),
     })
-}
-
-/// The CPU path: the kernel's algorithm on the host, sums in f64.
-fn cpu_update(
-    s: &mut AnatomyState,
-    features: &FeatureSet,
-    x: &[f32],
-    rows: usize,
-    width: usize,
-    info: &[u32],
-    first: bool,
-) {
-    let k = TOP_K;
-    if first && rows > 0 {
-        s.shift.copy_from_slice(&x[..width]);
-    }
-    for (r, inf) in info.chunks_exact(4).enumerate().take(rows) {
-        let (pos, tok, prev, index) = (inf[0] as usize, inf[1], inf[2], inf[3]);
-        let row = &x[r * width..(r + 1) * width];
-        let cur = features.current.get(tok as usize).map_or(&[][..], |v| v);
-        let prv = if prev == NO_TOKEN {
-            &[][..]
-        } else {
-            features.previous.get(prev as usize).map_or(&[][..], |v| v)
-        };
-        for (c, &v) in row.iter().enumerate() {
-            if v > 0.0 {
-                s.active[pos * width + c] += 1;
-            }
-            let top = &mut s.top_val[c * k..(c + 1) * k];
-            if v > top[k - 1] {
-                let idx = &mut s.top_idx[c * k..(c + 1) * k];
-                let mut j = k - 1;
-                while j > 0 && top[j - 1] < v {
-                    top[j] = top[j - 1];
-                    idx[j] = idx[j - 1];
-                    j -= 1;
-                }
-                top[j] = v;
-                idx[j] = index;
-            }
-            let d = (v - s.shift[c]) as f64;
-            for &f in cur.iter().chain(prv) {
-                s.sums[f as usize * width + c] += d;
-            }
-        }
-    }
 }
 
 /// Variance explained of a feature on `n1` of `n` positions with `sum = Σ_{y=1}(v − shift)`,

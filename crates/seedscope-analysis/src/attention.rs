@@ -67,10 +67,32 @@ pub fn bos_keys(model: &LoadedModel, bos: u32) -> Result<Vec<Vec<f64>>, Analysis
 
 /// Scores of every neuron of `p` against every later head, with BOS keys `keys`
 /// ([`bos_keys`]) and a baseline of Gaussian directions drawn from `seed`.
-pub fn attention_scores(p: &ProcessedWeights, keys: &[Vec<f64>], seed: u64) -> AttentionScores {
+pub fn attention_scores(
+    p: &ProcessedWeights,
+    keys: &[Vec<f64>],
+    seed: u64,
+) -> Result<AttentionScores, AnalysisError> {
     let (d, dm, nh) = (p.d_model, p.d_mlp, p.n_head.max(1));
     let dh = d / nh;
     let n_layers = p.layers.len();
+    crate::weights::check_shapes(p)?;
+    let bad = |what: String| AnalysisError::Invalid(format!("attention scores: {what}"));
+    if d == 0 || d % nh != 0 {
+        return Err(bad(format!("{nh} heads do not divide d_model {d}")));
+    }
+    if keys.len() != n_layers || keys.iter().any(|k| k.len() != d) {
+        return Err(bad(format!(
+            "{} BOS keys of lengths {:?} for {n_layers} layers of {d}",
+            keys.len(),
+            keys.iter().map(Vec::len).collect::<Vec<_>>()
+        )));
+    }
+    if p.w_q.len() != n_layers || p.w_q.iter().any(|w| w.len() != d * d) {
+        return Err(bad(format!(
+            "query weights for {} layers, expected {n_layers} of {d} x {d}",
+            p.w_q.len()
+        )));
+    }
     // u[A*nh + h] = W_Q[A] restricted to head h, times k_BOS[A, h], / sqrt(d_head): [d, L*nh].
     let mut u = Array2::<f64>::zeros((d, n_layers * nh));
     for (a, (wq, k)) in p.w_q.iter().zip(keys).enumerate() {
@@ -105,14 +127,14 @@ pub fn attention_scores(p: &ProcessedWeights, keys: &[Vec<f64>], seed: u64) -> A
             row.iter().map(|x| x / n).collect::<Vec<f64>>()
         };
         let w: Vec<f64> = layer.w_out.chunks_exact(d).flat_map(unit).collect();
-        let w = Array2::from_shape_vec((dm, d), w).expect("w_out is [d_mlp, d_model]");
+        let w = Array2::from_shape_vec((dm, d), w).map_err(|e| bad(format!("W_out: {e}")))?;
         let g: Vec<f64> = (0..dm * d)
             .map(|_| StandardNormal.sample(&mut rng))
             .collect::<Vec<f64>>()
             .chunks_exact(d)
             .flat_map(unit)
             .collect();
-        let g = Array2::from_shape_vec((dm, d), g).expect("baseline is [d_mlp, d_model]");
+        let g = Array2::from_shape_vec((dm, d), g).map_err(|e| bad(format!("baseline: {e}")))?;
         let later = (q + 1) * nh..n_layers * nh;
         if later.is_empty() {
             continue;
@@ -139,5 +161,5 @@ pub fn attention_scores(p: &ProcessedWeights, keys: &[Vec<f64>], seed: u64) -> A
             }
         }
     }
-    out
+    Ok(out)
 }

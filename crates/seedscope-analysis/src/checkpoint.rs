@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::accum::SavedState;
-use crate::engine::{AnchorResult, Candidates, Matches, SavedTile};
+use crate::results::{AnchorResult, Candidates, Matches, SavedTile};
 
 /// File name inside the work directory.
 pub const FILE: &str = "checkpoint.safetensors";

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use ndarray::Array2;
 use seedscope_gpu::{GpuContext, HIST_BINS, Histogram, Kernels};
 
 use crate::AnalysisError;
-use crate::accum::{GpuBlock, rows_per_chunk};
+use crate::gpu_block::{GpuBlock, rows_per_chunk};
 
 /// The first edge at or above 0 (`argmax(edges >= 0)` = 102): bins from here on count as active.
 pub const ZERO_BIN: usize = 102;
@@ -36,37 +36,32 @@ pub struct HistStats {
     pub sparsity: f64,
 }
 
-/// Statistics of `counts` (`HIST_BINS` values).
-pub fn stats(counts: &[u32]) -> HistStats {
+/// The centre of each of the `HIST_BINS` bins: the edges extended by one step on each side,
+/// and the midpoints (the paper's `compute_moments_from_binned_data`).
+pub fn centres() -> Vec<f64> {
     let e = edges();
     let step = e[1] - e[0];
     let mut ext = Vec::with_capacity(e.len() + 2);
     ext.push(e[0] - step);
     ext.extend_from_slice(&e);
     ext.push(e[e.len() - 1] + step);
-    let centres: Vec<f64> = ext.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-    let n: f64 = counts.iter().map(|&c| c as f64).sum();
-    let n = n.max(f64::MIN_POSITIVE);
-    let mean = counts
+    ext.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect()
+}
+
+/// Statistics of `counts` (`HIST_BINS` values).
+pub fn stats(counts: &[u32]) -> HistStats {
+    let m =
+        crate::stats::weighted_moments(centres().into_iter().zip(counts.iter().map(|&c| c as f64)));
+    let n = counts
         .iter()
-        .zip(&centres)
-        .map(|(&c, x)| c as f64 * x)
+        .map(|&c| c as f64)
         .sum::<f64>()
-        / n;
-    let moment = |k: i32| {
-        counts
-            .iter()
-            .zip(&centres)
-            .map(|(&c, x)| c as f64 * (x - mean).powi(k))
-            .sum::<f64>()
-            / n
-    };
-    let var = moment(2);
+        .max(f64::MIN_POSITIVE);
     HistStats {
-        mean,
-        var,
-        skew: moment(3) / var.powf(1.5),
-        kurt: moment(4) / (var * var),
+        mean: m.mean,
+        var: m.var,
+        skew: m.skew,
+        kurt: m.kurt,
         sparsity: counts[ZERO_BIN.min(counts.len())..]
             .iter()
             .map(|&c| c as f64)
@@ -75,140 +70,140 @@ pub fn stats(counts: &[u32]) -> HistStats {
     }
 }
 
-/// The bin of `x` among `edges` (f32 edges as the kernel computes them), as
-/// `numpy.searchsorted(edges, x, side="left")`.
-fn bin(x: f32, edges: &[f32]) -> usize {
-    if x.is_nan() {
-        edges.len()
-    } else {
-        edges.partition_point(|&e| e < x)
+/// Pre-activation histograms of some anchors being counted in one pass: [`CpuHists`] or
+/// [`GpuHists`], each reading its own path's blocks.
+#[allow(async_fn_in_trait)]
+pub trait Histograms {
+    /// One block of pre-activations, `[tokens, neurons]`.
+    type Block;
+
+    /// Count histogram `k`'s block of pre-activations.
+    fn update(&mut self, k: usize, pre: &Self::Block) -> Result<(), AnalysisError>;
+
+    /// The counts of every histogram, `[width * HIST_BINS]` each.
+    async fn counts(&self) -> Result<Vec<Vec<u32>>, AnalysisError>;
+
+    /// Continue from saved counts.
+    fn restore(&mut self, saved: &[Vec<u32>]) -> Result<(), AnalysisError>;
+}
+
+fn restore_len(saved: usize, n: usize) -> Result<(), AnalysisError> {
+    if saved != n {
+        return Err(AnalysisError::Invalid(format!(
+            "the checkpoint holds {saved} histogram sets, the pass needs {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// Histograms counted on the host with the kernel's twin ([`seedscope_gpu::twin`]).
+#[derive(Debug)]
+pub struct CpuHists {
+    /// `[width * HIST_BINS]` per anchor.
+    counts: Vec<Vec<u32>>,
+    width: usize,
+    edges: Vec<f32>,
+}
+
+impl CpuHists {
+    /// `n` zeroed histograms of `width` neurons.
+    pub fn new(n: usize, width: usize) -> Self {
+        Self {
+            counts: vec![vec![0; width * HIST_BINS]; n],
+            width,
+            edges: seedscope_gpu::twin::hist_edges(),
+        }
     }
 }
 
-/// Histograms being accumulated for some anchors in one pass.
-#[derive(Debug)]
-pub enum PreHists {
-    /// Host counts per anchor, `[width * HIST_BINS]`.
-    Cpu {
-        /// Counts.
-        counts: Vec<Vec<u32>>,
-        /// Edges in f32.
-        edges: Vec<f32>,
-    },
-    /// Device histograms per anchor.
-    Gpu {
-        /// The device.
-        ctx: Box<GpuContext>,
-        /// Compiled kernels.
-        kernels: Arc<Kernels>,
-        /// One per anchor.
-        hists: Vec<Histogram>,
-    },
+impl Histograms for CpuHists {
+    type Block = Array2<f32>;
+
+    fn update(&mut self, k: usize, pre: &Array2<f32>) -> Result<(), AnalysisError> {
+        if pre.ncols() != self.width {
+            return Err(AnalysisError::Invalid(format!(
+                "pre-activations of {} neurons for histograms of {}",
+                pre.ncols(),
+                self.width
+            )));
+        }
+        let x = pre.as_standard_layout();
+        let x = x.as_slice().ok_or_else(|| {
+            AnalysisError::Invalid("pre-activations are not a contiguous matrix".into())
+        })?;
+        seedscope_gpu::twin::histogram_update(&mut self.counts[k], x, self.width, &self.edges);
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
+        Ok(self.counts.clone())
+    }
+
+    fn restore(&mut self, saved: &[Vec<u32>]) -> Result<(), AnalysisError> {
+        restore_len(saved.len(), self.counts.len())?;
+        for (c, s) in self.counts.iter_mut().zip(saved) {
+            if c.len() != s.len() {
+                return Err(AnalysisError::Invalid(
+                    "saved histograms have the wrong size".into(),
+                ));
+            }
+            c.copy_from_slice(s);
+        }
+        Ok(())
+    }
 }
 
-impl PreHists {
-    /// `n` zeroed histograms of `width` neurons, on the GPU when `gpu` is given.
+/// Histograms counted on the device (`shaders/histogram.wgsl`, atomic counts).
+#[derive(Debug)]
+pub struct GpuHists {
+    ctx: GpuContext,
+    kernels: Arc<Kernels>,
+    hists: Vec<Histogram>,
+}
+
+impl GpuHists {
+    /// `n` zeroed histograms of `width` neurons on `ctx`'s device.
     pub fn new(
-        gpu: Option<(&GpuContext, &Arc<Kernels>)>,
+        ctx: &GpuContext,
+        kernels: &Arc<Kernels>,
         n: usize,
         width: usize,
     ) -> Result<Self, AnalysisError> {
-        Ok(match gpu {
-            Some((ctx, kernels)) => Self::Gpu {
-                ctx: Box::new(ctx.clone()),
-                kernels: kernels.clone(),
-                hists: (0..n)
-                    .map(|_| Histogram::new(ctx, width as u32))
-                    .collect::<Result<_, _>>()?,
-            },
-            None => Self::Cpu {
-                counts: vec![vec![0; width * HIST_BINS]; n],
-                edges: seedscope_gpu::reference::hist_edges(),
-            },
+        Ok(Self {
+            ctx: ctx.clone(),
+            kernels: kernels.clone(),
+            hists: (0..n)
+                .map(|_| Histogram::new(ctx, width as u32))
+                .collect::<Result<_, _>>()?,
         })
     }
+}
 
-    /// Count histogram `k`'s block of pre-activations `[tokens, width]`.
-    pub fn update(&mut self, k: usize, pre: Tensor<2>) -> Result<(), AnalysisError> {
-        match self {
-            Self::Cpu { counts, edges } => {
-                let [rows, width] = pre.dims();
-                let x = pre
-                    .try_into_data()
-                    .map_err(|e| AnalysisError::Invalid(format!("pre-activations: {e}")))?
-                    .try_into_vec::<f32>()
-                    .map_err(|e| AnalysisError::Invalid(format!("pre-activations: {e:?}")))?;
-                let c = &mut counts[k];
-                for t in 0..rows {
-                    for (j, &v) in x[t * width..(t + 1) * width].iter().enumerate() {
-                        c[j * HIST_BINS + bin(v, edges)] += 1;
-                    }
-                }
-            }
-            Self::Gpu {
-                ctx,
-                kernels,
-                hists,
-            } => {
-                let b = GpuBlock::new(pre)?;
-                let (rows, cols) = (b.rows(), b.cols());
-                let chunk = rows_per_chunk(ctx, rows, [cols])?;
-                for r0 in (0..rows as u64).step_by(chunk as usize) {
-                    let len = chunk.min(rows as u64 - r0) as u32;
-                    hists[k].update(ctx, kernels, &b.view(r0, len))?;
-                }
-            }
+impl Histograms for GpuHists {
+    type Block = GpuBlock;
+
+    fn update(&mut self, k: usize, pre: &GpuBlock) -> Result<(), AnalysisError> {
+        let (rows, cols) = (pre.rows(), pre.cols());
+        let chunk = rows_per_chunk(&self.ctx, rows, [cols])?;
+        for r0 in (0..rows as u64).step_by(chunk as usize) {
+            let len = chunk.min(rows as u64 - r0) as u32;
+            self.hists[k].update(&self.ctx, &self.kernels, &pre.view(r0, len))?;
         }
         Ok(())
     }
 
-    /// The counts of every histogram (blocking; native).
-    pub fn save(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
-        pollster::block_on(self.save_async())
-    }
-
-    /// The counts of every histogram.
-    pub async fn save_async(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
-        Ok(match self {
-            Self::Cpu { counts, .. } => counts.clone(),
-            Self::Gpu { ctx, hists, .. } => {
-                let mut out = Vec::with_capacity(hists.len());
-                for h in hists {
-                    out.push(h.read_async(ctx).await?);
-                }
-                out
-            }
-        })
-    }
-
-    /// Continue from saved counts.
-    pub fn restore(&mut self, saved: &[Vec<u32>]) -> Result<(), AnalysisError> {
-        let n = match self {
-            Self::Cpu { counts, .. } => counts.len(),
-            Self::Gpu { hists, .. } => hists.len(),
-        };
-        if saved.len() != n {
-            return Err(AnalysisError::Invalid(format!(
-                "the checkpoint holds {} histogram sets, the pass needs {n}",
-                saved.len()
-            )));
+    async fn counts(&self) -> Result<Vec<Vec<u32>>, AnalysisError> {
+        let mut out = Vec::with_capacity(self.hists.len());
+        for h in &self.hists {
+            out.push(h.read_async(&self.ctx).await?);
         }
-        match self {
-            Self::Cpu { counts, .. } => {
-                for (c, s) in counts.iter_mut().zip(saved) {
-                    if c.len() != s.len() {
-                        return Err(AnalysisError::Invalid(
-                            "saved histograms have the wrong size".into(),
-                        ));
-                    }
-                    c.copy_from_slice(s);
-                }
-            }
-            Self::Gpu { ctx, hists, .. } => {
-                for (h, s) in hists.iter().zip(saved) {
-                    h.restore(ctx, s)?;
-                }
-            }
+        Ok(out)
+    }
+
+    fn restore(&mut self, saved: &[Vec<u32>]) -> Result<(), AnalysisError> {
+        restore_len(saved.len(), self.hists.len())?;
+        for (h, s) in self.hists.iter().zip(saved) {
+            h.restore(&self.ctx, s)?;
         }
         Ok(())
     }
@@ -241,16 +236,5 @@ mod tests {
         c[0] = 1;
         let step = e[1] - e[0];
         assert!((stats(&c).mean - (e[0] - step / 2.0)).abs() < 1e-12);
-    }
-
-    #[test]
-    fn host_binning_matches_searchsorted() {
-        let e = seedscope_gpu::reference::hist_edges();
-        assert_eq!(bin(-20.0, &e), 0);
-        assert_eq!(bin(-10.0, &e), 0);
-        assert_eq!(bin(e[102], &e), 102);
-        assert_eq!(bin(e[102] + 1e-3, &e), 103);
-        assert_eq!(bin(20.0, &e), 256);
-        assert_eq!(bin(f32::NAN, &e), 256);
     }
 }

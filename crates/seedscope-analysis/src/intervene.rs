@@ -275,7 +275,7 @@ pub fn baseline_neurons(
     let last: Vec<&&NeuronRow> = rows.iter().filter(|r| r.layer + 2 >= n_layers).collect();
     let pct = |f: fn(&NeuronRow) -> f64, q: f64| {
         let v: Vec<f64> = last.iter().map(|r| f(r)).collect();
-        crate::bundle::quantile(&v, q)
+        crate::stats::quantile(&v, q)
     };
     let (l2_max, var_min) = (pct(|r| r.l2_penalty, 0.9), pct(|r| r.vocab_var, 0.1));
     let mut pool: Vec<(usize, usize)> = last
@@ -300,7 +300,7 @@ fn default_targets(
     n_layers: usize,
 ) -> Result<Vec<(usize, usize)>, AnalysisError> {
     let p = model.processed_weights()?;
-    let w = crate::weights::weight_stats(&p);
+    let w = crate::weights::weight_stats(&p)?;
     let (d, dm) = (p.d_model, p.d_mlp);
     let first = n_layers.saturating_sub(2) * dm;
     let best = (first..w.len())

@@ -10,7 +10,8 @@ use std::time::Duration;
 use web_time::Instant;
 
 use seedscope_data::{ENDOFTEXT, TextTokenizer, pack_rows, read_tokens_npy};
-use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
+pub use seedscope_model::BackendKind;
+use seedscope_model::{ComputeDevice, LoadedModel};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Manifest, ModelEntry, TOKENIZER, partial_dir, write_bundle_files};
@@ -729,7 +730,7 @@ pub fn run_analysis(
             serde_json::to_vec_pretty(&info).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
         seedscope_model::write_file_atomic(&work.join(SHARD_INFO), &json)?;
         let _ = std::fs::remove_file(work.join(crate::checkpoint::FILE));
-        crate::bundle::swap_into_place(&work, &req.out)?;
+        seedscope_model::replace_dir(&work, &req.out)?;
         events(JobEvent::Log(format!(
             "wrote shard {index}/{count} ({} tokens) to {} in {:.1} s",
             r.n_tokens,
@@ -799,36 +800,29 @@ fn assemble(
     log: &mut dyn FnMut(String),
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
     let results = a_.results;
-    // Weight statistics of every anchor (TransformerLens-processed weights; cheap next to the
-    // correlation pass).
-    let weights = timed(log, "weight statistics", || {
-        results
-            .anchors
+    // From every model's TransformerLens-processed weights (made one model at a time: for
+    // GPT-2 small they are about 0.8 GB in f64): its weight statistics (the anchors' fill
+    // their neuron rows, every model's vocabulary moments go to the report's Fig. 6), and for
+    // an anchor its attention (de)activation scores (BOS keys from one forward of BOS).
+    let anchors: Vec<usize> = results.anchors.iter().map(|a| a.anchor).collect();
+    let mut attention = vec![None; anchors.len()];
+    let weights = timed(log, "weight statistics and attention scores", || {
+        a_.stat_models
             .iter()
-            .map(|a| {
-                a_.stat_models[a.anchor]
-                    .processed_weights()
-                    .map(|p| Some(crate::weights::weight_stats(&p)))
+            .enumerate()
+            .map(|(m, model)| {
+                let p = model.processed_weights()?;
+                if let (Some(bos), Some(k)) = (a_.bos, anchors.iter().position(|&a| a == m)) {
+                    let keys = crate::attention::bos_keys(model, bos)?;
+                    attention[k] = Some(crate::attention::attention_scores(
+                        &p,
+                        &keys,
+                        a_.options.seed,
+                    )?);
+                }
+                Ok(Some(crate::weights::weight_stats(&p)?))
             })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    // Attention (de)activation scores of every anchor (BOS keys from one forward of BOS).
-    let bos = a_.bos;
-    let attention = timed(log, "attention scores", || {
-        results
-            .anchors
-            .iter()
-            .map(|a| -> Result<_, AnalysisError> {
-                let Some(bos) = bos else { return Ok(None) };
-                let m = &a_.stat_models[a.anchor];
-                let keys = crate::attention::bos_keys(m, bos)?;
-                Ok(Some(crate::attention::attention_scores(
-                    &m.processed_weights()?,
-                    &keys,
-                    a_.options.seed,
-                )))
-            })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, AnalysisError>>()
     })?;
     timed(log, "neuron rows and bundle files", || {
         bundle_of(a_, &weights, &attention, tokenizer)
@@ -850,15 +844,17 @@ fn bundle_of(
         a_.results.d_mlp,
         a_.options.threshold,
         &crate::bundle::RowExtras {
-            weights: weights.first().and_then(|w| w.as_deref()),
+            weights: weights
+                .get(a_.results.anchors[0].anchor)
+                .and_then(|w| w.as_deref()),
             features: Some(a_.features),
             attention: attention.first().and_then(Option::as_ref),
         },
     );
-    let (fraction, per_layer) = crate::bundle::universal_fractions(
+    let (fraction, per_layer) = crate::stats::universal_fractions(&crate::stats::universal_counts(
         rows.iter().map(|(r, _)| (r.layer, r.is_universal)),
         n_layers,
-    );
+    ));
     let manifest = Manifest {
         seedscope_version: env!("CARGO_PKG_VERSION").into(),
         command: a_.req.command.clone(),

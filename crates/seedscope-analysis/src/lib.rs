@@ -2,10 +2,13 @@
 //! correlation with every neuron of every other seed over a stream of tokens, its best match,
 //! the random-rotation baseline, the excess correlation and the universal flag.
 //!
-//! - [`engine`]: the streaming pass (models forward, masking, rotation, accumulation,
-//!   checkpoints) producing [`engine::Results`].
-//! - [`accum`]: accumulators on the GPU (WGSL kernels, `seedscope-gpu`) or the CPU.
-//! - [`plan`]: tiling the co-moments under a memory budget and the device's limits.
+//! - [`engine`]: the streaming pass in stages (plan, block forward + masking + rotation,
+//!   accumulation, checkpoints, refinement, shard merges) producing [`Results`].
+//! - [`results`]: what a run produces and reports.
+//! - [`compute`]: the two places statistics run, [`compute::Cpu`] and [`compute::Gpu`];
+//!   [`accum`], [`hist`] and [`anatomy`] hold each path's accumulators behind one trait.
+//! - [`plan`]: the co-moment tiles, grouped into passes under a memory budget and the device's
+//!   limits.
 //! - [`bundle`]: the result directory (`manifest.json`, `neurons.csv`,
 //!   `correlation.safetensors`, `tiles.safetensors`), written atomically, and its reader.
 //! - [`job`]: a whole analysis from a request (models, data, options) to a bundle, as the CLI
@@ -22,21 +25,24 @@ pub mod anatomy;
 pub mod attention;
 pub mod bundle;
 pub mod checkpoint;
+pub mod compute;
 pub mod engine;
 pub mod features;
+pub mod gpu_block;
 pub mod hist;
 pub mod intervene;
 pub mod job;
 pub mod path_ablation;
 pub mod plan;
+pub mod results;
 pub mod rotation;
+pub mod stats;
 pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
-pub use engine::{
-    AnalysisOptions, BlockTiming, Candidates, Family, Outcome, Progress, Refine, Results, Run,
-    TokenSet,
-};
+pub use engine::{AnalysisOptions, Family, Refine, Run, TokenSet};
+pub use results::{BlockTiming, Candidates, Outcome, Progress, Results};
+pub use seedscope_model::{replace_dir, write_file_atomic};
 
 /// Errors of an analysis. Each names the file or the setting at fault.
 #[derive(Debug, thiserror::Error)]

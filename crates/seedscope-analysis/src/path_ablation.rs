@@ -149,8 +149,8 @@ pub fn run_path_ablation(
         mean_bos_attention_ablated: mean(&bos_a),
         mean_z_norm: mean(&zn),
         mean_z_norm_ablated: mean(&zn_a),
-        corr_activation_bos_change: crate::bundle::pearson(&act, &d_bos),
-        corr_activation_norm_change: crate::bundle::pearson(&act, &d_zn),
+        corr_activation_bos_change: crate::stats::pearson(&act, &d_bos),
+        corr_activation_norm_change: crate::stats::pearson(&act, &d_zn),
         points: (0..act.len())
             .step_by(step)
             .map(|i| (act[i] as f32, d_bos[i] as f32, d_zn[i] as f32))

@@ -1,11 +1,75 @@
-//! Tiling the cross-model co-moments under a memory budget and the device's buffer limits.
+//! What to accumulate, pass by pass: co-moment tiles (anchor columns × another stream's
+//! columns, all pairs or a list of candidate pairs) grouped into passes under a memory budget
+//! and the device's buffer limits.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::AnalysisError;
-use crate::accum::TileSpec;
 
 /// Stream index of model `m`'s activations (`rotated = false`) or of its rotated baseline.
 pub fn stream(model: usize, rotated: bool) -> usize {
     2 * model + usize::from(rotated)
+}
+
+/// One co-moment tile to accumulate: anchor model columns × another stream's columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileSpec {
+    /// Stream of the anchor (its real activations).
+    pub a_stream: usize,
+    /// Anchor columns (`layer * d_mlp + neuron`).
+    pub a_cols: Range<usize>,
+    /// The other stream (a model's activations, or its rotated baseline).
+    pub b_stream: usize,
+    /// Its columns.
+    pub b_cols: Range<usize>,
+    /// Candidate refinement's sparse form: for each anchor column in order, the same number
+    /// of other-stream columns (absolute, within `b_cols`); only these pairs are accumulated.
+    pub pairs: Option<Arc<Vec<u32>>>,
+}
+
+impl TileSpec {
+    /// A dense tile.
+    pub fn dense(
+        a_stream: usize,
+        a_cols: Range<usize>,
+        b_stream: usize,
+        b_cols: Range<usize>,
+    ) -> Self {
+        Self {
+            a_stream,
+            a_cols,
+            b_stream,
+            b_cols,
+            pairs: None,
+        }
+    }
+
+    /// Entries accumulated: every pair of the dense tile, or the candidate pairs.
+    pub fn entries(&self) -> usize {
+        match &self.pairs {
+            Some(p) => p.len(),
+            None => self.a_cols.len() * self.b_cols.len(),
+        }
+    }
+
+    /// Accumulator bytes of the tile (8 per entry on both paths; a pair list adds 8 more).
+    pub fn bytes(&self) -> u64 {
+        let per = if self.pairs.is_some() { 16 } else { 8 };
+        (self.entries() * per) as u64
+    }
+
+    /// The `(anchor column, other column)` pairs of a sparse tile.
+    pub fn pair_list(&self) -> Vec<[u32; 2]> {
+        let Some(p) = &self.pairs else {
+            return Vec::new();
+        };
+        let k = p.len() / self.a_cols.len().max(1);
+        p.iter()
+            .enumerate()
+            .map(|(e, &j)| [(self.a_cols.start + e / k.max(1)) as u32, j])
+            .collect()
+    }
 }
 
 /// What to accumulate, pass by pass: every pass streams the whole token set once.
@@ -47,7 +111,7 @@ pub struct PlanInput {
 }
 
 /// Split `[0, n)` into `k` nearly equal chunks.
-fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
     let k = k.max(1);
     (0..k)
         .map(|i| start + n * i / k..start + n * (i + 1) / k)
@@ -145,59 +209,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Pairs per sparse tile at most: 32 MiB of totals and 32 MiB of pair list, under WebGPU's
 /// default 128 MiB binding.
 pub const MAX_PAIRS_PER_TILE: usize = 1 << 22;
-
-/// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
-/// and every stream, the candidate pairs the prefix stage kept (`first`'s
-/// [`crate::engine::Candidates`]); anchor rows are split into tiles of at most
-/// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge).
-pub fn pair_plan(
-    first: &crate::engine::Results,
-    n_models: usize,
-    block_tokens: usize,
-) -> Result<Plan, AnalysisError> {
-    let width = first.n_layers * first.d_mlp;
-    let mut specs = Vec::new();
-    for r in &first.anchors {
-        if r.candidates.len() != 2 * r.others.len() {
-            return Err(AnalysisError::Invalid(format!(
-                "the prefix stage left candidates for {} of {} streams of anchor {}",
-                r.candidates.len(),
-                2 * r.others.len(),
-                r.anchor
-            )));
-        }
-        for (oi, &b) in r.others.iter().enumerate() {
-            for rotated in [false, true] {
-                let c = &r.candidates[2 * oi + usize::from(rotated)];
-                let per_row = 2 * c.k;
-                if c.col.len() != width * per_row || c.col.iter().any(|&j| j as usize >= width) {
-                    return Err(AnalysisError::Invalid(format!(
-                        "the prefix stage left incomplete candidates for anchor {} and model {b}",
-                        r.anchor
-                    )));
-                }
-                let rows_per = (MAX_PAIRS_PER_TILE / per_row.max(1)).clamp(1, width);
-                for a_cols in chunks(0, width, width.div_ceil(rows_per)) {
-                    let pairs = c.col[a_cols.start * per_row..a_cols.end * per_row].to_vec();
-                    specs.push(TileSpec {
-                        a_stream: stream(r.anchor, false),
-                        a_cols,
-                        b_stream: stream(b, rotated),
-                        b_cols: 0..width,
-                        pairs: Some(std::sync::Arc::new(pairs)),
-                    });
-                }
-            }
-        }
-    }
-    let activation_bytes = (block_tokens * width * 4) as u64 * (2 * n_models as u64 + 2);
-    let max_tile_bytes = specs.iter().map(TileSpec::bytes).sum();
-    Ok(Plan {
-        passes: vec![specs],
-        activation_bytes,
-        max_tile_bytes,
-    })
-}
 
 #[cfg(test)]
 mod tests {

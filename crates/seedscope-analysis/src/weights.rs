@@ -7,6 +7,8 @@
 use ndarray::Array2;
 use seedscope_model::ProcessedWeights;
 
+use crate::AnalysisError;
+
 /// Tokens kept at each end of a neuron's vocabulary projection.
 pub const VOCAB_ENDS: usize = 10;
 
@@ -50,17 +52,46 @@ pub fn null_dims(d_model: usize) -> usize {
 
 /// An orthonormal basis `[k, d_model]` of W_U's near-null space (`w_u`: `[vocab, d_model]`
 /// rows): the eigenvectors of W_Uᵀ W_U with the `null_dims(d_model)` smallest eigenvalues.
-pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Vec<Vec<f64>> {
-    let u = ndarray::ArrayView2::from_shape((vocab, d), w_u).expect("w_u is [vocab, d_model]");
+pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Vec<Vec<f64>>, AnalysisError> {
+    let u = ndarray::ArrayView2::from_shape((vocab, d), w_u).map_err(|_| {
+        AnalysisError::Invalid(format!(
+            "the unembedding has {} values, not {vocab} x {d}",
+            w_u.len()
+        ))
+    })?;
     let g = u.t().dot(&u);
     let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_fn(d, d, |i, j| g[[i, j]]));
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
-    order
+    Ok(order
         .into_iter()
         .take(null_dims(d).min(d))
         .map(|c| eig.eigenvectors.column(c).iter().copied().collect())
-        .collect()
+        .collect())
+}
+
+/// Every array of `p` has the length its shape says (the statistics index them freely).
+pub(crate) fn check_shapes(p: &ProcessedWeights) -> Result<(), AnalysisError> {
+    let bad = |what: String| Err(AnalysisError::Invalid(format!("processed weights: {what}")));
+    let (d, n) = (p.d_model, p.d_mlp);
+    if p.w_u.len() != p.vocab * d {
+        return bad(format!(
+            "W_U has {} values, not {} x {d}",
+            p.w_u.len(),
+            p.vocab
+        ));
+    }
+    for (l, layer) in p.layers.iter().enumerate() {
+        if layer.w_in.len() != n * d || layer.w_out.len() != n * d || layer.b_in.len() != n {
+            return bad(format!(
+                "layer {l} has {} / {} / {} values in W_in / W_out / b_in, not {n} x {d}",
+                layer.w_in.len(),
+                layer.w_out.len(),
+                layer.b_in.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -69,8 +100,9 @@ fn norm(v: &[f64]) -> f64 {
 
 /// Statistics of every neuron, `layer * d_mlp + neuron` order. The cosines are computed in
 /// blocks of neurons (an f32 GEMM against the normalised unembedding), moments in f64.
-pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
+pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, AnalysisError> {
     let (d, vocab) = (p.d_model, p.vocab);
+    check_shapes(p)?;
     // Unit columns of W_U, as [d_model, vocab].
     let mut u = Array2::<f32>::zeros((d, vocab));
     for v in 0..vocab {
@@ -80,7 +112,7 @@ pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
             u[[k, v]] = (x / n) as f32;
         }
     }
-    let null = null_space(&p.w_u, vocab, d);
+    let null = null_space(&p.w_u, vocab, d)?;
     let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
     const BLOCK: usize = 256;
     for layer in &p.layers {
@@ -101,7 +133,7 @@ pub fn weight_stats(p: &ProcessedWeights) -> Vec<NeuronWeights> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn neuron(
@@ -119,32 +151,44 @@ fn neuron(
         .map(|e| e.iter().zip(w_out).map(|(a, b)| a * b).sum::<f64>().powi(2))
         .sum();
     let dot: f64 = w_in.iter().zip(w_out).map(|(a, b)| a * b).sum();
-    let n = cos.len().max(1) as f64;
-    let mean = cos.iter().map(|&c| c as f64).sum::<f64>() / n;
-    let (mut m2, mut m3, mut m4) = (0.0, 0.0, 0.0);
-    for &c in cos {
-        let x = c as f64 - mean;
-        m2 += x * x;
-        m3 += x * x * x;
-        m4 += x * x * x * x;
-    }
-    let var = m2 / n;
-    let mut order: Vec<u32> = (0..cos.len() as u32).collect();
-    order.sort_by(|&a, &b| cos[b as usize].total_cmp(&cos[a as usize]));
+    let vocab = crate::stats::weighted_moments(cos.iter().map(|&c| (c as f64, 1.0)));
     NeuronWeights {
         w_in_norm: n_in,
         input_bias: layer.b_in[j],
         w_out_norm: n_out,
         in_out_sim: dot / (n_in * n_out),
         l2_penalty: n_in * n_in + n_out * n_out,
-        vocab_mean: mean,
-        vocab_var: var,
-        vocab_skew: m3 / n / var.powf(1.5),
-        vocab_kurt: m4 / n / (var * var),
-        vocab_top: order.iter().take(VOCAB_ENDS).copied().collect(),
-        vocab_bottom: order.iter().rev().take(VOCAB_ENDS).copied().collect(),
+        vocab_mean: vocab.mean,
+        vocab_var: vocab.var,
+        vocab_skew: vocab.skew,
+        vocab_kurt: vocab.kurt,
+        vocab_top: ends(cos, true),
+        vocab_bottom: ends(cos, false),
         null_frac: in_null.sqrt() / n_out.max(f64::MIN_POSITIVE),
     }
+}
+
+/// The [`VOCAB_ENDS`] tokens with the largest cosine (`top`, largest first) or the smallest
+/// (smallest first); ties go to the lower token id. A selection, not a sort of the vocabulary.
+fn ends(cos: &[f32], top: bool) -> Vec<u32> {
+    // Descending by cosine for the top (ascending for the bottom), then by token id.
+    let order = |a: &u32, b: &u32| {
+        let (x, y) = (cos[*a as usize], cos[*b as usize]);
+        let o = if top {
+            y.total_cmp(&x)
+        } else {
+            x.total_cmp(&y)
+        };
+        o.then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..cos.len() as u32).collect();
+    let k = VOCAB_ENDS.min(ids.len());
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k, order);
+    }
+    ids.truncate(k);
+    ids.sort_by(order);
+    ids
 }
 
 /// The functional role the paper reads off a neuron's vocabulary projection (§5): prediction

@@ -1,13 +1,18 @@
 //! A bundle as the views need it: the manifest and neuron rows, the per-anchor correlation
-//! tensors, and the saved tiles (read lazily, one at a time).
+//! tensors, what the views look up per frame computed once at open (within-layer ranks of every
+//! statistic, per-layer sorted excess correlations), and the saved tiles (read lazily, one at a
+//! time, by a task).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use seedscope_analysis::bundle::{BundleSource, CORRELATION, TILES};
+use seedscope_analysis::stats::Ranks;
 use seedscope_analysis::weights::VOCAB_ENDS;
 use seedscope_analysis::{Bundle, NeuronRow};
+
+use crate::AppError;
 
 /// A neuron of one model of the family.
 #[derive(
@@ -65,7 +70,41 @@ pub struct AnchorData {
     /// Per neuron the token ids at the top and bottom of its vocabulary projection
     /// (`VOCAB_ENDS` each), when the bundle has them.
     pub vocab_ends: Option<(Vec<i32>, Vec<i32>)>,
+    /// `[stat][layer]`: the layer's values of each of [`NEURON_STATS`], sorted once, for
+    /// within-layer percentiles.
+    ranks: Vec<Vec<Ranks>>,
+    /// Per layer the neurons' excess correlations, ascending, NaN left out (counts at any
+    /// threshold; a NaN is never universal).
+    excess: Vec<Vec<f64>>,
 }
+
+/// A statistic of a neuron row.
+pub type Stat = fn(&NeuronRow) -> f64;
+
+/// The statistics the neuron page shows with their within-layer percentile.
+pub const NEURON_STATS: [(&str, Stat); 21] = [
+    ("mean best r over seeds", |r| r.mean_corr),
+    ("max best r", |r| r.max_corr),
+    ("min best r", |r| r.min_corr),
+    ("baseline (mean)", |r| r.mean_baseline),
+    ("excess correlation", |r| r.excess_corr),
+    ("activation mean", |r| r.act_mean),
+    ("activation variance", |r| r.act_var),
+    ("pre-activation mean", |r| r.mean),
+    ("pre-activation variance", |r| r.var),
+    ("pre-activation skew", |r| r.skew),
+    ("pre-activation kurtosis", |r| r.kurt),
+    ("activation frequency", |r| r.sparsity),
+    ("w_in norm", |r| r.w_in_norm),
+    ("input bias", |r| r.input_bias),
+    ("w_out norm", |r| r.w_out_norm),
+    ("cos(w_in, w_out)", |r| r.in_out_sim),
+    ("l2 penalty", |r| r.l2_penalty),
+    ("vocab mean", |r| r.vocab_mean),
+    ("vocab var", |r| r.vocab_var),
+    ("vocab skew", |r| r.vocab_skew),
+    ("vocab kurt", |r| r.vocab_kurt),
+];
 
 /// An opened bundle.
 #[derive(Debug, Clone)]
@@ -88,8 +127,11 @@ pub struct Explorer {
     anatomy: BTreeMap<usize, seedscope_analysis::bundle::AnatomyFile>,
 }
 
-fn corrupt(path: &Path, message: impl std::fmt::Display) -> String {
-    format!("{}: {message}", path.display())
+fn corrupt(path: &Path, message: impl std::fmt::Display) -> AppError {
+    AppError::Corrupt {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
 }
 
 /// Tensor `name` of `st` as `len` values of `T` (stored as `dtype`), or an error naming `path`.
@@ -99,33 +141,35 @@ fn tensor<T: bytemuck::Pod>(
     path: &Path,
     len: usize,
     dtype: Dtype,
-) -> Result<Vec<T>, String> {
-    seedscope_analysis::bundle::read_tensor(st, name, path, len, dtype).map_err(|e| e.to_string())
+) -> Result<Vec<T>, AppError> {
+    Ok(seedscope_analysis::bundle::read_tensor(
+        st, name, path, len, dtype,
+    )?)
 }
 
-fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, String> {
+fn tensor_f32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<f32>, AppError> {
     tensor(st, name, path, len, Dtype::F32)
 }
 
-fn tensor_i32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<i32>, String> {
+fn tensor_i32(st: &SafeTensors, name: &str, path: &Path, len: usize) -> Result<Vec<i32>, AppError> {
     tensor(st, name, path, len, Dtype::I32)
 }
 
 impl Explorer {
     /// Open the bundle at `dir`. Errors name the file and what is wrong with it.
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, AppError> {
         Self::open_source(BundleSource::Dir(dir.to_path_buf()))
     }
 
     /// Open a bundle from a directory or from files in memory.
-    pub fn open_source(source: BundleSource) -> Result<Self, String> {
-        let bundle = Bundle::read_from(&source).map_err(|e| e.to_string())?;
+    pub fn open_source(source: BundleSource) -> Result<Self, AppError> {
+        let bundle = Bundle::read_from(&source)?;
         let m = &bundle.manifest;
         let names: Vec<String> = m.models.iter().map(|e| e.name.clone()).collect();
         let (l, d) = (m.n_layers, m.d_mlp);
         let width = l * d;
         let cpath = source.path(CORRELATION);
-        let bytes = source.require(CORRELATION).map_err(|e| e.to_string())?;
+        let bytes = source.require(CORRELATION)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&cpath, e))?;
         let anchor_ids: Vec<usize> = if m.options.all_anchors {
             (0..names.len()).collect()
@@ -150,11 +194,14 @@ impl Explorer {
                 .filter(|(_, r)| r.model == names[a])
                 .map(|(i, _)| i)
                 .collect();
-            if rows.len() != width {
+            let in_order = rows.iter().enumerate().all(|(k, &i)| {
+                (bundle.neurons[i].layer, bundle.neurons[i].neuron) == (k / d, k % d)
+            });
+            if rows.len() != width || !in_order {
                 return Err(corrupt(
                     &source.path(seedscope_analysis::bundle::NEURONS),
                     format!(
-                        "{} rows for anchor {}, expected {l} layers x {d} neurons",
+                        "{} rows for anchor {}, expected {l} layers x {d} neurons in order",
                         rows.len(),
                         names[a]
                     ),
@@ -198,37 +245,64 @@ impl Explorer {
                     &cpath,
                     l * l,
                 )?,
-                vocab_ends: {
-                    let n = width * VOCAB_ENDS;
-                    match (
-                        tensor_i32(&st, &format!("{prefix}vocab_top"), &cpath, n),
-                        tensor_i32(&st, &format!("{prefix}vocab_bottom"), &cpath, n),
-                    ) {
-                        (Ok(t), Ok(b)) => Some((t, b)),
-                        _ => None,
-                    }
+                vocab_ends: match st.tensor(&format!("{prefix}vocab_top")) {
+                    // Bundles without weight statistics have no vocabulary ends.
+                    Err(_) => None,
+                    Ok(_) => Some((
+                        tensor_i32(
+                            &st,
+                            &format!("{prefix}vocab_top"),
+                            &cpath,
+                            width * VOCAB_ENDS,
+                        )?,
+                        tensor_i32(
+                            &st,
+                            &format!("{prefix}vocab_bottom"),
+                            &cpath,
+                            width * VOCAB_ENDS,
+                        )?,
+                    )),
                 },
                 others,
                 percentiles: seedscope_analysis::bundle::layer_percentiles(
                     &rows.iter().map(|&i| &bundle.neurons[i]).collect::<Vec<_>>(),
                 ),
+                ranks: NEURON_STATS
+                    .iter()
+                    .map(|(_, f)| {
+                        (0..l)
+                            .map(|layer| {
+                                let v: Vec<f64> = rows[layer * d..(layer + 1) * d]
+                                    .iter()
+                                    .map(|&i| f(&bundle.neurons[i]))
+                                    .collect();
+                                Ranks::new(&v)
+                            })
+                            .collect()
+                    })
+                    .collect(),
+                excess: (0..l)
+                    .map(|layer| {
+                        let mut v: Vec<f64> = rows[layer * d..(layer + 1) * d]
+                            .iter()
+                            .map(|&i| bundle.neurons[i].excess_corr)
+                            .filter(|x| !x.is_nan())
+                            .collect();
+                        v.sort_by(f64::total_cmp);
+                        v
+                    })
+                    .collect(),
                 rows,
             });
         }
         let (tiles, tiles_header) = read_tile_index(&source, d)?;
         // Token strings need the tokenizer: the bundle's copy, else the anchor's; a bundle
         // without one whose models moved still opens without it.
-        let tokenizer = match source
-            .read(seedscope_analysis::bundle::TOKENIZER)
-            .map_err(|e| e.to_string())?
-        {
-            Some(bytes) => Some(
-                seedscope_data::TextTokenizer::from_bytes(
-                    &bytes,
-                    &source.path(seedscope_analysis::bundle::TOKENIZER),
-                )
-                .map_err(|e| e.to_string())?,
-            ),
+        let tokenizer = match source.read(seedscope_analysis::bundle::TOKENIZER)? {
+            Some(bytes) => Some(seedscope_data::TextTokenizer::from_bytes(
+                &bytes,
+                &source.path(seedscope_analysis::bundle::TOKENIZER),
+            )?),
             None => m.models.first().and_then(|e| {
                 seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok()
             }),
@@ -237,8 +311,7 @@ impl Explorer {
         let mut anatomy = BTreeMap::new();
         for &a in &anchor_ids {
             if let Some(f) =
-                seedscope_analysis::bundle::AnatomyFile::read_from(&source, a, width, false)
-                    .map_err(|e| e.to_string())?
+                seedscope_analysis::bundle::AnatomyFile::read_from(&source, a, width, false)?
             {
                 anatomy.insert(a, f);
             }
@@ -317,19 +390,30 @@ impl Explorer {
             .collect()
     }
 
-    /// Universal counts at `threshold` for anchor `model`: per layer `(universal, total)`.
+    /// Universal counts at `threshold` for anchor `model`: per layer `(universal, total)` (a
+    /// binary search per layer in the excess correlations sorted at open).
     pub fn counts(&self, model: usize, threshold: f64) -> Vec<(usize, usize)> {
-        let mut c = vec![(0, 0); self.n_layers()];
-        if let Some(a) = self.anchor(model) {
-            for &i in &a.rows {
-                let r = &self.bundle.neurons[i];
-                if let Some(e) = c.get_mut(r.layer) {
-                    e.0 += usize::from(r.excess_corr > threshold);
-                    e.1 += 1;
-                }
-            }
+        match self.anchor(model) {
+            Some(a) => a
+                .excess
+                .iter()
+                .map(|v| {
+                    (
+                        v.len() - v.partition_point(|&x| x <= threshold),
+                        self.d_mlp(),
+                    )
+                })
+                .collect(),
+            None => vec![(0, 0); self.n_layers()],
         }
-        c
+    }
+
+    /// The within-layer percentile of [`NEURON_STATS`]`[k]` of an anchor neuron (scipy's
+    /// `percentileofscore(kind='rank')`), from the ranks made at open.
+    pub fn percentile(&self, id: NeuronId, k: usize) -> Option<f64> {
+        let a = self.anchor(id.model)?;
+        let (_, f) = NEURON_STATS.get(k)?;
+        Some(a.ranks.get(k)?.get(id.layer)?.percentile(f(self.row(id)?)))
     }
 
     /// The token ids at the top and bottom of an anchor neuron's vocabulary projection.
@@ -395,18 +479,25 @@ impl Explorer {
     }
 
     /// Read one saved tile, `[d_mlp, d_mlp]` row-major (rows: anchor neurons), as f32.
-    pub fn read_tile(&self, name: &str) -> Result<Vec<f32>, String> {
+    pub fn read_tile(&self, name: &str) -> Result<Vec<f32>, AppError> {
         let path = self.source.path(TILES);
         let &((start, end), shape) = self
             .tiles
             .get(name)
             .ok_or_else(|| corrupt(&path, format!("no tile {name}")))?;
-        let bytes = self
-            .source
-            .read_range(TILES, self.tiles_header + start, (end - start) as usize)
-            .map_err(|e| format!("tile {name}: {e}"))?;
+        let bytes =
+            self.source
+                .read_range(TILES, self.tiles_header + start, (end - start) as usize)?;
         if bytes.len() != shape[0] * shape[1] * 2 {
-            return Err(corrupt(&path, format!("tile {name} has the wrong size")));
+            return Err(corrupt(
+                &path,
+                format!(
+                    "tile {name} holds {} bytes, not {} x {} f16 values",
+                    bytes.len(),
+                    shape[0],
+                    shape[1]
+                ),
+            ));
         }
         Ok(bytes
             .chunks_exact(2)
@@ -421,22 +512,27 @@ impl Explorer {
 fn read_tile_index(
     source: &BundleSource,
     d: usize,
-) -> Result<(BTreeMap<String, ((u64, u64), [usize; 2])>, u64), String> {
+) -> Result<(BTreeMap<String, ((u64, u64), [usize; 2])>, u64), AppError> {
     let path = &source.path(TILES);
-    let file_len = match source.len(TILES).map_err(|e| e.to_string())? {
-        Some(n) => n,
-        None => return Ok((BTreeMap::new(), 0)),
+    let Some(file_len) = source.len(TILES)? else {
+        return Ok((BTreeMap::new(), 0));
     };
-    let n = source
-        .read_range(TILES, 0, 8)
-        .map_err(|e| corrupt(path, format!("not a safetensors file: {e}")))?;
-    let n = u64::from_le_bytes(n.try_into().unwrap_or_default());
-    if n > 100 << 20 || n + 8 > file_len {
-        return Err(corrupt(path, "not a safetensors file (bad header length)"));
+    if file_len < 8 {
+        return Err(corrupt(
+            path,
+            format!("not a safetensors file ({file_len} bytes)"),
+        ));
     }
-    let header = source
-        .read_range(TILES, 8, n as usize)
-        .map_err(|e| e.to_string())?;
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&source.read_range(TILES, 0, 8)?);
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 || n + 8 > file_len {
+        return Err(corrupt(
+            path,
+            format!("not a safetensors file (a header of {n} bytes in {file_len})"),
+        ));
+    }
+    let header = source.read_range(TILES, 8, n as usize)?;
     let json: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
     let mut out = BTreeMap::new();
@@ -457,7 +553,10 @@ fn read_tile_index(
             v.get("dtype").and_then(|t| t.as_str()),
         ) {
             (Some((a, b)), Some(&[r, c]), Some("F16"))
-                if a <= b && b + 8 + n <= file_len && r == d && c == d =>
+                if a <= b
+                    && b.checked_add(8 + n).is_some_and(|e| e <= file_len)
+                    && r == d
+                    && c == d =>
             {
                 out.insert(name, ((a, b), [r, c]));
             }
@@ -476,12 +575,9 @@ fn read_tile_index(
 fn read_histograms(
     source: &BundleSource,
     width: usize,
-) -> Result<BTreeMap<String, Vec<u32>>, String> {
+) -> Result<BTreeMap<String, Vec<u32>>, AppError> {
     let path = &source.path(seedscope_analysis::bundle::HISTOGRAMS);
-    let Some(bytes) = source
-        .read(seedscope_analysis::bundle::HISTOGRAMS)
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(bytes) = source.read(seedscope_analysis::bundle::HISTOGRAMS)? else {
         return Ok(BTreeMap::new());
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
@@ -500,7 +596,7 @@ impl Explorer {
     pub fn stored_examples(
         &self,
         neurons: &[NeuronId],
-    ) -> Result<Vec<crate::inspect::Examples>, String> {
+    ) -> Result<Vec<crate::inspect::Examples>, AppError> {
         let width = self.n_layers() * self.d_mlp();
         let tok = self
             .tokenizer()
@@ -508,16 +604,21 @@ impl Explorer {
         let mut files = BTreeMap::new();
         let mut out = Vec::new();
         for &n in neurons {
-            let file = files.entry(n.model).or_insert_with(|| {
-                seedscope_analysis::bundle::AnatomyFile::read_from(
-                    &self.source,
-                    n.model,
-                    width,
-                    true,
-                )
-                .ok()
-                .flatten()
-            });
+            // Only anchors have examples in the bundle.
+            let file = match files.entry(n.model) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(match self.anchor(n.model) {
+                        Some(_) => seedscope_analysis::bundle::AnatomyFile::read_from(
+                            &self.source,
+                            n.model,
+                            width,
+                            true,
+                        )?,
+                        None => None,
+                    })
+                }
+            };
             let Some(a) = file.as_ref() else {
                 out.push(crate::inspect::Examples {
                     id: n,

@@ -679,4 +679,111 @@ mod tests {
         }
         assert_eq!(m.levels.len(), 8);
     }
+
+    /// heatmap.wgsl's colour map on a real adapter equals [`colormap`], the CPU twin the
+    /// legend, the CPU fallback and the SVG export draw with: a 1 × 23 map (r from -1 to 1, and
+    /// NaN) rendered one pixel per cell into an RGBA8 (linear) target and read back.
+    #[test]
+    fn the_gpu_colour_map_matches_the_cpu_one() {
+        let ctx = seedscope_gpu::GpuContext::request()
+            .expect("this test needs a wgpu adapter (lavapipe: apt install mesa-vulkan-drivers)");
+        let cols = 23usize;
+        let mut values: Vec<f32> = (0..cols - 1)
+            .map(|i| i as f32 / (cols - 2) as f32 * 2.0 - 1.0)
+            .collect();
+        values.push(f32::NAN);
+        let map = MapData {
+            key: 7,
+            rows: 1,
+            cols,
+            values: Arc::new(values.clone()),
+        };
+        let format = wgpu::TextureFormat::Rgba8Unorm;
+        let mut r = HeatmapRenderer::new(&ctx.device, format);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        r.upload(&ctx.device, &mut encoder, &map);
+        let m = &r.maps[&7];
+        let mut levels = [[0u32; 4]; MAX_LEVELS];
+        for (l, (o, rows, c)) in levels.iter_mut().zip(&m.levels) {
+            *l = [*o as u32, *rows as u32, *c as u32, 0];
+        }
+        let view = ViewUniform {
+            rect: [0.0, 0.0, cols as f32, 1.0],
+            info: [cols as u32, 1, m.levels.len() as u32, 0],
+            levels,
+        };
+        ctx.queue
+            .write_buffer(&m.uniform, 0, bytemuck::bytes_of(&view));
+        let target = ctx.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("colour map test"),
+            size: wgpu::Extent3d {
+                width: cols as u32,
+                height: 1,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let target_view = target.create_view(&Default::default());
+        {
+            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("colour map test"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &target_view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                depth_stencil_attachment: None,
+                timestamp_writes: None,
+                occlusion_query_set: None,
+                multiview_mask: None,
+            });
+            pass.set_pipeline(&r.render);
+            pass.set_bind_group(0, &m.bind_group, &[]);
+            pass.draw(0..6, 0..1);
+        }
+        // Rows of a texture copy are padded to 256 bytes.
+        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("colour map readback"),
+            size: 256,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        encoder.copy_texture_to_buffer(
+            target.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &readback,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(256),
+                    rows_per_image: Some(1),
+                },
+            },
+            wgpu::Extent3d {
+                width: cols as u32,
+                height: 1,
+                depth_or_array_layers: 1,
+            },
+        );
+        ctx.queue.submit([encoder.finish()]);
+        let bytes = pollster::block_on(ctx.read_async(&readback, 256)).expect("read back");
+        for (c, &v) in values.iter().enumerate() {
+            let want = colormap(v);
+            let got = &bytes[c * 4..c * 4 + 3];
+            for (k, (&g, w)) in got.iter().zip([want.r(), want.g(), want.b()]).enumerate() {
+                assert!(
+                    (g as i32 - w as i32).abs() <= 1,
+                    "cell {c} (r = {v}): channel {k} is {g} on the GPU, {w} on the CPU"
+                );
+            }
+        }
+    }
 }

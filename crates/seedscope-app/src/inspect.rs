@@ -13,6 +13,7 @@ use seedscope_model::{
     BackendKind, ComputeDevice, ForwardOptions, HookPoint, LoadedModel, TokenBatch,
 };
 
+use crate::AppError;
 use crate::data::{Explorer, NeuronId};
 use crate::jobs::{ProgressInfo, Reporter};
 
@@ -81,22 +82,14 @@ pub struct Examples {
 
 impl Models {
     /// Prepare to run the models of `ex` (nothing is loaded yet).
-    pub fn new(ex: &Explorer) -> Result<Self, String> {
-        if cfg!(target_arch = "wasm32") {
-            return Err(
-                "live text and example scans run the models over the data, which the \
-                        browser version does not do yet: open this bundle in the desktop app \
-                        (`seedscope app BUNDLE`) for them"
-                    .into(),
-            );
-        }
+    pub fn new(ex: &Explorer) -> Result<Self, AppError> {
         let m = &ex.bundle.manifest;
         let dirs: Vec<PathBuf> = m.models.iter().map(|e| PathBuf::from(&e.path)).collect();
         let first = dirs
             .first()
             .ok_or_else(|| format!("{}: the manifest lists no models", ex.source.display()))?;
-        let tokenizer = TextTokenizer::from_model_dir(first).map_err(|e| e.to_string())?;
-        let device = ComputeDevice::open(BackendKind::Cpu).map_err(|e| e.to_string())?;
+        let tokenizer = TextTokenizer::from_model_dir(first)?;
+        let device = ComputeDevice::open(BackendKind::Cpu)?;
         Ok(Self {
             device,
             dirs,
@@ -110,25 +103,22 @@ impl Models {
         })
     }
 
-    fn model(&self, i: usize) -> Result<Arc<LoadedModel>, String> {
-        let mut loaded = self
-            .loaded
-            .lock()
-            .map_err(|_| "model cache poisoned".to_string())?;
-        if let Some(m) = loaded.get(&i) {
+    /// Model `i`, loaded on first use. The cache's lock is held only to look up and to insert,
+    /// never while loading (loads run side by side, and a panic while loading cannot poison
+    /// it); a lock poisoned anyway is taken over, since the map stays consistent.
+    fn model(&self, i: usize) -> Result<Arc<LoadedModel>, AppError> {
+        let cache = || self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache().get(&i) {
             return Ok(m.clone());
         }
         let dir = self
             .dirs
             .get(i)
             .ok_or_else(|| format!("no model {i} in the bundle"))?;
-        let m = Arc::new(
-            LoadedModel::load_on(dir, &self.device, FloatDType::F32).map_err(|e| {
-                format!("{e} (the bundle's models are read from the paths in its manifest)")
-            })?,
-        );
-        loaded.insert(i, m.clone());
-        Ok(m)
+        let m = LoadedModel::load_on(dir, &self.device, FloatDType::F32).map_err(|e| {
+            format!("{e} (the bundle's models are read from the paths in its manifest)")
+        })?;
+        Ok(cache().entry(i).or_insert_with(|| Arc::new(m)).clone())
     }
 
     fn token_strings(&self, ids: &[u32]) -> Vec<String> {
@@ -148,13 +138,13 @@ impl Models {
         rows: usize,
         seq: usize,
         neurons: &[NeuronId],
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, AppError> {
         let mut out = vec![Vec::new(); neurons.len()];
         let mut by_model: HashMap<usize, Vec<usize>> = HashMap::new();
         for (k, n) in neurons.iter().enumerate() {
             by_model.entry(n.model).or_default().push(k);
         }
-        let batch = TokenBatch::new(ids.to_vec(), rows, seq).map_err(|e| e.to_string())?;
+        let batch = TokenBatch::new(ids.to_vec(), rows, seq)?;
         for (model, ks) in by_model {
             let m = self.model(model)?;
             let options = ForwardOptions {
@@ -164,7 +154,7 @@ impl Models {
                     .collect(),
                 ..ForwardOptions::default()
             };
-            let fwd = m.forward(&batch, &options).map_err(|e| e.to_string())?;
+            let fwd = m.forward(&batch, &options)?;
             for k in ks {
                 let n = neurons[k];
                 let t = fwd
@@ -173,25 +163,18 @@ impl Models {
                     .ok_or_else(|| format!("no activations of layer {}", n.layer))?;
                 let d = t.dims()[2];
                 if n.neuron >= d {
-                    return Err(format!("{} has only {d} neurons per layer", n.short()));
+                    return Err(format!("{} has only {d} neurons per layer", n.short()).into());
                 }
                 let col = t.clone().slice([0..rows, 0..seq, n.neuron..n.neuron + 1]);
-                out[k] = col
-                    .try_into_data()
-                    .map_err(|e| e.to_string())?
-                    .try_into_vec::<f32>()
-                    .map_err(|e| format!("{e:?}"))?;
+                out[k] = to_vec(col)?;
             }
         }
         Ok(out)
     }
 
     /// The activation of each of `neurons` on `text` (BOS prepended, cut to the context).
-    pub fn live_text(&self, text: &str, neurons: &[NeuronId]) -> Result<LiveText, String> {
-        let mut ids = self
-            .tokenizer
-            .to_tokens(text, true)
-            .map_err(|e| e.to_string())?;
+    pub fn live_text(&self, text: &str, neurons: &[NeuronId]) -> Result<LiveText, AppError> {
+        let mut ids = self.tokenizer.to_tokens(text, true)?;
         let ctx = self
             .model(neurons.first().map_or(0, |n| n.model))?
             .config
@@ -215,22 +198,25 @@ impl Models {
     }
 
     /// The bundle's token rows (at most `max_rows`).
-    fn data_rows(&self, max_rows: usize) -> Result<(Vec<u32>, usize, usize), String> {
+    fn data_rows(&self, max_rows: usize) -> Result<(Vec<u32>, usize, usize), AppError> {
         let path = Path::new(&self.data.source);
         let [n, seq] = self.data.shape;
         if path.extension().and_then(|e| e.to_str()) != Some("npy") {
             return Err(format!(
                 "{}: examples are shown for token (.npy) data; this bundle was made from text",
                 path.display()
-            ));
+            )
+            .into());
         }
-        let (ids, shape) = read_tokens_npy(path).map_err(|e| e.to_string())?;
+        let (ids, shape) = read_tokens_npy(path)?;
         if shape != [n, seq] {
-            return Err(format!(
-                "{}: now has shape {shape:?}, the bundle recorded {:?}",
-                path.display(),
-                [n, seq]
-            ));
+            return Err(AppError::Corrupt {
+                path: path.to_path_buf(),
+                message: format!(
+                    "now has shape {shape:?}, the bundle recorded {:?}",
+                    [n, seq]
+                ),
+            });
         }
         let rows = n.min(max_rows);
         Ok((ids[..rows * seq].to_vec(), rows, seq))
@@ -244,7 +230,7 @@ impl Models {
         top_k: usize,
         max_rows: usize,
         rep: &Reporter<Vec<Examples>>,
-    ) -> Result<Vec<Examples>, String> {
+    ) -> Result<Vec<Examples>, AppError> {
         let (ids, rows, seq) = self.data_rows(max_rows)?;
         // The ids the analysis dropped (BOS/pad, newline), as its manifest records them.
         let drop = &self.data.dropped;
@@ -256,7 +242,7 @@ impl Models {
         let started = web_time::Instant::now();
         for r0 in (0..rows).step_by(block) {
             if rep.cancelled() {
-                return Err("cancelled".into());
+                return Err(AppError::Cancelled);
             }
             let r1 = (r0 + block).min(rows);
             let acts = self.run(&ids[r0 * seq..r1 * seq], r1 - r0, seq, neurons)?;
@@ -348,7 +334,7 @@ impl Models {
         query: &str,
         max_rows: usize,
         rep: &Reporter<TokenRanking>,
-    ) -> Result<TokenRanking, String> {
+    ) -> Result<TokenRanking, AppError> {
         let (ids, rows, seq) = self.data_rows(max_rows)?;
         let vocab = self.tokenizer.vocab_size() as u32;
         let decoded: Vec<String> = (0..vocab)
@@ -364,7 +350,7 @@ impl Models {
                 .collect();
         }
         if wanted.is_empty() {
-            return Err(format!("no token of the vocabulary reads {query:?}"));
+            return Err(format!("no token of the vocabulary reads {query:?}").into());
         }
         let m = self.model(model)?;
         let (n_layers, d) = (m.config.n_layers(), m.config.d_mlp());
@@ -377,25 +363,18 @@ impl Models {
         let started = web_time::Instant::now();
         for r0 in (0..rows).step_by(32) {
             if rep.cancelled() {
-                return Err("cancelled".into());
+                return Err(AppError::Cancelled);
             }
             let r1 = (r0 + 32).min(rows);
-            let batch = TokenBatch::new(ids[r0 * seq..r1 * seq].to_vec(), r1 - r0, seq)
-                .map_err(|e| e.to_string())?;
-            let out = m.forward(&batch, &options).map_err(|e| e.to_string())?;
+            let batch = TokenBatch::new(ids[r0 * seq..r1 * seq].to_vec(), r1 - r0, seq)?;
+            let out = m.forward(&batch, &options)?;
             let mut layers = Vec::new();
             for l in 0..n_layers {
                 let t = out
                     .taps
                     .get(&HookPoint::post(l))
                     .ok_or_else(|| format!("no activations of layer {l}"))?;
-                layers.push(
-                    t.clone()
-                        .try_into_data()
-                        .map_err(|e| e.to_string())?
-                        .try_into_vec::<f32>()
-                        .map_err(|e| format!("{e:?}"))?,
-                );
+                layers.push(to_vec(t.clone())?);
             }
             for p in 0..(r1 - r0) * seq {
                 let tok = ids[r0 * seq + p];
@@ -428,7 +407,8 @@ impl Models {
         if n_on == 0 {
             return Err(format!(
                 "{query:?} does not occur in the first {rows} rows of the bundle's data"
-            ));
+            )
+            .into());
         }
         let mut ranked: Vec<(NeuronId, f32, f32)> = (0..width)
             .map(|k| {
@@ -458,6 +438,14 @@ impl Models {
             ranked,
         })
     }
+}
+
+/// A tensor's values.
+fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>, AppError> {
+    t.try_into_data()
+        .map_err(|e| AppError::Other(format!("reading activations: {e}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| AppError::Other(format!("reading activations: {e:?}")))
 }
 
 /// Neurons ranked by their activation on one token.

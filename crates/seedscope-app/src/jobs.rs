@@ -13,6 +13,7 @@ use web_time::Instant;
 
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, JobEvent, run_analysis};
 
+use crate::AppError;
 use crate::data::Explorer;
 
 /// `Send` natively, where a task's body moves to a thread; nothing in the browser, where it
@@ -73,7 +74,7 @@ impl ProgressInfo {
 enum Msg<T> {
     Log(String),
     Progress(ProgressInfo),
-    Done(Result<T, String>),
+    Done(Result<T, AppError>),
 }
 
 /// A running piece of work with a result of type `T`.
@@ -138,7 +139,7 @@ pub enum Poll<T> {
     /// Still running.
     Running,
     /// Finished.
-    Done(Result<T, String>),
+    Done(Result<T, AppError>),
 }
 
 impl<T: Send + 'static> Task<T> {
@@ -172,7 +173,7 @@ impl<T: Send + 'static> Task<T> {
     ) -> Self
     where
         F: FnOnce(Reporter<T>) -> Fut + MaybeSend + 'static,
-        Fut: Future<Output = Result<T, String>> + 'static,
+        Fut: Future<Output = Result<T, AppError>> + 'static,
     {
         #[cfg(not(target_arch = "wasm32"))]
         {
@@ -196,7 +197,7 @@ impl<T: Send + 'static> Task<T> {
     pub fn spawn(
         label: impl Into<String>,
         ctx: Option<egui::Context>,
-        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
+        body: impl FnOnce(&Reporter<T>) -> Result<T, AppError> + Send + 'static,
     ) -> Self {
         Self::spawn_async(label, ctx, move |rep| async move { body(&rep) })
     }
@@ -206,7 +207,7 @@ impl<T: Send + 'static> Task<T> {
     pub fn spawn(
         label: impl Into<String>,
         ctx: Option<egui::Context>,
-        body: impl FnOnce(&Reporter<T>) -> Result<T, String> + Send + 'static,
+        body: impl FnOnce(&Reporter<T>) -> Result<T, AppError> + Send + 'static,
     ) -> Self {
         let label = label.into();
         let (task, reporter) = Self::new(label.clone(), ctx);
@@ -214,11 +215,12 @@ impl<T: Send + 'static> Task<T> {
             // A panic in the body (a bug) reaches the UI as an error, not a dead channel.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&reporter)))
                 .unwrap_or_else(|p| {
-                    Err(p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "the task failed".into()))
+                    Err(AppError::Other(
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "the task failed".into()),
+                    ))
                 });
             let _ = reporter.tx.send(Msg::Done(result));
             reporter.wake();
@@ -226,7 +228,9 @@ impl<T: Send + 'static> Task<T> {
         if let Err(e) = spawned {
             // Report through the same channel shape: a task that is already done.
             let (tx, rx) = channel();
-            let _ = tx.send(Msg::Done(Err(format!("could not start a thread: {e}"))));
+            let _ = tx.send(Msg::Done(Err(AppError::Other(format!(
+                "could not start a thread: {e}"
+            )))));
             return Self { rx, ..task };
         }
         task
@@ -342,8 +346,7 @@ pub fn spawn_analysis(request: AnalysisRequest, ctx: Option<egui::Context>) -> T
     let label = format!("analysing into {}", request.out.display());
     Task::spawn(label, ctx, move |rep| {
         let mut forward = JobForwarder::new(rep);
-        let end = run_analysis(&request, rep.cancel.clone(), |e| forward.event(e))
-            .map_err(|e| e.to_string())?;
+        let end = run_analysis(&request, rep.cancel.clone(), |e| forward.event(e))?;
         match end {
             JobEnd::Written(dir) => Ok(AnalysisDone::Opened(Box::new(Explorer::open(&dir)?))),
             JobEnd::Interrupted(c) => Ok(AnalysisDone::Interrupted(c)),
@@ -367,18 +370,4 @@ pub enum Pick {
     File,
     /// A file to save, with this default name.
     Save(&'static str),
-}
-
-/// Show a native file dialog on a thread (the UI keeps drawing); `None` when dismissed.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn spawn_dialog(title: &str, pick: Pick, ctx: Option<egui::Context>) -> Task<Option<PathBuf>> {
-    let title = title.to_owned();
-    Task::spawn("file dialog", ctx, move |_| {
-        let dialog = rfd::FileDialog::new().set_title(&title);
-        Ok(match pick {
-            Pick::Folder => dialog.pick_folder(),
-            Pick::File => dialog.pick_file(),
-            Pick::Save(name) => dialog.set_file_name(name).save_file(),
-        })
-    })
 }

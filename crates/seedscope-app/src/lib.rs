@@ -1,49 +1,41 @@
-//! The Seedscope explorer: an egui application (native through eframe, and the same crate for
-//! the web) that opens analysis bundles or runs analyses in the background, and shows the
-//! universal-neuron picture from the whole family down to one neuron and its twins in the other
-//! seeds.
+//! The Seedscope explorer: an egui application (native through eframe, and the same crate in
+//! the browser through `seedscope-web`) that opens analysis bundles or runs analyses in the
+//! background, and shows the universal-neuron picture from the whole family down to one neuron
+//! and its twins in the other seeds.
 //!
-//! - [`app`]: state, menus, background work, keyboard; [`SeedscopeApp`] is the eframe app.
-//! - [`overview`], [`table`], [`neuron`], [`map`]: the views.
-//! - [`heatmap`]: the GPU correlation heatmap (WGSL pooling and colour mapping in egui's wgpu
-//!   renderer).
+//! - [`app`]: [`SeedscopeApp`] owns the bundle, the tasks and the views, and routes the views'
+//!   actions; menus, status bar, notices, the path prompt.
+//! - [`views`]: the overview, correlation map, table, neuron page and welcome page, each owning
+//!   its state; [`widgets`]: what they share.
+//! - [`platform`]: what differs between the desktop (`native`) and the browser.
 //! - [`data`]: a bundle as the views read it; [`inspect`]: running the bundle's models for live
-//!   text and max-activating examples; [`jobs`]: background work (threads natively, futures
-//!   on the event loop in the browser) and its progress.
-//! - `web` (wasm32 only): the browser entry point, fetching and caching.
+//!   text and max-activating examples; [`jobs`]: background work (threads natively, futures on
+//!   the event loop in the browser) and its progress.
+//! - [`heatmap`]: the GPU correlation heatmap (WGSL pooling and colour mapping in egui's wgpu
+//!   renderer); [`export`]: plots as PNG.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub mod app;
 pub mod data;
+mod error;
+pub mod export;
 pub mod heatmap;
 pub mod inspect;
 pub mod jobs;
-pub mod map;
-pub mod neuron;
-pub mod overview;
-pub mod table;
-#[cfg(target_arch = "wasm32")]
-pub mod web;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+pub mod platform;
+pub mod views;
+pub mod widgets;
 
-pub use app::{Launch, SeedscopeApp, Settings, Tab};
+pub use app::{Launch, SeedscopeApp, Settings};
 pub use data::{Explorer, NeuronId};
+pub use error::AppError;
+pub use views::Tab;
 
 /// The app id (window class, settings directory).
 pub const APP_ID: &str = "seedscope";
-
-/// Write `path` through a temporary file in the same directory and a rename, so a crash never
-/// leaves a half-written file.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), String> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
 
 /// Why the desktop app cannot open a window here, if it cannot (no X11 or Wayland display).
 pub fn no_display_reason() -> Option<String> {
@@ -64,21 +56,19 @@ pub fn no_display_reason() -> Option<String> {
 
 /// Where the embedded family's bundle is cached for the app: the platform data directory
 /// (`$XDG_DATA_HOME/seedscope` on Linux), else `seedscope-out/`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn embedded_bundle_dir() -> PathBuf {
-    // The browser has no directories (its analysis stays in memory).
-    #[cfg(target_arch = "wasm32")]
-    let base = PathBuf::from("seedscope-out");
-    #[cfg(not(target_arch = "wasm32"))]
-    let base = eframe::storage_dir(APP_ID).unwrap_or_else(|| PathBuf::from("seedscope-out"));
-    base.join("embedded-bundle")
+    eframe::storage_dir(APP_ID)
+        .unwrap_or_else(|| PathBuf::from("seedscope-out"))
+        .join("embedded-bundle")
 }
 
 /// Open the desktop window. `bundle`: a bundle to open at once (else the last one, else the
 /// cached embedded analysis, else the embedded family is analysed in the background).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn run_native(bundle: Option<PathBuf>) -> Result<(), String> {
+pub fn run_native(bundle: Option<PathBuf>) -> Result<(), AppError> {
     if let Some(why) = no_display_reason() {
-        return Err(why);
+        return Err(AppError::Other(why));
     }
     let launch = Launch {
         bundle,
@@ -100,5 +90,5 @@ pub fn run_native(bundle: Option<PathBuf>) -> Result<(), String> {
         options,
         Box::new(move |cc| Ok(Box::new(SeedscopeApp::new(cc, launch)))),
     )
-    .map_err(|e| format!("the window could not open: {e}"))
+    .map_err(|e| AppError::Other(format!("the window could not open: {e}")))
 }

@@ -74,6 +74,13 @@ fn wait(h: &mut Harness<'_, SeedscopeApp>, what: &str, done: impl Fn(&SeedscopeA
     h.run_steps(4);
 }
 
+/// Step the UI until the correlation map's tile is read (a background task) and drawn.
+fn wait_for_tile(h: &mut Harness<'_, SeedscopeApp>) {
+    wait(h, "the correlation tile", |app| {
+        app.map.tile.is_some() && !app.map.is_loading() && app.map.rect.is_some()
+    });
+}
+
 /// A primary click (press, one frame, release) at `pos`.
 fn click_at(h: &Harness<'_, SeedscopeApp>, pos: egui::Pos2) {
     for pressed in [true, false] {
@@ -166,7 +173,7 @@ fn dragging_the_threshold_line_updates_the_counts() {
     let n_universal: usize = ex.counts(0, 0.5).iter().map(|c| c.0).sum();
     h.get_by_label(&format!("over {n_universal} universal neurons"));
     // Press on the Fig. 2a plot at a quarter of its width: the threshold follows the pointer.
-    let rect = h.state().plot_rect.expect("the fig. 2a plot was drawn");
+    let rect = h.state().plot_rect().expect("the fig. 2a plot was drawn");
     let pos = rect.left_center() + egui::vec2(rect.width() * 0.3, 0.0);
     h.hover_at(pos);
     click_at(&h, pos);
@@ -192,6 +199,7 @@ fn hovering_the_heatmap_names_both_neurons_and_r_and_a_click_opens_the_neuron() 
     let mut h = harness();
     h.get_by_label("Correlation map").click();
     h.run_steps(4);
+    wait_for_tile(&mut h);
     let ex = explorer(&h);
     let rect = h.state().map.rect.expect("the heatmap was drawn");
     let d = ex.d_mlp();
@@ -236,8 +244,8 @@ fn live_text_shows_the_neuron_in_every_seed() {
     h.state_mut().open_neuron(id);
     h.state_mut().settings.live_text = "To be, or not to be".into();
     h.run_steps(4);
-    wait(&mut h, "live text", |app| app.page.live.is_some());
-    let (text, live) = h.state().page.live.clone().expect("live text");
+    wait(&mut h, "live text", |app| app.neuron.live.is_some());
+    let (text, live) = h.state().neuron.live.clone().expect("live text");
     assert_eq!(text, "To be, or not to be");
     // The neuron and its best match in each of the four other seeds.
     assert_eq!(live.traces.len(), 5);
@@ -274,13 +282,12 @@ fn examples_are_found_for_the_neuron_and_its_matches() {
         .expect("the find-examples button");
     button.click();
     h.run_steps(4);
-    wait(&mut h, "examples", |app| app.page.examples_task.is_none());
-    let ex = explorer(&h);
-    let page = h.state().page_neurons(&ex);
+    wait(&mut h, "examples", |app| app.neuron.examples_task.is_none());
+    let page = h.state().page_neurons();
     for n in &page {
         let e = h
             .state()
-            .page
+            .neuron
             .examples
             .get(n)
             .expect("examples for every page neuron");
@@ -306,6 +313,7 @@ fn snapshots_of_the_main_views() {
     h.run_steps(4);
     h.get_by_label("order by best match").click();
     h.run_steps(4);
+    wait_for_tile(&mut h);
     h.snapshot("correlation_map");
     h.get_by_label("Table").click();
     h.run_steps(4);
@@ -322,7 +330,9 @@ fn snapshots_of_the_main_views() {
     h.get_by_label_contains("Find them").click();
     h.run_steps(4);
     wait(&mut h, "live text and examples", |app| {
-        app.page.live.is_some() && app.page.live_task.is_none() && app.page.examples_task.is_none()
+        app.neuron.live.is_some()
+            && app.neuron.live_task.is_none()
+            && app.neuron.examples_task.is_none()
     });
     h.snapshot("neuron");
 }
@@ -340,7 +350,9 @@ fn a_token_search_ranks_the_neurons_that_fire_on_it() {
     h.get_by_label_contains("Which neurons fire on the token")
         .click();
     h.run_steps(4);
-    wait(&mut h, "the token search", |app| app.token_task.is_none());
+    wait(&mut h, "the token search", |app| {
+        app.table.token_task.is_none()
+    });
     let rank = h.state().table.token_rank.clone().expect("a ranking");
     assert_eq!(rank.query, " the");
     assert!(rank.occurrences > 10);
@@ -401,7 +413,7 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
     // CSV: the table's current order with its columns.
     let order = h.state().table.order.clone();
     let csv_path = dir.join("table.csv");
-    let n = seedscope_app::table::export_csv(&ex, &order, &csv_path).expect("csv");
+    let n = seedscope_app::views::table::export_csv(&ex, &order, &csv_path).expect("csv");
     assert_eq!(n, order.len());
     let mut reader = csv::Reader::from_path(&csv_path).expect("read csv");
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
@@ -419,9 +431,9 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
         [image.width() as usize, image.height() as usize],
         image.as_raw(),
     );
-    let rect = h.state().plot_rect.expect("plot rect");
+    let rect = h.state().plot_rect().expect("plot rect");
     let png = dir.join("plot.png");
-    seedscope_app::app::save_region(&color, rect, 1.0, &png).expect("png");
+    seedscope_app::export::save_region(&color, rect, 1.0, &png).expect("png");
     let back = image::open(&png).expect("png reads back").to_rgba8();
     assert_eq!(back.width(), rect.max.x as u32 - rect.min.x as u32);
     assert_eq!(back.height(), rect.max.y as u32 - rect.min.y as u32);
@@ -549,15 +561,16 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
 #[test]
 fn the_overview_and_the_map_export_as_svg() {
     let mut h = harness();
-    let svg = h.state().plot_svg().expect("overview svg");
+    let svg = h.state_mut().plot_svg().expect("overview svg");
     assert!(svg.contains("Fig. 2a") && svg.contains("Fig. 2c") && svg.contains("seed-a"));
     h.get_by_label("Correlation map").click();
     h.run_steps(4);
-    let svg = h.state().plot_svg().expect("map svg");
+    wait_for_tile(&mut h);
+    let svg = h.state_mut().plot_svg().expect("map svg");
     assert!(svg.contains("seed-a L0 (rows, 512)") && svg.contains("seed-b L0 (columns, 512)"));
     h.get_by_label("Table").click();
     h.run_steps(4);
-    assert!(h.state().plot_svg().is_err());
+    assert!(h.state_mut().plot_svg().is_err());
     // Through the menu, to a file.
     h.get_by_label("Overview").click();
     h.run_steps(4);
@@ -653,7 +666,7 @@ fn anatomy_reaches_the_neuron_page_and_the_family_filter() {
     // Every neuron has a family; the filter keeps one family's neurons.
     assert!(ex.rows().iter().all(|r| !r.family.is_empty()));
     let fam = ex.rows()[0].family.clone();
-    let fam: &'static str = seedscope_app::table::FAMILIES
+    let fam: &'static str = seedscope_app::views::table::FAMILIES
         .iter()
         .find(|f| **f == fam)
         .expect("a known family");
@@ -749,7 +762,7 @@ fn the_bundle_carries_within_layer_percentiles_of_the_papers_statistics() {
                 .filter(|x| x[layer] == r[layer])
                 .map(|x| num(x, v))
                 .collect();
-            let want = seedscope_analysis::bundle::percentile_of_score(&same_layer, num(r, v));
+            let want = seedscope_analysis::stats::percentile_of_score(&same_layer, num(r, v));
             // The values were written with 6 significant digits; allow one rank of slack.
             assert!(
                 (num(r, p) - want).abs() <= 100.0 / same_layer.len() as f64 + 1e-3,
@@ -779,7 +792,7 @@ fn a_corrupt_bundle_is_a_readable_error_naming_the_file() {
     let bytes = std::fs::read(&c).expect("read");
     std::fs::write(&c, &bytes[..bytes.len() / 2]).expect("truncate");
     let err = Explorer::open(&dir).expect_err("a truncated file is refused");
-    assert!(err.contains("correlation.safetensors"), "{err}");
+    assert!(err.to_string().contains("correlation.safetensors"), "{err}");
     // A tile index that lies about its tensors.
     std::fs::write(&c, &bytes).expect("restore");
     std::fs::write(
@@ -788,7 +801,7 @@ fn a_corrupt_bundle_is_a_readable_error_naming_the_file() {
     )
     .expect("tiles");
     let err = Explorer::open(&dir).expect_err("a bad tile file is refused");
-    assert!(err.contains("tiles.safetensors"), "{err}");
+    assert!(err.to_string().contains("tiles.safetensors"), "{err}");
     // Through the app: an error message, no crash, nothing open.
     let mut h = app_with(
         Launch {

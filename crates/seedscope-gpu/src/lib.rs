@@ -17,6 +17,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 pub mod reference;
+pub mod twin;
 
 /// Errors of the GPU kernels.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +333,7 @@ impl Histogram {
             mapped_at_creation: false,
         });
         // Fresh buffers are zeroed by wgpu.
-        let edges = ctx.upload("histogram edges", &reference::hist_edges())?;
+        let edges = ctx.upload("histogram edges", &twin::hist_edges())?;
         Ok(Self {
             counts,
             edges,
@@ -1194,7 +1195,13 @@ impl CrossTile {
 
     /// Read the running `(hi, lo)` pairs (for checkpoints; blocking, native).
     pub fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
-        pollster::block_on(ctx.read_f32(&self.c, self.n_a as usize * self.n_b as usize * 2))
+        pollster::block_on(self.read_state_async(ctx))
+    }
+
+    /// [`CrossTile::read_state`] without blocking.
+    pub async fn read_state_async(&self, ctx: &GpuContext) -> Result<Vec<f32>, GpuError> {
+        ctx.read_f32(&self.c, self.n_a as usize * self.n_b as usize * 2)
+            .await
     }
 
     /// Restore pairs saved with [`CrossTile::read_state`].

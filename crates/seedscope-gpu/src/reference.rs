@@ -79,21 +79,3 @@ pub fn moments(x: &[f32], n: usize) -> Vec<(f64, f64)> {
     }
     mean.into_iter().zip(m2).collect()
 }
-
-/// The histogram bin of `x` on the edges `linspace(-10, 15, 256)`, as
-/// `numpy.searchsorted(edges, x, side="left")` (NaN after every edge).
-pub fn hist_bin(x: f32) -> usize {
-    let edges = hist_edges();
-    if x.is_nan() {
-        return edges.len();
-    }
-    edges.partition_point(|&e| e < x)
-}
-
-/// The 256 fixed edges `numpy.linspace(-10, 15, 256)` rounded to f32 (the kernel receives
-/// these values, so both paths compare against the same numbers).
-pub fn hist_edges() -> Vec<f32> {
-    (0..256)
-        .map(|i| (-10.0 + 25.0 * i as f64 / 255.0) as f32)
-        .collect()
-}

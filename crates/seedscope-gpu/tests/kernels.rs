@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal};
-use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, reference};
+use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, reference, twin};
 
 fn ctx() -> GpuContext {
     GpuContext::request().unwrap_or_else(|e| {
@@ -176,7 +176,7 @@ fn the_histogram_kernel_bins_like_searchsorted() {
     let (rows, n) = (300usize, 7usize);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
     let z = Normal::new(0.0f32, 6.0).expect("normal");
-    let edges = reference::hist_edges();
+    let edges = twin::hist_edges();
     let mut x: Vec<f32> = (0..rows * n)
         .map(|i| z.sample(&mut rng) + (i % n) as f32)
         .collect();
@@ -196,10 +196,9 @@ fn the_histogram_kernel_bins_like_searchsorted() {
     {
         x[k * n + 3] = v;
     }
+    // The CPU path's own binning (the kernel's twin).
     let mut want = vec![0u32; n * HIST_BINS];
-    for (i, &v) in x.iter().enumerate() {
-        want[(i % n) * HIST_BINS + reference::hist_bin(v)] += 1;
-    }
+    twin::histogram_update(&mut want, &x, n, &edges);
     let hist = Histogram::new(&ctx, n as u32).expect("histogram");
     let first = ctx.upload("x", &x[..200 * n]).expect("upload");
     hist.update(&ctx, &kernels, &ActView::whole(&first, 200, n))
@@ -223,8 +222,148 @@ fn the_histogram_kernel_bins_like_searchsorted() {
     assert!(diff.is_empty(), "(neuron, bin, gpu, reference): {diff:?}");
     assert_eq!(got.iter().map(|&c| c as usize).sum::<usize>(), rows * n);
     // The special values landed where searchsorted puts them.
-    assert_eq!(reference::hist_bin(edges[0]), 0);
-    assert_eq!(reference::hist_bin(edges[102]), 102);
-    assert_eq!(reference::hist_bin(15.5), 256);
-    assert_eq!(reference::hist_bin(f32::NAN), 256);
+    assert_eq!(twin::hist_bin(edges[0], &edges), 0);
+    assert_eq!(twin::hist_bin(edges[102], &edges), 102);
+    assert_eq!(twin::hist_bin(15.5, &edges), 256);
+    assert_eq!(twin::hist_bin(f32::NAN, &edges), 256);
+}
+
+/// pairs.wgsl: the co-moments of listed column pairs, streamed in odd blocks with the same
+/// centring and merge as the dense tile, give the exact f64 correlations at those pairs.
+#[test]
+fn the_pairs_kernel_matches_the_f64_reference_at_its_pairs() {
+    use seedscope_gpu::PairTile;
+    let ctx = ctx();
+    let k = Kernels::new(&ctx);
+    let (rows, na, nb) = (500usize, 37usize, 70usize);
+    let a = data(rows, na, 5, 200.0, &[2]);
+    let b = data(rows, nb, 6, -30.0, &[]);
+    let pairs: Vec<[u32; 2]> = (0..na)
+        .flat_map(|i| [(i * 7) % nb, (i * 13 + 5) % nb, nb - 1].map(|j| [i as u32, j as u32]))
+        .collect();
+    let mut ma = Moments::new(&ctx, na as u32).expect("moments");
+    let mut mb = Moments::new(&ctx, nb as u32).expect("moments");
+    let tile = PairTile::new(&ctx, &pairs).expect("pairs");
+    let (mut t0, mut bi) = (0, 0);
+    while t0 < rows {
+        let len = [33, 128, 1, 90][bi % 4].min(rows - t0);
+        bi += 1;
+        let ba = ctx
+            .upload("a", &a[t0 * na..(t0 + len) * na])
+            .expect("upload");
+        let bb = ctx
+            .upload("b", &b[t0 * nb..(t0 + len) * nb])
+            .expect("upload");
+        let (va, vb) = (ActView::whole(&ba, len, na), ActView::whole(&bb, len, nb));
+        let n_prev = ma.count();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        ma.update(&ctx, &k, &mut enc, va).expect("moments");
+        mb.update(&ctx, &k, &mut enc, vb).expect("moments");
+        tile.update(&ctx, &k, &mut enc, va, &ma, vb, &mb, n_prev)
+            .expect("pairs");
+        ctx.queue.submit([enc.finish()]);
+        t0 += len;
+    }
+    let (sa, sb) = (ma.read(&ctx).expect("read"), mb.read(&ctx).expect("read"));
+    let c = tile.read_state(&ctx).expect("read");
+    let e = reference::correlations(&a, na, &b, nb);
+    for (p, &[i, j]) in pairs.iter().enumerate() {
+        let (i, j) = (i as usize, j as usize);
+        let co = c[2 * p] as f64 - c[2 * p + 1] as f64;
+        let den = (sa[i].1 * sb[j].1).sqrt();
+        // Column 2 of `a` is constant: 0, as the paper's code sets it.
+        let r = if i == 2 { 0.0 } else { co / den };
+        assert!(
+            (r - e[i * nb + j]).abs() <= 2e-5,
+            "pair ({i}, {j}): {r} vs {}",
+            e[i * nb + j]
+        );
+    }
+}
+
+/// anatomy.wgsl against its CPU twin (the function the CPU path runs): feature sums, top
+/// activations with their token indices, per-position activity and the shifts, over odd blocks
+/// and two column chunks.
+#[test]
+fn the_anatomy_kernel_matches_its_twin() {
+    use seedscope_gpu::{Anatomy, AnatomyState, FeatureTables, NO_TOKEN};
+    let ctx = ctx();
+    let k = Kernels::new(&ctx);
+    let (rows, width, vocab, n_feat, n_pos, top) = (300usize, 40usize, 50usize, 6u32, 8u32, 5u32);
+    let x = data(rows, width, 9, 0.2, &[]);
+    // Features: token t turns on feature f when t % (f + 2) == 0; the previous token turns on
+    // feature (t % 3) + 3.
+    let current: Vec<Vec<u32>> = (0..vocab)
+        .map(|t| (0..n_feat).filter(|f| t % (*f as usize + 2) == 0).collect())
+        .collect();
+    let previous: Vec<Vec<u32>> = (0..vocab).map(|t| vec![(t % 3) as u32 + 3]).collect();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let tokens: Vec<u32> = (0..rows)
+        .map(|_| rand::RngExt::random::<u32>(&mut rng) % vocab as u32)
+        .collect();
+    let info: Vec<u32> = (0..rows)
+        .flat_map(|t| {
+            let pos = (t % 16) as u32;
+            let prev = if pos == 0 { NO_TOKEN } else { tokens[t - 1] };
+            [pos % n_pos, tokens[t], prev, t as u32]
+        })
+        .collect();
+    let tables = FeatureTables::new(&ctx, &current, &previous, n_feat).expect("tables");
+    let chunks = [(0u32, 23u32), (23, 17)];
+    let dev: Vec<Anatomy> = chunks
+        .iter()
+        .map(|&(c0, n)| Anatomy::new(&ctx, c0, n, top, n_pos, n_feat).expect("anatomy"))
+        .collect();
+    let mut twin_state = AnatomyState::empty(width as u32, top, n_pos, n_feat);
+    let (mut t0, mut bi) = (0, 0);
+    while t0 < rows {
+        let len = [64, 7, 229][bi % 3].min(rows - t0);
+        let block = &x[t0 * width..(t0 + len) * width];
+        let part = &info[t0 * 4..(t0 + len) * 4];
+        let buf = ctx.upload("x", block).expect("upload");
+        for a in &dev {
+            a.update(&ctx, &k, &tables, &ActView::whole(&buf, len, width), part)
+                .expect("update");
+        }
+        twin::anatomy_update(
+            &mut twin_state,
+            &current,
+            &previous,
+            block,
+            width,
+            part,
+            bi == 0,
+        );
+        bi += 1;
+        t0 += len;
+    }
+    let kk = top as usize;
+    for (a, &(c0, n)) in dev.iter().zip(&chunks) {
+        let g = a.read(&ctx).expect("read");
+        let (c0, n) = (c0 as usize, n as usize);
+        for c in 0..n {
+            let w = c0 + c;
+            assert_eq!(g.shift[c], twin_state.shift[w], "shift of column {w}");
+            assert_eq!(
+                g.top_val[c * kk..(c + 1) * kk],
+                twin_state.top_val[w * kk..(w + 1) * kk],
+                "top activations of column {w}"
+            );
+            assert_eq!(
+                g.top_idx[c * kk..(c + 1) * kk],
+                twin_state.top_idx[w * kk..(w + 1) * kk],
+                "their tokens, column {w}"
+            );
+            for p in 0..n_pos as usize {
+                assert_eq!(g.active[p * n + c], twin_state.active[p * width + w]);
+            }
+            for f in 0..n_feat as usize {
+                let (gs, ts) = (g.sums[f * n + c], twin_state.sums[f * width + w]);
+                assert!(
+                    (gs - ts).abs() <= 1e-5 * ts.abs().max(1.0),
+                    "feature {f} sum of column {w}: {gs} vs {ts}"
+                );
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod atomic;
 mod backend;
 mod config;
 mod error;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
+pub use atomic::{replace_dir, write_file_atomic};
 pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles, device_features};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
@@ -32,9 +34,7 @@ pub use model::{
     VocabMatrix,
 };
 pub use processed::{ProcessedMlp, ProcessedWeights};
-pub use weights::{
-    Checkpoint, NamedTensors, WeightDtype, resolve_model_dir, write_file_atomic, write_safetensors,
-};
+pub use weights::{Checkpoint, NamedTensors, WeightDtype, resolve_model_dir, write_safetensors};
 
 /// Token ids of `n_seq` sequences of `seq_len` tokens, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]

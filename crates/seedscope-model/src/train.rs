@@ -560,18 +560,7 @@ fn write_checkpoint(
         source: std::io::Error::other(format!("{e:?}")),
     })?;
     write_json(&tmp.join("state.json"), state)?;
-    let old = dir.with_extension("old");
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    crate::atomic::replace_dir(&tmp, dir)
 }
 
 fn read_state(path: &Path) -> Result<TrainState> {
@@ -590,7 +579,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    crate::weights::write_file_atomic(path, text.as_bytes())
+    crate::atomic::write_file_atomic(path, text.as_bytes())
 }
 
 /// `config.json` as transformers writes it for `GPT2LMHeadModel`.

@@ -66,7 +66,7 @@ pub struct Checkpoint {
 /// Tensors by name as `(name, f32 values row-major, shape)`.
 pub type NamedTensors = Vec<(String, Vec<f32>, Vec<usize>)>;
 
-/// Write f32 tensors as a safetensors file, atomically ([`write_file_atomic`]), with
+/// Write f32 tensors as a safetensors file, atomically ([`crate::write_file_atomic`]), with
 /// `metadata` and the `{"format": "pt"}` entry transformers' `from_pretrained` requires.
 pub fn write_safetensors(
     path: &Path,
@@ -89,30 +89,7 @@ pub fn write_safetensors(
     metadata.insert("format".to_owned(), "pt".to_owned());
     let serialized = safetensors::serialize(views, Some(metadata))
         .map_err(|e| corrupt(path, format!("serialising: {e}")))?;
-    write_file_atomic(path, &serialized)
-}
-
-/// Write `bytes` to `path` through a synced temporary file in the same directory and a
-/// rename, so a crash never leaves a half-written file under the final name.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source: std::io::Error| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::atomic::write_file_atomic(path, &serialized)
 }
 
 /// File names looked for in a model directory, in order of preference.

@@ -1,10 +1,10 @@
 //! The paper's figures as SVG and PNG, from plain per-neuron arrays (so any bundle reader can
 //! feed them): the overview (universal fraction per layer, Fig. 2a distributions with the
 //! threshold, Fig. 2b max vs min, Fig. 2c layer of the best match), correlation heatmaps, and the
-//! anatomy figures of [`figures`] (Fig. 3 percentiles, Fig. 6 vocabulary quantiles by layer,
-//! scatters such as Fig. 9, bar charts). Every figure is a generic `draw_*` function over a
-//! plotters backend, rendered by [`svg`] or [`png`]. The app's "Export plot as SVG" and
-//! `seedscope report` use them.
+//! anatomy figures (Fig. 3 percentiles, Fig. 6 vocabulary quantiles by layer, scatters such as
+//! Fig. 9, bar charts, curves). Every figure is a value that can [`Draw`] itself on any plotters
+//! backend, rendered by [`svg`] or [`png`]. The app's "Export plot as SVG" and `seedscope
+//! report` ([`write_report`], which reads nothing but a bundle) use them.
 
 use std::io::Cursor;
 
@@ -16,6 +16,40 @@ mod figures;
 mod report;
 pub use figures::*;
 pub use report::{ReportSummary, write_report};
+
+/// Errors of the report: reading the bundle, drawing, encoding, writing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Reading the bundle (or putting the report in place) failed.
+    #[error(transparent)]
+    Analysis(#[from] seedscope_analysis::AnalysisError),
+    /// The bundle's tokenizer could not be read.
+    #[error(transparent)]
+    Tokenizer(#[from] seedscope_data::DataError),
+    /// A file or directory could not be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Drawing a figure failed.
+    #[error("drawing the figure: {0}")]
+    Draw(String),
+    /// Encoding an image failed.
+    #[error("encoding an image: {0}")]
+    Encode(#[from] image::ImageError),
+    /// Inputs that cannot make a figure.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A figure: drawn the same way on any plotters backend, so it renders to [`svg`] and [`png`].
+pub trait Draw {
+    /// Draw on `root`.
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError>;
+}
 
 /// What the overview figure shows, per anchor neuron.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +87,8 @@ fn layer_label(v: &SegmentValue<usize>) -> String {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("drawing the figure: {e}")
+fn err(e: impl std::fmt::Display) -> ReportError {
+    ReportError::Draw(e.to_string())
 }
 
 /// Fig. 2a's bins: `(lo, hi, bins)` over the correlation axis.
@@ -72,19 +106,15 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u32> {
 }
 
 /// The overview as one SVG document (2 × 2 panels), `width` × `height` pixels.
-pub fn overview_svg(d: &Overview<'_>, width: u32, height: u32) -> Result<String, String> {
-    svg(width, height, |root| draw_overview(root, d))
+pub fn overview_svg(d: &Overview<'_>, width: u32, height: u32) -> Result<String, ReportError> {
+    svg(d, width, height)
 }
 
-/// A figure drawn by `draw` as an SVG document of `width` × `height` pixels.
-pub fn svg(
-    width: u32,
-    height: u32,
-    draw: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
-) -> Result<String, String> {
+/// `figure` as an SVG document of `width` × `height` pixels.
+pub fn svg(figure: &impl Draw, width: u32, height: u32) -> Result<String, ReportError> {
     register_fonts();
     let mut out = String::new();
-    draw(SVGBackend::with_string(&mut out, (width, height)).into_drawing_area())?;
+    figure.draw(SVGBackend::with_string(&mut out, (width, height)).into_drawing_area())?;
     Ok(out)
 }
 
@@ -106,30 +136,22 @@ fn register_fonts() {
     });
 }
 
-/// A figure drawn by `draw` as a PNG of `width` × `height` pixels (text in the Ubuntu font that
-/// egui ships).
-pub fn png(
-    width: u32,
-    height: u32,
-    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
-) -> Result<Vec<u8>, String> {
+/// `figure` as a PNG of `width` × `height` pixels (text in the Ubuntu font that egui ships).
+pub fn png(figure: &impl Draw, width: u32, height: u32) -> Result<Vec<u8>, ReportError> {
     register_fonts();
     let mut rgb = vec![255u8; width as usize * height as usize * 3];
-    draw(BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area())?;
+    figure.draw(BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area())?;
     let img = image::RgbImage::from_raw(width, height, rgb)
-        .ok_or_else(|| "the bitmap has the wrong size".to_string())?;
+        .ok_or_else(|| ReportError::Invalid("the bitmap has the wrong size".into()))?;
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-        .map_err(|e| format!("encoding the PNG: {e}"))?;
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)?;
     Ok(out)
 }
 
-/// The overview (2 × 2 panels) on any plotters backend.
-pub fn draw_overview<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    d: &Overview<'_>,
-) -> Result<(), String> {
-    {
+/// The overview: 2 × 2 panels.
+impl Draw for Overview<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
+        let d = self;
         root.fill(&WHITE).map_err(err)?;
         let (top, body) = root.split_vertically(30);
         top.titled(d.title, ("sans-serif", 16)).map_err(err)?;
@@ -335,8 +357,8 @@ pub fn draw_overview<DB: DrawingBackend>(
                 .map_err(err)?;
         }
         root.present().map_err(err)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The diverging colour of r in [-1, 1] (blue, white, red), as the app draws it.
@@ -373,20 +395,19 @@ pub fn heatmap_svg(
     title: &str,
     row_label: &str,
     col_label: &str,
-) -> Result<String, String> {
+) -> Result<String, ReportError> {
     if values.len() != rows * cols || rows == 0 || cols == 0 {
-        return Err(format!(
+        return Err(ReportError::Invalid(format!(
             "a {rows} x {cols} map needs {} values, got {}",
             rows * cols,
             values.len()
-        ));
+        )));
     }
     let img = image::RgbImage::from_fn(cols as u32, rows as u32, |x, y| {
         image::Rgb(diverging(values[y as usize * cols + x as usize]))
     });
     let mut png = Vec::new();
-    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| format!("encoding the map: {e}"))?;
+    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
     let side = 640.0f64;
     let (w, h) = if cols >= rows {

@@ -1,13 +1,15 @@
-//! `write_report` on a bundle of the embedded family (4,096 tokens, CPU): every figure as PNG and
-//! SVG, family pages with examples, an index that links them; a broken bundle is an error that
-//! names the file.
+//! `write_report` on a bundle of the embedded family (4,096 tokens, CPU) with interventions and
+//! a path ablation: every figure as PNG and SVG, family pages with examples, an index that links
+//! them; a broken bundle is an error that names the file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use seedscope_analysis::intervene::{InterventionRequest, run_interventions};
+use seedscope_analysis::job::BackendKind;
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
-use seedscope_model::BackendKind;
+use seedscope_analysis::path_ablation::run_path_ablation;
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("seedscope-report-{name}-{}", std::process::id()));
@@ -26,6 +28,24 @@ fn bundle() -> PathBuf {
     };
     let end = run_analysis(&request, Arc::new(AtomicBool::new(false)), |_| {}).expect("analysis");
     assert_eq!(end, JobEnd::Written(out.clone()));
+    // The entropy-neuron curves (Fig. 7) for one neuron and one baseline neuron, and one path
+    // ablation (Fig. 8), on a few hundred tokens.
+    let request = InterventionRequest {
+        neurons: vec![(1, 3)],
+        values: vec![-0.17, 2.0],
+        baseline: 1,
+        max_tokens: 256,
+        ..InterventionRequest::default()
+    };
+    run_interventions(
+        &out,
+        &request,
+        BackendKind::Cpu,
+        Arc::new(AtomicBool::new(false)),
+        |_| {},
+    )
+    .expect("interventions");
+    run_path_ablation(&out, Some(((0, 3), (1, 0))), 256, BackendKind::Cpu).expect("path ablation");
     out
 }
 
@@ -46,6 +66,8 @@ fn the_report_has_every_figure_family_page_and_index() {
         "fig6b-vocab-skew",
         "fig9-frequency-vs-in-out",
         "entropy-candidates",
+        "fig7-entropy-interventions",
+        "fig8-path-ablation-L0.3-L1H0",
         "families",
     ] {
         assert!(
@@ -62,6 +84,12 @@ fn the_report_has_every_figure_family_page_and_index() {
         let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
         assert!(inked > img.pixels().len() / 100, "{f}.png is nearly blank");
     }
+    assert_eq!(
+        s.figures.len(),
+        9,
+        "every figure was checked: {:?}",
+        s.figures
+    );
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
     for f in &s.figures {
         assert!(
@@ -86,6 +114,6 @@ fn the_report_has_every_figure_family_page_and_index() {
     // A corrupt correlation file is an error naming it; the old report stays.
     std::fs::write(b.join("correlation.safetensors"), b"not safetensors").expect("write");
     let e = seedscope_report::write_report(&b, &out).expect_err("corrupt bundle");
-    assert!(e.contains("correlation.safetensors"), "{e}");
+    assert!(e.to_string().contains("correlation.safetensors"), "{e}");
     assert!(out.join("index.html").exists());
 }

@@ -7,8 +7,12 @@
 //! soon as the page opens (`&max_tokens=N`: on at most N kept tokens); `?family=URL` fetches
 //! the family from elsewhere.
 //!
-//! Natively this crate is empty.
+//! [`page`] is the page's `Platform` for the app (fetching, caching, file picking, the
+//! console). Natively this crate is empty: what it computes without a browser lives in
+//! `seedscope_app::platform` and is tested there.
 #![cfg(target_arch = "wasm32")]
+
+mod page;
 
 use std::cell::RefCell;
 
@@ -121,7 +125,10 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
         .start(
             canvas,
             web_options(),
-            Box::new(move |cc| Ok(Box::new(SeedscopeApp::new(cc, launch)))),
+            Box::new(move |cc| {
+                let page = Box::new(page::Page::new(cc));
+                Ok(Box::new(SeedscopeApp::with_platform(cc, launch, page)))
+            }),
         )
         .await?;
     RUNNER.with(|r| *r.borrow_mut() = Some(runner));

@@ -1,15 +1,19 @@
-//! The table of every neuron: sortable, filterable, searchable by neuron id; a row opens the
-//! neuron page.
+//! The table of every neuron: sortable, filterable, searchable by neuron id or by the token a
+//! neuron fires on; a row opens the neuron page.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use egui_extras::{Column, TableBuilder};
 use seedscope_analysis::NeuronRow;
 use seedscope_analysis::weights::vocab_role;
 
-use crate::app::SeedscopeApp;
-use crate::data::Explorer;
-use crate::map::choose;
+use super::{Action, Shared};
+use crate::AppError;
+use crate::data::{Explorer, NeuronId};
+use crate::inspect::TokenRanking;
+use crate::jobs::{Poll, Task};
+use crate::widgets::{UNIVERSAL, choose};
 
 /// Sortable columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +77,12 @@ pub const FAMILIES: [&str; 7] = [
     "unexplained",
 ];
 
-/// Filters, order and search of the table.
-#[derive(Debug, Clone)]
-pub struct TableState {
+/// Filters, order and search of the table, and its token search.
+pub struct TableView {
     /// Sort column.
     pub sort: SortBy,
     /// Descending order.
     pub descending: bool,
-    /// Only this anchor's neurons.
-    pub model: usize,
     /// Only this layer.
     pub layer: Option<usize>,
     /// Only universal neurons (at the current threshold).
@@ -103,34 +104,37 @@ pub struct TableState {
     /// Scroll to this display row on the next frame.
     pub scroll_to: Option<usize>,
     /// Neurons ranked by activation on a token (shown while the search text is that token).
-    pub token_rank: Option<crate::inspect::TokenRanking>,
+    pub token_rank: Option<TokenRanking>,
+    /// A running token search.
+    pub token_task: Option<Task<TokenRanking>>,
     /// How many of the ranking to show.
     pub token_top: usize,
     key: Option<RefreshKey>,
 }
 
-/// Everything the display order depends on.
+/// Everything the display order depends on: the bundle, anchor and threshold, then the sort
+/// and the filters.
 type RefreshKey = (
-    SortBy,
-    bool,
-    usize,
-    Option<usize>,
-    bool,
-    u64,
-    String,
-    u64,
-    Option<String>,
-    Option<(SortBy, u64, u64)>,
-    Option<&'static str>,
-    Option<&'static str>,
+    (usize, usize, u64),
+    (
+        SortBy,
+        bool,
+        Option<usize>,
+        bool,
+        u64,
+        String,
+        Option<String>,
+        Option<(SortBy, u64, u64)>,
+        Option<&'static str>,
+        Option<&'static str>,
+    ),
 );
 
-impl Default for TableState {
+impl Default for TableView {
     fn default() -> Self {
         Self {
             sort: SortBy::Excess,
             descending: true,
-            model: 0,
             layer: None,
             only_universal: false,
             min_excess: -1.0,
@@ -142,6 +146,7 @@ impl Default for TableState {
             focus_search: false,
             scroll_to: None,
             token_rank: None,
+            token_task: None,
             token_top: 50,
             key: None,
         }
@@ -175,7 +180,7 @@ pub fn sort_key(r: &NeuronRow, by: SortBy) -> f64 {
     }
 }
 
-impl TableState {
+impl TableView {
     /// Whether a row passes the filters (layer, universal, excess, range, role).
     fn keep(&self, r: &NeuronRow, threshold: f64) -> bool {
         self.layer.is_none_or(|l| r.layer == l)
@@ -191,28 +196,30 @@ impl TableState {
             && self.family.is_none_or(|f| r.family == f)
     }
 
-    /// Recompute the display order if a filter, the sort or the threshold changed.
-    pub fn refresh(&mut self, ex: &Explorer, threshold: f64) {
+    /// Recompute the display order if the bundle, the anchor, a filter, the sort or the
+    /// threshold changed.
+    pub fn refresh(&mut self, ex: &Arc<Explorer>, anchor: usize, threshold: f64) {
         let key = (
-            self.sort,
-            self.descending,
-            self.model,
-            self.layer,
-            self.only_universal,
-            self.min_excess.to_bits(),
-            self.search.clone(),
-            threshold.to_bits(),
-            self.token_rank.as_ref().map(|r| r.query.clone()),
-            self.range
-                .map(|(c, lo, hi)| (c, lo.to_bits(), hi.to_bits())),
-            self.role,
-            self.family,
+            (Arc::as_ptr(ex) as usize, anchor, threshold.to_bits()),
+            (
+                self.sort,
+                self.descending,
+                self.layer,
+                self.only_universal,
+                self.min_excess.to_bits(),
+                self.search.clone(),
+                self.token_rank.as_ref().map(|r| r.query.clone()),
+                self.range
+                    .map(|(c, lo, hi)| (c, lo.to_bits(), hi.to_bits())),
+                self.role,
+                self.family,
+            ),
         );
         if self.key.as_ref() == Some(&key) {
             return;
         }
         self.key = Some(key);
-        let Some(anchor) = ex.anchor(self.model).or_else(|| ex.anchors.first()) else {
+        let Some(anchor) = ex.anchor(anchor).or_else(|| ex.anchors.first()) else {
             self.order.clear();
             return;
         };
@@ -256,7 +263,11 @@ impl TableState {
 }
 
 /// Write the rows in `order` as CSV (the `neurons.csv` columns plus best matches), atomically.
-pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, String> {
+pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, AppError> {
+    let csv = |e: csv::Error| AppError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = NeuronRow::columns().iter().map(|s| s.to_string()).collect();
     let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
@@ -264,7 +275,7 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
         header.push(format!("match_{k}"));
         header.push(format!("corr_{k}"));
     }
-    w.write_record(&header).map_err(|e| e.to_string())?;
+    w.write_record(&header).map_err(csv)?;
     for &i in order {
         let r = &ex.rows()[i];
         let mut rec = r.fields();
@@ -274,53 +285,100 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
                 rec.push(m.corr.to_string());
             }
         }
-        w.write_record(&rec).map_err(|e| e.to_string())?;
+        w.write_record(&rec).map_err(csv)?;
     }
-    let bytes = w.into_inner().map_err(|e| e.to_string())?;
-    crate::write_atomic(path, |tmp| {
-        std::fs::write(tmp, &bytes).map_err(|e| e.to_string())
-    })?;
+    let bytes = w.into_inner().map_err(|e| csv(e.into_error().into()))?;
+    seedscope_model::write_file_atomic(path, &bytes)?;
     Ok(order.len())
 }
 
-impl SeedscopeApp {
-    /// Rank the table's anchor neurons by their activation on a token (a background task).
-    pub fn search_token(&mut self, query: String) {
-        if self.token_task.is_some() {
-            return;
+impl TableView {
+    /// The neuron `delta` rows from `selected` in the display order (the first row when the
+    /// selection is not in it); it is scrolled into view.
+    pub fn step(
+        &mut self,
+        ex: &Explorer,
+        selected: Option<NeuronId>,
+        delta: isize,
+    ) -> Option<NeuronId> {
+        if self.order.is_empty() {
+            return None;
         }
-        let Some(models) = self.models() else { return };
-        let (model, rows) = (self.table.model, self.settings.examples_rows);
-        let ctx = self.ctx_clone();
-        self.token_task = Some(crate::jobs::Task::spawn("token search", ctx, move |rep| {
+        let current =
+            selected.and_then(|id| self.order.iter().position(|&i| ex.id_of_row(i) == Some(id)));
+        let next = match current {
+            Some(p) => (p as isize + delta).clamp(0, self.order.len() as isize - 1) as usize,
+            None => 0,
+        };
+        self.scroll_to = Some(next);
+        ex.id_of_row(self.order[next])
+    }
+
+    /// Rank the anchor's neurons by their activation on a token (a background task).
+    fn search_token(
+        &mut self,
+        shared: &Shared<'_>,
+        query: String,
+        ctx: &egui::Context,
+    ) -> Option<Action> {
+        if self.token_task.is_some() {
+            return None;
+        }
+        let models = match shared.models {
+            Ok(m) => m.clone(),
+            Err(why) => return Some(Action::Error(why.clone())),
+        };
+        let (model, rows) = (shared.anchor, shared.settings.examples_rows);
+        self.token_task = Some(Task::spawn("token search", Some(ctx.clone()), move |rep| {
             models.token_search(model, &query, rows, rep)
         }));
+        None
+    }
+
+    /// Take a finished token search.
+    fn poll(&mut self) -> Option<Action> {
+        let t = self.token_task.as_mut()?;
+        let Poll::Done(r) = t.poll() else {
+            return None;
+        };
+        self.token_task = None;
+        match r {
+            Ok(rank) => {
+                self.token_rank = Some(rank);
+                None
+            }
+            Err(e) => Some(Action::Error(format!("token search: {e}"))),
+        }
     }
 
     /// The table view.
-    pub(crate) fn table_view(&mut self, ui: &mut egui::Ui, ex: &Explorer) {
-        let threshold = self.threshold;
-        let t = &mut self.table;
+    pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared<'_>) -> Option<Action> {
+        let ex = shared.ex;
+        let threshold = shared.threshold;
+        let mut action = self.poll();
         ui.horizontal_wrapped(|ui| {
             if ex.anchors.len() > 1 {
                 let anchors: Vec<usize> = ex.anchors.iter().map(|a| a.anchor).collect();
-                choose(ui, "anchor", &mut t.model, &anchors, |&a| {
+                let mut anchor = shared.anchor;
+                if choose(ui, "anchor", &mut anchor, &anchors, |&a| {
                     ex.names[a].clone()
-                });
+                }) {
+                    action = Some(Action::SetAnchor(anchor));
+                }
             }
             let layers: Vec<Option<usize>> = std::iter::once(None)
                 .chain((0..ex.n_layers()).map(Some))
                 .collect();
-            choose(ui, "layer", &mut t.layer, &layers, |l| {
+            choose(ui, "layer", &mut self.layer, &layers, |l| {
                 l.map_or("all".into(), |l| format!("L{l}"))
             });
             ui.checkbox(
-                &mut t.only_universal,
+                &mut self.only_universal,
                 format!("universal only (excess > {threshold:.2})"),
             );
             let l = ui.label("excess ≥");
             ui.add(
-                egui::DragValue::new(&mut t.min_excess)
+                egui::DragValue::new(&mut self.min_excess)
                     .speed(0.01)
                     .range(-1.0..=1.0),
             )
@@ -331,19 +389,19 @@ impl SeedscopeApp {
                 Some("suppression"),
                 Some("partition"),
             ];
-            choose(ui, "role", &mut t.role, &roles, |r| {
+            choose(ui, "role", &mut self.role, &roles, |r| {
                 r.unwrap_or("any").to_string()
             });
             let families: Vec<Option<&'static str>> =
                 std::iter::once(None).chain(FAMILIES.map(Some)).collect();
-            choose(ui, "family", &mut t.family, &families, |f| {
+            choose(ui, "family", &mut self.family, &families, |f| {
                 f.unwrap_or("any").to_string()
             });
-            let mut on = t.range.is_some();
+            let mut on = self.range.is_some();
             if ui.checkbox(&mut on, "where").changed() {
-                t.range = on.then_some((SortBy::L2Penalty, f64::NEG_INFINITY, f64::INFINITY));
+                self.range = on.then_some((SortBy::L2Penalty, f64::NEG_INFINITY, f64::INFINITY));
             }
-            if let Some((col, lo, hi)) = &mut t.range {
+            if let Some((col, lo, hi)) = &mut self.range {
                 let cols: Vec<SortBy> = COLUMNS.iter().map(|c| c.0).collect();
                 choose(ui, "column", col, &cols, |c| {
                     COLUMNS
@@ -361,26 +419,26 @@ impl SeedscopeApp {
             }
             let label = ui.label("search:");
             let search = ui.add(
-                egui::TextEdit::singleline(&mut t.search)
+                egui::TextEdit::singleline(&mut self.search)
                     .hint_text("neuron, e.g. L1.41  (press /)")
                     .desired_width(160.0),
             );
-            if std::mem::take(&mut t.focus_search) {
+            if std::mem::take(&mut self.focus_search) {
                 search.request_focus();
             }
             search.labelled_by(label.id);
-            ui.label(format!("{} neurons", t.order.len()));
+            ui.label(format!("{} neurons", self.order.len()));
         });
-        let query = t.search.clone();
-        let ranked = t.token_rank.as_ref().is_some_and(|r| r.query == query);
+        let query = self.search.clone();
+        let ranked = self.token_rank.as_ref().is_some_and(|r| r.query == query);
         let mut search_token = false;
         if ranked {
-            if let Some(r) = &t.token_rank {
+            if let Some(r) = &self.token_rank {
                 ui.label(format!(
                     "the {} neurons that fire most on {:?} ({} occurrences): ranked by z-score of \
                      their activation there (the activation's mean over the token minus its mean \
                      everywhere, over its standard deviation)",
-                    t.token_top, r.query, r.occurrences
+                    self.token_top, r.query, r.occurrences
                 ));
             }
         } else if !query.trim().is_empty() && parse_neuron(&query).is_none() {
@@ -395,15 +453,26 @@ impl SeedscopeApp {
                 }
             });
         }
-        if search_token {
-            self.search_token(query);
+        if search_token && let Some(a) = self.search_token(shared, query, ui.ctx()) {
+            action = Some(a);
         }
-        let t = &mut self.table;
-        t.refresh(ex, threshold);
+        self.refresh(ex, shared.anchor, threshold);
+        if let Some(open) = self.rows_ui(ui, ex, shared.selected, threshold) {
+            action = Some(Action::OpenNeuron(open));
+        }
+        action
+    }
+
+    /// The rows in display order; the neuron whose row was clicked.
+    fn rows_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        ex: &Explorer,
+        selected: Option<NeuronId>,
+        threshold: f64,
+    ) -> Option<NeuronId> {
         let mut open = None;
         let mut sort_clicked = None;
-        let scroll_to = t.scroll_to.take();
-        let selected = self.selected;
         let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
         // Cells are plain text: a click anywhere on a row opens its neuron.
         ui.style_mut().interaction.selectable_labels = false;
@@ -414,14 +483,14 @@ impl SeedscopeApp {
             .column(Column::auto().at_least(70.0))
             .columns(Column::auto().at_least(58.0), COLUMNS.len())
             .column(Column::remainder().at_least(120.0));
-        if let Some(row) = scroll_to {
+        if let Some(row) = self.scroll_to.take() {
             builder = builder.scroll_to_row(row, Some(egui::Align::Center));
         }
-        let headers = COLUMNS;
-        let (sort, descending) = (t.sort, t.descending);
+        let (sort, descending) = (self.sort, self.descending);
+        let order = &self.order;
         builder
             .header(22.0, |mut h| {
-                for (by, name) in headers {
+                for (by, name) in COLUMNS {
                     h.col(|ui| {
                         let arrow = if sort == by {
                             if descending { " v" } else { " ^" }
@@ -441,45 +510,22 @@ impl SeedscopeApp {
                 });
             })
             .body(|body| {
-                body.rows(20.0, t.order.len(), |mut row| {
-                    let i = t.order[row.index()];
+                body.rows(20.0, order.len(), |mut row| {
+                    let i = order[row.index()];
                     let r = &ex.rows()[i];
                     let id = ex.id_of_row(i);
                     row.set_selected(id.is_some() && id == selected);
                     row.col(|ui| {
                         ui.label(format!("L{}.{}", r.layer, r.neuron));
                     });
-                    for v in [
-                        r.excess_corr,
-                        r.mean_corr,
-                        r.max_corr,
-                        r.min_corr,
-                        r.mean_baseline,
-                    ] {
+                    for (by, _) in &COLUMNS[1..] {
                         row.col(|ui| {
-                            ui.label(format!("{v:.3}"));
-                        });
-                    }
-                    for v in [
-                        r.act_mean,
-                        r.act_var,
-                        r.l2_penalty,
-                        r.vocab_kurt,
-                        r.vocab_skew,
-                        r.in_out_sim,
-                        r.sparsity,
-                        r.best_vr,
-                    ] {
-                        row.col(|ui| {
-                            ui.label(format!("{v:.3}"));
+                            ui.label(format!("{:.3}", sort_key(r, *by)));
                         });
                     }
                     row.col(|ui| {
                         if r.excess_corr > threshold {
-                            ui.label(
-                                egui::RichText::new("yes")
-                                    .color(egui::Color32::from_rgb(230, 120, 60)),
-                            );
+                            ui.label(egui::RichText::new("yes").color(UNIVERSAL));
                         }
                     });
                     row.col(|ui| {
@@ -505,19 +551,16 @@ impl SeedscopeApp {
                 });
             });
         if let Some(by) = sort_clicked {
-            if t.sort == by {
-                t.descending = !t.descending;
+            if self.sort == by {
+                self.descending = !self.descending;
             } else {
-                t.sort = by;
-                t.descending = by != SortBy::Neuron;
+                self.sort = by;
+                self.descending = by != SortBy::Neuron;
             }
         }
-        if let Some(id) = open {
-            self.open_neuron(id);
-        }
+        open
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::parse_neuron;

@@ -1,0 +1,275 @@
+//! Streaming accumulators of per-neuron moments and cross-model co-moments: [`CpuAccumulator`]
+//! (matrixmultiply GEMMs through ndarray, f64 totals) and [`GpuAccumulator`] (the WGSL kernels
+//! of `seedscope-gpu`, Kahan-compensated f32 totals), both behind [`Accumulate`]. Each reads its
+//! own kind of block, so a pass cannot feed one path's activations to the other.
+//!
+//! Both paths use the same scheme: every block of tokens is centred on its own means, its
+//! centred cross products are one GEMM, and the block is merged into the running totals with
+//! Chan et al.'s parallel formula.
+
+mod cpu;
+mod gpu;
+
+pub use cpu::{CpuAccumulator, CpuMoments};
+pub use gpu::{GpuAccumulator, GpuTile};
+
+use seedscope_gpu::{REL_ZERO_STD, TileReduction};
+
+use crate::AnalysisError;
+use crate::plan::TileSpec;
+
+/// Saved accumulator state (checkpoints): named f32 or f64 arrays and the row count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedState {
+    /// Rows (tokens) merged.
+    pub count: u64,
+    /// Per stream moments, in the path's own layout.
+    pub moments: Vec<Option<Vec<f64>>>,
+    /// Per tile accumulators.
+    pub tiles: Vec<Vec<f64>>,
+    /// Pre-activation histograms being counted in this pass ([`crate::hist`]).
+    pub hists: Vec<Vec<u32>>,
+    /// Anatomy accumulators being filled in this pass ([`crate::anatomy::Anatomies`]).
+    pub anatomy: Vec<crate::anatomy::AnatomySaved>,
+}
+
+/// The accumulators of one pass: moments of the streams its tiles read, and the tiles.
+///
+/// The reads are `async` because on a GPU they wait for the device (in the browser that hands
+/// the event loop back to the page); the futures are awaited where they are made, never sent
+/// to another thread, so the trait does not promise `Send` futures.
+#[allow(async_fn_in_trait)]
+pub trait Accumulate {
+    /// One stream's activations for one block of tokens, `[tokens, neurons]`.
+    type Block;
+
+    /// The tiles.
+    fn specs(&self) -> &[TileSpec];
+
+    /// Which streams this pass needs activations for.
+    fn streams(&self) -> Vec<bool>;
+
+    /// Rows merged so far.
+    fn count(&self) -> u64;
+
+    /// Merge one block: one entry per stream, present for every stream [`Self::streams`] names,
+    /// all with the same rows.
+    fn update(&mut self, block: &[Option<Self::Block>]) -> Result<(), AnalysisError>;
+
+    /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
+    async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError>;
+
+    /// Reduce every tile to per-anchor-row best and worst matches; with `want_tile(i)`, also
+    /// return tile `i`'s correlations.
+    async fn finalize(
+        &self,
+        want_tile: impl Fn(usize) -> bool,
+    ) -> Result<Vec<TileReduction>, AnalysisError>;
+
+    /// The running state in this path's layout, for a checkpoint it resumes from.
+    async fn save(&self) -> Result<SavedState, AnalysisError>;
+
+    /// The running state in the CPU path's layout (moments as means then M2, co-moments as
+    /// plain f64 sums): what shards write, so any machine can merge them.
+    async fn save_canonical(&self) -> Result<SavedState, AnalysisError>;
+
+    /// Restore a state from [`Accumulate::save`] on the same path and plan.
+    fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError>;
+}
+
+/// Streams a set of tiles reads.
+fn used_streams(specs: &[TileSpec], n_streams: usize) -> Vec<bool> {
+    let mut used = vec![false; n_streams];
+    for t in specs {
+        used[t.a_stream] = true;
+        used[t.b_stream] = true;
+    }
+    used
+}
+
+fn no_stream() -> AnalysisError {
+    AnalysisError::Invalid("a tile reads a stream without moments".into())
+}
+
+fn missing_stream() -> AnalysisError {
+    AnalysisError::Invalid("a block lacks a stream its tiles need".into())
+}
+
+fn plan_mismatch() -> AnalysisError {
+    AnalysisError::Invalid("the checkpoint does not match this plan".into())
+}
+
+/// `1/sqrt(M2)`, or 0 for a constant neuron (the rule `finalize.wgsl` uses).
+fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
+    let floor = REL_ZERO_STD as f64 * mean;
+    if m2 <= 0.0 || m2 <= floor * floor * n as f64 {
+        0.0
+    } else {
+        1.0 / m2.sqrt()
+    }
+}
+
+/// Per anchor row of a sparse tile: the best and worst of its candidate pairs (columns relative
+/// to `b0`, as [`reduce_rows`] gives them).
+fn reduce_pairs(acc: &[f64], pairs: &[u32], ia: &[f64], ib: &[f64], b0: usize) -> TileReduction {
+    let k = pairs.len() / ia.len().max(1);
+    reduce(ia.len(), false, |i| {
+        (i * k..(i + 1) * k).map(move |e| {
+            let j = pairs[e] as usize - b0;
+            (j as u32, acc[e] * ia[i] * ib[j])
+        })
+    })
+}
+
+/// Per anchor row of a dense tile: the best and worst correlation (and with `with_tile`, the
+/// row itself).
+fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {
+    let nb = ib.len();
+    reduce(ia.len(), with_tile, |i| {
+        ib.iter()
+            .enumerate()
+            .map(move |(j, &sb)| (j as u32, acc[i * nb + j] * ia[i] * sb))
+    })
+}
+
+/// Reduce `n` rows, each given as `(column, correlation)` pairs by `row(i)`, to their extremes
+/// (correlations clamped to [-1, 1]).
+fn reduce<I: Iterator<Item = (u32, f64)>>(
+    n: usize,
+    with_tile: bool,
+    row: impl Fn(usize) -> I,
+) -> TileReduction {
+    let mut r = TileReduction {
+        max: Vec::with_capacity(n),
+        argmax: Vec::with_capacity(n),
+        min: Vec::with_capacity(n),
+        argmin: Vec::with_capacity(n),
+        tile: with_tile.then(Vec::new),
+    };
+    for i in 0..n {
+        let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
+        for (j, corr) in row(i) {
+            let corr = corr.clamp(-1.0, 1.0);
+            if corr > best {
+                best = corr;
+                bj = j;
+            }
+            if corr < worst {
+                worst = corr;
+                wj = j;
+            }
+            if let Some(t) = r.tile.as_mut() {
+                t.push(corr as f32);
+            }
+        }
+        r.max.push(best as f32);
+        r.argmax.push(bj);
+        r.min.push(worst as f32);
+        r.argmin.push(wj);
+    }
+    r
+}
+
+/// Merge the canonical states ([`Accumulate::save_canonical`]) of disjoint parts of the data
+/// into the state of the whole (Chan et al.'s parallel formulas in f64): counts add; means
+/// move by `δ·n_b/n`; M2 and co-moments add with `δ²·n_a n_b/n` and `δ_a δ_b·n_a n_b/n`;
+/// histograms and anatomy counts add, anatomy sums are re-shifted to the first part's shift
+/// and top activations are merged.
+pub fn merge_states(
+    specs: &[TileSpec],
+    widths: &[usize],
+    states: Vec<SavedState>,
+) -> Result<SavedState, AnalysisError> {
+    let bad = |why: String| AnalysisError::Invalid(format!("shards do not merge: {why}"));
+    let mut parts = states.into_iter();
+    let mut acc = parts.next().ok_or_else(|| bad("no shards".into()))?;
+    let check = |st: &SavedState| -> Result<(), AnalysisError> {
+        if st.moments.len() != widths.len() || st.tiles.len() != specs.len() {
+            return Err(bad("different plans".into()));
+        }
+        for (m, &w) in st.moments.iter().zip(widths) {
+            if m.as_ref().is_some_and(|m| m.len() != 2 * w) {
+                return Err(bad("different widths".into()));
+            }
+        }
+        for (t, spec) in st.tiles.iter().zip(specs) {
+            if t.len() != spec.entries() {
+                return Err(bad("different tiles".into()));
+            }
+        }
+        Ok(())
+    };
+    check(&acc)?;
+    for b in parts {
+        check(&b)?;
+        if b.moments
+            .iter()
+            .map(Option::is_some)
+            .ne(acc.moments.iter().map(Option::is_some))
+        {
+            return Err(bad("different streams".into()));
+        }
+        let (na, nb) = (acc.count as f64, b.count as f64);
+        let n = na + nb;
+        if b.count > 0 {
+            // Per stream: the mean shift δ = mean_b − mean_a.
+            let delta: Vec<Option<Vec<f64>>> = acc
+                .moments
+                .iter()
+                .zip(&b.moments)
+                .zip(widths)
+                .map(|((ma, mb), &w)| match (ma, mb) {
+                    (Some(ma), Some(mb)) => Some((0..w).map(|j| mb[j] - ma[j]).collect()),
+                    _ => None,
+                })
+                .collect();
+            let w_cross = na * nb / n;
+            for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
+                let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
+                    return Err(bad("a tile without moments".into()));
+                };
+                if spec.pairs.is_some() {
+                    for ((c, &x), [i, j]) in ca.iter_mut().zip(cb).zip(spec.pair_list()) {
+                        *c += x + da[i as usize] * db[j as usize] * w_cross;
+                    }
+                } else {
+                    let nbc = spec.b_cols.len();
+                    for (r, i) in spec.a_cols.clone().enumerate() {
+                        for (q, j) in spec.b_cols.clone().enumerate() {
+                            let e = r * nbc + q;
+                            ca[e] += cb[e] + da[i] * db[j] * w_cross;
+                        }
+                    }
+                }
+            }
+            for ((ma, mb), (d, &w)) in acc
+                .moments
+                .iter_mut()
+                .zip(&b.moments)
+                .zip(delta.iter().zip(widths))
+            {
+                let (Some(ma), Some(mb), Some(d)) = (ma, mb, d) else {
+                    continue;
+                };
+                for j in 0..w {
+                    ma[j] += d[j] * nb / n;
+                    ma[w + j] += mb[w + j] + d[j] * d[j] * w_cross;
+                }
+            }
+            acc.count += b.count;
+        }
+        if acc.hists.len() != b.hists.len() || acc.anatomy.len() != b.anatomy.len() {
+            return Err(bad("different anchors counted".into()));
+        }
+        for (ha, hb) in acc.hists.iter_mut().zip(&b.hists) {
+            if ha.len() != hb.len() {
+                return Err(bad("different histograms".into()));
+            }
+            ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
+        }
+        for (aa, ab) in acc.anatomy.iter_mut().zip(&b.anatomy) {
+            crate::anatomy::merge_saved(aa, ab).map_err(bad)?;
+        }
+    }
+    Ok(acc)
+}

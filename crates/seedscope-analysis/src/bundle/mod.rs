@@ -1,0 +1,401 @@
+//! Result bundles: a directory with `manifest.json`, `neurons.csv`, `correlation.safetensors`,
+//! `histograms.safetensors`, `anatomy.safetensors`, `attention.safetensors`, `tokenizer.json`
+//! and (when asked) `tiles.safetensors`; [`rows`] is `neurons.csv`, [`write`] makes the files,
+//! [`BundleSource`] and [`Bundle`] read them. A bundle is assembled in `<OUT>.partial/` (which also
+//! holds the run's checkpoint) and renamed into place only when complete, so a crash never
+//! leaves a half bundle that looks whole.
+//!
+//! `neurons.csv` has one row per anchor neuron with the paper's dataframe columns: `model`,
+//! `layer`, `neuron`, `max_corr`, `mean_corr`, `min_corr` (max/mean/min over the other models
+//! of the neuron's best correlation), `max_baseline`, `mean_baseline`, `min_baseline` (the same
+//! for the rotated baseline), `excess_corr` (= mean_corr − mean_baseline), `is_universal`
+//! (excess_corr > threshold), `act_mean`, `act_var` (post-activation over the kept tokens),
+//! then the histogram statistics, the weight statistics of [`crate::weights`], the anatomy and
+//! the attention scores ([`COLUMNS`] is the schema), the within-layer percentiles
+//! `{stat}_pct` of [`PCT_COLUMNS`], and for the k-th other model of the row's anchor (manifest
+//! order, the anchor skipped) `corr_k` and `match_k` (its best match, `layer.neuron`).
+//!
+//! `correlation.safetensors` (anchor = model 0): `max_corr`, `max_corr_layer`,
+//! `max_corr_neuron`, `min_corr` (the most negative correlation), `baseline_max_corr`, each
+//! `[n_other, n_layers, d_mlp]`; `excess_corr` and `is_universal` `[n_layers, d_mlp]`;
+//! `layer_match_fraction` `[n_layers, n_layers]` (row: anchor layer, column: layer of the best
+//! match, averaged over the other models; the paper's Fig. 2c) and
+//! `layer_match_fraction_per_model` `[n_other, n_layers, n_layers]`; `vocab_top` and
+//! `vocab_bottom` `[n_layers, d_mlp, 10]` (i32 token ids at both ends of each neuron's
+//! vocabulary projection cos(W_U, w_out)). With `--all-anchors` the
+//! same tensors for anchor `m` are prefixed `anchor{m}/`.
+//!
+//! With every model's weight statistics, `vocab_moments` `[n_models, n_layers, d_mlp, 4]`: the
+//! mean, variance, skew and kurtosis of each neuron's vocabulary projection in every model
+//! (the anchors' are also in `neurons.csv`), what the report's Fig. 6 draws across seeds.
+//!
+//! `histograms.safetensors`: per anchor model (tensor named after it) u32 counts
+//! `[n_layers, d_mlp, 257]` of pre-activations on the edges `linspace(-10, 15, 256)` (metadata
+//! `edges`); `neurons.csv`'s `mean`, `var`, `skew`, `kurt`, `sparsity` come from them.
+//!
+//! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
+
+mod anatomy_file;
+pub mod rows;
+pub mod write;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+pub use safetensors::tensor::Dtype;
+use serde::{Deserialize, Serialize};
+
+pub use anatomy_file::AnatomyFile;
+pub use rows::{
+    COLUMNS, NeuronRow, PCT_COLUMNS, RowExtras, family_counts, layer_percentiles, neuron_rows,
+    universal_medians,
+};
+pub use write::{BundleFiles, CONTEXT, bundle_files, write_bundle_files};
+
+use crate::AnalysisError;
+use crate::stats::universal_counts;
+
+/// Files of a bundle.
+pub const MANIFEST: &str = "manifest.json";
+/// One row per anchor neuron.
+pub const NEURONS: &str = "neurons.csv";
+/// Per-neuron correlation tensors.
+pub const CORRELATION: &str = "correlation.safetensors";
+/// Saved correlation tiles.
+pub const TILES: &str = "tiles.safetensors";
+/// Pre-activation histograms per anchor.
+pub const HISTOGRAMS: &str = "histograms.safetensors";
+/// Examples, best features, top tokens and position information per anchor neuron.
+pub const ANATOMY: &str = "anatomy.safetensors";
+/// Histograms of the attention (de)activation scores per anchor.
+pub const ATTENTION: &str = "attention.safetensors";
+/// Every model's vocabulary moments in `correlation.safetensors`.
+pub const VOCAB_MOMENTS: &str = "vocab_moments";
+/// A copy of the anchor's tokenizer, so token strings show where the models are not (the
+/// browser, another machine).
+pub const TOKENIZER: &str = "tokenizer.json";
+
+/// Where a bundle's files are read from: its directory, or files held in memory (in the
+/// browser: fetched from a URL, picked or dropped, or made by an analysis run there).
+#[derive(Debug, Clone)]
+pub enum BundleSource {
+    /// A bundle directory.
+    Dir(PathBuf),
+    /// Files by name; `label` names the bundle in messages (a URL, a folder's name).
+    Memory {
+        /// The bundle's name.
+        label: String,
+        /// Its files.
+        files: std::sync::Arc<BundleFiles>,
+    },
+}
+
+impl BundleSource {
+    /// File `name` as messages name it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Self::Dir(dir) => dir.join(name),
+            Self::Memory { label, .. } => PathBuf::from(format!("{label}/{name}")),
+        }
+    }
+
+    /// The bundle as messages name it: the directory, or the label.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Dir(dir) => dir.display().to_string(),
+            Self::Memory { label, .. } => label.clone(),
+        }
+    }
+
+    /// File `name`'s bytes; `None` when the bundle has no such file.
+    pub fn read(&self, name: &str) -> Result<Option<Cow<'_, [u8]>>, AnalysisError> {
+        match self {
+            Self::Dir(dir) => {
+                let path = dir.join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(Cow::Owned(b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(AnalysisError::Io { path, source }),
+                }
+            }
+            Self::Memory { files, .. } => Ok(files.get(name).map(|b| Cow::Borrowed(b.as_slice()))),
+        }
+    }
+
+    /// File `name`'s bytes, or an error naming it when it is missing.
+    pub fn require(&self, name: &str) -> Result<Cow<'_, [u8]>, AnalysisError> {
+        self.read(name)?.ok_or_else(|| AnalysisError::Io {
+            path: self.path(name),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in the bundle"),
+        })
+    }
+
+    /// File `name`'s length in bytes; `None` when the bundle has no such file.
+    pub fn len(&self, name: &str) -> Result<Option<u64>, AnalysisError> {
+        match self {
+            Self::Dir(dir) => {
+                let path = dir.join(name);
+                match std::fs::metadata(&path) {
+                    Ok(m) => Ok(Some(m.len())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(AnalysisError::Io { path, source }),
+                }
+            }
+            Self::Memory { files, .. } => Ok(files.get(name).map(|b| b.len() as u64)),
+        }
+    }
+
+    /// `len` bytes of file `name` from byte `start` (from a directory only those are read).
+    pub fn read_range(&self, name: &str, start: u64, len: usize) -> Result<Vec<u8>, AnalysisError> {
+        let path = self.path(name);
+        let short = |message: String| AnalysisError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        match self {
+            Self::Dir(_) => {
+                use std::io::{Read, Seek, SeekFrom};
+                let io = |source| AnalysisError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let mut f = std::fs::File::open(&path).map_err(io)?;
+                f.seek(SeekFrom::Start(start)).map_err(io)?;
+                let mut out = vec![0u8; len];
+                f.read_exact(&mut out)
+                    .map_err(|e| short(format!("bytes {start}..+{len}: {e}")))?;
+                Ok(out)
+            }
+            Self::Memory { .. } => {
+                let bytes = self.require(name)?;
+                usize::try_from(start)
+                    .ok()
+                    .and_then(|s| bytes.get(s..s.checked_add(len)?))
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| {
+                        short(format!(
+                            "bytes {start}..+{len} past its end ({})",
+                            bytes.len()
+                        ))
+                    })
+            }
+        }
+    }
+}
+
+/// The working directory of a bundle being made: `<out>.partial`.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// What a manifest records about a model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelEntry {
+    /// Short name (directory name).
+    pub name: String,
+    /// The directory.
+    pub path: String,
+    /// Every file with its sha256.
+    pub files: Vec<(String, String)>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Seedscope's version.
+    pub seedscope_version: String,
+    /// The command line that made it.
+    pub command: Vec<String>,
+    /// The models; the first is the anchor.
+    pub models: Vec<ModelEntry>,
+    /// Where the tokens came from.
+    pub data_source: String,
+    /// sha256 of the token ids (u32 little-endian, row-major).
+    pub data_sha256: String,
+    /// Token rows and their length.
+    pub data_shape: [usize; 2],
+    /// Ids whose positions were dropped.
+    pub dropped_ids: Vec<u32>,
+    /// Seed of the row sample of JSON Lines data.
+    #[serde(default)]
+    pub data_seed: u64,
+    /// Kept tokens the correlations are over.
+    pub n_tokens: u64,
+    /// Layers and neurons per layer.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// The options (threshold, rotation seed, budget, ...).
+    pub options: crate::AnalysisOptions,
+    /// The baseline.
+    pub baseline: String,
+    /// Where it ran.
+    pub device: String,
+    /// Passes over the data and the estimated peak accumulation memory.
+    pub passes: usize,
+    /// Bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall-clock seconds of the run (this invocation).
+    pub seconds: f64,
+    /// Fraction of anchor neurons that are universal (anchor model 0).
+    pub fraction_universal: f64,
+    /// Per layer.
+    pub fraction_universal_per_layer: Vec<f64>,
+}
+
+/// Read JSON result `path` of a bundle; `None` when it does not exist yet.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, AnalysisError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| AnalysisError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AnalysisError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Tensor `name` of `st` as `len` values of `T` (stored as `dtype`), or an error naming `path`.
+pub fn read_tensor<T: bytemuck::Pod>(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+    path: &Path,
+    len: usize,
+    dtype: Dtype,
+) -> Result<Vec<T>, AnalysisError> {
+    let corrupt = |message: String| AnalysisError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let t = st
+        .tensor(name)
+        .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+    if t.dtype() != dtype || t.data().len() != len * std::mem::size_of::<T>() {
+        return Err(corrupt(format!(
+            "tensor {name} is {:?} {:?}, expected {len} {dtype:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok(bytemuck::pod_collect_to_vec::<u8, T>(t.data()))
+}
+
+/// A bundle read back.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its neurons (all anchors).
+    pub neurons: Vec<NeuronRow>,
+}
+
+impl Bundle {
+    /// Read `manifest.json` and `neurons.csv` of the bundle at `dir`.
+    pub fn read(dir: &Path) -> Result<Self, AnalysisError> {
+        Self::read_from(&BundleSource::Dir(dir.to_path_buf()))
+    }
+
+    /// Read `manifest.json` and `neurons.csv` from any [`BundleSource`].
+    pub fn read_from(source: &BundleSource) -> Result<Self, AnalysisError> {
+        let mpath = source.path(MANIFEST);
+        let bytes = source.require(MANIFEST)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| AnalysisError::Corrupt {
+                path: mpath.clone(),
+                message: format!("not a Seedscope manifest: {e}"),
+            })?;
+        let neurons = rows::read_rows(&source.require(NEURONS)?, &source.path(NEURONS))?;
+        Ok(Self { manifest, neurons })
+    }
+
+    /// Per anchor model: `(name, per layer (universal, total))`.
+    pub fn universal_by_layer(&self) -> Vec<(String, Vec<(usize, usize)>)> {
+        let mut models: Vec<&str> = Vec::new();
+        for n in &self.neurons {
+            if !models.contains(&n.model.as_str()) {
+                models.push(&n.model);
+            }
+        }
+        models
+            .into_iter()
+            .map(|m| {
+                let rows = self.neurons.iter().filter(|r| r.model == m);
+                let n_layers = rows.clone().map(|r| r.layer + 1).max().unwrap_or(0);
+                (
+                    m.to_string(),
+                    universal_counts(rows.map(|r| (r.layer, r.is_universal)), n_layers),
+                )
+            })
+            .collect()
+    }
+
+    /// The summary table `seedscope summary` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.manifest;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} models, {} tokens, {} layers x {} neurons, threshold {} (excess correlation over the rotation baseline)",
+            m.models.len(),
+            m.n_tokens,
+            m.n_layers,
+            m.d_mlp,
+            m.options.threshold
+        );
+        for (model, layers) in self.universal_by_layer() {
+            let (u, t) = layers.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let _ = writeln!(
+                s,
+                "\nanchor {model}\n{:>6} {:>9} {:>9} {:>9}",
+                "layer", "neurons", "universal", "percent"
+            );
+            for (l, (u, t)) in layers.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{l:>6} {t:>9} {u:>9} {:>8.2}%",
+                    100.0 * *u as f64 / (*t).max(1) as f64
+                );
+            }
+            let _ = writeln!(
+                s,
+                "{:>6} {t:>9} {u:>9} {:>8.2}%",
+                "all",
+                100.0 * u as f64 / t.max(1) as f64
+            );
+            let rows: Vec<&NeuronRow> = self.neurons.iter().filter(|r| r.model == model).collect();
+            let pcts = layer_percentiles(&rows);
+            let (medians, n) = universal_medians(&rows, &pcts, m.options.threshold);
+            let shown: Vec<String> = medians
+                .iter()
+                .filter_map(|(name, v)| v.map(|v| format!("{name} {v:.0}")))
+                .collect();
+            if n > 0 && !shown.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "universal neurons' median percentile within their layer (50 = typical): {}",
+                    shown.join(", ")
+                );
+            }
+            let families = family_counts(&rows);
+            if !families.is_empty() {
+                let shown: Vec<String> = families
+                    .iter()
+                    .map(|(f, all, univ)| format!("{f} {all} ({univ} universal)"))
+                    .collect();
+                let _ = writeln!(s, "families: {}", shown.join(", "));
+            }
+        }
+        s
+    }
+}

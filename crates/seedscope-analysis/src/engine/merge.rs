@@ -1,0 +1,110 @@
+//! Combining the shards of a sharded run: per pass, the shards' sums are merged exactly
+//! (Chan's formula in f64) and reduced on the CPU as a whole run's pass would be.
+
+use std::path::PathBuf;
+
+use super::pass::counted_anchors;
+use super::refine::pair_plan;
+use super::{CANDIDATES, Run, finished, pass_file};
+use crate::accum::{Accumulate, merge_states};
+use crate::compute::{Compute, Cpu};
+use crate::hist::Histograms;
+use crate::results::Results;
+use crate::{AnalysisError, checkpoint};
+
+impl Run<'_> {
+    /// Combine the shards a [`Run::run_shard`] of this same analysis wrote into `dirs` (each a
+    /// shard's work directory, checkpoints written under `fingerprints[i]`) into the result of
+    /// the whole run: per pass, the shards' sums are merged exactly (Chan's formula in f64)
+    /// and reduced on the CPU as a whole run's pass would be.
+    pub fn merge(
+        &self,
+        dirs: &[PathBuf],
+        fingerprints: &[String],
+        max_binding: u64,
+    ) -> Result<Results, AnalysisError> {
+        let shape = self.family.shape()?;
+        let width = shape.0 * shape.1;
+        let n_models = self.family.models.len();
+        if dirs.is_empty() || dirs.len() != fingerprints.len() {
+            return Err(AnalysisError::Invalid("no shards to merge".into()));
+        }
+        let mut first_tiles = None;
+        let plan = if self.options.refine.is_some() {
+            let mut lists = Vec::new();
+            for (d, f) in dirs.iter().zip(fingerprints) {
+                let path = d.join(CANDIDATES);
+                let ck = checkpoint::load(&path, f)?.ok_or_else(|| {
+                    AnalysisError::Invalid(format!("{} is missing", path.display()))
+                })?;
+                lists.push(ck.results);
+            }
+            if lists.iter().any(|l| {
+                l.iter()
+                    .zip(&lists[0])
+                    .any(|(a, b)| a.candidates != b.candidates)
+            }) {
+                return Err(AnalysisError::Invalid(
+                    "the shards' prefix stages chose different candidates (different \
+                     hardware or backend?): run every shard on the same kind of device"
+                        .into(),
+                ));
+            }
+            let anchors = lists.swap_remove(0);
+            first_tiles = Some(anchors.iter().map(|a| a.tiles.clone()).collect::<Vec<_>>());
+            pair_plan(&anchors, width, n_models, self.block_tokens())?
+        } else {
+            self.plan_for(max_binding)?
+        };
+        let mut results = self.initial_results(width);
+        let widths = vec![width; 2 * n_models];
+        let mut n_tokens = 0;
+        for (pass_idx, specs) in plan.passes.iter().enumerate() {
+            let mut states = Vec::new();
+            for (d, f) in dirs.iter().zip(fingerprints) {
+                let path = d.join(pass_file(pass_idx));
+                let state = checkpoint::load(&path, f)?
+                    .and_then(|ck| ck.accumulators)
+                    .ok_or_else(|| {
+                        AnalysisError::Invalid(format!(
+                            "{} is missing: the shard did not finish pass {pass_idx}",
+                            path.display()
+                        ))
+                    })?;
+                states.push(state);
+            }
+            let merged = merge_states(specs, &widths, states)?;
+            n_tokens = merged.count;
+            let mut acc = Cpu.accumulator(specs.clone(), &widths)?;
+            acc.restore(&merged)?;
+            let counted = counted_anchors(&results, &acc.streams());
+            let mut hists = Cpu.hists(counted.len(), width)?;
+            if !counted.is_empty() {
+                hists.restore(&merged.hists)?;
+            }
+            let anatomy = match &self.anatomy {
+                Some(spec) if !counted.is_empty() => {
+                    let mut a = Cpu.anatomies(spec, counted.len(), width)?;
+                    a.restore(&merged.anatomy)?;
+                    Some(a)
+                }
+                _ => None,
+            };
+            // CPU statistics: the future is ready at once.
+            pollster::block_on(self.finish_pass(
+                &acc,
+                &mut results,
+                None,
+                &counted,
+                &hists,
+                anatomy.as_ref(),
+            ))?;
+        }
+        if let Some(tiles) = first_tiles {
+            for (r, t) in results.iter_mut().zip(tiles) {
+                r.tiles = t;
+            }
+        }
+        Ok(*finished(n_tokens, shape, results, plan))
+    }
+}

@@ -1,0 +1,333 @@
+//! The streaming pass, in stages:
+//!
+//! - [`Run`] (here): what to analyse and how; the plan; the choice of [`Cpu`] or [`Gpu`]
+//!   statistics; checkpoints.
+//! - `block`: token blocks, each model's forward to its MLP activations with the masked
+//!   positions dropped, and the rotated baseline.
+//! - `pass`: one pass over the blocks: its accumulators, histograms and anatomy, resume and
+//!   checkpoints, and folding the finished pass into the [`Results`].
+//! - `refine`: the two-stage run (all pairs over a sample, then the candidates over all tokens).
+//! - `merge`: combining the shards of a sharded run.
+
+mod block;
+mod merge;
+mod pass;
+mod refine;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use seedscope_gpu::GpuContext;
+use seedscope_model::{ComputeDevice, LoadedModel};
+use serde::{Deserialize, Serialize};
+
+use crate::accum::SavedState;
+use crate::anatomy::AnatomySpec;
+use crate::compute::{Compute, Cpu, Gpu};
+use crate::plan::{Plan, PlanInput, plan};
+use crate::results::{AnchorResult, Outcome, Progress, Results};
+use crate::{AnalysisError, checkpoint};
+
+/// Options of an analysis (recorded in the manifest; a checkpoint resumes only under the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisOptions {
+    /// Excess correlation above which a neuron is universal.
+    pub threshold: f64,
+    /// Seed of the rotation matrices.
+    pub seed: u64,
+    /// Stop after this many kept tokens.
+    pub max_tokens: Option<u64>,
+    /// Keep BOS/pad and newline positions (the paper drops them).
+    pub keep_all_tokens: bool,
+    /// Token rows per block.
+    pub block_rows: usize,
+    /// Memory budget for activations and accumulators, in bytes.
+    pub memory_budget: u64,
+    /// Correlation tiles to save for heatmaps: (anchor layer, other layer).
+    pub save_tiles: Vec<(usize, usize)>,
+    /// Analyse with every model as the anchor.
+    pub all_anchors: bool,
+    /// Two-stage candidate refinement instead of all pairs over all tokens (none: exhaustive).
+    #[serde(default)]
+    pub refine: Option<Refine>,
+    /// The models computed in f16 (weights and activations; accumulation stays in compensated
+    /// f32 / f64). Only where the device has `shader-f16`; the job falls back to f32 elsewhere.
+    #[serde(default)]
+    pub half: bool,
+}
+
+/// Candidate refinement: all pairs over a sample of the tokens (every s-th row, so that the
+/// sample spans the data) keep each anchor neuron's `k`
+/// most and `k` least correlated neurons per stream (every other model and its baseline); one
+/// more pass over all tokens computes exact correlations of those pairs only. The cost falls
+/// from all pairs × all tokens to all pairs × the prefix plus 2k pairs per neuron × all tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refine {
+    /// Kept tokens of the first stage (rows spread evenly over the data, up to this many).
+    pub prefix_tokens: u64,
+    /// Candidates kept at each end (best and worst).
+    pub k: usize,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            seed: 0,
+            max_tokens: None,
+            keep_all_tokens: false,
+            block_rows: 32,
+            memory_budget: 4 << 30,
+            save_tiles: Vec::new(),
+            all_anchors: false,
+            refine: None,
+            half: false,
+        }
+    }
+}
+
+/// Token rows to analyse and the ids whose positions are dropped.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    /// Ids, row-major.
+    pub ids: Vec<u32>,
+    /// Rows.
+    pub n_rows: usize,
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// Ids whose positions are dropped (BOS/pad, newline), unless `keep_all_tokens`.
+    pub drop_ids: Vec<u32>,
+}
+
+/// A family of models with the same shape, on one device.
+#[derive(Debug)]
+pub struct Family<'a> {
+    /// The models; model 0 is the default anchor.
+    pub models: &'a [LoadedModel],
+    /// Where they run.
+    pub device: &'a ComputeDevice,
+}
+
+impl Family<'_> {
+    /// `(n_layers, d_mlp)` shared by every model.
+    pub fn shape(&self) -> Result<(usize, usize), AnalysisError> {
+        let first = self
+            .models
+            .first()
+            .ok_or_else(|| AnalysisError::Invalid("no models to analyse".into()))?;
+        let shape = (first.config.n_layers(), first.config.d_mlp());
+        if self.models.len() < 2 {
+            return Err(AnalysisError::Invalid(
+                "universality needs at least two models (an anchor and another seed)".into(),
+            ));
+        }
+        for m in self.models {
+            let s = (m.config.n_layers(), m.config.d_mlp());
+            if s != shape {
+                return Err(AnalysisError::Invalid(format!(
+                    "{} has {} layers of {} neurons, {} has {} of {}: a seed family shares one shape",
+                    m.dir.display(),
+                    s.0,
+                    s.1,
+                    first.dir.display(),
+                    shape.0,
+                    shape.1
+                )));
+            }
+        }
+        Ok(shape)
+    }
+}
+
+/// File of a shard's pass state in its work directory.
+pub fn pass_file(pass: usize) -> String {
+    format!("pass-{pass}.safetensors")
+}
+
+/// File of a shard's prefix-stage results (the candidates) in its work directory.
+pub const CANDIDATES: &str = "candidates.safetensors";
+
+/// Everything needed to run (and resume) an analysis.
+pub struct Run<'a> {
+    /// The models.
+    pub family: Family<'a>,
+    /// The tokens.
+    pub tokens: &'a TokenSet,
+    /// Options.
+    pub options: &'a AnalysisOptions,
+    /// A fingerprint of models, data and options; a checkpoint resumes only if it matches.
+    pub fingerprint: String,
+    /// Where the checkpoint lives; `None`: no checkpoints (the browser has no files), so a
+    /// cancelled run just stops.
+    pub work_dir: Option<&'a Path>,
+    /// Set to stop at the next block boundary, leaving a checkpoint.
+    pub cancel: Arc<AtomicBool>,
+    /// Seconds between checkpoints.
+    pub checkpoint_every: Duration,
+    /// Baseline matrices to use instead of the seeded ones, `[model][layer]` each `[d_mlp,
+    /// d_mlp]` row-major (e.g. the paper's stored `R`, or a test's fixed matrices).
+    pub rotations: Option<Vec<Vec<Vec<f32>>>>,
+    /// Features and positions for the anatomy of each anchor (none: skip it).
+    pub anatomy: Option<AnatomySpec>,
+}
+
+impl Run<'_> {
+    /// The plan for this family, data and budget.
+    pub fn plan(&self) -> Result<Plan, AnalysisError> {
+        self.plan_for(self.family.device.max_buffer_bytes.unwrap_or(u64::MAX))
+    }
+
+    /// The plan under a device binding limit of `max_binding` bytes (a merge replays the
+    /// shards' device's plan).
+    pub fn plan_for(&self, max_binding: u64) -> Result<Plan, AnalysisError> {
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let n = self.family.models.len();
+        plan(&PlanInput {
+            n_models: n,
+            anchors: self.anchors(),
+            n_layers,
+            d_mlp,
+            block_tokens: self.block_tokens(),
+            budget: self.options.memory_budget,
+            max_binding,
+        })
+    }
+
+    /// Run every pass (resuming from a matching checkpoint in `work_dir`); with
+    /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, removed at the end)
+    /// and then the candidate stage.
+    pub fn run(&self, progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
+        pollster::block_on(self.run_async(progress))
+    }
+
+    /// [`Run::run`] as a future: GPU reads are awaited, and between blocks the future waits
+    /// for the device to finish (in the browser that hands the event loop to the page).
+    pub async fn run_async(
+        &self,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        self.run_on_device(None, &mut progress).await
+    }
+
+    /// Run shard `index` of `count`: every `count`-th block of the data from `index`, each
+    /// pass's accumulators written to `work_dir/pass-{k}.safetensors` in the path-independent
+    /// layout instead of being reduced ([`Run::merge`] combines the shards exactly). With
+    /// refinement, the prefix stage runs whole in every shard (its candidates are saved to
+    /// `work_dir/candidates.safetensors`, so the merge can check the shards agree).
+    pub fn run_shard(
+        &self,
+        index: usize,
+        count: usize,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        if count == 0 || index >= count {
+            return Err(AnalysisError::Invalid(format!(
+                "shard {index}/{count}: the index must be below the count"
+            )));
+        }
+        pollster::block_on(self.run_on_device(Some((index, count)), &mut progress))
+    }
+
+    /// Run on the statistics of the family's device: the kernels (compiled once for the run)
+    /// where the models run on wgpu, the host otherwise.
+    async fn run_on_device(
+        &self,
+        shard: Option<(usize, usize)>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        let device = self.family.device;
+        match (&device.wgpu, &device.adapter) {
+            (Some(h), Some(info)) => {
+                let ctx = GpuContext::new(h.device.clone(), h.queue.clone(), info.clone());
+                self.run_with(&Gpu::new(ctx), shard, progress).await
+            }
+            _ => self.run_with(&Cpu, shard, progress).await,
+        }
+    }
+
+    /// One stage over all passes of the plan, or the two stages of refinement.
+    async fn run_with<C: Compute>(
+        &self,
+        compute: &C,
+        shard: Option<(usize, usize)>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        match self.options.refine {
+            None => {
+                self.run_passes(compute, self.plan()?, None, shard, progress)
+                    .await
+            }
+            Some(refine) => self.run_refined(compute, refine, shard, progress).await,
+        }
+    }
+
+    /// The anchors: model 0, or every model with `--all-anchors`.
+    fn anchors(&self) -> Vec<usize> {
+        if self.options.all_anchors {
+            (0..self.family.models.len()).collect()
+        } else {
+            vec![0]
+        }
+    }
+
+    /// Token positions per block, at most.
+    fn block_tokens(&self) -> usize {
+        self.options.block_rows * self.tokens.seq_len
+    }
+
+    /// The per-anchor results before any pass.
+    fn initial_results(&self, width: usize) -> Vec<AnchorResult> {
+        let n_models = self.family.models.len();
+        self.anchors()
+            .into_iter()
+            .map(|a| AnchorResult::empty(a, n_models, width))
+            .collect()
+    }
+
+    /// The work directory, or an error saying `what` needs one.
+    fn need_dir(&self, what: &str) -> Result<&Path, AnalysisError> {
+        self.work_dir.ok_or_else(|| {
+            AnalysisError::Invalid(format!(
+                "{what} needs a work directory (not available in the browser)"
+            ))
+        })
+    }
+
+    /// Write a checkpoint: the results so far and, inside a pass, its state at `block`.
+    fn save(
+        &self,
+        path: &Path,
+        pass: usize,
+        block: usize,
+        results: &[AnchorResult],
+        state: Option<SavedState>,
+    ) -> Result<(), AnalysisError> {
+        checkpoint::save(
+            path,
+            &checkpoint::Checkpoint {
+                fingerprint: self.fingerprint.clone(),
+                position: checkpoint::Position { pass, block },
+                results: results.to_vec(),
+                accumulators: state,
+            },
+        )
+    }
+}
+
+/// The result of a finished run: its token count, shape, per-anchor results and plan.
+fn finished(
+    n_tokens: u64,
+    shape: (usize, usize),
+    anchors: Vec<AnchorResult>,
+    plan: Plan,
+) -> Box<Results> {
+    Box::new(Results {
+        n_tokens,
+        n_layers: shape.0,
+        d_mlp: shape.1,
+        anchors,
+        plan,
+    })
+}

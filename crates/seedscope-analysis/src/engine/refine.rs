@@ -1,0 +1,174 @@
+//! Candidate refinement in two stages: all pairs over a sample of the rows keep each anchor
+//! neuron's best and worst candidates per stream; one pass over all tokens then accumulates
+//! exactly those pairs.
+
+use std::sync::Arc;
+
+use super::block::blocks;
+use super::{AnalysisOptions, CANDIDATES, Family, Refine, Run, TokenSet};
+use crate::AnalysisError;
+use crate::compute::Compute;
+use crate::plan::{MAX_PAIRS_PER_TILE, Plan, TileSpec, chunks, stream};
+use crate::results::{AnchorResult, Outcome, Progress};
+
+impl Run<'_> {
+    /// The prefix stage (in `work_dir/prefix`, removed at the end), then the candidate stage.
+    pub(super) async fn run_refined<C: Compute>(
+        &self,
+        compute: &C,
+        refine: Refine,
+        shard: Option<(usize, usize)>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, AnalysisError> {
+        let work_dir = self.need_dir("refinement")?;
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let width = n_layers * d_mlp;
+        let k = refine.k.clamp(1, (width / 2).max(1));
+        let prefix_options = AnalysisOptions {
+            max_tokens: Some(
+                self.options
+                    .max_tokens
+                    .map_or(refine.prefix_tokens, |m| m.min(refine.prefix_tokens)),
+            ),
+            refine: None,
+            ..self.options.clone()
+        };
+        let sample = self.sample(refine.prefix_tokens);
+        let prefix_dir = work_dir.join("prefix");
+        std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
+            path: prefix_dir.clone(),
+            source,
+        })?;
+        let prefix = Run {
+            family: Family {
+                models: self.family.models,
+                device: self.family.device,
+            },
+            tokens: &sample,
+            options: &prefix_options,
+            fingerprint: format!("{}/prefix", self.fingerprint),
+            work_dir: Some(&prefix_dir),
+            cancel: self.cancel.clone(),
+            checkpoint_every: self.checkpoint_every,
+            rotations: self.rotations.clone(),
+            anatomy: None,
+        };
+        let prefix_plan = prefix.plan()?;
+        let n_first = prefix_plan.passes.len();
+        let first = match prefix
+            .run_passes(compute, prefix_plan, Some(k), None, &mut |p: Progress| {
+                progress(Progress {
+                    passes: p.passes + 1,
+                    ..p
+                })
+            })
+            .await?
+        {
+            Outcome::Done(r) => r,
+            interrupted => return Ok(interrupted),
+        };
+        if shard.is_some() {
+            self.save(&work_dir.join(CANDIDATES), 0, 0, &first.anchors, None)?;
+        }
+        let plan = pair_plan(
+            &first.anchors,
+            width,
+            self.family.models.len(),
+            self.block_tokens(),
+        )?;
+        let out = self
+            .run_passes(compute, plan, None, shard, &mut |p: Progress| {
+                progress(Progress {
+                    pass: p.pass + n_first,
+                    passes: n_first + 1,
+                    ..p
+                })
+            })
+            .await?;
+        let Outcome::Done(mut results) = out else {
+            return Ok(out);
+        };
+        // Heatmap tiles come from the prefix, the only stage with dense tiles.
+        for (r, f) in results.anchors.iter_mut().zip(&first.anchors) {
+            r.tiles = f.tiles.clone();
+        }
+        std::fs::remove_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
+            path: prefix_dir.clone(),
+            source,
+        })?;
+        Ok(Outcome::Done(results))
+    }
+
+    /// The first stage's rows: spread evenly over the data (every s-th row), not its
+    /// beginning, since data sets ordered by source (documents, books) would otherwise pick
+    /// candidates from one kind of text.
+    fn sample(&self, prefix_tokens: u64) -> TokenSet {
+        let used = blocks(self.tokens, self.options);
+        let total: u64 = used.iter().map(|b| b.kept).sum();
+        let n_rows = used.last().map_or(0, |b| b.r1);
+        let stride = (total / prefix_tokens.max(1)).max(1) as usize;
+        let seq = self.tokens.seq_len;
+        TokenSet {
+            ids: (0..n_rows)
+                .step_by(stride)
+                .flat_map(|r| self.tokens.ids[r * seq..(r + 1) * seq].iter().copied())
+                .collect(),
+            n_rows: n_rows.div_ceil(stride),
+            seq_len: seq,
+            drop_ids: self.tokens.drop_ids.clone(),
+        }
+    }
+}
+
+/// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
+/// and every stream, the candidate pairs the prefix stage kept in `anchors` (streams of
+/// `width` neurons, `n_models` models); anchor rows are split into tiles of at most
+/// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge).
+pub(super) fn pair_plan(
+    anchors: &[AnchorResult],
+    width: usize,
+    n_models: usize,
+    block_tokens: usize,
+) -> Result<Plan, AnalysisError> {
+    let mut specs = Vec::new();
+    for r in anchors {
+        if r.candidates.len() != 2 * r.others.len() {
+            return Err(AnalysisError::Invalid(format!(
+                "the prefix stage left candidates for {} of {} streams of anchor {}",
+                r.candidates.len(),
+                2 * r.others.len(),
+                r.anchor
+            )));
+        }
+        for (oi, &b) in r.others.iter().enumerate() {
+            for rotated in [false, true] {
+                let c = &r.candidates[2 * oi + usize::from(rotated)];
+                let per_row = 2 * c.k;
+                if c.col.len() != width * per_row || c.col.iter().any(|&j| j as usize >= width) {
+                    return Err(AnalysisError::Invalid(format!(
+                        "the prefix stage left incomplete candidates for anchor {} and model {b}",
+                        r.anchor
+                    )));
+                }
+                let rows_per = (MAX_PAIRS_PER_TILE / per_row.max(1)).clamp(1, width);
+                for a_cols in chunks(0, width, width.div_ceil(rows_per)) {
+                    let pairs = c.col[a_cols.start * per_row..a_cols.end * per_row].to_vec();
+                    specs.push(TileSpec {
+                        a_stream: stream(r.anchor, false),
+                        a_cols,
+                        b_stream: stream(b, rotated),
+                        b_cols: 0..width,
+                        pairs: Some(Arc::new(pairs)),
+                    });
+                }
+            }
+        }
+    }
+    let activation_bytes = (block_tokens * width * 4) as u64 * (2 * n_models as u64 + 2);
+    let max_tile_bytes = specs.iter().map(TileSpec::bytes).sum();
+    Ok(Plan {
+        passes: vec![specs],
+        activation_bytes,
+        max_tile_bytes,
+    })
+}

@@ -1,0 +1,229 @@
+//! What a run produces: per anchor neuron its best and worst matches in every other stream,
+//! its moments, histograms and anatomy, the requested tiles and (refinement's first stage) its
+//! candidates; and what a running pass reports. These types are read by the checkpoint, the
+//! plan of the refined stage and the bundle writer, so they depend on nothing but the plan.
+
+use std::path::PathBuf;
+
+use crate::anatomy::AnatomyResult;
+use crate::plan::Plan;
+
+/// Best and worst matches of every anchor neuron in one other stream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Matches {
+    /// Maximum correlation over all the other stream's neurons.
+    pub max: Vec<f32>,
+    /// Its column (`layer * d_mlp + neuron`).
+    pub argmax: Vec<u32>,
+    /// Minimum correlation.
+    pub min: Vec<f32>,
+    /// Its column.
+    pub argmin: Vec<u32>,
+}
+
+impl Matches {
+    /// No matches yet for `n` neurons.
+    pub fn new(n: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; n],
+            argmax: vec![0; n],
+            min: vec![f32::INFINITY; n],
+            argmin: vec![0; n],
+        }
+    }
+}
+
+/// A saved correlation tile: anchor layer × other layer, `[d_mlp, d_mlp]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedTile {
+    /// The other model.
+    pub other: usize,
+    /// Anchor layer.
+    pub layer_a: usize,
+    /// Other layer.
+    pub layer_b: usize,
+    /// Correlations, row-major.
+    pub corr: Vec<f32>,
+}
+
+/// Each anchor neuron's candidate matches in one stream: `[n_neurons, 2k]`, the `k` highest
+/// correlations (descending) then the `k` lowest (ascending), with their columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// Candidates kept at each end.
+    pub k: usize,
+    /// Correlations.
+    pub val: Vec<f32>,
+    /// Columns in the other stream.
+    pub col: Vec<u32>,
+}
+
+impl Candidates {
+    /// No candidates yet for `n` neurons.
+    pub fn new(n: usize, k: usize) -> Self {
+        let mut val = Vec::with_capacity(n * 2 * k);
+        for _ in 0..n {
+            val.extend(std::iter::repeat_n(f32::NEG_INFINITY, k));
+            val.extend(std::iter::repeat_n(f32::INFINITY, k));
+        }
+        Self {
+            k,
+            val,
+            col: vec![u32::MAX; n * 2 * k],
+        }
+    }
+
+    /// Offer one anchor neuron's correlations with columns `b0..b0 + corr.len()`.
+    pub fn offer(&mut self, row: usize, b0: usize, corr: &[f32]) {
+        let k = self.k;
+        let base = row * 2 * k;
+        let (top, bottom) = self.val[base..base + 2 * k].split_at_mut(k);
+        let (top_c, bottom_c) = self.col[base..base + 2 * k].split_at_mut(k);
+        for (j, &v) in corr.iter().enumerate() {
+            let c = (b0 + j) as u32;
+            if v > top[k - 1] {
+                let mut p = k - 1;
+                while p > 0 && top[p - 1] < v {
+                    top[p] = top[p - 1];
+                    top_c[p] = top_c[p - 1];
+                    p -= 1;
+                }
+                top[p] = v;
+                top_c[p] = c;
+            }
+            if v < bottom[k - 1] {
+                let mut p = k - 1;
+                while p > 0 && bottom[p - 1] > v {
+                    bottom[p] = bottom[p - 1];
+                    bottom_c[p] = bottom_c[p - 1];
+                    p -= 1;
+                }
+                bottom[p] = v;
+                bottom_c[p] = c;
+            }
+        }
+    }
+
+    /// The candidate columns of every neuron, `[n_neurons, 2k]`.
+    pub fn columns(&self) -> &[u32] {
+        &self.col
+    }
+}
+
+/// Everything computed for one anchor model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchorResult {
+    /// The anchor model.
+    pub anchor: usize,
+    /// The other models, in order.
+    pub others: Vec<usize>,
+    /// Matches in each other model.
+    pub real: Vec<Matches>,
+    /// Matches in each other model's rotated baseline.
+    pub baseline: Vec<Matches>,
+    /// Per anchor neuron mean activation over the kept tokens.
+    pub mean: Vec<f64>,
+    /// Per anchor neuron variance.
+    pub var: Vec<f64>,
+    /// Per anchor neuron pre-activation histogram, `[n_layers * d_mlp, HIST_BINS]` counts on the
+    /// paper's fixed edges ([`crate::hist`]); counted in the first pass that runs the anchor.
+    pub pre_hist: Vec<u32>,
+    /// What each anchor neuron responds to ([`crate::anatomy`]); computed in the same pass as
+    /// the histograms when the run has an [`crate::anatomy::AnatomySpec`].
+    pub anatomy: Option<AnatomyResult>,
+    /// Requested tiles.
+    pub tiles: Vec<SavedTile>,
+    /// Candidate matches per stream (`2 * other + rotated`), collected by the first stage of
+    /// candidate refinement; empty otherwise.
+    pub candidates: Vec<Candidates>,
+}
+
+impl AnchorResult {
+    /// Nothing computed yet for anchor `anchor` of `n_models` models of `width` neurons.
+    pub fn empty(anchor: usize, n_models: usize, width: usize) -> Self {
+        let others: Vec<usize> = (0..n_models).filter(|&b| b != anchor).collect();
+        Self {
+            anchor,
+            real: others.iter().map(|_| Matches::new(width)).collect(),
+            baseline: others.iter().map(|_| Matches::new(width)).collect(),
+            others,
+            mean: Vec::new(),
+            var: Vec::new(),
+            pre_hist: Vec::new(),
+            anatomy: None,
+            tiles: Vec::new(),
+            candidates: Vec::new(),
+        }
+    }
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Results {
+    /// Kept tokens.
+    pub n_tokens: u64,
+    /// Layers.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// One per anchor.
+    pub anchors: Vec<AnchorResult>,
+    /// The plan that was run.
+    pub plan: Plan,
+}
+
+/// Progress of a run, for bars and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Current pass (0-based) and their number.
+    pub pass: usize,
+    /// Passes.
+    pub passes: usize,
+    /// Kept tokens done in this pass.
+    pub tokens: u64,
+    /// Kept tokens per pass.
+    pub tokens_per_pass: u64,
+    /// Estimated peak memory of the accumulation.
+    pub memory_bytes: u64,
+    /// Where this pass's time went so far.
+    pub timing: BlockTiming,
+}
+
+impl Progress {
+    /// Kept tokens processed over all passes so far.
+    pub fn done(&self) -> u64 {
+        self.tokens_per_pass * self.pass as u64 + self.tokens
+    }
+
+    /// Kept tokens over all passes.
+    pub fn total(&self) -> u64 {
+        self.tokens_per_pass * self.passes as u64
+    }
+}
+
+/// Seconds spent so far in a pass, by step of the block loop. On a GPU the steps only record
+/// and submit work (the host's share) and `wait` is the device finishing it; on the CPU path
+/// the steps do the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BlockTiming {
+    /// The models' forward passes to the MLP activations.
+    pub forward: f64,
+    /// Pre-activation histograms and the anatomy (top examples, token statistics).
+    pub statistics: f64,
+    /// The rotation baseline's mixing and the correlation accumulators.
+    pub accumulate: f64,
+    /// Waiting for the device to finish the block's work.
+    pub wait: f64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// All passes done.
+    Done(Box<Results>),
+    /// Cancelled; a checkpoint was written to resume from.
+    Interrupted {
+        /// Where.
+        checkpoint: PathBuf,
+    },
+}

@@ -1,0 +1,105 @@
+//! The kernels' CPU twins: the algorithm of `histogram.wgsl` and `anatomy.wgsl` on the host.
+//! The CPU path of the analysis runs these very functions, and each kernel is tested against
+//! its twin (`tests/kernels.rs`), so what the test checks is what production computes.
+//! (`moments.wgsl`, `cross.wgsl`, `finalize.wgsl` and `pairs.wgsl` are checked against the
+//! exact f64 correlations of [`crate::reference`].)
+
+use crate::{AnatomyState, NO_TOKEN};
+
+/// The 256 fixed edges `numpy.linspace(-10, 15, 256)` rounded to f32 (the kernel receives
+/// these values, so both paths compare against the same numbers).
+pub fn hist_edges() -> Vec<f32> {
+    (0..256)
+        .map(|i| (-10.0 + 25.0 * i as f64 / 255.0) as f32)
+        .collect()
+}
+
+/// The bin of `x` among `edges`, as `numpy.searchsorted(edges, x, side="left")`; NaN goes
+/// after every edge (`histogram.wgsl`'s binary search).
+pub fn hist_bin(x: f32, edges: &[f32]) -> usize {
+    if x.is_nan() {
+        edges.len()
+    } else {
+        edges.partition_point(|&e| e < x)
+    }
+}
+
+/// `histogram.wgsl` on the host: count every value of `x` (`[rows, width]`, row-major) into
+/// `counts` (`[width, HIST_BINS]`).
+pub fn histogram_update(counts: &mut [u32], x: &[f32], width: usize, edges: &[f32]) {
+    let bins = edges.len() + 1;
+    for row in x.chunks_exact(width.max(1)) {
+        for (j, &v) in row.iter().enumerate() {
+            counts[j * bins + hist_bin(v, edges)] += 1;
+        }
+    }
+}
+
+/// `anatomy.wgsl` on the host, with f64 sums: accumulate `x` (`[rows, width]`, row-major) into
+/// `s`, where `info` holds four u32 per row (position bucket, token id, previous token id or
+/// [`NO_TOKEN`], global token index), `current[t]` / `previous[t]` list the features token `t`
+/// turns on at its own position and at the next one, and `first` says this is the first block
+/// (its first row sets the shifts).
+#[allow(clippy::too_many_arguments)]
+pub fn anatomy_update(
+    s: &mut AnatomyState,
+    current: &[Vec<u32>],
+    previous: &[Vec<u32>],
+    x: &[f32],
+    width: usize,
+    info: &[u32],
+    first: bool,
+) {
+    let k = s.top_val.len() / width.max(1);
+    let rows = x.len() / width.max(1);
+    if first && rows > 0 {
+        s.shift.copy_from_slice(&x[..width]);
+    }
+    for (r, inf) in info.chunks_exact(4).enumerate().take(rows) {
+        let (pos, tok, prev, index) = (inf[0] as usize, inf[1], inf[2], inf[3]);
+        let row = &x[r * width..(r + 1) * width];
+        let cur = current.get(tok as usize).map_or(&[][..], |v| v);
+        let prv = if prev == NO_TOKEN {
+            &[][..]
+        } else {
+            previous.get(prev as usize).map_or(&[][..], |v| v)
+        };
+        for (c, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                s.active[pos * width + c] += 1;
+            }
+            let top = &mut s.top_val[c * k..(c + 1) * k];
+            if k > 0 && v > top[k - 1] {
+                let idx = &mut s.top_idx[c * k..(c + 1) * k];
+                let mut j = k - 1;
+                while j > 0 && top[j - 1] < v {
+                    top[j] = top[j - 1];
+                    idx[j] = idx[j - 1];
+                    j -= 1;
+                }
+                top[j] = v;
+                idx[j] = index;
+            }
+            let d = (v - s.shift[c]) as f64;
+            for &f in cur.iter().chain(prv) {
+                s.sums[f as usize * width + c] += d;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_binning_matches_searchsorted() {
+        let e = hist_edges();
+        assert_eq!(hist_bin(-20.0, &e), 0);
+        assert_eq!(hist_bin(-10.0, &e), 0);
+        assert_eq!(hist_bin(e[102], &e), 102);
+        assert_eq!(hist_bin(e[102] + 1e-3, &e), 103);
+        assert_eq!(hist_bin(20.0, &e), 256);
+        assert_eq!(hist_bin(f32::NAN, &e), 256);
+    }
+}
