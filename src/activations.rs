@@ -15,10 +15,14 @@ use seedscope_model::{
 #[derive(ClapArgs, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
 pub struct Args {
-    /// Hugging Face model directory (config.json, weights, tokenizer.json) or cache entry
-    /// (models--org--name). Default: seed-a of the embedded family.
+    /// A model directory (config.json, weights, tokenizer.json), a Hugging Face cache entry
+    /// (models--org--name), or an org/name repository id from the cache. Default: seed-a of
+    /// the embedded family.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Which revision of a model named by repository id.
+    #[command(flatten)]
+    pub revision: crate::models::RevisionArgs,
     /// Token ids, int32 or int64 .npy of shape [n_seq, seq_len], used as given (no BOS added).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -79,10 +83,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let device = ComputeDevice::open(args.backend)?;
     eprintln!("device: {}", device.describe());
-    let model_dir = args
-        .model
-        .clone()
-        .unwrap_or_else(|| crate::analyze::family_models().swap_remove(0));
+    let model_dir = crate::models::resolve_model(args.model.as_deref(), &args.revision.revision())?;
     let model = LoadedModel::load_on(&model_dir, &device, args.dtype.into())?;
     let tokens = input_tokens(args, &model)?;
     let [n_seq, seq_len] = tokens.shape();

@@ -150,9 +150,9 @@ impl Args {
                 "give the data to analyse: --tokens FILE.npy, --text FILE or --dataset FILE.jsonl"
             ),
         };
-        let models = crate::download::resolve_models(
+        let models = crate::models::resolve_models(
             &self.models,
-            &crate::download::revision(self.revision.as_deref(), self.step),
+            &crate::models::revision(self.revision.as_deref(), self.step),
         )?;
         if models.len() == 1 {
             bail!("--models needs at least two models (an anchor and another seed)");

@@ -14,9 +14,13 @@ use seedscope_model::{
 /// Options of `seedscope bench-forward`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Hugging Face model directory (default: seed-a of the embedded family).
+    /// A model directory, a Hugging Face cache entry (models--org--name), or an org/name
+    /// repository id from the cache. Default: seed-a of the embedded family.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Which revision of a model named by repository id.
+    #[command(flatten)]
+    pub revision: crate::models::RevisionArgs,
     /// Compute backend.
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
@@ -38,10 +42,7 @@ pub struct Args {
 /// print one JSON line with tokens per second.
 pub fn run(args: &Args) -> Result<()> {
     let device = ComputeDevice::open(args.backend)?;
-    let dir = args
-        .model
-        .clone()
-        .unwrap_or_else(|| crate::analyze::family_models().swap_remove(0));
+    let dir = crate::models::resolve_model(args.model.as_deref(), &args.revision.revision())?;
     let model = LoadedModel::load_on(&dir, &device, args.dtype.into())?;
     let n = args.batch * args.seq_len;
     let vocab = model.config.vocab_size() as u64;

@@ -1,11 +1,9 @@
 //! `seedscope download`: seed families from the Hugging Face hub into its standard cache, and
 //! the lookup that lets `--models` name a preset or a repository instead of a directory.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
-use seedscope_hub::{Fetched, Hub, PRESETS, Revision, repos_of, resolve_cached};
+use seedscope_hub::{Fetched, Hub, PRESETS, repos_of};
 
 /// Options of `seedscope download`.
 #[derive(ClapArgs, Debug, Clone)]
@@ -27,15 +25,6 @@ pub struct Args {
     pub list: bool,
 }
 
-/// The revision flags shared by `download` and `analyze`.
-pub fn revision(revision: Option<&str>, step: Option<u64>) -> Revision {
-    match (revision, step) {
-        (_, Some(s)) => Revision::Step(s),
-        (Some(r), None) => Revision::Named(r.to_string()),
-        (None, None) => Revision::default(),
-    }
-}
-
 /// Run `seedscope download`.
 pub fn run(args: &Args) -> Result<()> {
     if args.list || args.name.is_none() {
@@ -55,7 +44,7 @@ pub fn run(args: &Args) -> Result<()> {
         retries: args.retries,
         ..Hub::from_env()
     };
-    let rev = revision(args.revision.as_deref(), args.step);
+    let rev = crate::models::revision(args.revision.as_deref(), args.step);
     let repos = repos_of(name)?;
     eprintln!(
         "{} {} repositor{} into {}{}",
@@ -101,32 +90,4 @@ pub fn run(args: &Args) -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// The model directories `--models` names: an existing directory as given, otherwise a preset
-/// or repository id resolved from the Hugging Face cache (never downloading).
-pub fn resolve_models(models: &[PathBuf], rev: &Revision) -> Result<Vec<PathBuf>> {
-    let mut hub = None;
-    let mut out = Vec::new();
-    for m in models {
-        if m.exists() {
-            out.push(m.clone());
-            continue;
-        }
-        let spec = m.to_string_lossy();
-        if repos_of(&spec).is_err() {
-            bail!(
-                "{}: no such model directory, and not a preset ({}) or an org/name repository id",
-                m.display(),
-                PRESETS
-                    .iter()
-                    .map(|p| p.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let hub = hub.get_or_insert_with(Hub::from_env);
-        out.extend(resolve_cached(hub, &spec, rev.clone())?);
-    }
-    Ok(out)
 }

@@ -15,12 +15,9 @@ pub struct Args {
     /// (default: the embedded family).
     #[arg(long, num_args = 1..)]
     pub models: Vec<PathBuf>,
-    /// Revision of the models named by preset or repository id (default: main).
-    #[arg(long, conflicts_with = "step")]
-    pub revision: Option<String>,
-    /// The training checkpoint at this step of the models named by preset or repository id.
-    #[arg(long)]
-    pub step: Option<u64>,
+    /// Which revision of the models named by preset or repository id.
+    #[command(flatten)]
+    pub revision: crate::models::RevisionArgs,
     /// Token rows, .npy [n_seq, seq_len] (default: the family's eval_tokens.npy).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -38,10 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
     let models: Vec<PathBuf> = if args.models.is_empty() {
         crate::analyze::family_models()
     } else {
-        crate::download::resolve_models(
-            &args.models,
-            &crate::download::revision(args.revision.as_deref(), args.step),
-        )?
+        crate::models::resolve_models(&args.models, &args.revision.revision())?
     };
     let tokens = args
         .tokens

@@ -12,6 +12,7 @@ mod bench_refine;
 mod download;
 mod eval_loss;
 mod intervene;
+mod models;
 mod report;
 mod tokenizer;
 mod train;
@@ -73,7 +74,22 @@ struct AppArgs {
     bundle: Option<std::path::PathBuf>,
 }
 
+/// On a machine without a display, keep Mesa's Vulkan device-select layer out of adapter
+/// probes: it exists to pick the GPU a display server uses, and without one it only prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` twice per probe, which
+/// reads like the command's own error.
+#[allow(unsafe_code)]
+fn quiet_headless_vulkan() {
+    let unset = |v: &str| std::env::var_os(v).is_none();
+    if unset("XDG_RUNTIME_DIR") && unset("WAYLAND_DISPLAY") && unset("DISPLAY") {
+        // SAFETY: called first thing in `main`, before any thread exists that could read the
+        // environment at the same time.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_headless_vulkan();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Activations(args)) => activations::run(&args),
@@ -89,10 +105,8 @@ fn main() -> ExitCode {
         Some(Command::EvalLoss(args)) => eval_loss::run(&args),
         Some(Command::Tokenizer(args)) => tokenizer::run(&args),
         Some(Command::Train(args)) => train::run(&args),
-        Some(Command::App(args)) => {
-            seedscope_app::run_native(args.bundle).map_err(|e| anyhow::anyhow!(e))
-        }
-        None => seedscope_app::run_native(None).map_err(|e| anyhow::anyhow!(e)),
+        Some(Command::App(args)) => seedscope_app::run_native(args.bundle).map_err(Into::into),
+        None => seedscope_app::run_native(None).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

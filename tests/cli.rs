@@ -79,6 +79,32 @@ fn activations_from_text_tokenise_with_bos() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A command that only probes adapters on a machine without a display prints no driver noise
+/// that reads like an error (Mesa's device-select layer complained about `XDG_RUNTIME_DIR`).
+#[test]
+fn probing_adapters_without_a_display_prints_no_stray_errors() {
+    let dir = temp_dir("cli-quiet");
+    let output = seedscope()
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .args(["activations", "--backend", "auto", "--text"])
+        .arg(fixture("gpt2-plain/config.json"))
+        .arg("--model")
+        .arg(fixture("gpt2-plain"))
+        .arg("--out")
+        .arg(dir.join("acts.safetensors"))
+        .output()
+        .expect("run seedscope activations");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("error")),
+        "stray error lines: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_wrong_model_directory_is_a_clear_error_and_writes_nothing() {
     let dir = temp_dir("cli-bad");
@@ -483,6 +509,74 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
         "{}",
         models[2]
     );
+
+    // Every command that names a model resolves it the same way: `activations --model ORG/NAME`
+    // and `eval-loss --models PRESET` at the step, from the cache, offline; a preset where one
+    // model is wanted is refused with its models.
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "activations",
+            "--model",
+            "stanford-crfm/caprica-gpt2-small-x81",
+            "--step",
+            "400000",
+            "--backend",
+            "cpu",
+        ])
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .arg("--out")
+        .arg(dir.join("acts.safetensors"))
+        .output()
+        .expect("run seedscope activations");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("caprica-gpt2-small-x81"), "{stderr}");
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "eval-loss",
+            "--models",
+            "stanford-gpt2-small",
+            "--step",
+            "400000",
+        ])
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu"])
+        .output()
+        .expect("run seedscope eval-loss");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 5);
+    let mut cmd = seedscope();
+    env(&mut cmd);
+    let output = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "bench-forward",
+            "--model",
+            "stanford-gpt2-small",
+            "--step",
+            "400000",
+        ])
+        .output()
+        .expect("run seedscope bench-forward");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("stanford-gpt2-small names 5 models"),
+        "{stderr}"
+    );
+    assert_eq!(server.requests("").len(), seen);
 
     // A revision that was never downloaded is an error that says what to run.
     let mut cmd = seedscope();

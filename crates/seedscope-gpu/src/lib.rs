@@ -19,6 +19,31 @@ use wgpu::util::DeviceExt;
 pub mod reference;
 pub mod twin;
 
+/// The adapter a compute device runs on, with its instance: one of the primary backends
+/// (Vulkan, Metal, DX12, WebGPU), and OpenGL only where none of them has an adapter. (Probing
+/// OpenGL loads the system's EGL, which on a machine without a display prints `error: ...`
+/// lines about `XDG_RUNTIME_DIR` that look like the command's own errors.)
+pub async fn find_adapter(
+    power_preference: wgpu::PowerPreference,
+) -> Result<(wgpu::Instance, wgpu::Adapter), GpuError> {
+    let options = wgpu::RequestAdapterOptions {
+        power_preference,
+        ..Default::default()
+    };
+    let mut why = String::new();
+    for backends in [wgpu::Backends::PRIMARY, wgpu::Backends::GL] {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        match instance.request_adapter(&options).await {
+            Ok(adapter) => return Ok((instance, adapter)),
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(GpuError::NoAdapter(why))
+}
+
 /// Errors of the GPU kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -54,12 +79,10 @@ impl GpuContext {
         }
     }
 
-    /// Open a device of its own on the default adapter, with the adapter's full limits.
+    /// Open a device of its own on the default adapter ([`find_adapter`]), with the adapter's
+    /// full limits.
     pub fn request() -> Result<Self, GpuError> {
-        let instance = wgpu::Instance::default();
-        let adapter =
-            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-                .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        let (_, adapter) = pollster::block_on(find_adapter(wgpu::PowerPreference::default()))?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("seedscope-gpu"),
             required_limits: adapter.limits(),

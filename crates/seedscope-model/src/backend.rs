@@ -205,17 +205,11 @@ impl ComputeDevice {
     }
 }
 
-/// The adapter wgpu picks with a high-performance preference, as Burn's default device does.
+/// The adapter wgpu picks with a high-performance preference, as Burn's default device does
+/// ([`seedscope_gpu::find_adapter`]: OpenGL only where no primary backend has one).
 async fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let options = wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    };
-    instance
-        .request_adapter(&options)
+    seedscope_gpu::find_adapter(wgpu::PowerPreference::HighPerformance)
         .await
-        .map(|adapter| (instance.clone(), adapter))
         .map_err(|e| NoAdapter(e.to_string()))
 }
 
