@@ -14,8 +14,6 @@
 //! - [`heatmap`]: the GPU correlation heatmap (WGSL pooling and colour mapping in egui's wgpu
 //!   renderer); [`export`]: plots as PNG.
 
-use std::path::PathBuf;
-
 pub mod app;
 pub mod data;
 mod error;
@@ -57,16 +55,16 @@ pub fn no_display_reason() -> Option<String> {
 /// Where the embedded family's bundle is cached for the app: the platform data directory
 /// (`$XDG_DATA_HOME/seedscope` on Linux), else `seedscope-out/`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn embedded_bundle_dir() -> PathBuf {
+pub fn embedded_bundle_dir() -> std::path::PathBuf {
     eframe::storage_dir(APP_ID)
-        .unwrap_or_else(|| PathBuf::from("seedscope-out"))
+        .unwrap_or_else(|| std::path::PathBuf::from("seedscope-out"))
         .join("embedded-bundle")
 }
 
 /// Open the desktop window. `bundle`: a bundle to open at once (else the last one, else the
 /// cached embedded analysis, else the embedded family is analysed in the background).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn run_native(bundle: Option<PathBuf>) -> Result<(), AppError> {
+pub fn run_native(bundle: Option<std::path::PathBuf>) -> Result<(), AppError> {
     if let Some(why) = no_display_reason() {
         return Err(AppError::Other(why));
     }

@@ -259,13 +259,19 @@ fn the_pairs_kernel_matches_the_f64_reference_at_its_pairs() {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         ma.update(&ctx, &k, &mut enc, va).expect("moments");
         mb.update(&ctx, &k, &mut enc, vb).expect("moments");
-        tile.update(&ctx, &k, &mut enc, va, &ma, vb, &mb, n_prev)
-            .expect("pairs");
+        let block = seedscope_gpu::BlockPair {
+            a: va,
+            a_moments: &ma,
+            b: vb,
+            b_moments: &mb,
+            n_prev,
+        };
+        tile.update(&ctx, &k, &mut enc, &block).expect("pairs");
         ctx.queue.submit([enc.finish()]);
         t0 += len;
     }
     let (sa, sb) = (ma.read(&ctx).expect("read"), mb.read(&ctx).expect("read"));
-    let c = tile.read_state(&ctx).expect("read");
+    let c = tile.totals().read(&ctx).expect("read");
     let e = reference::correlations(&a, na, &b, nb);
     for (p, &[i, j]) in pairs.iter().enumerate() {
         let (i, j) = (i as usize, j as usize);

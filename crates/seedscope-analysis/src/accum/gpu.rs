@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, PairTile, TileReduction};
+use seedscope_gpu::{
+    BlockPair, CrossTile, GpuContext, Kernels, Moments, PairTile, TileReduction, Totals,
+};
 
 use super::{
     Accumulate, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch, reduce_pairs,
@@ -24,38 +26,26 @@ pub enum GpuTile {
 
 impl GpuTile {
     /// Record the merge of one block (see [`CrossTile::update`]).
-    #[allow(clippy::too_many_arguments)]
     fn update(
         &self,
         ctx: &GpuContext,
         kernels: &Kernels,
         encoder: &mut wgpu::CommandEncoder,
-        a: ActView<'_>,
-        ma: &Moments,
-        b: ActView<'_>,
-        mb: &Moments,
-        n_prev: u64,
+        block: &BlockPair<'_>,
     ) -> Result<(), AnalysisError> {
         match self {
-            Self::Dense(t) => t.update(ctx, kernels, encoder, a, ma, b, mb, n_prev)?,
-            Self::Pairs(t) => t.update(ctx, kernels, encoder, a, ma, b, mb, n_prev)?,
+            Self::Dense(t) => t.update(ctx, kernels, encoder, block)?,
+            Self::Pairs(t) => t.update(ctx, kernels, encoder, block)?,
         }
         Ok(())
     }
 
-    async fn read_state(&self, ctx: &GpuContext) -> Result<Vec<f32>, AnalysisError> {
-        Ok(match self {
-            Self::Dense(t) => t.read_state_async(ctx).await?,
-            Self::Pairs(t) => t.read_state_async(ctx).await?,
-        })
-    }
-
-    fn restore(&self, ctx: &GpuContext, v: &[f32]) -> Result<(), AnalysisError> {
+    /// The running co-moments.
+    fn totals(&self) -> &Totals {
         match self {
-            Self::Dense(t) => t.restore(ctx, v)?,
-            Self::Pairs(t) => t.restore(ctx, v)?,
+            Self::Dense(t) => t.totals(),
+            Self::Pairs(t) => t.totals(),
         }
-        Ok(())
     }
 }
 
@@ -134,6 +124,55 @@ impl GpuAccumulator {
     }
 }
 
+impl GpuAccumulator {
+    /// The running state: as stored (moments as per-neuron `(mean, compensation, M2,
+    /// compensation)`, co-moments as Kahan pairs), or `canonical`: the CPU path's layout
+    /// (means then M2, co-moments folded to plain sums).
+    async fn state(&self, canonical: bool) -> Result<SavedState, AnalysisError> {
+        let mut moments = Vec::new();
+        for m in &self.moments {
+            moments.push(match m {
+                Some(m) if canonical => {
+                    let mv = m.read_async(&self.ctx).await?;
+                    Some(
+                        mv.iter()
+                            .map(|x| x.0)
+                            .chain(mv.iter().map(|x| x.1))
+                            .collect(),
+                    )
+                }
+                Some(m) => Some(
+                    m.read_state_async(&self.ctx)
+                        .await?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                ),
+                None => None,
+            });
+        }
+        let mut tiles = Vec::new();
+        for t in &self.tiles {
+            let pairs = t.totals().read_async(&self.ctx).await?;
+            tiles.push(if canonical {
+                pairs
+                    .chunks_exact(2)
+                    .map(|hl| hl[0] as f64 - hl[1] as f64)
+                    .collect()
+            } else {
+                pairs.into_iter().map(f64::from).collect()
+            });
+        }
+        Ok(SavedState {
+            count: self.count(),
+            moments,
+            tiles,
+            hists: Vec::new(),
+            anatomy: Vec::new(),
+        })
+    }
+}
+
 impl Accumulate for GpuAccumulator {
     type Block = GpuBlock;
 
@@ -185,16 +224,14 @@ impl Accumulate for GpuAccumulator {
                 else {
                     return Err(no_stream());
                 };
-                tile.update(
-                    ctx,
-                    &self.kernels,
-                    &mut encoder,
-                    a.view(r0, len),
-                    ma,
-                    b.view(r0, len),
-                    mb,
+                let pair = BlockPair {
+                    a: a.view(r0, len),
+                    a_moments: ma,
+                    b: b.view(r0, len),
+                    b_moments: mb,
                     n_prev,
-                )?;
+                };
+                tile.update(ctx, &self.kernels, &mut encoder, &pair)?;
             }
         }
         ctx.queue.submit([encoder.finish()]);
@@ -230,7 +267,8 @@ impl Accumulate for GpuAccumulator {
                 GpuTile::Pairs(tile) => {
                     // Few entries: read the totals and reduce on the host in f64.
                     let acc: Vec<f64> = tile
-                        .read_state_async(&self.ctx)
+                        .totals()
+                        .read_async(&self.ctx)
                         .await?
                         .chunks_exact(2)
                         .map(|hl| hl[0] as f64 - hl[1] as f64)
@@ -253,68 +291,11 @@ impl Accumulate for GpuAccumulator {
     }
 
     async fn save(&self) -> Result<SavedState, AnalysisError> {
-        let mut moments = Vec::new();
-        for m in &self.moments {
-            moments.push(match m {
-                Some(m) => Some(
-                    m.read_state_async(&self.ctx)
-                        .await?
-                        .into_iter()
-                        .map(f64::from)
-                        .collect(),
-                ),
-                None => None,
-            });
-        }
-        let mut tiles = Vec::new();
-        for t in &self.tiles {
-            tiles.push(
-                t.read_state(&self.ctx)
-                    .await?
-                    .into_iter()
-                    .map(f64::from)
-                    .collect(),
-            );
-        }
-        Ok(SavedState {
-            count: self.count(),
-            moments,
-            tiles,
-            hists: Vec::new(),
-            anatomy: Vec::new(),
-        })
+        self.state(false).await
     }
 
     async fn save_canonical(&self) -> Result<SavedState, AnalysisError> {
-        let mut moments = Vec::new();
-        for m in &self.moments {
-            moments.push(match m {
-                Some(m) => {
-                    let mv = m.read_async(&self.ctx).await?;
-                    let mut v: Vec<f64> = mv.iter().map(|x| x.0).collect();
-                    v.extend(mv.iter().map(|x| x.1));
-                    Some(v)
-                }
-                None => None,
-            });
-        }
-        let mut tiles = Vec::new();
-        for t in &self.tiles {
-            tiles.push(
-                t.read_state(&self.ctx)
-                    .await?
-                    .chunks_exact(2)
-                    .map(|hl| hl[0] as f64 - hl[1] as f64)
-                    .collect(),
-            );
-        }
-        Ok(SavedState {
-            count: self.count(),
-            moments,
-            tiles,
-            hists: Vec::new(),
-            anatomy: Vec::new(),
-        })
+        self.state(true).await
     }
 
     fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
@@ -333,7 +314,7 @@ impl Accumulate for GpuAccumulator {
         }
         for (t, s) in self.tiles.iter().zip(&state.tiles) {
             let v: Vec<f32> = s.iter().map(|&x| x as f32).collect();
-            t.restore(&self.ctx, &v)?;
+            t.totals().restore(&self.ctx, &v)?;
         }
         Ok(())
     }
