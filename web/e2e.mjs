@@ -174,6 +174,9 @@ try {
     await page.keyboard.press("2");
     await page.waitForTimeout(1500);
     await page.screenshot({ path: path.join(outDir, "map.png") });
+    // The correlation map: the tile read in the background and drawn on the GPU fills about
+    // half the page (its controls and a message alone would leave over 90 % background).
+    checkNotBlank(path.join(outDir, "map.png"), 0.8);
   });
   await withPage(WEBGPU, async (page, waitFor) => {
     await page.goto(`${base}/?bundle=/bundle`);
