@@ -256,11 +256,20 @@ pub fn run(args: &Args) -> Result<()> {
 pub struct SummaryArgs {
     /// A bundle directory written by `seedscope analyze`.
     pub bundle: PathBuf,
+    /// Print the numbers as JSON (the universal neurons, per-layer counts, Fig. 3 medians,
+    /// families) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Run `seedscope summary`.
 pub fn summary(args: &SummaryArgs) -> Result<()> {
-    print!("{}", Bundle::read(&args.bundle)?.summary());
+    let bundle = Bundle::read(&args.bundle)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&bundle.summary_data())?);
+    } else {
+        print!("{}", bundle.summary());
+    }
     Ok(())
 }
 

@@ -318,49 +318,81 @@ impl Bundle {
         Ok(Self { manifest, neurons })
     }
 
-    /// Per anchor model: `(name, per layer (universal, total))`.
-    pub fn universal_by_layer(&self) -> Vec<(String, Vec<(usize, usize)>)> {
-        let mut models: Vec<&str> = Vec::new();
+    /// What `seedscope summary` reports, as data.
+    pub fn summary_data(&self) -> Summary {
+        let m = &self.manifest;
+        let mut anchors: Vec<&str> = Vec::new();
         for n in &self.neurons {
-            if !models.contains(&n.model.as_str()) {
-                models.push(&n.model);
+            if !anchors.contains(&n.model.as_str()) {
+                anchors.push(&n.model);
             }
         }
-        models
-            .into_iter()
-            .map(|m| {
-                let rows = self.neurons.iter().filter(|r| r.model == m);
-                let n_layers = rows.clone().map(|r| r.layer + 1).max().unwrap_or(0);
-                (
-                    m.to_string(),
-                    universal_counts(rows.map(|r| (r.layer, r.is_universal)), n_layers),
-                )
-            })
-            .collect()
+        Summary {
+            models: m.models.iter().map(|e| e.name.clone()).collect(),
+            n_tokens: m.n_tokens,
+            n_layers: m.n_layers,
+            d_mlp: m.d_mlp,
+            threshold: m.options.threshold,
+            anchors: anchors
+                .into_iter()
+                .map(|model| {
+                    let rows: Vec<&NeuronRow> =
+                        self.neurons.iter().filter(|r| r.model == model).collect();
+                    let mut universal: Vec<&&NeuronRow> =
+                        rows.iter().filter(|r| r.is_universal).collect();
+                    universal.sort_by(|a, b| b.excess_corr.total_cmp(&a.excess_corr));
+                    let pcts = layer_percentiles(&rows);
+                    let (medians, _) = universal_medians(&rows, &pcts, m.options.threshold);
+                    AnchorSummary {
+                        model: model.to_string(),
+                        per_layer: universal_counts(
+                            rows.iter().map(|r| (r.layer, r.is_universal)),
+                            m.n_layers,
+                        ),
+                        universal: universal
+                            .iter()
+                            .map(|r| UniversalNeuron {
+                                neuron: format!("L{}.{}", r.layer, r.neuron),
+                                excess_corr: r.excess_corr,
+                                family: r.family.clone(),
+                            })
+                            .collect(),
+                        medians: medians
+                            .into_iter()
+                            .filter_map(|(name, v)| Some((name.to_string(), v?)))
+                            .collect(),
+                        families: family_counts(&rows),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// The summary table `seedscope summary` prints.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        let m = &self.manifest;
+        let d = self.summary_data();
         let mut s = String::new();
         let _ = writeln!(
             s,
             "{} models, {} tokens, {} layers x {} neurons, threshold {} (excess correlation over the rotation baseline)",
-            m.models.len(),
-            m.n_tokens,
-            m.n_layers,
-            m.d_mlp,
-            m.options.threshold
+            d.models.len(),
+            d.n_tokens,
+            d.n_layers,
+            d.d_mlp,
+            d.threshold
         );
-        for (model, layers) in self.universal_by_layer() {
-            let (u, t) = layers.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        for a in &d.anchors {
+            let (u, t) = a
+                .per_layer
+                .iter()
+                .fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
             let _ = writeln!(
                 s,
-                "\nanchor {model}\n{:>6} {:>9} {:>9} {:>9}",
-                "layer", "neurons", "universal", "percent"
+                "\nanchor {}\n{:>6} {:>9} {:>9} {:>9}",
+                a.model, "layer", "neurons", "universal", "percent"
             );
-            for (l, (u, t)) in layers.iter().enumerate() {
+            for (l, (u, t)) in a.per_layer.iter().enumerate() {
                 let _ = writeln!(
                     s,
                     "{l:>6} {t:>9} {u:>9} {:>8.2}%",
@@ -373,23 +405,21 @@ impl Bundle {
                 "all",
                 100.0 * u as f64 / t.max(1) as f64
             );
-            let rows: Vec<&NeuronRow> = self.neurons.iter().filter(|r| r.model == model).collect();
-            let pcts = layer_percentiles(&rows);
-            let (medians, n) = universal_medians(&rows, &pcts, m.options.threshold);
-            let shown: Vec<String> = medians
-                .iter()
-                .filter_map(|(name, v)| v.map(|v| format!("{name} {v:.0}")))
-                .collect();
-            if n > 0 && !shown.is_empty() {
+            if !a.universal.is_empty() && !a.medians.is_empty() {
+                let shown: Vec<String> = a
+                    .medians
+                    .iter()
+                    .map(|(name, v)| format!("{name} {v:.0}"))
+                    .collect();
                 let _ = writeln!(
                     s,
                     "universal neurons' median percentile within their layer (50 = typical): {}",
                     shown.join(", ")
                 );
             }
-            let families = family_counts(&rows);
-            if !families.is_empty() {
-                let shown: Vec<String> = families
+            if !a.families.is_empty() {
+                let shown: Vec<String> = a
+                    .families
                     .iter()
                     .map(|(f, all, univ)| format!("{f} {all} ({univ} universal)"))
                     .collect();
@@ -398,4 +428,47 @@ impl Bundle {
         }
         s
     }
+}
+
+/// What a bundle says in numbers (`seedscope summary [--json]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The models, the anchor first.
+    pub models: Vec<String>,
+    /// Kept tokens.
+    pub n_tokens: u64,
+    /// Layers.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// Excess correlation above which a neuron is universal.
+    pub threshold: f64,
+    /// One per anchor.
+    pub anchors: Vec<AnchorSummary>,
+}
+
+/// One anchor's part of a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnchorSummary {
+    /// The anchor model.
+    pub model: String,
+    /// Per layer `(universal, total)`.
+    pub per_layer: Vec<(usize, usize)>,
+    /// The universal neurons, highest excess correlation first.
+    pub universal: Vec<UniversalNeuron>,
+    /// Fig. 3: the universal neurons' median within-layer percentile of each statistic.
+    pub medians: Vec<(String, f64)>,
+    /// Per family `(name, neurons, universal neurons)`.
+    pub families: Vec<(String, usize, usize)>,
+}
+
+/// A universal neuron in a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UniversalNeuron {
+    /// `L{layer}.{neuron}`.
+    pub neuron: String,
+    /// Its excess correlation.
+    pub excess_corr: f64,
+    /// Its family.
+    pub family: String,
 }
