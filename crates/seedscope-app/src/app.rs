@@ -861,10 +861,10 @@ impl SeedscopeApp {
         self.take_polled(polled);
         self.poll_tasks();
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
-        if !dropped.is_empty() {
-            if let Some(last) = self.platform.dropped(dropped, &ctx).pop() {
-                self.opening = Some(last);
-            }
+        if !dropped.is_empty()
+            && let Some(last) = self.platform.dropped(dropped, &ctx).pop()
+        {
+            self.opening = Some(last);
         }
         self.keyboard(&ctx);
         egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
