@@ -6,7 +6,7 @@ logits as Seedscope.
 
 Loads DIR with GPT2LMHeadModel.from_pretrained, runs it on a fixed token batch, runs
 `seedscope activations --logits --backend cpu` on the same tokens, and prints the largest
-absolute logit difference (exit 1 above 1e-3).
+absolute logit difference (exit 1 above 1.5e-4, ten times what the shipped seeds give).
 """
 import argparse
 import os
@@ -39,7 +39,7 @@ def main():
         ours = load_file(out)["logits"]
     err = float(np.abs(ours - ref).max())
     print(f"{args.dir}: transformers loads it; max |logit difference| vs Seedscope {err:.2e}")
-    sys.exit(0 if err < 1e-3 else 1)
+    sys.exit(0 if err < 1.5e-4 else 1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ fn close(got: &Metrics, want: &serde_json::Value, what: &str) -> f64 {
         let w = want[name].as_f64().expect("number");
         let err = (g - w).abs() / w.abs().max(1e-3);
         worst = worst.max(err);
-        assert!(err < 1e-4, "{what} {name}: {g} vs reference {w}");
+        // Measured: 1.4e-8 at worst.
+        assert!(err < 1.4e-7, "{what} {name}: {g} vs reference {w}");
     }
     worst
 }

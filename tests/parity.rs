@@ -1,10 +1,16 @@
-//! Parity with Hugging Face transformers: neuron activations within 1e-4 and logits within
-//! 1e-3 (f32) on every fixture, on the CPU backend and on wgpu (lavapipe in CI).
+//! Parity with Hugging Face transformers on every fixture, on the CPU backend and on wgpu
+//! (lavapipe in CI). Measured at worst 4.5e-6 on neuron activations and 5.5e-6 on logits (f32);
+//! the bounds are ten times that.
 
 mod common;
 
 use common::{Reference, device, fixture, host, max_abs_diff};
 use seedscope_model::{BackendKind, ForwardOptions, HookPoint, LoadedModel, NeuronPatch};
+
+/// Largest absolute error allowed on a neuron activation (f32).
+const NEURON_TOL: f32 = 5e-5;
+/// Largest absolute error allowed on a logit (f32).
+const LOGIT_TOL: f32 = 6e-5;
 
 const FIXTURES: [&str; 4] = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16", "neox-rotary"];
 
@@ -26,7 +32,7 @@ fn check_parity(backend: BackendKind) {
             let got = host(tensor);
             let err = max_abs_diff(&got, want);
             assert!(
-                err < 1e-4,
+                err < NEURON_TOL,
                 "{name} {hook}: max abs error {err:e} vs transformers"
             );
             worst_neuron = worst_neuron.max(err);
@@ -41,7 +47,7 @@ fn check_parity(backend: BackendKind) {
         assert_eq!(&logits.dims().to_vec(), shape);
         let err = max_abs_diff(&host(&logits), want);
         assert!(
-            err < 1e-3,
+            err < LOGIT_TOL,
             "{name} logits: max abs error {err:e} vs transformers"
         );
         eprintln!("{backend} {name}: max |Δ| neurons {worst_neuron:.2e}, logits {err:.2e}");
@@ -77,7 +83,7 @@ fn stop_at_layer_returns_only_what_was_asked() {
     );
     let got = host(&out.taps[&HookPoint::post(1)]);
     let err = max_abs_diff(&got, &reference.get("blocks.1.mlp.hook_post").0);
-    assert!(err < 1e-4, "early stop changed layer 1: {err:e}");
+    assert!(err < NEURON_TOL, "early stop changed layer 1: {err:e}");
 
     options.taps.insert(HookPoint::pre(2));
     let err = model
@@ -105,7 +111,10 @@ fn neuron_patch_sets_post_activation_and_moves_downstream() {
     let (clean0, _) = reference.get("blocks.0.mlp.hook_post");
     for (i, (&got, &clean)) in post0.iter().zip(clean0).enumerate() {
         let want = if i % d_mlp == 5 { 3.25 } else { clean };
-        assert!((got - want).abs() < 1e-4, "position {i}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < NEURON_TOL,
+            "position {i}: {got} vs {want}"
+        );
     }
     let pre1 = host(&out.taps[&HookPoint::pre(1)]);
     let moved = max_abs_diff(&pre1, &reference.get("blocks.1.mlp.hook_pre").0);
@@ -122,7 +131,8 @@ fn neuron_patch_sets_post_activation_and_moves_downstream() {
 }
 
 /// f16 and bf16 compute: the weights are converted, the taps come out in that dtype, and the
-/// activations stay close to the f32 reference (rounding of an 8- or 11-bit mantissa).
+/// activations stay close to the f32 reference (rounding of an 8- or 11-bit mantissa; measured
+/// 1.1e-2 for f16 and 9.7e-2 for bf16).
 #[test]
 fn reduced_precision_compute_tracks_the_f32_reference() {
     use burn::tensor::{DType, FloatDType};
@@ -170,10 +180,10 @@ fn chunked_vocabulary_matrices_give_the_same_outputs() {
                 .expect("forward");
             let got = host(&out.taps[&HookPoint::post(0)]);
             let err = max_abs_diff(&got, &reference.get("blocks.0.mlp.hook_post").0);
-            assert!(err < 1e-4, "{backend} {name} neurons: {err:e}");
+            assert!(err < NEURON_TOL, "{backend} {name} neurons: {err:e}");
             let logits = host(&out.logits.expect("logits"));
             let err = max_abs_diff(&logits, &reference.get("logits").0);
-            assert!(err < 1e-3, "{backend} {name} logits: {err:e}");
+            assert!(err < LOGIT_TOL, "{backend} {name} logits: {err:e}");
         }
     }
 }

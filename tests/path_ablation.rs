@@ -35,7 +35,8 @@ fn path_ablation_matches_transformers() {
             let w = want[name].as_f64().expect("number");
             let err = (g - w).abs() / w.abs().max(1e-2);
             worst = worst.max(err);
-            assert!(err < 1e-4, "{kind} {name}: {g} vs reference {w}");
+            // Measured: 3.5e-7 (cpu) and 4.0e-7 (wgpu) at worst.
+            assert!(err < 4e-6, "{kind} {name}: {g} vs reference {w}");
         }
         eprintln!("{kind}: max relative error against transformers {worst:.2e}");
         assert_eq!(got.points.len(), 576);

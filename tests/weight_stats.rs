@@ -36,16 +36,18 @@ fn check(model_dir: &str, reference: &str) {
     };
     type Get = fn(&NeuronWeights) -> f64;
     let columns: [(&str, Get, f64); 10] = [
-        ("w_in_norm", |n| n.w_in_norm, 1e-5),
-        ("input_bias", |n| n.input_bias, 1e-5),
-        ("w_out_norm", |n| n.w_out_norm, 1e-5),
-        ("in_out_sim", |n| n.in_out_sim, 1e-5),
-        ("l2_penalty", |n| n.l2_penalty, 1e-5),
-        ("vocab_mean", |n| n.vocab_mean, 1e-5),
-        ("vocab_var", |n| n.vocab_var, 1e-5),
-        ("vocab_skew", |n| n.vocab_skew, 1e-3),
-        ("vocab_kurt", |n| n.vocab_kurt, 1e-3),
-        ("null_frac", |n| n.null_frac, 1e-6),
+        // About ten times the largest error measured on the two models (f64 throughout, except
+        // the vocabulary cosines, an f32 GEMM).
+        ("w_in_norm", |n| n.w_in_norm, 3e-14),
+        ("input_bias", |n| n.input_bias, 3e-14),
+        ("w_out_norm", |n| n.w_out_norm, 3e-14),
+        ("in_out_sim", |n| n.in_out_sim, 3e-14),
+        ("l2_penalty", |n| n.l2_penalty, 3e-14),
+        ("vocab_mean", |n| n.vocab_mean, 3.5e-8),
+        ("vocab_var", |n| n.vocab_var, 3.5e-8),
+        ("vocab_skew", |n| n.vocab_skew, 2e-6),
+        ("vocab_kurt", |n| n.vocab_kurt, 2e-6),
+        ("null_frac", |n| n.null_frac, 1.5e-13),
     ];
     for (name, get, tol) in columns {
         let want = f64s(name);
@@ -87,7 +89,7 @@ fn check(model_dir: &str, reference: &str) {
             }
             let err = (*g as f64 - w).abs() / w.abs().max(1.0);
             worst = worst.max(err);
-            assert!(err < 1e-4, "{model_dir} {name}[{i}]: {g} vs reference {w}");
+            assert!(err < 6e-6, "{model_dir} {name}[{i}]: {g} vs reference {w}");
             assert_eq!(
                 heads[i] as i32, want_heads[i],
                 "{model_dir} {name}[{i}] head"
@@ -104,20 +106,34 @@ fn check(model_dir: &str, reference: &str) {
         let want_bottom = &bottom[i * VOCAB_ENDS..(i + 1) * VOCAB_ENDS];
         same += usize::from(n.vocab_top[0] as i32 == want_top[0]);
         same += usize::from(n.vocab_bottom[0] as i32 == want_bottom[0]);
-        let common = n.vocab_top[..5]
+        let mut got: Vec<i32> = n.vocab_top.iter().map(|&t| t as i32).collect();
+        let mut want: Vec<i32> = want_top.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(
+            got, want,
+            "{model_dir} neuron {i}: the top {VOCAB_ENDS} tokens differ"
+        );
+    }
+    let mut common_all = 0;
+    for (i, n) in stats.iter().enumerate() {
+        let want_top = &top[i * VOCAB_ENDS..(i + 1) * VOCAB_ENDS];
+        common_all += n
+            .vocab_top
             .iter()
             .filter(|t| want_top.contains(&(**t as i32)))
             .count();
-        assert!(
-            common >= 4,
-            "{model_dir} neuron {i}: top tokens {:?} vs {want_top:?}",
-            n.vocab_top
-        );
     }
-    assert!(
-        same >= 2 * stats.len() * 99 / 100,
-        "{same} of {} extreme tokens agree",
-        2 * stats.len()
+    eprintln!(
+        "{model_dir}: {same} of {} first-rank vocabulary tokens agree; {common_all} of {} top-10 \
+         tokens are in the reference's top 10",
+        2 * stats.len(),
+        VOCAB_ENDS * stats.len()
+    );
+    assert_eq!(
+        same,
+        2 * stats.len(),
+        "every neuron's first-rank tokens at both ends agree"
     );
 }
 

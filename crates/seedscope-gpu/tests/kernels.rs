@@ -72,6 +72,10 @@ fn run_gpu(
 
 fn check(r: &seedscope_gpu::TileReduction, reference: &[f64], na: usize, nb: usize, tol: f64) {
     let tile = r.tile.as_ref().expect("tile");
+    let worst = (0..na * nb)
+        .map(|p| (tile[p] as f64 - reference[p]).abs())
+        .fold(0.0, f64::max);
+    eprintln!("{na}x{nb} tile: max |error| against f64 {worst:.2e}");
     for i in 0..na {
         for j in 0..nb {
             let (g, e) = (tile[i * nb + j] as f64, reference[i * nb + j]);
@@ -116,21 +120,26 @@ fn kernels_match_the_f64_reference_on_odd_shapes_with_large_means() {
     m.update(&ctx, &k, &mut enc, ActView::whole(&buf, rows, na))
         .expect("update");
     ctx.queue.submit([enc.finish()]);
+    let (mut mean_err, mut m2_err) = (0f64, 0f64);
     for ((gm, gm2), (em, em2)) in m
         .read(&ctx)
         .expect("read")
         .into_iter()
         .zip(reference::moments(&a, na))
     {
+        mean_err = mean_err.max((gm - em).abs() / em.abs().max(1.0));
+        m2_err = m2_err.max((gm2 - em2).abs() / em2.max(1.0));
         assert!(
             (gm - em).abs() <= 1e-6 * em.abs().max(1.0),
             "mean {gm} vs {em}"
         );
         assert!(
-            (gm2 - em2).abs() <= 1e-4 * em2.max(1.0),
+            // Measured: 1.5e-7 relative on the means, 1.1e-6 on M2.
+            (gm2 - em2).abs() <= 1e-5 * em2.max(1.0),
             "M2 {gm2} vs {em2}"
         );
     }
+    eprintln!("moments: relative error of means {mean_err:.2e}, of M2 {m2_err:.2e}");
 }
 
 #[test]
@@ -273,18 +282,21 @@ fn the_pairs_kernel_matches_the_f64_reference_at_its_pairs() {
     let (sa, sb) = (ma.read(&ctx).expect("read"), mb.read(&ctx).expect("read"));
     let c = tile.totals().read(&ctx).expect("read");
     let e = reference::correlations(&a, na, &b, nb);
+    let mut worst = 0f64;
     for (p, &[i, j]) in pairs.iter().enumerate() {
         let (i, j) = (i as usize, j as usize);
         let co = c[2 * p] as f64 - c[2 * p + 1] as f64;
         let den = (sa[i].1 * sb[j].1).sqrt();
         // Column 2 of `a` is constant: 0, as the paper's code sets it.
         let r = if i == 2 { 0.0 } else { co / den };
+        worst = worst.max((r - e[i * nb + j]).abs());
         assert!(
             (r - e[i * nb + j]).abs() <= 2e-5,
             "pair ({i}, {j}): {r} vs {}",
             e[i * nb + j]
         );
     }
+    eprintln!("pairs: max |error| against f64 {worst:.2e}");
 }
 
 /// anatomy.wgsl against its CPU twin (the function the CPU path runs): feature sums, top

@@ -41,7 +41,7 @@ fn blocks() -> impl Iterator<Item = (usize, usize)> {
 }
 
 #[test]
-fn ten_million_tokens_with_large_means_stay_within_1e_4_of_f64() {
+fn ten_million_tokens_with_large_means_stay_within_3e_5_of_f64() {
     let ctx = GpuContext::request()
         .unwrap_or_else(|e| panic!("needs a wgpu adapter (lavapipe will do): {e}"));
     let k = Kernels::new(&ctx);
@@ -98,7 +98,8 @@ fn ten_million_tokens_with_large_means_stay_within_1e_4_of_f64() {
         }
     }
     println!("max |corr error| over {TOKENS} tokens: {worst:.2e}");
-    assert!(worst <= 1e-4, "max abs error {worst}");
+    // Measured 2.9e-6 on lavapipe.
+    assert!(worst <= 3e-5, "max abs error {worst}");
     // The correlations are not trivial (the test would be weak if all were ~0).
     assert!(c.iter().any(|v| (v / n).abs() > 0.1));
 }
