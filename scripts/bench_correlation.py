@@ -31,8 +31,7 @@ def numpy_gflops(a, b, iters):
 
 
 def main():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/seedscope-target"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--seedscope", default=os.path.join(target, "release", "seedscope"))
     ap.add_argument("--shapes", default="4096x1024x1024,4096x3072x3072")

@@ -3,7 +3,7 @@
 //  1. ?autorun=1&max_tokens=N: the page analyses the embedded family on WebGPU; the summary it
 //     writes to the console must equal the native `seedscope analyze` bundle's within 1e-4;
 //     screenshots of the overview and of a neuron page must not be blank; meanwhile the page
-//     must stay usable (a screenshot two minutes in is not blank, no main-thread task over 10 s).
+//     must stay usable (a screenshot 40 s in is not blank, no main-thread task over 10 s).
 //  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary); its files
 //     dropped on the page open too; with the Cache API refusing (quota) the page says so and
 //     goes on with the files in memory.
@@ -137,11 +137,15 @@ try {
     const paint = await waitFor("seedscope-first-frame", 60000);
     console.log(`ok  first frame: ${paint.split(" ")[1]} ms after navigation started`);
     // Mid-analysis (after the first blocks, so the progress bar shows): the page still draws.
-    await Promise.race([waitFor("seedscope-summary", 120000), page.waitForTimeout(120000)]).catch(() => {});
+    // On SwiftShader the analysis takes about two minutes, so 40 s in it is running; on a
+    // hardware GPU it may be done, and the line says the check did not run.
+    await Promise.race([waitFor("seedscope-summary", 40000), page.waitForTimeout(40000)]).catch(() => {});
     if (!log.some((l) => l.startsWith("seedscope-summary"))) {
       await page.screenshot({ path: path.join(outDir, "progress.png"), timeout: 60000 });
       // Mostly background by design: a short log and the status bar's progress bar.
       checkNotBlank(path.join(outDir, "progress.png"), 0.995);
+    } else {
+      console.log("--  mid-analysis screenshot not taken: the analysis finished within 40 s");
     }
     const summary = await waitFor("seedscope-summary", timeoutMs);
     const seconds = log.find((l) => l.startsWith("seedscope-analysis-seconds"));
