@@ -473,25 +473,31 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
     );
 
     // Offline, `--models PRESET` finds the five seeds in the cache and nothing is requested.
+    let offline = |args: &[&str]| {
+        let mut cmd = seedscope();
+        env(&mut cmd);
+        cmd.env("HF_HUB_OFFLINE", "1")
+            .args(args)
+            .output()
+            .expect("run seedscope")
+    };
+    let tokens = fixture("analysis/tokens.npy");
+    let tokens = tokens.to_str().expect("UTF-8 fixture path");
     let seen = server.requests("").len();
     let out = dir.join("bundle");
-    let mut cmd = seedscope();
-    env(&mut cmd);
-    let output = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .args([
-            "analyze",
-            "--models",
-            "stanford-gpt2-small",
-            "--step",
-            "400000",
-        ])
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .args(["--backend", "cpu", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run seedscope analyze");
+    let output = offline(&[
+        "analyze",
+        "--models",
+        "stanford-gpt2-small",
+        "--step",
+        "400000",
+        "--tokens",
+        tokens,
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().expect("UTF-8 temp path"),
+    ]);
     assert!(
         output.status.success(),
         "{}",
@@ -513,63 +519,47 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
     // Every command that names a model resolves it the same way: `activations --model ORG/NAME`
     // and `eval-loss --models PRESET` at the step, from the cache, offline; a preset where one
     // model is wanted is refused with its models.
-    let mut cmd = seedscope();
-    env(&mut cmd);
-    let output = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .args([
-            "activations",
-            "--model",
-            "stanford-crfm/caprica-gpt2-small-x81",
-            "--step",
-            "400000",
-            "--backend",
-            "cpu",
-        ])
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .arg("--out")
-        .arg(dir.join("acts.safetensors"))
-        .output()
-        .expect("run seedscope activations");
+    let acts = dir.join("acts.safetensors");
+    let output = offline(&[
+        "activations",
+        "--model",
+        "stanford-crfm/caprica-gpt2-small-x81",
+        "--step",
+        "400000",
+        "--backend",
+        "cpu",
+        "--tokens",
+        tokens,
+        "--out",
+        acts.to_str().expect("UTF-8 temp path"),
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("caprica-gpt2-small-x81"), "{stderr}");
-    let mut cmd = seedscope();
-    env(&mut cmd);
-    let output = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .args([
-            "eval-loss",
-            "--models",
-            "stanford-gpt2-small",
-            "--step",
-            "400000",
-        ])
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .args(["--backend", "cpu"])
-        .output()
-        .expect("run seedscope eval-loss");
+    let output = offline(&[
+        "eval-loss",
+        "--models",
+        "stanford-gpt2-small",
+        "--step",
+        "400000",
+        "--tokens",
+        tokens,
+        "--backend",
+        "cpu",
+    ]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 5);
-    let mut cmd = seedscope();
-    env(&mut cmd);
-    let output = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .args([
-            "bench-forward",
-            "--model",
-            "stanford-gpt2-small",
-            "--step",
-            "400000",
-        ])
-        .output()
-        .expect("run seedscope bench-forward");
+    let output = offline(&[
+        "bench-forward",
+        "--model",
+        "stanford-gpt2-small",
+        "--step",
+        "400000",
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -579,17 +569,16 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
     assert_eq!(server.requests("").len(), seen);
 
     // A revision that was never downloaded is an error that says what to run.
-    let mut cmd = seedscope();
-    env(&mut cmd);
-    let output = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["analyze", "--models", "stanford-gpt2-small"])
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .arg("--out")
-        .arg(dir.join("never"))
-        .output()
-        .expect("run seedscope analyze");
+    let never = dir.join("never");
+    let output = offline(&[
+        "analyze",
+        "--models",
+        "stanford-gpt2-small",
+        "--tokens",
+        tokens,
+        "--out",
+        never.to_str().expect("UTF-8 temp path"),
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(

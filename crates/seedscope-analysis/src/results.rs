@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::anatomy::AnatomyResult;
 use crate::plan::Plan;
+use seedscope_gpu::twin::insert_ranked;
 
 /// Best and worst matches of every anchor neuron in one other stream.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -81,26 +82,8 @@ impl Candidates {
         let (top_c, bottom_c) = self.col[base..base + 2 * k].split_at_mut(k);
         for (j, &v) in corr.iter().enumerate() {
             let c = (b0 + j) as u32;
-            if v > top[k - 1] {
-                let mut p = k - 1;
-                while p > 0 && top[p - 1] < v {
-                    top[p] = top[p - 1];
-                    top_c[p] = top_c[p - 1];
-                    p -= 1;
-                }
-                top[p] = v;
-                top_c[p] = c;
-            }
-            if v < bottom[k - 1] {
-                let mut p = k - 1;
-                while p > 0 && bottom[p - 1] > v {
-                    bottom[p] = bottom[p - 1];
-                    bottom_c[p] = bottom_c[p - 1];
-                    p -= 1;
-                }
-                bottom[p] = v;
-                bottom_c[p] = c;
-            }
+            insert_ranked(top, top_c, v, c, |x, y| x > y);
+            insert_ranked(bottom, bottom_c, v, c, |x, y| x < y);
         }
     }
 

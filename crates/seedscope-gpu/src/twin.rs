@@ -68,24 +68,46 @@ pub fn anatomy_update(
             if v > 0.0 {
                 s.active[pos * width + c] += 1;
             }
-            let top = &mut s.top_val[c * k..(c + 1) * k];
-            if k > 0 && v > top[k - 1] {
-                let idx = &mut s.top_idx[c * k..(c + 1) * k];
-                let mut j = k - 1;
-                while j > 0 && top[j - 1] < v {
-                    top[j] = top[j - 1];
-                    idx[j] = idx[j - 1];
-                    j -= 1;
-                }
-                top[j] = v;
-                idx[j] = index;
-            }
+            insert_ranked(
+                &mut s.top_val[c * k..(c + 1) * k],
+                &mut s.top_idx[c * k..(c + 1) * k],
+                v,
+                index,
+                |x, y| x > y,
+            );
             let d = (v - s.shift[c]) as f64;
             for &f in cur.iter().chain(prv) {
                 s.sums[f as usize * width + c] += d;
             }
         }
     }
+}
+
+/// Insert `v` (with its index `i`) into the ranked list `vals` (`idx` alongside), which keeps
+/// the `vals.len()` values that come first by `before` in that order, if it belongs there.
+/// An equal value goes after those already listed (the earlier token keeps its rank) and NaN
+/// never enters. `anatomy.wgsl`'s top-k is this with `before = >`.
+pub fn insert_ranked(
+    vals: &mut [f32],
+    idx: &mut [u32],
+    v: f32,
+    i: u32,
+    before: impl Fn(f32, f32) -> bool,
+) {
+    let Some(&last) = vals.last() else {
+        return;
+    };
+    if !before(v, last) {
+        return;
+    }
+    let mut j = vals.len() - 1;
+    while j > 0 && before(v, vals[j - 1]) {
+        vals[j] = vals[j - 1];
+        idx[j] = idx[j - 1];
+        j -= 1;
+    }
+    vals[j] = v;
+    idx[j] = i;
 }
 
 #[cfg(test)]
@@ -101,5 +123,21 @@ mod tests {
         assert_eq!(hist_bin(e[102] + 1e-3, &e), 103);
         assert_eq!(hist_bin(20.0, &e), 256);
         assert_eq!(hist_bin(f32::NAN, &e), 256);
+    }
+
+    #[test]
+    fn ranked_lists_keep_the_first_of_equals_and_never_take_nan() {
+        let (mut top, mut top_i) = ([f32::NEG_INFINITY; 3], [u32::MAX; 3]);
+        let (mut low, mut low_i) = ([f32::INFINITY; 3], [u32::MAX; 3]);
+        for (i, v) in [0.5, f32::NAN, 0.9, 0.5, -0.2, 0.7, -0.2]
+            .into_iter()
+            .enumerate()
+        {
+            insert_ranked(&mut top, &mut top_i, v, i as u32, |x, y| x > y);
+            insert_ranked(&mut low, &mut low_i, v, i as u32, |x, y| x < y);
+        }
+        assert_eq!((top, top_i), ([0.9, 0.7, 0.5], [2, 5, 0]));
+        assert_eq!((low, low_i), ([-0.2, -0.2, 0.5], [4, 6, 0]));
+        insert_ranked(&mut [], &mut [], 1.0, 0, |x, y| x > y);
     }
 }

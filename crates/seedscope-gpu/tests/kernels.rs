@@ -36,6 +36,22 @@ fn data(rows: usize, n: usize, seed: u64, mean: f32, constant: &[usize]) -> Vec<
     x
 }
 
+/// `rows` cut into blocks of `sizes[0]`, `sizes[1]`, … (cycling; the last block short):
+/// `(first row, length)`.
+fn blocks(rows: usize, sizes: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut t0 = 0;
+    for &size in sizes.iter().cycle() {
+        if t0 >= rows {
+            break;
+        }
+        let len = size.min(rows - t0);
+        out.push((t0, len));
+        t0 += len;
+    }
+    out
+}
+
 /// Stream `a` and `b` through the kernels in blocks of the given sizes; return the finalized
 /// tile reduction with the full tile.
 fn run_gpu(
@@ -51,11 +67,7 @@ fn run_gpu(
     let mut mb = Moments::new(ctx, nb as u32).expect("moments");
     let tile = CrossTile::new(ctx, 0, na as u32, 0, nb as u32).expect("tile");
     let rows = a.len() / na;
-    let mut t0 = 0;
-    let mut bi = 0;
-    while t0 < rows {
-        let len = block_sizes[bi % block_sizes.len()].min(rows - t0);
-        bi += 1;
+    for (t0, len) in blocks(rows, block_sizes) {
         let ba = ctx
             .upload("a", &a[t0 * na..(t0 + len) * na])
             .expect("upload");
@@ -65,7 +77,6 @@ fn run_gpu(
         let (va, vb) = (ActView::whole(&ba, len, na), ActView::whole(&bb, len, nb));
         tile.merge_pair(ctx, k, va, &mut ma, vb, &mut mb)
             .expect("merge");
-        t0 += len;
     }
     tile.finalize(ctx, k, &ma, &mb, true).expect("finalize")
 }
@@ -253,10 +264,7 @@ fn the_pairs_kernel_matches_the_f64_reference_at_its_pairs() {
     let mut ma = Moments::new(&ctx, na as u32).expect("moments");
     let mut mb = Moments::new(&ctx, nb as u32).expect("moments");
     let tile = PairTile::new(&ctx, &pairs).expect("pairs");
-    let (mut t0, mut bi) = (0, 0);
-    while t0 < rows {
-        let len = [33, 128, 1, 90][bi % 4].min(rows - t0);
-        bi += 1;
+    for (t0, len) in blocks(rows, &[33, 128, 1, 90]) {
         let ba = ctx
             .upload("a", &a[t0 * na..(t0 + len) * na])
             .expect("upload");
@@ -277,7 +285,6 @@ fn the_pairs_kernel_matches_the_f64_reference_at_its_pairs() {
         };
         tile.update(&ctx, &k, &mut enc, &block).expect("pairs");
         ctx.queue.submit([enc.finish()]);
-        t0 += len;
     }
     let (sa, sb) = (ma.read(&ctx).expect("read"), mb.read(&ctx).expect("read"));
     let c = tile.totals().read(&ctx).expect("read");
@@ -333,9 +340,7 @@ fn the_anatomy_kernel_matches_its_twin() {
         .map(|&(c0, n)| Anatomy::new(&ctx, c0, n, top, n_pos, n_feat).expect("anatomy"))
         .collect();
     let mut twin_state = AnatomyState::empty(width as u32, top, n_pos, n_feat);
-    let (mut t0, mut bi) = (0, 0);
-    while t0 < rows {
-        let len = [64, 7, 229][bi % 3].min(rows - t0);
+    for (t0, len) in blocks(rows, &[64, 7, 229]) {
         let block = &x[t0 * width..(t0 + len) * width];
         let part = &info[t0 * 4..(t0 + len) * 4];
         let buf = ctx.upload("x", block).expect("upload");
@@ -350,10 +355,8 @@ fn the_anatomy_kernel_matches_its_twin() {
             block,
             width,
             part,
-            bi == 0,
+            t0 == 0,
         );
-        bi += 1;
-        t0 += len;
     }
     let kk = top as usize;
     for (a, &(c0, n)) in dev.iter().zip(&chunks) {

@@ -3,10 +3,32 @@
 //! entropy-neuron candidates) and grouped bars (families). Each draws on any plotters backend.
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::prelude::*;
 
 use crate::{BLUE, Draw, GREY, GRID, ORANGE, ReportError, err};
 use seedscope_analysis::stats::quantile;
+
+/// A chart's grid with one named segment per category on x (`labels[i]` under the i-th).
+fn labelled_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>>,
+    labels: &[String],
+    y_desc: &str,
+) -> Result<(), ReportError> {
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(GRID)
+        .x_labels(labels.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)
+}
 
 /// Fig. 3: for each statistic, the distribution of universal neurons' within-layer percentiles
 /// as a box (25–75 %), whiskers (5–95 %), median line and the points themselves; the dashed
@@ -32,18 +54,7 @@ impl Draw for Percentiles<'_> {
             .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..100.0)
             .map_err(err)?;
         let names: Vec<String> = stats.iter().map(|s| s.0.to_string()).collect();
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .bold_line_style(GRID)
-            .x_labels(n)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .y_desc("percentile within the layer")
-            .draw()
-            .map_err(err)?;
+        labelled_mesh(&mut chart, &names, "percentile within the layer")?;
         chart
             .draw_series(DashedLineSeries::new(
                 [
@@ -401,18 +412,7 @@ impl Draw for Bars<'_> {
             .y_label_area_size(56)
             .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..ymax)
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .bold_line_style(GRID)
-            .x_labels(n)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .y_desc(y_desc)
-            .draw()
-            .map_err(err)?;
+        labelled_mesh(&mut chart, labels, y_desc)?;
         let colors = [BLUE, ORANGE, GREY];
         let k = series.len().max(1);
         let c = chart.as_coord_spec().clone();
