@@ -20,17 +20,6 @@ use crate::weights::{NeuronWeights, VOCAB_ENDS};
 /// The files of a bundle by name, in memory.
 pub type BundleFiles = BTreeMap<String, Vec<u8>>;
 
-fn view<'a>(
-    name: &str,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: &'a [u8],
-) -> Result<(String, TensorView<'a>), AnalysisError> {
-    TensorView::new(dtype, shape, bytes)
-        .map(|v| (name.to_owned(), v))
-        .map_err(|e| AnalysisError::Invalid(format!("bundle tensor {name}: {e}")))
-}
-
 fn write(path: &Path, bytes: &[u8]) -> Result<(), AnalysisError> {
     std::fs::write(path, bytes).map_err(|source| AnalysisError::Io {
         path: path.to_path_buf(),
@@ -78,114 +67,194 @@ pub fn bundle_files(
     data: Option<(&FeatureSet, &TokenSet)>,
     tokenizer: Option<&[u8]>,
 ) -> Result<BundleFiles, AnalysisError> {
+    let d = results.d_mlp;
+    // Per anchor, its rows of neurons.csv (the correlation file stores some of their columns).
+    let rows: Vec<_> = results
+        .anchors
+        .iter()
+        .enumerate()
+        .map(|(ai, r)| {
+            let extras = RowExtras {
+                weights: weights.get(r.anchor).and_then(|w| w.as_deref()),
+                features: data.map(|d| d.0),
+                attention: attention.get(ai).and_then(Option::as_ref),
+            };
+            neuron_rows(r, names, d, manifest.options.threshold, &extras)
+        })
+        .collect();
     let mut files = BundleFiles::new();
     if let Some(t) = tokenizer {
         files.insert(TOKENIZER.into(), t.to_vec());
     }
-    let (l, d) = (results.n_layers, results.d_mlp);
-    let threshold = manifest.options.threshold;
-    // neurons.csv
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let csv_err = |e: csv::Error| AnalysisError::Invalid(format!("writing neurons.csv: {e}"));
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (ai, r) in results.anchors.iter().enumerate() {
-        let stats = weights.get(r.anchor).and_then(|w| w.as_deref());
-        let extras = RowExtras {
-            weights: stats,
-            features: data.map(|d| d.0),
-            attention: attention.get(ai).and_then(Option::as_ref),
-        };
-        let rows = neuron_rows(r, names, d, threshold, &extras);
-        if ai == 0 {
-            let mut header: Vec<String> =
-                NeuronRow::columns().iter().map(|s| s.to_string()).collect();
-            header.extend(PCT_COLUMNS.iter().map(|(n, _)| format!("{n}_pct")));
-            for k in 0..r.others.len() {
-                header.push(format!("corr_{k}"));
-                header.push(format!("match_{k}"));
-            }
-            w.write_record(&header).map_err(csv_err)?;
+    files.insert(NEURONS.into(), neurons_csv(results, &rows)?);
+    files.insert(
+        CORRELATION.into(),
+        correlation_file(results, &rows, names, weights)?,
+    );
+    let optional = [
+        (HISTOGRAMS, histograms_file(results, names)?),
+        (TILES, tiles_file(results, names)?),
+        (ANATOMY, anatomy_file(results, data)?),
+        (ATTENTION, attention_file(results, names, attention)?),
+    ];
+    for (name, bytes) in optional {
+        if let Some(bytes) = bytes {
+            files.insert(name.into(), bytes);
         }
+    }
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    files.insert(MANIFEST.into(), json);
+    Ok(files)
+}
+
+/// One safetensors file being assembled: named tensors as little-endian bytes.
+#[derive(Default)]
+struct TensorFile {
+    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+}
+
+impl TensorFile {
+    fn push<const N: usize, T>(
+        &mut self,
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        values: impl IntoIterator<Item = T>,
+        le: impl Fn(T) -> [u8; N],
+    ) {
+        let bytes = values.into_iter().flat_map(le).collect();
+        self.tensors.push((name, dtype, shape, bytes));
+    }
+
+    fn f32s(&mut self, name: String, shape: Vec<usize>, v: impl IntoIterator<Item = f32>) {
+        self.push(name, Dtype::F32, shape, v, f32::to_le_bytes);
+    }
+
+    fn i32s(&mut self, name: String, shape: Vec<usize>, v: impl IntoIterator<Item = i32>) {
+        self.push(name, Dtype::I32, shape, v, i32::to_le_bytes);
+    }
+
+    /// The file, with `info` as its metadata; `None` when it holds no tensor.
+    fn finish(
+        self,
+        info: impl FnOnce() -> Result<HashMap<String, String>, AnalysisError>,
+    ) -> Result<Option<Vec<u8>>, AnalysisError> {
+        if self.tensors.is_empty() {
+            return Ok(None);
+        }
+        let views = self
+            .tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| AnalysisError::Invalid(format!("bundle tensor {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = info()?;
+        let bytes = safetensors::serialize(views, (!info.is_empty()).then_some(info))
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        Ok(Some(bytes))
+    }
+}
+
+/// Tensor names of anchor `ai` (position in `results.anchors`) with model index `anchor`: the
+/// first anchor's are bare, the others' are prefixed `anchor{m}/`.
+fn anchor_prefix(ai: usize, anchor: usize) -> String {
+    if ai == 0 {
+        String::new()
+    } else {
+        format!("anchor{anchor}/")
+    }
+}
+
+/// A missing id (`u32::MAX`) as −1 (feature and token ids are far below `i32::MAX`).
+fn signed(i: u32) -> i32 {
+    if i == u32::MAX { -1 } else { i as i32 }
+}
+
+/// A missing index (`u32::MAX`) as −1, any other index exactly.
+fn signed_wide(i: u32) -> i64 {
+    if i == u32::MAX { -1 } else { i64::from(i) }
+}
+
+type Rows = Vec<(NeuronRow, Vec<(f32, u32)>)>;
+
+/// `neurons.csv`: the [`NeuronRow`] columns, the within-layer percentiles, then per other model
+/// the best correlation and its neuron (`layer.neuron`); every anchor's rows in turn.
+fn neurons_csv(results: &Results, rows: &[Rows]) -> Result<Vec<u8>, AnalysisError> {
+    let d = results.d_mlp;
+    let csv_err = |e: csv::Error| AnalysisError::Invalid(format!("writing neurons.csv: {e}"));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let n_others = results.anchors.first().map_or(0, |r| r.others.len());
+    let mut header: Vec<String> = NeuronRow::columns().iter().map(|s| s.to_string()).collect();
+    header.extend(PCT_COLUMNS.iter().map(|(n, _)| format!("{n}_pct")));
+    for k in 0..n_others {
+        header.push(format!("corr_{k}"));
+        header.push(format!("match_{k}"));
+    }
+    w.write_record(&header).map_err(csv_err)?;
+    for rows in rows {
         let pcts = layer_percentiles(&rows.iter().map(|(r, _)| r).collect::<Vec<_>>());
         for ((row, per), pct) in rows.iter().zip(&pcts) {
             let mut rec = row.fields();
-            for p in pct {
-                rec.push(format!("{p:.4}"));
-            }
+            rec.extend(pct.iter().map(|p| format!("{p:.4}")));
             for (c, j) in per {
                 rec.push(format!("{c:.6}"));
                 rec.push(format!("{}.{}", *j as usize / d, *j as usize % d));
             }
             w.write_record(&rec).map_err(csv_err)?;
         }
-        let prefix = if ai == 0 {
-            String::new()
-        } else {
-            format!("anchor{}/", r.anchor)
-        };
+    }
+    w.into_inner()
+        .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))
+}
+
+/// `correlation.safetensors`: per anchor `max_corr`, `min_corr`, `baseline_max_corr`
+/// `[n_other, l, d]` f32, the best match's `max_corr_layer` and `max_corr_neuron` i32,
+/// `excess_corr` f32 and `is_universal` u8 `[l, d]`, `layer_match_fraction` `[l, l]` (Fig. 2c,
+/// mean over the other models) and `layer_match_fraction_per_model` `[n_other, l, l]`,
+/// `vocab_top`/`vocab_bottom` `[l, d, 10]` i32 when the weights were computed; and, when every
+/// model's were, `vocab_moments` `[n_models, l, d, 4]` (vocabulary mean, variance, skew,
+/// kurtosis per neuron: Fig. 6 across seeds).
+fn correlation_file(
+    results: &Results,
+    rows: &[Rows],
+    names: &[String],
+    weights: &[Option<Vec<NeuronWeights>>],
+) -> Result<Vec<u8>, AnalysisError> {
+    let (l, d) = (results.n_layers, results.d_mlp);
+    let mut file = TensorFile::default();
+    for ((ai, r), rows) in results.anchors.iter().enumerate().zip(rows) {
+        let prefix = anchor_prefix(ai, r.anchor);
         let n_o = r.others.len();
-        let cat_f32 = |f: &dyn Fn(&crate::results::Matches) -> Vec<f32>,
-                       list: &[crate::results::Matches]|
-         -> Vec<u8> {
-            list.iter()
-                .flat_map(f)
-                .flat_map(|x| x.to_le_bytes())
-                .collect()
-        };
         let shape = vec![n_o, l, d];
-        tensors.push((
-            format!("{prefix}max_corr"),
-            Dtype::F32,
-            shape.clone(),
-            cat_f32(&|m| m.max.clone(), &r.real),
-        ));
-        tensors.push((
-            format!("{prefix}min_corr"),
-            Dtype::F32,
-            shape.clone(),
-            cat_f32(&|m| m.min.clone(), &r.real),
-        ));
-        tensors.push((
+        let real_max = r.real.iter().flat_map(|m| m.max.iter().copied());
+        file.f32s(format!("{prefix}max_corr"), shape.clone(), real_max);
+        let real_min = r.real.iter().flat_map(|m| m.min.iter().copied());
+        file.f32s(format!("{prefix}min_corr"), shape.clone(), real_min);
+        let base_max = r.baseline.iter().flat_map(|m| m.max.iter().copied());
+        file.f32s(
             format!("{prefix}baseline_max_corr"),
-            Dtype::F32,
             shape.clone(),
-            cat_f32(&|m| m.max.clone(), &r.baseline),
-        ));
-        let idx = |f: &dyn Fn(u32) -> u32| -> Vec<u8> {
-            r.real
-                .iter()
-                .flat_map(|m| m.argmax.iter().map(|&j| f(j)))
-                .flat_map(|x| (x as i32).to_le_bytes())
-                .collect()
-        };
-        tensors.push((
-            format!("{prefix}max_corr_layer"),
-            Dtype::I32,
-            shape.clone(),
-            idx(&|j| j / d as u32),
-        ));
-        tensors.push((
-            format!("{prefix}max_corr_neuron"),
-            Dtype::I32,
-            shape.clone(),
-            idx(&|j| j % d as u32),
-        ));
-        tensors.push((
-            format!("{prefix}excess_corr"),
-            Dtype::F32,
-            vec![l, d],
-            rows.iter()
-                .flat_map(|(row, _)| (row.excess_corr as f32).to_le_bytes())
-                .collect(),
-        ));
-        tensors.push((
+            base_max,
+        );
+        let argmax = || r.real.iter().flat_map(|m| m.argmax.iter().copied());
+        let layer_of = argmax().map(|j| (j / d as u32) as i32);
+        file.i32s(format!("{prefix}max_corr_layer"), shape.clone(), layer_of);
+        let neuron_of = argmax().map(|j| (j % d as u32) as i32);
+        file.i32s(format!("{prefix}max_corr_neuron"), shape, neuron_of);
+        let excess = rows.iter().map(|(row, _)| row.excess_corr as f32);
+        file.f32s(format!("{prefix}excess_corr"), vec![l, d], excess);
+        let universal = rows.iter().map(|(row, _)| u8::from(row.is_universal));
+        file.push(
             format!("{prefix}is_universal"),
             Dtype::U8,
             vec![l, d],
-            rows.iter()
-                .map(|(row, _)| u8::from(row.is_universal))
-                .collect(),
-        ));
+            universal,
+            |u| [u],
+        );
         let per_model: Vec<Vec<f32>> = r
             .real
             .iter()
@@ -197,170 +266,125 @@ pub fn bundle_files(
                 *m += v / n_o as f32;
             }
         }
-        tensors.push((
-            format!("{prefix}layer_match_fraction"),
-            Dtype::F32,
-            vec![l, l],
-            mean.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
-        if let Some(stats) = stats {
-            let ends = |f: fn(&NeuronWeights) -> &Vec<u32>| -> Vec<u8> {
-                stats
-                    .iter()
-                    .flat_map(|n| {
-                        (0..VOCAB_ENDS).map(move |k| f(n).get(k).map_or(-1, |&t| t as i32))
-                    })
-                    .flat_map(|t| t.to_le_bytes())
-                    .collect()
+        file.f32s(format!("{prefix}layer_match_fraction"), vec![l, l], mean);
+        if let Some(stats) = weights.get(r.anchor).and_then(|w| w.as_deref()) {
+            let ends = |f: fn(&NeuronWeights) -> &Vec<u32>| {
+                stats.iter().flat_map(move |n| {
+                    (0..VOCAB_ENDS).map(move |k| f(n).get(k).map_or(-1, |&t| t as i32))
+                })
             };
-            tensors.push((
+            let shape = vec![l, d, VOCAB_ENDS];
+            file.i32s(
                 format!("{prefix}vocab_top"),
-                Dtype::I32,
-                vec![l, d, VOCAB_ENDS],
+                shape.clone(),
                 ends(|n| &n.vocab_top),
-            ));
-            tensors.push((
+            );
+            file.i32s(
                 format!("{prefix}vocab_bottom"),
-                Dtype::I32,
-                vec![l, d, VOCAB_ENDS],
+                shape,
                 ends(|n| &n.vocab_bottom),
-            ));
+            );
         }
-        tensors.push((
+        file.f32s(
             format!("{prefix}layer_match_fraction_per_model"),
-            Dtype::F32,
             vec![n_o, l, l],
-            per_model
-                .iter()
-                .flatten()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
-        ));
+            per_model.into_iter().flatten(),
+        );
     }
-    // Every model's vocabulary moments (Fig. 6 across seeds), when all were computed.
     if let Some(all) = weights
         .iter()
         .map(|w| w.as_deref())
         .collect::<Option<Vec<_>>>()
         .filter(|all| all.len() == names.len())
     {
-        let bytes: Vec<u8> = all
+        let moments = all
             .iter()
             .flat_map(|stats| stats.iter())
             .flat_map(|n| [n.vocab_mean, n.vocab_var, n.vocab_skew, n.vocab_kurt])
-            .flat_map(|v| (v as f32).to_le_bytes())
-            .collect();
-        tensors.push((
-            VOCAB_MOMENTS.into(),
-            Dtype::F32,
-            vec![names.len(), l, d, 4],
-            bytes,
-        ));
+            .map(|v| v as f32);
+        file.f32s(VOCAB_MOMENTS.into(), vec![names.len(), l, d, 4], moments);
     }
-    let csv_bytes = w
-        .into_inner()
-        .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))?;
-    files.insert(NEURONS.into(), csv_bytes);
-    let views = tensors
-        .iter()
-        .map(|(n, dt, s, b)| view(n, *dt, s.clone(), b))
-        .collect::<Result<Vec<_>, _>>()?;
-    let info = HashMap::from([("format".to_owned(), "seedscope-correlation-v1".to_owned())]);
-    let bytes = safetensors::serialize(views, Some(info))
-        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    files.insert(CORRELATION.into(), bytes);
-    write_anatomy(&mut files, results, data, l, d)?;
-    write_attention(&mut files, results, names, attention)?;
-    // Tiles, f16.
-    let mut tile_tensors = Vec::new();
+    let info = || {
+        Ok(HashMap::from([(
+            "format".to_owned(),
+            "seedscope-correlation-v1".to_owned(),
+        )]))
+    };
+    file.finish(info)?
+        .ok_or_else(|| AnalysisError::Invalid("no anchor results to write".into()))
+}
+
+/// `histograms.safetensors`: per anchor (named by its model) the pre-activation counts, u32
+/// `[l, d, HIST_BINS]`; metadata `edges`.
+fn histograms_file(results: &Results, names: &[String]) -> Result<Option<Vec<u8>>, AnalysisError> {
+    let (l, d) = (results.n_layers, results.d_mlp);
+    let mut file = TensorFile::default();
+    for r in results.anchors.iter().filter(|r| !r.pre_hist.is_empty()) {
+        file.push(
+            names[r.anchor].clone(),
+            Dtype::U32,
+            vec![l, d, seedscope_gpu::HIST_BINS],
+            r.pre_hist.iter().copied(),
+            u32::to_le_bytes,
+        );
+    }
+    file.finish(|| {
+        let edges = serde_json::to_string(&crate::hist::edges())
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        Ok(HashMap::from([("edges".to_owned(), edges)]))
+    })
+}
+
+/// `tiles.safetensors`: the saved correlation tiles, f16 `[d, d]`, named
+/// `{anchor}/{other}/L{a}-L{b}`.
+fn tiles_file(results: &Results, names: &[String]) -> Result<Option<Vec<u8>>, AnalysisError> {
+    let d = results.d_mlp;
+    let mut file = TensorFile::default();
     for r in &results.anchors {
         for t in &r.tiles {
-            let bytes: Vec<u8> = t
-                .corr
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect();
-            tile_tensors.push((
+            file.push(
                 format!(
                     "{}/{}/L{}-L{}",
                     names[r.anchor], names[t.other], t.layer_a, t.layer_b
                 ),
-                bytes,
-            ));
+                Dtype::F16,
+                vec![d, d],
+                t.corr.iter().map(|&v| half::f16::from_f32(v)),
+                half::f16::to_le_bytes,
+            );
         }
     }
-    // Pre-activation histograms, u32 [n_layers, d_mlp, HIST_BINS] per anchor.
-    let hist_tensors: Vec<(String, &[u32])> = results
-        .anchors
-        .iter()
-        .filter(|r| !r.pre_hist.is_empty())
-        .map(|r| (names[r.anchor].clone(), r.pre_hist.as_slice()))
-        .collect();
-    if !hist_tensors.is_empty() {
-        let bytes: Vec<Vec<u8>> = hist_tensors
-            .iter()
-            .map(|(_, h)| h.iter().flat_map(|c| c.to_le_bytes()).collect())
-            .collect();
-        let views = hist_tensors
-            .iter()
-            .zip(&bytes)
-            .map(|((n, _), b)| view(n, Dtype::U32, vec![l, d, seedscope_gpu::HIST_BINS], b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let edges = serde_json::to_string(&crate::hist::edges())
-            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        let info = HashMap::from([("edges".to_owned(), edges)]);
-        let out = safetensors::serialize(views, Some(info))
-            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        files.insert(HISTOGRAMS.into(), out);
-    }
-    if !tile_tensors.is_empty() {
-        let views = tile_tensors
-            .iter()
-            .map(|(n, b)| view(n, Dtype::F16, vec![d, d], b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let bytes = safetensors::serialize(views, None)
-            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        files.insert(TILES.into(), bytes);
-    }
-    let json =
-        serde_json::to_vec_pretty(manifest).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    files.insert(MANIFEST.into(), json);
-    Ok(files)
+    file.finish(|| Ok(HashMap::new()))
 }
 
 /// `attention.safetensors`: per anchor (tensor names prefixed with its model name) `hist` and
 /// `hist_baseline`, u64 counts of all (neuron, later head) attention scores and of the Gaussian
 /// baseline's over [`crate::attention::SCORE_RANGE`] in [`crate::attention::SCORE_BINS`] bins.
-fn write_attention(
-    files: &mut BundleFiles,
+fn attention_file(
     results: &Results,
     names: &[String],
     attention: &[Option<crate::attention::AttentionScores>],
-) -> Result<(), AnalysisError> {
-    let mut tensors: Vec<(String, Vec<u8>)> = Vec::new();
+) -> Result<Option<Vec<u8>>, AnalysisError> {
+    let mut file = TensorFile::default();
     for (r, a) in results.anchors.iter().zip(attention) {
-        if let Some(a) = a {
-            for (n, h) in [("hist", &a.hist), ("hist_baseline", &a.hist_baseline)] {
-                tensors.push((
-                    format!("{}/{n}", names[r.anchor]),
-                    h.iter().flat_map(|c| c.to_le_bytes()).collect(),
-                ));
-            }
+        let Some(a) = a else { continue };
+        for (n, h) in [("hist", &a.hist), ("hist_baseline", &a.hist_baseline)] {
+            file.push(
+                format!("{}/{n}", names[r.anchor]),
+                Dtype::U64,
+                vec![crate::attention::SCORE_BINS],
+                h.iter().copied(),
+                u64::to_le_bytes,
+            );
         }
     }
-    if tensors.is_empty() {
-        return Ok(());
-    }
-    let views = tensors
-        .iter()
-        .map(|(n, b)| view(n, Dtype::U64, vec![crate::attention::SCORE_BINS], b))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (lo, hi) = crate::attention::SCORE_RANGE;
-    let info = HashMap::from([("range".to_owned(), format!("[{lo}, {hi}]"))]);
-    let bytes = safetensors::serialize(views, Some(info))
-        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    files.insert(ATTENTION.into(), bytes);
-    Ok(())
+    file.finish(|| {
+        let (lo, hi) = crate::attention::SCORE_RANGE;
+        Ok(HashMap::from([(
+            "range".to_owned(),
+            format!("[{lo}, {hi}]"),
+        )]))
+    })
 }
 
 /// Tokens of context kept before and after each max-activating example (the paper's 50 / 10).
@@ -372,129 +396,82 @@ pub const CONTEXT: (usize, usize) = (50, 10);
 /// row; −1 outside); `best_feature` `[l, d, 3]` i32 with `best_vr` f32; `top_token` `[l, d, 10]`
 /// i32 with `top_token_mean` f32; `pos_mi` `[l, d]` f32. Metadata `features`: the feature list
 /// (JSON), `context`: `[50, 10]`.
-fn write_anatomy(
-    files: &mut BundleFiles,
+fn anatomy_file(
     results: &Results,
     data: Option<(&FeatureSet, &TokenSet)>,
-    l: usize,
-    d: usize,
-) -> Result<(), AnalysisError> {
+) -> Result<Option<Vec<u8>>, AnalysisError> {
     let Some((features, tokens)) = data else {
-        return Ok(());
+        return Ok(None);
     };
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    let le_i32 =
-        |v: &mut dyn Iterator<Item = i32>| -> Vec<u8> { v.flat_map(|x| x.to_le_bytes()).collect() };
-    let le_f32 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (l, d) = (results.n_layers, results.d_mlp);
     let (before, after) = CONTEXT;
     let win = before + 1 + after;
+    let seq = tokens.seq_len;
+    // The tokens around global token index `g` (−1 outside its row, or for no example).
+    let window = |g: u32| {
+        (0..win).map(move |j| {
+            if g == u32::MAX {
+                return -1;
+            }
+            let (row, pos) = (g as usize / seq, g as usize % seq);
+            let p = pos as i64 + j as i64 - before as i64;
+            if p < 0 || p >= seq as i64 {
+                -1
+            } else {
+                tokens
+                    .ids
+                    .get(row * seq + p as usize)
+                    .map_or(-1, |&t| t as i32)
+            }
+        })
+    };
+    let (nb, nt) = (crate::anatomy::BEST_FEATURES, crate::anatomy::TOP_TOKENS);
+    let mut file = TensorFile::default();
     for (ai, r) in results.anchors.iter().enumerate() {
         let Some(a) = &r.anatomy else { continue };
-        let prefix = if ai == 0 {
-            String::new()
-        } else {
-            format!("anchor{}/", r.anchor)
-        };
+        let prefix = anchor_prefix(ai, r.anchor);
         let k = a.k;
-        let nb = crate::anatomy::BEST_FEATURES;
-        let nt = crate::anatomy::TOP_TOKENS;
-        tensors.push((
+        file.f32s(
             format!("{prefix}top_val"),
-            Dtype::F32,
             vec![l, d, k],
-            le_f32(&a.top_val),
-        ));
-        let idx: Vec<u8> = a
-            .top_idx
-            .iter()
-            .map(|&i| if i == u32::MAX { -1i64 } else { i as i64 })
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        tensors.push((format!("{prefix}top_index"), Dtype::I64, vec![l, d, k], idx));
-        let seq = tokens.seq_len;
-        let windows = le_i32(&mut a.top_idx.iter().flat_map(|&g| {
-            (0..win).map(move |j| {
-                if g == u32::MAX {
-                    return -1;
-                }
-                let (row, pos) = (g as usize / seq, g as usize % seq);
-                let p = pos as i64 + j as i64 - before as i64;
-                if p < 0 || p >= seq as i64 {
-                    -1
-                } else {
-                    tokens
-                        .ids
-                        .get(row * seq + p as usize)
-                        .map_or(-1, |&t| t as i32)
-                }
-            })
-        }));
-        tensors.push((
-            format!("{prefix}windows"),
-            Dtype::I32,
-            vec![l, d, k, win],
-            windows,
-        ));
-        tensors.push((
-            format!("{prefix}best_feature"),
-            Dtype::I32,
-            vec![l, d, nb],
-            le_i32(
-                &mut a
-                    .best_feature
-                    .iter()
-                    .map(|&f| if f == u32::MAX { -1 } else { f as i32 }),
-            ),
-        ));
-        tensors.push((
+            a.top_val.iter().copied(),
+        );
+        // Global token indices can pass i32: i64.
+        let index = a.top_idx.iter().map(|&i| signed_wide(i));
+        file.push(
+            format!("{prefix}top_index"),
+            Dtype::I64,
+            vec![l, d, k],
+            index,
+            i64::to_le_bytes,
+        );
+        let windows = a.top_idx.iter().flat_map(|&g| window(g));
+        file.i32s(format!("{prefix}windows"), vec![l, d, k, win], windows);
+        let best = a.best_feature.iter().map(|&f| signed(f));
+        file.i32s(format!("{prefix}best_feature"), vec![l, d, nb], best);
+        file.f32s(
             format!("{prefix}best_vr"),
-            Dtype::F32,
             vec![l, d, nb],
-            le_f32(&a.best_vr),
-        ));
-        tensors.push((
-            format!("{prefix}top_token"),
-            Dtype::I32,
-            vec![l, d, nt],
-            le_i32(
-                &mut a
-                    .top_token
-                    .iter()
-                    .map(|&t| if t == u32::MAX { -1 } else { t as i32 }),
-            ),
-        ));
-        tensors.push((
-            format!("{prefix}top_token_mean"),
-            Dtype::F32,
-            vec![l, d, nt],
-            le_f32(&a.top_token_mean),
-        ));
-        tensors.push((
+            a.best_vr.iter().copied(),
+        );
+        let top_token = a.top_token.iter().map(|&t| signed(t));
+        file.i32s(format!("{prefix}top_token"), vec![l, d, nt], top_token);
+        let means = a.top_token_mean.iter().copied();
+        file.f32s(format!("{prefix}top_token_mean"), vec![l, d, nt], means);
+        file.f32s(
             format!("{prefix}pos_mi"),
-            Dtype::F32,
             vec![l, d],
-            le_f32(&a.pos_mi),
-        ));
+            a.pos_mi.iter().copied(),
+        );
     }
-    if tensors.is_empty() {
-        return Ok(());
-    }
-    let views = tensors
-        .iter()
-        .map(|(n, dt, s, b)| view(n, *dt, s.clone(), b))
-        .collect::<Result<Vec<_>, _>>()?;
-    let info = HashMap::from([
-        (
-            "features".to_owned(),
-            serde_json::to_string(&features.features)
-                .map_err(|e| AnalysisError::Invalid(e.to_string()))?,
-        ),
-        ("context".to_owned(), format!("[{before}, {after}]")),
-    ]);
-    let bytes = safetensors::serialize(views, Some(info))
-        .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    files.insert(ANATOMY.into(), bytes);
-    Ok(())
+    file.finish(|| {
+        let list = serde_json::to_string(&features.features)
+            .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+        Ok(HashMap::from([
+            ("features".to_owned(), list),
+            ("context".to_owned(), format!("[{before}, {after}]")),
+        ]))
+    })
 }
 
 /// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
