@@ -13,8 +13,6 @@ use seedscope_analysis::Bundle;
 use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, JobEvent, run_analysis};
 use seedscope_model::BackendKind;
 
-pub use seedscope_analysis::job::{family_dir, family_models};
-
 /// Options of `seedscope analyze`.
 #[derive(ClapArgs, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("data").args(["tokens", "text", "dataset"])))]

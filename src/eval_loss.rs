@@ -31,9 +31,9 @@ pub struct Args {
 
 /// Print one JSON line per model: `{"model", "eval_loss", "tokens"}` (nats per predicted token).
 pub fn run(args: &Args) -> Result<()> {
-    let family = crate::analyze::family_dir();
+    let family = seedscope_analysis::job::family_dir();
     let models: Vec<PathBuf> = if args.models.is_empty() {
-        crate::analyze::family_models()
+        seedscope_analysis::job::family_models()
     } else {
         crate::models::resolve_models(&args.models, &args.revision.revision())?
     };

@@ -70,7 +70,7 @@ pub fn resolve_models(specs: &[PathBuf], rev: &Revision) -> Result<Vec<PathBuf>>
 /// seeds is refused with their names.
 pub fn resolve_model(spec: Option<&Path>, rev: &Revision) -> Result<PathBuf> {
     let Some(spec) = spec else {
-        return Ok(crate::analyze::family_models().swap_remove(0));
+        return Ok(seedscope_analysis::job::family_models().swap_remove(0));
     };
     let mut dirs = resolve_models(&[spec.to_path_buf()], rev)?;
     if dirs.len() != 1 {

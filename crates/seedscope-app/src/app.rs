@@ -13,7 +13,8 @@ use seedscope_analysis::job::AnalysisRequest;
 use crate::data::{Explorer, NeuronId};
 use crate::inspect::Models;
 use crate::jobs::{AnalysisDone, Pick, Poll, Task, spawn_analysis, spawn_open};
-use crate::platform::{Opening, Platform, Polled};
+use crate::platform::{Launch, Opening, Platform, Polled};
+use crate::settings::Settings;
 use crate::views::map::MapView;
 use crate::views::neuron::{NeuronView, page_neurons};
 use crate::views::overview::OverviewView;
@@ -21,60 +22,6 @@ use crate::views::table::TableView;
 use crate::views::welcome::{NewAnalysis, Welcome};
 use crate::views::{Action, Shared, TABS, Tab};
 use crate::{AppError, export};
-
-/// Settings kept across restarts.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    /// The bundle open when the app last closed.
-    pub last_bundle: Option<PathBuf>,
-    /// Rows of the bundle's data scanned for max-activating examples.
-    pub examples_rows: usize,
-    /// Examples kept per neuron.
-    pub examples_k: usize,
-    /// Tokens shown before the max token of an example.
-    pub window_before: usize,
-    /// Tokens shown after it.
-    pub window_after: usize,
-    /// The live-text input.
-    pub live_text: String,
-    /// Dark theme.
-    pub dark: bool,
-    /// Recently opened bundles, newest first.
-    pub recent: Vec<PathBuf>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            last_bundle: None,
-            examples_rows: 256,
-            examples_k: 20,
-            window_before: 12,
-            window_after: 4,
-            live_text: "The king of France said that he would come to the castle on Monday.".into(),
-            dark: true,
-            recent: Vec::new(),
-        }
-    }
-}
-
-/// How the app was started.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Launch {
-    /// A bundle named on the command line.
-    pub bundle: Option<PathBuf>,
-    /// Where the embedded family's bundle is cached (analysed on first start).
-    pub embedded_bundle: PathBuf,
-    /// Start the embedded analysis when nothing else is there to open.
-    pub analyse_embedded: bool,
-    /// A bundle to fetch and open (the browser's `?bundle=URL`).
-    pub bundle_url: Option<String>,
-    /// Where the browser fetches the embedded family from (`family`, next to the page).
-    pub family_url: String,
-    /// A token budget for the browser's analysis of the embedded family (`?max_tokens=N`).
-    pub max_tokens: Option<u64>,
-}
 
 /// What a path prompt is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

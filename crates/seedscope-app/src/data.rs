@@ -106,6 +106,35 @@ pub const NEURON_STATS: [(&str, Stat); 21] = [
     ("vocab kurt", |r| r.vocab_kurt),
 ];
 
+/// One max-activating position with its context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The activation at the position.
+    pub value: f32,
+    /// Row in the data.
+    pub row: usize,
+    /// Position in the row.
+    pub pos: usize,
+    /// The row's tokens (strings).
+    pub tokens: Vec<String>,
+    /// The neuron's activation on each token of the row.
+    pub acts: Vec<f32>,
+}
+
+/// A neuron's top examples and the tokens with the highest mean activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Examples {
+    /// The neuron.
+    pub id: NeuronId,
+    /// Best first.
+    pub top: Vec<Example>,
+    /// `(token, mean activation, count)`, highest mean first: tokens seen at least 3 times on
+    /// which the neuron fires (mean above zero and at least 1 % of the highest).
+    pub top_tokens: Vec<(String, f32, usize)>,
+    /// Tokens scanned.
+    pub scanned: usize,
+}
+
 /// An opened bundle.
 #[derive(Debug, Clone)]
 pub struct Explorer {
@@ -593,10 +622,7 @@ impl Explorer {
     /// neuron's top activations with 50 tokens before and 10 after), for where the models
     /// cannot run (the browser). Neurons of models that were not an anchor get none; the
     /// stored examples carry the activation at the example's token only.
-    pub fn stored_examples(
-        &self,
-        neurons: &[NeuronId],
-    ) -> Result<Vec<crate::inspect::Examples>, AppError> {
+    pub fn stored_examples(&self, neurons: &[NeuronId]) -> Result<Vec<Examples>, AppError> {
         let width = self.n_layers() * self.d_mlp();
         let tok = self
             .tokenizer()
@@ -620,7 +646,7 @@ impl Explorer {
                 }
             };
             let Some(a) = file.as_ref() else {
-                out.push(crate::inspect::Examples {
+                out.push(Examples {
                     id: n,
                     top: Vec::new(),
                     top_tokens: Vec::new(),
@@ -647,7 +673,7 @@ impl Explorer {
                         .collect();
                     let mut acts = vec![0.0; tokens.len()];
                     acts[pos] = value;
-                    Some(crate::inspect::Example {
+                    Some(Example {
                         value,
                         row: 0,
                         pos,
@@ -656,7 +682,7 @@ impl Explorer {
                     })
                 })
                 .collect();
-            out.push(crate::inspect::Examples {
+            out.push(Examples {
                 id: n,
                 top,
                 top_tokens: Vec::new(),

@@ -14,7 +14,7 @@ use seedscope_model::{
 };
 
 use crate::AppError;
-use crate::data::{Explorer, NeuronId};
+use crate::data::{Example, Examples, Explorer, NeuronId};
 use crate::jobs::{ProgressInfo, Reporter};
 
 /// The bundle's models and tokenizer, loaded on first use and shared by tasks.
@@ -49,35 +49,6 @@ pub struct LiveText {
     pub tokens: Vec<String>,
     /// One per asked neuron.
     pub traces: Vec<Trace>,
-}
-
-/// One max-activating position with its context.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    /// The activation at the position.
-    pub value: f32,
-    /// Row in the data.
-    pub row: usize,
-    /// Position in the row.
-    pub pos: usize,
-    /// The row's tokens (strings).
-    pub tokens: Vec<String>,
-    /// The neuron's activation on each token of the row.
-    pub acts: Vec<f32>,
-}
-
-/// A neuron's top examples and the tokens with the highest mean activation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Examples {
-    /// The neuron.
-    pub id: NeuronId,
-    /// Best first.
-    pub top: Vec<Example>,
-    /// `(token, mean activation, count)`, highest mean first: tokens seen at least 3 times on
-    /// which the neuron fires (mean above zero and at least 1 % of the highest).
-    pub top_tokens: Vec<(String, f32, usize)>,
-    /// Tokens scanned.
-    pub scanned: usize,
 }
 
 impl Models {

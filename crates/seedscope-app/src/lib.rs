@@ -7,7 +7,8 @@
 //!   actions; menus, status bar, notices, the path prompt.
 //! - [`views`]: the overview, correlation map, table, neuron page and welcome page, each owning
 //!   its state; [`widgets`]: what they share.
-//! - [`platform`]: what differs between the desktop (`native`) and the browser.
+//! - [`platform`]: what differs between the desktop (`native`) and the browser, and how the app
+//!   was launched; [`settings`]: what it remembers across restarts.
 //! - [`data`]: a bundle as the views read it; [`inspect`]: running the bundle's models for live
 //!   text and max-activating examples; [`jobs`]: background work (threads natively, futures on
 //!   the event loop in the browser) and its progress.
@@ -24,12 +25,15 @@ pub mod jobs;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod platform;
+pub mod settings;
 pub mod views;
 pub mod widgets;
 
-pub use app::{Launch, SeedscopeApp, Settings};
+pub use app::SeedscopeApp;
 pub use data::{Explorer, NeuronId};
 pub use error::AppError;
+pub use platform::Launch;
+pub use settings::Settings;
 pub use views::Tab;
 
 /// The app id (window class, settings directory).

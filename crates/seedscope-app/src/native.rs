@@ -7,10 +7,10 @@ use std::sync::Arc;
 use seedscope_analysis::job::AnalysisRequest;
 
 use crate::AppError;
-use crate::app::Launch;
 use crate::data::Explorer;
 use crate::inspect::Models;
 use crate::jobs::{AnalysisDone, Pick, Task, spawn_analysis, spawn_open};
+use crate::platform::Launch;
 use crate::platform::{Opening, Platform};
 
 /// The desktop: bundles are directories, analyses write them, dialogs are the system's.

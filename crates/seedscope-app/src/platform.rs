@@ -14,10 +14,26 @@ use seedscope_analysis::bundle::{
 use seedscope_analysis::stats::{universal_counts, universal_fractions};
 
 use crate::AppError;
-use crate::app::Launch;
 use crate::data::Explorer;
 use crate::inspect::Models;
 use crate::jobs::{AnalysisDone, Pick, Task};
+
+/// How the app was started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Launch {
+    /// A bundle named on the command line.
+    pub bundle: Option<PathBuf>,
+    /// Where the embedded family's bundle is cached (analysed on first start).
+    pub embedded_bundle: PathBuf,
+    /// Start the embedded analysis when nothing else is there to open.
+    pub analyse_embedded: bool,
+    /// A bundle to fetch and open (the browser's `?bundle=URL`).
+    pub bundle_url: Option<String>,
+    /// Where the browser fetches the embedded family from (`family`, next to the page).
+    pub family_url: String,
+    /// A token budget for the browser's analysis of the embedded family (`?max_tokens=N`).
+    pub max_tokens: Option<u64>,
+}
 
 /// A bundle being opened (`None`: the user dismissed a picker).
 pub type Opening = Task<Option<Box<Explorer>>>;

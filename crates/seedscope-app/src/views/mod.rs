@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use seedscope_analysis::job::AnalysisRequest;
 
-use crate::app::Settings;
 use crate::data::{Explorer, NeuronId};
 use crate::inspect::Models;
+use crate::settings::Settings;
 
 /// The views of an open bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use egui::{Color32, RichText};
 
 use super::{Action, Shared};
+use crate::data::{Example, Examples};
 use crate::data::{Explorer, NEURON_STATS, NeuronId};
-use crate::inspect::{Example, Examples, LiveText};
+use crate::inspect::LiveText;
 use crate::jobs::{Poll, Task};
 use crate::widgets::{UNIVERSAL, display_token, token_job};
 
