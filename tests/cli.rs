@@ -695,3 +695,26 @@ fn shards_of_a_slurm_array_merge_into_the_unsharded_bundle() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A missing bundle is one clear line that names the file, its reason said once.
+#[test]
+fn a_missing_bundle_is_named_once() {
+    let dir = temp_dir("cli-missing-bundle");
+    let output = seedscope()
+        .arg("summary")
+        .arg(&dir)
+        .output()
+        .expect("run seedscope summary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&dir.join("manifest.json").display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("no such file in the bundle").count(),
+        1,
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
