@@ -1,19 +1,22 @@
 //! [`SeedscopeApp`]: owns the open bundle, the analysis and opening tasks and the views; routes
-//! the views' [`Action`]s; draws the menus, the status bar, notices and the path prompt. What
-//! differs in the browser is behind [`Platform`].
+//! the views' [`Action`]s; draws the menus and the status bar, and shows the notices
+//! ([`crate::notices`]) and the path prompt ([`crate::prompt`]). What differs in the browser is
+//! behind [`Platform`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use egui::{Key, RichText};
+use egui::Key;
 use seedscope_analysis::bundle::BundleSource;
 use seedscope_analysis::job::AnalysisRequest;
 
 use crate::data::{Explorer, NeuronId};
 use crate::inspect::Models;
 use crate::jobs::{AnalysisDone, Pick, Poll, Task, spawn_analysis, spawn_open};
+use crate::notices::Notices;
 use crate::platform::{Launch, Opening, Platform, Polled};
+use crate::prompt::{DialogFor, PathPrompt, Prompted};
 use crate::settings::Settings;
 use crate::views::map::MapView;
 use crate::views::neuron::{NeuronView, page_neurons};
@@ -22,36 +25,6 @@ use crate::views::table::TableView;
 use crate::views::welcome::{NewAnalysis, Welcome};
 use crate::views::{Action, Shared, TABS, Tab};
 use crate::{AppError, export};
-
-/// What a path prompt is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogFor {
-    /// A bundle to open.
-    OpenBundle,
-    /// A model directory for the new-analysis form.
-    AddModel,
-    /// Data for the new-analysis form.
-    Data,
-    /// Where to write the table.
-    ExportCsv,
-    /// Where to write the plot as PNG.
-    ExportPng,
-    /// Where to write the plot as SVG.
-    ExportSvg,
-}
-
-/// A path being asked for.
-pub struct PathPrompt {
-    /// What it is for.
-    pub purpose: DialogFor,
-    /// The window title.
-    pub title: String,
-    /// What the system dialog should pick.
-    pub pick: Pick,
-    /// The path typed so far.
-    pub text: String,
-    browsing: Option<Task<Option<PathBuf>>>,
-}
 
 /// The Seedscope explorer.
 pub struct SeedscopeApp {
@@ -86,8 +59,8 @@ pub struct SeedscopeApp {
     /// The open path prompt.
     pub prompt: Option<PathPrompt>,
     new_analysis: Option<NewAnalysis>,
-    /// Notices shown in the corner for a few seconds: (is_error, text, since).
-    pub notices: Vec<(bool, String, web_time::Instant)>,
+    /// Notices shown in the corner for a few seconds.
+    pub notices: Notices,
     /// Messages shown in the log panel (errors and job logs).
     pub messages: Vec<String>,
     /// Whether heatmaps render on the GPU (a wgpu renderer with storage buffers is present).
@@ -146,7 +119,7 @@ impl SeedscopeApp {
             opening: None,
             prompt: None,
             new_analysis: None,
-            notices: Vec::new(),
+            notices: Notices::default(),
             messages: Vec::new(),
             gpu,
             ctx: cc.egui_ctx.clone(),
@@ -264,13 +237,12 @@ impl SeedscopeApp {
     pub fn error(&mut self, message: String) {
         self.platform.log(&format!("seedscope-error {message}"));
         self.messages.push(format!("error: {message}"));
-        self.notices.push((true, message, web_time::Instant::now()));
+        self.notices.push(true, message);
     }
 
     /// A passing notice (not an error).
     pub fn notice(&mut self, message: String) {
-        self.notices
-            .push((false, message, web_time::Instant::now()));
+        self.notices.push(false, message);
     }
 
     /// The views' shared state for this frame.
@@ -482,95 +454,22 @@ impl SeedscopeApp {
     }
 
     fn ask(&mut self, purpose: DialogFor, title: &str, pick: Pick) {
-        let text = match pick {
-            Pick::Save(name) => std::env::current_dir()
-                .map(|d| d.join(name).display().to_string())
-                .unwrap_or_else(|_| name.to_string()),
-            Pick::Folder | Pick::File => String::new(),
-        };
-        self.prompt = Some(PathPrompt {
-            purpose,
-            title: title.to_owned(),
-            pick,
-            text,
-            browsing: None,
-        });
+        self.prompt = Some(PathPrompt::new(purpose, title, pick));
     }
 
-    /// The path prompt: type a path, pick a recent bundle, or browse with the system's file
-    /// dialog (which may be unavailable, e.g. without an XDG desktop portal).
+    /// The path prompt, while one is open; a chosen path goes where it was asked for.
     fn prompt_window(&mut self, ctx: &egui::Context) {
         let Some(mut p) = self.prompt.take() else {
             return;
         };
-        if let Some(t) = &mut p.browsing
-            && let Poll::Done(r) = t.poll()
-        {
-            let quick = t.started.elapsed() < Duration::from_millis(400);
-            p.browsing = None;
-            match r {
-                Ok(Some(path)) => p.text = path.display().to_string(),
-                // rfd answers None at once when no dialog could be shown.
-                Ok(None) if quick => self.error(
-                    "the system file dialog is not available here (on Linux it needs an XDG \
-                     desktop portal); type the path instead"
-                        .into(),
-                ),
-                Ok(None) => {}
-                Err(e) => self.error(format!(
-                    "the file dialog failed ({e}); type the path instead"
-                )),
-            }
+        let (outcome, problem) = p.ui(ctx, &self.settings.recent, self.platform.as_ref());
+        if let Some(problem) = problem {
+            self.error(problem);
         }
-        let (mut open, mut ok, mut browse) = (true, false, false);
-        let recent = self.settings.recent.clone();
-        egui::Window::new(p.title.clone())
-            .open(&mut open)
-            .collapsible(false)
-            .default_width(560.0)
-            .show(ctx, |ui| {
-                ui.horizontal(|ui| {
-                    let l = ui.label("path");
-                    let e = ui
-                        .add(egui::TextEdit::singleline(&mut p.text).desired_width(460.0))
-                        .labelled_by(l.id);
-                    if e.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
-                        ok = true;
-                    }
-                });
-                if p.purpose == DialogFor::OpenBundle && !recent.is_empty() {
-                    ui.label("recent bundles:");
-                    for r in &recent {
-                        if ui.link(r.display().to_string()).clicked() {
-                            p.text = r.display().to_string();
-                            ok = true;
-                        }
-                    }
-                }
-                ui.horizontal(|ui| {
-                    if p.browsing.is_some() {
-                        ui.spinner();
-                        ui.label("waiting for the file dialog…");
-                    } else if ui.button("Browse…").clicked() {
-                        browse = true;
-                    }
-                    let verb = if matches!(p.pick, Pick::Save(_)) {
-                        "Save"
-                    } else {
-                        "OK"
-                    };
-                    if ui.button(verb).clicked() {
-                        ok = true;
-                    }
-                });
-            });
-        if browse {
-            p.browsing = self.platform.browse(&p.title, p.pick, ctx);
-        }
-        if ok && !p.text.trim().is_empty() {
-            self.dialog_done(p.purpose, PathBuf::from(p.text.trim()));
-        } else if open {
-            self.prompt = Some(p);
+        match outcome {
+            Prompted::Open => self.prompt = Some(p),
+            Prompted::Closed => {}
+            Prompted::Chosen(path) => self.dialog_done(p.purpose, path),
         }
     }
 
@@ -744,41 +643,6 @@ impl SeedscopeApp {
         });
     }
 
-    fn show_notices(&mut self, ctx: &egui::Context) {
-        const SHOWN: Duration = Duration::from_secs(8);
-        self.notices.retain(|n| n.2.elapsed() < SHOWN);
-        if self.notices.is_empty() {
-            return;
-        }
-        let mut dismiss = None;
-        egui::Area::new(egui::Id::unique("notices"))
-            .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-12.0, -36.0))
-            .order(egui::Order::Foreground)
-            .show(ctx, |ui| {
-                for (i, (is_error, text, _)) in self.notices.iter().enumerate() {
-                    egui::Frame::popup(ui.style()).show(ui, |ui| {
-                        ui.set_max_width(420.0);
-                        ui.horizontal(|ui| {
-                            let (tag, color) = if *is_error {
-                                ("error", ui.visuals().error_fg_color)
-                            } else {
-                                ("done", ui.visuals().hyperlink_color)
-                            };
-                            ui.label(RichText::new(tag).strong().color(color));
-                            ui.label(text.as_str());
-                            if ui.small_button("x").on_hover_text("dismiss").clicked() {
-                                dismiss = Some(i);
-                            }
-                        });
-                    });
-                }
-            });
-        if let Some(i) = dismiss {
-            self.notices.remove(i);
-        }
-        ctx.request_repaint_after(Duration::from_millis(500));
-    }
-
     /// The open bundle's view.
     fn view_ui(&mut self, ui: &mut egui::Ui, ex: &Arc<Explorer>) -> Option<Action> {
         let fetching = self.platform.fetching();
@@ -844,7 +708,7 @@ impl SeedscopeApp {
         let polled = self.platform.windows_ui(&ctx, self.analysis.is_some());
         self.take_polled(polled);
         self.prompt_window(&ctx);
-        self.show_notices(&ctx);
+        self.notices.ui(&ctx);
         if self.analysis.is_some() || self.opening.is_some() || self.map.is_loading() {
             ctx.request_repaint_after(Duration::from_millis(500));
         }

@@ -4,7 +4,8 @@
 //! and its twins in the other seeds.
 //!
 //! - [`app`]: [`SeedscopeApp`] owns the bundle, the tasks and the views, and routes the views'
-//!   actions; menus, status bar, notices, the path prompt.
+//!   actions; menus and status bar. [`prompt`]: the path prompt; [`notices`]: the corner
+//!   messages.
 //! - [`views`]: the overview, correlation map, table, neuron page and welcome page, each owning
 //!   its state; [`widgets`]: what they share.
 //! - [`platform`]: what differs between the desktop (`native`) and the browser, and how the app
@@ -24,7 +25,9 @@ pub mod inspect;
 pub mod jobs;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod notices;
 pub mod platform;
+pub mod prompt;
 pub mod settings;
 pub mod views;
 pub mod widgets;
