@@ -174,22 +174,43 @@ fn uniform_entry(binding: u32, vis: wgpu::ShaderStages) -> wgpu::BindGroupLayout
     }
 }
 
+/// One pipeline's parts: its bind group layout (`entries`), the pipeline layout of that one
+/// group, and the WGSL module `source`, all labelled `label`.
+fn stage(
+    device: &wgpu::Device,
+    label: &str,
+    entries: &[wgpu::BindGroupLayoutEntry],
+    source: &str,
+) -> (
+    wgpu::BindGroupLayout,
+    wgpu::PipelineLayout,
+    wgpu::ShaderModule,
+) {
+    let group = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries,
+    });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&group)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    (group, layout, module)
+}
+
 impl HeatmapRenderer {
     fn new(device: &wgpu::Device, format: wgpu::TextureFormat) -> Self {
         let frag = wgpu::ShaderStages::FRAGMENT;
-        let render_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("heatmap"),
-            entries: &[storage_entry(0, true, frag), uniform_entry(1, frag)],
-        });
-        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("heatmap.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/heatmap.wgsl").into()),
-        });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("heatmap"),
-            bind_group_layouts: &[Some(&render_layout)],
-            immediate_size: 0,
-        });
+        let (render_layout, layout, shader) = stage(
+            device,
+            "heatmap",
+            &[storage_entry(0, true, frag), uniform_entry(1, frag)],
+            include_str!("../../../shaders/heatmap.wgsl"),
+        );
         let render = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
             label: Some("heatmap"),
             layout: Some(&layout),
@@ -216,23 +237,15 @@ impl HeatmapRenderer {
             cache: None,
         });
         let comp = wgpu::ShaderStages::COMPUTE;
-        let pool_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("pool"),
-            entries: &[storage_entry(0, false, comp), uniform_entry(1, comp)],
-        });
-        let pool_shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("pool.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/pool.wgsl").into()),
-        });
+        let (pool_layout, layout, pool_shader) = stage(
+            device,
+            "pool",
+            &[storage_entry(0, false, comp), uniform_entry(1, comp)],
+            include_str!("../../../shaders/pool.wgsl"),
+        );
         let pool = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("pool"),
-            layout: Some(
-                &device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some("pool"),
-                    bind_group_layouts: &[Some(&pool_layout)],
-                    immediate_size: 0,
-                }),
-            ),
+            layout: Some(&layout),
             module: &pool_shader,
             entry_point: Some("main"),
             compilation_options: Default::default(),

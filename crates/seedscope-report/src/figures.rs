@@ -43,7 +43,7 @@ pub struct Percentiles<'a> {
 
 impl Draw for Percentiles<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
-        let (title, stats) = (self.title, self.stats);
+        let Self { title, stats } = *self;
         root.fill(&WHITE).map_err(err)?;
         let n = stats.len().max(1);
         let mut chart = ChartBuilder::on(&root)
@@ -138,7 +138,12 @@ pub struct LayerQuantiles<'a> {
 
 impl Draw for LayerQuantiles<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
-        let (title, y_desc, per_seed, log_y) = (self.title, self.y_desc, self.per_seed, self.log_y);
+        let Self {
+            title,
+            y_desc,
+            per_seed,
+            log_y,
+        } = *self;
         root.fill(&WHITE).map_err(err)?;
         let n_layers = per_seed.iter().map(Vec::len).max().unwrap_or(0);
         const QS: [(f64, RGBColor); 5] = [
@@ -301,13 +306,13 @@ pub struct Scatter<'a> {
 
 impl Draw for Scatter<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
-        let (title, x_desc, y_desc, points, labels) = (
-            self.title,
-            self.x_desc,
-            self.y_desc,
-            self.points,
-            self.labels,
-        );
+        let Self {
+            title,
+            x_desc,
+            y_desc,
+            points,
+            labels,
+        } = *self;
         root.fill(&WHITE).map_err(err)?;
         let pts: Vec<Point> = points
             .iter()
@@ -388,13 +393,13 @@ pub struct Bars<'a> {
 
 impl Draw for Bars<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
-        let (title, y_desc, labels, series, values) = (
-            self.title,
-            self.y_desc,
-            self.labels,
-            self.series,
-            self.values,
-        );
+        let Self {
+            title,
+            y_desc,
+            labels,
+            series,
+            values,
+        } = *self;
         root.fill(&WHITE).map_err(err)?;
         let n = labels.len().max(1);
         let ymax = values
@@ -478,7 +483,11 @@ pub struct Curves<'a> {
 
 impl Draw for Curves<'_> {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), ReportError> {
-        let (title, x_desc, panels) = (self.title, self.x_desc, self.panels);
+        let Self {
+            title,
+            x_desc,
+            panels,
+        } = *self;
         root.fill(&WHITE).map_err(err)?;
         let (top, body) = root.split_vertically(30);
         top.titled(title, ("sans-serif", 16)).map_err(err)?;
