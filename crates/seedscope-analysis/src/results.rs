@@ -86,11 +86,6 @@ impl Candidates {
             insert_ranked(bottom, bottom_c, v, c, |x, y| x < y);
         }
     }
-
-    /// The candidate columns of every neuron, `[n_neurons, 2k]`.
-    pub fn columns(&self) -> &[u32] {
-        &self.col
-    }
 }
 
 /// Everything computed for one anchor model.

@@ -34,11 +34,6 @@ impl Notices {
         });
     }
 
-    /// The notices still shown.
-    pub fn shown(&self) -> &[Notice] {
-        &self.list
-    }
-
     /// Draw them in the bottom-right corner, newest last; drop those that have faded.
     pub fn ui(&mut self, ctx: &egui::Context) {
         self.list.retain(|n| n.since.elapsed() < SHOWN);
