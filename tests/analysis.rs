@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{device, fixture, temp_dir};
 use seedscope_analysis::Results;
+use seedscope_analysis::plan::Reuse;
 use seedscope_analysis::{AnalysisOptions, Family, Outcome, Run, TokenSet};
 use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
 
@@ -351,27 +352,127 @@ fn an_interrupted_run_resumes_to_the_same_result_on_both_paths() {
             Outcome::Done(_) => panic!("{kind}: the run should have stopped"),
         }
         let resumed = done(run(&dev, &options(), &work, None));
-        assert_eq!(whole, resumed, "{kind}: resumed result differs");
+        // Everything but the cost (the resumed run made fewer forwards, in other seconds).
+        assert_eq!(
+            (&whole.anchors, whole.n_tokens, &whole.plan),
+            (&resumed.anchors, resumed.n_tokens, &resumed.plan),
+            "{kind}: resumed result differs"
+        );
+    }
+}
+
+/// Blocks of the fixture's 24 rows at 5 rows per block.
+const FIXTURE_BLOCKS: u64 = 5;
+
+#[test]
+fn a_small_budget_tiles_into_passes_with_the_same_result_and_one_forward_per_block() {
+    // Both paths: the later passes read the activations the first kept on disk (the GPU path
+    // uploads them again), and must accumulate exactly what a forward gives.
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let dev = device(kind);
+        let one = done(run(&dev, &options(), &temp_dir("one-pass"), None));
+        assert_eq!(one.plan.reuse, Reuse::Single);
+        assert_eq!(one.cost.forwards, 3 * FIXTURE_BLOCKS);
+        // 5 rows x 32 tokens x 384 neurons x 4 bytes x 8 streams ~ 2 MiB of activations;
+        // leave room for about three 128 x 128 tiles per pass (and split layers across passes).
+        let small = AnalysisOptions {
+            memory_budget: one.plan.activation_bytes + 3 * 128 * 128 * 8,
+            ..options()
+        };
+        let work = temp_dir("many-passes");
+        let many = done(run(&dev, &small, &work, None));
+        let passes = many.plan.passes.len() as u64;
+        assert!(passes >= 8, "{passes} passes");
+        assert_eq!(many.plan.reuse, Reuse::Disk, "{kind}");
+        assert_eq!(one.anchors, many.anchors, "{kind}");
+        // Each model once per block; every later pass reads what it needs instead.
+        assert_eq!(many.cost.forwards, 3 * FIXTURE_BLOCKS, "{kind}");
+        assert!(
+            many.cost.reused >= (passes - 1) * FIXTURE_BLOCKS,
+            "{kind}: {} reads",
+            many.cost.reused
+        );
+        assert!(!work.join(seedscope_analysis::engine::ACTIVATIONS).exists());
+        // Stopped inside a later pass, a resumed run starts there without kept activations
+        // (it runs the models for that pass, keeps them in the next) and ends the same.
+        let work = temp_dir("many-passes-resume");
+        let stopped = run_until(&dev, &small, &work, |p| p.pass == 3 && p.tokens >= 100);
+        assert!(matches!(stopped, Outcome::Interrupted { .. }), "{kind}");
+        assert!(!work.join(seedscope_analysis::engine::ACTIVATIONS).exists());
+        let resumed = done(run(&dev, &small, &work, None));
+        assert_eq!(resumed.anchors, many.anchors, "{kind}: resumed");
+        eprintln!(
+            "{kind}: {passes} passes, {} forwards, {} reads of kept activations ({:.2} s)",
+            many.cost.forwards, many.cost.reused, many.cost.reuse_seconds
+        );
     }
 }
 
 #[test]
-fn a_small_budget_tiles_into_passes_with_the_same_result() {
+fn activations_that_fit_the_budget_are_kept_in_memory() {
     let dev = device(BackendKind::Cpu);
-    let one = done(run(&dev, &options(), &temp_dir("one-pass"), None));
-    // 5 rows x 32 tokens x 384 neurons x 4 bytes x 8 streams ~ 2 MiB of activations; leave
-    // room for about three 128 x 128 tiles per pass (and split layers across passes).
+    // 200 tokens x 384 neurons x 5 streams x 4 bytes = 1.5 MB kept, under half of the ~3.5 MB
+    // left for tiles (all tiles: 4.7 MB).
+    let base = AnalysisOptions {
+        max_tokens: Some(200),
+        ..options()
+    };
+    let one = done(run(&dev, &base, &temp_dir("mem-one"), None));
+    let small = AnalysisOptions {
+        memory_budget: one.plan.activation_bytes + 3_500_000,
+        ..base
+    };
+    let many = done(run(&dev, &small, &temp_dir("mem-many"), None));
+    assert_eq!(many.plan.reuse, Reuse::Memory);
+    assert_eq!(many.plan.reuse_bytes, 200 * 384 * 5 * 4);
+    assert!(many.plan.peak_bytes() <= small.memory_budget);
+    assert!(many.plan.passes.len() >= 2);
+    let blocks = one.cost.forwards / 3;
+    assert_eq!(many.cost.forwards, one.cost.forwards);
+    assert!(many.cost.reused >= (many.plan.passes.len() as u64 - 1) * blocks);
+    assert_eq!(one.anchors, many.anchors);
+}
+
+#[test]
+fn without_a_work_directory_the_passes_run_the_models_again_and_say_so() {
+    let dev = device(BackendKind::Cpu);
+    let models = models(&dev);
+    let tokens = tokens();
+    let one = done(run(&dev, &options(), &temp_dir("nodir-one"), None));
     let small = AnalysisOptions {
         memory_budget: one.plan.activation_bytes + 3 * 128 * 128 * 8,
         ..options()
     };
-    let many = done(run(&dev, &small, &temp_dir("many-passes"), None));
+    let r = Run {
+        work_dir: None,
+        ..fixture_run(
+            &models,
+            &dev,
+            &tokens,
+            &small,
+            Path::new("unused"),
+            "test".into(),
+            Arc::new(AtomicBool::new(false)),
+            Some(Reference::load().rotations(3)),
+            None,
+        )
+    };
+    let many = done(r.run(|_| {}).expect("runs"));
+    let passes = many.plan.passes.len() as u64;
+    assert_eq!(many.cost.reused, 0);
+    assert!(many.cost.forwards > 3 * FIXTURE_BLOCKS);
+    assert!(many.cost.forwards <= 3 * FIXTURE_BLOCKS * passes);
     assert!(
-        many.plan.passes.len() >= 8,
-        "{} passes",
-        many.plan.passes.len()
+        many.notes
+            .iter()
+            .any(|n| n.contains("runs the models again") || n.contains("run the models again")),
+        "{:?}",
+        many.notes
     );
-    assert_eq!(one.anchors, many.anchors);
+    for (a, b) in many.anchors.iter().zip(&one.anchors) {
+        assert_eq!(a.real, b.real);
+        assert_eq!(a.baseline, b.baseline);
+    }
 }
 
 #[test]
@@ -781,6 +882,25 @@ fn a_short_prefix_only_ever_lowers_the_maximum_and_is_exact_where_it_finds_it() 
         // The fixtures' random models correlate weakly, yet most best matches survive.
         assert!(found * 2 > total, "{found} of {total}");
     }
+}
+
+#[test]
+fn a_refined_run_runs_each_model_once_per_block_of_each_stage() {
+    let dev = device(BackendKind::Cpu);
+    let base = refined(300, 4);
+    let single = done(run(&dev, &base, &temp_dir("refine-count-one"), None));
+    // The sample: every 2nd row (706 kept tokens / 300), until 300 tokens: 11 rows in blocks
+    // of 5, so 3 blocks; then all 24 rows in 5 blocks. Three models each.
+    assert_eq!(single.cost.forwards, 3 * (3 + FIXTURE_BLOCKS));
+    // A budget that splits the first stage into passes: they reuse the first's activations.
+    let small = AnalysisOptions {
+        memory_budget: single.plan.activation_bytes + 3 * 128 * 128 * 8,
+        ..base
+    };
+    let many = done(run(&dev, &small, &temp_dir("refine-count-many"), None));
+    assert_eq!(many.cost.forwards, single.cost.forwards);
+    assert!(many.cost.reused > 0);
+    assert_eq!(many.anchors, single.anchors);
 }
 
 #[test]

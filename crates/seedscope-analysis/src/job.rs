@@ -800,6 +800,15 @@ fn assemble(
     log: &mut dyn FnMut(String),
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
     let results = a_.results;
+    for note in &results.notes {
+        log(note.clone());
+    }
+    let c = results.cost;
+    log(format!(
+        "{} forward passes (a model over a block) in {:.1} s; {} reads of kept activations \
+         instead, in {:.1} s",
+        c.forwards, c.forward_seconds, c.reused, c.reuse_seconds
+    ));
     // From every model's TransformerLens-processed weights (made one model at a time: for
     // GPT-2 small they are about 0.8 GB in f64): its weight statistics (the anchors' fill
     // their neuron rows, every model's vocabulary moments go to the report's Fig. 6), and for
@@ -877,6 +886,7 @@ fn bundle_of(
         passes: a_.results.plan.passes.len(),
         peak_memory_bytes: a_.results.plan.peak_bytes(),
         seconds: a_.seconds,
+        cost: a_.results.cost,
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };

@@ -82,12 +82,37 @@ pub struct Plan {
     pub activation_bytes: u64,
     /// The most accumulator bytes any pass holds.
     pub max_tile_bytes: u64,
+    /// Where the passes after the first find the activations the first computed.
+    pub reuse: Reuse,
+    /// Bytes of those activations (every stream a later pass reads, over every kept token).
+    pub reuse_bytes: u64,
+}
+
+/// How a plan of several passes runs each model once per block: the first pass keeps the
+/// activations (real, rotated, and the pre-activations a later pass counts) and the others read
+/// them instead of running the models again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reuse {
+    /// One pass: nothing to reuse.
+    #[default]
+    Single,
+    /// Kept in memory on the models' device, within the budget (the tiles get the rest).
+    Memory,
+    /// Too large for the budget: written to the work directory and read back by each later
+    /// pass; without a work directory (the browser) each pass runs the models again.
+    Disk,
 }
 
 impl Plan {
-    /// Estimated peak memory of the accumulation (model weights not included).
+    /// Estimated peak memory of the accumulation (model weights not included): one block's
+    /// activations, the largest pass's tiles and, in memory, the reused activations.
     pub fn peak_bytes(&self) -> u64 {
-        self.activation_bytes + self.max_tile_bytes
+        let reused = if self.reuse == Reuse::Memory {
+            self.reuse_bytes
+        } else {
+            0
+        };
+        self.activation_bytes + self.max_tile_bytes + reused
     }
 }
 
@@ -104,6 +129,8 @@ pub struct PlanInput {
     pub d_mlp: usize,
     /// Kept tokens per block, at most.
     pub block_tokens: usize,
+    /// Kept tokens a pass streams (all blocks).
+    pub tokens: u64,
     /// Memory budget in bytes.
     pub budget: u64,
     /// The largest single buffer the device binds.
@@ -121,15 +148,51 @@ pub(crate) fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<us
 
 /// Tiles are one anchor layer × one other layer, split further where one tile would exceed the
 /// device's largest binding; passes take tiles in order until the budget (less the block's
-/// activations) is full.
+/// activations) is full. When that makes several passes, the activations are reused
+/// ([`Reuse`]): in memory if they take at most half of what the tiles would have (the tiles are
+/// then packed into the rest), else on disk.
 pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
-    let d = input.d_mlp;
-    let width = input.n_layers * d;
+    let width = input.n_layers * input.d_mlp;
     // Each pass may need every model and its rotation: forward intermediates are about the
     // size of the activations again.
     let activation_bytes =
         (input.block_tokens * width * 4) as u64 * (2 * input.n_models as u64 + 2);
     let tile_budget = input.budget.saturating_sub(activation_bytes);
+    let tiles = tiles(input, tile_budget, activation_bytes)?;
+    let passes = pack(&tiles, tile_budget);
+    let reuse_bytes = reused_bytes(input, &passes);
+    let (passes, reuse) = if passes.len() <= 1 {
+        (passes, Reuse::Single)
+    } else if reuse_bytes <= tile_budget / 2 {
+        let rest = tile_budget - reuse_bytes;
+        (
+            pack(&self::tiles(input, rest, activation_bytes)?, rest),
+            Reuse::Memory,
+        )
+    } else {
+        (passes, Reuse::Disk)
+    };
+    let max_tile_bytes = passes
+        .iter()
+        .map(|p| p.iter().map(TileSpec::bytes).sum())
+        .max()
+        .unwrap_or(0);
+    Ok(Plan {
+        passes,
+        activation_bytes,
+        max_tile_bytes,
+        reuse,
+        reuse_bytes,
+    })
+}
+
+/// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding.
+fn tiles(
+    input: &PlanInput,
+    tile_budget: u64,
+    activation_bytes: u64,
+) -> Result<Vec<TileSpec>, AnalysisError> {
+    let d = input.d_mlp;
     let cap = input.max_binding.min(tile_budget);
     // Split the anchor side until one anchor chunk × one other layer fits `cap`.
     let mut a_split = 1;
@@ -165,25 +228,46 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
             }
         }
     }
+    Ok(tiles)
+}
+
+/// Tiles taken in order into passes of at most `budget` bytes.
+fn pack(tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>> {
     let mut passes: Vec<Vec<TileSpec>> = Vec::new();
     let mut used = u64::MAX;
-    let mut max_tile_bytes = 0;
     for t in tiles {
-        if used.saturating_add(t.bytes()) > tile_budget {
+        if used.saturating_add(t.bytes()) > budget {
             passes.push(Vec::new());
             used = 0;
         }
         used += t.bytes();
-        max_tile_bytes = max_tile_bytes.max(used);
         if let Some(p) = passes.last_mut() {
-            p.push(t);
+            p.push(t.clone());
         }
     }
-    Ok(Plan {
-        passes,
-        activation_bytes,
-        max_tile_bytes,
-    })
+    passes
+}
+
+/// Bytes of the activations later passes read: every stream some pass reads, and one more
+/// stream (pre-activations) per anchor whose histograms a later pass counts, over every token.
+fn reused_bytes(input: &PlanInput, passes: &[Vec<TileSpec>]) -> u64 {
+    let streams = 2 * input.n_models;
+    let mut read = vec![false; streams];
+    for t in passes.iter().flatten() {
+        read[t.a_stream] = true;
+        read[t.b_stream] = true;
+    }
+    let first: Vec<bool> = passes
+        .first()
+        .map(|p| crate::accum::used_streams(p, streams))
+        .unwrap_or_default();
+    let late = input
+        .anchors
+        .iter()
+        .filter(|&&a| !first.get(stream(a, false)).copied().unwrap_or(false))
+        .count();
+    let n = read.iter().filter(|&&r| r).count() + late;
+    input.tokens * (input.n_layers * input.d_mlp * 4 * n) as u64
 }
 
 /// Parse a size such as `4GiB`, `512MiB`, `2G`, `1000000` (bytes).
@@ -222,6 +306,7 @@ mod tests {
             d_mlp,
             // One 512-token row, as `analyze` picks for GPT-2 shapes under 4 GiB.
             block_tokens: 512,
+            tokens: 2048,
             budget,
             max_binding: 128 << 20,
         }

@@ -148,6 +148,33 @@ pub struct Results {
     pub anchors: Vec<AnchorResult>,
     /// The plan that was run.
     pub plan: Plan,
+    /// What it cost in forward passes.
+    pub cost: RunCost,
+    /// What the run has to say about how it ran (activations recomputed, a disk that filled).
+    pub notes: Vec<String>,
+}
+
+/// What a run cost: the models' forward passes, and the reads of reused activations that
+/// replaced the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunCost {
+    /// Forward passes run (one model over one block).
+    pub forwards: u64,
+    /// Seconds in them (on a GPU: recording them; the device's share is in the waits).
+    pub forward_seconds: f64,
+    /// Reads of one model's reused activations for one block, each instead of a forward.
+    pub reused: u64,
+    /// Seconds in those reads.
+    pub reuse_seconds: f64,
+}
+
+impl std::ops::AddAssign for RunCost {
+    fn add_assign(&mut self, o: Self) {
+        self.forwards += o.forwards;
+        self.forward_seconds += o.forward_seconds;
+        self.reused += o.reused;
+        self.reuse_seconds += o.reuse_seconds;
+    }
 }
 
 /// Progress of a run, for bars and logs.

@@ -78,7 +78,7 @@ pub trait Accumulate {
 }
 
 /// Streams a set of tiles reads.
-fn used_streams(specs: &[TileSpec], n_streams: usize) -> Vec<bool> {
+pub(crate) fn used_streams(specs: &[TileSpec], n_streams: usize) -> Vec<bool> {
     let mut used = vec![false; n_streams];
     for t in specs {
         used[t.a_stream] = true;

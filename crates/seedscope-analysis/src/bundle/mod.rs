@@ -242,6 +242,11 @@ pub struct Manifest {
     pub peak_memory_bytes: u64,
     /// Wall-clock seconds of the run (this invocation).
     pub seconds: f64,
+    /// Forward passes the run made (one model over one block: with activations reused across
+    /// passes, each model's once per block and stage) and the reads of kept activations that
+    /// replaced the rest.
+    #[serde(default)]
+    pub cost: crate::RunCost,
     /// Fraction of anchor neurons that are universal (anchor model 0).
     pub fraction_universal: f64,
     /// Per layer.

@@ -13,6 +13,7 @@ mod block;
 mod merge;
 mod pass;
 mod refine;
+mod reuse;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -146,6 +147,10 @@ pub fn pass_file(pass: usize) -> String {
     format!("pass-{pass}.safetensors")
 }
 
+/// File of the activations a multi-pass run keeps on disk for its later passes (in the work
+/// directory; removed when the run ends).
+pub const ACTIVATIONS: &str = "activations.bin";
+
 /// File of a shard's prefix-stage results (the candidates) in its work directory.
 pub const CANDIDATES: &str = "candidates.safetensors";
 
@@ -190,6 +195,10 @@ impl Run<'_> {
             n_layers,
             d_mlp,
             block_tokens: self.block_tokens(),
+            tokens: block::blocks(self.tokens, self.options)
+                .iter()
+                .map(|b| b.kept)
+                .sum(),
             budget: self.options.memory_budget,
             max_binding,
         })
@@ -329,5 +338,7 @@ fn finished(
         d_mlp: shape.1,
         anchors,
         plan,
+        cost: Default::default(),
+        notes: Vec::new(),
     })
 }

@@ -9,15 +9,18 @@ use burn::tensor::Tensor;
 use web_time::Instant;
 
 use super::block::{Block, Rows, activations, blocks, rotate};
-use super::{Run, finished, pass_file};
+use super::reuse::{Keep, ModelActs, Store};
+use super::{ACTIVATIONS, Run, finished, pass_file};
 use crate::AnalysisError;
 use crate::accum::{Accumulate, SavedState};
 use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
 use crate::hist::Histograms;
-use crate::plan::{Plan, TileSpec, stream};
-use crate::results::{AnchorResult, BlockTiming, Candidates, Outcome, Progress, SavedTile};
+use crate::plan::{Plan, Reuse, TileSpec, stream};
+use crate::results::{
+    AnchorResult, BlockTiming, Candidates, Outcome, Progress, RunCost, SavedTile,
+};
 
 /// The state of one pass: what it accumulates and which anchors it counts histograms and
 /// anatomy for (those it runs that have none yet, so each token is counted once).
@@ -27,27 +30,47 @@ struct Pass<C: Compute> {
     counted: Vec<usize>,
     hists: C::Hists,
     anatomy: Option<Anatomies<C::Anatomy>>,
-    /// Streams the pass reads.
+    /// Streams the accumulators read.
     used: Vec<bool>,
-    /// Per model, the baseline's rotations (empty where its baseline is not used).
+    /// Per model, what this pass computes (or reads): post-activations, the rotated baseline,
+    /// pre-activations. With a store to fill, also what the later passes read.
+    wants: Keep,
+    /// Per model, the baseline's rotations (empty where its baseline is not computed).
     rotations: Vec<Vec<Tensor<2>>>,
     /// Kept tokens merged so far.
     tokens: u64,
     timing: BlockTiming,
+    cost: RunCost,
+    /// Why keeping activations for later passes failed (a full disk): they run the models.
+    fill_failed: Option<String>,
+}
+
+/// Where a pass gets each block's activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The models, nothing kept.
+    Forward,
+    /// The models, keeping what later passes read.
+    Fill,
+    /// What the filling pass kept.
+    Reuse,
 }
 
 impl<C: Compute> Pass<C> {
-    /// The pass of `specs`, fresh or continued from `resumed`.
+    /// The pass of `specs`, fresh or continued from `resumed`; `keep`: what it also computes
+    /// for later passes.
     fn new(
         run: &Run<'_>,
         compute: &C,
         specs: &[TileSpec],
         results: &[AnchorResult],
         resumed: Option<&SavedState>,
+        keep: Option<&Keep>,
     ) -> Result<Self, AnalysisError> {
         let (n_layers, d_mlp) = run.family.shape()?;
         let width = n_layers * d_mlp;
-        let widths = vec![width; 2 * run.family.models.len()];
+        let n_models = run.family.models.len();
+        let widths = vec![width; 2 * n_models];
         let mut acc = compute.accumulator(specs.to_vec(), &widths)?;
         let used = acc.streams();
         let counted = counted_anchors(results, &used);
@@ -67,52 +90,110 @@ impl<C: Compute> Pass<C> {
             }
             tokens = state.count;
         }
-        let rotations = run.rotations(&used)?;
+        let wants: Keep = (0..n_models)
+            .map(|m| {
+                let k = keep.and_then(|k| k.get(m)).copied().unwrap_or_default();
+                let is_counted = counted.iter().any(|&i| results[i].anchor == m);
+                [
+                    used[stream(m, false)] || k[0],
+                    used[stream(m, true)] || k[1],
+                    is_counted || k[2],
+                ]
+            })
+            .collect();
+        let rotated: Vec<bool> = (0..2 * n_models)
+            .map(|s| s % 2 == 1 && wants[s / 2][1])
+            .collect();
+        let rotations = run.rotations(&rotated)?;
         Ok(Self {
             acc,
             counted,
             hists,
             anatomy,
             used,
+            wants,
             rotations,
             tokens,
             timing: BlockTiming::default(),
+            cost: RunCost::default(),
+            fill_failed: None,
         })
     }
 
-    /// Run every model this pass reads over `block` and merge the block: histograms and
-    /// anatomy of the counted anchors, the rotated baselines, the accumulators.
+    /// Model `m`'s activations over block `bi` from `source`: a forward (and its rotation),
+    /// kept in `store` when filling; or read back from `store`.
+    fn model_acts(
+        &mut self,
+        run: &Run<'_>,
+        m: usize,
+        (bi, block): (usize, &Block),
+        source: Source,
+        store: Option<&mut Store>,
+    ) -> Result<ModelActs, AnalysisError> {
+        let want = self.wants[m];
+        let t = Instant::now();
+        match (source, store) {
+            (Source::Reuse, Some(store)) => {
+                let acts = store.get(bi, m, want, &run.family.device.device)?;
+                self.cost.reused += 1;
+                self.cost.reuse_seconds += t.elapsed().as_secs_f64();
+                Ok(acts)
+            }
+            (source, store) => {
+                let d_mlp = run.family.shape()?.1;
+                let (post, pre) = activations(&run.family.models[m], block, want[2])?;
+                let rotated = want[1].then(|| rotate(&post, &self.rotations[m], d_mlp));
+                let acts = ModelActs {
+                    post: Some(post),
+                    rotated,
+                    pre,
+                };
+                self.cost.forwards += 1;
+                self.cost.forward_seconds += t.elapsed().as_secs_f64();
+                if let (Source::Fill, Some(store), None) = (source, store, &self.fill_failed)
+                    && let Err(e) = store.put(bi, m, &acts)
+                {
+                    self.fill_failed = Some(e.to_string());
+                }
+                Ok(acts)
+            }
+        }
+    }
+
+    /// Every model this pass reads over block `bi`, merged: histograms and anatomy of the
+    /// counted anchors, the accumulators.
     async fn merge(
         &mut self,
         run: &Run<'_>,
         compute: &C,
-        block: &Block,
+        (bi, block): (usize, &Block),
         results: &[AnchorResult],
+        source: Source,
+        mut store: Option<&mut Store>,
     ) -> Result<(), AnalysisError> {
         let n_models = run.family.models.len();
-        let d_mlp = run.family.shape()?.1;
         let mut streams: Vec<Option<C::Block>> = (0..2 * n_models).map(|_| None).collect();
         for m in 0..n_models {
-            let (real, rotated) = (stream(m, false), stream(m, true));
-            if !(self.used[real] || self.used[rotated]) {
+            if !self.wants[m].iter().any(|&w| w) {
                 continue;
             }
+            let (real, rotated) = (stream(m, false), stream(m, true));
             let counted = self.counted.iter().position(|&i| results[i].anchor == m);
             let t = Instant::now();
-            let (x, pre) = activations(&run.family.models[m], block, counted.is_some())?;
-            // The baseline mixes the activations as a Burn tensor; the statistics read blocks.
-            let rot_input = self.used[rotated].then(|| x.clone());
+            let acts = self.model_acts(run, m, (bi, block), source, store.as_deref_mut())?;
+            let missing = |what: &str| {
+                AnalysisError::Invalid(format!("model {m} has no {what} for block {bi}"))
+            };
             let x = if self.used[real] {
-                Some(compute.block(x)?)
+                Some(compute.block(acts.post.clone().ok_or_else(|| missing("activations"))?)?)
             } else {
                 None
             };
             self.timing.forward += t.elapsed().as_secs_f64();
             let t = Instant::now();
             if let Some(k) = counted {
-                if let Some(pre) = pre {
-                    self.hists.update(k, &compute.block(pre)?)?;
-                }
+                let pre = acts.pre.ok_or_else(|| missing("pre-activations"))?;
+                self.hists.update(k, &compute.block(pre)?)?;
                 if let (Some(a), Some(x)) = (&mut self.anatomy, &x) {
                     a.update(k, x, &run.tokens.ids, block.rows.r0, &block.kept)?;
                 }
@@ -120,9 +201,10 @@ impl<C: Compute> Pass<C> {
             self.timing.statistics += t.elapsed().as_secs_f64();
             let t = Instant::now();
             streams[real] = x;
-            streams[rotated] = rot_input
-                .map(|x| compute.block(rotate(&x, &self.rotations[m], d_mlp)))
-                .transpose()?;
+            if self.used[rotated] {
+                let r = acts.rotated.ok_or_else(|| missing("rotated baseline"))?;
+                streams[rotated] = Some(compute.block(r)?);
+            }
             self.timing.accumulate += t.elapsed().as_secs_f64();
             // Let the device finish this model's work (in a browser the page gets its event
             // loop back) before the next model is recorded.
@@ -215,22 +297,61 @@ impl Run<'_> {
             results = ck.results;
             resumed = ck.accumulators;
         }
+        let mut store: Option<Store> = None;
+        let mut cost = RunCost::default();
+        let mut notes = Vec::new();
+        if plan.reuse == Reuse::Disk && self.work_dir.is_none() && plan.passes.len() > 1 {
+            notes.push(format!(
+                "{} passes without a work directory to keep activations in: every pass runs \
+                 the models again ({}x the forward passes of one pass)",
+                plan.passes.len(),
+                plan.passes.len()
+            ));
+        }
         for (pass_idx, specs) in plan.passes.iter().enumerate().skip(start.pass) {
             let resumed = resumed.take().filter(|_| pass_idx == start.pass);
             let first_block = if resumed.is_some() { start.block } else { 0 };
-            let mut pass = Pass::new(self, compute, specs, &results, resumed.as_ref())?;
+            let later = &plan.passes[pass_idx + 1..];
+            // The first pass that starts at the first block and has passes after it keeps
+            // what they read; those read it instead of running the models.
+            let source = if store.as_ref().is_some_and(Store::is_complete) {
+                Source::Reuse
+            } else if store.is_none() && first_block == 0 && !later.is_empty() {
+                store = self.new_store(&plan, specs, later, &results)?;
+                if store.is_some() {
+                    Source::Fill
+                } else {
+                    Source::Forward
+                }
+            } else {
+                Source::Forward
+            };
+            let keep = store.as_ref().map(|s| s.keep().clone());
+            let keep = keep.as_ref().filter(|_| source == Source::Fill);
+            let mut pass = Pass::new(self, compute, specs, &results, resumed.as_ref(), keep)?;
             let mut last_ckpt = Instant::now();
             for (bi, &rows) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
                     if let Some(path) = &ckpt_path {
                         self.save(path, pass_idx, bi, &results, Some(pass.state().await?))?;
                     }
+                    if let Some(s) = store {
+                        s.remove()?;
+                    }
                     return Ok(Outcome::Interrupted {
                         checkpoint: ckpt_path.unwrap_or_default(),
                     });
                 }
-                pass.merge(self, compute, &self.block(rows)?, &results)
-                    .await?;
+                let block = self.block(rows)?;
+                pass.merge(
+                    self,
+                    compute,
+                    (bi, &block),
+                    &results,
+                    source,
+                    store.as_mut(),
+                )
+                .await?;
                 progress(Progress {
                     pass: pass_idx,
                     passes: plan.passes.len(),
@@ -245,6 +366,35 @@ impl Run<'_> {
                 {
                     self.save(path, pass_idx, bi + 1, &results, Some(pass.state().await?))?;
                     last_ckpt = Instant::now();
+                }
+            }
+            cost += pass.cost;
+            if source == Source::Fill {
+                match pass.fill_failed.take() {
+                    None => {
+                        if let Some(s) = &mut store {
+                            s.complete();
+                            notes.push(format!(
+                                "passes {}-{} read the {:.0} MiB of activations pass {} kept {} \
+                                 instead of running the models again",
+                                pass_idx + 2,
+                                plan.passes.len(),
+                                s.bytes() as f64 / (1 << 20) as f64,
+                                pass_idx + 1,
+                                s.place()
+                            ));
+                        }
+                    }
+                    Some(why) => {
+                        notes.push(format!(
+                            "keeping activations for the later passes failed ({why}): they \
+                             run the models again"
+                        ));
+                        if let Some(s) = store.take() {
+                            // Best effort: the file may be what filled the disk.
+                            let _ = s.remove();
+                        }
+                    }
                 }
             }
             if shard.is_some() {
@@ -271,12 +421,46 @@ impl Run<'_> {
                 self.save(path, pass_idx + 1, 0, &results, None)?;
             }
         }
-        Ok(Outcome::Done(finished(
-            tokens_per_pass,
-            shape,
-            results,
-            plan,
-        )))
+        if let Some(s) = store {
+            s.remove()?;
+        }
+        let mut out = finished(tokens_per_pass, shape, results, plan);
+        out.cost = cost;
+        out.notes = notes;
+        Ok(Outcome::Done(out))
+    }
+
+    /// A store for what the passes after `specs` (`later`) read, where the plan keeps
+    /// activations: in memory, or in the work directory (none without one).
+    fn new_store(
+        &self,
+        plan: &Plan,
+        specs: &[TileSpec],
+        later: &[Vec<TileSpec>],
+        results: &[AnchorResult],
+    ) -> Result<Option<Store>, AnalysisError> {
+        let n_models = self.family.models.len();
+        let read = crate::accum::used_streams(
+            &later.iter().flatten().cloned().collect::<Vec<_>>(),
+            2 * n_models,
+        );
+        let counted_now =
+            counted_anchors(results, &crate::accum::used_streams(specs, 2 * n_models));
+        // Anchors a later pass counts need their pre-activations there.
+        let keep: Keep = (0..n_models)
+            .map(|m| {
+                let counted_later = read[stream(m, false)]
+                    && results.iter().enumerate().any(|(i, r)| {
+                        r.anchor == m && r.pre_hist.is_empty() && !counted_now.contains(&i)
+                    });
+                [read[stream(m, false)], read[stream(m, true)], counted_later]
+            })
+            .collect();
+        Ok(match (plan.reuse, self.work_dir) {
+            (Reuse::Memory, _) => Some(Store::memory(keep)),
+            (Reuse::Disk, Some(dir)) => Some(Store::disk(&dir.join(ACTIVATIONS), keep)?),
+            _ => None,
+        })
     }
 
     /// Fold a finished pass into the results: matches (and candidates), then the histograms

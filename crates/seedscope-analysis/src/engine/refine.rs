@@ -8,7 +8,7 @@ use super::block::blocks;
 use super::{AnalysisOptions, CANDIDATES, Family, Refine, Run, TokenSet};
 use crate::AnalysisError;
 use crate::compute::Compute;
-use crate::plan::{MAX_PAIRS_PER_TILE, Plan, TileSpec, chunks, stream};
+use crate::plan::{MAX_PAIRS_PER_TILE, Plan, Reuse, TileSpec, chunks, stream};
 use crate::results::{AnchorResult, Outcome, Progress};
 
 impl Run<'_> {
@@ -88,6 +88,8 @@ impl Run<'_> {
         let Outcome::Done(mut results) = out else {
             return Ok(out);
         };
+        results.cost += first.cost;
+        results.notes.splice(0..0, first.notes.iter().cloned());
         // Heatmap tiles come from the prefix, the only stage with dense tiles.
         for (r, f) in results.anchors.iter_mut().zip(&first.anchors) {
             r.tiles = f.tiles.clone();
@@ -170,5 +172,7 @@ pub(super) fn pair_plan(
         passes: vec![specs],
         activation_bytes,
         max_tile_bytes,
+        reuse: Reuse::Single,
+        reuse_bytes: 0,
     })
 }
