@@ -99,8 +99,10 @@ fn norm(v: &[f64]) -> f64 {
 }
 
 /// Statistics of every neuron, `layer * d_mlp + neuron` order. The cosines are computed in
-/// blocks of neurons (an f32 GEMM against the normalised unembedding), moments in f64.
+/// blocks of neurons (an f32 GEMM against the normalised unembedding), moments in f64, the
+/// neurons of a block in parallel.
 pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, AnalysisError> {
+    use rayon::prelude::*;
     let (d, vocab) = (p.d_model, p.vocab);
     check_shapes(p)?;
     // Unit columns of W_U, as [d_model, vocab].
@@ -127,10 +129,18 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
                 }
             }
             let cos = w.dot(&u);
-            for j in j0..j1 {
-                let row = cos.row(j - j0).to_vec();
-                out.push(neuron(layer, j, d, &row, &null));
-            }
+            let cos = cos
+                .as_slice()
+                .ok_or_else(|| AnalysisError::Invalid("a non-contiguous GEMM result".into()))?;
+            let mut block = Vec::new();
+            (j0..j1)
+                .into_par_iter()
+                .map(|j| {
+                    let row = &cos[(j - j0) * vocab..(j - j0 + 1) * vocab];
+                    neuron(layer, j, d, row, &null)
+                })
+                .collect_into_vec(&mut block);
+            out.extend(block);
         }
     }
     Ok(out)
@@ -169,26 +179,27 @@ fn neuron(
 }
 
 /// The [`VOCAB_ENDS`] tokens with the largest cosine (`top`, largest first) or the smallest
-/// (smallest first); ties go to the lower token id. A selection, not a sort of the vocabulary.
+/// (smallest first); ties go to the lower token id. One pass keeping the ends in order (most
+/// tokens are rejected by one comparison), not a sort of the vocabulary.
 fn ends(cos: &[f32], top: bool) -> Vec<u32> {
-    // Descending by cosine for the top (ascending for the bottom), then by token id.
-    let order = |a: &u32, b: &u32| {
-        let (x, y) = (cos[*a as usize], cos[*b as usize]);
-        let o = if top {
-            y.total_cmp(&x)
-        } else {
-            x.total_cmp(&y)
-        };
-        o.then(a.cmp(b))
+    use std::cmp::Ordering;
+    let beyond = if top {
+        Ordering::Greater
+    } else {
+        Ordering::Less
     };
-    let mut ids: Vec<u32> = (0..cos.len() as u32).collect();
-    let k = VOCAB_ENDS.min(ids.len());
-    if k < ids.len() {
-        ids.select_nth_unstable_by(k, order);
+    let k = VOCAB_ENDS.min(cos.len());
+    let mut kept: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    for (id, &c) in cos.iter().enumerate() {
+        // Ids come in ascending order, so a tie never displaces what is kept.
+        if kept.len() == k && kept.last().is_some_and(|&(w, _)| c.total_cmp(&w) != beyond) {
+            continue;
+        }
+        let at = kept.partition_point(|&(x, _)| x.total_cmp(&c) != beyond.reverse());
+        kept.insert(at, (c, id as u32));
+        kept.truncate(k);
     }
-    ids.truncate(k);
-    ids.sort_by(order);
-    ids
+    kept.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The functional role the paper reads off a neuron's vocabulary projection (§5): prediction
@@ -204,5 +215,44 @@ pub fn vocab_role(vocab_kurt: f64, vocab_skew: f64, vocab_var: f64) -> Option<&'
         Some("partition")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ends by a full sort: descending (ascending for the bottom), ties to the lower id.
+    fn sorted_ends(cos: &[f32], top: bool) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..cos.len() as u32).collect();
+        ids.sort_by(|&a, &b| {
+            let (x, y) = (cos[a as usize], cos[b as usize]);
+            let o = if top {
+                y.total_cmp(&x)
+            } else {
+                x.total_cmp(&y)
+            };
+            o.then(a.cmp(&b))
+        });
+        ids.truncate(VOCAB_ENDS);
+        ids
+    }
+
+    #[test]
+    fn the_ends_are_those_of_a_full_sort_and_hold_no_more_than_they_keep() {
+        for n in [3usize, 10, 11, 1000, 50257] {
+            // Few distinct values (a multiplicative hash of the id), so ties are everywhere.
+            let cos: Vec<f32> = (0..n)
+                .map(|i| ((i as u64 * 2_654_435_761) >> 9) % 20)
+                .map(|v| v as f32 / 19.0 - 0.5)
+                .collect();
+            for top in [true, false] {
+                let e = ends(&cos, top);
+                assert_eq!(e, sorted_ends(&cos, top), "n = {n}, top = {top}");
+                // A neuron's row keeps 10 ids, not the vocabulary's worth of capacity (that
+                // was 2.4 GB for a GPT-2-small-width layer pair).
+                assert!(e.capacity() <= 4 * VOCAB_ENDS, "capacity {}", e.capacity());
+            }
+        }
     }
 }
