@@ -70,7 +70,9 @@ pub struct Args {
     /// Compute backend: auto (wgpu on a hardware GPU, else the CPU), wgpu or cpu.
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
-    /// Memory budget for activations and accumulators (e.g. 4GiB, 512MiB).
+    /// Memory budget of the run on its device (e.g. 4GiB, 512MiB): the models' weights, the
+    /// results, a block's activations, the correlation accumulators and any activations kept
+    /// for later passes. On the CPU path, the host memory it stands for.
     #[arg(long, default_value = "4GiB")]
     pub gpu_memory: String,
     /// Token rows per block (default: as many as fit the budget and the device's largest
@@ -80,9 +82,9 @@ pub struct Args {
     /// Seconds between checkpoints.
     #[arg(long, default_value_t = 120)]
     pub checkpoint_secs: u64,
-    /// Candidate refinement: all pairs over the first N kept tokens only, then exact
-    /// correlations of each neuron's --candidates best and worst matches over all tokens
-    /// (e.g. 2000000 for the paper's 100M-token runs).
+    /// Candidate refinement: all pairs over a sample of about N kept tokens (every s-th row),
+    /// then exact correlations of each neuron's --candidates best and worst matches over all
+    /// tokens (e.g. 2000000 for the paper's 100M-token runs).
     #[arg(long, value_name = "N")]
     pub refine: Option<u64>,
     /// Candidates kept at each end per neuron and stream with --refine.

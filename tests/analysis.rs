@@ -376,7 +376,7 @@ fn a_small_budget_tiles_into_passes_with_the_same_result_and_one_forward_per_blo
         // 5 rows x 32 tokens x 384 neurons x 4 bytes x 8 streams ~ 2 MiB of activations;
         // leave room for about three 128 x 128 tiles per pass (and split layers across passes).
         let small = AnalysisOptions {
-            memory_budget: one.plan.activation_bytes + 3 * 128 * 128 * 8,
+            memory_budget: one.plan.activation_bytes + one.plan.reserved_bytes + 3 * 128 * 128 * 8,
             ..options()
         };
         let work = temp_dir("many-passes");
@@ -419,7 +419,7 @@ fn activations_that_fit_the_budget_are_kept_in_memory() {
     };
     let one = done(run(&dev, &base, &temp_dir("mem-one"), None));
     let small = AnalysisOptions {
-        memory_budget: one.plan.activation_bytes + 3_500_000,
+        memory_budget: one.plan.activation_bytes + one.plan.reserved_bytes + 3_500_000,
         ..base
     };
     let many = done(run(&dev, &small, &temp_dir("mem-many"), None));
@@ -440,7 +440,7 @@ fn without_a_work_directory_the_passes_run_the_models_again_and_say_so() {
     let tokens = tokens();
     let one = done(run(&dev, &options(), &temp_dir("nodir-one"), None));
     let small = AnalysisOptions {
-        memory_budget: one.plan.activation_bytes + 3 * 128 * 128 * 8,
+        memory_budget: one.plan.activation_bytes + one.plan.reserved_bytes + 3 * 128 * 128 * 8,
         ..options()
     };
     let r = Run {
@@ -894,7 +894,9 @@ fn a_refined_run_runs_each_model_once_per_block_of_each_stage() {
     assert_eq!(single.cost.forwards, 3 * (3 + FIXTURE_BLOCKS));
     // A budget that splits the first stage into passes: they reuse the first's activations.
     let small = AnalysisOptions {
-        memory_budget: single.plan.activation_bytes + 3 * 128 * 128 * 8,
+        memory_budget: single.plan.activation_bytes
+            + single.plan.reserved_bytes
+            + 3 * 128 * 128 * 8,
         ..base
     };
     let many = done(run(&dev, &small, &temp_dir("refine-count-many"), None));

@@ -15,7 +15,7 @@ use seedscope_model::{ComputeDevice, LoadedModel};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Manifest, ModelEntry, TOKENIZER, partial_dir, write_bundle_files};
-use crate::plan::Plan;
+use crate::plan::{Plan, Reuse};
 use crate::{AnalysisError, AnalysisOptions, Family, Outcome, Progress, Run, TokenSet};
 
 /// The embedded seed family's model directories, seed-a first.
@@ -582,8 +582,12 @@ fn analysis_options(
     let n_layers = models[0].config.n_layers();
     let budget = req.memory_budget;
     let block_rows = req.batch_size.unwrap_or_else(|| {
+        // A quarter of what the weights leave, over every stream and the forward's
+        // intermediates (the plan's activation estimate).
+        let weights: u64 = models.iter().map(LoadedModel::weight_bytes).sum();
+        let free = budget.saturating_sub(weights);
         let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
-        let per_stream = (budget / (4 * (2 * models.len() as u64 + 2)))
+        let per_stream = (free / (4 * (2 * models.len() as u64 + 2)))
             .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
         ((per_stream / row_bytes) as usize).clamp(1, 32)
     });
@@ -687,16 +691,21 @@ pub fn run_analysis(
     };
     let plan = run.plan()?;
     events(JobEvent::Log(format!(
-        "{} models ({} layers x {} neurons), {} rows x {} tokens from {source}; {} pass(es), \
-         about {:.1} MiB of accumulation memory",
+        "{} models ({} layers x {} neurons), {} rows x {} tokens from {source}",
         models.len(),
         n_layers,
         models[0].config.d_mlp(),
         tokens.n_rows,
         tokens.seq_len,
-        plan.passes.len(),
-        plan.peak_bytes() as f64 / (1 << 20) as f64
     )));
+    match run.first_stage_plan()? {
+        Some(first) => events(JobEvent::Log(format!(
+            "first stage (all pairs over the sample): {}; second stage: the candidate pairs \
+             over all tokens in one pass",
+            plan_words(&first)
+        ))),
+        None => events(JobEvent::Log(plan_words(&plan))),
+    }
     events(JobEvent::Planned(plan));
     let results = if !req.merge.is_empty() {
         let infos = req
@@ -770,6 +779,29 @@ pub fn run_analysis(
         started.elapsed().as_secs_f64()
     )));
     Ok(JobEnd::Written(req.out.clone()))
+}
+
+/// A plan in words: its passes, its peak memory and how the later passes get activations.
+fn plan_words(plan: &Plan) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let reuse = match plan.reuse {
+        Reuse::Single => String::new(),
+        Reuse::Memory => format!(
+            "; the later passes read the first's {:.0} MiB of activations from memory",
+            mib(plan.reuse_bytes)
+        ),
+        Reuse::Disk => format!(
+            "; the later passes read the first's {:.0} MiB of activations from the work \
+             directory",
+            mib(plan.reuse_bytes)
+        ),
+    };
+    format!(
+        "{} pass(es), about {:.0} MiB at peak ({:.0} MiB of it model weights and results){reuse}",
+        plan.passes.len(),
+        mib(plan.peak_bytes()),
+        mib(plan.reserved_bytes)
+    )
 }
 
 /// What [`assemble`] turns into a bundle's files.

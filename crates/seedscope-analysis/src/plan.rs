@@ -82,6 +82,8 @@ pub struct Plan {
     pub activation_bytes: u64,
     /// The most accumulator bytes any pass holds.
     pub max_tile_bytes: u64,
+    /// Bytes held for the whole run: the models' weights and the per-anchor results.
+    pub reserved_bytes: u64,
     /// Where the passes after the first find the activations the first computed.
     pub reuse: Reuse,
     /// Bytes of those activations (every stream a later pass reads, over every kept token).
@@ -104,15 +106,15 @@ pub enum Reuse {
 }
 
 impl Plan {
-    /// Estimated peak memory of the accumulation (model weights not included): one block's
-    /// activations, the largest pass's tiles and, in memory, the reused activations.
+    /// Estimated peak memory of the run: the weights and results it holds throughout, one
+    /// block's activations, the largest pass's tiles and, in memory, the reused activations.
     pub fn peak_bytes(&self) -> u64 {
         let reused = if self.reuse == Reuse::Memory {
             self.reuse_bytes
         } else {
             0
         };
-        self.activation_bytes + self.max_tile_bytes + reused
+        self.reserved_bytes + self.activation_bytes + self.max_tile_bytes + reused
     }
 }
 
@@ -131,8 +133,10 @@ pub struct PlanInput {
     pub block_tokens: usize,
     /// Kept tokens a pass streams (all blocks).
     pub tokens: u64,
-    /// Memory budget in bytes.
+    /// Memory budget in bytes: everything below and the tiles.
     pub budget: u64,
+    /// Bytes held for the whole run (the models' weights, the per-anchor results).
+    pub reserved: u64,
     /// The largest single buffer the device binds.
     pub max_binding: u64,
 }
@@ -147,28 +151,40 @@ pub(crate) fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<us
 }
 
 /// Tiles are one anchor layer × one other layer, split further where one tile would exceed the
-/// device's largest binding; passes take tiles in order until the budget (less the block's
-/// activations) is full. When that makes several passes, the activations are reused
-/// ([`Reuse`]): in memory if they take at most half of what the tiles would have (the tiles are
-/// then packed into the rest), else on disk.
+/// device's largest binding; passes take tiles in order until the budget (less what the run
+/// holds throughout and the block's activations) is full. When that makes several passes, the
+/// activations are reused ([`Reuse`]): in memory if they take at most half of what the tiles
+/// would have (the tiles are then packed into the rest), else on disk.
 pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
     let width = input.n_layers * input.d_mlp;
     // Each pass may need every model and its rotation: forward intermediates are about the
     // size of the activations again.
     let activation_bytes =
         (input.block_tokens * width * 4) as u64 * (2 * input.n_models as u64 + 2);
-    let tile_budget = input.budget.saturating_sub(activation_bytes);
-    let tiles = tiles(input, tile_budget, activation_bytes)?;
+    let tile_budget = input
+        .budget
+        .saturating_sub(input.reserved + activation_bytes);
+    let too_small = |left: u64| {
+        AnalysisError::Invalid(format!(
+            "a memory budget of {} MiB leaves {} MiB for correlations after {} MiB of model \
+             weights and results and {} MiB of activations per block: not enough for one row \
+             of a {}-neuron layer; raise --gpu-memory or lower --batch-size",
+            input.budget >> 20,
+            left >> 20,
+            input.reserved >> 20,
+            activation_bytes >> 20,
+            input.d_mlp
+        ))
+    };
+    let tiles = tiles(input, tile_budget).ok_or_else(|| too_small(tile_budget))?;
     let passes = pack(&tiles, tile_budget);
     let reuse_bytes = reused_bytes(input, &passes);
     let (passes, reuse) = if passes.len() <= 1 {
         (passes, Reuse::Single)
     } else if reuse_bytes <= tile_budget / 2 {
         let rest = tile_budget - reuse_bytes;
-        (
-            pack(&self::tiles(input, rest, activation_bytes)?, rest),
-            Reuse::Memory,
-        )
+        let tiles = self::tiles(input, rest).ok_or_else(|| too_small(rest))?;
+        (pack(&tiles, rest), Reuse::Memory)
     } else {
         (passes, Reuse::Disk)
     };
@@ -181,17 +197,15 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
         passes,
         activation_bytes,
         max_tile_bytes,
+        reserved_bytes: input.reserved,
         reuse,
         reuse_bytes,
     })
 }
 
-/// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding.
-fn tiles(
-    input: &PlanInput,
-    tile_budget: u64,
-    activation_bytes: u64,
-) -> Result<Vec<TileSpec>, AnalysisError> {
+/// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
+/// (none if one row of a layer does not fit).
+fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let d = input.d_mlp;
     let cap = input.max_binding.min(tile_budget);
     // Split the anchor side until one anchor chunk × one other layer fits `cap`.
@@ -200,14 +214,7 @@ fn tiles(
         a_split += 1;
     }
     if a_split > d {
-        return Err(AnalysisError::Invalid(format!(
-            "a memory budget of {} MiB leaves {} MiB for correlations after {} MiB of \
-             activations per block: not enough for one row of a {d}-neuron layer; raise \
-             --gpu-memory or lower --batch-size",
-            input.budget >> 20,
-            tile_budget >> 20,
-            activation_bytes >> 20
-        )));
+        return None;
     }
     let mut tiles = Vec::new();
     for &a in &input.anchors {
@@ -228,7 +235,7 @@ fn tiles(
             }
         }
     }
-    Ok(tiles)
+    Some(tiles)
 }
 
 /// Tiles taken in order into passes of at most `budget` bytes.
@@ -308,6 +315,7 @@ mod tests {
             block_tokens: 512,
             tokens: 2048,
             budget,
+            reserved: 0,
             max_binding: 128 << 20,
         }
     }

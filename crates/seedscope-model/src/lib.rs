@@ -98,6 +98,8 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// The device the weights live on.
     pub device: Device,
+    /// What the weights are computed in.
+    pub dtype: FloatDType,
 }
 
 impl LoadedModel {
@@ -128,6 +130,7 @@ impl LoadedModel {
             model,
             dir,
             device: device.clone(),
+            dtype: options.dtype,
         })
     }
 
@@ -159,7 +162,19 @@ impl LoadedModel {
             model,
             dir: dir.to_path_buf(),
             device: device.device.clone(),
+            dtype,
         })
+    }
+
+    /// Bytes the weights take on the device (parameters times their element size).
+    pub fn weight_bytes(&self) -> u64 {
+        use burn::module::Module;
+        let size = match self.dtype {
+            FloatDType::F64 => 8,
+            FloatDType::F32 | FloatDType::Flex32 => 4,
+            FloatDType::F16 | FloatDType::BF16 => 2,
+        };
+        self.model.num_params() as u64 * size
     }
 
     /// Run on a token batch after checking it against the model (ids in the vocabulary, length

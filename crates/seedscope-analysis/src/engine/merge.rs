@@ -52,7 +52,13 @@ impl Run<'_> {
             }
             let anchors = lists.swap_remove(0);
             first_tiles = Some(anchors.iter().map(|a| a.tiles.clone()).collect::<Vec<_>>());
-            pair_plan(&anchors, width, n_models, self.block_tokens())?
+            pair_plan(
+                &anchors,
+                width,
+                n_models,
+                self.block_tokens(),
+                self.reserved_bytes(self.options.refine.map(|r| r.k))?,
+            )?
         } else {
             self.plan_for(max_binding)?
         };

@@ -181,12 +181,27 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The plan for this family, data and budget.
     pub fn plan(&self) -> Result<Plan, AnalysisError> {
-        self.plan_for(self.family.device.max_buffer_bytes.unwrap_or(u64::MAX))
+        self.plan_for(self.max_binding())
+    }
+
+    /// The device's largest binding (none on the CPU).
+    fn max_binding(&self) -> u64 {
+        self.family.device.max_buffer_bytes.unwrap_or(u64::MAX)
     }
 
     /// The plan under a device binding limit of `max_binding` bytes (a merge replays the
     /// shards' device's plan).
     pub fn plan_for(&self, max_binding: u64) -> Result<Plan, AnalysisError> {
+        self.plan_holding(max_binding, self.options.refine.map(|r| r.k))
+    }
+
+    /// The plan of a run that also holds `candidates` best and worst matches per anchor
+    /// neuron and stream (refinement's first stage holds what it collects).
+    fn plan_holding(
+        &self,
+        max_binding: u64,
+        candidates: Option<usize>,
+    ) -> Result<Plan, AnalysisError> {
         let (n_layers, d_mlp) = self.family.shape()?;
         let n = self.family.models.len();
         plan(&PlanInput {
@@ -200,8 +215,30 @@ impl Run<'_> {
                 .map(|b| b.kept)
                 .sum(),
             budget: self.options.memory_budget,
+            reserved: self.reserved_bytes(candidates)?,
             max_binding,
         })
+    }
+
+    /// Bytes the run holds throughout: the models' weights and, per anchor, its results
+    /// (matches, histograms, `candidates` best and worst matches per neuron and stream, the
+    /// anatomy's accumulators).
+    pub fn reserved_bytes(&self, candidates: Option<usize>) -> Result<u64, AnalysisError> {
+        let (n_layers, d_mlp) = self.family.shape()?;
+        let width = (n_layers * d_mlp) as u64;
+        let others = self.family.models.len() as u64 - 1;
+        let weights: u64 = self.family.models.iter().map(|m| m.weight_bytes()).sum();
+        let candidates = candidates.map_or(0, |k| 2 * others * 2 * k as u64 * 8);
+        let per_neuron = 2 * others * 16 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
+        let anatomy = self.anatomy.as_ref().map_or(0, |s| {
+            seedscope_gpu::Anatomy::bytes(
+                width as u32,
+                crate::anatomy::TOP_K as u32,
+                s.n_pos() as u32,
+                s.features.len() as u32,
+            )
+        });
+        Ok(weights + self.anchors().len() as u64 * (width * per_neuron + anatomy))
     }
 
     /// Run every pass (resuming from a matching checkpoint in `work_dir`); with

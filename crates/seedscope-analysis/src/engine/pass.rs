@@ -298,6 +298,7 @@ impl Run<'_> {
             resumed = ck.accumulators;
         }
         let mut store: Option<Store> = None;
+        let mut last_ckpt = Instant::now();
         let mut cost = RunCost::default();
         let mut notes = Vec::new();
         if plan.reuse == Reuse::Disk && self.work_dir.is_none() && plan.passes.len() > 1 {
@@ -329,7 +330,6 @@ impl Run<'_> {
             let keep = store.as_ref().map(|s| s.keep().clone());
             let keep = keep.as_ref().filter(|_| source == Source::Fill);
             let mut pass = Pass::new(self, compute, specs, &results, resumed.as_ref(), keep)?;
-            let mut last_ckpt = Instant::now();
             for (bi, &rows) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
                     if let Some(path) = &ckpt_path {
@@ -417,8 +417,15 @@ impl Run<'_> {
                 )
                 .await?;
             }
-            if let Some(path) = &ckpt_path {
+            // Between passes as within them, at most one checkpoint per interval (a plan of
+            // many short passes would otherwise spend its time writing the results), and
+            // after the last (a refined run resumed in its second stage skips the first).
+            if let Some(path) = &ckpt_path
+                && (last_ckpt.elapsed() >= self.checkpoint_every
+                    || pass_idx + 1 == plan.passes.len())
+            {
                 self.save(path, pass_idx + 1, 0, &results, None)?;
+                last_ckpt = Instant::now();
             }
         }
         if let Some(s) = store {

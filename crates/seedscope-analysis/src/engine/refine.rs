@@ -24,16 +24,7 @@ impl Run<'_> {
         let (n_layers, d_mlp) = self.family.shape()?;
         let width = n_layers * d_mlp;
         let k = refine.k.clamp(1, (width / 2).max(1));
-        let prefix_options = AnalysisOptions {
-            max_tokens: Some(
-                self.options
-                    .max_tokens
-                    .map_or(refine.prefix_tokens, |m| m.min(refine.prefix_tokens)),
-            ),
-            refine: None,
-            ..self.options.clone()
-        };
-        let sample = self.sample(refine.prefix_tokens);
+        let (sample, prefix_options) = self.first_stage(refine);
         let prefix_dir = work_dir.join("prefix");
         std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
             path: prefix_dir.clone(),
@@ -53,7 +44,7 @@ impl Run<'_> {
             rotations: self.rotations.clone(),
             anatomy: None,
         };
-        let prefix_plan = prefix.plan()?;
+        let prefix_plan = prefix.plan_holding(self.max_binding(), Some(k))?;
         let n_first = prefix_plan.passes.len();
         let first = match prefix
             .run_passes(compute, prefix_plan, Some(k), None, &mut |p: Progress| {
@@ -75,6 +66,7 @@ impl Run<'_> {
             width,
             self.family.models.len(),
             self.block_tokens(),
+            self.reserved_bytes(Some(k))?,
         )?;
         let out = self
             .run_passes(compute, plan, None, shard, &mut |p: Progress| {
@@ -99,6 +91,46 @@ impl Run<'_> {
             source,
         })?;
         Ok(Outcome::Done(results))
+    }
+
+    /// The first stage's tokens and options: all pairs over the sample, no refinement.
+    fn first_stage(&self, refine: Refine) -> (TokenSet, AnalysisOptions) {
+        let options = AnalysisOptions {
+            max_tokens: Some(
+                self.options
+                    .max_tokens
+                    .map_or(refine.prefix_tokens, |m| m.min(refine.prefix_tokens)),
+            ),
+            refine: None,
+            ..self.options.clone()
+        };
+        (self.sample(refine.prefix_tokens), options)
+    }
+
+    /// With refinement, the plan of its first stage (all pairs over the sample); `None`
+    /// without.
+    pub fn first_stage_plan(&self) -> Result<Option<crate::plan::Plan>, AnalysisError> {
+        let Some(refine) = self.options.refine else {
+            return Ok(None);
+        };
+        let (sample, options) = self.first_stage(refine);
+        let prefix = Run {
+            family: Family {
+                models: self.family.models,
+                device: self.family.device,
+            },
+            tokens: &sample,
+            options: &options,
+            fingerprint: String::new(),
+            work_dir: self.work_dir,
+            cancel: self.cancel.clone(),
+            checkpoint_every: self.checkpoint_every,
+            rotations: None,
+            anatomy: None,
+        };
+        prefix
+            .plan_holding(self.max_binding(), Some(refine.k))
+            .map(Some)
     }
 
     /// The first stage's rows: spread evenly over the data (every s-th row), not its
@@ -131,6 +163,7 @@ pub(super) fn pair_plan(
     width: usize,
     n_models: usize,
     block_tokens: usize,
+    reserved_bytes: u64,
 ) -> Result<Plan, AnalysisError> {
     let mut specs = Vec::new();
     for r in anchors {
@@ -172,6 +205,7 @@ pub(super) fn pair_plan(
         passes: vec![specs],
         activation_bytes,
         max_tile_bytes,
+        reserved_bytes,
         reuse: Reuse::Single,
         reuse_bytes: 0,
     })
