@@ -93,22 +93,36 @@ def timed(cmd):
 
 
 def planted_found(bundle, planted):
-    """Of seed-a's neurons with a near-copy (noise < 0.5) in seed-b / seed-c, how many have it
-    as their best match there."""
+    """Of seed-a's layer-0 neurons with a near-copy (noise < 0.5) in seed-b / seed-c, how many
+    have it as their best match there. (Layer 0 only: the family's noise, up to 3x the weights
+    on every neuron, changes each MLP's output and so what later layers see; their twins need
+    not stay best matches.)"""
     from safetensors.numpy import load_file
 
     corr = load_file(os.path.join(bundle, "correlation.safetensors"))
     p = np.load(planted)
     found = total = 0
     for other, seed in enumerate(["seed-b", "seed-c"]):  # other-model index 0, 1
-        twin, noise = p[f"{seed}_twin"], p[f"{seed}_noise"]
-        layers = np.arange(twin.shape[0])[:, None]
-        hit = ((corr["max_corr_layer"][other] == layers)
-               & (corr["max_corr_neuron"][other] == twin))
+        twin, noise = p[f"{seed}_twin"][:1], p[f"{seed}_noise"][:1]
+        hit = ((corr["max_corr_layer"][other][:1] == 0)
+               & (corr["max_corr_neuron"][other][:1] == twin))
         near = noise < 0.5
         found += int((hit & near).sum())
         total += int(near.sum())
     return found, total
+
+
+def app_timings(bundle):
+    """The explorer on `bundle` through its kittest harness (crates/seedscope-app/tests/
+    scale.rs): open to overview, table frames p95, neuron page."""
+    env = dict(os.environ, SEEDSCOPE_SCALE_BUNDLE=bundle, CARGO_TARGET_DIR=TARGET)
+    p = subprocess.run(
+        ["cargo", "test", "--release", "--workspace", "--test", "scale", "--", "--nocapture"],
+        cwd=ROOT, env=env, capture_output=True, text=True)
+    line = next((l for l in p.stderr.splitlines() if l.startswith(bundle)), None)
+    if p.returncode != 0 or line is None:
+        sys.exit(f"the explorer harness failed:\n{p.stderr[-3000:]}")
+    return line[len(bundle):].strip()
 
 
 def run(work, name, extra, b):
@@ -131,7 +145,7 @@ def run(work, name, extra, b):
     found = planted_found(out, planted) if planted else None
     log = [line for line in err.splitlines() if "forward passes" in line or "kept" in line
            or "weight statistics" in line or "pass(es)" in line]
-    return dict(family=name, args=" ".join(extra), layers=manifest["n_layers"],
+    return dict(family=name, args=" ".join(extra), out=out, layers=manifest["n_layers"],
                 d_mlp=manifest["d_mlp"], tokens=manifest["n_tokens"], wall=wall, rss=rss,
                 forward_s=forward_s, rate=rate, cost=manifest.get("cost", {}),
                 passes=manifest["passes"], sizes=sizes, found=found, log=log)
@@ -152,14 +166,14 @@ def main():
             runs.append(run(args.work, name, ["--refine", "20000"], b))
         else:
             runs.append(run(args.work, name, ["--refine", args.refine], b))
-        r = runs[-1]
-        print(f"{r['family']} {r['args']}: {r['wall']:.1f} s wall, forward {r['forward_s']:.1f} s",
-              file=sys.stderr)
-        for line in r["log"]:
-            print("   ", line, file=sys.stderr)
+        for r in runs[-2 if name == "embedded" else -1:]:
+            print(f"{r['family']} {r['args']}: {r['wall']:.1f} s wall, forward "
+                  f"{r['forward_s']:.1f} s, peak RSS {r['rss'] / 2**30:.2f} GiB", file=sys.stderr)
+            for line in r["log"]:
+                print("   ", line, file=sys.stderr)
     print("| family | neurons / seed | kept tokens | analyze wall | forwards alone "
           "(bench-forward) | wall / forward | forward passes run (model x block) | tokens/s "
-          "| peak RSS | bundle | planted near-copies found |")
+          "| peak RSS | bundle | planted layer-0 near-copies found |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         bundle = sum(r["sizes"].values())
@@ -174,6 +188,11 @@ def main():
     for r in runs:
         files = ", ".join(f"{f} {s / 1e6:.1f}" for f, s in r["sizes"].items())
         print(f"- {r['family']} {r['args']}: {files}")
+    print()
+    print("The explorer on each GPT-2-width bundle (kittest harness, no renderer):")
+    for r in runs:
+        if r["family"] != "embedded":
+            print(f"- {r['family']}: {app_timings(r['out'])}")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,6 @@ pub struct Explorer {
     pub anchors: Vec<AnchorData>,
     /// Saved tiles: name → (byte range in `tiles.safetensors`, shape).
     tiles: BTreeMap<String, ((u64, u64), [usize; 2])>,
-    tiles_header: u64,
     tokenizer: Option<seedscope_data::TextTokenizer>,
     /// Pre-activation histograms per model name, `[n_layers * d_mlp * HIST_BINS]`.
     histograms: BTreeMap<String, Vec<u32>>,
@@ -324,7 +323,7 @@ impl Explorer {
                 rows,
             });
         }
-        let (tiles, tiles_header) = read_tile_index(&source, d)?;
+        let tiles = read_tile_index(&source, d)?;
         // Token strings need the tokenizer: the bundle's copy, else the anchor's; a bundle
         // without one whose models moved still opens without it.
         let tokenizer = match source.read(seedscope_analysis::bundle::TOKENIZER)? {
@@ -351,7 +350,6 @@ impl Explorer {
             names,
             anchors,
             tiles,
-            tiles_header,
             tokenizer,
             histograms,
             anatomy,
@@ -514,9 +512,9 @@ impl Explorer {
             .tiles
             .get(name)
             .ok_or_else(|| corrupt(&path, format!("no tile {name}")))?;
-        let bytes =
-            self.source
-                .read_range(TILES, self.tiles_header + start, (end - start) as usize)?;
+        let bytes = self
+            .source
+            .read_range(TILES, start, (end - start) as usize)?;
         if bytes.len() != shape[0] * shape[1] * 2 {
             return Err(corrupt(
                 &path,
@@ -535,69 +533,28 @@ impl Explorer {
     }
 }
 
-/// The index of `tiles.safetensors` (absent: no tiles): per tensor its byte range after the
-/// header and its shape, and the header's length.
+/// The index of `tiles.safetensors` (absent: no tiles): per tensor its byte range in the file
+/// and its shape, from the header alone.
 #[allow(clippy::type_complexity)]
 fn read_tile_index(
     source: &BundleSource,
     d: usize,
-) -> Result<(BTreeMap<String, ((u64, u64), [usize; 2])>, u64), AppError> {
-    let path = &source.path(TILES);
-    let Some(file_len) = source.len(TILES)? else {
-        return Ok((BTreeMap::new(), 0));
+) -> Result<BTreeMap<String, ((u64, u64), [usize; 2])>, AppError> {
+    let Some(index) = seedscope_analysis::bundle::TensorIndex::read(source, TILES)? else {
+        return Ok(BTreeMap::new());
     };
-    if file_len < 8 {
-        return Err(corrupt(
-            path,
-            format!("not a safetensors file ({file_len} bytes)"),
-        ));
-    }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&source.read_range(TILES, 0, 8)?);
-    let n = u64::from_le_bytes(n);
-    if n > 100 << 20 || n + 8 > file_len {
-        return Err(corrupt(
-            path,
-            format!("not a safetensors file (a header of {n} bytes in {file_len})"),
-        ));
-    }
-    let header = source.read_range(TILES, 8, n as usize)?;
-    let json: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("bad header: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (name, v) in json {
-        if name == "__metadata__" {
-            continue;
-        }
-        let offsets = v
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
-        let shape: Option<Vec<usize>> = v
-            .get("shape")
-            .and_then(|s| serde_json::from_value(s.clone()).ok());
-        match (
-            offsets,
-            shape.as_deref(),
-            v.get("dtype").and_then(|t| t.as_str()),
-        ) {
-            (Some((a, b)), Some(&[r, c]), Some("F16"))
-                if a <= b
-                    && b.checked_add(8 + n).is_some_and(|e| e <= file_len)
-                    && r == d
-                    && c == d =>
-            {
-                out.insert(name, ((a, b), [r, c]));
+    index
+        .entries()
+        .map(|(name, e)| match (e.dtype, e.shape.as_slice()) {
+            (Dtype::F16, &[r, c]) if r == d && c == d => {
+                Ok((name.to_owned(), ((e.start, e.end), [r, c])))
             }
-            _ => {
-                return Err(corrupt(
-                    path,
-                    format!("tile {name}: not an f16 [{d}, {d}] tensor"),
-                ));
-            }
-        }
-    }
-    Ok((out, 8 + n))
+            _ => Err(corrupt(
+                index.path(),
+                format!("tile {name}: not an f16 [{d}, {d}] tensor"),
+            )),
+        })
+        .collect()
 }
 
 /// `histograms.safetensors` (absent: none): per model name its u32 counts.
@@ -623,29 +580,13 @@ impl Explorer {
     /// cannot run (the browser). Neurons of models that were not an anchor get none; the
     /// stored examples carry the activation at the example's token only.
     pub fn stored_examples(&self, neurons: &[NeuronId]) -> Result<Vec<Examples>, AppError> {
-        let width = self.n_layers() * self.d_mlp();
         let tok = self
             .tokenizer()
             .ok_or("the bundle has no tokenizer to show the examples' tokens with")?;
-        let mut files = BTreeMap::new();
         let mut out = Vec::new();
         for &n in neurons {
-            // Only anchors have examples in the bundle.
-            let file = match files.entry(n.model) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(match self.anchor(n.model) {
-                        Some(_) => seedscope_analysis::bundle::AnatomyFile::read_from(
-                            &self.source,
-                            n.model,
-                            width,
-                            true,
-                        )?,
-                        None => None,
-                    })
-                }
-            };
-            let Some(a) = file.as_ref() else {
+            // Only anchors have examples in the bundle; each neuron's are read by range.
+            let Some(a) = self.anatomy.get(&n.model) else {
                 out.push(Examples {
                     id: n,
                     top: Vec::new(),
@@ -656,12 +597,11 @@ impl Explorer {
             };
             let i = n.layer * self.d_mlp() + n.neuron;
             let win = a.window();
+            let (values, windows) = a.examples(&self.source, i)?;
             let top = (0..a.k)
                 .filter_map(|j| {
-                    let value = *a.top_val.get(i * a.k + j)?;
-                    let ids = a
-                        .windows
-                        .get((i * a.k + j) * win..(i * a.k + j + 1) * win)?;
+                    let value = *values.get(j)?;
+                    let ids = windows.get(j * win..(j + 1) * win)?;
                     if !value.is_finite() || ids.get(a.context.0).is_none_or(|&t| t < 0) {
                         return None;
                     }

@@ -36,6 +36,7 @@
 //! `tiles.safetensors`: f16 correlations `[d_mlp, d_mlp]` named `{anchor}/{other}/L{a}-L{b}`.
 
 mod anatomy_file;
+mod index;
 pub mod rows;
 pub mod write;
 
@@ -45,7 +46,8 @@ use std::path::{Path, PathBuf};
 pub use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
-pub use anatomy_file::AnatomyFile;
+pub use anatomy_file::{AnatomyFile, NO_WINDOW_TOKEN};
+pub use index::{Entry, TensorIndex};
 pub use rows::{
     COLUMNS, NeuronRow, PCT_COLUMNS, RowExtras, family_counts, layer_percentiles, neuron_rows,
     universal_medians,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 
+use super::anatomy_file::NO_WINDOW_TOKEN;
 use super::rows::{NeuronRow, PCT_COLUMNS, RowExtras, layer_percentiles, neuron_rows};
 use super::{
     ANATOMY, ATTENTION, CORRELATION, HISTOGRAMS, MANIFEST, Manifest, NEURONS, TILES, TOKENIZER,
@@ -392,8 +393,8 @@ pub const CONTEXT: (usize, usize) = (50, 10);
 
 /// `anatomy.safetensors`: per anchor (prefixed `anchor{m}/` after the first) the examples
 /// `top_val` `[l, d, k]` f32, `top_index` `[l, d, k]` i64 (`row * seq_len + position`, −1 where
-/// none) and `windows` `[l, d, k, 61]` i32 token ids (50 before, the token, 10 after, within its
-/// row; −1 outside); `best_feature` `[l, d, 3]` i32 with `best_vr` f32; `top_token` `[l, d, 10]`
+/// none) and `windows` `[l, d, k, 61]` token ids (50 before, the token, 10 after, within its
+/// row): u16 with [`NO_WINDOW_TOKEN`] outside a row when every id fits, else i32 with −1; `best_feature` `[l, d, 3]` i32 with `best_vr` f32; `top_token` `[l, d, 10]`
 /// i32 with `top_token_mean` f32; `pos_mi` `[l, d]` f32. Metadata `features`: the feature list
 /// (JSON), `context`: `[50, 10]`.
 fn anatomy_file(
@@ -426,6 +427,8 @@ fn anatomy_file(
         })
     };
     let (nb, nt) = (crate::anatomy::BEST_FEATURES, crate::anatomy::TOP_TOKENS);
+    // Windows in u16 when every id fits (GPT-2's and Pythia's vocabularies do): half the file.
+    let narrow = tokens.ids.iter().all(|&t| t < u32::from(NO_WINDOW_TOKEN));
     let mut file = TensorFile::default();
     for (ai, r) in results.anchors.iter().enumerate() {
         let Some(a) = &r.anatomy else { continue };
@@ -446,7 +449,19 @@ fn anatomy_file(
             i64::to_le_bytes,
         );
         let windows = a.top_idx.iter().flat_map(|&g| window(g));
-        file.i32s(format!("{prefix}windows"), vec![l, d, k, win], windows);
+        if narrow {
+            let narrow = windows.map(|t| u16::try_from(t).unwrap_or(NO_WINDOW_TOKEN));
+            let shape = vec![l, d, k, win];
+            file.push(
+                format!("{prefix}windows"),
+                Dtype::U16,
+                shape,
+                narrow,
+                u16::to_le_bytes,
+            );
+        } else {
+            file.i32s(format!("{prefix}windows"), vec![l, d, k, win], windows);
+        }
         let best = a.best_feature.iter().map(|&f| signed(f));
         file.i32s(format!("{prefix}best_feature"), vec![l, d, nb], best);
         file.f32s(
