@@ -117,7 +117,8 @@ def app_timings(bundle):
     scale.rs): open to overview, table frames p95, neuron page."""
     env = dict(os.environ, SEEDSCOPE_SCALE_BUNDLE=bundle, CARGO_TARGET_DIR=TARGET)
     p = subprocess.run(
-        ["cargo", "test", "--release", "--workspace", "--test", "scale", "--", "--nocapture"],
+        ["cargo", "test", "--release", "--workspace", "--test", "scale", "--",
+         "the_explorer_at", "--nocapture"],
         cwd=ROOT, env=env, capture_output=True, text=True)
     line = next((l for l in p.stderr.splitlines() if l.startswith(bundle)), None)
     if p.returncode != 0 or line is None:

@@ -1,6 +1,7 @@
 //! Checkpoints of a running analysis: finished passes' results and the current pass's
 //! accumulators, in one safetensors file written atomically.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -64,24 +65,51 @@ struct AnchorMeta {
     candidate_k: usize,
 }
 
-fn f64_bytes(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// The little-endian bytes of `v`: the values themselves on little-endian machines (no copy:
+/// a checkpoint of a GPT-2-small pass holds a GB of accumulators), converted elsewhere.
+fn le_bytes<T: bytemuck::Pod>(v: &[T], le: impl Fn(&T) -> Vec<u8>) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(v))
+    } else {
+        Cow::Owned(v.iter().flat_map(le).collect())
+    }
 }
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+fn f64_bytes(v: &[f64]) -> Cow<'_, [u8]> {
+    le_bytes(v, |x| x.to_le_bytes().to_vec())
 }
-fn u32_bytes(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+fn f32_bytes(v: &[f32]) -> Cow<'_, [u8]> {
+    le_bytes(v, |x| x.to_le_bytes().to_vec())
+}
+fn u32_bytes(v: &[u32]) -> Cow<'_, [u8]> {
+    le_bytes(v, |x| x.to_le_bytes().to_vec())
 }
 
 /// Write `ck` to `path` atomically.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
-    let mut arrays: Vec<(String, Dtype, Vec<u8>, usize)> = Vec::new();
-    let mut push = |name: String, dtype: Dtype, bytes: Vec<u8>, elem: usize| {
+    save_parts(
+        path,
+        &ck.fingerprint,
+        ck.position,
+        &ck.results,
+        ck.accumulators.as_ref(),
+    )
+}
+
+/// [`save`] from the parts of a checkpoint, borrowed: the arrays are streamed to the file from
+/// where they are (no copy of the accumulators or the results is made).
+pub fn save_parts<'a>(
+    path: &Path,
+    fingerprint: &str,
+    position: Position,
+    results: &'a [AnchorResult],
+    accumulators: Option<&'a SavedState>,
+) -> Result<(), AnalysisError> {
+    let mut arrays: Vec<(String, Dtype, Cow<'a, [u8]>, usize)> = Vec::new();
+    let mut push = |name: String, dtype: Dtype, bytes: Cow<'a, [u8]>, elem: usize| {
         let n = bytes.len() / elem;
         arrays.push((name, dtype, bytes, n));
     };
-    for (i, r) in ck.results.iter().enumerate() {
+    for (i, r) in results.iter().enumerate() {
         push(format!("res.{i}.mean"), Dtype::F64, f64_bytes(&r.mean), 8);
         push(format!("res.{i}.var"), Dtype::F64, f64_bytes(&r.var), 8);
         if !r.pre_hist.is_empty() {
@@ -168,7 +196,7 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
             );
         }
     }
-    if let Some(acc) = &ck.accumulators {
+    if let Some(acc) = accumulators {
         for (s, m) in acc.moments.iter().enumerate() {
             if let Some(m) = m {
                 push(format!("acc.moments.{s}"), Dtype::F64, f64_bytes(m), 8);
@@ -211,27 +239,25 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
             push(
                 format!("{p}.feature_count"),
                 Dtype::F64,
-                f64_bytes(&counts),
+                Cow::Owned(f64_bytes(&counts).into_owned()),
                 8,
             );
             let totals: Vec<f64> = a.pos_total.iter().map(|&c| c as f64).collect();
-            push(format!("{p}.pos_total"), Dtype::F64, f64_bytes(&totals), 8);
+            let totals = Cow::Owned(f64_bytes(&totals).into_owned());
+            push(format!("{p}.pos_total"), Dtype::F64, totals, 8);
         }
     }
     let meta = Meta {
-        fingerprint: ck.fingerprint.clone(),
-        position: ck.position,
-        count: ck.accumulators.as_ref().map(|a| a.count),
-        moments: ck
-            .accumulators
-            .as_ref()
+        fingerprint: fingerprint.to_owned(),
+        position,
+        count: accumulators.map(|a| a.count),
+        moments: accumulators
             .map(|a| a.moments.iter().map(Option::is_some).collect())
             .unwrap_or_default(),
-        n_tiles: ck.accumulators.as_ref().map_or(0, |a| a.tiles.len()),
-        n_hists: ck.accumulators.as_ref().map_or(0, |a| a.hists.len()),
-        n_anatomy: ck.accumulators.as_ref().map_or(0, |a| a.anatomy.len()),
-        anchors: ck
-            .results
+        n_tiles: accumulators.map_or(0, |a| a.tiles.len()),
+        n_hists: accumulators.map_or(0, |a| a.hists.len()),
+        n_anatomy: accumulators.map_or(0, |a| a.anatomy.len()),
+        anchors: results
             .iter()
             .map(|r| AnchorMeta {
                 anchor: r.anchor,
@@ -259,9 +285,9 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
         "seedscope_checkpoint".to_owned(),
         serde_json::to_string(&meta).map_err(|e| AnalysisError::Invalid(e.to_string()))?,
     )]);
-    let bytes = safetensors::serialize(views, Some(info))
-        .map_err(|e| AnalysisError::Invalid(format!("serialising the checkpoint: {e}")))?;
-    seedscope_model::write_file_atomic(path, &bytes)?;
+    seedscope_model::write_file_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(info), tmp).map_err(std::io::Error::other)
+    })?;
     Ok(())
 }
 

@@ -137,6 +137,9 @@ pub struct PlanInput {
     pub budget: u64,
     /// Bytes held for the whole run (the models' weights, the per-anchor results).
     pub reserved: u64,
+    /// Whether a pass's dense tiles come back to the host as correlations at its end
+    /// (candidates, saved tiles): 4 more bytes per pair while they are reduced.
+    pub read_back: bool,
     /// The largest single buffer the device binds.
     pub max_binding: u64,
 }
@@ -177,20 +180,20 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
         ))
     };
     let tiles = tiles(input, tile_budget).ok_or_else(|| too_small(tile_budget))?;
-    let passes = pack(&tiles, tile_budget);
+    let passes = pack(input, &tiles, tile_budget);
     let reuse_bytes = reused_bytes(input, &passes);
     let (passes, reuse) = if passes.len() <= 1 {
         (passes, Reuse::Single)
     } else if reuse_bytes <= tile_budget / 2 {
         let rest = tile_budget - reuse_bytes;
         let tiles = self::tiles(input, rest).ok_or_else(|| too_small(rest))?;
-        (pack(&tiles, rest), Reuse::Memory)
+        (pack(input, &tiles, rest), Reuse::Memory)
     } else {
         (passes, Reuse::Disk)
     };
     let max_tile_bytes = passes
         .iter()
-        .map(|p| p.iter().map(TileSpec::bytes).sum())
+        .map(|p| p.iter().map(|t| cost(input, t)).sum())
         .max()
         .unwrap_or(0);
     Ok(Plan {
@@ -210,7 +213,8 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Split the anchor side until one anchor chunk × one other layer fits `cap`.
     let mut a_split = 1;
-    while a_split <= d && (d.div_ceil(a_split) * d * 8) as u64 > cap {
+    let per_pair = if input.read_back { 12 } else { 8 };
+    while a_split <= d && (d.div_ceil(a_split) * d * per_pair) as u64 > cap {
         a_split += 1;
     }
     if a_split > d {
@@ -238,16 +242,28 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     Some(tiles)
 }
 
+/// A tile's bytes while its pass runs and ends: its accumulators and, read back, its
+/// correlations.
+fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
+    let read_back = if input.read_back && t.pairs.is_none() {
+        4 * t.entries() as u64
+    } else {
+        0
+    };
+    t.bytes() + read_back
+}
+
 /// Tiles taken in order into passes of at most `budget` bytes.
-fn pack(tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>> {
+fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>> {
     let mut passes: Vec<Vec<TileSpec>> = Vec::new();
     let mut used = u64::MAX;
     for t in tiles {
-        if used.saturating_add(t.bytes()) > budget {
+        let bytes = cost(input, t);
+        if used.saturating_add(bytes) > budget {
             passes.push(Vec::new());
             used = 0;
         }
-        used += t.bytes();
+        used += bytes;
         if let Some(p) = passes.last_mut() {
             p.push(t.clone());
         }
@@ -316,6 +332,7 @@ mod tests {
             tokens: 2048,
             budget,
             reserved: 0,
+            read_back: false,
             max_binding: 128 << 20,
         }
     }

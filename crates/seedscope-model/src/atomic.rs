@@ -9,6 +9,15 @@ use crate::error::{ModelError, Result};
 /// Write `bytes` to `path` through a synced temporary file in the same directory and a
 /// rename (the directory is made when missing).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_atomic_with(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Like [`write_file_atomic`], with `write` writing the temporary file at the path it is given
+/// (so large files can be streamed instead of assembled in memory).
+pub fn write_file_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<()> {
     let io = |source: std::io::Error| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -20,9 +29,8 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = sibling(path, &format!("tmp-{}", std::process::id()));
     let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()?;
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if written.is_err() {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
-pub use atomic::{replace_dir, write_file_atomic};
+pub use atomic::{replace_dir, write_file_atomic, write_file_atomic_with};
 pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles, device_features};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};

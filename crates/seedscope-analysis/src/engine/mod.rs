@@ -216,6 +216,7 @@ impl Run<'_> {
                 .sum(),
             budget: self.options.memory_budget,
             reserved: self.reserved_bytes(candidates)?,
+            read_back: candidates.is_some() || !self.options.save_tiles.is_empty(),
             max_binding,
         })
     }
@@ -350,14 +351,12 @@ impl Run<'_> {
         results: &[AnchorResult],
         state: Option<SavedState>,
     ) -> Result<(), AnalysisError> {
-        checkpoint::save(
+        checkpoint::save_parts(
             path,
-            &checkpoint::Checkpoint {
-                fingerprint: self.fingerprint.clone(),
-                position: checkpoint::Position { pass, block },
-                results: results.to_vec(),
-                accumulators: state,
-            },
+            &self.fingerprint,
+            checkpoint::Position { pass, block },
+            results,
+            state.as_ref(),
         )
     }
 }

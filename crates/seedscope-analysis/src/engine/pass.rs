@@ -249,6 +249,20 @@ impl<C: Compute> Pass<C> {
     }
 }
 
+/// Bytes free on the disk of `dir` (none known in the browser, or when the system does not
+/// say).
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        fs4::available_space(dir).ok()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// Results whose histograms a pass reading `used` streams counts: anchors it runs that have
 /// none yet (each token is counted once, in the anchor's first pass).
 pub(super) fn counted_anchors(results: &[AnchorResult], used: &[bool]) -> Vec<usize> {
@@ -318,7 +332,7 @@ impl Run<'_> {
             let source = if store.as_ref().is_some_and(Store::is_complete) {
                 Source::Reuse
             } else if store.is_none() && first_block == 0 && !later.is_empty() {
-                store = self.new_store(&plan, specs, later, &results)?;
+                store = self.new_store(&plan, specs, later, &results, &mut notes)?;
                 if store.is_some() {
                     Source::Fill
                 } else {
@@ -445,6 +459,7 @@ impl Run<'_> {
         specs: &[TileSpec],
         later: &[Vec<TileSpec>],
         results: &[AnchorResult],
+        notes: &mut Vec<String>,
     ) -> Result<Option<Store>, AnalysisError> {
         let n_models = self.family.models.len();
         let read = crate::accum::used_streams(
@@ -465,7 +480,22 @@ impl Run<'_> {
             .collect();
         Ok(match (plan.reuse, self.work_dir) {
             (Reuse::Memory, _) => Some(Store::memory(keep)),
-            (Reuse::Disk, Some(dir)) => Some(Store::disk(&dir.join(ACTIVATIONS), keep)?),
+            (Reuse::Disk, Some(dir)) => match free_space(dir) {
+                // A GiB to spare for the bundle and everything else on that disk.
+                Some(free) if plan.reuse_bytes + (1 << 30) > free => {
+                    notes.push(format!(
+                        "the {} MiB of activations the later passes read do not fit the {} MiB \
+                         free in {}: every pass runs the models again ({}x the forward passes \
+                         of one pass)",
+                        plan.reuse_bytes >> 20,
+                        free >> 20,
+                        dir.display(),
+                        plan.passes.len()
+                    ));
+                    None
+                }
+                _ => Some(Store::disk(&dir.join(ACTIVATIONS), keep)?),
+            },
             _ => None,
         })
     }
