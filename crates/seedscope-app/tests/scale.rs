@@ -22,13 +22,10 @@ fn unit(i: u64) -> f32 {
     ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
 }
 
-/// A bundle of `n_models` seeds with `n_layers` x `d_mlp` neurons: matches, baselines,
-/// moments and histograms from a hash (2 % of neurons with a strong twin).
+/// A bundle of `n_models` seeds with `n_layers` x `d_mlp` neurons in `dir` (written afresh):
+/// matches, baselines, moments and histograms from a hash (2 % of neurons with a strong twin).
 fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) -> PathBuf {
     let out = dir.join(format!("bundle-{n_layers}x{d_mlp}"));
-    if out.join("manifest.json").exists() {
-        return out;
-    }
     let width = n_layers * d_mlp;
     let mut a = AnchorResult::empty(0, n_models, width);
     for (o, (real, base)) in a.real.iter_mut().zip(&mut a.baseline).enumerate() {
@@ -236,7 +233,7 @@ fn explore(bundle: PathBuf, neurons: usize) -> Timings {
 
 #[test]
 fn the_explorer_at_gpt2_small_and_medium_sizes() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-timing");
     // SEEDSCOPE_SCALE_BUNDLE=DIR times a real bundle too (scripts/bench_scale.py passes the
     // GPT-2-small-shaped family's).
     if let Some(real) = std::env::var_os("SEEDSCOPE_SCALE_BUNDLE") {
@@ -286,4 +283,45 @@ fn the_explorer_at_gpt2_small_and_medium_sizes() {
             t.neuron
         );
     }
+}
+
+#[test]
+fn the_overview_and_a_neuron_read_well_at_24_layers() {
+    // GPT-2 medium's depth and width, rendered (wgpu; lavapipe in CI) and compared with the
+    // committed snapshots (`UPDATE_SNAPSHOTS=1` rewrites them).
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-snapshots");
+    let bundle = synthetic_bundle(&dir, 24, 4096, 5);
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .wgpu()
+        .build_eframe(move |cc| {
+            SeedscopeApp::new(
+                cc,
+                Launch {
+                    bundle: Some(bundle),
+                    embedded_bundle: PathBuf::from("/nonexistent"),
+                    analyse_embedded: false,
+                    ..Launch::default()
+                },
+            )
+        });
+    let t0 = Instant::now();
+    while h.state().ex.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            h.state().messages
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        h.step();
+    }
+    h.run_steps(4);
+    h.snapshot("overview_24_layers");
+    let ex = h.state().ex.clone().expect("open");
+    let id = ex
+        .id_of_row(ex.anchors[0].rows[23 * 4096 + 7])
+        .expect("a neuron");
+    h.state_mut().open_neuron(id);
+    h.run_steps(4);
+    h.snapshot("neuron_24_layers");
 }

@@ -106,23 +106,38 @@ impl Accumulate for CpuAccumulator {
                 }
             }
         }
+        // A stream only sparse tiles read is needed as columns alone: free its rows.
+        let mut dense = vec![false; centred.len()];
+        for t in self.specs.iter().filter(|t| t.pairs.is_none()) {
+            dense[t.a_stream] = true;
+            dense[t.b_stream] = true;
+        }
+        for (s, c) in centred.iter_mut().enumerate() {
+            if let (Some((x, _)), Some(_), false) = (c, &columns[s], dense[s]) {
+                *x = Array2::zeros((0, 0));
+            }
+        }
         for (t, acc) in self.specs.iter().zip(self.tiles.iter_mut()) {
             let (Some((ca, da)), Some((cb, db))) = (&centred[t.a_stream], &centred[t.b_stream])
             else {
                 return Err(missing_stream());
             };
-            if t.pairs.is_some() {
+            if let Some(pairs) = &t.pairs {
                 let (Some(xa), Some(xb)) = (&columns[t.a_stream], &columns[t.b_stream]) else {
                     return Err(missing_stream());
                 };
-                // Independent pairs: split over the cores (same sums, any split).
-                let pairs = t.pair_list();
+                // Pair `e` is (anchor column a0 + e / per_row, pairs[e]). Independent pairs:
+                // split over the cores (same sums, any split).
+                let (a0, per_row) = (t.a_cols.start, pairs.len() / t.a_cols.len().max(1));
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let chunk = pairs.len().div_ceil(threads).max(1);
                 std::thread::scope(|scope| {
-                    for (accs, ps) in acc.chunks_mut(chunk).zip(pairs.chunks(chunk)) {
+                    for (n, (accs, js)) in
+                        acc.chunks_mut(chunk).zip(pairs.chunks(chunk)).enumerate()
+                    {
                         scope.spawn(move || {
-                            for (c, &[i, j]) in accs.iter_mut().zip(ps) {
+                            for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
+                                let i = (a0 + (n * chunk + o) / per_row.max(1)) as u32;
                                 let g = dot(column(xa, i, rows), column(xb, j, rows));
                                 *c += g + da[i as usize] * w_cross * db[j as usize];
                             }
