@@ -12,7 +12,7 @@
 // Usage: node web/e2e.mjs --dist web/dist --bundle DIR --out DIR [--chromium PATH] [--max-tokens N]
 import { chromium } from "playwright-core";
 import { PNG } from "pngjs";
-import http from "node:http";
+import { serve } from "./server.mjs";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -27,24 +27,6 @@ const maxTokens = args["max-tokens"] ?? "2048";
 const chromiumPath = args.chromium ?? "/usr/bin/chromium";
 const timeoutMs = Number(args["timeout-s"] ?? 1500) * 1000;
 fs.mkdirSync(outDir, { recursive: true });
-
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
-function serve() {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, "http://127.0.0.1");
-    const [root, rel] = url.pathname.startsWith("/bundle/")
-      ? [bundleDir, url.pathname.slice("/bundle/".length)]
-      : [dist, url.pathname === "/" ? "index.html" : url.pathname.slice(1)];
-    const file = path.resolve(root, decodeURIComponent(rel));
-    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" });
-    fs.createReadStream(file).pipe(res);
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
 
 const expected = JSON.parse(fs.readFileSync(path.join(bundleDir, "manifest.json"), "utf8"));
 function checkSummary(what, s) {
@@ -128,7 +110,7 @@ async function withPage(flags, fn) {
 // SwiftShader behind both ANGLE and WebGPU, canvas and compute work (web/README.md).
 const WEBGPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader"];
 const summaryOf = (line) => JSON.parse(line.slice("seedscope-summary ".length));
-const server = await serve();
+const server = await serve(dist, bundleDir);
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
   await withPage(WEBGPU, async (page, waitFor, log, stamps) => {

@@ -136,21 +136,22 @@ struct Timings {
     neuron: Duration,
 }
 
-fn explore(bundle: PathBuf, neurons: usize) -> Timings {
+/// The app started on `bundle` (rendered by wgpu when `wgpu`), stepped until it is open.
+fn open(bundle: PathBuf, wgpu: bool) -> Harness<'static, SeedscopeApp> {
+    let builder = Harness::builder().with_size([1280.0, 860.0]);
+    let builder = if wgpu { builder.wgpu() } else { builder };
+    let mut h = builder.build_eframe(move |cc| {
+        SeedscopeApp::new(
+            cc,
+            Launch {
+                bundle: Some(bundle),
+                embedded_bundle: PathBuf::from("/nonexistent"),
+                analyse_embedded: false,
+                ..Launch::default()
+            },
+        )
+    });
     let t0 = Instant::now();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .build_eframe(move |cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: Some(bundle),
-                    embedded_bundle: PathBuf::from("/nonexistent"),
-                    analyse_embedded: false,
-                    ..Launch::default()
-                },
-            )
-        });
     while h.state().ex.is_none() {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
@@ -161,6 +162,12 @@ fn explore(bundle: PathBuf, neurons: usize) -> Timings {
         h.step();
     }
     h.step();
+    h
+}
+
+fn explore(bundle: PathBuf, neurons: usize) -> Timings {
+    let t0 = Instant::now();
+    let mut h = open(bundle, false);
     let open = t0.elapsed();
     assert_eq!(h.state().tab, Tab::Overview);
 
@@ -290,31 +297,7 @@ fn the_overview_and_a_neuron_read_well_at_24_layers() {
     // GPT-2 medium's depth and width, rendered (wgpu; lavapipe in CI) and compared with the
     // committed snapshots (`UPDATE_SNAPSHOTS=1` rewrites them).
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-snapshots");
-    let bundle = synthetic_bundle(&dir, 24, 4096, 5);
-    let mut h = Harness::builder()
-        .with_size([1280.0, 860.0])
-        .wgpu()
-        .build_eframe(move |cc| {
-            SeedscopeApp::new(
-                cc,
-                Launch {
-                    bundle: Some(bundle),
-                    embedded_bundle: PathBuf::from("/nonexistent"),
-                    analyse_embedded: false,
-                    ..Launch::default()
-                },
-            )
-        });
-    let t0 = Instant::now();
-    while h.state().ex.is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            h.state().messages
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        h.step();
-    }
+    let mut h = open(synthetic_bundle(&dir, 24, 4096, 5), true);
     h.run_steps(4);
     h.snapshot("overview_24_layers");
     let ex = h.state().ex.clone().expect("open");

@@ -46,7 +46,7 @@ impl Run<'_> {
         };
         let prefix_plan = prefix.plan_holding(self.max_binding(), Some(k))?;
         let n_first = prefix_plan.passes.len();
-        let first = match prefix
+        let mut first = match prefix
             .run_passes(compute, prefix_plan, Some(k), None, &mut |p: Progress| {
                 progress(Progress {
                     passes: p.passes + 1,
@@ -68,6 +68,10 @@ impl Run<'_> {
             self.block_tokens(),
             self.reserved_bytes(Some(k))?,
         )?;
+        // The candidates are in the plan now (151 MB for GPT-2 small): free them.
+        for a in &mut first.anchors {
+            a.candidates = Vec::new();
+        }
         let out = self
             .run_passes(compute, plan, None, shard, &mut |p: Progress| {
                 progress(Progress {

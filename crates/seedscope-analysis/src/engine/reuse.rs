@@ -219,7 +219,10 @@ impl Store {
     /// Release the activations (the file is removed).
     pub fn remove(self) -> Result<(), AnalysisError> {
         if let Place::Disk { path, file, .. } = self.place {
-            drop(file);
+            // Closed before it is removed (Windows removes no open file).
+            {
+                let _closed = file;
+            }
             std::fs::remove_file(&path).map_err(|source| AnalysisError::Io { path, source })?;
         }
         Ok(())
