@@ -13,7 +13,8 @@ For each family it
 - reads the bundle: its forward count (the manifest's `cost`), file sizes, and on the planted
   families how many of the near-copies (noise below 0.5) were found as the best match.
 
-Columns: wall / forward is the issue's ratio (1.0 would be the forwards alone).
+Columns: wall / forward is the run's cost in forwards (1.0 would be the forwards alone; the
+goal is 1.5).
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
     .venv/bin/python scripts/bench_scale.py [--work DIR] [--families embedded,l2,l12]
