@@ -11,7 +11,8 @@ For each family it
 - runs `seedscope bench-forward` on seed-a at the analysis's block shape (its batch rows x the
   row length) and sums the forward time every seed needs over the data at that rate;
 - reads the bundle: its forward count (the manifest's `cost`), file sizes, and on the planted
-  families how many of the near-copies (noise below 0.5) were found as the best match.
+  families how many of the layer-0 near-copies (noise below 0.5) were found as the best match;
+- times the explorer on each GPT-2-width bundle (crates/seedscope-app/tests/scale.rs).
 
 Columns: wall / forward is the run's cost in forwards (1.0 would be the forwards alone; the
 goal is 1.5).
