@@ -11,6 +11,11 @@ everything the paper's code computes is done in float64 numpy:
   corr.{o}           Pearson correlation of every anchor neuron with every neuron of other o
   max_corr, argmax, min_corr, baseline_max_corr      [n_other, n_neurons]
   excess_corr, is_universal (threshold 0.5)          [n_neurons]
+  back_argmax.{o}    per neuron of other o, its best anchor neuron (column argmax)
+  mutual_best        in how many others the best match's own best match is the neuron
+  partner.{o}        the anchor neuron's partner in scipy's maximum-weight one-to-one
+                     assignment of each layer's correlation block (linear_sum_assignment)
+  assignment_corr    mean over others of the correlation with that partner  [n_neurons]
   mean, var          anchor activation mean and population variance  [n_neurons]
 
 Run with the pinned environment in scripts/requirements-fixtures.txt; CI never runs this.
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
+from scipy.optimize import linear_sum_assignment
 from tokenizers import Tokenizer
 from transformers import GPT2LMHeadModel
 
@@ -74,9 +80,22 @@ def main() -> None:
     d = acts[0].shape[1] // n_layers
     out = {}
     maxes, argmaxes, mins, bases = [], [], [], []
+    n = acts[0].shape[1]
+    mutual = np.zeros(n, np.int64)
+    partner_corrs = []
     for o, other in enumerate(acts[1:], start=1):
         c = corr(acts[0], other)
         out[f"corr.{o - 1}"] = c.astype(np.float32)
+        back = c.argmax(0)
+        out[f"back_argmax.{o - 1}"] = back.astype(np.int32)
+        mutual += back[c.argmax(1)] == np.arange(n)
+        partner = np.empty(n, np.int64)
+        for l in range(n_layers):
+            s = slice(l * d, (l + 1) * d)
+            rows, cols = linear_sum_assignment(c[s, s], maximize=True)
+            partner[l * d + rows] = l * d + cols
+        out[f"partner.{o - 1}"] = partner.astype(np.int32)
+        partner_corrs.append(c[np.arange(n), partner])
         maxes.append(c.max(1))
         argmaxes.append(c.argmax(1))
         mins.append(c.min(1))
@@ -96,12 +115,15 @@ def main() -> None:
         baseline_max_corr=np.array(bases, np.float32),
         excess_corr=excess.astype(np.float32),
         is_universal=(excess > 0.5).astype(np.uint8),
+        mutual_best=mutual.astype(np.int32),
+        assignment_corr=np.mean(partner_corrs, 0),
         mean=acts[0].mean(0),
         var=acts[0].var(0),
         n_tokens=np.array([keep.sum()], np.int64),
     )
     save_file(out, str(OUT / "reference.safetensors"))
-    print(f"{keep.sum()} kept tokens; {int(out['is_universal'].sum())} of {excess.size} anchor neurons universal")
+    print(f"{keep.sum()} kept tokens; {int(out['is_universal'].sum())} of {excess.size} anchor neurons universal; "
+          f"{int((mutual == len(acts) - 1).sum())} mutual best matches in every other model")
 
 
 if __name__ == "__main__":

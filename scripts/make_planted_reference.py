@@ -13,7 +13,12 @@ tensor and the element index), so the two sides build the same models bit for bi
 
 The reference runs them with transformers over 12 rows x 32 tokens (BOS = id 0 first in each
 row, dropped), captures the post-GELU activations and computes in float64 every seed-a neuron's
-correlation with every neuron of seed-b and of seed-c: the maximum and where it is.
+correlation with every neuron of seed-b and of seed-c: the maximum and where it is, and the
+one-to-one matching: each other neuron's best seed-a neuron (`back_argmax`), the gaps between the
+best and second-best correlation of each row and column (`row_gap`, `back_gap`: where they are
+tiny, a float32 run may pick the other), `mutual_best`, and scipy's maximum-weight one-to-one
+assignment of each layer's block (`partner`, its total `assign_total` [other, layer], and
+`assignment_corr`, the mean correlation with the partners).
 
     .venv/bin/python scripts/make_planted_reference.py
 """
@@ -22,6 +27,7 @@ import os
 import numpy as np
 import torch
 from safetensors.numpy import save_file
+from scipy.optimize import linear_sum_assignment
 from transformers import GPT2Config, GPT2LMHeadModel
 
 D, HEADS, D_MLP, LAYERS, VOCAB, POSITIONS = 768, 12, 3072, 2, 512, 64
@@ -132,14 +138,42 @@ def main():
     za = (xa - xa.mean(0)) / xa.std(0)
     out = {"tokens": ids.astype(np.int32), "twin": twin, "level": level.astype(np.float32)}
     maxs, args = [], []
+    n = LAYERS * D_MLP
+    mutual = np.zeros(n, np.int64)
+    backs, back_gaps, row_gaps, partners, totals, partner_corrs = [], [], [], [], [], []
+    top2 = lambda m, axis: np.sort(m, axis=axis).take([-1, -2], axis=axis)
     for w in (b, c):
         x = activations(w, ids)
         z = (x - x.mean(0)) / x.std(0)
         corr = za.T @ z / len(za)
         maxs.append(corr.max(1))
         args.append(corr.argmax(1))
+        back = corr.argmax(0)
+        backs.append(back)
+        t = top2(corr, 0)
+        back_gaps.append(t[0] - t[1])
+        t = top2(corr, 1)
+        row_gaps.append(t[:, 0] - t[:, 1])
+        mutual += back[corr.argmax(1)] == np.arange(n)
+        partner = np.empty(n, np.int64)
+        total = []
+        for l in range(LAYERS):
+            s = slice(l * D_MLP, (l + 1) * D_MLP)
+            rows, cols = linear_sum_assignment(corr[s, s], maximize=True)
+            partner[l * D_MLP + rows] = l * D_MLP + cols
+            total.append(corr[s, s][rows, cols].sum())
+        partners.append(partner)
+        totals.append(total)
+        partner_corrs.append(corr[np.arange(n), partner])
     out["max_corr"] = np.stack(maxs).astype(np.float32)
     out["argmax"] = np.stack(args).astype(np.int32)
+    out["back_argmax"] = np.stack(backs).astype(np.int32)
+    out["back_gap"] = np.stack(back_gaps).astype(np.float32)
+    out["row_gap"] = np.stack(row_gaps).astype(np.float32)
+    out["mutual_best"] = mutual.astype(np.int32)
+    out["partner"] = np.stack(partners).astype(np.int32)
+    out["assign_total"] = np.array(totals)
+    out["assignment_corr"] = np.mean(partner_corrs, 0)
     out["n_tokens"] = np.array([len(za)], np.int32)
     path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "planted")
     os.makedirs(path, exist_ok=True)
@@ -148,7 +182,8 @@ def main():
              == twin + np.arange(LAYERS)[:, None] * D_MLP)
     print(f"{len(za)} kept tokens; the twin is seed-b's best match for {found.sum()} of "
           f"{found.size} seed-a neurons; best correlations with seed-c up to "
-          f"{out['max_corr'][1].max():.3f}")
+          f"{out['max_corr'][1].max():.3f}; mutual best in both for {(mutual == 2).sum()}, in seed-b "
+          f"for {(backs[0][args[0]] == np.arange(n)).sum()}; assignment totals {out['assign_total']}")
 
 
 if __name__ == "__main__":

@@ -324,6 +324,44 @@ fn check_against_reference(r: &Results) {
         universal.iter().sum::<f64>() > 10.0,
         "the fixture has universal neurons to find"
     );
+    // One-to-one matching: each other neuron's best anchor neuron (the reference's, or one
+    // within tolerance of it), and each layer's assignment (scipy's total weight).
+    let d = 128;
+    for o in 0..2 {
+        let corr = reference.f64s(&format!("corr.{o}"));
+        let back = reference.f64s(&format!("back_argmax.{o}"));
+        let partner = reference.f64s(&format!("partner.{o}"));
+        let o2o = &a.one_to_one[o];
+        for j in 0..n {
+            let (i, best) = (o2o.back_argmax[j] as usize, corr[back[j] as usize * n + j]);
+            assert!(
+                i == back[j] as usize || (corr[i * n + j] - best).abs() < tol,
+                "back_argmax[{o}][{j}]"
+            );
+        }
+        for l in 0..n / d {
+            let rows = l * d..(l + 1) * d;
+            let got: f64 = rows.clone().map(|i| o2o.partner_corr[i] as f64).sum();
+            let want: f64 = rows.map(|i| corr[i * n + partner[i] as usize]).sum();
+            assert!(
+                (got - want).abs() < d as f64 * tol,
+                "assignment of layer {l}: {got} vs {want}"
+            );
+        }
+    }
+    let (mutual, assignment) = (
+        reference.f64s("mutual_best"),
+        reference.f64s("assignment_corr"),
+    );
+    for (i, (row, _)) in rows.iter().enumerate() {
+        assert_eq!(row.mutual_best, mutual[i], "mutual_best[{i}]");
+        assert!(
+            (row.assignment_corr - assignment[i]).abs() < 2.0 * tol,
+            "assignment_corr[{i}]: {} vs {}",
+            row.assignment_corr,
+            assignment[i]
+        );
+    }
 }
 
 #[test]
@@ -1008,6 +1046,26 @@ fn assert_close_results(a: &Results, b: &Results, tol: f32, what: &str) {
             assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{what}: var");
         }
         assert_eq!(x.pre_hist, y.pre_hist, "{what}: histograms");
+        // One-to-one matching: every layer assigned (no block left pending), the same
+        // correlations.
+        for (p, q) in x.one_to_one.iter().zip(&y.one_to_one) {
+            assert!(
+                p.pending.is_empty() && q.pending.is_empty(),
+                "{what}: pending blocks"
+            );
+            for i in 0..p.back_max.len() {
+                assert!(
+                    (p.back_max[i] - q.back_max[i]).abs() <= tol,
+                    "{what}: back_max"
+                );
+                assert!(p.partner[i] != u32::MAX, "{what}: partner of {i}");
+                let (c, e) = (p.partner_corr[i], q.partner_corr[i]);
+                assert!(
+                    (c - e).abs() <= tol || p.partner[i] != q.partner[i],
+                    "{what}: partner corr"
+                );
+            }
+        }
         for (t, u) in x.tiles.iter().zip(&y.tiles) {
             let d = t
                 .corr

@@ -5,7 +5,8 @@
 //!
 //! A refined run with a budget that splits its first stage into passes must find every planted
 //! twin, give the reference's correlations at the best matches, and run each model once per
-//! block of each stage.
+//! block of each stage. An exhaustive run must give the reference's one-to-one matching: mutual
+//! best matches and scipy's assignment of each layer's neurons.
 
 mod common;
 
@@ -172,6 +173,7 @@ impl Reference {
                         .into_iter()
                         .map(f64::from)
                         .collect(),
+                    safetensors::Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(v.data()),
                     d => panic!("{name}: unexpected {d:?}"),
                 };
                 (name, values)
@@ -199,9 +201,12 @@ fn tokens() -> TokenSet {
     }
 }
 
-#[test]
-fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_block() {
-    let reference = Reference::load();
+/// The three planted models, saved under a fresh directory `tag` and loaded on the CPU, with
+/// the planted permutation (checked against the reference's).
+fn planted_models(
+    tag: &str,
+    reference: &Reference,
+) -> (std::path::PathBuf, Vec<LoadedModel>, Vec<Vec<usize>>) {
     let tokens = tokens();
     let expected: Vec<f64> = tokens.ids.iter().map(|&i| i as f64).collect();
     assert_eq!(
@@ -209,7 +214,7 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
         expected,
         "the hash gives the reference's tokens"
     );
-    let dir = temp_dir("planted");
+    let dir = temp_dir(tag);
     let a = init(1);
     let (b, twins) = planted(&a, 2);
     let ref_twin = reference.get("twin");
@@ -227,25 +232,24 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
         .map(|m| LoadedModel::load_on(&dir.join(m), &dev, burn::tensor::FloatDType::F32))
         .collect::<Result<_, _>>()
         .expect("load");
-    // Blocks of 4 rows; a budget that, after the models' 175 MB of weights, holds 4 of the
-    // first stage's 16 layer-pair tiles per pass (each 3,072 x 3,072 x 8 bytes), so its passes
-    // reuse the kept activations.
-    let options = AnalysisOptions {
-        block_rows: 4,
-        memory_budget: 500 << 20,
-        refine: Some(Refine {
-            prefix_tokens: 200,
-            k: 8,
-        }),
-        ..AnalysisOptions::default()
-    };
+    (dir, models, twins)
+}
+
+/// Run `options` over the planted models; also the number of passes of each stage.
+fn run_planted(
+    dir: &Path,
+    models: &[LoadedModel],
+    options: &AnalysisOptions,
+) -> (seedscope_analysis::Results, Vec<usize>) {
+    let dev = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+    let tokens = tokens();
     let run = Run {
         family: Family {
-            models: &models,
+            models,
             device: &dev,
         },
         tokens: &tokens,
-        options: &options,
+        options,
         fingerprint: "planted".into(),
         work_dir: Some(&dir.join("work")),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -262,9 +266,29 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
         })
         .expect("runs")
     {
-        Outcome::Done(r) => r,
+        Outcome::Done(r) => *r,
         Outcome::Interrupted { .. } => panic!("interrupted"),
     };
+    (r, stage_passes)
+}
+
+#[test]
+fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_block() {
+    let reference = Reference::load();
+    let (dir, models, twins) = planted_models("planted", &reference);
+    // Blocks of 4 rows; a budget that, after the models' 175 MB of weights, holds 4 of the
+    // first stage's 16 layer-pair tiles per pass (each 3,072 x 3,072 x 8 bytes), so its passes
+    // reuse the kept activations.
+    let options = AnalysisOptions {
+        block_rows: 4,
+        memory_budget: 500 << 20,
+        refine: Some(Refine {
+            prefix_tokens: 200,
+            k: 8,
+        }),
+        ..AnalysisOptions::default()
+    };
+    let (r, stage_passes) = run_planted(&dir, &models, &options);
     assert_eq!(r.n_tokens as f64, reference.get("n_tokens")[0]);
     // The first stage: 200 tokens of 31 per row is 7 rows, 2 blocks; the second: 12 rows in
     // 3 blocks. Each model once per block and stage, however many passes the first made.
@@ -302,4 +326,134 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
     assert!(compared[1] * 3 > n, "{compared:?}");
     // 5.1e-7 measured.
     assert!(worst < 5e-6, "{worst}");
+    // On the candidates, the twins are each other's best matches and the assignment pairs
+    // them.
+    let o2o = &anchor.one_to_one[0];
+    for i in 0..n {
+        let (l, k) = (i / D_MLP, i % D_MLP);
+        let twin = l * D_MLP + twins[l][k];
+        assert_eq!(
+            o2o.back_argmax[twin] as usize, i,
+            "twin {twin} of {i} points back"
+        );
+        assert_eq!(o2o.partner[i] as usize, twin, "{i} is assigned its twin");
+    }
+}
+
+#[test]
+fn an_exhaustive_run_gives_the_reference_one_to_one_matching() {
+    let reference = Reference::load();
+    let (dir, models, twins) = planted_models("planted-exhaustive", &reference);
+    // The same budget: the layer pairs take several passes; each pass ends with the same-layer
+    // blocks read back and assigned.
+    let options = AnalysisOptions {
+        block_rows: 4,
+        memory_budget: 500 << 20,
+        ..AnalysisOptions::default()
+    };
+    let (r, stage_passes) = run_planted(&dir, &models, &options);
+    assert!(stage_passes[0] > 1, "passes {stage_passes:?}");
+    let anchor = &r.anchors[0];
+    let n = LAYERS * D_MLP;
+    // Mutual best matches, except where a row's or a column's best and second-best
+    // correlations are too close for the float64-vs-float64 difference of two summation
+    // orders to decide.
+    let (back, back_gap, row_gap) = (
+        reference.get("back_argmax"),
+        reference.get("back_gap"),
+        reference.get("row_gap"),
+    );
+    let mut skipped = 0;
+    for (o, (m, o2o)) in anchor.real.iter().zip(&anchor.one_to_one).enumerate() {
+        for j in 0..n {
+            if back_gap[o * n + j] < 1e-6 {
+                skipped += 1;
+                continue;
+            }
+            assert_eq!(
+                o2o.back_argmax[j] as f64,
+                back[o * n + j],
+                "column {j} of other {o}"
+            );
+        }
+        for i in 0..n {
+            let j = m.argmax[i] as usize;
+            let tied = row_gap[o * n + i] < 1e-6 || back_gap[o * n + j] < 1e-6;
+            let mutual = o2o.back_argmax[j] as usize == i;
+            let ref_mutual =
+                back[o * n + j] as usize == i && reference.get("argmax")[o * n + i] as usize == j;
+            if !tied {
+                assert_eq!(mutual, ref_mutual, "neuron {i}, other {o}");
+            }
+        }
+    }
+    let mutual_all = (0..n)
+        .filter(|&i| {
+            anchor
+                .real
+                .iter()
+                .zip(&anchor.one_to_one)
+                .all(|(m, o)| o.back_argmax[m.argmax[i] as usize] as usize == i)
+        })
+        .count();
+    let ref_mutual_all = reference
+        .get("mutual_best")
+        .iter()
+        .filter(|&&c| c == 2.0)
+        .count();
+    // The assignment: the optimum is unique in value; its total per layer is scipy's within
+    // the correlations' error, the twins are seed-b's partners, and where the partner is
+    // scipy's its correlation is the reference's.
+    let totals = reference.get("assign_total");
+    let (ref_partner, ref_corr) = (reference.get("partner"), reference.get("assignment_corr"));
+    let (mut worst_total, mut same, mut worst_corr) = (0f64, 0, 0f64);
+    for (o, o2o) in anchor.one_to_one.iter().enumerate() {
+        for l in 0..LAYERS {
+            let total: f64 = (l * D_MLP..(l + 1) * D_MLP)
+                .map(|i| {
+                    assert_eq!(
+                        o2o.partner[i] as usize / D_MLP,
+                        l,
+                        "partner of {i} in its layer"
+                    );
+                    o2o.partner_corr[i] as f64
+                })
+                .sum();
+            worst_total = worst_total.max((total - totals[o * LAYERS + l]).abs());
+        }
+        same += (0..n)
+            .filter(|&i| o2o.partner[i] as f64 == ref_partner[o * n + i])
+            .count();
+    }
+    for i in 0..n {
+        let (l, k) = (i / D_MLP, i % D_MLP);
+        assert_eq!(
+            anchor.one_to_one[0].partner[i] as usize,
+            l * D_MLP + twins[l][k]
+        );
+        if (0..2).all(|o| anchor.one_to_one[o].partner[i] as f64 == ref_partner[o * n + i]) {
+            let mean = anchor
+                .one_to_one
+                .iter()
+                .map(|o| o.partner_corr[i] as f64)
+                .sum::<f64>()
+                / 2.0;
+            worst_corr = worst_corr.max((mean - ref_corr[i]).abs());
+        }
+    }
+    eprintln!(
+        "one-to-one: mutual best in both others for {mutual_all} of {n} (reference \
+         {ref_mutual_all}), {skipped} near-tied columns skipped; assignment totals within \
+         {worst_total:.2e} of scipy's, partners scipy's for {same} of {}, their mean \
+         correlation within {worst_corr:.2e}",
+        2 * n
+    );
+    assert!(
+        mutual_all.abs_diff(ref_mutual_all) <= skipped,
+        "{mutual_all} vs {ref_mutual_all}"
+    );
+    // Measured: 9.9e-6, every partner scipy's, 4.2e-7.
+    assert!(worst_total < 1e-4, "{worst_total}");
+    assert!(same * 100 >= 2 * n * 99, "{same}");
+    assert!(worst_corr < 5e-6, "{worst_corr}");
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::accum::SavedState;
-use crate::results::{AnchorResult, Candidates, Matches, SavedTile};
+use crate::results::{AnchorResult, Candidates, LayerBlock, Matches, OneToOne, SavedTile};
 
 /// File name inside the work directory.
 pub const FILE: &str = "checkpoint.safetensors";
@@ -63,6 +63,9 @@ struct AnchorMeta {
     candidates: usize,
     #[serde(default)]
     candidate_k: usize,
+    /// Per other model, the same-layer blocks being filled: `(layer, entries filled)`.
+    #[serde(default)]
+    pending: Vec<Vec<(usize, usize)>>,
 }
 
 /// The little-endian bytes of `v`: the values themselves on little-endian machines (no copy:
@@ -187,6 +190,36 @@ pub fn save_parts<'a>(
                 4,
             );
         }
+        for (o, m) in r.one_to_one.iter().enumerate() {
+            let p = format!("res.{i}.o2o.{o}");
+            push(
+                format!("{p}.back_max"),
+                Dtype::F32,
+                f32_bytes(&m.back_max),
+                4,
+            );
+            push(
+                format!("{p}.back_argmax"),
+                Dtype::U32,
+                u32_bytes(&m.back_argmax),
+                4,
+            );
+            push(format!("{p}.partner"), Dtype::U32, u32_bytes(&m.partner), 4);
+            push(
+                format!("{p}.partner_corr"),
+                Dtype::F32,
+                f32_bytes(&m.partner_corr),
+                4,
+            );
+            for (k, b) in m.pending.iter().enumerate() {
+                push(
+                    format!("{p}.pending.{k}"),
+                    Dtype::F32,
+                    f32_bytes(&b.corr),
+                    4,
+                );
+            }
+        }
         for (k, t) in r.tiles.iter().enumerate() {
             push(
                 format!("res.{i}.tile.{k}"),
@@ -270,6 +303,11 @@ pub fn save_parts<'a>(
                 anatomy: r.anatomy.is_some(),
                 candidates: r.candidates.len(),
                 candidate_k: r.candidates.first().map_or(0, |c| c.k),
+                pending: r
+                    .one_to_one
+                    .iter()
+                    .map(|m| m.pending.iter().map(|b| (b.layer, b.filled)).collect())
+                    .collect(),
             })
             .collect(),
     };
@@ -373,7 +411,30 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
                 corr: f32s(&format!("res.{i}.tile.{k}"))?,
             });
         }
+        let mut one_to_one = Vec::new();
+        for o in 0..a.others.len() {
+            let p = format!("res.{i}.o2o.{o}");
+            let pending = a.pending.get(o).map(Vec::as_slice).unwrap_or_default();
+            one_to_one.push(OneToOne {
+                back_max: f32s(&format!("{p}.back_max"))?,
+                back_argmax: u32s(&format!("{p}.back_argmax"))?,
+                partner: u32s(&format!("{p}.partner"))?,
+                partner_corr: f32s(&format!("{p}.partner_corr"))?,
+                pending: pending
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(layer, filled))| {
+                        Ok(LayerBlock {
+                            layer,
+                            filled,
+                            corr: f32s(&format!("{p}.pending.{k}"))?,
+                        })
+                    })
+                    .collect::<Result<_, AnalysisError>>()?,
+            });
+        }
         results.push(AnchorResult {
+            one_to_one,
             anchor: a.anchor,
             others: a.others.clone(),
             real,

@@ -914,6 +914,7 @@ fn bundle_of(
              (seed {}; seedscope_analysis::rotation::rotation_matrix)",
             a_.options.seed
         ),
+        one_to_one: crate::bundle::one_to_one_method(a_.options.refine.map(|r| r.k)),
         device: a_.device.clone(),
         passes: a_.results.plan.passes.len(),
         peak_memory_bytes: a_.results.plan.peak_bytes(),

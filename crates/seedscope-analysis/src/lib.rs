@@ -41,7 +41,9 @@ pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
 pub use engine::{AnalysisOptions, Family, Refine, Run, TokenSet};
-pub use results::{BlockTiming, Candidates, Outcome, Progress, Results, RunCost};
+pub use results::{
+    BlockTiming, Candidates, LayerBlock, OneToOne, Outcome, Progress, Results, RunCost,
+};
 pub use seedscope_model::{replace_dir, write_file_atomic};
 
 /// Errors of an analysis. Each names the file or the setting at fault.

@@ -59,6 +59,13 @@ impl TileSpec {
         (self.entries() * per) as u64
     }
 
+    /// Whether the tile's correlations feed the one-to-one assignment (and so come back to the
+    /// host at the end of its pass): a real stream's same-layer block, or candidate pairs.
+    pub fn assigns(&self, d_mlp: usize) -> bool {
+        self.b_stream.is_multiple_of(2)
+            && (self.pairs.is_some() || self.a_cols.start / d_mlp == self.b_cols.start / d_mlp)
+    }
+
     /// The `(anchor column, other column)` pairs of a sparse tile.
     pub fn pair_list(&self) -> Vec<[u32; 2]> {
         let Some(p) = &self.pairs else {
@@ -213,7 +220,8 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Split the anchor side until one anchor chunk × one other layer fits `cap`.
     let mut a_split = 1;
-    let per_pair = if input.read_back { 12 } else { 8 };
+    // Same-layer tiles come back for the one-to-one assignment.
+    let per_pair = 12;
     while a_split <= d && (d.div_ceil(a_split) * d * per_pair) as u64 > cap {
         a_split += 1;
     }
@@ -245,7 +253,7 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
 /// A tile's bytes while its pass runs and ends: its accumulators and, read back, its
 /// correlations.
 fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
-    let read_back = if input.read_back && t.pairs.is_none() {
+    let read_back = if (input.read_back && t.pairs.is_none()) || t.assigns(input.d_mlp) {
         4 * t.entries() as u64
     } else {
         0

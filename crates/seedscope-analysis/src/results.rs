@@ -34,6 +34,113 @@ impl Matches {
     }
 }
 
+/// How an anchor model's neurons pair one-to-one with another model's (real activations):
+/// each other neuron's own best match among the anchor's neurons (for mutual best matches),
+/// and each anchor neuron's partner in the maximum-weight one-to-one assignment between the
+/// two models' neurons of the same layer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OneToOne {
+    /// Per neuron of the other model: its best correlation with any anchor neuron.
+    pub back_max: Vec<f32>,
+    /// That anchor neuron (`layer * d_mlp + neuron`).
+    pub back_argmax: Vec<u32>,
+    /// Per anchor neuron: its partner in the other model (`layer * d_mlp + neuron`, same layer),
+    /// `u32::MAX` until its layer is assigned.
+    pub partner: Vec<u32>,
+    /// Their correlation; NaN until assigned, or when refinement did not keep the pair.
+    pub partner_corr: Vec<f32>,
+    /// Same-layer correlation blocks still being filled by the pass's tiles.
+    pub pending: Vec<LayerBlock>,
+}
+
+impl OneToOne {
+    /// Nothing known yet for `n` neurons on each side.
+    pub fn new(n: usize) -> Self {
+        Self {
+            back_max: vec![-2.0; n],
+            back_argmax: vec![0; n],
+            partner: vec![u32::MAX; n],
+            partner_corr: vec![f32::NAN; n],
+            pending: Vec::new(),
+        }
+    }
+
+    /// Fold in a tile's column maxima: columns `b0..` reached from anchor rows `a0..`.
+    pub fn offer_columns(&mut self, a0: usize, b0: usize, col_max: &[f32], col_argmax: &[u32]) {
+        for (j, (&v, &i)) in col_max.iter().zip(col_argmax).enumerate() {
+            if v > self.back_max[b0 + j] {
+                self.back_max[b0 + j] = v;
+                self.back_argmax[b0 + j] = (a0 + i as usize) as u32;
+            }
+        }
+    }
+
+    /// Write correlations into layer `layer`'s block (`[d, d]`, created on first use) through
+    /// `fill`, which accounts for `entries` of its `d²` and returns nothing; when the block is
+    /// complete, assign its rows to its columns one-to-one and drop it.
+    pub fn fill_block(
+        &mut self,
+        layer: usize,
+        d: usize,
+        entries: usize,
+        fill: impl FnOnce(&mut [f32]),
+    ) -> Result<(), crate::AnalysisError> {
+        let at = match self.pending.iter().position(|b| b.layer == layer) {
+            Some(at) => at,
+            None => {
+                self.pending.push(LayerBlock {
+                    layer,
+                    corr: vec![f32::NAN; d * d],
+                    filled: 0,
+                });
+                self.pending.len() - 1
+            }
+        };
+        let block = &mut self.pending[at];
+        fill(&mut block.corr);
+        block.filled += entries;
+        if block.filled >= d * d {
+            let block = self.pending.swap_remove(at);
+            let partner = assign(&block.corr, d)?;
+            for (i, &j) in partner.iter().enumerate() {
+                self.partner[layer * d + i] = (layer * d + j) as u32;
+                self.partner_corr[layer * d + i] = block.corr[i * d + j];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The maximum-weight one-to-one assignment of a `[d, d]` correlation block's rows to its
+/// columns (Jonker-Volgenant, as scipy's `linear_sum_assignment(maximize=True)`); unknown
+/// (NaN) entries weigh less than any correlation. Returns each row's column.
+pub fn assign(corr: &[f32], d: usize) -> Result<Vec<usize>, crate::AnalysisError> {
+    let cost: Vec<f64> = corr
+        .iter()
+        .map(|&c| if c.is_nan() { -3.0 } else { c as f64 })
+        .collect();
+    let (rows, cols) = lsap::solve(d, d, &cost, true).map_err(|e| {
+        crate::AnalysisError::Invalid(format!("the one-to-one assignment of a layer failed: {e}"))
+    })?;
+    let mut partner = vec![0; d];
+    for (r, c) in rows.into_iter().zip(cols) {
+        partner[r] = c;
+    }
+    Ok(partner)
+}
+
+/// One layer's correlations between the anchor and another model, `[d_mlp, d_mlp]` row-major,
+/// NaN where not (yet) known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerBlock {
+    /// The layer.
+    pub layer: usize,
+    /// Correlations.
+    pub corr: Vec<f32>,
+    /// Entries accounted for so far (a sparse tile accounts for a whole row).
+    pub filled: usize,
+}
+
 /// A saved correlation tile: anchor layer × other layer, `[d_mlp, d_mlp]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedTile {
@@ -114,6 +221,8 @@ pub struct AnchorResult {
     /// Candidate matches per stream (`2 * other + rotated`), collected by the first stage of
     /// candidate refinement; empty otherwise.
     pub candidates: Vec<Candidates>,
+    /// One-to-one matching with each other model, in order.
+    pub one_to_one: Vec<OneToOne>,
 }
 
 impl AnchorResult {
@@ -124,6 +233,7 @@ impl AnchorResult {
             anchor,
             real: others.iter().map(|_| Matches::new(width)).collect(),
             baseline: others.iter().map(|_| Matches::new(width)).collect(),
+            one_to_one: others.iter().map(|_| OneToOne::new(width)).collect(),
             others,
             mean: Vec::new(),
             var: Vec::new(),

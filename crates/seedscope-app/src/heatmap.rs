@@ -76,11 +76,25 @@ pub fn pool_cpu(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// largest value (descending), columns in the order of the rows' best columns (each column once,
 /// the unmatched ones after). Returns the reordered values and, per displayed row and column,
 /// the original index.
-pub fn order_by_match(
-    values: &[f32],
-    rows: usize,
-    cols: usize,
-) -> (Vec<f32>, Vec<usize>, Vec<usize>) {
+/// A reordered tile: its values, and the row and column each displayed position shows.
+pub type Ordered = (Vec<f32>, Vec<usize>, Vec<usize>);
+
+/// Reorder a square `[d, d]` tile so that the maximum-weight one-to-one assignment of rows to
+/// columns lies on the diagonal, rows by their partner's correlation (highest first); also the
+/// row and column each displayed position shows.
+pub fn order_by_assignment(values: &[f32], d: usize) -> Result<Ordered, crate::AppError> {
+    let partner = seedscope_analysis::results::assign(values, d)?;
+    let mut row_of: Vec<usize> = (0..d).collect();
+    row_of.sort_by(|&a, &b| values[b * d + partner[b]].total_cmp(&values[a * d + partner[a]]));
+    let col_of: Vec<usize> = row_of.iter().map(|&r| partner[r]).collect();
+    let out = row_of
+        .iter()
+        .flat_map(|&r| col_of.iter().map(move |&c| values[r * d + c]))
+        .collect();
+    Ok((out, row_of, col_of))
+}
+
+pub fn order_by_match(values: &[f32], rows: usize, cols: usize) -> Ordered {
     let best: Vec<(f32, usize)> = (0..rows)
         .map(|r| {
             values[r * cols..(r + 1) * cols].iter().enumerate().fold(
@@ -649,6 +663,22 @@ mod tests {
         for (k, &r) in rows.iter().enumerate() {
             let c = cols[k];
             assert_eq!(out[k * 3 + k], v[r * 3 + c]);
+        }
+    }
+
+    #[test]
+    fn ordering_by_assignment_puts_the_one_to_one_partners_on_the_diagonal() {
+        // Rows 0 and 1 both match column 0 best; one-to-one, row 1 keeps it and row 0 takes
+        // column 1.
+        let v = vec![
+            0.9, 0.85, 0.0, /**/ 0.95, 0.1, 0.0, /**/ 0.3, 0.2, 0.5,
+        ];
+        let (out, rows, cols) = order_by_assignment(&v, 3).expect("assigns");
+        // Assignment: 0→1 (0.85), 1→0 (0.95), 2→2 (0.5): total 2.3, the best of all six.
+        assert_eq!(rows, vec![1, 0, 2]);
+        assert_eq!(cols, vec![0, 1, 2]);
+        for (k, &r) in rows.iter().enumerate() {
+            assert_eq!(out[k * 3 + k], v[r * 3 + cols[k]]);
         }
     }
 

@@ -311,9 +311,20 @@ fn snapshots_of_the_main_views() {
     h.snapshot("overview");
     h.get_by_label("Correlation map").click();
     h.run_steps(4);
-    h.get_by_label("order by best match").click();
+    h.state_mut().map.choice.order = seedscope_app::views::map::MapOrder::Assignment;
     h.run_steps(4);
     wait_for_tile(&mut h);
+    // The one-to-one assignment lies on the diagonal: each shown row's column is its partner,
+    // and no column is shown twice.
+    let tile = h.state().map.tile.as_ref().expect("tile");
+    assert_eq!(
+        tile.choice.order,
+        seedscope_app::views::map::MapOrder::Assignment
+    );
+    let mut cols = tile.col_of.clone();
+    cols.sort_unstable();
+    cols.dedup();
+    assert_eq!(cols.len(), tile.row_of.len());
     h.snapshot("correlation_map");
     h.get_by_label("Table").click();
     h.run_steps(4);

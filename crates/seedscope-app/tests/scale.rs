@@ -91,6 +91,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
         d_mlp,
         options: AnalysisOptions::default(),
         baseline: "synthetic".into(),
+        one_to_one: String::new(),
         device: "none".into(),
         passes: 1,
         peak_memory_bytes: 0,

@@ -68,7 +68,13 @@ pub struct TileReduction {
     pub min: Vec<f32>,
     /// Its column, relative to `b_col`.
     pub argmin: Vec<u32>,
-    /// The tile's correlations `[n_a, n_b]`, when asked for.
+    /// Maximum correlation per column of the tile (per neuron of the other stream) over the
+    /// tile's anchor rows: `-2` where a sparse tile has no pair in that column.
+    pub col_max: Vec<f32>,
+    /// Its row, relative to `a_col`.
+    pub col_argmax: Vec<u32>,
+    /// The tile's correlations `[n_a, n_b]` (a sparse tile: one per pair, in pair order), when
+    /// asked for.
     pub tile: Option<Vec<f32>>,
 }
 
@@ -193,6 +199,7 @@ impl CrossTile {
         with_tile: bool,
     ) -> Result<TileReduction, GpuError> {
         let out = ctx.storage("reductions", self.n_a as u64 * 16)?;
+        let cols = ctx.storage("column reductions", self.n_b as u64 * 8)?;
         let tile = if with_tile {
             ctx.storage("correlations", self.n_a as u64 * self.n_b as u64 * 4)?
         } else {
@@ -220,8 +227,9 @@ impl CrossTile {
                 b_moments.stats.as_entire_binding(),
                 out.as_entire_binding(),
                 tile.as_entire_binding(),
+                cols.as_entire_binding(),
             ],
-            (self.n_a.div_ceil(64), 1),
+            (self.n_a.max(self.n_b).div_ceil(64), 1),
         );
         ctx.queue.submit([encoder.finish()]);
         let raw = ctx.read_f32(&out, self.n_a as usize * 4).await?;
@@ -230,6 +238,8 @@ impl CrossTile {
             argmax: Vec::with_capacity(self.n_a as usize),
             min: Vec::with_capacity(self.n_a as usize),
             argmin: Vec::with_capacity(self.n_a as usize),
+            col_max: Vec::with_capacity(self.n_b as usize),
+            col_argmax: Vec::with_capacity(self.n_b as usize),
             tile: None,
         };
         for v in raw.chunks_exact(4) {
@@ -237,6 +247,14 @@ impl CrossTile {
             r.argmax.push(v[1].to_bits());
             r.min.push(v[2]);
             r.argmin.push(v[3].to_bits());
+        }
+        for v in ctx
+            .read_f32(&cols, self.n_b as usize * 2)
+            .await?
+            .chunks_exact(2)
+        {
+            r.col_max.push(v[0]);
+            r.col_argmax.push(v[1].to_bits());
         }
         if with_tile {
             r.tile = Some(

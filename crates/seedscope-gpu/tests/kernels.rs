@@ -108,6 +108,19 @@ fn check(r: &seedscope_gpu::TileReduction, reference: &[f64], na: usize, nb: usi
             "argmin of row {i}"
         );
     }
+    // Each column's best anchor row (the other neuron's own best match).
+    assert_eq!((r.col_max.len(), r.col_argmax.len()), (nb, nb));
+    for j in 0..nb {
+        let best = (0..na)
+            .map(|i| reference[i * nb + j])
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            (r.col_max[j] as f64 - best).abs() <= tol,
+            "max of column {j}"
+        );
+        let at = reference[r.col_argmax[j] as usize * nb + j];
+        assert!((at - best).abs() <= 2.0 * tol, "argmax of column {j}");
+    }
 }
 
 #[test]

@@ -245,6 +245,21 @@ impl Page {
             }
             html.push_str("</ul>");
         }
+        let rows = input.rows();
+        if let Some(c) = seedscope_analysis::bundle::mutual_counts(
+            &rows,
+            m.options.threshold,
+            m.models.len().saturating_sub(1),
+        ) {
+            let _ = write!(
+                html,
+                "<h2>One-to-one</h2><p>{} of the {} universal neurons ({} of all {}) are their best \
+                 match's best match in every other seed (<code>mutual_best</code>); \
+                 <code>assignment_corr</code> in <code>neurons.csv</code> is each neuron's mean \
+                 correlation with its partners in the one-to-one assignment of its layer.</p>",
+                c.universal_mutual, c.universal, c.mutual, c.neurons
+            );
+        }
         html.push_str("<h2>Figures</h2>");
         for (name, caption) in &self.captions {
             let _ = write!(

@@ -182,7 +182,7 @@ impl Accumulate for CpuAccumulator {
             let ia = self.scales(t.a_stream, t.a_cols.clone())?;
             let ib = self.scales(t.b_stream, t.b_cols.clone())?;
             out.push(match &t.pairs {
-                Some(p) => reduce_pairs(acc, p, &ia, &ib, t.b_cols.start),
+                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, want_tile(k)),
                 None => reduce_rows(acc, &ia, &ib, want_tile(k)),
             });
         }

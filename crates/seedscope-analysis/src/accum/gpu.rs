@@ -280,9 +280,9 @@ impl Accumulate for GpuAccumulator {
                     out.push(reduce_pairs(
                         &acc,
                         pairs,
-                        &sa[t.a_cols.clone()],
-                        &sb[t.b_cols.clone()],
+                        (&sa[t.a_cols.clone()], &sb[t.b_cols.clone()]),
                         t.b_cols.start,
+                        want_tile(k),
                     ));
                 }
             }

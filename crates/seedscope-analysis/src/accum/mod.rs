@@ -110,10 +110,17 @@ fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
 }
 
 /// Per anchor row of a sparse tile: the best and worst of its candidate pairs (columns relative
-/// to `b0`, as [`reduce_rows`] gives them).
-fn reduce_pairs(acc: &[f64], pairs: &[u32], ia: &[f64], ib: &[f64], b0: usize) -> TileReduction {
+/// to `b0`, as [`reduce_rows`] gives them); per column of `nb`, the best pair in it; with
+/// `with_tile`, every pair's correlation in pair order.
+fn reduce_pairs(
+    acc: &[f64],
+    pairs: &[u32],
+    (ia, ib): (&[f64], &[f64]),
+    b0: usize,
+    with_tile: bool,
+) -> TileReduction {
     let k = pairs.len() / ia.len().max(1);
-    reduce(ia.len(), false, |i| {
+    reduce(ia.len(), ib.len(), with_tile, |i| {
         (i * k..(i + 1) * k).map(move |e| {
             let j = pairs[e] as usize - b0;
             (j as u32, acc[e] * ia[i] * ib[j])
@@ -122,10 +129,10 @@ fn reduce_pairs(acc: &[f64], pairs: &[u32], ia: &[f64], ib: &[f64], b0: usize) -
 }
 
 /// Per anchor row of a dense tile: the best and worst correlation (and with `with_tile`, the
-/// row itself).
+/// row itself); per column, the best row.
 fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {
     let nb = ib.len();
-    reduce(ia.len(), with_tile, |i| {
+    reduce(ia.len(), nb, with_tile, |i| {
         ib.iter()
             .enumerate()
             .map(move |(j, &sb)| (j as u32, acc[i * nb + j] * ia[i] * sb))
@@ -133,9 +140,11 @@ fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileRedu
 }
 
 /// Reduce `n` rows, each given as `(column, correlation)` pairs by `row(i)`, to their extremes
-/// (correlations clamped to [-1, 1]).
+/// and each of the `nb` columns to its best row (correlations clamped to [-1, 1]; `-2` for a
+/// column no row reaches).
 fn reduce<I: Iterator<Item = (u32, f64)>>(
     n: usize,
+    nb: usize,
     with_tile: bool,
     row: impl Fn(usize) -> I,
 ) -> TileReduction {
@@ -144,6 +153,8 @@ fn reduce<I: Iterator<Item = (u32, f64)>>(
         argmax: Vec::with_capacity(n),
         min: Vec::with_capacity(n),
         argmin: Vec::with_capacity(n),
+        col_max: vec![-2.0; nb],
+        col_argmax: vec![0; nb],
         tile: with_tile.then(Vec::new),
     };
     for i in 0..n {
@@ -157,6 +168,11 @@ fn reduce<I: Iterator<Item = (u32, f64)>>(
             if corr < worst {
                 worst = corr;
                 wj = j;
+            }
+            let c = &mut r.col_max[j as usize];
+            if corr as f32 > *c {
+                *c = corr as f32;
+                r.col_argmax[j as usize] = i as u32;
             }
             if let Some(t) = r.tile.as_mut() {
                 t.push(corr as f32);

@@ -49,8 +49,8 @@ use serde::{Deserialize, Serialize};
 pub use anatomy_file::{AnatomyFile, NO_WINDOW_TOKEN};
 pub use index::{Entry, TensorIndex};
 pub use rows::{
-    COLUMNS, NeuronRow, PCT_COLUMNS, RowExtras, family_counts, layer_percentiles, neuron_rows,
-    universal_medians,
+    COLUMNS, MutualCounts, NeuronRow, PCT_COLUMNS, RowExtras, family_counts, layer_percentiles,
+    mutual_counts, neuron_rows, universal_medians,
 };
 pub use write::{BundleFiles, CONTEXT, bundle_files, write_bundle_files};
 
@@ -206,6 +206,23 @@ pub struct ModelEntry {
     pub files: Vec<(String, String)>,
 }
 
+/// The manifest's `one_to_one`: how the one-to-one columns were found, on all pairs or (with
+/// refinement keeping `k` candidates at each end) on the candidates.
+pub fn one_to_one_method(refine_k: Option<usize>) -> String {
+    let base = "mutual_best: in how many other models the best match's own best match (over all \
+                the anchor's neurons) is this neuron; assignment_corr: mean correlation with the \
+                partner in the maximum-weight one-to-one assignment of each layer's neurons \
+                (Jonker-Volgenant)";
+    match refine_k {
+        None => format!("{base}, on all pairs"),
+        Some(k) => format!(
+            "{base}, on refinement's candidate pairs ({k} best and {k} worst per anchor neuron): \
+             pairs outside them weigh less than any correlation, a partner outside them is NaN \
+             and so is the mean, and best matches are over the candidates"
+        ),
+    }
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -236,6 +253,10 @@ pub struct Manifest {
     pub options: crate::AnalysisOptions,
     /// The baseline.
     pub baseline: String,
+    /// How `mutual_best` and `assignment_corr` were found (on all pairs, or on refinement's
+    /// candidates); empty in bundles made before they existed.
+    #[serde(default)]
+    pub one_to_one: String,
     /// Where it ran.
     pub device: String,
     /// Passes over the data and the estimated peak accumulation memory.
@@ -369,6 +390,11 @@ impl Bundle {
                             .filter_map(|(name, v)| Some((name.to_string(), v?)))
                             .collect(),
                         families: family_counts(&rows),
+                        one_to_one: mutual_counts(
+                            &rows,
+                            m.options.threshold,
+                            m.models.len().saturating_sub(1),
+                        ),
                     }
                 })
                 .collect(),
@@ -432,6 +458,14 @@ impl Bundle {
                     .collect();
                 let _ = writeln!(s, "families: {}", shown.join(", "));
             }
+            if let Some(c) = a.one_to_one {
+                let _ = writeln!(
+                    s,
+                    "one-to-one: {} of {} universal neurons ({} of all {}) are their best match's \
+                     best match in every other model",
+                    c.universal_mutual, c.universal, c.mutual, c.neurons
+                );
+            }
         }
         s
     }
@@ -467,6 +501,10 @@ pub struct AnchorSummary {
     pub medians: Vec<(String, f64)>,
     /// Per family `(name, neurons, universal neurons)`.
     pub families: Vec<(String, usize, usize)>,
+    /// How many neurons (universal, all) are mutual best matches in every other model; absent
+    /// for bundles made before it was computed.
+    #[serde(default)]
+    pub one_to_one: Option<MutualCounts>,
 }
 
 /// A universal neuron in a [`Summary`].

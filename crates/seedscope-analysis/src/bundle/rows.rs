@@ -35,6 +35,13 @@ pub struct NeuronRow {
     pub excess_corr: f64,
     /// `excess_corr > threshold`.
     pub is_universal: bool,
+    /// In how many other models the best match (as `max_corr`) has this neuron as its own best
+    /// match among all the anchor's neurons; NaN in bundles made before it existed.
+    pub mutual_best: f64,
+    /// Mean over other models of the correlation with its partner in the maximum-weight
+    /// one-to-one assignment of the layer's neurons (refined runs: on the candidate pairs;
+    /// NaN where a partner is not among them).
+    pub assignment_corr: f64,
     /// Mean post-activation over the kept tokens.
     pub act_mean: f64,
     /// Its variance.
@@ -106,6 +113,8 @@ impl Default for NeuronRow {
             min_baseline: f64::NAN,
             excess_corr: f64::NAN,
             is_universal: false,
+            mutual_best: f64::NAN,
+            assignment_corr: f64::NAN,
             act_mean: f64::NAN,
             act_var: f64::NAN,
             mean: f64::NAN,
@@ -170,6 +179,13 @@ mod cell {
             t => t.parse().map_err(|e| format!("`{s}`: {e}")),
         }
     }
+    pub fn count(v: f64) -> String {
+        if v.is_nan() {
+            "NaN".into()
+        } else {
+            format!("{v:.0}")
+        }
+    }
     pub fn int(s: &str) -> Result<usize, String> {
         s.trim().parse().map_err(|e| format!("`{s}`: {e}"))
     }
@@ -194,6 +210,14 @@ macro_rules! column {
             name: stringify!($name),
             required: $required,
             write: |r| cell::stat(r.$name),
+            read: |r, s| Ok(r.$name = cell::float(s)?),
+        }
+    };
+    ($name:ident, $required:expr, count) => {
+        Column {
+            name: stringify!($name),
+            required: $required,
+            write: |r| cell::count(r.$name),
             read: |r, s| Ok(r.$name = cell::float(s)?),
         }
     };
@@ -226,7 +250,7 @@ macro_rules! column {
 /// The columns of `neurons.csv` in file order: the paper's dataframe columns (required), the
 /// activation statistics from the histograms, the weight statistics, the anatomy and the
 /// attention scores.
-pub const COLUMNS: [Column; 36] = [
+pub const COLUMNS: [Column; 38] = [
     column!(model, true, text),
     column!(layer, true, int),
     column!(neuron, true, int),
@@ -238,6 +262,8 @@ pub const COLUMNS: [Column; 36] = [
     column!(min_baseline, true, corr),
     column!(excess_corr, true, corr),
     column!(is_universal, true, flag),
+    column!(mutual_best, false, count),
+    column!(assignment_corr, false, corr),
     column!(act_mean, true, stat),
     column!(act_var, true, stat),
     column!(mean, false, stat),
@@ -365,6 +391,7 @@ pub fn neuron_rows(
             let (max_corr, mean_corr, min_corr) = stats(&corr);
             let (max_baseline, mean_baseline, min_baseline) = stats(&base);
             let excess = mean_corr - mean_baseline;
+            let (mutual_best, assignment_corr) = one_to_one(r, i);
             let w = weights.and_then(|w| w.get(i));
             let bins = seedscope_gpu::HIST_BINS;
             let h = r
@@ -421,6 +448,8 @@ pub fn neuron_rows(
                     excess_corr: excess,
                     // NaN counts as not universal, as in the paper.
                     is_universal: excess > threshold,
+                    mutual_best,
+                    assignment_corr,
                     act_mean: r.mean.get(i).copied().unwrap_or(f64::NAN),
                     act_var: r.var.get(i).copied().unwrap_or(f64::NAN),
                     mean: hv(|h| h.mean),
@@ -453,6 +482,25 @@ pub fn neuron_rows(
         .collect()
 }
 
+/// Anchor neuron `i`'s one-to-one columns: in how many other models its best match's own best
+/// match is `i`, and its mean correlation with its assigned partners (NaN if any is unknown).
+fn one_to_one(r: &AnchorResult, i: usize) -> (f64, f64) {
+    let mut mutual = 0;
+    let mut sum = 0.0;
+    for (m, o) in r.real.iter().zip(&r.one_to_one) {
+        let j = m.argmax[i] as usize;
+        if o.back_argmax.get(j) == Some(&(i as u32)) && m.max[i] > f32::NEG_INFINITY {
+            mutual += 1;
+        }
+        sum += o.partner_corr.get(i).copied().unwrap_or(f32::NAN) as f64;
+    }
+    let n = r.one_to_one.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (mutual as f64, sum / n as f64)
+}
+
 /// Per row, the [`PCT_COLUMNS`] percentiles within its layer (scipy's `percentileofscore(kind=
 /// 'rank')`, values sorted once per layer and column).
 pub fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
@@ -468,6 +516,38 @@ pub fn layer_percentiles(rows: &[&NeuronRow]) -> Vec<Vec<f64>> {
         }
     }
     out
+}
+
+/// How one-to-one the matches of an anchor's `rows` are, at `threshold`: of the neurons whose
+/// excess correlation is above it, and of all, how many are mutual best matches in each of the
+/// `n_others` other models; `None` for a bundle without the `mutual_best` column.
+pub fn mutual_counts(rows: &[&NeuronRow], threshold: f64, n_others: usize) -> Option<MutualCounts> {
+    if rows.iter().all(|r| r.mutual_best.is_nan()) {
+        return None;
+    }
+    let mut c = MutualCounts::default();
+    for r in rows {
+        let universal = r.excess_corr > threshold;
+        let mutual = r.mutual_best >= n_others as f64;
+        c.universal += usize::from(universal);
+        c.universal_mutual += usize::from(universal && mutual);
+        c.neurons += 1;
+        c.mutual += usize::from(mutual);
+    }
+    Some(c)
+}
+
+/// What [`mutual_counts`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MutualCounts {
+    /// Universal neurons.
+    pub universal: usize,
+    /// Of them, mutual best matches in every other model.
+    pub universal_mutual: usize,
+    /// Neurons.
+    pub neurons: usize,
+    /// Of them, mutual best matches in every other model.
+    pub mutual: usize,
 }
 
 /// Fig. 3 in numbers: for each of [`PCT_COLUMNS`], the median within-layer percentile
@@ -529,6 +609,8 @@ mod tests {
             min_baseline: 0.2,
             excess_corr: 0.5,
             is_universal: true,
+            mutual_best: 2.0,
+            assignment_corr: 0.75,
             act_mean: 1.25,
             act_var: 2.5,
             mean: -0.5,

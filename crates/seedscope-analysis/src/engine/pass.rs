@@ -19,7 +19,7 @@ use crate::compute::Compute;
 use crate::hist::Histograms;
 use crate::plan::{Plan, Reuse, TileSpec, stream};
 use crate::results::{
-    AnchorResult, BlockTiming, Candidates, Outcome, Progress, RunCost, SavedTile,
+    AnchorResult, BlockTiming, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile,
 };
 
 /// The state of one pass: what it accumulates and which anchors it counts histograms and
@@ -529,7 +529,9 @@ impl Run<'_> {
     }
 
     /// Fold a finished pass's tiles into the per-anchor results: best and worst matches, the
-    /// anchors' moments, candidates (with `collect`) and the tiles asked to be saved.
+    /// anchors' moments, candidates (with `collect`), the tiles asked to be saved, and the
+    /// one-to-one matching (each other neuron's best anchor neuron; the same-layer blocks,
+    /// assigned once complete: not in refinement's first stage, whose tiles are a sample's).
     async fn reduce<A: Accumulate>(
         &self,
         acc: &A,
@@ -548,7 +550,11 @@ impl Run<'_> {
                     .contains(&(t.a_cols.start / d, t.b_cols.start / d))
         };
         let reductions = acc
-            .finalize(|k| wanted(k) || (collect.is_some() && specs[k].pairs.is_none()))
+            .finalize(|k| {
+                wanted(k)
+                    || (collect.is_some() && specs[k].pairs.is_none())
+                    || (collect.is_none() && specs[k].assigns(d))
+            })
             .await?;
         // Anchor moments, once per anchor.
         let used = acc.streams();
@@ -595,11 +601,73 @@ impl Run<'_> {
                     m.argmin[col] = t.b_cols.start as u32 + red.argmin[i];
                 }
             }
+            if !rotated {
+                let o2o = &mut r.one_to_one[oi];
+                o2o.offer_columns(
+                    t.a_cols.start,
+                    t.b_cols.start,
+                    &red.col_max,
+                    &red.col_argmax,
+                );
+                if let (None, Some(tile)) = (collect, &red.tile)
+                    && t.assigns(d)
+                {
+                    fill_layer_blocks(o2o, t, d, tile)?;
+                }
+            }
             if let (true, Some(tile)) = (wanted(k), red.tile) {
                 save_tile(r, other, t, d, &tile);
             }
         }
         Ok(())
+    }
+}
+
+/// Write a tile's same-layer correlations into the layer blocks of the assignment: a dense
+/// tile's rows and columns, or, of a sparse tile, each anchor row's candidates in its own
+/// layer (the row is then accounted for: the pairs left out stay unknown).
+fn fill_layer_blocks(
+    o2o: &mut OneToOne,
+    t: &TileSpec,
+    d: usize,
+    tile: &[f32],
+) -> Result<(), AnalysisError> {
+    match &t.pairs {
+        None => {
+            let layer = t.a_cols.start / d;
+            let (row0, col0, nb) = (
+                t.a_cols.start - layer * d,
+                t.b_cols.start - layer * d,
+                t.b_cols.len(),
+            );
+            o2o.fill_block(layer, d, t.a_cols.len() * nb, |block| {
+                for (r, row) in tile.chunks_exact(nb).enumerate() {
+                    let at = (row0 + r) * d + col0;
+                    block[at..at + nb].copy_from_slice(row);
+                }
+            })
+        }
+        Some(pairs) => {
+            let k = pairs.len() / t.a_cols.len().max(1);
+            let mut a = t.a_cols.start;
+            while a < t.a_cols.end {
+                let layer = a / d;
+                let end = t.a_cols.end.min((layer + 1) * d);
+                o2o.fill_block(layer, d, (end - a) * d, |block| {
+                    for row in a..end {
+                        let e0 = (row - t.a_cols.start) * k;
+                        for e in e0..e0 + k {
+                            let j = pairs[e] as usize;
+                            if j / d == layer {
+                                block[(row - layer * d) * d + j - layer * d] = tile[e];
+                            }
+                        }
+                    }
+                })?;
+                a = end;
+            }
+            Ok(())
+        }
     }
 }
 

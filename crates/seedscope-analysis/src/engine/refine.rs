@@ -204,7 +204,18 @@ pub(super) fn pair_plan(
         }
     }
     let activation_bytes = (block_tokens * width * 4) as u64 * (2 * n_models as u64 + 2);
-    let max_tile_bytes = specs.iter().map(TileSpec::bytes).sum();
+    // The real streams' pair correlations come back for the one-to-one assignment.
+    let max_tile_bytes = specs
+        .iter()
+        .map(|t| {
+            t.bytes()
+                + if t.assigns(width) {
+                    4 * t.entries() as u64
+                } else {
+                    0
+                }
+        })
+        .sum();
     Ok(Plan {
         passes: vec![specs],
         activation_bytes,

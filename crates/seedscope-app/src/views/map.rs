@@ -22,13 +22,38 @@ pub struct TileChoice {
     pub other: usize,
     /// Its layer.
     pub layer_b: usize,
-    /// Rows by their best correlation and columns by the rows' matches, so matched pairs lie on
-    /// the diagonal.
-    pub by_match: bool,
+    /// The order of rows and columns.
+    pub order: MapOrder,
+}
+
+/// How the map orders its rows and columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MapOrder {
+    /// By neuron index.
+    #[default]
+    Neuron,
+    /// Rows by their best correlation and columns by the rows' matches, so matched pairs lie
+    /// on the diagonal (a column shared by several rows appears once).
+    BestMatch,
+    /// The maximum-weight one-to-one assignment of rows to columns on the diagonal, rows by
+    /// their partner's correlation.
+    Assignment,
+}
+
+impl MapOrder {
+    fn label(self) -> &'static str {
+        match self {
+            MapOrder::Neuron => "neuron index",
+            MapOrder::BestMatch => "best match",
+            MapOrder::Assignment => "one-to-one assignment",
+        }
+    }
 }
 
 /// A tile read and ordered for display.
 pub struct LoadedTile {
+    /// What it shows.
+    pub choice: TileChoice,
     /// The values as drawn.
     pub data: MapData,
     /// The neuron shown in each displayed row.
@@ -67,7 +92,7 @@ impl Default for MapView {
                 layer_a: 0,
                 other: 1,
                 layer_b: 0,
-                by_match: false,
+                order: MapOrder::Neuron,
             },
             view: HeatmapView::whole(1, 1),
             tile: None,
@@ -191,7 +216,6 @@ impl MapView {
     ) -> Option<Action> {
         let ex = shared.ex;
         let names = &ex.names;
-        let before = self.choice;
         ui.horizontal_wrapped(|ui| {
             let c = &mut self.choice;
             let anchors: Vec<usize> = ex.anchors.iter().map(|a| a.anchor).collect();
@@ -207,11 +231,19 @@ impl MapView {
             });
             choose(ui, "layer ", &mut c.layer_b, &layers, |l| format!("L{l}"));
             ui.separator();
-            ui.checkbox(&mut c.by_match, "order by best match")
-                .on_hover_text(
-                    "rows by their best correlation, columns by the rows' best matches: matched \
-                     pairs lie on the diagonal",
-                );
+            choose(
+                ui,
+                "order",
+                &mut c.order,
+                &[MapOrder::Neuron, MapOrder::BestMatch, MapOrder::Assignment],
+                |o| o.label().to_string(),
+            );
+            ui.label("(?)").on_hover_text(
+                "best match: rows by their best correlation, columns by the rows' best matches; \
+                 one-to-one assignment: each row's partner in the maximum-weight matching of \
+                 rows to columns (Jonker-Volgenant), rows by their partner's correlation. \
+                 Either way the pairs lie on the diagonal.",
+            );
         });
         ui.horizontal(|ui| {
             ui.label(
@@ -224,7 +256,8 @@ impl MapView {
                 .find(|&o| o != self.choice.anchor)
                 .unwrap_or(0);
         }
-        if self.choice != before {
+        // A tile of another choice (changed here, or by another view) is read again.
+        if self.tile.as_ref().is_some_and(|t| t.choice != self.choice) {
             self.tile = None;
         }
         let mut action = self.poll();
@@ -316,10 +349,10 @@ impl MapView {
             tile.data.cols,
             &format!(
                 "Pearson r{}",
-                if c.by_match {
-                    ", ordered by best match"
-                } else {
-                    ""
+                match c.order {
+                    MapOrder::Neuron => "",
+                    MapOrder::BestMatch => ", ordered by best match",
+                    MapOrder::Assignment => ", ordered by the one-to-one assignment",
                 }
             ),
             &format!("{} L{}", ex.names[c.anchor], c.layer_a),
@@ -334,13 +367,14 @@ fn read_tile(ex: &Explorer, name: &str, choice: TileChoice) -> Result<LoadedTile
     let d = ex.d_mlp();
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (ex.source.display(), name, choice.by_match).hash(&mut h);
-    let (values, row_of, col_of) = if choice.by_match {
-        heatmap::order_by_match(&values, d, d)
-    } else {
-        (values, (0..d).collect(), (0..d).collect())
+    (ex.source.display(), name, choice.order).hash(&mut h);
+    let (values, row_of, col_of) = match choice.order {
+        MapOrder::Neuron => (values, (0..d).collect(), (0..d).collect()),
+        MapOrder::BestMatch => heatmap::order_by_match(&values, d, d),
+        MapOrder::Assignment => heatmap::order_by_assignment(&values, d)?,
     };
     Ok(LoadedTile {
+        choice,
         data: MapData {
             key: h.finish(),
             rows: d,

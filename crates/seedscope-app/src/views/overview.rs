@@ -8,7 +8,7 @@ use std::sync::Arc;
 use egui::{Color32, Pos2, Rect, Sense, Vec2};
 use egui_plot::{Bar, BarChart, Legend, Plot, PlotPoints, Points, VLine};
 use seedscope_analysis::NeuronRow;
-use seedscope_analysis::bundle::universal_medians;
+use seedscope_analysis::bundle::{MutualCounts, mutual_counts, universal_medians};
 
 use super::{Action, Shared};
 use crate::AppError;
@@ -32,6 +32,8 @@ struct Split {
     points: [Vec<[f64; 2]>; 2],
     /// Fig. 3: the universal neurons' median within-layer percentiles, and their number.
     medians: (Vec<(&'static str, Option<f64>)>, usize),
+    /// How many universal neurons are mutual best matches in every other seed.
+    mutual: Option<MutualCounts>,
 }
 
 /// The anchor's rows.
@@ -131,11 +133,28 @@ impl OverviewView {
                 Some(a) => universal_medians(&rows, &a.percentiles, shared.threshold),
                 None => (Vec::new(), 0),
             };
-            self.split = Some((key, anchor, bits, Split { points, medians }));
+            let mutual = mutual_counts(&rows, shared.threshold, ex.names.len().saturating_sub(1));
+            self.split = Some((
+                key,
+                anchor,
+                bits,
+                Split {
+                    points,
+                    medians,
+                    mutual,
+                },
+            ));
         }
         let (Some((_, _, hists)), Some((_, _, _, split))) = (&self.histograms, &self.split) else {
             return action;
         };
+        if let Some(c) = split.mutual {
+            ui.label(format!(
+                "One-to-one: {} of the {} universal neurons ({} of all {}) are their best match's \
+                 best match in every other seed (neurons.csv: mutual_best, assignment_corr).",
+                c.universal_mutual, c.universal, c.mutual, c.neurons
+            ));
+        }
         let avail = ui.available_size();
         let w = ((avail.x - 24.0) / 2.0).max(200.0);
         let h = ((avail.y - 60.0) / 2.0).clamp(160.0, 420.0);
