@@ -8,7 +8,8 @@ use seedscope_hub::{Fetched, Hub, PRESETS, repos_of};
 /// Options of `seedscope download`.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// A preset (stanford-gpt2-small, stanford-gpt2-medium, pythia-160m) or a repository id
+    /// A preset (stanford-gpt2-small, stanford-gpt2-medium, pythia-{14m,31m,70m,160m,410m},
+    /// pythia-160m-data-seed, pythia-160m-weight-seed; `--list`) or a repository id
     /// (org/name). Omit with --list.
     pub name: Option<String>,
     /// Branch, tag or commit of every repository (default: main).

@@ -591,6 +591,111 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
 }
 
 #[test]
+fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
+    // The four repositories of pythia-160m-weight-seed (Pythia-160m and the PolyPythias runs
+    // that vary only the initialisation), served from the sharded GPT-NeoX fixture.
+    let mut state = hub_server::HubState::default();
+    let preset = seedscope_hub::find_preset("pythia-160m-weight-seed").expect("preset");
+    let neox = fixture("neox-rotary");
+    let mut files = vec![
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+    ];
+    let shards: Vec<String> = (1..=7)
+        .map(|i| format!("model-{i:05}-of-00007.safetensors"))
+        .collect();
+    files.extend(shards.iter().map(String::as_str));
+    for (i, repo) in preset.repos.iter().enumerate() {
+        hub_server::repo_from_dir(&mut state, repo, &format!("{i:040}"), &neox, &files);
+    }
+    let server = hub_server::HubServer::start(state);
+    let dir = temp_dir("cli-polypythias");
+    let home = dir.join("hf");
+    let run = |args: &[&str], offline: bool| {
+        let mut cmd = seedscope();
+        cmd.env("HF_ENDPOINT", &server.endpoint)
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1");
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        cmd.args(args).output().expect("run seedscope")
+    };
+    // A step Pythia did not save is refused with the nearest one, before any transfer.
+    let output = run(
+        &["download", "pythia-160m-weight-seed", "--step", "513"],
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no checkpoint at step 513 (the nearest is 512)"),
+        "{stderr}"
+    );
+    assert!(server.requests("/resolve/").is_empty());
+    let output = run(
+        &["download", "pythia-160m-weight-seed", "--step", "512"],
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // config, index, tokenizer and seven shards for each of four seeds.
+    assert_eq!(stderr.matches("checksum verified").count(), 40, "{stderr}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    assert!(
+        printed.contains("models--EleutherAI--pythia-160m-weight-seed3"),
+        "{printed}"
+    );
+    assert!(
+        server
+            .requests("/resolve/")
+            .iter()
+            .all(|r| r.1.contains("/resolve/step512/"))
+    );
+    let seen = server.requests("").len();
+    let tokens = fixture("analysis/tokens.npy");
+    let out = dir.join("bundle");
+    let output = run(
+        &[
+            "analyze",
+            "--models",
+            "pythia-160m-weight-seed",
+            "--step",
+            "512",
+            "--tokens",
+            tokens.to_str().expect("UTF-8 fixture path"),
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().expect("UTF-8 temp path"),
+        ],
+        true,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server.requests("").len(), seen, "offline");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let models = manifest["models"].as_array().expect("models");
+    assert_eq!(models.len(), 4);
+    assert!(
+        models[1].to_string().contains("pythia-160m-weight-seed1"),
+        "{}",
+        models[1]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn shards_of_a_slurm_array_merge_into_the_unsharded_bundle() {
     let dir = temp_dir("cli-shards");
     let common = |c: &mut Command| {

@@ -84,7 +84,27 @@ pub struct Preset {
     pub about: &'static str,
 }
 
-/// The seed families of the paper (and the Pythia seeds TransformerLens names).
+/// A Pythia size's original run (seed 1234) and its nine PolyPythias seeds (van der Wal et al.
+/// 2025), `EleutherAI/pythia-{size}-seed{1..9}`; each has Pythia's `step{N}` checkpoints.
+macro_rules! poly_pythia {
+    ($size:literal) => {
+        &[
+            concat!("EleutherAI/pythia-", $size),
+            concat!("EleutherAI/pythia-", $size, "-seed1"),
+            concat!("EleutherAI/pythia-", $size, "-seed2"),
+            concat!("EleutherAI/pythia-", $size, "-seed3"),
+            concat!("EleutherAI/pythia-", $size, "-seed4"),
+            concat!("EleutherAI/pythia-", $size, "-seed5"),
+            concat!("EleutherAI/pythia-", $size, "-seed6"),
+            concat!("EleutherAI/pythia-", $size, "-seed7"),
+            concat!("EleutherAI/pythia-", $size, "-seed8"),
+            concat!("EleutherAI/pythia-", $size, "-seed9"),
+        ]
+    };
+}
+
+/// The seed families of the paper, and the Pythia / PolyPythias seed suites (every size's ten
+/// seeds; at 160m also the runs that vary only the data order or only the initialisation).
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "stanford-gpt2-small",
@@ -109,14 +129,49 @@ pub const PRESETS: &[Preset] = &[
         about: "five GPT-2 medium seeds (355M) by Stanford CRFM",
     },
     Preset {
+        name: "pythia-14m",
+        repos: poly_pythia!("14m"),
+        about: "Pythia-14m and its nine PolyPythias seeds by EleutherAI (GPT-NeoX)",
+    },
+    Preset {
+        name: "pythia-31m",
+        repos: poly_pythia!("31m"),
+        about: "Pythia-31m and its nine PolyPythias seeds",
+    },
+    Preset {
+        name: "pythia-70m",
+        repos: poly_pythia!("70m"),
+        about: "Pythia-70m and its nine PolyPythias seeds",
+    },
+    Preset {
         name: "pythia-160m",
+        repos: poly_pythia!("160m"),
+        about: "Pythia-160m and its nine PolyPythias seeds",
+    },
+    Preset {
+        name: "pythia-410m",
+        repos: poly_pythia!("410m"),
+        about: "Pythia-410m and its nine PolyPythias seeds",
+    },
+    Preset {
+        name: "pythia-160m-data-seed",
         repos: &[
             "EleutherAI/pythia-160m",
-            "EleutherAI/pythia-160m-seed1",
-            "EleutherAI/pythia-160m-seed2",
-            "EleutherAI/pythia-160m-seed3",
+            "EleutherAI/pythia-160m-data-seed1",
+            "EleutherAI/pythia-160m-data-seed2",
+            "EleutherAI/pythia-160m-data-seed3",
         ],
-        about: "four Pythia-160m seeds by EleutherAI (GPT-NeoX)",
+        about: "Pythia-160m and three PolyPythias runs that vary only the data order",
+    },
+    Preset {
+        name: "pythia-160m-weight-seed",
+        repos: &[
+            "EleutherAI/pythia-160m",
+            "EleutherAI/pythia-160m-weight-seed1",
+            "EleutherAI/pythia-160m-weight-seed2",
+            "EleutherAI/pythia-160m-weight-seed3",
+        ],
+        about: "Pythia-160m and three PolyPythias runs that vary only the weight initialisation",
     },
 ];
 
@@ -135,7 +190,7 @@ pub fn crfm_checkpoint_steps() -> Vec<u64> {
         .collect()
 }
 
-/// Training steps with a saved checkpoint in the Pythia repositories.
+/// Training steps with a saved checkpoint in the Pythia and PolyPythias repositories (154).
 pub fn pythia_checkpoint_steps() -> Vec<u64> {
     [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
         .into_iter()
@@ -700,6 +755,16 @@ mod tests {
         assert!(repos_of("nonsense").is_err());
         assert!(repos_of("../etc").is_err());
         assert!(repos_of("a/b/c").is_err());
+        // PolyPythias: ten seeds per size, the decoupled 160m runs with the original.
+        for size in ["14m", "31m", "70m", "160m", "410m"] {
+            let repos = repos_of(&format!("pythia-{size}")).unwrap_or_default();
+            assert_eq!(repos.len(), 10, "{size}");
+            assert_eq!(repos[9], format!("EleutherAI/pythia-{size}-seed9"));
+        }
+        let data = repos_of("pythia-160m-data-seed").unwrap_or_default();
+        assert_eq!(data[0], "EleutherAI/pythia-160m");
+        assert_eq!(data[3], "EleutherAI/pythia-160m-data-seed3");
+        assert_eq!(pythia_checkpoint_steps().len(), 154);
     }
 
     #[test]
