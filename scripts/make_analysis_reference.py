@@ -16,6 +16,9 @@ everything the paper's code computes is done in float64 numpy:
   partner.{o}        the anchor neuron's partner in scipy's maximum-weight one-to-one
                      assignment of each layer's correlation block (linear_sum_assignment)
   assignment_corr    mean over others of the correlation with that partner  [n_neurons]
+  null_max_corr      [n_other, n_neurons] the permutation null: best correlation with the other
+                     model's activations with each block's kept tokens rotated as
+                     seedscope_analysis::engine::null_order does (blocks of BLOCK_ROWS rows, seed 0)
   mean, var          anchor activation mean and population variance  [n_neurons]
 
 Run with the pinned environment in scripts/requirements-fixtures.txt; CI never runs this.
@@ -33,6 +36,34 @@ ROOT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 OUT = ROOT / "analysis"
 MODELS = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16"]
 N_ROWS, SEQ_LEN = 24, 32
+BLOCK_ROWS = 5  # the test's blocks (tests/analysis.rs options())
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def null_order(n: int, seed: int, r0: int) -> np.ndarray:
+    """seedscope_analysis::engine::null_order: a block's kept tokens rotated by a drawn offset."""
+    if n < 2:
+        return np.arange(n)
+    s = min(32, n // 2)
+    offset = s + splitmix64(splitmix64(seed ^ 0x4E554C4C) ^ r0) % (n - 2 * s + 1)
+    return (np.arange(n) + offset) % n
+
+
+def permuted(x: np.ndarray, keep: np.ndarray, seed: int) -> np.ndarray:
+    """x (rows of kept tokens, row-major) with each block's tokens in the null's order."""
+    out, start = [], 0
+    for r0 in range(0, keep.shape[0], BLOCK_ROWS):
+        n = int(keep[r0:r0 + BLOCK_ROWS].sum())
+        out.append(x[start:start + n][null_order(n, seed, r0)])
+        start += n
+    return np.concatenate(out)
 
 
 def activations(name: str, tokens: np.ndarray) -> np.ndarray:
@@ -82,7 +113,7 @@ def main() -> None:
     maxes, argmaxes, mins, bases = [], [], [], []
     n = acts[0].shape[1]
     mutual = np.zeros(n, np.int64)
-    partner_corrs = []
+    partner_corrs, nulls = [], []
     for o, other in enumerate(acts[1:], start=1):
         c = corr(acts[0], other)
         out[f"corr.{o - 1}"] = c.astype(np.float32)
@@ -95,6 +126,7 @@ def main() -> None:
             rows, cols = linear_sum_assignment(c[s, s], maximize=True)
             partner[l * d + rows] = l * d + cols
         out[f"partner.{o - 1}"] = partner.astype(np.int32)
+        nulls.append(corr(acts[0], permuted(other, keep, 0)).max(1))
         partner_corrs.append(c[np.arange(n), partner])
         maxes.append(c.max(1))
         argmaxes.append(c.argmax(1))
@@ -116,6 +148,7 @@ def main() -> None:
         excess_corr=excess.astype(np.float32),
         is_universal=(excess > 0.5).astype(np.uint8),
         mutual_best=mutual.astype(np.int32),
+        null_max_corr=np.array(nulls, np.float32),
         assignment_corr=np.mean(partner_corrs, 0),
         mean=acts[0].mean(0),
         var=acts[0].var(0),

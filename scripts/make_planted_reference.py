@@ -18,7 +18,10 @@ one-to-one matching: each other neuron's best seed-a neuron (`back_argmax`), the
 best and second-best correlation of each row and column (`row_gap`, `back_gap`: where they are
 tiny, a float32 run may pick the other), `mutual_best`, and scipy's maximum-weight one-to-one
 assignment of each layer's block (`partner`, its total `assign_total` [other, layer], and
-`assignment_corr`, the mean correlation with the partners).
+`assignment_corr`, the mean correlation with the partners); and the permutation null
+(`null_max_corr`): the best correlation with the other model's activations, each block of
+BLOCK_ROWS rows with its kept tokens rotated as seedscope_analysis::engine::null_order does
+(seed 0).
 
     .venv/bin/python scripts/make_planted_reference.py
 """
@@ -37,6 +40,28 @@ ROWS, SEQ = 12, 32
 # with it every later layer's twins).
 MAX_LEVEL = 0.3
 M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+BLOCK_ROWS = 4  # the test's blocks (tests/planted.rs)
+
+
+def null_order(n, seed, r0):
+    """seedscope_analysis::engine::null_order: a block's kept tokens rotated by a drawn offset."""
+    if n < 2:
+        return np.arange(n)
+    s = min(32, n // 2)
+    with np.errstate(over="ignore"):  # splitmix64 wraps
+        base = int(splitmix(np.uint64(seed ^ 0x4E554C4C)))
+        offset = s + int(splitmix(np.uint64(base ^ r0))) % (n - 2 * s + 1)
+    return (np.arange(n) + offset) % n
+
+
+def permuted(x, keep):
+    """x (kept tokens, row-major) with each block's tokens in the null's order (seed 0)."""
+    out, start = [], 0
+    for r0 in range(0, keep.shape[0], BLOCK_ROWS):
+        n = int(keep[r0:r0 + BLOCK_ROWS].sum())
+        out.append(x[start:start + n][null_order(n, 0, r0)])
+        start += n
+    return np.concatenate(out)
 
 
 def splitmix(x):
@@ -141,11 +166,15 @@ def main():
     n = LAYERS * D_MLP
     mutual = np.zeros(n, np.int64)
     backs, back_gaps, row_gaps, partners, totals, partner_corrs = [], [], [], [], [], []
+    nulls = []
     top2 = lambda m, axis: np.sort(m, axis=axis).take([-1, -2], axis=axis)
     for w in (b, c):
         x = activations(w, ids)
         z = (x - x.mean(0)) / x.std(0)
         corr = za.T @ z / len(za)
+        xp = permuted(x, ids != 0)
+        zp = (xp - xp.mean(0)) / xp.std(0)
+        nulls.append((za.T @ zp / len(za)).max(1))
         maxs.append(corr.max(1))
         args.append(corr.argmax(1))
         back = corr.argmax(0)
@@ -174,6 +203,7 @@ def main():
     out["partner"] = np.stack(partners).astype(np.int32)
     out["assign_total"] = np.array(totals)
     out["assignment_corr"] = np.mean(partner_corrs, 0)
+    out["null_max_corr"] = np.stack(nulls).astype(np.float32)
     out["n_tokens"] = np.array([len(za)], np.int32)
     path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "planted")
     os.makedirs(path, exist_ok=True)
@@ -183,7 +213,8 @@ def main():
     print(f"{len(za)} kept tokens; the twin is seed-b's best match for {found.sum()} of "
           f"{found.size} seed-a neurons; best correlations with seed-c up to "
           f"{out['max_corr'][1].max():.3f}; mutual best in both for {(mutual == 2).sum()}, in seed-b "
-          f"for {(backs[0][args[0]] == np.arange(n)).sum()}; assignment totals {out['assign_total']}")
+          f"for {(backs[0][args[0]] == np.arange(n)).sum()}; assignment totals {out['assign_total']}; "
+          f"mean best correlation under the permutation null {out['null_max_corr'].mean(1)}")
 
 
 if __name__ == "__main__":

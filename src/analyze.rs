@@ -99,6 +99,13 @@ pub struct Args {
     /// activation memory; accumulation stays compensated f32); f32 elsewhere.
     #[arg(long)]
     pub half: bool,
+    /// A second null next to the rotation baseline: `permutation` correlates each anchor
+    /// neuron with every other seed's activations in a permuted token order (each block's
+    /// kept tokens rotated by a random offset of at least 32, drawn from --seed), the best
+    /// correlation expected by chance alignment at this token count and width
+    /// (neurons.csv: max_null, mean_null, excess_over_null).
+    #[arg(long, value_name = "permutation", value_parser = ["permutation"])]
+    pub null: Option<String>,
 }
 
 /// `I/N`, or the Slurm array task's (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`, with
@@ -187,6 +194,7 @@ impl Args {
             },
             shard: self.shard.as_deref().map(parse_shard).transpose()?,
             half: self.half,
+            permutation_null: self.null.is_some(),
             merge: Vec::new(),
             command: std::env::args().collect(),
         })

@@ -201,6 +201,7 @@ fn options() -> AnalysisOptions {
     AnalysisOptions {
         block_rows: 5, // 24 rows: five blocks, the last short
         save_tiles: vec![(0, 0), (2, 1)],
+        permutation_null: true,
         ..AnalysisOptions::default()
     }
 }
@@ -222,6 +223,7 @@ fn check_against_reference(r: &Results) {
         reference.f64s("min_corr"),
         reference.f64s("baseline_max_corr"),
     );
+    let null = reference.f64s("null_max_corr");
     for o in 0..2 {
         let corr = reference.f64s(&format!("corr.{o}"));
         for i in 0..n {
@@ -230,6 +232,7 @@ fn check_against_reference(r: &Results) {
                 (a.real[o].max[i], max[k]),
                 (a.real[o].min[i], min[k]),
                 (a.baseline[o].max[i], base[k]),
+                (a.null[o].max[i], null[k]),
             ] {
                 worst = worst.max((got as f64 - want).abs());
             }
@@ -250,6 +253,12 @@ fn check_against_reference(r: &Results) {
             assert!(
                 (a.baseline[o].max[i] as f64 - base[k]).abs() < tol,
                 "baseline[{o}][{i}]"
+            );
+            assert!(
+                (a.null[o].max[i] as f64 - null[k]).abs() < tol,
+                "permutation null[{o}][{i}]: {} vs {}",
+                a.null[o].max[i],
+                null[k]
             );
             // The argmax is the reference's, or a neuron within tolerance of the maximum.
             let j = a.real[o].argmax[i] as usize;
@@ -1023,11 +1032,13 @@ fn sharded(dev: &ComputeDevice, options: &AnalysisOptions, count: usize, tag: &s
 fn assert_close_results(a: &Results, b: &Results, tol: f32, what: &str) {
     assert_eq!(a.n_tokens, b.n_tokens, "{what}: tokens");
     for (x, y) in a.anchors.iter().zip(&b.anchors) {
+        assert_eq!(x.null.len(), y.null.len(), "{what}: null");
         for (mx, my) in x
             .real
             .iter()
             .chain(&x.baseline)
-            .zip(y.real.iter().chain(&y.baseline))
+            .chain(&x.null)
+            .zip(y.real.iter().chain(&y.baseline).chain(&y.null))
         {
             for i in 0..mx.max.len() {
                 assert!((mx.max[i] - my.max[i]).abs() <= tol, "{what}: max of {i}");

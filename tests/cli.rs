@@ -310,6 +310,73 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
 }
 
 #[test]
+fn the_permutation_null_reaches_the_bundle_and_the_summary() {
+    let dir = temp_dir("cli-null");
+    let out = dir.join("bundle");
+    let output = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu", "--null", "permutation", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run seedscope analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // 706 tokens of 384 neurons: enough (chance alone about 0.13).
+    assert!(!stderr.contains("the permutation null over"), "{stderr}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["options"]["permutation_null"], true);
+    assert!(
+        manifest["null"]
+            .as_str()
+            .is_some_and(|s| s.contains("seed 0"))
+    );
+    let bundle = seedscope_analysis::Bundle::read(&out).expect("bundle");
+    assert!(bundle.neurons.iter().all(|r| {
+        (0.0..=1.0).contains(&r.mean_null)
+            && (r.excess_over_null - (r.mean_corr - r.mean_null)).abs() < 2e-6
+    }));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("permutation null: mean best correlation"),
+        "{printed}"
+    );
+    // Too few tokens: the null says so, with the numbers.
+    let few = dir.join("few");
+    let output = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args([
+            "--backend",
+            "cpu",
+            "--null",
+            "permutation",
+            "--max-tokens",
+            "100",
+            "--out",
+        ])
+        .arg(&few)
+        .output()
+        .expect("run seedscope analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the permutation null over 100 kept tokens: chance alone reaches"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn analyze_and_summary_name_the_file_that_is_wrong() {
     let dir = temp_dir("cli-analyze-bad");
     let out = dir.join("bundle");

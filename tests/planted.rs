@@ -349,12 +349,47 @@ fn an_exhaustive_run_gives_the_reference_one_to_one_matching() {
     let options = AnalysisOptions {
         block_rows: 4,
         memory_budget: 500 << 20,
+        permutation_null: true,
         ..AnalysisOptions::default()
     };
     let (r, stage_passes) = run_planted(&dir, &models, &options);
     assert!(stage_passes[0] > 1, "passes {stage_passes:?}");
-    let anchor = &r.anchors[0];
+    // The permutation null is the reference's (each block's tokens rotated as numpy replays
+    // it), and sits far below the rotation baseline: a rotated mixture of the other seed's
+    // neurons keeps the tokens aligned, a shifted order does not.
     let n = LAYERS * D_MLP;
+    let ref_null = reference.get("null_max_corr");
+    let mut null_err = 0f64;
+    let (mut mean_null, mut mean_base, mut mean_real) = ([0f64; 2], [0f64; 2], [0f64; 2]);
+    for o in 0..2 {
+        for i in 0..n {
+            null_err =
+                null_err.max((r.anchors[0].null[o].max[i] as f64 - ref_null[o * n + i]).abs());
+            mean_null[o] += r.anchors[0].null[o].max[i] as f64 / n as f64;
+            mean_base[o] += r.anchors[0].baseline[o].max[i] as f64 / n as f64;
+            mean_real[o] += r.anchors[0].real[o].max[i] as f64 / n as f64;
+        }
+    }
+    let rows = seedscope_analysis::bundle::neuron_rows(
+        &r.anchors[0],
+        &["seed-a", "seed-b", "seed-c"].map(String::from),
+        D_MLP,
+        0.5,
+        &Default::default(),
+    );
+    let over_base = rows.iter().filter(|(r, _)| r.excess_corr > 0.5).count();
+    let over_null = rows
+        .iter()
+        .filter(|(r, _)| r.excess_over_null > 0.5)
+        .count();
+    eprintln!(
+        "permutation null within {null_err:.2e} of numpy; mean best correlation (seed-b, \
+         seed-c): real {mean_real:.3?}, rotation baseline {mean_base:.3?}, permutation null \
+         {mean_null:.3?}; excess > 0.5 over the baseline for {over_base} of {n}, over the null \
+         for {over_null}"
+    );
+    assert!(null_err < 5e-6, "{null_err}");
+    let anchor = &r.anchors[0];
     // Mutual best matches, except where a row's or a column's best and second-best
     // correlations are too close for the float64-vs-float64 difference of two summation
     // orders to decide.

@@ -66,6 +66,9 @@ struct AnchorMeta {
     /// Per other model, the same-layer blocks being filled: `(layer, entries filled)`.
     #[serde(default)]
     pending: Vec<Vec<(usize, usize)>>,
+    /// Whether the permutation null's matches are held.
+    #[serde(default)]
+    null: bool,
 }
 
 /// The little-endian bytes of `v`: the values themselves on little-endian machines (no copy:
@@ -123,7 +126,11 @@ pub fn save_parts<'a>(
                 4,
             );
         }
-        for (kind, list) in [("real", &r.real), ("baseline", &r.baseline)] {
+        for (kind, list) in [
+            ("real", &r.real),
+            ("baseline", &r.baseline),
+            ("null", &r.null),
+        ] {
             for (o, m) in list.iter().enumerate() {
                 push(
                     format!("res.{i}.{kind}.{o}.max"),
@@ -308,6 +315,7 @@ pub fn save_parts<'a>(
                     .iter()
                     .map(|m| m.pending.iter().map(|b| (b.layer, b.filled)).collect())
                     .collect(),
+                null: !r.null.is_empty(),
             })
             .collect(),
     };
@@ -388,9 +396,10 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
     let mut results = Vec::new();
     for (i, a) in meta.anchors.iter().enumerate() {
         let mut lists = Vec::new();
-        for kind in ["real", "baseline"] {
+        for kind in ["real", "baseline", "null"] {
             let mut list = Vec::new();
-            for o in 0..a.others.len() {
+            let held = if kind == "null" { a.null } else { true };
+            for o in (0..a.others.len()).filter(|_| held) {
                 list.push(Matches {
                     max: f32s(&format!("res.{i}.{kind}.{o}.max"))?,
                     argmax: u32s(&format!("res.{i}.{kind}.{o}.argmax"))?,
@@ -400,6 +409,7 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             }
             lists.push(list);
         }
+        let null = lists.pop().unwrap_or_default();
         let baseline = lists.pop().unwrap_or_default();
         let real = lists.pop().unwrap_or_default();
         let mut tiles = Vec::new();
@@ -439,6 +449,7 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             others: a.others.clone(),
             real,
             baseline,
+            null,
             mean: f64s(&format!("res.{i}.mean"))?,
             var: f64s(&format!("res.{i}.var"))?,
             pre_hist: if st.names().iter().any(|n| *n == format!("res.{i}.pre_hist")) {

@@ -87,6 +87,9 @@ pub struct AnalysisRequest {
     /// Compute the models in f16 where the device supports it (f32 otherwise, with a note).
     #[serde(default)]
     pub half: bool,
+    /// The permutation null next to the rotation baseline (`--null permutation`).
+    #[serde(default)]
+    pub permutation_null: bool,
     /// The command line recorded in the manifest.
     pub command: Vec<String>,
     /// Run only shard `(index, count)` of the data: `out` becomes a shard directory of
@@ -159,6 +162,7 @@ impl Default for AnalysisRequest {
             checkpoint_every: Duration::from_secs(120),
             refine: None,
             half: false,
+            permutation_null: false,
             command: Vec::new(),
             shard: None,
             merge: Vec::new(),
@@ -587,7 +591,8 @@ fn analysis_options(
         let weights: u64 = models.iter().map(LoadedModel::weight_bytes).sum();
         let free = budget.saturating_sub(weights);
         let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
-        let per_stream = (free / (4 * (2 * models.len() as u64 + 2)))
+        let kinds = if req.permutation_null { 3 } else { 2 };
+        let per_stream = (free / (4 * (kinds * models.len() as u64 + 2)))
             .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
         ((per_stream / row_bytes) as usize).clamp(1, 32)
     });
@@ -603,6 +608,7 @@ fn analysis_options(
         all_anchors: req.all_anchors,
         refine: req.refine,
         half,
+        permutation_null: req.permutation_null,
     })
 }
 
@@ -915,6 +921,19 @@ fn bundle_of(
             a_.options.seed
         ),
         one_to_one: crate::bundle::one_to_one_method(a_.options.refine.map(|r| r.k)),
+        null: if a_.options.permutation_null {
+            format!(
+                "permutation: each block of {} token rows has its kept tokens rotated by an \
+                 offset of at least {} drawn from seed {} and the block's first row \
+                 (seedscope_analysis::engine::null_order); each anchor neuron's best \
+                 correlation with every other model's activations in that order",
+                a_.options.block_rows,
+                crate::engine::NULL_SHIFT,
+                a_.options.seed
+            )
+        } else {
+            String::new()
+        },
         device: a_.device.clone(),
         passes: a_.results.plan.passes.len(),
         peak_memory_bytes: a_.results.plan.peak_bytes(),

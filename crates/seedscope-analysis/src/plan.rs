@@ -7,9 +7,39 @@ use std::sync::Arc;
 
 use crate::AnalysisError;
 
-/// Stream index of model `m`'s activations (`rotated = false`) or of its rotated baseline.
-pub fn stream(model: usize, rotated: bool) -> usize {
-    2 * model + usize::from(rotated)
+/// What a stream holds for its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The activations.
+    Real,
+    /// The rotation baseline: each layer's activations times a random rotation.
+    Rotated,
+    /// The permutation null: the activations in a permuted token order (each block's tokens
+    /// rotated, [`crate::engine::null_order`]), made from the real activations of the block.
+    Permuted,
+}
+
+impl Kind {
+    /// Every kind, in stream order.
+    pub const ALL: [Kind; KINDS] = [Kind::Real, Kind::Rotated, Kind::Permuted];
+
+    /// The kind of stream `s`.
+    pub fn of(s: usize) -> Kind {
+        Self::ALL[s % KINDS]
+    }
+}
+
+/// Streams per model: [`Kind::ALL`].
+pub const KINDS: usize = 3;
+
+/// Stream index of model `model`'s stream of kind `kind`.
+pub fn stream(model: usize, kind: Kind) -> usize {
+    KINDS * model + kind as usize
+}
+
+/// The model of stream `s`.
+pub fn model_of(s: usize) -> usize {
+    s / KINDS
 }
 
 /// One co-moment tile to accumulate: anchor model columns × another stream's columns.
@@ -62,7 +92,7 @@ impl TileSpec {
     /// Whether the tile's correlations feed the one-to-one assignment (and so come back to the
     /// host at the end of its pass): a real stream's same-layer block, or candidate pairs.
     pub fn assigns(&self, d_mlp: usize) -> bool {
-        self.b_stream.is_multiple_of(2)
+        Kind::of(self.b_stream) == Kind::Real
             && (self.pairs.is_some() || self.a_cols.start / d_mlp == self.b_cols.start / d_mlp)
     }
 
@@ -144,6 +174,9 @@ pub struct PlanInput {
     pub budget: u64,
     /// Bytes held for the whole run (the models' weights, the per-anchor results).
     pub reserved: u64,
+    /// The kinds of other-model streams compared with the anchors: real and rotated, and with
+    /// `--null permutation` the permuted.
+    pub kinds: Vec<Kind>,
     /// Whether a pass's dense tiles come back to the host as correlations at its end
     /// (candidates, saved tiles): 4 more bytes per pair while they are reduced.
     pub read_back: bool,
@@ -169,8 +202,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
     let width = input.n_layers * input.d_mlp;
     // Each pass may need every model and its rotation: forward intermediates are about the
     // size of the activations again.
-    let activation_bytes =
-        (input.block_tokens * width * 4) as u64 * (2 * input.n_models as u64 + 2);
+    let activation_bytes = (input.block_tokens * width * 4) as u64
+        * (input.kinds.len() as u64 * input.n_models as u64 + 2);
     let tile_budget = input
         .budget
         .saturating_sub(input.reserved + activation_bytes);
@@ -231,14 +264,14 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let mut tiles = Vec::new();
     for &a in &input.anchors {
         for b in (0..input.n_models).filter(|&b| b != a) {
-            for rotated in [false, true] {
+            for &kind in &input.kinds {
                 for la in 0..input.n_layers {
                     for a_cols in chunks(la * d, d, a_split) {
                         for lb in 0..input.n_layers {
                             tiles.push(TileSpec::dense(
-                                stream(a, false),
+                                stream(a, Kind::Real),
                                 a_cols.clone(),
-                                stream(b, rotated),
+                                stream(b, kind),
                                 lb * d..(lb + 1) * d,
                             ));
                         }
@@ -279,14 +312,19 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
     passes
 }
 
-/// Bytes of the activations later passes read: every stream some pass reads, and one more
-/// stream (pre-activations) per anchor whose histograms a later pass counts, over every token.
+/// Bytes of the activations later passes read: every stream some pass reads (a permuted
+/// stream reads its model's real activations), and one more stream (pre-activations) per
+/// anchor whose histograms a later pass counts, over every token.
 fn reused_bytes(input: &PlanInput, passes: &[Vec<TileSpec>]) -> u64 {
-    let streams = 2 * input.n_models;
+    let streams = KINDS * input.n_models;
     let mut read = vec![false; streams];
     for t in passes.iter().flatten() {
-        read[t.a_stream] = true;
-        read[t.b_stream] = true;
+        for s in [t.a_stream, t.b_stream] {
+            match Kind::of(s) {
+                Kind::Permuted => read[stream(model_of(s), Kind::Real)] = true,
+                _ => read[s] = true,
+            }
+        }
     }
     let first: Vec<bool> = passes
         .first()
@@ -295,7 +333,7 @@ fn reused_bytes(input: &PlanInput, passes: &[Vec<TileSpec>]) -> u64 {
     let late = input
         .anchors
         .iter()
-        .filter(|&&a| !first.get(stream(a, false)).copied().unwrap_or(false))
+        .filter(|&&a| !first.get(stream(a, Kind::Real)).copied().unwrap_or(false))
         .count();
     let n = read.iter().filter(|&&r| r).count() + late;
     input.tokens * (input.n_layers * input.d_mlp * 4 * n) as u64
@@ -341,6 +379,7 @@ mod tests {
             budget,
             reserved: 0,
             read_back: false,
+            kinds: vec![Kind::Real, Kind::Rotated],
             max_binding: 128 << 20,
         }
     }

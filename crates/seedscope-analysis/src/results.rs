@@ -167,6 +167,15 @@ pub struct Candidates {
 }
 
 impl Candidates {
+    /// No list at all (a stream the run does not compare).
+    pub fn none(k: usize) -> Self {
+        Self {
+            k,
+            val: Vec::new(),
+            col: Vec::new(),
+        }
+    }
+
     /// No candidates yet for `n` neurons.
     pub fn new(n: usize, k: usize) -> Self {
         let mut val = Vec::with_capacity(n * 2 * k);
@@ -206,6 +215,8 @@ pub struct AnchorResult {
     pub real: Vec<Matches>,
     /// Matches in each other model's rotated baseline.
     pub baseline: Vec<Matches>,
+    /// Matches in each other model's permutation null (empty without `--null permutation`).
+    pub null: Vec<Matches>,
     /// Per anchor neuron mean activation over the kept tokens.
     pub mean: Vec<f64>,
     /// Per anchor neuron variance.
@@ -218,21 +229,28 @@ pub struct AnchorResult {
     pub anatomy: Option<AnatomyResult>,
     /// Requested tiles.
     pub tiles: Vec<SavedTile>,
-    /// Candidate matches per stream (`2 * other + rotated`), collected by the first stage of
-    /// candidate refinement; empty otherwise.
+    /// Candidate matches per stream (`KINDS * other + kind`; an empty list for a kind the run
+    /// does not compare), collected by the first stage of candidate refinement; empty
+    /// otherwise.
     pub candidates: Vec<Candidates>,
     /// One-to-one matching with each other model, in order.
     pub one_to_one: Vec<OneToOne>,
 }
 
 impl AnchorResult {
-    /// Nothing computed yet for anchor `anchor` of `n_models` models of `width` neurons.
-    pub fn empty(anchor: usize, n_models: usize, width: usize) -> Self {
+    /// Nothing computed yet for anchor `anchor` of `n_models` models of `width` neurons (with
+    /// `null`, room for the permutation null's matches).
+    pub fn empty(anchor: usize, n_models: usize, width: usize, null: bool) -> Self {
         let others: Vec<usize> = (0..n_models).filter(|&b| b != anchor).collect();
         Self {
             anchor,
             real: others.iter().map(|_| Matches::new(width)).collect(),
             baseline: others.iter().map(|_| Matches::new(width)).collect(),
+            null: if null {
+                others.iter().map(|_| Matches::new(width)).collect()
+            } else {
+                Vec::new()
+            },
             one_to_one: others.iter().map(|_| OneToOne::new(width)).collect(),
             others,
             mean: Vec::new(),

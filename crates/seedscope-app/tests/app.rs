@@ -25,6 +25,7 @@ fn bundle() -> PathBuf {
             out: out.clone(),
             max_tokens: Some(4096),
             save_tiles: Some("all".into()),
+            permutation_null: true,
             backend: BackendKind::Cpu,
             command: vec!["seedscope-app tests".into()],
             ..AnalysisRequest::default()
@@ -308,6 +309,8 @@ fn examples_are_found_for_the_neuron_and_its_matches() {
 #[test]
 fn snapshots_of_the_main_views() {
     let mut h = harness();
+    // The bundle has the permutation null: Fig. 2a draws it and the overview counts.
+    h.get_by_label_contains("Permutation null: by chance alignment");
     h.snapshot("overview");
     h.get_by_label("Correlation map").click();
     h.run_steps(4);
@@ -551,6 +554,9 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
     h.get_by_label("Output bundle")
         .type_text(&out.display().to_string());
     h.run_steps(2);
+    h.get_by_label("Permutation null (chance alignment of tokens)")
+        .click();
+    h.run_steps(2);
     h.get_by_label("Start").click();
     h.run_steps(2);
     assert!(h.state().analysis.is_some(), "{:?}", h.state().messages);
@@ -563,6 +569,11 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
         h.state().messages
     );
     assert_eq!(ex.bundle.manifest.n_tokens, 2048);
+    assert!(
+        ex.bundle.manifest.options.permutation_null,
+        "the null was asked for"
+    );
+    assert!(ex.rows().iter().all(|r| !r.mean_null.is_nan()));
     assert!(
         ex.tile_names().count() > 0,
         "the dialog saves tiles by default"

@@ -27,7 +27,7 @@ fn unit(i: u64) -> f32 {
 fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) -> PathBuf {
     let out = dir.join(format!("bundle-{n_layers}x{d_mlp}"));
     let width = n_layers * d_mlp;
-    let mut a = AnchorResult::empty(0, n_models, width);
+    let mut a = AnchorResult::empty(0, n_models, width, false);
     for (o, (real, base)) in a.real.iter_mut().zip(&mut a.baseline).enumerate() {
         for i in 0..width {
             let h = (o * width + i) as u64 * 4;
@@ -91,6 +91,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
         d_mlp,
         options: AnalysisOptions::default(),
         baseline: "synthetic".into(),
+        null: String::new(),
         one_to_one: String::new(),
         device: "none".into(),
         passes: 1,

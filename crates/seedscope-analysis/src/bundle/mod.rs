@@ -253,6 +253,9 @@ pub struct Manifest {
     pub options: crate::AnalysisOptions,
     /// The baseline.
     pub baseline: String,
+    /// The permutation null's draw (`--null permutation`); empty without it.
+    #[serde(default)]
+    pub null: String,
     /// How `mutual_best` and `assignment_corr` were found (on all pairs, or on refinement's
     /// candidates); empty in bundles made before they existed.
     #[serde(default)]
@@ -395,6 +398,15 @@ impl Bundle {
                             m.options.threshold,
                             m.models.len().saturating_sub(1),
                         ),
+                        permutation_null: rows.iter().any(|r| !r.mean_null.is_nan()).then(|| {
+                            let means: Vec<f64> = rows.iter().map(|r| r.mean_null).collect();
+                            (
+                                rows.iter()
+                                    .filter(|r| r.excess_over_null > m.options.threshold)
+                                    .count(),
+                                crate::stats::median(&means),
+                            )
+                        }),
                     }
                 })
                 .collect(),
@@ -458,6 +470,13 @@ impl Bundle {
                     .collect();
                 let _ = writeln!(s, "families: {}", shown.join(", "));
             }
+            if let Some((over, median)) = a.permutation_null {
+                let _ = writeln!(
+                    s,
+                    "permutation null: mean best correlation by chance alignment {median:.3} \
+                     (median over neurons); excess over it above the threshold for {over} neurons"
+                );
+            }
             if let Some(c) = a.one_to_one {
                 let _ = writeln!(
                     s,
@@ -505,6 +524,10 @@ pub struct AnchorSummary {
     /// for bundles made before it was computed.
     #[serde(default)]
     pub one_to_one: Option<MutualCounts>,
+    /// With the permutation null: the neurons whose excess over it is above the threshold, and
+    /// the median over neurons of their mean best correlation under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permutation_null: Option<(usize, f64)>,
 }
 
 /// A universal neuron in a [`Summary`].

@@ -35,6 +35,13 @@ pub struct NeuronRow {
     pub excess_corr: f64,
     /// `excess_corr > threshold`.
     pub is_universal: bool,
+    /// Max over other models of the best correlation under the permutation null
+    /// (`--null permutation`); NaN without it.
+    pub max_null: f64,
+    /// Mean over other models of the best correlation under the permutation null.
+    pub mean_null: f64,
+    /// `mean_corr - mean_null`.
+    pub excess_over_null: f64,
     /// In how many other models the best match (as `max_corr`) has this neuron as its own best
     /// match among all the anchor's neurons; NaN in bundles made before it existed.
     pub mutual_best: f64,
@@ -113,6 +120,9 @@ impl Default for NeuronRow {
             min_baseline: f64::NAN,
             excess_corr: f64::NAN,
             is_universal: false,
+            max_null: f64::NAN,
+            mean_null: f64::NAN,
+            excess_over_null: f64::NAN,
             mutual_best: f64::NAN,
             assignment_corr: f64::NAN,
             act_mean: f64::NAN,
@@ -250,7 +260,7 @@ macro_rules! column {
 /// The columns of `neurons.csv` in file order: the paper's dataframe columns (required), the
 /// activation statistics from the histograms, the weight statistics, the anatomy and the
 /// attention scores.
-pub const COLUMNS: [Column; 38] = [
+pub const COLUMNS: [Column; 41] = [
     column!(model, true, text),
     column!(layer, true, int),
     column!(neuron, true, int),
@@ -262,6 +272,9 @@ pub const COLUMNS: [Column; 38] = [
     column!(min_baseline, true, corr),
     column!(excess_corr, true, corr),
     column!(is_universal, true, flag),
+    column!(max_null, false, corr),
+    column!(mean_null, false, corr),
+    column!(excess_over_null, false, corr),
     column!(mutual_best, false, count),
     column!(assignment_corr, false, corr),
     column!(act_mean, true, stat),
@@ -377,6 +390,11 @@ pub fn neuron_rows(
     let (weights, features) = (extras.weights, extras.features);
     let width = r.real.first().map_or(0, |m| m.max.len());
     let n_other = r.others.len().max(1) as f64;
+    // Results made without the one-to-one matching (no column ever reduced) have none.
+    let one_to_one_known = !r.one_to_one.is_empty()
+        && r.one_to_one
+            .iter()
+            .all(|o| o.back_max.iter().any(|&v| v > -2.0));
     (0..width)
         .map(|i| {
             let corr: Vec<f64> = r.real.iter().map(|m| m.max[i] as f64).collect();
@@ -391,7 +409,18 @@ pub fn neuron_rows(
             let (max_corr, mean_corr, min_corr) = stats(&corr);
             let (max_baseline, mean_baseline, min_baseline) = stats(&base);
             let excess = mean_corr - mean_baseline;
-            let (mutual_best, assignment_corr) = one_to_one(r, i);
+            let (max_null, mean_null) = if r.null.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                let null: Vec<f64> = r.null.iter().map(|m| m.max[i] as f64).collect();
+                let (max, mean, _) = stats(&null);
+                (max, mean)
+            };
+            let (mutual_best, assignment_corr) = if one_to_one_known {
+                one_to_one(r, i)
+            } else {
+                (f64::NAN, f64::NAN)
+            };
             let w = weights.and_then(|w| w.get(i));
             let bins = seedscope_gpu::HIST_BINS;
             let h = r
@@ -448,6 +477,9 @@ pub fn neuron_rows(
                     excess_corr: excess,
                     // NaN counts as not universal, as in the paper.
                     is_universal: excess > threshold,
+                    max_null,
+                    mean_null,
+                    excess_over_null: mean_corr - mean_null,
                     mutual_best,
                     assignment_corr,
                     act_mean: r.mean.get(i).copied().unwrap_or(f64::NAN),
@@ -609,6 +641,9 @@ mod tests {
             min_baseline: 0.2,
             excess_corr: 0.5,
             is_universal: true,
+            max_null: 0.3,
+            mean_null: 0.25,
+            excess_over_null: 0.55,
             mutual_best: 2.0,
             assignment_corr: 0.75,
             act_mean: 1.25,

@@ -212,8 +212,8 @@ fn neurons_csv(results: &Results, rows: &[Rows]) -> Result<Vec<u8>, AnalysisErro
         .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))
 }
 
-/// `correlation.safetensors`: per anchor `max_corr`, `min_corr`, `baseline_max_corr`
-/// `[n_other, l, d]` f32, the best match's `max_corr_layer` and `max_corr_neuron` i32,
+/// `correlation.safetensors`: per anchor `max_corr`, `min_corr`, `baseline_max_corr` (and
+/// with the permutation null `null_max_corr`) `[n_other, l, d]` f32, the best match's `max_corr_layer` and `max_corr_neuron` i32,
 /// `excess_corr` f32 and `is_universal` u8 `[l, d]`, `layer_match_fraction` `[l, l]` (Fig. 2c,
 /// mean over the other models) and `layer_match_fraction_per_model` `[n_other, l, l]`,
 /// `vocab_top`/`vocab_bottom` `[l, d, 10]` i32 when the weights were computed; and, when every
@@ -241,6 +241,10 @@ fn correlation_file(
             shape.clone(),
             base_max,
         );
+        if !r.null.is_empty() {
+            let null_max = r.null.iter().flat_map(|m| m.max.iter().copied());
+            file.f32s(format!("{prefix}null_max_corr"), shape.clone(), null_max);
+        }
         let argmax = || r.real.iter().flat_map(|m| m.argmax.iter().copied());
         let layer_of = argmax().map(|j| (j / d as u32) as i32);
         file.i32s(format!("{prefix}max_corr_layer"), shape.clone(), layer_of);

@@ -8,8 +8,31 @@ use seedscope_model::{ForwardOptions, HookPoint, LoadedModel, TokenBatch};
 
 use super::{AnalysisOptions, Run, TokenSet};
 use crate::AnalysisError;
-use crate::plan::stream;
+use crate::plan::{Kind, stream};
 use crate::rotation::rotation_matrix;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_null_order_moves_every_token_and_keeps_them_all() {
+        for n in [1, 2, 3, 31, 64, 65, 200, 1000] {
+            let order = null_order(n, 7, 40);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n as i64).collect::<Vec<_>>(), "{n}");
+            let least = NULL_SHIFT.min(n / 2);
+            for (i, &t) in order.iter().enumerate() {
+                let d = i.abs_diff(t as usize);
+                assert!(d.min(n - d) >= least, "{n}: token {t} at {i}");
+            }
+            assert_eq!(order, null_order(n, 7, 40), "the same draw");
+        }
+        assert_ne!(null_order(1000, 7, 40), null_order(1000, 7, 41));
+        assert_ne!(null_order(1000, 7, 40), null_order(1000, 8, 40));
+    }
+}
 
 /// Rows `[r0, r1)` of the token set and how many positions they keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +127,7 @@ impl Run<'_> {
         let device = &self.family.device.device;
         (0..self.family.models.len())
             .map(|m| {
-                if !used[stream(m, true)] {
+                if !used[stream(m, Kind::Rotated)] {
                     return Ok(Vec::new());
                 }
                 (0..n_layers)
@@ -174,6 +197,67 @@ pub(super) fn activations(
         None
     };
     Ok((post, pre))
+}
+
+/// The least shift of the permutation null, in kept tokens (a block with fewer than twice as
+/// many shifts by half its tokens).
+pub const NULL_SHIFT: usize = 32;
+
+/// splitmix64: the permutation null's generator (easy to replay in numpy).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The permutation null's order of a block's `n` kept tokens: a circular block permutation,
+/// the tokens rotated by `offset`, so the block's two pieces swap places and every token moves
+/// at least [`NULL_SHIFT`] places (circularly) while the text within each piece keeps its
+/// order. `offset` is uniform in `[s, n - s]` (`s = min(NULL_SHIFT, n / 2)`), drawn as
+/// `s + splitmix64(splitmix64(seed ^ 0x4E554C4C) ^ r0) % (n - 2s + 1)` from the block's first
+/// row `r0`: every pass, shard and resume draws the same. Token `i` of the permuted block is
+/// token `order[i] = (i + offset) % n` of the block.
+pub fn null_order(n: usize, seed: u64, r0: usize) -> Vec<i64> {
+    if n < 2 {
+        return (0..n as i64).collect();
+    }
+    let s = NULL_SHIFT.min(n / 2);
+    let span = (n - 2 * s + 1) as u64;
+    let offset = s + (splitmix64(splitmix64(seed ^ 0x4E55_4C4C) ^ r0 as u64) % span) as usize;
+    (0..n).map(|i| ((i + offset) % n) as i64).collect()
+}
+
+/// Why a permutation null over `tokens` kept tokens of `width`-neuron models, in blocks of at
+/// least `least_block` kept tokens, says little, if it does: when chance alone reaches a
+/// correlation of 0.25 (about `sqrt(2 ln(width) / tokens)` for the best of `width`), or when
+/// blocks are too short to shift every token by [`NULL_SHIFT`].
+pub fn null_warning(tokens: u64, width: usize, least_block: u64) -> Option<String> {
+    let chance = (2.0 * (width.max(2) as f64).ln() / tokens.max(1) as f64).sqrt();
+    if chance > 0.25 {
+        return Some(format!(
+            "the permutation null over {tokens} kept tokens: chance alone reaches a best \
+             correlation of about {chance:.2} among {width} neurons, too few tokens for it to \
+             separate much (at least {} for 0.25)",
+            (32.0 * (width.max(2) as f64).ln()).ceil()
+        ));
+    }
+    if least_block < 2 * NULL_SHIFT as u64 {
+        return Some(format!(
+            "the permutation null: a block keeps only {least_block} tokens, so its tokens move \
+             by {} instead of {NULL_SHIFT} (raise --batch-size)",
+            least_block / 2
+        ));
+    }
+    None
+}
+
+/// `x`'s rows in the permutation null's order for a block starting at row `r0`.
+pub(super) fn permute(x: &Tensor<2>, seed: u64, r0: usize) -> Tensor<2> {
+    let n = x.dims()[0];
+    let order =
+        Tensor::<1, Int>::from_data(TensorData::new(null_order(n, seed, r0), [n]), &x.device());
+    x.clone().select(0, order)
 }
 
 /// `x` with each layer's block multiplied by its rotation: `x_l R_lᵀ`.

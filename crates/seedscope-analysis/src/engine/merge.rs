@@ -63,7 +63,7 @@ impl Run<'_> {
             self.plan_for(max_binding)?
         };
         let mut results = self.initial_results(width);
-        let widths = vec![width; 2 * n_models];
+        let widths = vec![width; crate::plan::KINDS * n_models];
         let mut n_tokens = 0;
         for (pass_idx, specs) in plan.passes.iter().enumerate() {
             let mut states = Vec::new();

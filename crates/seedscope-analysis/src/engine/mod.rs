@@ -15,6 +15,8 @@ mod pass;
 mod refine;
 mod reuse;
 
+pub use block::{NULL_SHIFT, null_order, null_warning};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::accum::SavedState;
 use crate::anatomy::AnatomySpec;
 use crate::compute::{Compute, Cpu, Gpu};
-use crate::plan::{Plan, PlanInput, plan};
+use crate::plan::{Kind, Plan, PlanInput, plan};
 use crate::results::{AnchorResult, Outcome, Progress, Results};
 use crate::{AnalysisError, checkpoint};
 
@@ -57,6 +59,23 @@ pub struct AnalysisOptions {
     /// f32 / f64). Only where the device has `shader-f16`; the job falls back to f32 elsewhere.
     #[serde(default)]
     pub half: bool,
+    /// The permutation null next to the rotation baseline (`--null permutation`): each anchor
+    /// neuron's best correlation with every other model's activations in a permuted token order
+    /// ([`null_order`]: each block's kept tokens rotated by a random offset of at least
+    /// [`NULL_SHIFT`], drawn from `seed` and the block).
+    #[serde(default)]
+    pub permutation_null: bool,
+}
+
+impl AnalysisOptions {
+    /// The kinds of other-model streams a run compares the anchors with.
+    pub fn kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![Kind::Real, Kind::Rotated];
+        if self.permutation_null {
+            kinds.push(Kind::Permuted);
+        }
+        kinds
+    }
 }
 
 /// Candidate refinement: all pairs over a sample of the tokens (every s-th row, so that the
@@ -85,6 +104,7 @@ impl Default for AnalysisOptions {
             all_anchors: false,
             refine: None,
             half: false,
+            permutation_null: false,
         }
     }
 }
@@ -217,6 +237,7 @@ impl Run<'_> {
             budget: self.options.memory_budget,
             reserved: self.reserved_bytes(candidates)?,
             read_back: candidates.is_some() || !self.options.save_tiles.is_empty(),
+            kinds: self.options.kinds(),
             max_binding,
         })
     }
@@ -229,8 +250,11 @@ impl Run<'_> {
         let width = (n_layers * d_mlp) as u64;
         let others = self.family.models.len() as u64 - 1;
         let weights: u64 = self.family.models.iter().map(|m| m.weight_bytes()).sum();
-        let candidates = candidates.map_or(0, |k| 2 * others * 2 * k as u64 * 8);
-        let per_neuron = 2 * others * 16 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
+        let streams = self.options.kinds().len() as u64 * others;
+        let candidates = candidates.map_or(0, |k| streams * 2 * k as u64 * 8);
+        // Matches per stream; the one-to-one matching's 16 bytes per neuron of each other model.
+        let per_neuron =
+            streams * 16 + others * 16 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
         let anatomy = self.anatomy.as_ref().map_or(0, |s| {
             seedscope_gpu::Anatomy::bytes(
                 width as u32,
@@ -329,7 +353,7 @@ impl Run<'_> {
         let n_models = self.family.models.len();
         self.anchors()
             .into_iter()
-            .map(|a| AnchorResult::empty(a, n_models, width))
+            .map(|a| AnchorResult::empty(a, n_models, width, self.options.permutation_null))
             .collect()
     }
 

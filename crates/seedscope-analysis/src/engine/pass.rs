@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use burn::tensor::Tensor;
 use web_time::Instant;
 
-use super::block::{Block, Rows, activations, blocks, rotate};
+use super::block::{Block, Rows, activations, blocks, permute, rotate};
 use super::reuse::{Keep, ModelActs, Store};
 use super::{ACTIVATIONS, Run, finished, pass_file};
 use crate::AnalysisError;
@@ -17,7 +17,7 @@ use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
 use crate::hist::Histograms;
-use crate::plan::{Plan, Reuse, TileSpec, stream};
+use crate::plan::{KINDS, Kind, Plan, Reuse, TileSpec, model_of, stream};
 use crate::results::{
     AnchorResult, BlockTiming, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile,
 };
@@ -70,7 +70,7 @@ impl<C: Compute> Pass<C> {
         let (n_layers, d_mlp) = run.family.shape()?;
         let width = n_layers * d_mlp;
         let n_models = run.family.models.len();
-        let widths = vec![width; 2 * n_models];
+        let widths = vec![width; KINDS * n_models];
         let mut acc = compute.accumulator(specs.to_vec(), &widths)?;
         let used = acc.streams();
         let counted = counted_anchors(results, &used);
@@ -95,14 +95,14 @@ impl<C: Compute> Pass<C> {
                 let k = keep.and_then(|k| k.get(m)).copied().unwrap_or_default();
                 let is_counted = counted.iter().any(|&i| results[i].anchor == m);
                 [
-                    used[stream(m, false)] || k[0],
-                    used[stream(m, true)] || k[1],
+                    used[stream(m, Kind::Real)] || used[stream(m, Kind::Permuted)] || k[0],
+                    used[stream(m, Kind::Rotated)] || k[1],
                     is_counted || k[2],
                 ]
             })
             .collect();
-        let rotated: Vec<bool> = (0..2 * n_models)
-            .map(|s| s % 2 == 1 && wants[s / 2][1])
+        let rotated: Vec<bool> = (0..KINDS * n_models)
+            .map(|s| Kind::of(s) == Kind::Rotated && wants[model_of(s)][1])
             .collect();
         let rotations = run.rotations(&rotated)?;
         Ok(Self {
@@ -172,12 +172,12 @@ impl<C: Compute> Pass<C> {
         mut store: Option<&mut Store>,
     ) -> Result<(), AnalysisError> {
         let n_models = run.family.models.len();
-        let mut streams: Vec<Option<C::Block>> = (0..2 * n_models).map(|_| None).collect();
+        let mut streams: Vec<Option<C::Block>> = (0..KINDS * n_models).map(|_| None).collect();
         for m in 0..n_models {
             if !self.wants[m].iter().any(|&w| w) {
                 continue;
             }
-            let (real, rotated) = (stream(m, false), stream(m, true));
+            let [real, rotated, permuted] = Kind::ALL.map(|k| stream(m, k));
             let counted = self.counted.iter().position(|&i| results[i].anchor == m);
             let t = Instant::now();
             let acts = self.model_acts(run, m, (bi, block), source, store.as_deref_mut())?;
@@ -204,6 +204,11 @@ impl<C: Compute> Pass<C> {
             if self.used[rotated] {
                 let r = acts.rotated.ok_or_else(|| missing("rotated baseline"))?;
                 streams[rotated] = Some(compute.block(r)?);
+            }
+            if self.used[permuted] {
+                let post = acts.post.as_ref().ok_or_else(|| missing("activations"))?;
+                let p = permute(post, run.options.seed, block.rows.r0);
+                streams[permuted] = Some(compute.block(p)?);
             }
             self.timing.accumulate += t.elapsed().as_secs_f64();
             // Let the device finish this model's work (in a browser the page gets its event
@@ -269,7 +274,7 @@ pub(super) fn counted_anchors(results: &[AnchorResult], used: &[bool]) -> Vec<us
     results
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.pre_hist.is_empty() && used[stream(r.anchor, false)])
+        .filter(|(_, r)| r.pre_hist.is_empty() && used[stream(r.anchor, Kind::Real)])
         .map(|(i, _)| i)
         .collect()
 }
@@ -315,6 +320,10 @@ impl Run<'_> {
         let mut last_ckpt = Instant::now();
         let mut cost = RunCost::default();
         let mut notes = Vec::new();
+        if self.options.permutation_null {
+            let least = blocks.iter().map(|b| b.kept).min().unwrap_or(0);
+            notes.extend(super::null_warning(total_tokens, shape.0 * shape.1, least));
+        }
         if plan.reuse == Reuse::Disk && self.work_dir.is_none() && plan.passes.len() > 1 {
             notes.push(format!(
                 "{} passes without a work directory to keep activations in: every pass runs \
@@ -464,18 +473,22 @@ impl Run<'_> {
         let n_models = self.family.models.len();
         let read = crate::accum::used_streams(
             &later.iter().flatten().cloned().collect::<Vec<_>>(),
-            2 * n_models,
+            KINDS * n_models,
         );
-        let counted_now =
-            counted_anchors(results, &crate::accum::used_streams(specs, 2 * n_models));
+        let counted_now = counted_anchors(
+            results,
+            &crate::accum::used_streams(specs, KINDS * n_models),
+        );
         // Anchors a later pass counts need their pre-activations there.
         let keep: Keep = (0..n_models)
             .map(|m| {
-                let counted_later = read[stream(m, false)]
+                let counted_later = read[stream(m, Kind::Real)]
                     && results.iter().enumerate().any(|(i, r)| {
                         r.anchor == m && r.pre_hist.is_empty() && !counted_now.contains(&i)
                     });
-                [read[stream(m, false)], read[stream(m, true)], counted_later]
+                // A permuted stream is made from the real activations.
+                let post = read[stream(m, Kind::Real)] || read[stream(m, Kind::Permuted)];
+                [post, read[stream(m, Kind::Rotated)], counted_later]
             })
             .collect();
         Ok(match (plan.reuse, self.work_dir) {
@@ -543,7 +556,7 @@ impl Run<'_> {
         let wanted = |k: usize| {
             let t = &specs[k];
             t.pairs.is_none()
-                && t.b_stream.is_multiple_of(2)
+                && Kind::of(t.b_stream) == Kind::Real
                 && self
                     .options
                     .save_tiles
@@ -559,14 +572,18 @@ impl Run<'_> {
         // Anchor moments, once per anchor.
         let used = acc.streams();
         for r in results.iter_mut() {
-            if r.mean.is_empty() && used[stream(r.anchor, false)] {
-                let mv = acc.mean_var(stream(r.anchor, false)).await?;
+            if r.mean.is_empty() && used[stream(r.anchor, Kind::Real)] {
+                let mv = acc.mean_var(stream(r.anchor, Kind::Real)).await?;
                 r.mean = mv.iter().map(|x| x.0).collect();
                 r.var = mv.iter().map(|x| x.1).collect();
             }
         }
         for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
-            let (anchor, other, rotated) = (t.a_stream / 2, t.b_stream / 2, t.b_stream % 2 == 1);
+            let (anchor, other, kind) = (
+                model_of(t.a_stream),
+                model_of(t.b_stream),
+                Kind::of(t.b_stream),
+            );
             let Some(r) = results.iter_mut().find(|r| r.anchor == anchor) else {
                 continue;
             };
@@ -575,21 +592,26 @@ impl Run<'_> {
             };
             if let (Some(k), Some(tile)) = (collect, &red.tile) {
                 if r.candidates.is_empty() {
-                    let n = r.real.first().map_or(0, |m| m.max.len());
-                    r.candidates = (0..2 * r.others.len())
-                        .map(|_| Candidates::new(n, k))
+                    r.candidates = (0..KINDS * r.others.len())
+                        .map(|_| Candidates::none(k))
                         .collect();
                 }
-                let c = &mut r.candidates[2 * oi + usize::from(rotated)];
+                let n = r.real.first().map_or(0, |m| m.max.len());
+                let c = &mut r.candidates[KINDS * oi + kind as usize];
+                if c.val.is_empty() {
+                    *c = Candidates::new(n, k);
+                }
                 let nb = t.b_cols.len();
                 for (i, col) in t.a_cols.clone().enumerate() {
                     c.offer(col, t.b_cols.start, &tile[i * nb..(i + 1) * nb]);
                 }
             }
-            let m = if rotated {
-                &mut r.baseline[oi]
-            } else {
-                &mut r.real[oi]
+            let m = match kind {
+                Kind::Real => &mut r.real[oi],
+                Kind::Rotated => &mut r.baseline[oi],
+                Kind::Permuted => r.null.get_mut(oi).ok_or_else(|| {
+                    AnalysisError::Invalid("a permuted tile in a run without the null".into())
+                })?,
             };
             for (i, col) in t.a_cols.clone().enumerate() {
                 if red.max[i] > m.max[col] {
@@ -601,7 +623,7 @@ impl Run<'_> {
                     m.argmin[col] = t.b_cols.start as u32 + red.argmin[i];
                 }
             }
-            if !rotated {
+            if kind == Kind::Real {
                 let o2o = &mut r.one_to_one[oi];
                 o2o.offer_columns(
                     t.a_cols.start,

@@ -8,7 +8,7 @@ use super::block::blocks;
 use super::{AnalysisOptions, CANDIDATES, Family, Refine, Run, TokenSet};
 use crate::AnalysisError;
 use crate::compute::Compute;
-use crate::plan::{MAX_PAIRS_PER_TILE, Plan, Reuse, TileSpec, chunks, stream};
+use crate::plan::{KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, TileSpec, chunks, stream};
 use crate::results::{AnchorResult, Outcome, Progress};
 
 impl Run<'_> {
@@ -171,17 +171,21 @@ pub(super) fn pair_plan(
 ) -> Result<Plan, AnalysisError> {
     let mut specs = Vec::new();
     for r in anchors {
-        if r.candidates.len() != 2 * r.others.len() {
+        if r.candidates.len() != KINDS * r.others.len() {
             return Err(AnalysisError::Invalid(format!(
                 "the prefix stage left candidates for {} of {} streams of anchor {}",
                 r.candidates.len(),
-                2 * r.others.len(),
+                KINDS * r.others.len(),
                 r.anchor
             )));
         }
         for (oi, &b) in r.others.iter().enumerate() {
-            for rotated in [false, true] {
-                let c = &r.candidates[2 * oi + usize::from(rotated)];
+            for kind in Kind::ALL {
+                let c = &r.candidates[KINDS * oi + kind as usize];
+                if c.val.is_empty() {
+                    // A kind the run does not compare.
+                    continue;
+                }
                 let per_row = 2 * c.k;
                 if c.col.len() != width * per_row || c.col.iter().any(|&j| j as usize >= width) {
                     return Err(AnalysisError::Invalid(format!(
@@ -193,9 +197,9 @@ pub(super) fn pair_plan(
                 for a_cols in chunks(0, width, width.div_ceil(rows_per)) {
                     let pairs = c.col[a_cols.start * per_row..a_cols.end * per_row].to_vec();
                     specs.push(TileSpec {
-                        a_stream: stream(r.anchor, false),
+                        a_stream: stream(r.anchor, Kind::Real),
                         a_cols,
-                        b_stream: stream(b, rotated),
+                        b_stream: stream(b, kind),
                         b_cols: 0..width,
                         pairs: Some(Arc::new(pairs)),
                     });
@@ -203,7 +207,12 @@ pub(super) fn pair_plan(
             }
         }
     }
-    let activation_bytes = (block_tokens * width * 4) as u64 * (2 * n_models as u64 + 2);
+    let mut kinds: Vec<Kind> = specs.iter().map(|t| Kind::of(t.b_stream)).collect();
+    kinds.dedup();
+    kinds.sort_by_key(|&k| k as usize);
+    kinds.dedup();
+    let activation_bytes =
+        (block_tokens * width * 4) as u64 * (kinds.len() as u64 * n_models as u64 + 2);
     // The real streams' pair correlations come back for the one-to-one assignment.
     let max_tile_bytes = specs
         .iter()

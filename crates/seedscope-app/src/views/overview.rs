@@ -15,15 +15,26 @@ use crate::AppError;
 use crate::data::Explorer;
 use crate::widgets::{OTHER, UNIVERSAL};
 
+/// Fig. 2a's colour of the permutation null.
+const NULL: Color32 = Color32::from_rgb(150, 120, 210);
+
 /// The overview's state: where Fig. 2a was drawn (PNG export, tests) and what its figures draw.
 #[derive(Default)]
 pub struct OverviewView {
     /// Where Fig. 2a was last drawn.
     pub plot_rect: Option<Rect>,
-    /// Fig. 2a's counts for a bundle and anchor.
-    histograms: Option<(usize, usize, [Vec<u32>; 3])>,
+    /// Fig. 2a's counts for a bundle and anchor (mean best r, baseline, excess, and the
+    /// permutation null's when the bundle has it).
+    histograms: Option<(usize, usize, Fig2a)>,
     /// Fig. 2b's points and Fig. 3's medians for a bundle, anchor and threshold.
     split: Option<(usize, usize, u64, Split)>,
+}
+
+/// Fig. 2a's counts: mean best r, baseline and excess, and the permutation null's when the
+/// bundle has it.
+struct Fig2a {
+    series: [Vec<u32>; 3],
+    null: Option<Vec<u32>>,
 }
 
 /// What depends on the threshold.
@@ -34,6 +45,9 @@ struct Split {
     medians: (Vec<(&'static str, Option<f64>)>, usize),
     /// How many universal neurons are mutual best matches in every other seed.
     mutual: Option<MutualCounts>,
+    /// With the permutation null: how many neurons beat it by more than the threshold, and
+    /// the median over neurons of their mean best correlation under it.
+    null: Option<(usize, f64)>,
 }
 
 /// The anchor's rows.
@@ -107,14 +121,18 @@ impl OverviewView {
                 let v: Vec<f64> = rows.iter().map(|r| f(r)).collect();
                 seedscope_report::histogram(&v, lo, hi, bins)
             };
+            let has_null = rows.iter().any(|r| !r.mean_null.is_nan());
             self.histograms = Some((
                 key,
                 anchor,
-                [
-                    hist(|r| r.mean_corr),
-                    hist(|r| r.mean_baseline),
-                    hist(|r| r.excess_corr),
-                ],
+                Fig2a {
+                    series: [
+                        hist(|r| r.mean_corr),
+                        hist(|r| r.mean_baseline),
+                        hist(|r| r.excess_corr),
+                    ],
+                    null: has_null.then(|| hist(|r| r.mean_null)),
+                },
             ));
         }
         let bits = shared.threshold.to_bits();
@@ -134,6 +152,14 @@ impl OverviewView {
                 None => (Vec::new(), 0),
             };
             let mutual = mutual_counts(&rows, shared.threshold, ex.names.len().saturating_sub(1));
+            let null = rows.iter().any(|r| !r.mean_null.is_nan()).then(|| {
+                let over = rows
+                    .iter()
+                    .filter(|r| r.excess_over_null > shared.threshold)
+                    .count();
+                let means: Vec<f64> = rows.iter().map(|r| r.mean_null).collect();
+                (over, seedscope_analysis::stats::median(&means))
+            });
             self.split = Some((
                 key,
                 anchor,
@@ -142,12 +168,21 @@ impl OverviewView {
                     points,
                     medians,
                     mutual,
+                    null,
                 },
             ));
         }
-        let (Some((_, _, hists)), Some((_, _, _, split))) = (&self.histograms, &self.split) else {
+        let (Some((_, _, fig2a)), Some((_, _, _, split))) = (&self.histograms, &self.split) else {
             return action;
         };
+        let (hists, null_hist) = (&fig2a.series, &fig2a.null);
+        if let Some((over, median)) = split.null {
+            ui.label(format!(
+                "Permutation null: by chance alignment of tokens alone the mean best correlation \
+                 is {median:.3} (median); {over} neurons beat it by more than the threshold \
+                 (neurons.csv: mean_null, excess_over_null)."
+            ));
+        }
         if let Some(c) = split.mutual {
             ui.label(format!(
                 "One-to-one: {} of the {} universal neurons ({} of all {}) are their best match's \
@@ -198,6 +233,9 @@ impl OverviewView {
                         .show(ui, |p| {
                             p.bar_chart(series("mean best r", &hists[0], OTHER));
                             p.bar_chart(series("baseline", &hists[1], Color32::GRAY));
+                            if let Some(h) = null_hist {
+                                p.bar_chart(series("permutation null", h, NULL));
+                            }
                             p.bar_chart(series("excess", &hists[2], UNIVERSAL));
                             p.vline(
                                 VLine::new("threshold", shared.threshold)

@@ -76,6 +76,8 @@ pub struct NewAnalysis {
     pub threshold: f64,
     /// Save all tiles for the map.
     pub save_tiles: bool,
+    /// The permutation null next to the rotation baseline.
+    pub permutation_null: bool,
     /// Backend.
     pub backend: BackendKind,
     /// Output bundle.
@@ -90,6 +92,7 @@ impl Default for NewAnalysis {
             max_tokens: 0,
             threshold: 0.5,
             save_tiles: true,
+            permutation_null: false,
             backend: BackendKind::Auto,
             out: "seedscope-out/bundle".into(),
         }
@@ -158,6 +161,16 @@ impl NewAnalysis {
                 ui.label("");
                 ui.checkbox(&mut self.save_tiles, "Save tiles for the map");
                 ui.end_row();
+                ui.label("");
+                ui.checkbox(
+                    &mut self.permutation_null,
+                    "Permutation null (chance alignment of tokens)",
+                )
+                .on_hover_text(
+                    "also correlate with every other seed's activations in a shifted token \
+                     order: the best correlation expected by chance at this token count",
+                );
+                ui.end_row();
                 let backends = [BackendKind::Auto, BackendKind::Wgpu, BackendKind::Cpu];
                 ui.label("");
                 choose(ui, "Backend", &mut self.backend, &backends, |b| {
@@ -197,6 +210,7 @@ impl NewAnalysis {
             threshold: self.threshold,
             max_tokens: (self.max_tokens > 0).then_some(self.max_tokens),
             save_tiles: self.save_tiles.then(|| "all".to_string()),
+            permutation_null: self.permutation_null,
             backend: self.backend,
             command: vec!["seedscope (app): new analysis".into()],
             ..AnalysisRequest::default()
