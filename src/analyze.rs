@@ -1,7 +1,7 @@
 //! `seedscope analyze` and `seedscope summary`: universality of a seed family over a token set,
 //! to a result bundle.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use seedscope_analysis::Bundle;
+use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
 use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, JobEvent, run_analysis};
 use seedscope_model::BackendKind;
 
@@ -28,6 +29,15 @@ pub struct Args {
     /// The training checkpoint at this step of the models named by preset or repository id.
     #[arg(long)]
     pub step: Option<u64>,
+    /// Universality over training: analyse a series of checkpoints of the same seeds
+    /// (`--steps 100,400,final`), each step into its own bundle under --out (step-100/, ...,
+    /// final/), then write trajectory.json into the last step's bundle (fraction universal per
+    /// layer per step; every anchor neuron's best-match correlation and excess at every step).
+    /// A step is the presets' hub revision (Stanford CRFM checkpoint-N, Pythia stepN) or a
+    /// model directory's checkpoint-N subdirectory (`seedscope train --save-steps`); `final`
+    /// is the models as given.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["step", "revision", "shard"])]
+    pub steps: Vec<String>,
     /// Token ids, int32/int64 .npy [n_seq, seq_len], used as given.
     #[arg(long)]
     pub tokens: Option<PathBuf>,
@@ -148,6 +158,15 @@ pub fn parse_shard(spec: &str) -> Result<(usize, usize)> {
 impl Args {
     /// The job this command line asks for.
     pub fn request(&self) -> Result<AnalysisRequest> {
+        let models = crate::models::resolve_models(
+            &self.models,
+            &crate::models::revision(self.revision.as_deref(), self.step),
+        )?;
+        self.request_for(models)
+    }
+
+    /// The job of this command line on `models` (already resolved).
+    fn request_for(&self, models: Vec<PathBuf>) -> Result<AnalysisRequest> {
         let data = match (&self.tokens, &self.text, &self.dataset) {
             (Some(p), _, _) => DataSource::Tokens(p.clone()),
             (_, Some(p), _) => DataSource::Text(p.clone()),
@@ -157,10 +176,6 @@ impl Args {
                 "give the data to analyse: --tokens FILE.npy, --text FILE or --dataset FILE.jsonl"
             ),
         };
-        let models = crate::models::resolve_models(
-            &self.models,
-            &crate::models::revision(self.revision.as_deref(), self.step),
-        )?;
         if models.len() == 1 {
             bail!("--models needs at least two models (an anchor and another seed)");
         }
@@ -208,7 +223,19 @@ pub fn run(args: &Args) -> Result<()> {
     {
         eprintln!("no --models given: analysing the embedded family on the data given");
     }
+    if !args.steps.is_empty() {
+        return run_series(args);
+    }
     let request = args.request()?;
+    if let Some(out) = run_job(&request)? {
+        print!("{}", Bundle::read(&out)?.summary());
+    }
+    Ok(())
+}
+
+/// Run one analysis with a progress bar; its bundle, or `None` for a shard. An interrupted run
+/// exits (status 130) after saying how to resume.
+fn run_job(request: &AnalysisRequest) -> Result<Option<PathBuf>> {
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -224,7 +251,7 @@ pub fn run(args: &Args) -> Result<()> {
     bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     let t0 = Instant::now();
     let mut done_before = None;
-    let end = run_analysis(&request, cancel, |event| match event {
+    let end = run_analysis(request, cancel, |event| match event {
         JobEvent::Log(line) => bar.suspend(|| eprintln!("{line}")),
         JobEvent::Planned(_) => bar.set_draw_target(indicatif::ProgressDrawTarget::stderr()),
         JobEvent::Progress(p) => {
@@ -250,12 +277,181 @@ pub fn run(args: &Args) -> Result<()> {
             );
             std::process::exit(130);
         }
-        JobEnd::Written(out) if request.shard.is_some() => eprintln!(
-            "shard written to {}; when every shard is done: seedscope merge SHARD_DIRS... --out BUNDLE",
-            out.display()
-        ),
-        JobEnd::Written(out) => print!("{}", Bundle::read(&out)?.summary()),
+        JobEnd::Written(out) if request.shard.is_some() => {
+            eprintln!(
+                "shard written to {}; when every shard is done: seedscope merge SHARD_DIRS... \
+                 --out BUNDLE",
+                out.display()
+            );
+            Ok(None)
+        }
+        JobEnd::Written(out) => Ok(Some(out)),
     }
+}
+
+/// The steps of `--steps`: each label with its training step (`final`: none), in the order
+/// given, which must be training order.
+fn parse_steps(labels: &[String]) -> Result<Vec<(String, Option<u64>)>> {
+    let mut out: Vec<(String, Option<u64>)> = Vec::new();
+    for label in labels.iter().map(|l| l.trim()) {
+        let step = match label {
+            "final" => None,
+            n => Some(n.parse::<u64>().map_err(|_| {
+                anyhow::anyhow!("--steps: `{n}` is neither a training step nor `final`")
+            })?),
+        };
+        if let Some((prev, p)) = out.last() {
+            let ordered = match (p, step) {
+                (Some(a), Some(b)) => *a < b,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !ordered {
+                bail!("--steps: {label} comes after {prev}; give the steps in training order");
+            }
+        }
+        out.push((label.to_string(), step));
+    }
+    Ok(out)
+}
+
+/// A model directory's training checkpoint `checkpoint-{step}`, or an error naming the
+/// directory and the checkpoints it has (the nearest first).
+fn local_checkpoint(dir: &Path, step: u64) -> Result<PathBuf> {
+    let want = dir.join(format!("checkpoint-{step}"));
+    if want.is_dir() {
+        return Ok(want);
+    }
+    let mut have: Vec<u64> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("checkpoint-")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    have.sort_by_key(|s: &u64| (s.abs_diff(step), *s));
+    match have.first() {
+        Some(near) => bail!(
+            "{} has no checkpoint-{step} (the nearest of its {} is checkpoint-{near})",
+            dir.display(),
+            have.len()
+        ),
+        None => bail!(
+            "{} has no training checkpoints (checkpoint-N directories, as `seedscope train \
+             --save-steps` writes them)",
+            dir.display()
+        ),
+    }
+}
+
+impl Args {
+    /// The models of step `step` (`None`: as given): each model directory's checkpoint-N, the
+    /// presets' and repository ids' revision at the step.
+    fn step_models(&self, step: Option<u64>) -> Result<Vec<PathBuf>> {
+        let specs = if self.models.is_empty() {
+            seedscope_analysis::job::family_models()
+        } else {
+            self.models.clone()
+        };
+        let Some(n) = step else {
+            return crate::models::resolve_models(&specs, &crate::models::revision(None, None));
+        };
+        let mut out = Vec::new();
+        for spec in &specs {
+            if spec.is_dir() {
+                out.push(local_checkpoint(spec, n)?);
+            } else {
+                out.extend(crate::models::resolve_models(
+                    std::slice::from_ref(spec),
+                    &crate::models::revision(None, Some(n)),
+                )?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `seedscope analyze --steps`: every step's bundle, then the trajectory in the last one.
+fn run_series(args: &Args) -> Result<()> {
+    let steps = parse_steps(&args.steps)?;
+    // Every step's models first: a missing one is named before hours of analysis.
+    let models: Vec<Vec<PathBuf>> = steps
+        .iter()
+        .map(|(_, step)| args.step_models(*step))
+        .collect::<Result<_>>()?;
+    // One shape for the whole series (each step's seeds are checked against each other by
+    // the analysis itself).
+    let mut first: Option<(String, PathBuf, (usize, usize))> = None;
+    for ((label, _), models) in steps.iter().zip(&models) {
+        let Some(dir) = models.first() else { continue };
+        let config = seedscope_model::ModelConfig::from_file(
+            &seedscope_model::resolve_model_dir(dir)?.join("config.json"),
+        )?;
+        let shape = (config.n_layers(), config.d_mlp());
+        match &first {
+            None => first = Some((label.clone(), dir.clone(), shape)),
+            Some((l0, d0, s0)) if *s0 != shape => bail!(
+                "step {label} ({}) has {} layers x {} neurons but step {l0} ({}) has {} x {}: a \
+                 series must keep the models' shape",
+                dir.display(),
+                shape.0,
+                shape.1,
+                d0.display(),
+                s0.0,
+                s0.1
+            ),
+            Some(_) => {}
+        }
+    }
+    let mut done: Vec<(String, Option<u64>, String, Bundle)> = Vec::new();
+    for ((label, step), models) in steps.iter().zip(models) {
+        let dir = match step {
+            Some(n) => format!("step-{n}"),
+            None => "final".to_string(),
+        };
+        let mut request = args.request_for(models)?;
+        request.out = args.out.join(&dir);
+        eprintln!("== step {label}: {} ==", request.out.display());
+        let Some(out) = run_job(&request)? else {
+            bail!("a series does not run as shards");
+        };
+        done.push((label.clone(), *step, dir, Bundle::read(&out)?));
+    }
+    let views: Vec<(String, Option<u64>, String, &Bundle)> = done
+        .iter()
+        .map(|(l, s, d, b)| (l.clone(), *s, d.clone(), b))
+        .collect();
+    let trajectory = Trajectory::from_bundles(&views)?;
+    let last = args
+        .out
+        .join(views.last().map(|v| v.2.clone()).unwrap_or_default());
+    seedscope_model::write_file_atomic(&last.join(TRAJECTORY), &trajectory.to_json()?)?;
+    println!(
+        "universality over training (anchor {}, threshold {}):\n{:>8} {:>10} {:>11}  per layer",
+        trajectory.anchor, trajectory.threshold, "step", "tokens", "universal"
+    );
+    for s in &trajectory.steps {
+        let per_layer: Vec<String> = s
+            .per_layer
+            .iter()
+            .map(|f| format!("{:.2}%", 100.0 * f))
+            .collect();
+        println!(
+            "{:>8} {:>10} {:>10.2}%  {}",
+            s.label,
+            s.n_tokens,
+            100.0 * s.fraction_universal,
+            per_layer.join(" ")
+        );
+    }
+    println!("trajectory: {}", last.join(TRAJECTORY).display());
     Ok(())
 }
 

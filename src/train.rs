@@ -58,6 +58,10 @@ pub struct Args {
     /// Stop after this many steps in this invocation, leaving a checkpoint to resume from.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Also keep the weights at these training steps, as Hugging Face directories
+    /// OUT/checkpoint-STEP (with the tokenizer): a series for `seedscope analyze --steps`.
+    #[arg(long, value_delimiter = ',')]
+    pub save_steps: Vec<usize>,
 }
 
 /// Tokenise a corpus file into one stream, each work preceded by `<|endoftext|>`.
@@ -107,6 +111,16 @@ pub fn run(args: &Args) -> Result<()> {
     // pays for start-up: shader compilation, autotuning), for the bar and the log.
     let mut first_step: Option<(usize, Instant)> = None;
     let mut rate = 0.0;
+    if let Some(&s) = args
+        .save_steps
+        .iter()
+        .find(|&&s| s == 0 || s > config.steps)
+    {
+        bail!(
+            "--save-steps {s}: a saved step must be between 1 and the run's {} steps",
+            config.steps
+        );
+    }
     let job = TrainJob {
         config: &config,
         vocab_size: tokenizer.vocab_size(),
@@ -114,6 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         out: &args.out,
         device: &device.device,
         stop_after: args.stop_after,
+        save_steps: &args.save_steps,
     };
     let state = train(&job, &data, |r| {
         let (first, at) = *first_step.get_or_insert((r.step, Instant::now()));
@@ -127,6 +142,16 @@ pub fn run(args: &Args) -> Result<()> {
         ));
     })?;
     bar.finish();
+    for &step in args.save_steps.iter().filter(|&&s| s <= state.step) {
+        let dir = seedscope_model::train::step_dir(&args.out, step);
+        if dir.is_dir() {
+            seedscope_model::write_file_atomic(
+                &dir.join("tokenizer.json"),
+                tokenizer.to_json()?.as_bytes(),
+            )
+            .with_context(|| format!("writing {}", dir.join("tokenizer.json").display()))?;
+        }
+    }
     if state.step < config.steps {
         eprintln!(
             "stopped after step {} of {} ({rate:.0} tokens/s after the first step, {:.1} s in all): \

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::{Reference, fixture, max_abs_diff, temp_dir};
@@ -373,6 +374,153 @@ fn the_permutation_null_reaches_the_bundle_and_the_summary() {
         stderr.contains("the permutation null over 100 kept tokens: chance alone reaches"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_series_of_training_checkpoints_gives_a_trajectory() {
+    let dir = temp_dir("cli-series");
+    let train = |seed: u64, out: &std::path::Path, extra: &[&str]| {
+        let output = seedscope()
+            .args([
+                "train",
+                "--seed",
+                &seed.to_string(),
+                "--config",
+                "ci",
+                "--backend",
+                "cpu",
+            ])
+            .args(["--steps", "12", "--save-steps", "4,8", "--out"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .expect("run seedscope train");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let seeds: Vec<PathBuf> = (0..3).map(|k| dir.join(format!("s{k}"))).collect();
+    for (k, s) in seeds.iter().enumerate() {
+        train(k as u64, s, &[]);
+        for step in [4, 8] {
+            let c = s.join(format!("checkpoint-{step}"));
+            for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+                assert!(c.join(f).is_file(), "{} has no {f}", c.display());
+            }
+        }
+    }
+    let text = dir.join("text.txt");
+    let corpus = std::fs::read_to_string(fixture("../../assets/demo.txt")).expect("demo text");
+    std::fs::write(&text, corpus.repeat(40)).expect("text");
+    let analyze = |steps: &str, models: &[PathBuf], out: &std::path::Path| {
+        seedscope()
+            .arg("analyze")
+            .arg("--models")
+            .args(models)
+            .arg("--text")
+            .arg(&text)
+            .args(["--backend", "cpu", "--steps", steps, "--out"])
+            .arg(out)
+            .output()
+            .expect("run seedscope analyze")
+    };
+    let out = dir.join("series");
+    let output = analyze("4,8,final", &seeds, &out);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("universality over training"), "{stdout}");
+    // One bundle per step, the trajectory in the last; each step's numbers are its bundle's.
+    let bundles: Vec<seedscope_analysis::Bundle> = ["step-4", "step-8", "final"]
+        .iter()
+        .map(|d| seedscope_analysis::Bundle::read(&out.join(d)).expect("step bundle"))
+        .collect();
+    assert_eq!(bundles[0].manifest.models[1].name, "s1@checkpoint-4");
+    let path = out
+        .join("final")
+        .join(seedscope_analysis::bundle::TRAJECTORY);
+    let t =
+        seedscope_analysis::bundle::Trajectory::read(&std::fs::read(&path).expect("read"), &path)
+            .expect("trajectory");
+    assert_eq!(
+        t.steps
+            .iter()
+            .map(|s| (s.label.as_str(), s.step))
+            .collect::<Vec<_>>(),
+        vec![("4", Some(4)), ("8", Some(8)), ("final", None)]
+    );
+    for (k, b) in bundles.iter().enumerate() {
+        let rows: Vec<_> = b
+            .neurons
+            .iter()
+            .filter(|r| r.model == b.manifest.models[0].name)
+            .collect();
+        assert_eq!(rows.len(), t.mean_corr[k].len());
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(t.mean_corr[k][i], r.mean_corr as f32);
+            assert_eq!(t.excess_corr[k][i], r.excess_corr as f32);
+        }
+        let universal = rows.iter().filter(|r| r.is_universal).count();
+        assert_eq!(
+            t.steps[k].fraction_universal,
+            universal as f64 / rows.len() as f64
+        );
+    }
+    // The correlations move with training: the series is not one step three times.
+    assert_ne!(t.mean_corr[0], t.mean_corr[2]);
+    // The report draws it.
+    let report = dir.join("report");
+    let output = seedscope()
+        .arg("report")
+        .arg(out.join("final"))
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .expect("run seedscope report");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for ext in ["png", "svg"] {
+        assert!(
+            report
+                .join(format!("training-universality.{ext}"))
+                .is_file()
+        );
+    }
+    // A step a seed did not save is named, with the nearest it has, before any analysis.
+    let output = analyze("5,final", &seeds, &dir.join("missing"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("has no checkpoint-5 (the nearest of its 2 is checkpoint-4)"),
+        "{stderr}"
+    );
+    assert!(!dir.join("missing").exists());
+    // Steps out of training order are refused.
+    let output = analyze("8,4", &seeds, &dir.join("order"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("give the steps in training order"));
+    // A series whose shape changes between steps is refused before any analysis.
+    let wide: Vec<PathBuf> = (0..3).map(|k| dir.join(format!("w{k}"))).collect();
+    for (k, w) in wide.iter().enumerate() {
+        train(k as u64, w, &["--d-mlp", "64"]);
+        std::fs::rename(w.join("checkpoint-4"), seeds[k].join("checkpoint-6")).expect("move");
+    }
+    let output = analyze("6,final", &seeds, &dir.join("shapes"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("a series must keep the models' shape"),
+        "{stderr}"
+    );
+    assert!(!dir.join("shapes").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 

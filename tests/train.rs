@@ -33,6 +33,7 @@ fn job<'a>(
         out,
         device,
         stop_after,
+        save_steps: &[],
     }
 }
 

@@ -204,11 +204,22 @@ fn sha256_file(path: &Path) -> Result<String, AnalysisError> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// The display name of a model directory: its last component.
+/// The display name of a model directory: its last component; a training checkpoint inside a
+/// model's directory (`seed-a/checkpoint-400`, as `seedscope train --save-steps` keeps them) is
+/// named after both (`seed-a@checkpoint-400`), so the seeds of one step stay apart.
 pub fn model_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string())
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(last) = name(dir) else {
+        return dir.display().to_string();
+    };
+    let is_step = last
+        .strip_prefix("checkpoint-")
+        .or_else(|| last.strip_prefix("step"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match dir.parent().and_then(name) {
+        Some(parent) if is_step => format!("{parent}@{last}"),
+        _ => last,
+    }
 }
 
 fn model_entry(model: &LoadedModel) -> Result<ModelEntry, AnalysisError> {

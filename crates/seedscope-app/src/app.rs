@@ -22,6 +22,7 @@ use crate::views::map::MapView;
 use crate::views::neuron::{NeuronView, page_neurons};
 use crate::views::overview::OverviewView;
 use crate::views::table::TableView;
+use crate::views::training::TrainingView;
 use crate::views::welcome::{NewAnalysis, Welcome};
 use crate::views::{Action, Shared, TABS, Tab};
 use crate::{AppError, export};
@@ -50,6 +51,8 @@ pub struct SeedscopeApp {
     pub table: TableView,
     /// The neuron page.
     pub neuron: NeuronView,
+    /// Universality over training.
+    pub training: TrainingView,
     /// The open bundle's models, or why there are none.
     models: Result<Arc<Models>, String>,
     /// Running analysis.
@@ -114,6 +117,7 @@ impl SeedscopeApp {
             map: MapView::default(),
             table: TableView::default(),
             neuron: NeuronView::default(),
+            training: TrainingView::default(),
             models: Err("no bundle is open".into()),
             analysis: None,
             opening: None,
@@ -217,6 +221,7 @@ impl SeedscopeApp {
         self.map = MapView::new(&ex);
         self.table = TableView::default();
         self.neuron = NeuronView::default();
+        self.training = TrainingView::default();
         self.models = self.platform.models(&ex);
         let ex = Arc::new(ex);
         self.table.refresh(&ex, self.anchor, self.threshold);
@@ -269,7 +274,7 @@ impl SeedscopeApp {
                 svg
             }
             Tab::Map => self.map.svg(&ex),
-            Tab::Table | Tab::Neuron => {
+            Tab::Table | Tab::Neuron | Tab::Training => {
                 Err("the overview and the correlation map can be exported as plots".into())
             }
         }
@@ -280,6 +285,7 @@ impl SeedscopeApp {
         match self.tab {
             Tab::Overview => self.overview.plot_rect,
             Tab::Map => self.map.rect,
+            Tab::Training => self.training.plot_rect,
             Tab::Table | Tab::Neuron => None,
         }
     }
@@ -496,7 +502,7 @@ impl SeedscopeApp {
             self.table.focus_search = true;
         }
         // 1–4: the views in menu order.
-        let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4];
+        let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
         if let Some((tab, _)) = keys
             .iter()
             .zip(TABS)
@@ -648,11 +654,12 @@ impl SeedscopeApp {
         let fetching = self.platform.fetching();
         let tab = self.tab;
         // The views are taken out while they draw, so they can borrow the shared state.
-        let (mut overview, mut map, mut table, mut neuron) = (
+        let (mut overview, mut map, mut table, mut neuron, mut training) = (
             std::mem::take(&mut self.overview),
             std::mem::take(&mut self.map),
             std::mem::take(&mut self.table),
             std::mem::take(&mut self.neuron),
+            std::mem::take(&mut self.training),
         );
         let mut shared = self.shared(ex);
         let action = match tab {
@@ -660,8 +667,15 @@ impl SeedscopeApp {
             Tab::Map => map.ui(ui, &mut shared, fetching),
             Tab::Table => table.ui(ui, &mut shared),
             Tab::Neuron => neuron.ui(ui, &mut shared),
+            Tab::Training => training.ui(ui, &mut shared),
         };
-        (self.overview, self.map, self.table, self.neuron) = (overview, map, table, neuron);
+        (
+            self.overview,
+            self.map,
+            self.table,
+            self.neuron,
+            self.training,
+        ) = (overview, map, table, neuron, training);
         action
     }
 

@@ -153,6 +153,32 @@ pub struct Explorer {
     histograms: BTreeMap<String, Vec<u32>>,
     /// Per anchor model index: best features, top tokens, position MI (no examples).
     anatomy: BTreeMap<usize, seedscope_analysis::bundle::AnatomyFile>,
+    /// Universality over training, when the bundle is the last step of a series.
+    pub trajectory: Option<seedscope_analysis::bundle::Trajectory>,
+}
+
+/// The bundle's `trajectory.json`, if it has one, checked against its `l` layers of `d`.
+fn read_trajectory(
+    source: &BundleSource,
+    l: usize,
+    d: usize,
+) -> Result<Option<seedscope_analysis::bundle::Trajectory>, AppError> {
+    use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
+    let path = source.path(TRAJECTORY);
+    let Some(bytes) = source.read(TRAJECTORY)? else {
+        return Ok(None);
+    };
+    let t = Trajectory::read(&bytes, &path)?;
+    if (t.n_layers, t.d_mlp) != (l, d) {
+        return Err(corrupt(
+            &path,
+            format!(
+                "a trajectory of {} x {} neurons in a bundle of {l} x {d}",
+                t.n_layers, t.d_mlp
+            ),
+        ));
+    }
+    Ok(Some(t))
 }
 
 fn corrupt(path: &Path, message: impl std::fmt::Display) -> AppError {
@@ -344,6 +370,7 @@ impl Explorer {
                 anatomy.insert(a, f);
             }
         }
+        let trajectory = read_trajectory(&source, l, d)?;
         Ok(Self {
             source,
             bundle,
@@ -353,6 +380,7 @@ impl Explorer {
             tokenizer,
             histograms,
             anatomy,
+            trajectory,
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use seedscope_analysis::bundle::{
     ANATOMY, ATTENTION, BundleFiles, BundleSource, CORRELATION, HISTOGRAMS, MANIFEST, NEURONS,
-    TILES, TOKENIZER,
+    TILES, TOKENIZER, TRAJECTORY,
 };
 use seedscope_analysis::stats::{universal_counts, universal_fractions};
 
@@ -119,7 +119,7 @@ pub trait Platform {
 pub const REQUIRED: [&str; 3] = [MANIFEST, NEURONS, CORRELATION];
 /// Small files a bundle may have (a missing one is a 404, not an error), fetched before it
 /// opens.
-pub const LIGHT: [&str; 3] = [HISTOGRAMS, ATTENTION, TOKENIZER];
+pub const LIGHT: [&str; 4] = [HISTOGRAMS, ATTENTION, TOKENIZER, TRAJECTORY];
 /// The heavy arrays (examples, correlation tiles): fetched after the bundle is open.
 pub const HEAVY: [&str; 2] = [ANATOMY, TILES];
 

@@ -38,6 +38,86 @@ fn bundle() -> PathBuf {
     .clone()
 }
 
+/// A series of training checkpoints and its trajectory, made once per test binary: three
+/// seeds of the `ci` shape trained for 12 steps on the corpus with the family's tokenizer,
+/// their weights kept at steps 4 and 8, each step analysed over a short text, the trajectory
+/// written into the last step's bundle (as `seedscope analyze --steps 4,8,final` does).
+fn series_bundle() -> PathBuf {
+    use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
+    use seedscope_analysis::job::DataSource;
+    use seedscope_model::train::{TrainConfig, TrainData, TrainJob, step_dir, train};
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-series");
+        let _ = std::fs::remove_dir_all(&root);
+        let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+        let tokenizer_path = family.join("family/tokenizer.json");
+        let tokenizer =
+            seedscope_data::TextTokenizer::from_file(&tokenizer_path).expect("tokenizer");
+        let text =
+            seedscope_data::corpus::read_text(&family.join("corpus/train.txt.gz")).expect("corpus");
+        let head: String = text.chars().take(40_000).collect();
+        let stream = tokenizer.to_tokens(&head, true).expect("tokens");
+        let mut config = TrainConfig::preset("ci").expect("ci preset");
+        config.steps = 12;
+        config.warmup_steps = 3;
+        config.checkpoint_every = 4;
+        let device = seedscope_model::ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+        let seeds: Vec<PathBuf> = (0..3).map(|k| root.join(format!("seed-{k}"))).collect();
+        for (k, out) in seeds.iter().enumerate() {
+            let data = TrainData::new(&stream, config.n_ctx, k as u64).expect("data");
+            let job = TrainJob {
+                config: &config,
+                vocab_size: tokenizer.vocab_size(),
+                seed: k as u64,
+                out,
+                device: &device.device,
+                stop_after: None,
+                save_steps: &[4, 8],
+            };
+            train(&job, &data, |_| {}).expect("training");
+            for dir in [out.clone(), step_dir(out, 4), step_dir(out, 8)] {
+                std::fs::copy(&tokenizer_path, dir.join("tokenizer.json")).expect("tokenizer");
+            }
+        }
+        let text_path = root.join("text.txt");
+        std::fs::write(
+            &text_path,
+            text.chars().skip(40_000).take(20_000).collect::<String>(),
+        )
+        .expect("text");
+        let mut bundles = Vec::new();
+        for (label, step) in [("4", Some(4u64)), ("8", Some(8)), ("final", None)] {
+            let dir = step.map_or("final".to_string(), |s| format!("step-{s}"));
+            let models = seeds
+                .iter()
+                .map(|s| step.map_or(s.clone(), |n| step_dir(s, n as usize)))
+                .collect();
+            let request = AnalysisRequest {
+                models,
+                data: DataSource::Text(text_path.clone()),
+                out: root.join(&dir),
+                save_tiles: Some("all".into()),
+                backend: BackendKind::Cpu,
+                command: vec!["seedscope-app tests: series".into()],
+                ..AnalysisRequest::default()
+            };
+            run_analysis(&request, Arc::new(AtomicBool::new(false)), |_| {}).expect("step");
+            let bundle = seedscope_analysis::Bundle::read(&root.join(&dir)).expect("bundle");
+            bundles.push((label.to_string(), step, dir, bundle));
+        }
+        let views: Vec<_> = bundles
+            .iter()
+            .map(|(l, s, d, b)| (l.clone(), *s, d.clone(), b))
+            .collect();
+        let t = Trajectory::from_bundles(&views).expect("trajectory");
+        let last = root.join("final");
+        std::fs::write(last.join(TRAJECTORY), t.to_json().expect("json")).expect("write");
+        last
+    })
+    .clone()
+}
+
 /// The app as started with `launch`, in a 1280x860 window (rendered by wgpu when `wgpu`).
 fn app_with(launch: Launch, wgpu: bool) -> Harness<'static, SeedscopeApp> {
     let builder = Harness::builder().with_size([1280.0, 860.0]);
@@ -349,6 +429,42 @@ fn snapshots_of_the_main_views() {
             && app.neuron.examples_task.is_none()
     });
     h.snapshot("neuron");
+}
+
+#[test]
+fn the_training_view_draws_the_series_and_the_neuron_page_its_trajectory() {
+    let mut h = app_with(
+        Launch {
+            bundle: Some(series_bundle()),
+            embedded_bundle: PathBuf::from("/nonexistent"),
+            analyse_embedded: false,
+            ..Launch::default()
+        },
+        true,
+    );
+    wait(&mut h, "the series' last bundle to open", |app| {
+        app.ex.is_some()
+    });
+    let t = explorer(&h)
+        .trajectory
+        .clone()
+        .expect("the last step has the trajectory");
+    assert_eq!(t.steps.len(), 3);
+    h.get_by_label("Training").click();
+    h.run_steps(4);
+    h.get_by_label_contains("Universal neurons per layer (%) against the step");
+    h.get_by_label_contains("Fraction universal at 0.50: 4 ");
+    h.snapshot("training");
+    // The neuron page of the neuron the view shows has its own trajectory.
+    let last = t.excess_corr.last().expect("steps");
+    let i = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .expect("neurons");
+    h.get_by_label("open").click();
+    h.run_steps(4);
+    let id = h.state().selected.expect("a neuron is open");
+    assert_eq!(id.layer * t.d_mlp + id.neuron, i);
+    h.get_by_label_contains("Over training:");
 }
 
 #[test]

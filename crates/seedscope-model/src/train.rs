@@ -337,6 +337,15 @@ pub struct TrainJob<'a> {
     pub device: &'a Device,
     /// Stop after this many steps in this call, leaving a checkpoint.
     pub stop_after: Option<usize>,
+    /// Training steps whose weights are also kept as Hugging Face directories
+    /// `out/checkpoint-{step}` (`config.json`, `model.safetensors`): a series to analyse over
+    /// training (`seedscope analyze --steps`).
+    pub save_steps: &'a [usize],
+}
+
+/// The directory [`train`] keeps the weights of training step `step` in, under `out`.
+pub fn step_dir(out: &Path, step: usize) -> PathBuf {
+    out.join(format!("checkpoint-{step}"))
 }
 
 /// Train a GPT-2 on `data` from seed `seed` into `out` (a Hugging Face directory:
@@ -359,6 +368,7 @@ pub fn train(
         out,
         device,
         stop_after,
+        save_steps,
     } = *job;
     config.validate()?;
     let hf = ModelConfig::Gpt2(config.gpt2_config(vocab_size));
@@ -433,6 +443,9 @@ pub fn train(
             lr,
             tokens: tokens_per_step,
         });
+        if save_steps.contains(&state.step) {
+            write_hf_dir(&step_dir(out, state.step), &model, config, vocab_size)?;
+        }
         let stopping = stop_after.is_some_and(|n| done_here >= n);
         if stopping || state.step % config.checkpoint_every == 0 || state.step == config.steps {
             write_checkpoint(&checkpoint_dir, &model, &optim, &state)?;
@@ -441,13 +454,27 @@ pub fn train(
     if state.step < config.steps {
         return Ok(state);
     }
-    let tensors = model.named_tensors()?;
-    crate::weights::write_safetensors(&out.join("model.safetensors"), &tensors, HashMap::new())?;
-    write_json(
-        &out.join("config.json"),
-        &hf_config_json(&config.gpt2_config(vocab_size)),
-    )?;
+    write_hf_dir(out, &model, config, vocab_size)?;
     Ok(state)
+}
+
+/// `model`'s weights and config as a Hugging Face directory `dir`.
+fn write_hf_dir(
+    dir: &Path,
+    model: &Transformer,
+    config: &TrainConfig,
+    vocab_size: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let tensors = model.named_tensors()?;
+    crate::weights::write_safetensors(&dir.join("model.safetensors"), &tensors, HashMap::new())?;
+    write_json(
+        &dir.join("config.json"),
+        &hf_config_json(&config.gpt2_config(vocab_size)),
+    )
 }
 
 /// AdamW with decoupled weight decay on matrices only, as GPT-2 recipes do: LayerNorm gains,

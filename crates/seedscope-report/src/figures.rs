@@ -479,6 +479,10 @@ pub struct Curves<'a> {
     pub x_desc: &'a str,
     /// `(title, y label, nominal, curves)` per panel.
     pub panels: &'a [(String, String, f64, Vec<Curve>)],
+    /// The legend of the nominal value's dashed line.
+    pub nominal_label: &'a str,
+    /// The legend of the grey (baseline) curves.
+    pub baseline_label: &'a str,
 }
 
 impl Draw for Curves<'_> {
@@ -487,6 +491,8 @@ impl Draw for Curves<'_> {
             title,
             x_desc,
             panels,
+            nominal_label,
+            baseline_label,
         } = *self;
         root.fill(&WHITE).map_err(err)?;
         let (top, body) = root.split_vertically(30);
@@ -509,12 +515,19 @@ impl Draw for Curves<'_> {
                 .collect();
             let span = |v: &[f64]| padded_range(v.iter().copied(), 0.06);
             let xr = span(&xs);
+            // A flat panel (nothing changes) gets a unit range around its value.
+            let yr = span(&ys);
+            let yr = if yr.end - yr.start < 1e-6 {
+                yr.start - 1.0..yr.end + 1.0
+            } else {
+                yr
+            };
             let mut chart = ChartBuilder::on(area)
                 .caption(name, ("sans-serif", 14))
                 .margin(10)
                 .x_label_area_size(36)
                 .y_label_area_size(56)
-                .build_cartesian_2d(xr.clone(), span(&ys))
+                .build_cartesian_2d(xr.clone(), yr)
                 .map_err(err)?;
             chart
                 .configure_mesh()
@@ -542,7 +555,7 @@ impl Draw for Curves<'_> {
                         BLACK.stroke_width(1),
                     ))
                     .map_err(err)?
-                    .label("no intervention")
+                    .label(nominal_label)
                     .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK));
             }
             if curves.iter().any(|c| c.baseline) {
@@ -550,7 +563,7 @@ impl Draw for Curves<'_> {
                 chart
                     .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
                     .map_err(err)?
-                    .label("random baseline neurons")
+                    .label(baseline_label)
                     .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], GREY));
             }
             for (k, c) in curves.iter().filter(|c| !c.baseline).enumerate() {
@@ -659,6 +672,8 @@ mod tests {
             title: "Fig. 7",
             x_desc: "value",
             panels: &panels,
+            nominal_label: "no intervention",
+            baseline_label: "random baseline neurons",
         };
         let svg = crate::svg(&fig7, 600, 400).expect("svg");
         assert!(

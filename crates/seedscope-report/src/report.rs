@@ -44,6 +44,7 @@ pub fn write_report(dir: &Path, out: &Path) -> Result<ReportSummary, ReportError
     entropy_candidates(&input, &mut page)?;
     fig7_interventions(&input, &mut page)?;
     fig8_path_ablations(&input, &mut page)?;
+    training(&input, &mut page)?;
     families(&input, &mut page)?;
     page.index(&input)?;
     seedscope_analysis::replace_dir(&page.dir, out)
@@ -516,6 +517,118 @@ fn fig7_interventions(input: &Input, page: &mut Page) -> Result<(), ReportError>
             title: &title,
             x_desc: "fixed activation",
             panels: &panels,
+            nominal_label: "no intervention",
+            baseline_label: "random baseline neurons",
+        },
+    )
+}
+
+/// Universality over training, when the bundle is the last step of a series
+/// (`trajectory.json`): the fraction universal per layer against the step, and the mean excess
+/// of the neurons universal at the last step against that of the others.
+fn training(input: &Input, page: &mut Page) -> Result<(), ReportError> {
+    use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
+    let path = input.dir.join(TRAJECTORY);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(_) => return Ok(()),
+    };
+    let t = match Trajectory::read(&bytes, &path) {
+        Ok(t) => t,
+        Err(e) => {
+            page.note(format!("training trajectory not shown: {e}"));
+            return Ok(());
+        }
+    };
+    let fractions = t.fractions(t.threshold);
+    let xs = |k: usize| k as f64;
+    let mut per_layer: Vec<Curve> = (0..t.n_layers)
+        .map(|l| Curve {
+            label: format!("layer {l}"),
+            points: fractions
+                .iter()
+                .enumerate()
+                .map(|(k, f)| (xs(k), 100.0 * f.1[l]))
+                .collect(),
+            baseline: false,
+        })
+        .collect();
+    per_layer.push(Curve {
+        label: "all layers".into(),
+        points: fractions
+            .iter()
+            .enumerate()
+            .map(|(k, f)| (xs(k), 100.0 * f.0))
+            .collect(),
+        baseline: true,
+    });
+    let last = t.excess_corr.last().cloned().unwrap_or_default();
+    let mean_of = |universal: bool| -> Vec<(f64, f64)> {
+        t.excess_corr
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let v: Vec<f64> = s
+                    .iter()
+                    .zip(&last)
+                    .filter(|(_, l)| (**l as f64 > t.threshold) == universal)
+                    .map(|(e, _)| *e as f64)
+                    .collect();
+                (xs(k), v.iter().sum::<f64>() / v.len().max(1) as f64)
+            })
+            .collect()
+    };
+    let panels = vec![
+        (
+            "Universal neurons per layer".to_string(),
+            "% universal".to_string(),
+            f64::NAN,
+            per_layer,
+        ),
+        (
+            "Excess correlation of the last step's universal neurons".to_string(),
+            "mean excess".to_string(),
+            t.threshold,
+            {
+                // The last step's universal neurons, when it has any.
+                let n = last.iter().filter(|&&e| e as f64 > t.threshold).count();
+                let mut curves = vec![Curve {
+                    label: "the others".into(),
+                    points: mean_of(false),
+                    baseline: true,
+                }];
+                if n > 0 {
+                    curves.push(Curve {
+                        label: format!("the {n} universal at the last step"),
+                        points: mean_of(true),
+                        baseline: false,
+                    });
+                }
+                curves
+            },
+        ),
+    ];
+    let steps: Vec<String> = t
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| format!("{k} = {}", s.label))
+        .collect();
+    let x_desc = format!("training step ({})", steps.join(", "));
+    let title = format!("{}: universality over training", input.title);
+    page.figure(
+        "training-universality",
+        "Universality over training (seedscope analyze --steps): the fraction of the anchor's \
+         neurons that are universal at each training step, per layer; and the mean excess \
+         correlation, step by step, of the neurons universal at the last step against the \
+         others (the threshold dashed).",
+        (1100, 460),
+        &Curves {
+            title: &title,
+            x_desc: &x_desc,
+            panels: &panels,
+            nominal_label: "threshold",
+            baseline_label: "all layers / the others",
         },
     )
 }

@@ -38,6 +38,7 @@
 mod anatomy_file;
 mod index;
 pub mod rows;
+pub mod trajectory;
 pub mod write;
 
 use std::borrow::Cow;
@@ -52,6 +53,7 @@ pub use rows::{
     COLUMNS, MutualCounts, NeuronRow, PCT_COLUMNS, RowExtras, family_counts, layer_percentiles,
     mutual_counts, neuron_rows, universal_medians,
 };
+pub use trajectory::{TRAJECTORY, Trajectory};
 pub use write::{BundleFiles, CONTEXT, bundle_files, write_bundle_files};
 
 use crate::AnalysisError;

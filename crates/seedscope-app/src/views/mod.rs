@@ -6,6 +6,7 @@ pub mod map;
 pub mod neuron;
 pub mod overview;
 pub mod table;
+pub mod training;
 pub mod welcome;
 
 use std::sync::Arc;
@@ -27,14 +28,17 @@ pub enum Tab {
     Table,
     /// One neuron and its matches.
     Neuron,
+    /// Universality over training (a series' last bundle).
+    Training,
 }
 
 /// The views with their names, in menu order.
-pub const TABS: [(Tab, &str); 4] = [
+pub const TABS: [(Tab, &str); 5] = [
     (Tab::Overview, "Overview"),
     (Tab::Map, "Correlation map"),
     (Tab::Table, "Table"),
     (Tab::Neuron, "Neuron"),
+    (Tab::Training, "Training"),
 ];
 
 /// What a view asks of the app.

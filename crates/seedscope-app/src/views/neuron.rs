@@ -172,6 +172,17 @@ impl NeuronView {
                 statistics(&mut cols[0], &ex, id, row.as_ref());
                 act(facts(&mut cols[1], &ex, id, row.as_ref()));
             });
+            // Its own trajectory, when the bundle ends a series of training checkpoints.
+            if let Some(t) = ex.trajectory.as_ref().filter(|_| id.model == 0) {
+                ui.separator();
+                let i = id.layer * t.d_mlp + id.neuron;
+                ui.strong(format!(
+                    "Over training: {}",
+                    super::training::crossing_text(t, i, shared.threshold)
+                ));
+                let w = ui.available_width().min(640.0);
+                super::training::excess_plot(ui, t, i, shared.threshold, egui::vec2(w, 180.0));
+            }
             ui.separator();
             act(self.live_ui(ui, shared, &neurons));
             ui.separator();
