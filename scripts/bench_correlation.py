@@ -8,7 +8,9 @@ prints GFLOP/s (2 * rows * n_a * n_b per update) and the ratio Seedscope / numpy
 update does more than the GEMM: block means, centring, and the compensated merge.
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
-    .venv/bin/python scripts/bench_correlation.py [--paths cpu,wgpu] [--shapes 4096x1024x1024]
+    .venv/bin/python scripts/bench_correlation.py [--paths cpu,matrixmultiply,wgpu] [--shapes 4096x1024x1024]
+`matrixmultiply` times the CPU update's GEMM alone (ndarray's, as the update calls it): a
+reference for what the update spends beyond its GEMM (block means, centring, the f64 merge).
 On lavapipe (software Vulkan) keep wgpu shapes small: --wgpu-shapes 1024x256x256.
 """
 import argparse
@@ -40,8 +42,10 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    jobs = [(s, "cpu") for s in args.shapes.split(",") if "cpu" in args.paths]
-    jobs += [(s, "wgpu") for s in args.wgpu_shapes.split(",") if "wgpu" in args.paths]
+    paths = args.paths.split(",")
+    jobs = [(s, p) for s in args.shapes.split(",") for p in ("cpu", "matrixmultiply")
+            if p in paths]
+    jobs += [(s, "wgpu") for s in args.wgpu_shapes.split(",") if "wgpu" in paths]
     print(f"numpy {np.__version__}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         for shape, path in jobs:
@@ -56,7 +60,7 @@ def main():
                                   "--paths", path, "--iters", str(args.iters)],
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            print(f"{shape:>18} {path:>5}: seedscope {r['gflops']:7.2f} GFLOP/s ({r['device']}), "
+            print(f"{shape:>18} {path:>14}: seedscope {r['gflops']:7.2f} GFLOP/s ({r['device']}), "
                   f"numpy {ref:7.2f} GFLOP/s, ratio {r['gflops'] / ref:.2f}")
 
 

@@ -31,7 +31,8 @@ pub struct Args {
     /// Other neurons when generating.
     #[arg(long, default_value_t = 1024)]
     pub n_b: usize,
-    /// `cpu`, `wgpu` or `cpu,wgpu`.
+    /// `cpu` (the whole update), `wgpu`, or `matrixmultiply` (the CPU update's GEMM alone, a
+    /// reference), comma-separated.
     #[arg(long, default_value = "cpu,wgpu")]
     pub paths: String,
     /// Timed updates (after one untimed warm-up).
@@ -100,6 +101,20 @@ pub fn run(args: &Args) -> Result<()> {
                     "cpu (matrixmultiply, f64 merge)".to_owned(),
                 )
             }
+            // The update's GEMM alone (ndarray's matrixmultiply, as the CPU path calls it): what
+            // the update spends beyond it, in the same process.
+            "matrixmultiply" => {
+                let g = a.t().dot(&b);
+                std::hint::black_box(&g);
+                let t = Instant::now();
+                for _ in 0..args.iters {
+                    std::hint::black_box(a.t().dot(&b));
+                }
+                (
+                    t.elapsed().as_secs_f64() / args.iters as f64,
+                    "cpu: matrixmultiply aT b alone".to_owned(),
+                )
+            }
             "wgpu" => {
                 let ctx = GpuContext::request()?;
                 let k = Kernels::new(&ctx);
@@ -128,7 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
                     format!("wgpu: {} [{:?}]", ctx.info.name, ctx.info.device_type),
                 )
             }
-            other => bail!("unknown path `{other}` (cpu or wgpu)"),
+            other => bail!("unknown path `{other}` (cpu, matrixmultiply or wgpu)"),
         };
         println!(
             "{}",
