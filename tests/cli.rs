@@ -313,19 +313,26 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
 #[test]
 fn the_permutation_null_reaches_the_bundle_and_the_summary() {
     let dir = temp_dir("cli-null");
+    // Two fixture seeds over the fixture tokens with the null, and `extra` options.
+    let analyze = |out: &std::path::Path, extra: &[&str]| {
+        let output = seedscope()
+            .arg("analyze")
+            .arg("--models")
+            .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
+            .arg("--tokens")
+            .arg(fixture("analysis/tokens.npy"))
+            .args(["--backend", "cpu", "--null", "permutation"])
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("run seedscope analyze");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    };
     let out = dir.join("bundle");
-    let output = seedscope()
-        .arg("analyze")
-        .arg("--models")
-        .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .args(["--backend", "cpu", "--null", "permutation", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run seedscope analyze");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (printed, stderr) = analyze(&out, &[]);
     // 706 tokens of 384 neurons: enough (chance alone about 0.13).
     assert!(!stderr.contains("the permutation null over"), "{stderr}");
     let manifest: serde_json::Value = serde_json::from_str(
@@ -343,33 +350,12 @@ fn the_permutation_null_reaches_the_bundle_and_the_summary() {
         (0.0..=1.0).contains(&r.mean_null)
             && (r.excess_over_null - (r.mean_corr - r.mean_null)).abs() < 2e-6
     }));
-    let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
         printed.contains("permutation null: mean best correlation"),
         "{printed}"
     );
     // Too few tokens: the null says so, with the numbers.
-    let few = dir.join("few");
-    let output = seedscope()
-        .arg("analyze")
-        .arg("--models")
-        .args(["gpt2-plain", "gpt2-crfm"].map(fixture))
-        .arg("--tokens")
-        .arg(fixture("analysis/tokens.npy"))
-        .args([
-            "--backend",
-            "cpu",
-            "--null",
-            "permutation",
-            "--max-tokens",
-            "100",
-            "--out",
-        ])
-        .arg(&few)
-        .output()
-        .expect("run seedscope analyze");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (_, stderr) = analyze(&dir.join("few"), &["--max-tokens", "100"]);
     assert!(
         stderr.contains("the permutation null over 100 kept tokens: chance alone reaches"),
         "{stderr}"
@@ -628,6 +614,20 @@ fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
 #[path = "common/hub_server.rs"]
 mod hub_server;
 
+/// The model entries of a bundle's manifest, each as its JSON text (name, path, files).
+fn manifest_models(bundle: &std::path::Path) -> Vec<String> {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    manifest["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m.to_string())
+        .collect()
+}
+
 #[test]
 fn download_a_preset_from_a_hub_then_analyse_it_offline() {
     // The five repositories of the stanford-gpt2-small preset, served from the tiny fixtures
@@ -719,14 +719,10 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(server.requests("").len(), seen);
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
-    )
-    .expect("json");
-    let models = manifest["models"].as_array().expect("models");
+    let models = manifest_models(&out);
     assert_eq!(models.len(), 5);
     assert!(
-        models[2].to_string().contains("caprica-gpt2-small-x81"),
+        models[2].contains("caprica-gpt2-small-x81"),
         "{}",
         models[2]
     );
@@ -896,14 +892,10 @@ fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(server.requests("").len(), seen, "offline");
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
-    )
-    .expect("json");
-    let models = manifest["models"].as_array().expect("models");
+    let models = manifest_models(&out);
     assert_eq!(models.len(), 4);
     assert!(
-        models[1].to_string().contains("pythia-160m-weight-seed1"),
+        models[1].contains("pythia-160m-weight-seed1"),
         "{}",
         models[1]
     );

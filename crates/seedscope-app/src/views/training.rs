@@ -39,6 +39,21 @@ fn step_axis(
     }
 }
 
+/// A fixed plot (no drag, zoom or scroll) with a legend, `y = 0` in view and the steps on
+/// its x axis.
+fn step_plot<'a>(id: impl egui::AsIdSalt, t: &'a Trajectory, size: egui::Vec2) -> Plot<'a> {
+    Plot::new(id)
+        .width(size.x)
+        .height(size.y)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .allow_scroll(false)
+        .legend(Legend::default())
+        .include_y(0.0)
+        .x_axis_formatter(step_axis(t))
+        .x_axis_label("training step")
+}
+
 /// A neuron's excess correlation against the step, with the threshold and the crossing.
 pub fn excess_plot(
     ui: &mut egui::Ui,
@@ -60,17 +75,8 @@ pub fn excess_plot(
         .map(|(k, s)| [k as f64, s.get(neuron).copied().unwrap_or(f32::NAN) as f64])
         .collect();
     let crossing = t.crossing(neuron, threshold);
-    Plot::new(("excess-over-training", neuron))
-        .width(size.x)
-        .height(size.y)
-        .allow_drag(false)
-        .allow_zoom(false)
-        .allow_scroll(false)
-        .legend(Legend::default())
-        .include_y(0.0)
+    step_plot(("excess-over-training", neuron), t, size)
         .include_y(1.0)
-        .x_axis_formatter(step_axis(t))
-        .x_axis_label("training step")
         .show(ui, |p| {
             p.line(Line::new("mean best r", PlotPoints::from(mean)).color(egui::Color32::GRAY));
             p.line(Line::new("excess", PlotPoints::from(points.clone())).color(UNIVERSAL));
@@ -162,17 +168,8 @@ impl TrainingView {
         ui.horizontal_top(|ui| {
             ui.vertical(|ui| {
                 ui.strong("Universal neurons per layer (%) against the step");
-                let resp = Plot::new("fraction-over-training")
-                    .width(w)
-                    .height(h)
-                    .allow_drag(false)
-                    .allow_zoom(false)
-                    .allow_scroll(false)
-                    .legend(Legend::default())
-                    .include_y(0.0)
+                let resp = step_plot("fraction-over-training", t, egui::vec2(w, h))
                     .include_y(1.0)
-                    .x_axis_formatter(step_axis(t))
-                    .x_axis_label("training step")
                     .y_axis_label("% universal")
                     .show(ui, |p| {
                         for l in 0..t.n_layers {
