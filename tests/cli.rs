@@ -511,6 +511,57 @@ fn a_series_of_training_checkpoints_gives_a_trajectory() {
 }
 
 #[test]
+fn models_that_do_not_share_a_tokenizer_are_refused_with_both_named() {
+    let dir = temp_dir("cli-tokenizers");
+    // gpt2-plain's weights with another tokenizer: one whose tokens "!" and "\"" swapped ids
+    // (same size), and the embedded family's (another size).
+    let fixture_tokenizer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("gpt2-plain").join("tokenizer.json")).expect("tokenizer"),
+    )
+    .expect("json");
+    let mut swapped = fixture_tokenizer.clone();
+    swapped["model"]["vocab"]["!"] = 2.into();
+    swapped["model"]["vocab"]["\""] = 1.into();
+    let family = std::fs::read(fixture("../../assets/family/tokenizer.json")).expect("family");
+    for (name, tokenizer, why) in [
+        (
+            "swapped",
+            serde_json::to_vec(&swapped).expect("json"),
+            "token 1 is Some(\"!\") in the first and Some(\"\\\"\") in the second",
+        ),
+        ("family", family, "320 tokens against"),
+    ] {
+        let other = dir.join(name);
+        std::fs::create_dir_all(&other).expect("dir");
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture("gpt2-plain").join(f), other.join(f)).expect("copy");
+        }
+        std::fs::write(other.join("tokenizer.json"), tokenizer).expect("tokenizer");
+        let output = seedscope()
+            .arg("analyze")
+            .arg("--models")
+            .arg(fixture("gpt2-plain"))
+            .arg(&other)
+            .arg("--tokens")
+            .arg(fixture("analysis/tokens.npy"))
+            .args(["--backend", "cpu", "--out"])
+            .arg(dir.join("bundle"))
+            .output()
+            .expect("run seedscope analyze");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}");
+        assert!(stderr.contains("do not share a tokenizer"), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(
+            stderr.contains("gpt2-plain") && stderr.contains(name),
+            "{stderr}"
+        );
+        assert!(!dir.join("bundle").exists());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn analyze_and_summary_name_the_file_that_is_wrong() {
     let dir = temp_dir("cli-analyze-bad");
     let out = dir.join("bundle");

@@ -276,6 +276,50 @@ pub fn drop_ids(tokenizer: &TextTokenizer) -> Result<Vec<u32>, AnalysisError> {
     Ok(ids)
 }
 
+/// Refuse a family whose models do not share the anchor's tokenizer: the data are tokenised
+/// once, with the anchor's, so every model must read the same ids. Names both tokenizers and
+/// the first token that differs (models without a tokenizer file are taken as they are).
+fn check_tokenizers(models: &[LoadedModel]) -> Result<(), AnalysisError> {
+    let load = |m: &LoadedModel| {
+        TextTokenizer::model_dir_has_tokenizer(&m.dir)
+            .then(|| TextTokenizer::from_model_dir(&m.dir))
+            .transpose()
+    };
+    let Some(first) = models.first() else {
+        return Ok(());
+    };
+    let Some(anchor) = load(first)? else {
+        return Ok(());
+    };
+    for m in &models[1..] {
+        let Some(t) = load(m)? else { continue };
+        let differs = |why: String| {
+            AnalysisError::Invalid(format!(
+                "{} and {} do not share a tokenizer ({why}): the data are tokenised once, with \
+                 the anchor's, so every model must read the same ids",
+                first.dir.display(),
+                m.dir.display()
+            ))
+        };
+        if t.vocab_size() != anchor.vocab_size() {
+            return Err(differs(format!(
+                "{} tokens against {}",
+                anchor.vocab_size(),
+                t.vocab_size()
+            )));
+        }
+        for id in 0..anchor.vocab_size() as u32 {
+            let (a, b) = (anchor.inner().id_to_token(id), t.inner().id_to_token(id));
+            if a != b {
+                return Err(differs(format!(
+                    "token {id} is {a:?} in the first and {b:?} in the second"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The BOS id of a model's tokenizer, if it has one.
 pub(crate) fn tokenizer_bos(model: &LoadedModel) -> Option<u32> {
     TextTokenizer::from_model_dir(&model.dir).ok()?.bos_id()
@@ -664,6 +708,7 @@ pub fn run_analysis(
         .iter()
         .map(|d| LoadedModel::load_on(d, &device, dtype))
         .collect::<Result<Vec<_>, _>>()?;
+    check_tokenizers(&models)?;
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
     let n_layers = models[0].config.n_layers();
