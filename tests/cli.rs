@@ -950,6 +950,52 @@ fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
         "{}",
         models[1]
     );
+    // A series over the preset's hub revisions: step 1000 downloaded too, then both steps
+    // analysed offline from the cache into one trajectory.
+    let output = run(
+        &["download", "pythia-160m-weight-seed", "--step", "1000"],
+        false,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = server.requests("").len();
+    let series = dir.join("series");
+    let output = run(
+        &[
+            "analyze",
+            "--models",
+            "pythia-160m-weight-seed",
+            "--steps",
+            "512,1000",
+            "--tokens",
+            tokens.to_str().expect("UTF-8 fixture path"),
+            "--backend",
+            "cpu",
+            "--out",
+            series.to_str().expect("UTF-8 temp path"),
+        ],
+        true,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server.requests("").len(), seen, "offline");
+    let path = series
+        .join("step-1000")
+        .join(seedscope_analysis::bundle::TRAJECTORY);
+    let t =
+        seedscope_analysis::bundle::Trajectory::read(&std::fs::read(&path).expect("read"), &path)
+            .expect("trajectory");
+    assert_eq!(
+        t.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        vec![Some(512), Some(1000)]
+    );
+    assert_eq!(manifest_models(&series.join("step-512")).len(), 4);
     std::fs::remove_dir_all(&dir).ok();
 }
 
