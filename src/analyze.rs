@@ -424,14 +424,10 @@ fn run_series(args: &Args) -> Result<()> {
         };
         done.push((label.clone(), *step, dir, Bundle::read(&out)?));
     }
-    let views: Vec<(String, Option<u64>, String, &Bundle)> = done
-        .iter()
-        .map(|(l, s, d, b)| (l.clone(), *s, d.clone(), b))
-        .collect();
-    let trajectory = Trajectory::from_bundles(&views)?;
+    let trajectory = Trajectory::from_bundles(&done)?;
     let last = args
         .out
-        .join(views.last().map(|v| v.2.clone()).unwrap_or_default());
+        .join(done.last().map(|v| v.2.clone()).unwrap_or_default());
     seedscope_model::write_file_atomic(&last.join(TRAJECTORY), &trajectory.to_json()?)?;
     println!(
         "universality over training (anchor {}, threshold {}):\n{:>8} {:>10} {:>11}  per layer",

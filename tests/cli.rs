@@ -428,12 +428,9 @@ fn a_series_of_training_checkpoints_gives_a_trajectory() {
         .map(|d| seedscope_analysis::Bundle::read(&out.join(d)).expect("step bundle"))
         .collect();
     assert_eq!(bundles[0].manifest.models[1].name, "s1@checkpoint-4");
-    let path = out
-        .join("final")
-        .join(seedscope_analysis::bundle::TRAJECTORY);
-    let t =
-        seedscope_analysis::bundle::Trajectory::read(&std::fs::read(&path).expect("read"), &path)
-            .expect("trajectory");
+    let t = seedscope_analysis::bundle::Trajectory::load(&out.join("final"))
+        .expect("trajectory")
+        .expect("the last step has it");
     assert_eq!(
         t.steps
             .iter()
@@ -918,31 +915,35 @@ fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
             .iter()
             .all(|r| r.1.contains("/resolve/step512/"))
     );
-    let seen = server.requests("").len();
     let tokens = fixture("analysis/tokens.npy");
+    // The preset analysed offline (`steps`: `--step N` or `--steps LIST`): nothing requested.
+    let analyze_offline = |steps: [&str; 2], out: &std::path::Path| {
+        let seen = server.requests("").len();
+        let output = run(
+            &[
+                "analyze",
+                "--models",
+                "pythia-160m-weight-seed",
+                steps[0],
+                steps[1],
+                "--tokens",
+                tokens.to_str().expect("UTF-8 fixture path"),
+                "--backend",
+                "cpu",
+                "--out",
+                out.to_str().expect("UTF-8 temp path"),
+            ],
+            true,
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(server.requests("").len(), seen, "offline");
+    };
     let out = dir.join("bundle");
-    let output = run(
-        &[
-            "analyze",
-            "--models",
-            "pythia-160m-weight-seed",
-            "--step",
-            "512",
-            "--tokens",
-            tokens.to_str().expect("UTF-8 fixture path"),
-            "--backend",
-            "cpu",
-            "--out",
-            out.to_str().expect("UTF-8 temp path"),
-        ],
-        true,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(server.requests("").len(), seen, "offline");
+    analyze_offline(["--step", "512"], &out);
     let models = manifest_models(&out);
     assert_eq!(models.len(), 4);
     assert!(
@@ -961,36 +962,11 @@ fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let seen = server.requests("").len();
     let series = dir.join("series");
-    let output = run(
-        &[
-            "analyze",
-            "--models",
-            "pythia-160m-weight-seed",
-            "--steps",
-            "512,1000",
-            "--tokens",
-            tokens.to_str().expect("UTF-8 fixture path"),
-            "--backend",
-            "cpu",
-            "--out",
-            series.to_str().expect("UTF-8 temp path"),
-        ],
-        true,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(server.requests("").len(), seen, "offline");
-    let path = series
-        .join("step-1000")
-        .join(seedscope_analysis::bundle::TRAJECTORY);
-    let t =
-        seedscope_analysis::bundle::Trajectory::read(&std::fs::read(&path).expect("read"), &path)
-            .expect("trajectory");
+    analyze_offline(["--steps", "512,1000"], &series);
+    let t = seedscope_analysis::bundle::Trajectory::load(&series.join("step-1000"))
+        .expect("trajectory")
+        .expect("the last step has it");
     assert_eq!(
         t.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
         vec![Some(512), Some(1000)]

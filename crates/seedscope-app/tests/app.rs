@@ -106,11 +106,7 @@ fn series_bundle() -> PathBuf {
             let bundle = seedscope_analysis::Bundle::read(&root.join(&dir)).expect("bundle");
             bundles.push((label.to_string(), step, dir, bundle));
         }
-        let views: Vec<_> = bundles
-            .iter()
-            .map(|(l, s, d, b)| (l.clone(), *s, d.clone(), b))
-            .collect();
-        let t = Trajectory::from_bundles(&views).expect("trajectory");
+        let t = Trajectory::from_bundles(&bundles).expect("trajectory");
         let last = root.join("final");
         std::fs::write(last.join(TRAJECTORY), t.to_json().expect("json")).expect("write");
         last

@@ -527,14 +527,9 @@ fn fig7_interventions(input: &Input, page: &mut Page) -> Result<(), ReportError>
 /// (`trajectory.json`): the fraction universal per layer against the step, and the mean excess
 /// of the neurons universal at the last step against that of the others.
 fn training(input: &Input, page: &mut Page) -> Result<(), ReportError> {
-    use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
-    let path = input.dir.join(TRAJECTORY);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(_) => return Ok(()),
-    };
-    let t = match Trajectory::read(&bytes, &path) {
-        Ok(t) => t,
+    let t = match seedscope_analysis::bundle::Trajectory::load(&input.dir) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(()),
         Err(e) => {
             page.note(format!("training trajectory not shown: {e}"));
             return Ok(());

@@ -55,7 +55,7 @@ impl Trajectory {
     /// The trajectory of the series `steps`: `(label, step, bundle directory name, bundle)` in
     /// training order. Every step must have the same shape and anchor neurons in order.
     pub fn from_bundles(
-        steps: &[(String, Option<u64>, String, &Bundle)],
+        steps: &[(String, Option<u64>, String, Bundle)],
     ) -> Result<Self, AnalysisError> {
         let Some((_, _, last_dir, last)) = steps.last() else {
             return Err(AnalysisError::Invalid(
@@ -161,6 +161,16 @@ impl Trajectory {
             });
         }
         Ok(t)
+    }
+
+    /// The trajectory in the bundle directory `bundle`, or `None` when it has none.
+    pub fn load(bundle: &std::path::Path) -> Result<Option<Self>, AnalysisError> {
+        let path = bundle.join(TRAJECTORY);
+        match std::fs::read(&path) {
+            Ok(bytes) => Self::read(&bytes, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AnalysisError::Io { path, source }),
+        }
     }
 
     /// As the file stores it.
