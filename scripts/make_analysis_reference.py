@@ -21,8 +21,28 @@ everything the paper's code computes is done in float64 numpy:
                      seedscope_analysis::engine::null_order does (blocks of BLOCK_ROWS rows, seed 0)
   mean, var          anchor activation mean and population variance  [n_neurons]
 
+It also writes tests/fixtures/unequal/reference.safetensors: gpt2-plain (3 layers of 128
+neurons), gpt2-wide (4 of 160) and gpt2-crfm (3 of 128), models of different shapes sharing a
+tokenizer, each the anchor in turn (`--all-anchors`), over the same tokens. For anchor a and its
+k-th other model (the others in order):
+
+  max_corr.{a}, second_max.{a}, argmax.{a}, min_corr.{a}, baseline_max_corr.{a}  [n_other, width_a]
+                     (second_max: the second-best correlation, so a test can tell a tie)
+  back_max.{a}.{k}, back_second.{a}.{k}, back_argmax.{a}.{k}   per neuron of the other model
+  partner.{a}.{k}    scipy's assignment of each anchor layer l to the other's layer
+                     l * L_other // L_anchor (the same relative depth); -1 without a partner
+  partner_corr.{a}.{k}  the correlation with that partner (NaN without one)
+  mutual_best.{a}, assignment_corr.{a} (NaN where some other model left no partner)  [width_a]
+  tile.{a}.{b}.{la}.{lb}  two saved tiles: plain L0 x wide L1, wide L3 x plain L2
+
+The baseline matrices are fixed, not random (the test builds the same ones):
+row i, column j of model m's layer l is ((73 i + 151 j + 37 l + 11 m) mod 97) / 48 - 1, each row
+then scaled to unit norm.
+
 Run with the pinned environment in scripts/requirements-fixtures.txt; CI never runs this.
+`python scripts/make_analysis_reference.py unequal` writes only the second file.
 """
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,5 +179,93 @@ def main() -> None:
           f"{int((mutual == len(acts) - 1).sum())} mutual best matches in every other model")
 
 
+UNEQUAL = ["gpt2-plain", "gpt2-wide", "gpt2-crfm"]
+UNEQUAL_TILES = [(0, 1, 0, 1), (1, 0, 3, 2)]
+
+
+def fixed_rotation(d: int, m: int, l: int) -> np.ndarray:
+    """The unequal test's baseline matrix of model m, layer l (exact in f64 on both sides)."""
+    i, j = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
+    r = ((73 * i + 151 * j + 37 * l + 11 * m) % 97) / 48.0 - 1.0
+    return (r / np.sqrt((r ** 2).sum(1, keepdims=True))).astype(np.float32)
+
+
+def unequal() -> None:
+    out_dir = ROOT / "unequal"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_file(str(ROOT / UNEQUAL[0] / "tokenizer.json"))
+    bos = tok.token_to_id("<|endoftext|>")
+    newline = tok.encode("\n", add_special_tokens=False).ids[0]
+    tokens = np.load(OUT / "tokens.npy")
+    keep = (tokens != bos) & (tokens != newline)
+    acts, shapes = [], []
+    for m, name in enumerate(UNEQUAL):
+        x = activations(name, tokens)[keep]
+        cfg = GPT2LMHeadModel.from_pretrained(ROOT / name).config
+        d = 4 * cfg.n_embd if cfg.n_inner is None else cfg.n_inner
+        shapes.append((cfg.n_layer, d))
+        assert x.shape[1] == cfg.n_layer * d, (name, x.shape)
+        acts.append(x)
+    rotated = []
+    for m, (layers, d) in enumerate(shapes):
+        parts = [acts[m][:, l * d:(l + 1) * d] @ fixed_rotation(d, m, l).astype(np.float64).T
+                 for l in range(layers)]
+        rotated.append(np.concatenate(parts, 1))
+    out = {}
+    for a, (la_n, da) in enumerate(shapes):
+        others = [o for o in range(len(UNEQUAL)) if o != a]
+        width = la_n * da
+        maxes, seconds, argmaxes, mins, bases = [], [], [], [], []
+        mutual = np.zeros(width, np.int64)
+        partner_corrs = []
+        for k, o in enumerate(others):
+            lo_n, do = shapes[o]
+            c = corr(acts[a], acts[o])
+            top2 = np.sort(c, 1)[:, -2:]
+            maxes.append(c.max(1))
+            seconds.append(top2[:, 0])
+            argmaxes.append(c.argmax(1))
+            mins.append(c.min(1))
+            bases.append(corr(acts[a], rotated[o]).max(1))
+            back = c.argmax(0)
+            out[f"back_argmax.{a}.{k}"] = back.astype(np.int32)
+            col2 = np.sort(c, 0)[-2:, :]
+            out[f"back_max.{a}.{k}"] = col2[1].astype(np.float32)
+            out[f"back_second.{a}.{k}"] = col2[0].astype(np.float32)
+            mutual += back[c.argmax(1)] == np.arange(width)
+            partner = np.full(width, -1, np.int64)
+            for l in range(la_n):
+                lb = l * lo_n // la_n
+                rows, cols = linear_sum_assignment(
+                    c[l * da:(l + 1) * da, lb * do:(lb + 1) * do], maximize=True)
+                partner[l * da + rows] = lb * do + cols
+            out[f"partner.{a}.{k}"] = partner.astype(np.int32)
+            pc = np.full(width, np.nan)
+            has = partner >= 0
+            pc[has] = c[np.arange(width)[has], partner[has]]
+            partner_corrs.append(pc)
+            out[f"partner_corr.{a}.{k}"] = pc
+            for (ta, tb, la, lb) in UNEQUAL_TILES:
+                if (ta, tb) == (a, o):
+                    out[f"tile.{ta}.{tb}.{la}.{lb}"] = c[la * da:(la + 1) * da, lb * do:(lb + 1) * do].astype(np.float32)
+        out[f"max_corr.{a}"] = np.array(maxes, np.float32)
+        out[f"second_max.{a}"] = np.array(seconds, np.float32)
+        out[f"argmax.{a}"] = np.array(argmaxes, np.int32)
+        out[f"min_corr.{a}"] = np.array(mins, np.float32)
+        out[f"baseline_max_corr.{a}"] = np.array(bases, np.float32)
+        out[f"mutual_best.{a}"] = mutual.astype(np.int32)
+        out[f"assignment_corr.{a}"] = np.mean(partner_corrs, 0)
+        excess = np.mean(maxes, 0) - np.mean(bases, 0)
+        print(f"anchor {UNEQUAL[a]} ({la_n} x {da}): {int((excess > 0.5).sum())} universal, "
+              f"{int((mutual == len(others)).sum())} mutual in every other model, "
+              f"{int(np.isnan(out[f'assignment_corr.{a}']).sum())} without a partner somewhere")
+    out["n_tokens"] = np.array([keep.sum()], np.int64)
+    save_file(out, str(out_dir / "reference.safetensors"))
+
+
 if __name__ == "__main__":
-    main()
+    which = sys.argv[1:] or ["seeds", "unequal"]
+    if "seeds" in which:
+        main()
+    if "unequal" in which:
+        unequal()

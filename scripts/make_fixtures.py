@@ -14,6 +14,9 @@ Fixtures:
   gpt2-crfm-fp16   the same architecture saved like the CRFM seeds: an fp16 pytorch_model.bin
   neox-rotary      GPT-NeoX with partial rotary (rotary_pct 0.5) and parallel residual,
                    sharded safetensors with model.safetensors.index.json
+  gpt2-wide        GPT-2 of another shape with the same tokenizer: 4 layers of 160 neurons
+                   (n_embd 40) against the others' 3 of 128, for comparing models of
+                   different widths and depths
 
 Weights are random but scaled so that activations are of order one (at the default 0.02
 initialisation the neurons barely move, and a 1e-4 tolerance would prove little).
@@ -109,10 +112,11 @@ def write_fixture(name: str, model, tok: Tokenizer, save_kwargs: dict, mlps_of, 
 
 
 def gpt2_config(**flags) -> GPT2Config:
+    shape = {"n_embd": 32, "n_layer": 3} | {k: flags.pop(k) for k in ("n_embd", "n_layer") if k in flags}
     return GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=3, n_head=4, n_inner=None,
+        vocab_size=VOCAB, n_positions=32, n_head=4, n_inner=None,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0, **flags,
+        bos_token_id=0, eos_token_id=0, **shape, **flags,
     )
 
 
@@ -146,6 +150,10 @@ def main() -> None:
         "neox-rotary", neox, tok, {"max_shard_size": "40KB"},
         lambda m: [l.mlp for l in m.gpt_neox.layers], "act", "dense_h_to_4h", GPTNeoXForCausalLM,
     )
+    torch.manual_seed(1)
+    wide = GPT2LMHeadModel(gpt2_config(n_embd=40, n_layer=4)).eval()
+    perturb_(wide, 0.3)
+    write_fixture("gpt2-wide", wide, tok, {}, gpt2_mlps, "act", "c_fc", GPT2LMHeadModel)
     # What the Hugging Face tokenizer gives for a text, with BOS prepended as TransformerLens
     # `to_tokens` does (the fixture tokenizer is the same in every fixture directory).
     sample = "Thou art more lovely,\n and 2024 winds\tdo shake -- the darling buds!"

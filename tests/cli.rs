@@ -311,6 +311,115 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
 }
 
 #[test]
+fn models_of_different_shapes_analyse_into_a_bundle_the_explorer_and_report_read() {
+    let dir = temp_dir("cli-unequal");
+    let out = dir.join("bundle");
+    let models = ["gpt2-plain", "gpt2-wide", "gpt2-crfm"];
+    let output = seedscope()
+        .arg("analyze")
+        .arg("--models")
+        .args(models.map(fixture))
+        .arg("--tokens")
+        .arg(fixture("analysis/tokens.npy"))
+        .args(["--backend", "cpu", "--all-anchors", "--save-tiles", "all"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run seedscope analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("gpt2-wide: 4 layers x 160 neurons"),
+        "the log names each model's shape: {stderr}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["models"][1]["shape"]["d_mlp"], 160);
+    assert_eq!(manifest["models"][1]["shape"]["n_layers"], 4);
+    // Every anchor's rows in its own shape; the best match of gpt2-plain in gpt2-wide is a
+    // neuron of gpt2-wide (layers up to 3, neurons up to 159).
+    let csv = std::fs::read_to_string(out.join("neurons.csv")).expect("csv");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let count = |m: &str| rows.iter().filter(|r| r[0] == m).count();
+    assert_eq!(
+        (count("gpt2-plain"), count("gpt2-wide"), count("gpt2-crfm")),
+        (3 * 128, 4 * 160, 3 * 128)
+    );
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let match_0 = header
+        .iter()
+        .position(|&h| h == "match_0")
+        .expect("match_0");
+    let in_wide: Vec<(usize, usize)> = rows
+        .iter()
+        .filter(|r| r[0] == "gpt2-plain")
+        .map(|r| {
+            let (l, n) = r[match_0].split_once('.').expect("layer.neuron");
+            (l.parse().expect("layer"), n.parse().expect("neuron"))
+        })
+        .collect();
+    assert!(in_wide.iter().all(|&(l, n)| l < 4 && n < 160));
+    assert!(
+        in_wide.iter().any(|&(l, n)| l == 3 || n >= 128),
+        "matches reach gpt2-wide's own shape"
+    );
+    let tiles = std::fs::read(out.join("tiles.safetensors")).expect("tiles");
+    let st = safetensors::SafeTensors::deserialize(&tiles).expect("tiles safetensors");
+    let shape = |n: &str| st.tensor(n).expect(n).shape().to_vec();
+    assert_eq!(shape("gpt2-plain/gpt2-wide/L0-L3"), [128, 160]);
+    assert_eq!(shape("gpt2-wide/gpt2-plain/L3-L2"), [160, 128]);
+    let summary = seedscope()
+        .arg("summary")
+        .arg(&out)
+        .output()
+        .expect("run summary");
+    let printed = String::from_utf8_lossy(&summary.stdout);
+    assert!(summary.status.success());
+    assert!(
+        printed.contains("gpt2-plain: 3 layers x 128 neurons, gpt2-wide: 4 layers x 160 neurons")
+            && printed.contains("anchor gpt2-wide"),
+        "{printed}"
+    );
+    // The explorer opens it: each model's shape, matches in the other model's, and the tile
+    // of two models' layers with its own rows and columns.
+    let ex = seedscope_app::Explorer::open(&out).expect("the explorer opens the bundle");
+    assert_eq!((ex.shape(1).n_layers, ex.shape(1).d_mlp), (4, 160));
+    assert!(!ex.one_shape());
+    let id = seedscope_app::NeuronId {
+        model: 1,
+        layer: 3,
+        neuron: 150,
+    };
+    assert!(ex.row(id).is_some(), "gpt2-wide's last neuron has a row");
+    let twins = ex.matches(id);
+    assert_eq!(twins.len(), 2);
+    assert!(twins.iter().all(|m| m.id.layer < 3 && m.id.neuron < 128));
+    assert_eq!(
+        ex.read_tile("gpt2-wide/gpt2-crfm/L3-L2")
+            .expect("tile")
+            .len(),
+        160 * 128
+    );
+    let report = dir.join("report");
+    let r = seedscope()
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .expect("run report");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(report.join("index.html").is_file());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn the_permutation_null_reaches_the_bundle_and_the_summary() {
     let dir = temp_dir("cli-null");
     // Two fixture seeds over the fixture tokens with the null, and `extra` options.

@@ -12,7 +12,13 @@ const NEURON_TOL: f32 = 5e-5;
 /// Largest absolute error allowed on a logit (f32).
 const LOGIT_TOL: f32 = 6e-5;
 
-const FIXTURES: [&str; 4] = ["gpt2-plain", "gpt2-crfm", "gpt2-crfm-fp16", "neox-rotary"];
+const FIXTURES: [&str; 5] = [
+    "gpt2-plain",
+    "gpt2-crfm",
+    "gpt2-crfm-fp16",
+    "neox-rotary",
+    "gpt2-wide",
+];
 
 fn check_parity(backend: BackendKind) {
     let device = device(backend);

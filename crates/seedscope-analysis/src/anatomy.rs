@@ -125,7 +125,8 @@ pub trait AnatomyDevice {
 pub struct CpuAnatomy {
     states: Vec<AnatomyState>,
     features: Arc<FeatureSet>,
-    width: usize,
+    /// Per anchor, its neurons.
+    widths: Vec<usize>,
 }
 
 impl AnatomyDevice for CpuAnatomy {
@@ -147,7 +148,7 @@ impl AnatomyDevice for CpuAnatomy {
             &self.features.current,
             &self.features.previous,
             v,
-            self.width,
+            self.widths[a],
             info,
             first,
         );
@@ -179,7 +180,8 @@ pub struct GpuAnatomy {
     chunks: Vec<Vec<DevAnatomy>>,
     n_feat: usize,
     n_pos: usize,
-    width: usize,
+    /// Per anchor, its neurons.
+    widths: Vec<usize>,
 }
 
 impl AnatomyDevice for GpuAnatomy {
@@ -231,7 +233,7 @@ impl AnatomyDevice for GpuAnatomy {
                 c.n_cols() as usize,
                 self.n_feat,
                 self.n_pos,
-                self.width,
+                self.widths[a],
             )?;
             c.restore(&self.ctx, &part, started)?;
         }
@@ -250,35 +252,36 @@ pub struct Anatomies<D> {
 }
 
 impl Anatomies<CpuAnatomy> {
-    /// `n` empty accumulators of `width` neurons on the host.
-    pub fn cpu(spec: &AnatomySpec, n: usize, width: usize) -> Self {
+    /// Empty accumulators on the host, one per anchor of `widths[a]` neurons.
+    pub fn cpu(spec: &AnatomySpec, widths: &[usize]) -> Self {
         let nf = spec.features.len() as u32;
         let dev = CpuAnatomy {
-            states: (0..n)
-                .map(|_| AnatomyState::empty(width as u32, TOP_K as u32, spec.n_pos() as u32, nf))
+            states: widths
+                .iter()
+                .map(|&w| AnatomyState::empty(w as u32, TOP_K as u32, spec.n_pos() as u32, nf))
                 .collect(),
             features: spec.features.clone(),
-            width,
+            widths: widths.to_vec(),
         };
-        Self::with(spec, n, dev)
+        Self::with(spec, widths.len(), dev)
     }
 }
 
 impl Anatomies<GpuAnatomy> {
-    /// `n` empty accumulators of `width` neurons on `ctx`'s device.
+    /// Empty accumulators on `ctx`'s device, one per anchor of `widths[a]` neurons.
     pub fn gpu(
         ctx: &GpuContext,
         kernels: &Arc<Kernels>,
         spec: &AnatomySpec,
-        n: usize,
-        width: usize,
+        widths: &[usize],
     ) -> Result<Self, AnalysisError> {
         let nf = spec.features.len() as u32;
         let (k, n_pos) = (TOP_K as u32, spec.n_pos() as u32);
         let tables = FeatureTables::new(ctx, &spec.features.current, &spec.features.previous, nf)?;
         let per = DevAnatomy::max_cols(ctx, k, n_pos, nf).max(1) as usize;
-        let chunks = (0..n)
-            .map(|_| {
+        let chunks = widths
+            .iter()
+            .map(|&width| {
                 (0..width)
                     .step_by(per)
                     .map(|c0| {
@@ -295,9 +298,9 @@ impl Anatomies<GpuAnatomy> {
             chunks,
             n_feat: nf as usize,
             n_pos: n_pos as usize,
-            width,
+            widths: widths.to_vec(),
         };
-        Ok(Self::with(spec, n, dev))
+        Ok(Self::with(spec, widths.len(), dev))
     }
 }
 

@@ -38,15 +38,14 @@ pub trait Compute {
         widths: &[usize],
     ) -> Result<Self::Accumulator, AnalysisError>;
 
-    /// `n` zeroed histograms of `width` neurons.
-    fn hists(&self, n: usize, width: usize) -> Result<Self::Hists, AnalysisError>;
+    /// Zeroed histograms, one per anchor of `widths[a]` neurons.
+    fn hists(&self, widths: &[usize]) -> Result<Self::Hists, AnalysisError>;
 
-    /// `n` empty anatomy accumulators of `width` neurons.
+    /// Empty anatomy accumulators, one per anchor of `widths[a]` neurons.
     fn anatomies(
         &self,
         spec: &AnatomySpec,
-        n: usize,
-        width: usize,
+        widths: &[usize],
     ) -> Result<Anatomies<Self::Anatomy>, AnalysisError>;
 
     /// Wait until the work recorded so far is done (on a GPU in the browser this hands the
@@ -82,17 +81,16 @@ impl Compute for Cpu {
         Ok(CpuAccumulator::new(specs, widths))
     }
 
-    fn hists(&self, n: usize, width: usize) -> Result<CpuHists, AnalysisError> {
-        Ok(CpuHists::new(n, width))
+    fn hists(&self, widths: &[usize]) -> Result<CpuHists, AnalysisError> {
+        Ok(CpuHists::new(widths))
     }
 
     fn anatomies(
         &self,
         spec: &AnatomySpec,
-        n: usize,
-        width: usize,
+        widths: &[usize],
     ) -> Result<Anatomies<CpuAnatomy>, AnalysisError> {
-        Ok(Anatomies::cpu(spec, n, width))
+        Ok(Anatomies::cpu(spec, widths))
     }
 
     async fn settle(&self) {}
@@ -133,17 +131,16 @@ impl Compute for Gpu {
         GpuAccumulator::new(self.ctx.clone(), self.kernels.clone(), specs, widths)
     }
 
-    fn hists(&self, n: usize, width: usize) -> Result<GpuHists, AnalysisError> {
-        GpuHists::new(&self.ctx, &self.kernels, n, width)
+    fn hists(&self, widths: &[usize]) -> Result<GpuHists, AnalysisError> {
+        GpuHists::new(&self.ctx, &self.kernels, widths)
     }
 
     fn anatomies(
         &self,
         spec: &AnatomySpec,
-        n: usize,
-        width: usize,
+        widths: &[usize],
     ) -> Result<Anatomies<GpuAnatomy>, AnalysisError> {
-        Anatomies::gpu(&self.ctx, &self.kernels, spec, n, width)
+        Anatomies::gpu(&self.ctx, &self.kernels, spec, widths)
     }
 
     async fn settle(&self) {

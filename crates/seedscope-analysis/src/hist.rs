@@ -101,16 +101,14 @@ fn restore_len(saved: usize, n: usize) -> Result<(), AnalysisError> {
 pub struct CpuHists {
     /// `[width * HIST_BINS]` per anchor.
     counts: Vec<Vec<u32>>,
-    width: usize,
     edges: Vec<f32>,
 }
 
 impl CpuHists {
-    /// `n` zeroed histograms of `width` neurons.
-    pub fn new(n: usize, width: usize) -> Self {
+    /// Zeroed histograms, one per anchor of `widths[a]` neurons.
+    pub fn new(widths: &[usize]) -> Self {
         Self {
-            counts: vec![vec![0; width * HIST_BINS]; n],
-            width,
+            counts: widths.iter().map(|&w| vec![0; w * HIST_BINS]).collect(),
             edges: seedscope_gpu::twin::hist_edges(),
         }
     }
@@ -120,18 +118,18 @@ impl Histograms for CpuHists {
     type Block = Array2<f32>;
 
     fn update(&mut self, k: usize, pre: &Array2<f32>) -> Result<(), AnalysisError> {
-        if pre.ncols() != self.width {
+        let width = self.counts[k].len() / HIST_BINS;
+        if pre.ncols() != width {
             return Err(AnalysisError::Invalid(format!(
-                "pre-activations of {} neurons for histograms of {}",
+                "pre-activations of {} neurons for histograms of {width}",
                 pre.ncols(),
-                self.width
             )));
         }
         let x = pre.as_standard_layout();
         let x = x.as_slice().ok_or_else(|| {
             AnalysisError::Invalid("pre-activations are not a contiguous matrix".into())
         })?;
-        seedscope_gpu::twin::histogram_update(&mut self.counts[k], x, self.width, &self.edges);
+        seedscope_gpu::twin::histogram_update(&mut self.counts[k], x, width, &self.edges);
         Ok(())
     }
 
@@ -162,18 +160,18 @@ pub struct GpuHists {
 }
 
 impl GpuHists {
-    /// `n` zeroed histograms of `width` neurons on `ctx`'s device.
+    /// Zeroed histograms on `ctx`'s device, one per anchor of `widths[a]` neurons.
     pub fn new(
         ctx: &GpuContext,
         kernels: &Arc<Kernels>,
-        n: usize,
-        width: usize,
+        widths: &[usize],
     ) -> Result<Self, AnalysisError> {
         Ok(Self {
             ctx: ctx.clone(),
             kernels: kernels.clone(),
-            hists: (0..n)
-                .map(|_| Histogram::new(ctx, width as u32))
+            hists: widths
+                .iter()
+                .map(|&w| Histogram::new(ctx, w as u32))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -15,7 +15,7 @@ use seedscope_model::{ComputeDevice, LoadedModel};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Manifest, ModelEntry, TOKENIZER, partial_dir, write_bundle_files};
-use crate::plan::{Plan, Reuse};
+use crate::plan::{Plan, Reuse, Shape};
 use crate::{AnalysisError, AnalysisOptions, Family, Outcome, Progress, Run, TokenSet};
 
 /// The embedded seed family's model directories, seed-a first.
@@ -237,6 +237,7 @@ fn model_entry(model: &LoadedModel) -> Result<ModelEntry, AnalysisError> {
         name: model_name(&model.dir),
         path: model.dir.display().to_string(),
         files,
+        shape: Some(Shape::of(model)),
     })
 }
 
@@ -495,6 +496,7 @@ pub async fn analyse_in_memory(
                 ("config.json".into(), sha(config)),
                 ("model.safetensors".into(), sha(weights)),
             ],
+            shape: models.last().map(Shape::of),
         });
         events(JobEvent::Log(format!(
             "loaded {name} in {:.1} s",
@@ -638,18 +640,22 @@ fn analysis_options(
     device: &ComputeDevice,
     half: bool,
 ) -> Result<AnalysisOptions, AnalysisError> {
-    let n_layers = models[0].config.n_layers();
+    let shapes: Vec<Shape> = models.iter().map(Shape::of).collect();
+    let deepest = shapes.iter().map(|s| s.n_layers).max().unwrap_or(0);
     let budget = req.memory_budget;
     let block_rows = req.batch_size.unwrap_or_else(|| {
-        // A quarter of what the weights leave, over every stream and the forward's
-        // intermediates (the plan's activation estimate).
+        // A quarter of what the weights leave for a block's activations (the plan's
+        // estimate: every stream and the forward's intermediates), and the widest model's
+        // activations within the device's largest buffer.
         let weights: u64 = models.iter().map(LoadedModel::weight_bytes).sum();
         let free = budget.saturating_sub(weights);
-        let row_bytes = (tokens.seq_len * n_layers * models[0].config.d_mlp() * 4).max(1) as u64;
         let kinds = if req.permutation_null { 3 } else { 2 };
-        let per_stream = (free / (4 * (kinds * models.len() as u64 + 2)))
-            .min(device.max_buffer_bytes.unwrap_or(u64::MAX));
-        ((per_stream / row_bytes) as usize).clamp(1, 32)
+        let row_bytes = crate::plan::activation_bytes(&shapes, kinds, tokens.seq_len).max(1);
+        let widest = shapes.iter().map(Shape::width).max().unwrap_or(0);
+        let stream_row = (tokens.seq_len * widest * 4).max(1) as u64;
+        let rows =
+            (free / 4 / row_bytes).min(device.max_buffer_bytes.unwrap_or(u64::MAX) / stream_row);
+        (rows as usize).clamp(1, 32)
     });
     Ok(AnalysisOptions {
         threshold: req.threshold,
@@ -658,7 +664,7 @@ fn analysis_options(
         keep_all_tokens: req.keep_all_tokens,
         block_rows,
         memory_budget: budget,
-        save_tiles: parse_tiles(req.save_tiles.as_deref(), n_layers)
+        save_tiles: parse_tiles(req.save_tiles.as_deref(), deepest)
             .map_err(|e| AnalysisError::Invalid(format!("tiles to save: {e}")))?,
         all_anchors: req.all_anchors,
         refine: req.refine,
@@ -711,7 +717,6 @@ pub fn run_analysis(
     check_tokenizers(&models)?;
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
-    let n_layers = models[0].config.n_layers();
     let options = analysis_options(req, &models, &tokens, &device, half)?;
     let entries = models
         .iter()
@@ -753,10 +758,9 @@ pub fn run_analysis(
     };
     let plan = run.plan()?;
     events(JobEvent::Log(format!(
-        "{} models ({} layers x {} neurons), {} rows x {} tokens from {source}",
+        "{} models ({}), {} rows x {} tokens from {source}",
         models.len(),
-        n_layers,
-        models[0].config.d_mlp(),
+        crate::plan::shapes_in_words(&names, &models.iter().map(Shape::of).collect::<Vec<_>>()),
         tokens.n_rows,
         tokens.seq_len,
     )));
@@ -940,11 +944,12 @@ fn bundle_of(
     attention: &[Option<crate::attention::AttentionScores>],
     tokenizer: Option<Vec<u8>>,
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
-    let n_layers = a_.results.n_layers;
+    let anchor = a_.results.shapes[a_.results.anchors[0].anchor];
+    let n_layers = anchor.n_layers;
     let rows = crate::bundle::neuron_rows(
         &a_.results.anchors[0],
         a_.names,
-        a_.results.d_mlp,
+        anchor.d_mlp,
         a_.options.threshold,
         &crate::bundle::RowExtras {
             weights: weights
@@ -969,10 +974,10 @@ fn bundle_of(
         data_seed: a_.req.data_seed,
         n_tokens: a_.results.n_tokens,
         n_layers,
-        d_mlp: a_.results.d_mlp,
+        d_mlp: anchor.d_mlp,
         options: a_.options.clone(),
         baseline: format!(
-            "per layer of each other model a d_mlp x d_mlp Gaussian matrix with unit-norm rows \
+            "per layer of each other model a d_mlp x d_mlp (its own d_mlp) Gaussian matrix with unit-norm rows \
              (seed {}; seedscope_analysis::rotation::rotation_matrix)",
             a_.options.seed
         ),

@@ -41,6 +41,7 @@ pub mod weights;
 
 pub use bundle::{Bundle, NeuronRow};
 pub use engine::{AnalysisOptions, Family, Refine, Run, TokenSet};
+pub use plan::Shape;
 pub use results::{
     BlockTiming, Candidates, LayerBlock, OneToOne, Outcome, Progress, Results, RunCost,
 };

@@ -42,6 +42,64 @@ pub fn model_of(s: usize) -> usize {
     s / KINDS
 }
 
+/// A model's MLP shape: its layers and neurons per layer. A neuron's column in the model's
+/// activations is `layer * d_mlp + neuron`. Models compared with each other may differ in
+/// both (they share a tokenizer, not a shape).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct Shape {
+    /// Layers.
+    pub n_layers: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+}
+
+impl Shape {
+    /// Neurons over all layers.
+    pub fn width(&self) -> usize {
+        self.n_layers * self.d_mlp
+    }
+
+    /// The columns of layer `l`.
+    pub fn layer(&self, l: usize) -> Range<usize> {
+        l * self.d_mlp..(l + 1) * self.d_mlp
+    }
+
+    /// The layer of column `col`.
+    pub fn layer_of(&self, col: usize) -> usize {
+        col / self.d_mlp.max(1)
+    }
+
+    /// `(layer, neuron)` of column `col`.
+    pub fn split(&self, col: usize) -> (usize, usize) {
+        let d = self.d_mlp.max(1);
+        (col / d, col % d)
+    }
+
+    /// The layer of a model of shape `other` at the same relative depth as this model's layer
+    /// `l` (the same layer when the depths agree): the layer whose neurons `l`'s are assigned
+    /// to one-to-one.
+    pub fn paired_layer(&self, l: usize, other: &Shape) -> usize {
+        l * other.n_layers / self.n_layers.max(1)
+    }
+}
+
+/// Models' shapes in words: "12 layers x 3072 neurons" when they share one, else each model's
+/// ("a: 12 layers x 3072 neurons, b: 24 layers x 4096 neurons").
+pub fn shapes_in_words(names: &[String], shapes: &[Shape]) -> String {
+    let words = |s: &Shape| format!("{} layers x {} neurons", s.n_layers, s.d_mlp);
+    match shapes.first() {
+        Some(first) if shapes.iter().all(|s| s == first) => words(first),
+        _ => names
+            .iter()
+            .zip(shapes)
+            .map(|(n, s)| format!("{n}: {}", words(s)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// One co-moment tile to accumulate: anchor model columns × another stream's columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TileSpec {
@@ -90,10 +148,17 @@ impl TileSpec {
     }
 
     /// Whether the tile's correlations feed the one-to-one assignment (and so come back to the
-    /// host at the end of its pass): a real stream's same-layer block, or candidate pairs.
-    pub fn assigns(&self, d_mlp: usize) -> bool {
+    /// host at the end of its pass): a real stream's block of paired layers
+    /// ([`Shape::paired_layer`]), or candidate pairs. `shapes`: every model's.
+    pub fn assigns(&self, shapes: &[Shape]) -> bool {
+        let (a, b) = (
+            shapes[model_of(self.a_stream)],
+            shapes[model_of(self.b_stream)],
+        );
         Kind::of(self.b_stream) == Kind::Real
-            && (self.pairs.is_some() || self.a_cols.start / d_mlp == self.b_cols.start / d_mlp)
+            && (self.pairs.is_some()
+                || a.paired_layer(a.layer_of(self.a_cols.start), &b)
+                    == b.layer_of(self.b_cols.start))
     }
 
     /// The `(anchor column, other column)` pairs of a sparse tile.
@@ -158,14 +223,10 @@ impl Plan {
 /// Shape of the family and the limits to respect.
 #[derive(Debug, Clone)]
 pub struct PlanInput {
-    /// Models in the family.
-    pub n_models: usize,
+    /// Every model's shape.
+    pub shapes: Vec<Shape>,
     /// Anchor models (model 0 alone, or all with `--all-anchors`).
     pub anchors: Vec<usize>,
-    /// Layers per model.
-    pub n_layers: usize,
-    /// Neurons per layer.
-    pub d_mlp: usize,
     /// Kept tokens per block, at most.
     pub block_tokens: usize,
     /// Kept tokens a pass streams (all blocks).
@@ -199,11 +260,7 @@ pub(crate) fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<us
 /// activations are reused ([`Reuse`]): in memory if they take at most half of what the tiles
 /// would have (the tiles are then packed into the rest), else on disk.
 pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
-    let width = input.n_layers * input.d_mlp;
-    // Each pass may need every model and its rotation: forward intermediates are about the
-    // size of the activations again.
-    let activation_bytes = (input.block_tokens * width * 4) as u64
-        * (input.kinds.len() as u64 * input.n_models as u64 + 2);
+    let activation_bytes = activation_bytes(&input.shapes, input.kinds.len(), input.block_tokens);
     let tile_budget = input
         .budget
         .saturating_sub(input.reserved + activation_bytes);
@@ -216,7 +273,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
             left >> 20,
             input.reserved >> 20,
             activation_bytes >> 20,
-            input.d_mlp
+            input.shapes.iter().map(|s| s.d_mlp).max().unwrap_or(0)
         ))
     };
     let tiles = tiles(input, tile_budget).ok_or_else(|| too_small(tile_budget))?;
@@ -246,33 +303,37 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
     })
 }
 
+/// Estimated bytes of one block's activations: every model's streams of `kinds` kinds and,
+/// for the widest model, forward intermediates about the size of its activations twice.
+pub fn activation_bytes(shapes: &[Shape], kinds: usize, block_tokens: usize) -> u64 {
+    let streams: usize = shapes.iter().map(|s| s.width() * kinds).sum();
+    let widest = shapes.iter().map(Shape::width).max().unwrap_or(0);
+    (block_tokens * (streams + 2 * widest) * 4) as u64
+}
+
 /// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
 /// (none if one row of a layer does not fit).
 fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
-    let d = input.d_mlp;
     let cap = input.max_binding.min(tile_budget);
-    // Split the anchor side until one anchor chunk × one other layer fits `cap`.
-    let mut a_split = 1;
     // Same-layer tiles come back for the one-to-one assignment.
     let per_pair = 12;
-    while a_split <= d && (d.div_ceil(a_split) * d * per_pair) as u64 > cap {
-        a_split += 1;
-    }
-    if a_split > d {
-        return None;
-    }
     let mut tiles = Vec::new();
     for &a in &input.anchors {
-        for b in (0..input.n_models).filter(|&b| b != a) {
+        let sa = input.shapes[a];
+        for b in (0..input.shapes.len()).filter(|&b| b != a) {
+            let sb = input.shapes[b];
+            let (da, db) = (sa.d_mlp, sb.d_mlp);
+            // Split the anchor side until one anchor chunk × one other layer fits `cap`.
+            let a_split = (1..=da).find(|&k| (da.div_ceil(k) * db * per_pair) as u64 <= cap)?;
             for &kind in &input.kinds {
-                for la in 0..input.n_layers {
-                    for a_cols in chunks(la * d, d, a_split) {
-                        for lb in 0..input.n_layers {
+                for la in 0..sa.n_layers {
+                    for a_cols in chunks(la * da, da, a_split) {
+                        for lb in 0..sb.n_layers {
                             tiles.push(TileSpec::dense(
                                 stream(a, Kind::Real),
                                 a_cols.clone(),
                                 stream(b, kind),
-                                lb * d..(lb + 1) * d,
+                                sb.layer(lb),
                             ));
                         }
                     }
@@ -286,7 +347,7 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
 /// A tile's bytes while its pass runs and ends: its accumulators and, read back, its
 /// correlations.
 fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
-    let read_back = if (input.read_back && t.pairs.is_none()) || t.assigns(input.d_mlp) {
+    let read_back = if (input.read_back && t.pairs.is_none()) || t.assigns(&input.shapes) {
         4 * t.entries() as u64
     } else {
         0
@@ -316,7 +377,7 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
 /// stream reads its model's real activations), and one more stream (pre-activations) per
 /// anchor whose histograms a later pass counts, over every token.
 fn reused_bytes(input: &PlanInput, passes: &[Vec<TileSpec>]) -> u64 {
-    let streams = KINDS * input.n_models;
+    let streams = KINDS * input.shapes.len();
     let mut read = vec![false; streams];
     for t in passes.iter().flatten() {
         for s in [t.a_stream, t.b_stream] {
@@ -330,13 +391,17 @@ fn reused_bytes(input: &PlanInput, passes: &[Vec<TileSpec>]) -> u64 {
         .first()
         .map(|p| crate::accum::used_streams(p, streams))
         .unwrap_or_default();
-    let late = input
+    let late: usize = input
         .anchors
         .iter()
         .filter(|&&a| !first.get(stream(a, Kind::Real)).copied().unwrap_or(false))
-        .count();
-    let n = read.iter().filter(|&&r| r).count() + late;
-    input.tokens * (input.n_layers * input.d_mlp * 4 * n) as u64
+        .map(|&a| input.shapes[a].width())
+        .sum();
+    let read: usize = (0..streams)
+        .filter(|&s| read[s])
+        .map(|s| input.shapes[model_of(s)].width())
+        .sum();
+    input.tokens * ((read + late) * 4) as u64
 }
 
 /// Parse a size such as `4GiB`, `512MiB`, `2G`, `1000000` (bytes).
@@ -369,10 +434,8 @@ mod tests {
 
     fn input(n_layers: usize, d_mlp: usize, budget: u64) -> PlanInput {
         PlanInput {
-            n_models: 2,
+            shapes: vec![Shape { n_layers, d_mlp }; 2],
             anchors: vec![0],
-            n_layers,
-            d_mlp,
             // One 512-token row, as `analyze` picks for GPT-2 shapes under 4 GiB.
             block_tokens: 512,
             tokens: 2048,
@@ -408,6 +471,59 @@ mod tests {
             assert_eq!(seen.len(), 2 * layers * d * layers);
             assert!(seen.values().all(|&c| c == 1));
         }
+    }
+
+    #[test]
+    fn models_of_different_shapes_meet_every_layer_of_each_other() {
+        let (small, wide) = (
+            Shape {
+                n_layers: 3,
+                d_mlp: 128,
+            },
+            Shape {
+                n_layers: 4,
+                d_mlp: 192,
+            },
+        );
+        let p = plan(&PlanInput {
+            shapes: vec![small, wide],
+            anchors: vec![0, 1],
+            block_tokens: 32,
+            ..input(1, 1, 1 << 22)
+        })
+        .expect("plan");
+        assert!(p.passes.len() > 1, "a small budget splits the plan");
+        let mut seen = std::collections::HashMap::new();
+        for t in p.passes.iter().flatten() {
+            let (a, b) = (model_of(t.a_stream), model_of(t.b_stream));
+            let (sa, sb) = ([small, wide][a], [small, wide][b]);
+            assert_eq!(t.b_cols.len(), sb.d_mlp, "a whole layer of the other model");
+            assert!(t.a_cols.end <= sa.width());
+            let (la, lb) = (sa.layer_of(t.a_cols.start), sb.layer_of(t.b_cols.start));
+            assert_eq!(
+                t.assigns(&[small, wide]),
+                Kind::of(t.b_stream) == Kind::Real && sa.paired_layer(la, &sb) == lb
+            );
+            for i in t.a_cols.clone() {
+                *seen.entry((t.b_stream, i, lb)).or_insert(0) += 1;
+            }
+        }
+        // Each anchor neuron meets every layer of the other model's two streams once.
+        assert_eq!(seen.len(), 2 * (small.width() * 4 + wide.width() * 3));
+        assert!(seen.values().all(|&c| c == 1));
+        // Layers pair at the same relative depth, in both directions.
+        assert_eq!(
+            (0..3)
+                .map(|l| small.paired_layer(l, &wide))
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            (0..4)
+                .map(|l| wide.paired_layer(l, &small))
+                .collect::<Vec<_>>(),
+            [0, 0, 1, 2]
+        );
     }
 
     #[test]

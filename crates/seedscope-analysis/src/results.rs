@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::anatomy::AnatomyResult;
-use crate::plan::Plan;
+use crate::plan::{Plan, Shape};
 use seedscope_gpu::twin::insert_ranked;
 
 /// Best and worst matches of every anchor neuron in one other stream.
@@ -14,7 +14,7 @@ use seedscope_gpu::twin::insert_ranked;
 pub struct Matches {
     /// Maximum correlation over all the other stream's neurons.
     pub max: Vec<f32>,
-    /// Its column (`layer * d_mlp + neuron`).
+    /// Its column in the other model (`layer * d_mlp + neuron`, the other model's `d_mlp`).
     pub argmax: Vec<u32>,
     /// Minimum correlation.
     pub min: Vec<f32>,
@@ -37,15 +37,16 @@ impl Matches {
 /// How an anchor model's neurons pair one-to-one with another model's (real activations):
 /// each other neuron's own best match among the anchor's neurons (for mutual best matches),
 /// and each anchor neuron's partner in the maximum-weight one-to-one assignment between the
-/// two models' neurons of the same layer.
+/// two models' neurons of the same layer (of paired layers, [`Shape::paired_layer`], when the
+/// depths differ; with fewer neurons on the other side some anchor neurons have none).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OneToOne {
     /// Per neuron of the other model: its best correlation with any anchor neuron.
     pub back_max: Vec<f32>,
     /// That anchor neuron (`layer * d_mlp + neuron`).
     pub back_argmax: Vec<u32>,
-    /// Per anchor neuron: its partner in the other model (`layer * d_mlp + neuron`, same layer),
-    /// `u32::MAX` until its layer is assigned.
+    /// Per anchor neuron: its partner in the other model (the other model's column, in the
+    /// paired layer), `u32::MAX` until its layer is assigned (or where it has none).
     pub partner: Vec<u32>,
     /// Their correlation; NaN until assigned, or when refinement did not keep the pair.
     pub partner_corr: Vec<f32>,
@@ -54,13 +55,13 @@ pub struct OneToOne {
 }
 
 impl OneToOne {
-    /// Nothing known yet for `n` neurons on each side.
-    pub fn new(n: usize) -> Self {
+    /// Nothing known yet between `anchor` neurons and `other` neurons.
+    pub fn new(anchor: usize, other: usize) -> Self {
         Self {
-            back_max: vec![-2.0; n],
-            back_argmax: vec![0; n],
-            partner: vec![u32::MAX; n],
-            partner_corr: vec![f32::NAN; n],
+            back_max: vec![-2.0; other],
+            back_argmax: vec![0; other],
+            partner: vec![u32::MAX; anchor],
+            partner_corr: vec![f32::NAN; anchor],
             pending: Vec::new(),
         }
     }
@@ -75,13 +76,14 @@ impl OneToOne {
         }
     }
 
-    /// Write correlations into layer `layer`'s block (`[d, d]`, created on first use) through
-    /// `fill`, which accounts for `entries` of its `d²` and returns nothing; when the block is
-    /// complete, assign its rows to its columns one-to-one and drop it.
+    /// Write correlations into the block of anchor layer `layer` (`[da, db]` with the other
+    /// model's paired layer `paired`, created on first use) through `fill`, which accounts for
+    /// `entries` of its `da * db` and returns nothing; when the block is complete, assign its
+    /// rows to its columns one-to-one and drop it.
     pub fn fill_block(
         &mut self,
-        layer: usize,
-        d: usize,
+        (layer, da): (usize, usize),
+        (paired, db): (usize, usize),
         entries: usize,
         fill: impl FnOnce(&mut [f32]),
     ) -> Result<(), crate::AnalysisError> {
@@ -90,7 +92,7 @@ impl OneToOne {
             None => {
                 self.pending.push(LayerBlock {
                     layer,
-                    corr: vec![f32::NAN; d * d],
+                    corr: vec![f32::NAN; da * db],
                     filled: 0,
                 });
                 self.pending.len() - 1
@@ -99,41 +101,47 @@ impl OneToOne {
         let block = &mut self.pending[at];
         fill(&mut block.corr);
         block.filled += entries;
-        if block.filled >= d * d {
+        if block.filled >= da * db {
             let block = self.pending.swap_remove(at);
-            let partner = assign(&block.corr, d)?;
-            for (i, &j) in partner.iter().enumerate() {
-                self.partner[layer * d + i] = (layer * d + j) as u32;
-                self.partner_corr[layer * d + i] = block.corr[i * d + j];
+            let partner = assign(&block.corr, da, db)?;
+            for (i, j) in partner.into_iter().enumerate() {
+                let Some(j) = j else { continue };
+                self.partner[layer * da + i] = (paired * db + j) as u32;
+                self.partner_corr[layer * da + i] = block.corr[i * db + j];
             }
         }
         Ok(())
     }
 }
 
-/// The maximum-weight one-to-one assignment of a `[d, d]` correlation block's rows to its
-/// columns (Jonker-Volgenant, as scipy's `linear_sum_assignment(maximize=True)`); unknown
-/// (NaN) entries weigh less than any correlation. Returns each row's column.
-pub fn assign(corr: &[f32], d: usize) -> Result<Vec<usize>, crate::AnalysisError> {
+/// The maximum-weight one-to-one assignment of a `[da, db]` correlation block's rows to its
+/// columns (Jonker-Volgenant, as scipy's `linear_sum_assignment(maximize=True)`; with more
+/// rows than columns some rows get none); unknown (NaN) entries weigh less than any
+/// correlation. Returns each row's column.
+pub fn assign(
+    corr: &[f32],
+    da: usize,
+    db: usize,
+) -> Result<Vec<Option<usize>>, crate::AnalysisError> {
     let cost: Vec<f64> = corr
         .iter()
         .map(|&c| if c.is_nan() { -3.0 } else { c as f64 })
         .collect();
-    let (rows, cols) = lsap::solve(d, d, &cost, true).map_err(|e| {
+    let (rows, cols) = lsap::solve(da, db, &cost, true).map_err(|e| {
         crate::AnalysisError::Invalid(format!("the one-to-one assignment of a layer failed: {e}"))
     })?;
-    let mut partner = vec![0; d];
+    let mut partner = vec![None; da];
     for (r, c) in rows.into_iter().zip(cols) {
-        partner[r] = c;
+        partner[r] = Some(c);
     }
     Ok(partner)
 }
 
-/// One layer's correlations between the anchor and another model, `[d_mlp, d_mlp]` row-major,
-/// NaN where not (yet) known.
+/// One anchor layer's correlations with the other model's paired layer, `[d_mlp of the anchor,
+/// d_mlp of the other]` row-major, NaN where not (yet) known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerBlock {
-    /// The layer.
+    /// The anchor layer.
     pub layer: usize,
     /// Correlations.
     pub corr: Vec<f32>,
@@ -141,7 +149,7 @@ pub struct LayerBlock {
     pub filled: usize,
 }
 
-/// A saved correlation tile: anchor layer × other layer, `[d_mlp, d_mlp]`.
+/// A saved correlation tile: anchor layer × other layer, `[anchor d_mlp, other d_mlp]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedTile {
     /// The other model.
@@ -221,7 +229,7 @@ pub struct AnchorResult {
     pub mean: Vec<f64>,
     /// Per anchor neuron variance.
     pub var: Vec<f64>,
-    /// Per anchor neuron pre-activation histogram, `[n_layers * d_mlp, HIST_BINS]` counts on the
+    /// Per anchor neuron pre-activation histogram, `[width, HIST_BINS]` counts on the
     /// paper's fixed edges ([`crate::hist`]); counted in the first pass that runs the anchor.
     pub pre_hist: Vec<u32>,
     /// What each anchor neuron responds to ([`crate::anatomy`]); computed in the same pass as
@@ -238,10 +246,11 @@ pub struct AnchorResult {
 }
 
 impl AnchorResult {
-    /// Nothing computed yet for anchor `anchor` of `n_models` models of `width` neurons (with
-    /// `null`, room for the permutation null's matches).
-    pub fn empty(anchor: usize, n_models: usize, width: usize, null: bool) -> Self {
-        let others: Vec<usize> = (0..n_models).filter(|&b| b != anchor).collect();
+    /// Nothing computed yet for anchor `anchor` of models of `shapes` (with `null`, room for
+    /// the permutation null's matches).
+    pub fn empty(anchor: usize, shapes: &[Shape], null: bool) -> Self {
+        let width = shapes[anchor].width();
+        let others: Vec<usize> = (0..shapes.len()).filter(|&b| b != anchor).collect();
         Self {
             anchor,
             real: others.iter().map(|_| Matches::new(width)).collect(),
@@ -251,7 +260,10 @@ impl AnchorResult {
             } else {
                 Vec::new()
             },
-            one_to_one: others.iter().map(|_| OneToOne::new(width)).collect(),
+            one_to_one: others
+                .iter()
+                .map(|&b| OneToOne::new(width, shapes[b].width()))
+                .collect(),
             others,
             mean: Vec::new(),
             var: Vec::new(),
@@ -268,10 +280,8 @@ impl AnchorResult {
 pub struct Results {
     /// Kept tokens.
     pub n_tokens: u64,
-    /// Layers.
-    pub n_layers: usize,
-    /// Neurons per layer.
-    pub d_mlp: usize,
+    /// Every model's shape.
+    pub shapes: Vec<Shape>,
     /// One per anchor.
     pub anchors: Vec<AnchorResult>,
     /// The plan that was run.

@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 use seedscope_analysis::bundle::{BundleSource, CORRELATION, TILES};
 use seedscope_analysis::stats::Ranks;
 use seedscope_analysis::weights::VOCAB_ENDS;
-use seedscope_analysis::{Bundle, NeuronRow};
+use seedscope_analysis::{Bundle, NeuronRow, Shape};
 
 use crate::AppError;
 
@@ -220,8 +220,6 @@ impl Explorer {
         let bundle = Bundle::read_from(&source)?;
         let m = &bundle.manifest;
         let names: Vec<String> = m.models.iter().map(|e| e.name.clone()).collect();
-        let (l, d) = (m.n_layers, m.d_mlp);
-        let width = l * d;
         let cpath = source.path(CORRELATION);
         let bytes = source.require(CORRELATION)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&cpath, e))?;
@@ -239,6 +237,16 @@ impl Explorer {
             };
             let others: Vec<usize> = (0..names.len()).filter(|&o| o != a).collect();
             let n_o = others.len();
+            let Shape {
+                n_layers: l,
+                d_mlp: d,
+            } = m.shape_of(a);
+            let width = l * d;
+            let deepest = others
+                .iter()
+                .map(|&o| m.shape_of(o).n_layers)
+                .max()
+                .unwrap_or(0);
             let split_f = |v: Vec<f32>| v.chunks(width).map(<[f32]>::to_vec).collect::<Vec<_>>();
             let split_i = |v: Vec<i32>| v.chunks(width).map(<[i32]>::to_vec).collect::<Vec<_>>();
             let rows: Vec<usize> = bundle
@@ -297,7 +305,7 @@ impl Explorer {
                     &st,
                     &format!("{prefix}layer_match_fraction"),
                     &cpath,
-                    l * l,
+                    l * deepest,
                 )?,
                 vocab_ends: match st.tensor(&format!("{prefix}vocab_top")) {
                     // Bundles without weight statistics have no vocabulary ends.
@@ -349,7 +357,7 @@ impl Explorer {
                 rows,
             });
         }
-        let tiles = read_tile_index(&source, d)?;
+        let tiles = read_tile_index(&source, m)?;
         // Token strings need the tokenizer: the bundle's copy, else the anchor's; a bundle
         // without one whose models moved still opens without it.
         let tokenizer = match source.read(seedscope_analysis::bundle::TOKENIZER)? {
@@ -361,16 +369,17 @@ impl Explorer {
                 seedscope_data::TextTokenizer::from_model_dir(Path::new(&e.path)).ok()
             }),
         };
-        let histograms = read_histograms(&source, width)?;
+        let histograms = read_histograms(&source, m)?;
         let mut anatomy = BTreeMap::new();
         for &a in &anchor_ids {
+            let width = m.shape_of(a).width();
             if let Some(f) =
                 seedscope_analysis::bundle::AnatomyFile::read_from(&source, a, width, false)?
             {
                 anatomy.insert(a, f);
             }
         }
-        let trajectory = read_trajectory(&source, l, d)?;
+        let trajectory = read_trajectory(&source, m.n_layers, m.d_mlp)?;
         Ok(Self {
             source,
             bundle,
@@ -384,14 +393,29 @@ impl Explorer {
         })
     }
 
-    /// Layers.
+    /// Model `model`'s layers and neurons per layer (models compared need not share them).
+    pub fn shape(&self, model: usize) -> Shape {
+        self.bundle.manifest.shape_of(model)
+    }
+
+    /// Whether every model has the same shape (a seed family).
+    pub fn one_shape(&self) -> bool {
+        self.bundle.manifest.one_shape()
+    }
+
+    /// The first anchor's layers.
     pub fn n_layers(&self) -> usize {
         self.bundle.manifest.n_layers
     }
 
-    /// Neurons per layer.
+    /// The first anchor's neurons per layer.
     pub fn d_mlp(&self) -> usize {
         self.bundle.manifest.d_mlp
+    }
+
+    /// A neuron's column in its model's activations (`layer * d_mlp + neuron`).
+    pub fn index(&self, id: NeuronId) -> usize {
+        id.layer * self.shape(id.model).d_mlp + id.neuron
     }
 
     /// All rows of `neurons.csv`.
@@ -407,7 +431,7 @@ impl Explorer {
     /// The row of an anchor neuron.
     pub fn row(&self, id: NeuronId) -> Option<&NeuronRow> {
         let a = self.anchor(id.model)?;
-        let i = *a.rows.get(id.layer * self.d_mlp() + id.neuron)?;
+        let i = *a.rows.get(self.index(id))?;
         self.bundle.neurons.get(i)
     }
 
@@ -426,7 +450,7 @@ impl Explorer {
         let Some(a) = self.anchor(id.model) else {
             return Vec::new();
         };
-        let i = id.layer * self.d_mlp() + id.neuron;
+        let i = self.index(id);
         a.others
             .iter()
             .enumerate()
@@ -455,11 +479,11 @@ impl Explorer {
                 .map(|v| {
                     (
                         v.len() - v.partition_point(|&x| x <= threshold),
-                        self.d_mlp(),
+                        self.shape(model).d_mlp,
                     )
                 })
                 .collect(),
-            None => vec![(0, 0); self.n_layers()],
+            None => vec![(0, 0); self.shape(model).n_layers],
         }
     }
 
@@ -474,7 +498,7 @@ impl Explorer {
     /// The token ids at the top and bottom of an anchor neuron's vocabulary projection.
     pub fn vocab_ends(&self, id: NeuronId) -> Option<(&[i32], &[i32])> {
         let (t, b) = self.anchor(id.model)?.vocab_ends.as_ref()?;
-        let i = (id.layer * self.d_mlp() + id.neuron) * VOCAB_ENDS;
+        let i = self.index(id) * VOCAB_ENDS;
         Some((t.get(i..i + VOCAB_ENDS)?, b.get(i..i + VOCAB_ENDS)?))
     }
 
@@ -483,7 +507,7 @@ impl Explorer {
     pub fn histogram(&self, id: NeuronId) -> Option<&[u32]> {
         let h = self.histograms.get(self.names.get(id.model)?)?;
         let b = seedscope_gpu::HIST_BINS;
-        let i = id.layer * self.d_mlp() + id.neuron;
+        let i = self.index(id);
         h.get(i * b..(i + 1) * b)
     }
 
@@ -493,7 +517,7 @@ impl Explorer {
             return Vec::new();
         };
         let nb = seedscope_analysis::anatomy::BEST_FEATURES;
-        let i = id.layer * self.d_mlp() + id.neuron;
+        let i = self.index(id);
         (0..nb)
             .filter_map(|j| {
                 let f = usize::try_from(*a.best_feature.get(i * nb + j)?).ok()?;
@@ -509,7 +533,7 @@ impl Explorer {
             return Vec::new();
         };
         let nt = seedscope_analysis::anatomy::TOP_TOKENS;
-        let i = id.layer * self.d_mlp() + id.neuron;
+        let i = self.index(id);
         (0..nt)
             .filter_map(|j| {
                 let t = u32::try_from(*a.top_token.get(i * nt + j)?).ok()?;
@@ -533,7 +557,8 @@ impl Explorer {
         format!("{}/{}/L{la}-L{lb}", self.names[a], self.names[b])
     }
 
-    /// Read one saved tile, `[d_mlp, d_mlp]` row-major (rows: anchor neurons), as f32.
+    /// Read one saved tile, `[anchor d_mlp, other d_mlp]` row-major (rows: anchor neurons), as
+    /// f32.
     pub fn read_tile(&self, name: &str) -> Result<Vec<f32>, AppError> {
         let path = self.source.path(TILES);
         let &((start, end), shape) = self
@@ -562,43 +587,64 @@ impl Explorer {
 }
 
 /// The index of `tiles.safetensors` (absent: no tiles): per tensor its byte range in the file
-/// and its shape, from the header alone.
+/// and its shape, from the header alone; each tile `{anchor}/{other}/L{a}-L{b}` is
+/// `[anchor d_mlp, other d_mlp]` (the manifest `m`'s shapes).
 #[allow(clippy::type_complexity)]
 fn read_tile_index(
     source: &BundleSource,
-    d: usize,
+    m: &seedscope_analysis::bundle::Manifest,
 ) -> Result<BTreeMap<String, ((u64, u64), [usize; 2])>, AppError> {
     let Some(index) = seedscope_analysis::bundle::TensorIndex::read(source, TILES)? else {
         return Ok(BTreeMap::new());
     };
+    let expected = |name: &str| {
+        let mut parts = name.split('/');
+        let a = m.model_index(parts.next()?)?;
+        let b = m.model_index(parts.next()?)?;
+        Some([m.shape_of(a).d_mlp, m.shape_of(b).d_mlp])
+    };
     index
         .entries()
-        .map(|(name, e)| match (e.dtype, e.shape.as_slice()) {
-            (Dtype::F16, &[r, c]) if r == d && c == d => {
-                Ok((name.to_owned(), ((e.start, e.end), [r, c])))
-            }
-            _ => Err(corrupt(
-                index.path(),
-                format!("tile {name}: not an f16 [{d}, {d}] tensor"),
-            )),
-        })
+        .map(
+            |(name, e)| match (e.dtype, e.shape.as_slice(), expected(name)) {
+                (Dtype::F16, &[r, c], Some(want)) if [r, c] == want => {
+                    Ok((name.to_owned(), ((e.start, e.end), [r, c])))
+                }
+                (_, _, want) => Err(corrupt(
+                    index.path(),
+                    match want {
+                        Some([r, c]) => format!("tile {name}: not an f16 [{r}, {c}] tensor"),
+                        None => format!("tile {name}: not named after two of the bundle's models"),
+                    },
+                )),
+            },
+        )
         .collect()
 }
 
-/// `histograms.safetensors` (absent: none): per model name its u32 counts.
+/// `histograms.safetensors` (absent: none): per model name its u32 counts (the manifest `m`
+/// gives each model's neurons).
 fn read_histograms(
     source: &BundleSource,
-    width: usize,
+    m: &seedscope_analysis::bundle::Manifest,
 ) -> Result<BTreeMap<String, Vec<u32>>, AppError> {
     let path = &source.path(seedscope_analysis::bundle::HISTOGRAMS);
     let Some(bytes) = source.read(seedscope_analysis::bundle::HISTOGRAMS)? else {
         return Ok(BTreeMap::new());
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
-    let want = width * seedscope_gpu::HIST_BINS;
     st.names()
         .into_iter()
-        .map(|name| Ok((name.to_string(), tensor(&st, name, path, want, Dtype::U32)?)))
+        .map(|name| {
+            let model = m.model_index(name).ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("histograms of {name}, no model of the bundle"),
+                )
+            })?;
+            let want = m.shape_of(model).width() * seedscope_gpu::HIST_BINS;
+            Ok((name.to_string(), tensor(&st, name, path, want, Dtype::U32)?))
+        })
         .collect()
 }
 
@@ -623,7 +669,7 @@ impl Explorer {
                 });
                 continue;
             };
-            let i = n.layer * self.d_mlp() + n.neuron;
+            let i = self.index(n);
             let win = a.window();
             let (values, windows) = a.examples(&self.source, i)?;
             let top = (0..a.k)

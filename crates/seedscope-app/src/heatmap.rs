@@ -72,28 +72,39 @@ pub fn pool_cpu(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Reorder a `[rows, cols]` map so that matched pairs lie on the diagonal: rows by their
-/// largest value (descending), columns in the order of the rows' best columns (each column once,
-/// the unmatched ones after). Returns the reordered values and, per displayed row and column,
-/// the original index.
 /// A reordered tile: its values, and the row and column each displayed position shows.
 pub type Ordered = (Vec<f32>, Vec<usize>, Vec<usize>);
 
-/// Reorder a square `[d, d]` tile so that the maximum-weight one-to-one assignment of rows to
-/// columns lies on the diagonal, rows by their partner's correlation (highest first); also the
-/// row and column each displayed position shows.
-pub fn order_by_assignment(values: &[f32], d: usize) -> Result<Ordered, crate::AppError> {
-    let partner = seedscope_analysis::results::assign(values, d)?;
-    let mut row_of: Vec<usize> = (0..d).collect();
-    row_of.sort_by(|&a, &b| values[b * d + partner[b]].total_cmp(&values[a * d + partner[a]]));
-    let col_of: Vec<usize> = row_of.iter().map(|&r| partner[r]).collect();
+/// Reorder a `[rows, cols]` tile so that the maximum-weight one-to-one assignment of rows to
+/// columns lies on the diagonal, rows by their partner's correlation (highest first; where the
+/// sides differ in size, the rows or columns left without a partner come last); also the row
+/// and column each displayed position shows.
+pub fn order_by_assignment(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<Ordered, crate::AppError> {
+    let partner = seedscope_analysis::results::assign(values, rows, cols)?;
+    let corr = |r: usize| partner[r].map_or(f32::NEG_INFINITY, |c| values[r * cols + c]);
+    let mut row_of: Vec<usize> = (0..rows).collect();
+    row_of.sort_by(|&a, &b| corr(b).total_cmp(&corr(a)));
+    let mut col_of: Vec<usize> = row_of.iter().filter_map(|&r| partner[r]).collect();
+    let mut used = vec![false; cols];
+    for &c in &col_of {
+        used[c] = true;
+    }
+    col_of.extend((0..cols).filter(|&c| !used[c]));
     let out = row_of
         .iter()
-        .flat_map(|&r| col_of.iter().map(move |&c| values[r * d + c]))
+        .flat_map(|&r| col_of.iter().map(move |&c| values[r * cols + c]))
         .collect();
     Ok((out, row_of, col_of))
 }
 
+/// Reorder a `[rows, cols]` map so that matched pairs lie on the diagonal: rows by their
+/// largest value (descending), columns in the order of the rows' best columns (each column once,
+/// the unmatched ones after). Returns the reordered values and, per displayed row and column,
+/// the original index.
 pub fn order_by_match(values: &[f32], rows: usize, cols: usize) -> Ordered {
     let best: Vec<(f32, usize)> = (0..rows)
         .map(|r| {
@@ -673,13 +684,27 @@ mod tests {
         let v = vec![
             0.9, 0.85, 0.0, /**/ 0.95, 0.1, 0.0, /**/ 0.3, 0.2, 0.5,
         ];
-        let (out, rows, cols) = order_by_assignment(&v, 3).expect("assigns");
+        let (out, rows, cols) = order_by_assignment(&v, 3, 3).expect("assigns");
         // Assignment: 0→1 (0.85), 1→0 (0.95), 2→2 (0.5): total 2.3, the best of all six.
         assert_eq!(rows, vec![1, 0, 2]);
         assert_eq!(cols, vec![0, 1, 2]);
         for (k, &r) in rows.iter().enumerate() {
             assert_eq!(out[k * 3 + k], v[r * 3 + cols[k]]);
         }
+    }
+
+    #[test]
+    fn ordering_a_wider_tile_by_assignment_leaves_the_unmatched_columns_last() {
+        // Two anchor neurons, three of the other model's: column 1 is nobody's partner.
+        let v = vec![0.2, 0.1, 0.9, /**/ 0.8, 0.7, 0.1];
+        let (out, rows, cols) = order_by_assignment(&v, 2, 3).expect("assigns");
+        assert_eq!(rows, vec![0, 1]);
+        assert_eq!(cols, vec![2, 0, 1]);
+        assert_eq!(out, vec![0.9, 0.2, 0.1, /**/ 0.1, 0.8, 0.7]);
+        // Taller: the row left without a partner comes last.
+        let t = vec![0.2, 0.8, /**/ 0.1, 0.7, /**/ 0.9, 0.1];
+        let (_, rows, cols) = order_by_assignment(&t, 3, 2).expect("assigns");
+        assert_eq!((rows, cols), (vec![2, 0, 1], vec![0, 1]));
     }
 
     #[test]

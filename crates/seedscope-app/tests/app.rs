@@ -309,6 +309,78 @@ fn hovering_the_heatmap_names_both_neurons_and_r_and_a_click_opens_the_neuron() 
     );
 }
 
+/// Models of different shapes (tests/fixtures: gpt2-plain, 3 layers of 128 neurons; gpt2-wide,
+/// 4 of 160): the map draws a tile of the two models' layers with each one's neurons on its
+/// axis, and its hover names both.
+#[test]
+fn the_map_of_models_of_different_shapes_names_each_axis() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-unequal/bundle");
+    let request = AnalysisRequest {
+        models: vec![fixtures.join("gpt2-plain"), fixtures.join("gpt2-wide")],
+        data: seedscope_analysis::job::DataSource::Tokens(fixtures.join("analysis/tokens.npy")),
+        out: out.clone(),
+        save_tiles: Some("all".into()),
+        backend: BackendKind::Cpu,
+        ..AnalysisRequest::default()
+    };
+    let end = run_analysis(&request, Arc::new(AtomicBool::new(false)), |_| {}).expect("analysis");
+    assert_eq!(end, JobEnd::Written(out.clone()));
+    let mut h = app_with(
+        Launch {
+            bundle: Some(out),
+            embedded_bundle: PathBuf::from("/nonexistent"),
+            analyse_embedded: false,
+            ..Launch::default()
+        },
+        true,
+    );
+    wait(&mut h, "the bundle to open", |app| app.ex.is_some());
+    h.get_by_label("Correlation map").click();
+    h.run_steps(2);
+    let (a, b) = (
+        NeuronId {
+            model: 0,
+            layer: 2,
+            neuron: 0,
+        },
+        NeuronId {
+            model: 1,
+            layer: 3,
+            neuron: 0,
+        },
+    );
+    h.state_mut().map.show_pair(a, b);
+    h.run_steps(2);
+    wait_for_tile(&mut h);
+    let ex = explorer(&h);
+    let data = &h.state().map.tile.as_ref().expect("tile").data;
+    assert_eq!((data.rows, data.cols), (128, 160));
+    assert!(
+        h.query_all_by_label_contains(
+            "gpt2-plain L2 neurons (rows, 128) × gpt2-wide L3 neurons (columns, 160)"
+        )
+        .count()
+            >= 1,
+        "the map names each axis's model, layer and neurons"
+    );
+    // Back to the whole tile, then hover a cell two thirds across and one third down.
+    h.state_mut().map.view = seedscope_app::heatmap::HeatmapView::whole(128, 160);
+    h.run_steps(2);
+    let rect = h.state().map.rect.expect("the heatmap was drawn");
+    let pos = rect.min + egui::vec2(rect.width() * 2.0 / 3.0 + 0.1, rect.height() / 3.0 + 0.1);
+    let col = ((pos.x - rect.min.x) / rect.width() * 160.0) as usize;
+    let row = ((pos.y - rect.min.y) / rect.height() * 128.0) as usize;
+    let tile = ex.read_tile(&ex.tile_name(0, 2, 1, 3)).expect("tile L2-L3");
+    let expected = format!(
+        "gpt2-plain L2.{row} × gpt2-wide L3.{col}: r = {:.3}",
+        tile[row * 160 + col]
+    );
+    h.hover_at(pos);
+    h.run_steps(4);
+    assert_eq!(h.state().map.hover_text.as_deref(), Some(expected.as_str()));
+}
+
 #[test]
 fn live_text_shows_the_neuron_in_every_seed() {
     let mut h = harness();

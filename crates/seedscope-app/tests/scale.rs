@@ -11,7 +11,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use seedscope_analysis::bundle::{Manifest, ModelEntry, bundle_files, write_bundle_files};
 use seedscope_analysis::results::{AnchorResult, Results};
-use seedscope_analysis::{AnalysisOptions, plan::Plan};
+use seedscope_analysis::{AnalysisOptions, Shape, plan::Plan};
 use seedscope_app::{Launch, SeedscopeApp, Tab};
 
 /// A hash in [0, 1).
@@ -27,7 +27,8 @@ fn unit(i: u64) -> f32 {
 fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) -> PathBuf {
     let out = dir.join(format!("bundle-{n_layers}x{d_mlp}"));
     let width = n_layers * d_mlp;
-    let mut a = AnchorResult::empty(0, n_models, width, false);
+    let shapes = vec![Shape { n_layers, d_mlp }; n_models];
+    let mut a = AnchorResult::empty(0, &shapes, false);
     for (o, (real, base)) in a.real.iter_mut().zip(&mut a.baseline).enumerate() {
         for i in 0..width {
             let h = (o * width + i) as u64 * 4;
@@ -55,8 +56,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
         .collect();
     let results = Results {
         n_tokens: 1_000_000,
-        n_layers,
-        d_mlp,
+        shapes,
         anchors: vec![a],
         plan: Plan {
             passes: Vec::new(),
@@ -79,6 +79,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
                 name: n.clone(),
                 path: format!("/nonexistent/{n}"),
                 files: Vec::new(),
+                shape: None,
             })
             .collect(),
         data_source: "synthetic".into(),

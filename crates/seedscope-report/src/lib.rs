@@ -68,7 +68,8 @@ pub struct Overview<'a> {
     pub min_corr: &'a [f64],
     /// Per layer `(universal, total)` at `threshold`.
     pub per_layer: &'a [(usize, usize)],
-    /// `[n_layers, n_layers]` fraction of anchor-layer neurons whose best match lies in each layer.
+    /// `[anchor layers, other layers]` fraction of anchor-layer neurons whose best match lies in
+    /// each layer of the other models (their depth: the deepest one's).
     pub layer_match: &'a [f32],
     /// The universality threshold on the excess correlation.
     pub threshold: f64,
@@ -305,12 +306,13 @@ impl Draw for Overview<'_> {
         // Fig. 2c.
         {
             let n = d.per_layer.len().max(1);
+            let m = (d.layer_match.len() / n).max(1);
             let mut chart = ChartBuilder::on(&panels[3])
                 .caption("Fig. 2c: layer of the best match", ("sans-serif", 14))
                 .margin(10)
                 .x_label_area_size(42)
                 .y_label_area_size(40)
-                .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
+                .build_cartesian_2d((0..m - 1).into_segmented(), (0..n - 1).into_segmented())
                 .map_err(err)?;
             chart
                 .configure_mesh()
@@ -327,8 +329,8 @@ impl Draw for Overview<'_> {
                 .map_err(err)?;
             chart
                 .draw_series((0..n).flat_map(|a| {
-                    (0..n).map(move |b| {
-                        let v = d.layer_match.get(a * n + b).copied().unwrap_or(0.0);
+                    (0..m).map(move |b| {
+                        let v = d.layer_match.get(a * m + b).copied().unwrap_or(0.0);
                         // White (0) to orange (1), so black text reads on every cell.
                         let t = v.clamp(0.0, 1.0);
                         let mix = |c: u8| (255.0 + (c as f32 - 255.0) * t) as u8;
@@ -345,8 +347,8 @@ impl Draw for Overview<'_> {
                 .map_err(err)?;
             chart
                 .draw_series((0..n).flat_map(|a| {
-                    (0..n).map(move |b| {
-                        let v = d.layer_match.get(a * n + b).copied().unwrap_or(0.0);
+                    (0..m).map(move |b| {
+                        let v = d.layer_match.get(a * m + b).copied().unwrap_or(0.0);
                         Text::new(
                             format!("{v:.2}"),
                             (SegmentValue::CenterOf(b), SegmentValue::CenterOf(n - 1 - a)),

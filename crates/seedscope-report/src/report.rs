@@ -94,7 +94,12 @@ impl Input {
                 message: e.to_string(),
             }
         })?;
-        let layer_match = read_tensor(&st, "layer_match_fraction", &cpath, l * l, Dtype::F32)?;
+        let deepest = (1..m.models.len())
+            .map(|o| m.shape_of(o).n_layers)
+            .max()
+            .unwrap_or(l);
+        let layer_match =
+            read_tensor(&st, "layer_match_fraction", &cpath, l * deepest, Dtype::F32)?;
         let vocab_moments = match st.tensor(VOCAB_MOMENTS) {
             Ok(_) => Some(read_tensor(
                 &st,

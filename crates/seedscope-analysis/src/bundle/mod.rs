@@ -206,6 +206,10 @@ pub struct ModelEntry {
     pub path: String,
     /// Every file with its sha256.
     pub files: Vec<(String, String)>,
+    /// Its layers and neurons per layer (absent in bundles made before models of different
+    /// shapes could be compared: [`Manifest::shape_of`] then gives the manifest's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<crate::plan::Shape>,
 }
 
 /// The manifest's `one_to_one`: how the one-to-one columns were found, on all pairs or (with
@@ -247,9 +251,9 @@ pub struct Manifest {
     pub data_seed: u64,
     /// Kept tokens the correlations are over.
     pub n_tokens: u64,
-    /// Layers and neurons per layer.
+    /// The first anchor's layers (other models may differ: [`Manifest::shape_of`]).
     pub n_layers: usize,
-    /// Neurons per layer.
+    /// The first anchor's neurons per layer.
     pub d_mlp: usize,
     /// The options (threshold, rotation seed, budget, ...).
     pub options: crate::AnalysisOptions,
@@ -279,6 +283,37 @@ pub struct Manifest {
     pub fraction_universal: f64,
     /// Per layer.
     pub fraction_universal_per_layer: Vec<f64>,
+}
+
+impl Manifest {
+    /// Model `m`'s shape (the first anchor's when the manifest does not record it, as in
+    /// bundles of one shape made before shapes were recorded per model).
+    pub fn shape_of(&self, m: usize) -> crate::plan::Shape {
+        self.models
+            .get(m)
+            .and_then(|e| e.shape)
+            .unwrap_or(crate::plan::Shape {
+                n_layers: self.n_layers,
+                d_mlp: self.d_mlp,
+            })
+    }
+
+    /// Model `name`'s index, if the bundle has it.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|e| e.name == name)
+    }
+
+    /// Whether every model has the first anchor's shape.
+    pub fn one_shape(&self) -> bool {
+        (0..self.models.len()).all(|m| self.shape_of(m) == self.shape_of(0))
+    }
+
+    /// The models' shapes in words ([`crate::plan::shapes_in_words`]).
+    pub fn shapes_in_words(&self) -> String {
+        let names: Vec<String> = self.models.iter().map(|e| e.name.clone()).collect();
+        let shapes: Vec<_> = (0..names.len()).map(|m| self.shape_of(m)).collect();
+        crate::plan::shapes_in_words(&names, &shapes)
+    }
 }
 
 /// Read JSON result `path` of a bundle; `None` when it does not exist yet.
@@ -380,7 +415,8 @@ impl Bundle {
                         model: model.to_string(),
                         per_layer: universal_counts(
                             rows.iter().map(|r| (r.layer, r.is_universal)),
-                            m.n_layers,
+                            m.model_index(model)
+                                .map_or(m.n_layers, |i| m.shape_of(i).n_layers),
                         ),
                         universal: universal
                             .iter()
@@ -422,11 +458,10 @@ impl Bundle {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} models, {} tokens, {} layers x {} neurons, threshold {} (excess correlation over the rotation baseline)",
+            "{} models, {} tokens, {}, threshold {} (excess correlation over the rotation baseline)",
             d.models.len(),
             d.n_tokens,
-            d.n_layers,
-            d.d_mlp,
+            self.manifest.shapes_in_words(),
             d.threshold
         );
         for a in &d.anchors {
@@ -499,9 +534,9 @@ pub struct Summary {
     pub models: Vec<String>,
     /// Kept tokens.
     pub n_tokens: u64,
-    /// Layers.
+    /// The first anchor's layers.
     pub n_layers: usize,
-    /// Neurons per layer.
+    /// The first anchor's neurons per layer.
     pub d_mlp: usize,
     /// Excess correlation above which a neuron is universal.
     pub threshold: f64,

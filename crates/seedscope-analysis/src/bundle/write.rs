@@ -15,6 +15,7 @@ use super::{
 use crate::AnalysisError;
 use crate::engine::TokenSet;
 use crate::features::FeatureSet;
+use crate::plan::Shape;
 use crate::results::Results;
 use crate::weights::{NeuronWeights, VOCAB_ENDS};
 
@@ -68,7 +69,6 @@ pub fn bundle_files(
     data: Option<(&FeatureSet, &TokenSet)>,
     tokenizer: Option<&[u8]>,
 ) -> Result<BundleFiles, AnalysisError> {
-    let d = results.d_mlp;
     // Per anchor, its rows of neurons.csv (the correlation file stores some of their columns).
     let rows: Vec<_> = results
         .anchors
@@ -80,6 +80,7 @@ pub fn bundle_files(
                 features: data.map(|d| d.0),
                 attention: attention.get(ai).and_then(Option::as_ref),
             };
+            let d = results.shapes[r.anchor].d_mlp;
             neuron_rows(r, names, d, manifest.options.threshold, &extras)
         })
         .collect();
@@ -183,9 +184,9 @@ fn signed_wide(i: u32) -> i64 {
 type Rows = Vec<(NeuronRow, Vec<(f32, u32)>)>;
 
 /// `neurons.csv`: the [`NeuronRow`] columns, the within-layer percentiles, then per other model
-/// the best correlation and its neuron (`layer.neuron`); every anchor's rows in turn.
+/// the best correlation and its neuron (`layer.neuron` of that model); every anchor's rows in
+/// turn.
 fn neurons_csv(results: &Results, rows: &[Rows]) -> Result<Vec<u8>, AnalysisError> {
-    let d = results.d_mlp;
     let csv_err = |e: csv::Error| AnalysisError::Invalid(format!("writing neurons.csv: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
     let n_others = results.anchors.first().map_or(0, |r| r.others.len());
@@ -196,14 +197,16 @@ fn neurons_csv(results: &Results, rows: &[Rows]) -> Result<Vec<u8>, AnalysisErro
         header.push(format!("match_{k}"));
     }
     w.write_record(&header).map_err(csv_err)?;
-    for rows in rows {
+    for (anchor, rows) in results.anchors.iter().zip(rows) {
+        let others: Vec<_> = anchor.others.iter().map(|&o| results.shapes[o]).collect();
         let pcts = layer_percentiles(&rows.iter().map(|(r, _)| r).collect::<Vec<_>>());
         for ((row, per), pct) in rows.iter().zip(&pcts) {
             let mut rec = row.fields();
             rec.extend(pct.iter().map(|p| format!("{p:.4}")));
-            for (c, j) in per {
+            for ((c, j), shape) in per.iter().zip(&others) {
+                let (l, n) = shape.split(*j as usize);
                 rec.push(format!("{c:.6}"));
-                rec.push(format!("{}.{}", *j as usize / d, *j as usize % d));
+                rec.push(format!("{l}.{n}"));
             }
             w.write_record(&rec).map_err(csv_err)?;
         }
@@ -212,23 +215,31 @@ fn neurons_csv(results: &Results, rows: &[Rows]) -> Result<Vec<u8>, AnalysisErro
         .map_err(|e| AnalysisError::Invalid(format!("writing neurons.csv: {e}")))
 }
 
-/// `correlation.safetensors`: per anchor `max_corr`, `min_corr`, `baseline_max_corr` (and
-/// with the permutation null `null_max_corr`) `[n_other, l, d]` f32, the best match's `max_corr_layer` and `max_corr_neuron` i32,
-/// `excess_corr` f32 and `is_universal` u8 `[l, d]`, `layer_match_fraction` `[l, l]` (Fig. 2c,
-/// mean over the other models) and `layer_match_fraction_per_model` `[n_other, l, l]`,
-/// `vocab_top`/`vocab_bottom` `[l, d, 10]` i32 when the weights were computed; and, when every
-/// model's were, `vocab_moments` `[n_models, l, d, 4]` (vocabulary mean, variance, skew,
-/// kurtosis per neuron: Fig. 6 across seeds).
+/// `correlation.safetensors`: per anchor (its `l` layers of `d` neurons) `max_corr`,
+/// `min_corr`, `baseline_max_corr` (and with the permutation null `null_max_corr`)
+/// `[n_other, l, d]` f32, the best match's `max_corr_layer` and `max_corr_neuron` i32 (in that
+/// other model), `excess_corr` f32 and `is_universal` u8 `[l, d]`, `layer_match_fraction`
+/// `[l, L]` (Fig. 2c, mean over the other models; `L`: the deepest other model's layers, a
+/// shallower model's missing layers count 0) and `layer_match_fraction_per_model`
+/// `[n_other, l, L]`, `vocab_top`/`vocab_bottom` `[l, d, 10]` i32 when the weights were
+/// computed; and, when every model's were and the models share one shape, `vocab_moments`
+/// `[n_models, l, d, 4]` (vocabulary mean, variance, skew, kurtosis per neuron: Fig. 6 across
+/// seeds).
 fn correlation_file(
     results: &Results,
     rows: &[Rows],
     names: &[String],
     weights: &[Option<Vec<NeuronWeights>>],
 ) -> Result<Vec<u8>, AnalysisError> {
-    let (l, d) = (results.n_layers, results.d_mlp);
     let mut file = TensorFile::default();
     for ((ai, r), rows) in results.anchors.iter().enumerate().zip(rows) {
         let prefix = anchor_prefix(ai, r.anchor);
+        let Shape {
+            n_layers: l,
+            d_mlp: d,
+        } = results.shapes[r.anchor];
+        let others: Vec<Shape> = r.others.iter().map(|&o| results.shapes[o]).collect();
+        let deepest = others.iter().map(|s| s.n_layers).max().unwrap_or(0);
         let n_o = r.others.len();
         let shape = vec![n_o, l, d];
         let real_max = r.real.iter().flat_map(|m| m.max.iter().copied());
@@ -245,10 +256,15 @@ fn correlation_file(
             let null_max = r.null.iter().flat_map(|m| m.max.iter().copied());
             file.f32s(format!("{prefix}null_max_corr"), shape.clone(), null_max);
         }
-        let argmax = || r.real.iter().flat_map(|m| m.argmax.iter().copied());
-        let layer_of = argmax().map(|j| (j / d as u32) as i32);
+        let best = || {
+            r.real
+                .iter()
+                .zip(&others)
+                .flat_map(|(m, s)| m.argmax.iter().map(|&j| s.split(j as usize)))
+        };
+        let layer_of = best().map(|(l, _)| l as i32);
         file.i32s(format!("{prefix}max_corr_layer"), shape.clone(), layer_of);
-        let neuron_of = argmax().map(|j| (j % d as u32) as i32);
+        let neuron_of = best().map(|(_, n)| n as i32);
         file.i32s(format!("{prefix}max_corr_neuron"), shape, neuron_of);
         let excess = rows.iter().map(|(row, _)| row.excess_corr as f32);
         file.f32s(format!("{prefix}excess_corr"), vec![l, d], excess);
@@ -263,15 +279,20 @@ fn correlation_file(
         let per_model: Vec<Vec<f32>> = r
             .real
             .iter()
-            .map(|m| layer_match(&m.argmax, l, d))
+            .zip(&others)
+            .map(|(m, s)| layer_match(&m.argmax, results.shapes[r.anchor], s, deepest))
             .collect();
-        let mut mean = vec![0.0f32; l * l];
+        let mut mean = vec![0.0f32; l * deepest];
         for f in &per_model {
             for (m, v) in mean.iter_mut().zip(f) {
                 *m += v / n_o as f32;
             }
         }
-        file.f32s(format!("{prefix}layer_match_fraction"), vec![l, l], mean);
+        file.f32s(
+            format!("{prefix}layer_match_fraction"),
+            vec![l, deepest],
+            mean,
+        );
         if let Some(stats) = weights.get(r.anchor).and_then(|w| w.as_deref()) {
             let ends = |f: fn(&NeuronWeights) -> &Vec<u32>| {
                 stats.iter().flat_map(move |n| {
@@ -292,22 +313,28 @@ fn correlation_file(
         }
         file.f32s(
             format!("{prefix}layer_match_fraction_per_model"),
-            vec![n_o, l, l],
+            vec![n_o, l, deepest],
             per_model.into_iter().flatten(),
         );
     }
+    let shape = results.shapes.first().copied().unwrap_or_default();
     if let Some(all) = weights
         .iter()
         .map(|w| w.as_deref())
         .collect::<Option<Vec<_>>>()
         .filter(|all| all.len() == names.len())
+        .filter(|_| results.shapes.iter().all(|&s| s == shape))
     {
         let moments = all
             .iter()
             .flat_map(|stats| stats.iter())
             .flat_map(|n| [n.vocab_mean, n.vocab_var, n.vocab_skew, n.vocab_kurt])
             .map(|v| v as f32);
-        file.f32s(VOCAB_MOMENTS.into(), vec![names.len(), l, d, 4], moments);
+        file.f32s(
+            VOCAB_MOMENTS.into(),
+            vec![names.len(), shape.n_layers, shape.d_mlp, 4],
+            moments,
+        );
     }
     let info = || {
         Ok(HashMap::from([(
@@ -322,9 +349,12 @@ fn correlation_file(
 /// `histograms.safetensors`: per anchor (named by its model) the pre-activation counts, u32
 /// `[l, d, HIST_BINS]`; metadata `edges`.
 fn histograms_file(results: &Results, names: &[String]) -> Result<Option<Vec<u8>>, AnalysisError> {
-    let (l, d) = (results.n_layers, results.d_mlp);
     let mut file = TensorFile::default();
     for r in results.anchors.iter().filter(|r| !r.pre_hist.is_empty()) {
+        let Shape {
+            n_layers: l,
+            d_mlp: d,
+        } = results.shapes[r.anchor];
         file.push(
             names[r.anchor].clone(),
             Dtype::U32,
@@ -340,20 +370,23 @@ fn histograms_file(results: &Results, names: &[String]) -> Result<Option<Vec<u8>
     })
 }
 
-/// `tiles.safetensors`: the saved correlation tiles, f16 `[d, d]`, named
+/// `tiles.safetensors`: the saved correlation tiles, f16 `[anchor d_mlp, other d_mlp]`, named
 /// `{anchor}/{other}/L{a}-L{b}`.
 fn tiles_file(results: &Results, names: &[String]) -> Result<Option<Vec<u8>>, AnalysisError> {
-    let d = results.d_mlp;
     let mut file = TensorFile::default();
     for r in &results.anchors {
         for t in &r.tiles {
+            let (da, db) = (
+                results.shapes[r.anchor].d_mlp,
+                results.shapes[t.other].d_mlp,
+            );
             file.push(
                 format!(
                     "{}/{}/L{}-L{}",
                     names[r.anchor], names[t.other], t.layer_a, t.layer_b
                 ),
                 Dtype::F16,
-                vec![d, d],
+                vec![da, db],
                 t.corr.iter().map(|&v| half::f16::from_f32(v)),
                 half::f16::to_le_bytes,
             );
@@ -408,7 +441,6 @@ fn anatomy_file(
     let Some((features, tokens)) = data else {
         return Ok(None);
     };
-    let (l, d) = (results.n_layers, results.d_mlp);
     let (before, after) = CONTEXT;
     let win = before + 1 + after;
     let seq = tokens.seq_len;
@@ -437,6 +469,10 @@ fn anatomy_file(
     for (ai, r) in results.anchors.iter().enumerate() {
         let Some(a) = &r.anatomy else { continue };
         let prefix = anchor_prefix(ai, r.anchor);
+        let Shape {
+            n_layers: l,
+            d_mlp: d,
+        } = results.shapes[r.anchor];
         let k = a.k;
         file.f32s(
             format!("{prefix}top_val"),
@@ -493,14 +529,14 @@ fn anatomy_file(
     })
 }
 
-/// `[n_layers, n_layers]` fractions of each anchor layer's neurons whose best match in `other`
-/// lies in each layer.
-fn layer_match(argmax: &[u32], n_layers: usize, d: usize) -> Vec<f32> {
-    let mut f = vec![0.0f32; n_layers * n_layers];
+/// `[anchor layers, columns]` fractions of each anchor layer's neurons whose best match (`argmax`:
+/// columns of the other model, of shape `other`) lies in each layer.
+fn layer_match(argmax: &[u32], anchor: Shape, other: &Shape, columns: usize) -> Vec<f32> {
+    let mut f = vec![0.0f32; anchor.n_layers * columns];
     for (i, &j) in argmax.iter().enumerate() {
-        let (la, lb) = (i / d, j as usize / d);
-        if lb < n_layers {
-            f[la * n_layers + lb] += 1.0 / d as f32;
+        let (la, lb) = (anchor.layer_of(i), other.layer_of(j as usize));
+        if lb < columns {
+            f[la * columns + lb] += 1.0 / anchor.d_mlp as f32;
         }
     }
     f

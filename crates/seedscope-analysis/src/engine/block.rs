@@ -120,17 +120,18 @@ impl Run<'_> {
         })
     }
 
-    /// The rotation matrices (transposed, `[d_mlp, d_mlp]` per layer) of every model whose
-    /// baseline stream is in `used`; none for the others.
+    /// The rotation matrices (transposed, `[d_mlp, d_mlp]` per layer, the model's own `d_mlp`)
+    /// of every model whose baseline stream is in `used`; none for the others.
     pub(super) fn rotations(&self, used: &[bool]) -> Result<Vec<Vec<Tensor<2>>>, AnalysisError> {
-        let (n_layers, d) = self.family.shape()?;
+        let shapes = self.family.shapes()?;
         let device = &self.family.device.device;
         (0..self.family.models.len())
             .map(|m| {
                 if !used[stream(m, Kind::Rotated)] {
                     return Ok(Vec::new());
                 }
-                (0..n_layers)
+                let d = shapes[m].d_mlp;
+                (0..shapes[m].n_layers)
                     .map(|l| {
                         let r = match &self.rotations {
                             Some(given) => given

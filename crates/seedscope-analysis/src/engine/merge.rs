@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::pass::counted_anchors;
+use super::pass::{anchor_widths, counted_anchors};
 use super::refine::pair_plan;
 use super::{CANDIDATES, Run, finished, pass_file};
 use crate::accum::{Accumulate, merge_states};
@@ -23,9 +23,7 @@ impl Run<'_> {
         fingerprints: &[String],
         max_binding: u64,
     ) -> Result<Results, AnalysisError> {
-        let shape = self.family.shape()?;
-        let width = shape.0 * shape.1;
-        let n_models = self.family.models.len();
+        let shapes = self.family.shapes()?;
         if dirs.is_empty() || dirs.len() != fingerprints.len() {
             return Err(AnalysisError::Invalid("no shards to merge".into()));
         }
@@ -54,16 +52,15 @@ impl Run<'_> {
             first_tiles = Some(anchors.iter().map(|a| a.tiles.clone()).collect::<Vec<_>>());
             pair_plan(
                 &anchors,
-                width,
-                n_models,
+                &shapes,
                 self.block_tokens(),
                 self.reserved_bytes(self.options.refine.map(|r| r.k))?,
             )?
         } else {
             self.plan_for(max_binding)?
         };
-        let mut results = self.initial_results(width);
-        let widths = vec![width; crate::plan::KINDS * n_models];
+        let mut results = self.initial_results(&shapes);
+        let widths = self.family.stream_widths()?;
         let mut n_tokens = 0;
         for (pass_idx, specs) in plan.passes.iter().enumerate() {
             let mut states = Vec::new();
@@ -84,13 +81,14 @@ impl Run<'_> {
             let mut acc = Cpu.accumulator(specs.clone(), &widths)?;
             acc.restore(&merged)?;
             let counted = counted_anchors(&results, &acc.streams());
-            let mut hists = Cpu.hists(counted.len(), width)?;
+            let counted_widths = anchor_widths(&results, &counted, &widths);
+            let mut hists = Cpu.hists(&counted_widths)?;
             if !counted.is_empty() {
                 hists.restore(&merged.hists)?;
             }
             let anatomy = match &self.anatomy {
                 Some(spec) if !counted.is_empty() => {
-                    let mut a = Cpu.anatomies(spec, counted.len(), width)?;
+                    let mut a = Cpu.anatomies(spec, &counted_widths)?;
                     a.restore(&merged.anatomy)?;
                     Some(a)
                 }
@@ -111,6 +109,6 @@ impl Run<'_> {
                 r.tiles = t;
             }
         }
-        Ok(*finished(n_tokens, shape, results, plan))
+        Ok(*finished(n_tokens, shapes, results, plan))
     }
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::accum::SavedState;
 use crate::anatomy::AnatomySpec;
 use crate::compute::{Compute, Cpu, Gpu};
-use crate::plan::{Kind, Plan, PlanInput, plan};
+use crate::plan::{KINDS, Kind, Plan, PlanInput, Shape, model_of, plan};
 use crate::results::{AnchorResult, Outcome, Progress, Results};
 use crate::{AnalysisError, checkpoint};
 
@@ -122,7 +122,8 @@ pub struct TokenSet {
     pub drop_ids: Vec<u32>,
 }
 
-/// A family of models with the same shape, on one device.
+/// Models compared with each other, on one device: seeds of one architecture, or models of
+/// different widths and depths that share a tokenizer.
 #[derive(Debug)]
 pub struct Family<'a> {
     /// The models; model 0 is the default anchor.
@@ -132,33 +133,32 @@ pub struct Family<'a> {
 }
 
 impl Family<'_> {
-    /// `(n_layers, d_mlp)` shared by every model.
-    pub fn shape(&self) -> Result<(usize, usize), AnalysisError> {
-        let first = self
-            .models
-            .first()
-            .ok_or_else(|| AnalysisError::Invalid("no models to analyse".into()))?;
-        let shape = (first.config.n_layers(), first.config.d_mlp());
+    /// Every model's shape, in order (at least two models).
+    pub fn shapes(&self) -> Result<Vec<Shape>, AnalysisError> {
         if self.models.len() < 2 {
             return Err(AnalysisError::Invalid(
                 "universality needs at least two models (an anchor and another seed)".into(),
             ));
         }
-        for m in self.models {
-            let s = (m.config.n_layers(), m.config.d_mlp());
-            if s != shape {
-                return Err(AnalysisError::Invalid(format!(
-                    "{} has {} layers of {} neurons, {} has {} of {}: a seed family shares one shape",
-                    m.dir.display(),
-                    s.0,
-                    s.1,
-                    first.dir.display(),
-                    shape.0,
-                    shape.1
-                )));
-            }
+        Ok(self.models.iter().map(Shape::of).collect())
+    }
+
+    /// The neurons of every stream ([`crate::plan::stream`]): its model's width.
+    pub fn stream_widths(&self) -> Result<Vec<usize>, AnalysisError> {
+        let shapes = self.shapes()?;
+        Ok((0..KINDS * shapes.len())
+            .map(|s| shapes[model_of(s)].width())
+            .collect())
+    }
+}
+
+impl Shape {
+    /// The MLP shape of `model`.
+    pub fn of(model: &LoadedModel) -> Shape {
+        Shape {
+            n_layers: model.config.n_layers(),
+            d_mlp: model.config.d_mlp(),
         }
-        Ok(shape)
     }
 }
 
@@ -222,13 +222,9 @@ impl Run<'_> {
         max_binding: u64,
         candidates: Option<usize>,
     ) -> Result<Plan, AnalysisError> {
-        let (n_layers, d_mlp) = self.family.shape()?;
-        let n = self.family.models.len();
         plan(&PlanInput {
-            n_models: n,
+            shapes: self.family.shapes()?,
             anchors: self.anchors(),
-            n_layers,
-            d_mlp,
             block_tokens: self.block_tokens(),
             tokens: block::blocks(self.tokens, self.options)
                 .iter()
@@ -246,24 +242,34 @@ impl Run<'_> {
     /// (matches, histograms, `candidates` best and worst matches per neuron and stream, the
     /// anatomy's accumulators).
     pub fn reserved_bytes(&self, candidates: Option<usize>) -> Result<u64, AnalysisError> {
-        let (n_layers, d_mlp) = self.family.shape()?;
-        let width = (n_layers * d_mlp) as u64;
-        let others = self.family.models.len() as u64 - 1;
+        let shapes = self.family.shapes()?;
+        let others = shapes.len() as u64 - 1;
         let weights: u64 = self.family.models.iter().map(|m| m.weight_bytes()).sum();
         let streams = self.options.kinds().len() as u64 * others;
         let candidates = candidates.map_or(0, |k| streams * 2 * k as u64 * 8);
-        // Matches per stream; the one-to-one matching's 16 bytes per neuron of each other model.
+        // Matches per stream, the partners of the one-to-one matching (8 bytes per other
+        // model), the histogram and the candidates.
         let per_neuron =
-            streams * 16 + others * 16 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
-        let anatomy = self.anatomy.as_ref().map_or(0, |s| {
-            seedscope_gpu::Anatomy::bytes(
-                width as u32,
-                crate::anatomy::TOP_K as u32,
-                s.n_pos() as u32,
-                s.features.len() as u32,
-            )
-        });
-        Ok(weights + self.anchors().len() as u64 * (width * per_neuron + anatomy))
+            streams * 16 + others * 8 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
+        let all: u64 = shapes.iter().map(|s| s.width() as u64).sum();
+        Ok(weights
+            + self
+                .anchors()
+                .into_iter()
+                .map(|a| {
+                    let width = shapes[a].width() as u64;
+                    let anatomy = self.anatomy.as_ref().map_or(0, |s| {
+                        seedscope_gpu::Anatomy::bytes(
+                            width as u32,
+                            crate::anatomy::TOP_K as u32,
+                            s.n_pos() as u32,
+                            s.features.len() as u32,
+                        )
+                    });
+                    // Each other neuron's best anchor neuron: 8 bytes.
+                    width * per_neuron + (all - width) * 8 + anatomy
+                })
+                .sum::<u64>())
     }
 
     /// Run every pass (resuming from a matching checkpoint in `work_dir`); with
@@ -349,11 +355,10 @@ impl Run<'_> {
     }
 
     /// The per-anchor results before any pass.
-    fn initial_results(&self, width: usize) -> Vec<AnchorResult> {
-        let n_models = self.family.models.len();
+    fn initial_results(&self, shapes: &[Shape]) -> Vec<AnchorResult> {
         self.anchors()
             .into_iter()
-            .map(|a| AnchorResult::empty(a, n_models, width, self.options.permutation_null))
+            .map(|a| AnchorResult::empty(a, shapes, self.options.permutation_null))
             .collect()
     }
 
@@ -388,14 +393,13 @@ impl Run<'_> {
 /// The result of a finished run: its token count, shape, per-anchor results and plan.
 fn finished(
     n_tokens: u64,
-    shape: (usize, usize),
+    shapes: Vec<Shape>,
     anchors: Vec<AnchorResult>,
     plan: Plan,
 ) -> Box<Results> {
     Box::new(Results {
         n_tokens,
-        n_layers: shape.0,
-        d_mlp: shape.1,
+        shapes,
         anchors,
         plan,
         cost: Default::default(),

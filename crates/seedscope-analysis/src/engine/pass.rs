@@ -17,7 +17,7 @@ use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
 use crate::hist::Histograms;
-use crate::plan::{KINDS, Kind, Plan, Reuse, TileSpec, model_of, stream};
+use crate::plan::{KINDS, Kind, Plan, Reuse, Shape, TileSpec, model_of, stream};
 use crate::results::{
     AnchorResult, BlockTiming, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile,
 };
@@ -67,18 +67,15 @@ impl<C: Compute> Pass<C> {
         resumed: Option<&SavedState>,
         keep: Option<&Keep>,
     ) -> Result<Self, AnalysisError> {
-        let (n_layers, d_mlp) = run.family.shape()?;
-        let width = n_layers * d_mlp;
         let n_models = run.family.models.len();
-        let widths = vec![width; KINDS * n_models];
+        let widths = run.family.stream_widths()?;
         let mut acc = compute.accumulator(specs.to_vec(), &widths)?;
         let used = acc.streams();
         let counted = counted_anchors(results, &used);
-        let mut hists = compute.hists(counted.len(), width)?;
+        let counted_widths = anchor_widths(results, &counted, &widths);
+        let mut hists = compute.hists(&counted_widths)?;
         let mut anatomy = match &run.anatomy {
-            Some(spec) if !counted.is_empty() => {
-                Some(compute.anatomies(spec, counted.len(), width)?)
-            }
+            Some(spec) if !counted.is_empty() => Some(compute.anatomies(spec, &counted_widths)?),
             _ => None,
         };
         let mut tokens = 0;
@@ -140,7 +137,7 @@ impl<C: Compute> Pass<C> {
                 Ok(acts)
             }
             (source, store) => {
-                let d_mlp = run.family.shape()?.1;
+                let d_mlp = run.family.models[m].config.d_mlp();
                 let (post, pre) = activations(&run.family.models[m], block, want[2])?;
                 let rotated = want[1].then(|| rotate(&post, &self.rotations[m], d_mlp));
                 let acts = ModelActs {
@@ -268,6 +265,18 @@ fn free_space(dir: &std::path::Path) -> Option<u64> {
     }
 }
 
+/// The widths (`widths`: per stream) of the anchors of `results[counted]`.
+pub(super) fn anchor_widths(
+    results: &[AnchorResult],
+    counted: &[usize],
+    widths: &[usize],
+) -> Vec<usize> {
+    counted
+        .iter()
+        .map(|&i| widths[stream(results[i].anchor, Kind::Real)])
+        .collect()
+}
+
 /// Results whose histograms a pass reading `used` streams counts: anchors it runs that have
 /// none yet (each token is counted once, in the anchor's first pass).
 pub(super) fn counted_anchors(results: &[AnchorResult], used: &[bool]) -> Vec<usize> {
@@ -291,7 +300,7 @@ impl Run<'_> {
         shard: Option<(usize, usize)>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Outcome, AnalysisError> {
-        let shape = self.family.shape()?;
+        let shapes = self.family.shapes()?;
         let all_blocks = blocks(self.tokens, self.options);
         let total_tokens: u64 = all_blocks.iter().map(|b| b.kept).sum();
         if total_tokens < 2 {
@@ -305,7 +314,7 @@ impl Run<'_> {
             None => all_blocks,
         };
         let tokens_per_pass: u64 = blocks.iter().map(|b| b.kept).sum();
-        let mut results = self.initial_results(shape.0 * shape.1);
+        let mut results = self.initial_results(&shapes);
         let ckpt_path = self.work_dir.map(|d| d.join(checkpoint::FILE));
         let mut start = checkpoint::Position::default();
         let mut resumed = None;
@@ -322,7 +331,8 @@ impl Run<'_> {
         let mut notes = Vec::new();
         if self.options.permutation_null {
             let least = blocks.iter().map(|b| b.kept).min().unwrap_or(0);
-            notes.extend(super::null_warning(total_tokens, shape.0 * shape.1, least));
+            let widest = shapes.iter().map(Shape::width).max().unwrap_or(0);
+            notes.extend(super::null_warning(total_tokens, widest, least));
         }
         if plan.reuse == Reuse::Disk && self.work_dir.is_none() && plan.passes.len() > 1 {
             notes.push(format!(
@@ -454,7 +464,7 @@ impl Run<'_> {
         if let Some(s) = store {
             s.remove()?;
         }
-        let mut out = finished(tokens_per_pass, shape, results, plan);
+        let mut out = finished(tokens_per_pass, shapes, results, plan);
         out.cost = cost;
         out.notes = notes;
         Ok(Outcome::Done(out))
@@ -551,22 +561,20 @@ impl Run<'_> {
         results: &mut [AnchorResult],
         collect: Option<usize>,
     ) -> Result<(), AnalysisError> {
-        let d = self.family.shape()?.1;
+        let shapes = self.family.shapes()?;
         let specs = acc.specs();
         let wanted = |k: usize| {
             let t = &specs[k];
+            let layers = layers_of(t, &shapes);
             t.pairs.is_none()
                 && Kind::of(t.b_stream) == Kind::Real
-                && self
-                    .options
-                    .save_tiles
-                    .contains(&(t.a_cols.start / d, t.b_cols.start / d))
+                && self.options.save_tiles.contains(&layers)
         };
         let reductions = acc
             .finalize(|k| {
                 wanted(k)
                     || (collect.is_some() && specs[k].pairs.is_none())
-                    || (collect.is_none() && specs[k].assigns(d))
+                    || (collect.is_none() && specs[k].assigns(&shapes))
             })
             .await?;
         // Anchor moments, once per anchor.
@@ -632,39 +640,50 @@ impl Run<'_> {
                     &red.col_argmax,
                 );
                 if let (None, Some(tile)) = (collect, &red.tile)
-                    && t.assigns(d)
+                    && t.assigns(&shapes)
                 {
-                    fill_layer_blocks(o2o, t, d, tile)?;
+                    fill_layer_blocks(o2o, t, (shapes[anchor], shapes[other]), tile)?;
                 }
             }
             if let (true, Some(tile)) = (wanted(k), red.tile) {
-                save_tile(r, other, t, d, &tile);
+                save_tile(r, t, &shapes, &tile);
             }
         }
         Ok(())
     }
 }
 
-/// Write a tile's same-layer correlations into the layer blocks of the assignment: a dense
-/// tile's rows and columns, or, of a sparse tile, each anchor row's candidates in its own
-/// layer (the row is then accounted for: the pairs left out stay unknown).
+/// The (anchor layer, other layer) of a dense tile among models of `shapes`.
+fn layers_of(t: &TileSpec, shapes: &[Shape]) -> (usize, usize) {
+    (
+        shapes[model_of(t.a_stream)].layer_of(t.a_cols.start),
+        shapes[model_of(t.b_stream)].layer_of(t.b_cols.start),
+    )
+}
+
+/// Write a tile's correlations between paired layers ([`Shape::paired_layer`]) into the layer
+/// blocks of the assignment: a dense tile's rows and columns, or, of a sparse tile, each anchor
+/// row's candidates in its paired layer (the row is then accounted for: the pairs left out stay
+/// unknown). `sa`, `sb`: the anchor's and the other model's shapes.
 fn fill_layer_blocks(
     o2o: &mut OneToOne,
     t: &TileSpec,
-    d: usize,
+    (sa, sb): (Shape, Shape),
     tile: &[f32],
 ) -> Result<(), AnalysisError> {
+    let (da, db) = (sa.d_mlp, sb.d_mlp);
     match &t.pairs {
         None => {
-            let layer = t.a_cols.start / d;
+            let layer = sa.layer_of(t.a_cols.start);
+            let paired = sb.layer_of(t.b_cols.start);
             let (row0, col0, nb) = (
-                t.a_cols.start - layer * d,
-                t.b_cols.start - layer * d,
+                t.a_cols.start - layer * da,
+                t.b_cols.start - paired * db,
                 t.b_cols.len(),
             );
-            o2o.fill_block(layer, d, t.a_cols.len() * nb, |block| {
+            o2o.fill_block((layer, da), (paired, db), t.a_cols.len() * nb, |block| {
                 for (r, row) in tile.chunks_exact(nb).enumerate() {
-                    let at = (row0 + r) * d + col0;
+                    let at = (row0 + r) * db + col0;
                     block[at..at + nb].copy_from_slice(row);
                 }
             })
@@ -673,15 +692,16 @@ fn fill_layer_blocks(
             let k = pairs.len() / t.a_cols.len().max(1);
             let mut a = t.a_cols.start;
             while a < t.a_cols.end {
-                let layer = a / d;
-                let end = t.a_cols.end.min((layer + 1) * d);
-                o2o.fill_block(layer, d, (end - a) * d, |block| {
+                let layer = sa.layer_of(a);
+                let paired = sa.paired_layer(layer, &sb);
+                let end = t.a_cols.end.min((layer + 1) * da);
+                o2o.fill_block((layer, da), (paired, db), (end - a) * db, |block| {
                     for row in a..end {
                         let e0 = (row - t.a_cols.start) * k;
                         for e in e0..e0 + k {
                             let j = pairs[e] as usize;
-                            if j / d == layer {
-                                block[(row - layer * d) * d + j - layer * d] = tile[e];
+                            if sb.layer_of(j) == paired {
+                                block[(row - layer * da) * db + j - paired * db] = tile[e];
                             }
                         }
                     }
@@ -694,9 +714,11 @@ fn fill_layer_blocks(
 }
 
 /// Copy a dense tile's rows into the anchor's saved tile of its layer pair (a layer pair may be
-/// split into row ranges).
-fn save_tile(r: &mut AnchorResult, other: usize, t: &TileSpec, d: usize, tile: &[f32]) {
-    let (la, lb) = (t.a_cols.start / d, t.b_cols.start / d);
+/// split into row ranges), `[anchor d_mlp, other d_mlp]`.
+fn save_tile(r: &mut AnchorResult, t: &TileSpec, shapes: &[Shape], tile: &[f32]) {
+    let other = model_of(t.b_stream);
+    let (la, lb) = layers_of(t, shapes);
+    let (da, db) = (shapes[r.anchor].d_mlp, shapes[other].d_mlp);
     let key = (other, la, lb);
     let idx = match r
         .tiles
@@ -709,11 +731,11 @@ fn save_tile(r: &mut AnchorResult, other: usize, t: &TileSpec, d: usize, tile: &
                 other,
                 layer_a: la,
                 layer_b: lb,
-                corr: vec![0.0; d * d],
+                corr: vec![0.0; da * db],
             });
             r.tiles.len() - 1
         }
     };
-    let row0 = t.a_cols.start - la * d;
-    r.tiles[idx].corr[row0 * d..(row0 + t.a_cols.len()) * d].copy_from_slice(tile);
+    let row0 = t.a_cols.start - la * da;
+    r.tiles[idx].corr[row0 * db..(row0 + t.a_cols.len()) * db].copy_from_slice(tile);
 }

@@ -8,7 +8,9 @@ use super::block::blocks;
 use super::{AnalysisOptions, CANDIDATES, Family, Refine, Run, TokenSet};
 use crate::AnalysisError;
 use crate::compute::Compute;
-use crate::plan::{KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, TileSpec, chunks, stream};
+use crate::plan::{
+    KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, Shape, TileSpec, activation_bytes, chunks, stream,
+};
 use crate::results::{AnchorResult, Outcome, Progress};
 
 impl Run<'_> {
@@ -21,9 +23,10 @@ impl Run<'_> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Outcome, AnalysisError> {
         let work_dir = self.need_dir("refinement")?;
-        let (n_layers, d_mlp) = self.family.shape()?;
-        let width = n_layers * d_mlp;
-        let k = refine.k.clamp(1, (width / 2).max(1));
+        let shapes = self.family.shapes()?;
+        // At most half the narrowest model's neurons at each end.
+        let narrowest = shapes.iter().map(Shape::width).min().unwrap_or(0);
+        let k = refine.k.clamp(1, (narrowest / 2).max(1));
         let (sample, prefix_options) = self.first_stage(refine);
         let prefix_dir = work_dir.join("prefix");
         std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
@@ -63,8 +66,7 @@ impl Run<'_> {
         }
         let plan = pair_plan(
             &first.anchors,
-            width,
-            self.family.models.len(),
+            &shapes,
             self.block_tokens(),
             self.reserved_bytes(Some(k))?,
         )?;
@@ -159,13 +161,12 @@ impl Run<'_> {
 }
 
 /// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
-/// and every stream, the candidate pairs the prefix stage kept in `anchors` (streams of
-/// `width` neurons, `n_models` models); anchor rows are split into tiles of at most
+/// and every stream, the candidate pairs the prefix stage kept in `anchors` (models of
+/// `shapes`); anchor rows are split into tiles of at most
 /// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge).
 pub(super) fn pair_plan(
     anchors: &[AnchorResult],
-    width: usize,
-    n_models: usize,
+    shapes: &[Shape],
     block_tokens: usize,
     reserved_bytes: u64,
 ) -> Result<Plan, AnalysisError> {
@@ -179,7 +180,9 @@ pub(super) fn pair_plan(
                 r.anchor
             )));
         }
+        let width = shapes[r.anchor].width();
         for (oi, &b) in r.others.iter().enumerate() {
+            let other_width = shapes[b].width();
             for kind in Kind::ALL {
                 let c = &r.candidates[KINDS * oi + kind as usize];
                 if c.val.is_empty() {
@@ -187,7 +190,9 @@ pub(super) fn pair_plan(
                     continue;
                 }
                 let per_row = 2 * c.k;
-                if c.col.len() != width * per_row || c.col.iter().any(|&j| j as usize >= width) {
+                if c.col.len() != width * per_row
+                    || c.col.iter().any(|&j| j as usize >= other_width)
+                {
                     return Err(AnalysisError::Invalid(format!(
                         "the prefix stage left incomplete candidates for anchor {} and model {b}",
                         r.anchor
@@ -200,7 +205,7 @@ pub(super) fn pair_plan(
                         a_stream: stream(r.anchor, Kind::Real),
                         a_cols,
                         b_stream: stream(b, kind),
-                        b_cols: 0..width,
+                        b_cols: 0..other_width,
                         pairs: Some(Arc::new(pairs)),
                     });
                 }
@@ -211,14 +216,13 @@ pub(super) fn pair_plan(
     kinds.dedup();
     kinds.sort_by_key(|&k| k as usize);
     kinds.dedup();
-    let activation_bytes =
-        (block_tokens * width * 4) as u64 * (kinds.len() as u64 * n_models as u64 + 2);
+    let activation_bytes = activation_bytes(shapes, kinds.len(), block_tokens);
     // The real streams' pair correlations come back for the one-to-one assignment.
     let max_tile_bytes = specs
         .iter()
         .map(|t| {
             t.bytes()
-                + if t.assigns(width) {
+                + if t.assigns(shapes) {
                     4 * t.entries() as u64
                 } else {
                     0

@@ -222,14 +222,18 @@ impl MapView {
             choose(ui, "rows: seed", &mut c.anchor, &anchors, |&a| {
                 names[a].clone()
             });
-            let layers: Vec<usize> = (0..ex.n_layers()).collect();
-            choose(ui, "layer", &mut c.layer_a, &layers, |l| format!("L{l}"));
+            let layers = |m: usize| (0..ex.shape(m).n_layers).collect::<Vec<usize>>();
+            choose(ui, "layer", &mut c.layer_a, &layers(c.anchor), |l| {
+                format!("L{l}")
+            });
             ui.separator();
             let others: Vec<usize> = (0..names.len()).filter(|&o| o != c.anchor).collect();
             choose(ui, "columns: seed", &mut c.other, &others, |&o| {
                 names[o].clone()
             });
-            choose(ui, "layer ", &mut c.layer_b, &layers, |l| format!("L{l}"));
+            choose(ui, "layer ", &mut c.layer_b, &layers(c.other), |l| {
+                format!("L{l}")
+            });
             ui.separator();
             choose(
                 ui,
@@ -256,6 +260,10 @@ impl MapView {
                 .find(|&o| o != self.choice.anchor)
                 .unwrap_or(0);
         }
+        // Models of different depths: a layer the chosen model lacks becomes its last.
+        let c = &mut self.choice;
+        c.layer_a = c.layer_a.min(ex.shape(c.anchor).n_layers.saturating_sub(1));
+        c.layer_b = c.layer_b.min(ex.shape(c.other).n_layers.saturating_sub(1));
         // A tile of another choice (changed here, or by another view) is read again.
         if self.tile.as_ref().is_some_and(|t| t.choice != self.choice) {
             self.tile = None;
@@ -279,11 +287,13 @@ impl MapView {
         ui.horizontal(|ui| {
             heatmap::legend(ui, 220.0);
             ui.label(format!(
-                "Pearson r, {} L{} neurons (rows) × {} L{} neurons (columns){}",
+                "Pearson r, {} L{} neurons (rows, {}) × {} L{} neurons (columns, {}){}",
                 names[c.anchor],
                 c.layer_a,
+                tile.data.rows,
                 names[c.other],
                 c.layer_b,
+                tile.data.cols,
                 if shared.gpu {
                     "; drawn on the GPU, max-|r| pooled when zoomed out"
                 } else {
@@ -293,11 +303,17 @@ impl MapView {
         });
         let avail = ui.available_size();
         let side = avail.x.min(avail.y - 8.0).max(100.0);
+        // One square per pair: a tile of models of different widths keeps its aspect.
+        let long = tile.data.rows.max(tile.data.cols).max(1) as f32;
+        let size = egui::vec2(
+            side * tile.data.cols as f32 / long,
+            side * tile.data.rows as f32 / long,
+        );
         let (rect, hover) = heatmap::show(
             ui,
             &tile.data,
             &mut self.view,
-            egui::Vec2::splat(side),
+            size,
             shared.gpu,
             &mut self.cpu_texture,
         );
@@ -364,21 +380,21 @@ impl MapView {
 /// Read tile `name` and order it as `choice` asks (off the UI thread).
 fn read_tile(ex: &Explorer, name: &str, choice: TileChoice) -> Result<LoadedTile, AppError> {
     let values = ex.read_tile(name)?;
-    let d = ex.d_mlp();
+    let (rows, cols) = (ex.shape(choice.anchor).d_mlp, ex.shape(choice.other).d_mlp);
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (ex.source.display(), name, choice.order).hash(&mut h);
     let (values, row_of, col_of) = match choice.order {
-        MapOrder::Neuron => (values, (0..d).collect(), (0..d).collect()),
-        MapOrder::BestMatch => heatmap::order_by_match(&values, d, d),
-        MapOrder::Assignment => heatmap::order_by_assignment(&values, d)?,
+        MapOrder::Neuron => (values, (0..rows).collect(), (0..cols).collect()),
+        MapOrder::BestMatch => heatmap::order_by_match(&values, rows, cols),
+        MapOrder::Assignment => heatmap::order_by_assignment(&values, rows, cols)?,
     };
     Ok(LoadedTile {
         choice,
         data: MapData {
             key: h.finish(),
-            rows: d,
-            cols: d,
+            rows,
+            cols,
             values: Arc::new(values),
         },
         row_of,

@@ -69,11 +69,10 @@ impl OverviewView {
         ui.horizontal_wrapped(|ui| {
             ui.heading(format!("{} seeds", ex.names.len()));
             ui.label(format!(
-                "{} · {} tokens · {} layers × {} neurons · anchor {} · {}",
+                "{} · {} tokens · {} · anchor {} · {}",
                 ex.names.join(", "),
                 m.n_tokens,
-                m.n_layers,
-                m.d_mlp,
+                m.shapes_in_words(),
                 ex.names[anchor],
                 m.device
             ));
@@ -279,7 +278,9 @@ impl OverviewView {
                     ui.strong("Fig. 2c: layer of the best match (fraction of each anchor layer)");
                     if let Some(a) = ex.anchor(anchor) {
                         ui.horizontal_top(|ui| {
-                            layer_grid(ui, &a.layer_match, ex.n_layers(), Vec2::new(w, h));
+                            let rows = ex.shape(anchor).n_layers;
+                            let cols = a.layer_match.len() / rows.max(1);
+                            layer_grid(ui, &a.layer_match, (rows, cols), Vec2::new(w, h));
                             ui.vertical(|ui| universal_percentiles(ui, &split.medians));
                         });
                     }
@@ -299,13 +300,12 @@ impl OverviewView {
         let col = |f: fn(&NeuronRow) -> f64| -> Vec<f64> { rows.iter().map(|r| f(r)).collect() };
         let m = &ex.bundle.manifest;
         let title = format!(
-            "{} seeds ({}), anchor {}, {} tokens, {} layers x {} neurons",
+            "{} seeds ({}), anchor {}, {} tokens, {}",
             ex.names.len(),
             ex.names.join(", "),
             ex.names[anchor],
             m.n_tokens,
-            m.n_layers,
-            m.d_mlp
+            m.shapes_in_words()
         );
         Ok(seedscope_report::overview_svg(
             &seedscope_report::Overview {
@@ -353,18 +353,30 @@ fn per_layer_bars(ui: &mut egui::Ui, counts: &[(usize, usize)], w: f32, h: f32) 
 
 /// The `[n, n]` fraction grid, rows = anchor layer, columns = layer of the best match. Cell
 /// values are written when the cells are large enough to hold them (up to about 12 layers).
-fn layer_grid(ui: &mut egui::Ui, f: &[f32], n: usize, size: Vec2) {
+fn layer_grid(ui: &mut egui::Ui, f: &[f32], (rows, cols): (usize, usize), size: Vec2) {
     let side = (size.x.min(size.y) - 40.0).max(60.0);
     let (rect, resp) = ui.allocate_exact_size(Vec2::new(side + 40.0, side + 30.0), Sense::hover());
-    let grid = Rect::from_min_size(rect.min + Vec2::new(36.0, 0.0), Vec2::splat(side));
-    let cell = side / n.max(1) as f32;
+    let cell = side / rows.max(cols).max(1) as f32;
+    let grid = Rect::from_min_size(
+        rect.min + Vec2::new(36.0, 0.0),
+        Vec2::new(cols as f32 * cell, rows as f32 * cell),
+    );
     let painter = ui.painter_at(rect);
     let text = ui.visuals().text_color();
     // Label every layer when they fit, else every k-th.
     let label_every = (14.0 / cell).ceil().max(1.0) as usize;
-    for a in 0..n {
-        for b in 0..n {
-            let v = f.get(a * n + b).copied().unwrap_or(0.0);
+    let label = |at: Pos2, align, l: usize| {
+        painter.text(
+            at,
+            align,
+            format!("L{l}"),
+            egui::FontId::proportional(11.0),
+            text,
+        );
+    };
+    for a in 0..rows {
+        for b in 0..cols {
+            let v = f.get(a * cols + b).copied().unwrap_or(0.0);
             let r = Rect::from_min_size(
                 grid.min + Vec2::new(b as f32 * cell, a as f32 * cell),
                 Vec2::splat(cell),
@@ -389,33 +401,28 @@ fn layer_grid(ui: &mut egui::Ui, f: &[f32], n: usize, size: Vec2) {
                 );
             }
         }
-        if a % label_every != 0 {
-            continue;
+        if a % label_every == 0 {
+            let y = grid.min.y + (a as f32 + 0.5) * cell;
+            label(
+                Pos2::new(grid.min.x - 4.0, y),
+                egui::Align2::RIGHT_CENTER,
+                a,
+            );
         }
-        painter.text(
-            Pos2::new(grid.min.x - 4.0, grid.min.y + (a as f32 + 0.5) * cell),
-            egui::Align2::RIGHT_CENTER,
-            format!("L{a}"),
-            egui::FontId::proportional(11.0),
-            text,
-        );
-        painter.text(
-            Pos2::new(grid.min.x + (a as f32 + 0.5) * cell, grid.max.y + 4.0),
-            egui::Align2::CENTER_TOP,
-            format!("L{a}"),
-            egui::FontId::proportional(11.0),
-            text,
-        );
+    }
+    for b in (0..cols).step_by(label_every) {
+        let x = grid.min.x + (b as f32 + 0.5) * cell;
+        label(Pos2::new(x, grid.max.y + 4.0), egui::Align2::CENTER_TOP, b);
     }
     if let Some(p) = resp.hover_pos()
         && grid.contains(p)
     {
         let b = ((p.x - grid.min.x) / cell) as usize;
         let a = ((p.y - grid.min.y) / cell) as usize;
-        if a < n && b < n {
+        if a < rows && b < cols {
             resp.on_hover_text(format!(
                 "{:.1}% of anchor layer {a} neurons have their best match in layer {b}",
-                100.0 * f.get(a * n + b).copied().unwrap_or(0.0)
+                100.0 * f.get(a * cols + b).copied().unwrap_or(0.0)
             ));
         }
     }

@@ -228,9 +228,7 @@ impl TableView {
             self.order = rank
                 .ranked
                 .iter()
-                .filter_map(|(id, _, _)| {
-                    anchor.rows.get(id.layer * ex.d_mlp() + id.neuron).copied()
-                })
+                .filter_map(|(id, _, _)| anchor.rows.get(ex.index(*id)).copied())
                 .filter(|&i| self.keep(&rows[i], threshold))
                 .take(self.token_top)
                 .collect();
@@ -367,7 +365,7 @@ impl TableView {
                 }
             }
             let layers: Vec<Option<usize>> = std::iter::once(None)
-                .chain((0..ex.n_layers()).map(Some))
+                .chain((0..ex.shape(shared.anchor).n_layers).map(Some))
                 .collect();
             choose(ui, "layer", &mut self.layer, &layers, |l| {
                 l.map_or("all".into(), |l| format!("L{l}"))
