@@ -19,8 +19,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
 # The browser build (web/): lint its wasm-only code, build web/dist, then run the page end to
 # end in headless Chromium (web/e2e.mjs): the embedded family analysed on WebGPU (SwiftShader)
-# must give the native `seedscope analyze` result on the same tokens; a bundle opens from a URL,
-# and without WebGPU (drawn with WebGL2); screenshots must not be blank.
+# must give the native `seedscope analyze` result on the same tokens; live text on the page must
+# give the native forward's traces, the example scan and the downloads work; a bundle opens from
+# a URL, and without WebGPU (drawn with WebGL2); screenshots must not be blank.
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo clippy --release --target wasm32-unknown-unknown -p seedscope-web -- -D warnings
 web/build.sh
@@ -32,5 +33,6 @@ fi
 (cd web && npm ci --no-audit --no-fund --silent)
 e2e="$(mktemp -d)"
 cargo run --release --quiet -- analyze --max-tokens 2048 --save-tiles all --out "$e2e/bundle" >/dev/null
-node web/e2e.mjs --dist web/dist --bundle "$e2e/bundle" --out "${E2E_OUT:-$e2e/out}" --max-tokens 2048
+node web/e2e.mjs --dist web/dist --bundle "$e2e/bundle" --out "${E2E_OUT:-$e2e/out}" --max-tokens 2048 \
+    --seedscope "${CARGO_TARGET_DIR:-target}/release/seedscope" --family assets/family
 rm -rf "$e2e"

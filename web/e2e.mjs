@@ -7,12 +7,18 @@
 //  2. ?bundle=/bundle: the native bundle opens from its URL (the same summary); its files
 //     dropped on the page open too; with the Cache API refusing (quota) the page says so and
 //     goes on with the files in memory.
+//     Then, on that page: the models arrive, live text typed into the neuron page (T) runs on
+//     WebGPU and every seed's trace equals the native forward's (`seedscope activations` on
+//     the CPU) within 1e-3; the example scan (E) finds every neuron's examples; the table
+//     (CSV), the overview (SVG) and the map (PNG) download as files.
 //  3. Without WebGPU: the bundle still opens and draws (WebGL2), and the page says why
 //     analysis is unavailable.
 // Usage: node web/e2e.mjs --dist web/dist --bundle DIR --out DIR [--chromium PATH] [--max-tokens N]
+//        [--seedscope BIN] [--family DIR]
 import { chromium } from "playwright-core";
 import { PNG } from "pngjs";
 import { serve } from "./server.mjs";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -26,6 +32,8 @@ const outDir = path.resolve(args.out ?? "web/e2e-out");
 const maxTokens = args["max-tokens"] ?? "2048";
 const chromiumPath = args.chromium ?? "/usr/bin/chromium";
 const timeoutMs = Number(args["timeout-s"] ?? 1500) * 1000;
+const seedscopeBin = path.resolve(args.seedscope ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), ".cache/seedscope-target"), "release/seedscope"));
+const familyDir = path.resolve(args.family ?? "assets/family");
 fs.mkdirSync(outDir, { recursive: true });
 
 const expected = JSON.parse(fs.readFileSync(path.join(bundleDir, "manifest.json"), "utf8"));
@@ -86,13 +94,15 @@ async function withPage(flags, fn) {
     for (const w of waiters) w(text);
   });
   page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
+  // A console line starting with `prefix` (or for which `prefix(line)` holds).
   const waitFor = (prefix, ms) =>
     new Promise((resolve, reject) => {
-      const found = log.find((l) => l.startsWith(prefix));
+      const hit = typeof prefix === "function" ? prefix : (l) => l.startsWith(prefix);
+      const found = log.find(hit);
       if (found) return resolve(found);
       const timer = setTimeout(() => reject(new Error(`no "${prefix}" on the console within ${ms / 1000} s; console:\n${log.slice(-40).join("\n")}`)), ms);
       waiters.push((t) => {
-        if (t.startsWith(prefix)) { clearTimeout(timer); resolve(t); }
+        if (hit(t)) { clearTimeout(timer); resolve(t); }
         if (t.startsWith("seedscope-error") || t.startsWith("panicked")) { clearTimeout(timer); reject(new Error(`the page failed: ${t}\n${log.slice(-40).join("\n")}`)); }
       });
     });
@@ -110,6 +120,54 @@ async function withPage(flags, fn) {
 // SwiftShader behind both ANGLE and WebGPU, canvas and compute work (web/README.md).
 const WEBGPU = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader"];
 const summaryOf = (line) => JSON.parse(line.slice("seedscope-summary ".length));
+
+// A tensor of a safetensors file: { shape, data: Float32Array }.
+function readTensor(file, name) {
+  const buf = fs.readFileSync(file);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString("utf8"));
+  const t = header[name];
+  if (!t || t.dtype !== "F32") throw new Error(`${file}: no f32 tensor ${name}`);
+  const [start, end] = t.data_offsets;
+  const bytes = buf.subarray(8 + headerLen + start, 8 + headerLen + end);
+  return { shape: t.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+}
+
+// Every trace of a `seedscope-live` line against the native CPU forward of its model over the
+// same text (`seedscope activations`: BOS prepended, as live text does).
+function checkLive(live) {
+  const textFile = path.join(outDir, "live.txt");
+  fs.writeFileSync(textFile, live.text);
+  let worst = 0;
+  for (const t of live.traces) {
+    const out = path.join(outDir, `live-${t.model}.safetensors`);
+    execFileSync(seedscopeBin, ["activations", "--backend", "cpu", "--model", path.join(familyDir, t.model), "--text", textFile, "--out", out], { stdio: "pipe" });
+    const { shape, data } = readTensor(out, `blocks.${t.layer}.mlp.hook_post`);
+    const [rows, seq, d] = shape;
+    if (rows !== 1 || seq !== t.acts.length || seq !== live.tokens.length) {
+      throw new Error(`${t.model}: native ${rows} x ${seq} tokens, the page ${t.acts.length} (${live.tokens.length} tokens)`);
+    }
+    for (let p = 0; p < seq; p++) {
+      const err = Math.abs(data[p * d + t.neuron] - t.acts[p]);
+      worst = Math.max(worst, err);
+      if (!(err <= 1e-3)) throw new Error(`${t.model} L${t.layer}.${t.neuron} token ${p}: page ${t.acts[p]} vs native ${data[p * d + t.neuron]}`);
+    }
+  }
+  console.log(`ok  live text on WebGPU: ${live.traces.map((t) => `${t.model} L${t.layer}.${t.neuron}`).join(", ")} over ${live.tokens.length} tokens, max |error| ${worst.toExponential(2)} against the native forward`);
+}
+
+// Open the File menu and click its item at `y` (the items' places at 1280 x 860: the native
+// harness measures the same layout), expecting a download named `name`.
+async function download(page, y, name) {
+  await page.mouse.click(19, 12);
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: path.join(outDir, `menu-${name}.png`) });
+  const [dl] = await Promise.all([page.waitForEvent("download", { timeout: 20000 }), page.mouse.click(120, y)]);
+  if (dl.suggestedFilename() !== name) throw new Error(`downloaded ${dl.suggestedFilename()}, expected ${name}`);
+  const file = path.join(outDir, name);
+  await dl.saveAs(file);
+  return fs.readFileSync(file);
+}
 const server = await serve(dist, bundleDir);
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
@@ -163,6 +221,44 @@ try {
     // The correlation map: the tile read in the background and drawn on the GPU fills about
     // half the page (its controls and a message alone would leave over 90 % background).
     checkNotBlank(path.join(outDir, "map.png"), 0.8);
+    // Live text on the page's device: the neuron page, T, the text typed in.
+    const LIVE_TEXT = "Who is there? Nay, answer me: stand, and unfold yourself.";
+    await waitFor("seedscope-models", 300000);
+    await page.keyboard.press("4");
+    await page.waitForTimeout(1000);
+    await page.keyboard.press("t");
+    await page.waitForTimeout(500);
+    await page.keyboard.press("Control+A");
+    const typed = Date.now();
+    await page.keyboard.type(LIVE_TEXT);
+    const liveLine = await waitFor((l) => l.startsWith("seedscope-live ") && JSON.parse(l.slice(15)).text === LIVE_TEXT, 300000);
+    const live = JSON.parse(liveLine.slice("seedscope-live ".length));
+    if (live.traces.length !== expected.models.length) throw new Error(`${live.traces.length} traces for ${expected.models.length} seeds`);
+    console.log(`--  live text: ${((Date.now() - typed) / 1000).toFixed(1)} s from the first key typed to the last trace`);
+    checkLive(live);
+    await page.screenshot({ path: path.join(outDir, "live.png") });
+    // The example scan over the bundle's data, in the browser (Escape leaves the text field).
+    await page.keyboard.press("Escape");
+    await page.waitForTimeout(300);
+    const scanStart = Date.now();
+    await page.keyboard.press("e");
+    const examples = JSON.parse((await waitFor("seedscope-examples ", 600000)).slice("seedscope-examples ".length));
+    for (const e of examples) {
+      if (!(e.scanned > 0) || e.top.length === 0) throw new Error(`no examples for ${e.model} L${e.layer}.${e.neuron}`);
+    }
+    console.log(`ok  example scan in the browser: ${((Date.now() - scanStart) / 1000).toFixed(0)} s, ${examples.length} neurons, ${examples[0].scanned} tokens each, top activations ${examples.map((e) => e.top[0].toFixed(2)).join(", ")}`);
+    // Exports download: the table as CSV, the overview as SVG, the map as PNG.
+    const csv = (await download(page, 118, "neurons.csv")).toString("utf8").trim().split("\n");
+    if (!csv[0].startsWith("model,layer,neuron") || csv.length < 2) throw new Error(`neurons.csv: ${csv.slice(0, 2).join(" / ")}`);
+    await page.keyboard.press("1");
+    await page.waitForTimeout(1000);
+    const svg = (await download(page, 166, "plot.svg")).toString("utf8");
+    if (!svg.startsWith("<svg")) throw new Error(`plot.svg starts ${svg.slice(0, 40)}`);
+    await page.keyboard.press("2");
+    await page.waitForTimeout(1500);
+    const png = await download(page, 142, "plot.png");
+    if (png.readUInt32BE(0) !== 0x89504e47) throw new Error("plot.png is not a PNG");
+    console.log(`ok  downloads: neurons.csv (${csv.length - 1} rows), plot.svg (${svg.length} bytes), plot.png (${png.length} bytes)`);
   });
   await withPage(WEBGPU, async (page, waitFor) => {
     await page.goto(`${base}/?bundle=/bundle`);

@@ -488,13 +488,12 @@ pub async fn analyse_in_memory(
             &cpu,
             f32,
         )?);
-        let sha = |b: &[u8]| format!("{:x}", Sha256::digest(b));
         entries.push(ModelEntry {
             name: name.clone(),
             path: name.clone(),
             files: vec![
-                ("config.json".into(), sha(config)),
-                ("model.safetensors".into(), sha(weights)),
+                ("config.json".into(), sha256_hex(config)),
+                ("model.safetensors".into(), sha256_hex(weights)),
             ],
             shape: models.last().map(Shape::of),
         });
@@ -602,8 +601,13 @@ fn timed<T>(log: &mut dyn FnMut(String), what: &str, step: impl FnOnce() -> T) -
     out
 }
 
+/// The sha256 of `bytes` in hex: what a manifest records of each model file.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 /// The sha256 of token ids (little-endian u32s): what a manifest records of its data.
-fn data_sha256(ids: &[u32]) -> String {
+pub fn data_sha256(ids: &[u32]) -> String {
     let mut h = Sha256::new();
     for id in ids {
         h.update(id.to_le_bytes());

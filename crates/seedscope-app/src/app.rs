@@ -12,6 +12,7 @@ use seedscope_analysis::bundle::BundleSource;
 use seedscope_analysis::job::AnalysisRequest;
 
 use crate::data::{Explorer, NeuronId};
+use crate::export::{Export, ExportTo};
 use crate::inspect::Models;
 use crate::jobs::{AnalysisDone, Pick, Poll, Task, spawn_analysis, spawn_open};
 use crate::notices::Notices;
@@ -69,7 +70,8 @@ pub struct SeedscopeApp {
     /// Whether heatmaps render on the GPU (a wgpu renderer with storage buffers is present).
     pub gpu: bool,
     ctx: egui::Context,
-    png_result: Option<std::sync::mpsc::Receiver<Result<PathBuf, AppError>>>,
+    /// A PNG export waiting for its screenshot, and where it goes.
+    png_result: Option<(ExportTo, export::PendingPng)>,
 }
 
 impl SeedscopeApp {
@@ -333,12 +335,16 @@ impl SeedscopeApp {
                 self.start_analysis(*request);
             }
             Action::Error(e) => self.error(e),
+            Action::Log(line) => self.platform.log(&line),
         }
     }
 
     fn take_polled(&mut self, polled: Polled) {
         if let Some(ex) = polled.complete {
             self.complete_explorer(*ex);
+        }
+        if let Some(models) = polled.models {
+            self.models = models;
         }
         if let Some(task) = polled.analysis {
             if self.analysis.is_some() {
@@ -399,12 +405,13 @@ impl SeedscopeApp {
                 Err(e) => self.error(format!("could not open the bundle: {e}")),
             }
         }
-        if let Some(rx) = &self.png_result {
+        if let Some((to, rx)) = &self.png_result {
             match rx.try_recv() {
                 Ok(r) => {
+                    let to = to.clone();
                     self.png_result = None;
-                    match r {
-                        Ok(path) => self.notice(format!("saved {}", path.display())),
+                    match r.and_then(|png| export::deliver(self.platform.as_ref(), &to, &png)) {
+                        Ok(said) => self.notice(said),
                         Err(e) => self.error(e.to_string()),
                     }
                 }
@@ -418,44 +425,37 @@ impl SeedscopeApp {
     }
 
     fn dialog_done(&mut self, purpose: DialogFor, path: PathBuf) {
-        let done = |r: Result<String, AppError>| match r {
-            Ok(n) => (false, n),
-            Err(e) => (true, e.to_string()),
-        };
-        let said = match purpose {
-            DialogFor::OpenBundle => {
-                self.open_bundle(path);
-                return;
-            }
-            DialogFor::AddModel => {
-                self.new_analysis.get_or_insert_default().models.push(path);
-                return;
-            }
-            DialogFor::Data => {
-                self.new_analysis.get_or_insert_default().data = Some(path);
-                return;
-            }
-            DialogFor::ExportCsv => {
-                let Some(ex) = self.ex.clone() else { return };
-                done(
-                    crate::views::table::export_csv(&ex, &self.table.order, &path)
-                        .map(|n| format!("{n} rows written to {}", path.display())),
-                )
-            }
-            DialogFor::ExportSvg => done(self.plot_svg().and_then(|svg| {
-                seedscope_model::write_file_atomic(&path, svg.as_bytes())?;
-                Ok(format!("saved {}", path.display()))
-            })),
-            DialogFor::ExportPng => {
-                if let Some(rect) = self.plot_rect() {
-                    self.png_result = Some(export::screenshot_region(&self.ctx, rect, path));
+        match purpose {
+            DialogFor::OpenBundle => self.open_bundle(path),
+            DialogFor::AddModel => self.new_analysis.get_or_insert_default().models.push(path),
+            DialogFor::Data => self.new_analysis.get_or_insert_default().data = Some(path),
+            DialogFor::ExportCsv => self.export(Export::Csv, ExportTo::File(path)),
+            DialogFor::ExportSvg => self.export(Export::Svg, ExportTo::File(path)),
+            DialogFor::ExportPng => self.export(Export::Png, ExportTo::File(path)),
+        }
+    }
+
+    /// Make export `what` and hand it to `to` (a PNG once its screenshot arrives).
+    fn export(&mut self, what: Export, to: ExportTo) {
+        let bytes = match what {
+            Export::Csv => match self.ex.clone() {
+                Some(ex) => crate::views::table::csv_bytes(&ex, &self.table.order),
+                None => Err("no bundle is open".into()),
+            },
+            Export::Svg => self.plot_svg().map(String::into_bytes),
+            Export::Png => {
+                match self.plot_rect() {
+                    Some(rect) => {
+                        self.png_result = Some((to, export::screenshot_region(&self.ctx, rect)))
+                    }
+                    None => self.error("no plot is shown to export".into()),
                 }
                 return;
             }
         };
-        match said {
-            (false, n) => self.notice(n),
-            (true, e) => self.error(e),
+        match bytes.and_then(|b| export::deliver(self.platform.as_ref(), &to, &b)) {
+            Ok(said) => self.notice(said),
+            Err(e) => self.error(e.to_string()),
         }
     }
 
@@ -501,6 +501,12 @@ impl SeedscopeApp {
             self.tab = Tab::Table;
             self.table.focus_search = true;
         }
+        // On the neuron page: T types live text, E finds the examples.
+        if self.tab == Tab::Neuron {
+            let (t, e) = ctx.input(|i| (i.key_pressed(Key::T), i.key_pressed(Key::E)));
+            self.neuron.focus_live |= t;
+            self.neuron.find_examples |= e;
+        }
         // 1–4: the views in menu order.
         let keys = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
         if let Some((tab, _)) = keys
@@ -528,47 +534,27 @@ impl SeedscopeApp {
                     self.analyse_embedded();
                 }
                 ui.separator();
-                // Exports write files: the desktop app's (the browser has no paths to write).
-                let no_files = "exports write files: use the desktop app";
-                if ui
-                    .add_enabled(files, egui::Button::new("Export table as CSV…"))
-                    .on_disabled_hover_text(no_files)
-                    .clicked()
-                {
-                    self.ask(
-                        DialogFor::ExportCsv,
-                        "Export the table",
-                        Pick::Save("neurons.csv"),
-                    );
-                }
-                let plot =
-                    files && matches!(self.tab, Tab::Overview | Tab::Map) && self.ex.is_some();
-                let hint = if files {
-                    "the overview and the correlation map are plots"
-                } else {
-                    no_files
-                };
-                if ui
-                    .add_enabled(plot, egui::Button::new("Export plot as PNG…"))
-                    .on_disabled_hover_text(hint)
-                    .clicked()
-                {
-                    self.ask(
-                        DialogFor::ExportPng,
-                        "Export the plot",
-                        Pick::Save("plot.png"),
-                    );
-                }
-                if ui
-                    .add_enabled(plot, egui::Button::new("Export plot as SVG…"))
-                    .on_disabled_hover_text(hint)
-                    .clicked()
-                {
-                    self.ask(
-                        DialogFor::ExportSvg,
-                        "Export the plot",
-                        Pick::Save("plot.svg"),
-                    );
+                // Exports: to a path the user types or picks (the desktop), or downloaded (the
+                // page, which has no paths).
+                let plot = matches!(self.tab, Tab::Overview | Tab::Map) && self.ex.is_some();
+                let items = [
+                    (Export::Csv, "Export table as CSV…", true),
+                    (Export::Png, "Export plot as PNG…", plot),
+                    (Export::Svg, "Export plot as SVG…", plot),
+                ];
+                for (what, label, enabled) in items {
+                    if ui
+                        .add_enabled(enabled, egui::Button::new(label))
+                        .on_disabled_hover_text("the overview and the correlation map are plots")
+                        .clicked()
+                    {
+                        let (purpose, name) = what.dialog();
+                        if files {
+                            self.ask(purpose, "Export", Pick::Save(name));
+                        } else {
+                            self.export(what, ExportTo::Download(name.into()));
+                        }
+                    }
                 }
             });
             ui.menu_button("View", |ui| {

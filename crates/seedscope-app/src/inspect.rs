@@ -1,7 +1,9 @@
 //! Running the bundle's models for the neuron page: a neuron's activation on text the user
 //! types (in every seed at once) and its max-activating examples over the bundle's data.
-//! Models are loaded once per bundle, on the CPU backend (small batches; the GPU, if any, is
-//! the analysis's), inside a task thread.
+//! On the desktop the models are read from the manifest's paths once per bundle, on the CPU
+//! backend (small batches; the GPU, if any, is the analysis's), inside a task thread; in the
+//! browser the page hands over models it fetched, on its WebGPU device. Activations are read
+//! back asynchronously, so the same code runs in a thread and on the page's event loop.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use crate::jobs::{ProgressInfo, Reporter};
 /// The bundle's models and tokenizer, loaded on first use and shared by tasks.
 pub struct Models {
     device: ComputeDevice,
+    /// Where the models come from: directories (loaded on first use) or already loaded.
     dirs: Vec<PathBuf>,
     loaded: Mutex<HashMap<usize, Arc<LoadedModel>>>,
     tokenizer: TextTokenizer,
@@ -31,6 +34,9 @@ struct DataRef {
     source: String,
     shape: [usize; 2],
     dropped: Vec<u32>,
+    /// The token ids in memory (the browser, which has no files to read them from); `None`:
+    /// read from `source`.
+    ids: Option<Arc<Vec<u32>>>,
 }
 
 /// A neuron's activation on every token of a text.
@@ -70,8 +76,40 @@ impl Models {
                 source: m.data_source.clone(),
                 shape: m.data_shape,
                 dropped: m.dropped_ids.clone(),
+                ids: None,
             },
         })
+    }
+
+    /// The models of `ex`, already loaded on `device` (manifest order), with its tokenizer and,
+    /// where the caller has them, the analysed token ids (`[rows, seq]` as the manifest records;
+    /// without them examples and token searches say the data is missing).
+    pub fn loaded(
+        ex: &Explorer,
+        device: ComputeDevice,
+        models: Vec<LoadedModel>,
+        tokenizer: TextTokenizer,
+        ids: Option<Vec<u32>>,
+    ) -> Self {
+        let m = &ex.bundle.manifest;
+        Self {
+            device,
+            dirs: models.iter().map(|l| l.dir.clone()).collect(),
+            loaded: Mutex::new(
+                models
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, l)| (i, Arc::new(l)))
+                    .collect(),
+            ),
+            tokenizer,
+            data: DataRef {
+                source: m.data_source.clone(),
+                shape: m.data_shape,
+                dropped: m.dropped_ids.clone(),
+                ids: Some(Arc::new(ids.unwrap_or_default())),
+            },
+        }
     }
 
     /// Model `i`, loaded on first use. The cache's lock is held only to look up and to insert,
@@ -103,7 +141,7 @@ impl Models {
     }
 
     /// Per neuron (grouped by model), its post-activation on `ids` (`[rows, seq]`).
-    fn run(
+    async fn run(
         &self,
         ids: &[u32],
         rows: usize,
@@ -137,14 +175,14 @@ impl Models {
                     return Err(format!("{} has only {d} neurons per layer", n.short()).into());
                 }
                 let col = t.clone().slice([0..rows, 0..seq, n.neuron..n.neuron + 1]);
-                out[k] = to_vec(col)?;
+                out[k] = to_vec(col).await?;
             }
         }
         Ok(out)
     }
 
     /// The activation of each of `neurons` on `text` (BOS prepended, cut to the context).
-    pub fn live_text(&self, text: &str, neurons: &[NeuronId]) -> Result<LiveText, AppError> {
+    pub async fn live_text(&self, text: &str, neurons: &[NeuronId]) -> Result<LiveText, AppError> {
         let mut ids = self.tokenizer.to_tokens(text, true)?;
         let ctx = self
             .model(neurons.first().map_or(0, |n| n.model))?
@@ -157,7 +195,7 @@ impl Models {
                 traces: Vec::new(),
             });
         }
-        let acts = self.run(&ids, 1, ids.len(), neurons)?;
+        let acts = self.run(&ids, 1, ids.len(), neurons).await?;
         Ok(LiveText {
             tokens: self.token_strings(&ids),
             traces: neurons
@@ -168,10 +206,33 @@ impl Models {
         })
     }
 
+    /// Whether the bundle's data can be scanned (examples, token searches): always from files,
+    /// in memory only when the caller had the very ids the bundle was made from.
+    pub fn has_data(&self) -> bool {
+        let [n, seq] = self.data.shape;
+        self.data
+            .ids
+            .as_ref()
+            .is_none_or(|ids| ids.len() == n * seq)
+    }
+
     /// The bundle's token rows (at most `max_rows`).
     fn data_rows(&self, max_rows: usize) -> Result<(Vec<u32>, usize, usize), AppError> {
         let path = Path::new(&self.data.source);
         let [n, seq] = self.data.shape;
+        if let Some(ids) = &self.data.ids {
+            if ids.len() != n * seq {
+                return Err(format!(
+                    "the bundle's data ({}) is not in this browser: examples and token searches \
+                     run the models over it (the family's own data is fetched when the bundle \
+                     was made from it)",
+                    self.data.source
+                )
+                .into());
+            }
+            let rows = n.min(max_rows);
+            return Ok((ids[..rows * seq].to_vec(), rows, seq));
+        }
         if path.extension().and_then(|e| e.to_str()) != Some("npy") {
             return Err(format!(
                 "{}: examples are shown for token (.npy) data; this bundle was made from text",
@@ -195,7 +256,7 @@ impl Models {
 
     /// Top-`k` examples of each of `neurons` over the first `max_rows` rows of the bundle's data
     /// (dropped positions skipped, as in the analysis).
-    pub fn examples(
+    pub async fn examples(
         &self,
         neurons: &[NeuronId],
         top_k: usize,
@@ -216,7 +277,9 @@ impl Models {
                 return Err(AppError::Cancelled);
             }
             let r1 = (r0 + block).min(rows);
-            let acts = self.run(&ids[r0 * seq..r1 * seq], r1 - r0, seq, neurons)?;
+            let acts = self
+                .run(&ids[r0 * seq..r1 * seq], r1 - r0, seq, neurons)
+                .await?;
             for (k, a) in acts.iter().enumerate() {
                 for (i, &v) in a.iter().enumerate() {
                     let (row, pos) = (r0 + i / seq, i % seq);
@@ -299,7 +362,7 @@ impl Models {
     /// tokens: z = (mean activation on the token − mean activation) / std, over the first
     /// `max_rows` rows of the bundle's data. A query matches the tokens that decode to it exactly,
     /// else those that match it ignoring case and surrounding spaces.
-    pub fn token_search(
+    pub async fn token_search(
         &self,
         model: usize,
         query: &str,
@@ -345,7 +408,7 @@ impl Models {
                     .taps
                     .get(&HookPoint::post(l))
                     .ok_or_else(|| format!("no activations of layer {l}"))?;
-                layers.push(to_vec(t.clone())?);
+                layers.push(to_vec(t.clone()).await?);
             }
             for p in 0..(r1 - r0) * seq {
                 let tok = ids[r0 * seq + p];
@@ -411,9 +474,10 @@ impl Models {
     }
 }
 
-/// A tensor's values.
-fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>, AppError> {
-    t.try_into_data()
+/// A tensor's values (awaited: on WebGPU in the browser a read cannot block).
+async fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>, AppError> {
+    t.into_data_async()
+        .await
         .map_err(|e| AppError::Other(format!("reading activations: {e}")))?
         .try_into_vec::<f32>()
         .map_err(|e| AppError::Other(format!("reading activations: {e:?}")))

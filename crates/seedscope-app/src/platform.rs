@@ -49,6 +49,9 @@ pub struct Polled {
     pub errors: Vec<String>,
     /// Notices to show.
     pub notices: Vec<String>,
+    /// The open bundle's models, once the platform has them (the browser fetches them after
+    /// the bundle opens), or why it cannot have them.
+    pub models: Option<Result<Arc<Models>, String>>,
 }
 
 /// The platform the app runs on.
@@ -84,6 +87,12 @@ pub trait Platform {
 
     /// The bundle's models for live text and scans, or why there are none here.
     fn models(&self, ex: &Explorer) -> Result<Arc<Models>, String>;
+
+    /// Hand an export's `bytes` to the user as a file named `name`, where the platform has no
+    /// paths to write to (the browser's download); what to tell the user.
+    fn download(&self, name: &str, _bytes: &[u8]) -> Result<String, AppError> {
+        Err(format!("{name}: this platform writes exports to a chosen path").into())
+    }
 
     /// A bundle was opened and is shown.
     fn opened(&mut self, _ex: &Arc<Explorer>, _ctx: &egui::Context) {}

@@ -13,6 +13,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
 use seedscope_app::data::NeuronId;
+use seedscope_app::views::neuron::page_neurons;
 use seedscope_app::{Explorer, Launch, SeedscopeApp, Tab};
 use seedscope_model::BackendKind;
 
@@ -381,6 +382,180 @@ fn the_map_of_models_of_different_shapes_names_each_axis() {
     assert_eq!(h.state().map.hover_text.as_deref(), Some(expected.as_str()));
 }
 
+/// Exports handed to a [`PageLike`] platform: `(file name, bytes)`.
+type Downloads = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A platform like the browser page, natively: no paths (exports are downloads, recorded
+/// here), and the bundle's models handed over after it opens, already loaded, with its data in
+/// memory (as the page does with the embedded family it fetched).
+struct PageLike {
+    native: seedscope_app::native::Native,
+    downloads: Downloads,
+    /// Models to hand over at the next poll.
+    pending: Option<Arc<seedscope_app::inspect::Models>>,
+}
+
+impl seedscope_app::platform::Platform for PageLike {
+    fn analyse_embedded(
+        &mut self,
+        launch: &Launch,
+        ctx: &egui::Context,
+    ) -> Result<seedscope_app::jobs::Task<seedscope_app::jobs::AnalysisDone>, seedscope_app::AppError>
+    {
+        self.native.analyse_embedded(launch, ctx)
+    }
+    fn open_url(
+        &mut self,
+        url: &str,
+        ctx: &egui::Context,
+    ) -> Result<seedscope_app::platform::Opening, seedscope_app::AppError> {
+        self.native.open_url(url, ctx)
+    }
+    fn pick_bundle(&mut self, _: &egui::Context) -> Option<seedscope_app::platform::Opening> {
+        None
+    }
+    fn dropped(
+        &mut self,
+        files: Vec<egui::DroppedFileHandle>,
+        ctx: &egui::Context,
+    ) -> Vec<seedscope_app::platform::Opening> {
+        self.native.dropped(files, ctx)
+    }
+    fn browse(
+        &self,
+        _: &str,
+        _: seedscope_app::jobs::Pick,
+        _: &egui::Context,
+    ) -> Option<seedscope_app::jobs::Task<Option<PathBuf>>> {
+        None
+    }
+    fn has_files(&self) -> bool {
+        false
+    }
+    fn drop_hint(&self) -> &'static str {
+        "drop"
+    }
+    fn models(&self, _: &Explorer) -> Result<Arc<seedscope_app::inspect::Models>, String> {
+        Err("fetching the models…".into())
+    }
+    fn download(&self, name: &str, bytes: &[u8]) -> Result<String, seedscope_app::AppError> {
+        let mut d = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        d.push((name.to_owned(), bytes.to_vec()));
+        Ok(format!("downloaded {name}"))
+    }
+    fn opened(&mut self, ex: &Arc<Explorer>, _: &egui::Context) {
+        let m = &ex.bundle.manifest;
+        let device = seedscope_model::ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+        let models = m
+            .models
+            .iter()
+            .map(|e| {
+                seedscope_model::LoadedModel::load_on(
+                    std::path::Path::new(&e.path),
+                    &device,
+                    burn::tensor::FloatDType::F32,
+                )
+                .expect("model")
+            })
+            .collect();
+        let tokenizer =
+            seedscope_data::TextTokenizer::from_model_dir(std::path::Path::new(&m.models[0].path))
+                .expect("tokenizer");
+        let (ids, _) =
+            seedscope_data::read_tokens_npy(std::path::Path::new(&m.data_source)).expect("data");
+        self.pending = Some(Arc::new(seedscope_app::inspect::Models::loaded(
+            ex,
+            device,
+            models,
+            tokenizer,
+            Some(ids),
+        )));
+    }
+    fn poll(
+        &mut self,
+        _: Option<&Arc<Explorer>>,
+        _: &egui::Context,
+    ) -> seedscope_app::platform::Polled {
+        seedscope_app::platform::Polled {
+            models: self.pending.take().map(Ok),
+            ..Default::default()
+        }
+    }
+}
+
+/// As in the browser: the models arrive after the bundle opens, live text and the example
+/// scan run on them (the same traces as the desktop's), T and E drive them from the keyboard,
+/// and exports are downloads.
+#[test]
+fn models_handed_over_later_run_live_text_and_examples_and_exports_download() {
+    let downloads: Downloads = Arc::default();
+    let platform = PageLike {
+        native: seedscope_app::native::Native,
+        downloads: downloads.clone(),
+        pending: None,
+    };
+    let launch = Launch {
+        bundle: Some(bundle()),
+        embedded_bundle: PathBuf::from("/nonexistent"),
+        analyse_embedded: false,
+        ..Launch::default()
+    };
+    let mut h = Harness::builder()
+        .with_size([1280.0, 860.0])
+        .build_eframe(move |cc| SeedscopeApp::with_platform(cc, launch, Box::new(platform)));
+    wait(&mut h, "the bundle to open", |app| app.ex.is_some());
+    let ex = explorer(&h);
+    h.key_press(Key::Num4);
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Neuron);
+    // T gives the live text field the keyboard; typing replaces the text.
+    h.key_press(Key::T);
+    h.run_steps(2);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_label("Live text").type_text("Who is there?");
+    wait(&mut h, "the live text", |app| {
+        app.neuron
+            .live
+            .as_ref()
+            .is_some_and(|(t, _)| t == "Who is there?")
+    });
+    let (_, live) = h.state().neuron.live.clone().expect("live text");
+    let neurons = page_neurons(&ex, h.state().selected);
+    let native = seedscope_app::inspect::Models::new(&ex).expect("models");
+    let want = pollster::block_on(native.live_text("Who is there?", &neurons)).expect("live");
+    assert_eq!(
+        live, want,
+        "the handed-over models give the desktop's traces"
+    );
+    assert_eq!(live.traces.len(), ex.names.len(), "every seed");
+    // E (once Escape has taken the keyboard from the text field) scans the data in memory for
+    // the neuron and its matches.
+    h.key_press(Key::Escape);
+    h.run_steps(1);
+    h.key_press(Key::E);
+    wait(&mut h, "the examples", |app| {
+        app.neuron.examples_task.is_none()
+            && neurons.iter().all(|n| app.neuron.examples.contains_key(n))
+    });
+    for n in &neurons {
+        let e = &h.state().neuron.examples[n];
+        assert!(e.scanned > 0 && !e.top.is_empty(), "{n:?}");
+    }
+    // Exports: the table as CSV, downloaded (no path asked for).
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    let item = h.get_by_label("Export table as CSV…");
+    eprintln!("menu item at {:?}", item.rect());
+    item.click();
+    h.run_steps(2);
+    assert!(h.state().prompt.is_none(), "no path is asked for");
+    let got = downloads.lock().expect("downloads").clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "neurons.csv");
+    let csv = String::from_utf8(got[0].1.clone()).expect("utf-8");
+    assert_eq!(csv.lines().count(), 1 + h.state().table.order.len());
+}
+
 #[test]
 fn live_text_shows_the_neuron_in_every_seed() {
     let mut h = harness();
@@ -610,10 +785,8 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     // CSV: the table's current order with its columns.
     let order = h.state().table.order.clone();
-    let csv_path = dir.join("table.csv");
-    let n = seedscope_app::views::table::export_csv(&ex, &order, &csv_path).expect("csv");
-    assert_eq!(n, order.len());
-    let mut reader = csv::Reader::from_path(&csv_path).expect("read csv");
+    let csv = seedscope_app::views::table::csv_bytes(&ex, &order).expect("csv");
+    let mut reader = csv::Reader::from_reader(&csv[..]);
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
     assert_eq!(rows.len(), order.len());
     let first = &ex.rows()[order[0]];
@@ -630,9 +803,10 @@ fn exports_write_the_table_as_csv_and_a_plot_as_png_and_settings_persist() {
         image.as_raw(),
     );
     let rect = h.state().plot_rect().expect("plot rect");
-    let png = dir.join("plot.png");
-    seedscope_app::export::save_region(&color, rect, 1.0, &png).expect("png");
-    let back = image::open(&png).expect("png reads back").to_rgba8();
+    let png = seedscope_app::export::png_region(&color, rect, 1.0).expect("png");
+    let back = image::load_from_memory(&png)
+        .expect("png reads back")
+        .to_rgba8();
     assert_eq!(back.width(), rect.max.x as u32 - rect.min.x as u32);
     assert_eq!(back.height(), rect.max.y as u32 - rect.min.y as u32);
     assert!(

@@ -112,12 +112,13 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
         .dyn_into::<web_sys::HtmlCanvasElement>()
         .map_err(|_| JsValue::from_str(&format!("#{canvas_id} is not a canvas")))?;
     let args = page_args();
+    let family_url = args.family.unwrap_or_else(|| "family".into());
     let launch = Launch {
         bundle: None,
         embedded_bundle: std::path::PathBuf::new(),
         analyse_embedded: args.autorun,
         bundle_url: args.bundle,
-        family_url: args.family.unwrap_or_else(|| "family".into()),
+        family_url: family_url.clone(),
         max_tokens: args.max_tokens,
     };
     let runner = eframe::WebRunner::new();
@@ -126,7 +127,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
             canvas,
             web_options(),
             Box::new(move |cc| {
-                let page = Box::new(page::Page::new(cc));
+                let page = Box::new(page::Page::new(cc, family_url));
                 Ok(Box::new(SeedscopeApp::with_platform(cc, launch, page)))
             }),
         )

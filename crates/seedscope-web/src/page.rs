@@ -1,7 +1,9 @@
 //! The page's [`Platform`]: bundles fetched from a URL (the small files first, the heavy arrays
 //! after it opens), picked with the browser's file dialog or dropped, all held in memory; the
-//! embedded family fetched through the Cache API and analysed on the page's WebGPU device; the
-//! form for analysing models chosen from disk; console lines the end-to-end test reads.
+//! embedded family fetched through the Cache API and analysed on the page's WebGPU device, and
+//! run there for live text and example scans of any bundle made from it; exports downloaded
+//! as files; the form for analysing models chosen from disk; console lines the end-to-end test
+//! reads.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use seedscope_app::platform::{
     summary_line,
 };
 use seedscope_app::{AppError, Explorer, Launch};
-use seedscope_model::ComputeDevice;
+use seedscope_model::{BackendKind, ComputeDevice};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
@@ -33,11 +35,18 @@ pub struct Page {
     disk: Option<DiskForm>,
     /// Whether the first frame's time and the WebGPU state have been reported.
     reported: bool,
+    /// Where the embedded family's files are (`?family=URL`).
+    family_url: String,
+    /// The open bundle's models (live text, example scans), once fetched: `(bundle, models)`.
+    models: Option<(String, Arc<Models>)>,
+    /// Fetching them for a bundle.
+    models_task: Option<(String, Task<Arc<Models>>)>,
 }
 
 impl Page {
-    /// The page's platform, from eframe's renderer: WebGPU, or WebGL2 (drawing only), or none.
-    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+    /// The page's platform, from eframe's renderer: WebGPU, or WebGL2 (drawing only), or none;
+    /// the embedded family's files under `family_url`.
+    pub fn new(cc: &eframe::CreationContext<'_>, family_url: String) -> Self {
         let webgpu = match &cc.wgpu_render_state {
             Some(rs) if rs.adapter.get_info().backend == wgpu::Backend::BrowserWebGpu => {
                 Ok(rs.clone())
@@ -51,6 +60,9 @@ impl Page {
             heavy: None,
             disk: None,
             reported: false,
+            family_url,
+            models: None,
+            models_task: None,
         }
     }
 
@@ -206,17 +218,38 @@ impl Platform for Page {
         "or drop a bundle's files onto this page"
     }
 
-    fn models(&self, _ex: &Explorer) -> Result<Arc<Models>, String> {
-        Err(
-            "live text and example scans run the models over the data, which the browser \
-             version does not do yet: open this bundle in the desktop app (`seedscope app \
-             BUNDLE`) for them"
-                .into(),
-        )
+    fn models(&self, ex: &Explorer) -> Result<Arc<Models>, String> {
+        match &self.models {
+            Some((bundle, models)) if *bundle == ex.source.display() => Ok(models.clone()),
+            _ => Err(
+                "fetching the seeds' models into this browser for live text and example \
+                      scans…"
+                    .into(),
+            ),
+        }
     }
 
     fn opened(&mut self, ex: &Arc<Explorer>, ctx: &egui::Context) {
         console_log(&summary_line(ex));
+        // Live text and example scans: the embedded family's models, where the bundle was
+        // made from them, on the page's WebGPU device (else the CPU).
+        let key = ex.source.display();
+        if self.models.as_ref().is_none_or(|(b, _)| *b != key) {
+            let device = self
+                .compute_device()
+                .or_else(|_| ComputeDevice::open(BackendKind::Cpu).map_err(|e| e.to_string()));
+            self.models_task = Some((
+                key,
+                match device {
+                    Ok(device) => {
+                        spawn_load_models(ex.clone(), self.family_url.clone(), device, ctx)
+                    }
+                    Err(e) => Task::spawn_async("models", None, move |_| async move {
+                        Err(AppError::Other(e))
+                    }),
+                },
+            ));
+        }
         // A bundle from a URL opened without its heavy arrays: fetch them now.
         if let Some(url) = self.heavy_url.take()
             && ex.source.display() == url
@@ -268,7 +301,34 @@ impl Platform for Page {
                     .push(format!("the bundle's examples and tiles: {e}")),
             }
         }
+        if let Some((key, t)) = &mut self.models_task
+            && let Poll::Done(r) = t.poll()
+        {
+            let key = std::mem::take(key);
+            self.models_task = None;
+            let shown = shown.is_some_and(|s| s.source.display() == key);
+            match r {
+                Ok(models) => {
+                    console_log(&format!("seedscope-models {key}"));
+                    if shown {
+                        out.models = Some(Ok(models.clone()));
+                    }
+                    self.models = Some((key, models));
+                }
+                Err(e) => {
+                    console_log(&format!("seedscope-log no models for live text: {e}"));
+                    if shown {
+                        out.models = Some(Err(e.to_string()));
+                    }
+                }
+            }
+        }
         out
+    }
+
+    fn download(&self, name: &str, bytes: &[u8]) -> Result<String, AppError> {
+        download(name, bytes).map_err(AppError::Other)?;
+        Ok(format!("downloaded {name}"))
     }
 
     fn fetching(&self) -> bool {
@@ -590,6 +650,97 @@ fn spawn_fetch_heavy(url: String, ex: Arc<Explorer>, ctx: &egui::Context) -> Ope
             .map(|ex| Some(Box::new(ex)))
         },
     )
+}
+
+/// Fetch the embedded family's models (and tokenizer, and its data where the bundle was made
+/// from it) for bundle `ex` and load them on `device`: every model of the bundle must be one
+/// of the family's, with the weights the manifest's sha256 names.
+fn spawn_load_models(
+    ex: Arc<Explorer>,
+    family_url: String,
+    device: ComputeDevice,
+    ctx: &egui::Context,
+) -> Task<Arc<Models>> {
+    use seedscope_analysis::job::{data_sha256, sha256_hex};
+    Task::spawn_async(
+        "fetching the models for live text",
+        Some(ctx.clone()),
+        move |rep| async move {
+            let m = &ex.bundle.manifest;
+            let mut models = Vec::new();
+            for e in &m.models {
+                if !FAMILY.contains(&e.name.as_str()) {
+                    return Err(AppError::Other(format!(
+                        "live text and example scans in the browser run the embedded family's \
+                         models, and {} is not one of them: open this bundle in the desktop \
+                         app (`seedscope app BUNDLE`), which reads its models from the \
+                         manifest's paths",
+                        e.name
+                    )));
+                }
+                let dir = join_url(&family_url, &e.name);
+                rep.log(format!("fetching {dir}"));
+                let config = fetch_cached(&join_url(&dir, "config.json")).await?;
+                let weights = fetch_cached(&join_url(&dir, "model.safetensors")).await?;
+                if let Some((_, want)) = e.files.iter().find(|(f, _)| f == "model.safetensors")
+                    && *want != sha256_hex(&weights)
+                {
+                    return Err(AppError::Other(format!(
+                        "{dir}/model.safetensors is not the {} this bundle was made with (its \
+                         sha256 differs from the manifest's): open the bundle in the desktop app",
+                        e.name
+                    )));
+                }
+                models.push(seedscope_model::LoadedModel::from_bytes(
+                    std::path::Path::new(&e.name),
+                    &config,
+                    weights,
+                    &device,
+                    burn::tensor::FloatDType::F32,
+                )?);
+            }
+            let tokenizer_url = join_url(&family_url, "tokenizer.json");
+            let tokenizer = seedscope_data::TextTokenizer::from_bytes(
+                &fetch_cached(&tokenizer_url).await?,
+                std::path::Path::new(&tokenizer_url),
+            )?;
+            // The data, when the bundle was made from the family's own.
+            let tokens_url = join_url(&family_url, "eval_tokens.npy");
+            let npy = fetch_cached(&tokens_url).await?;
+            let (ids, shape) =
+                seedscope_data::read_tokens_npy_bytes(&npy, std::path::Path::new(&tokens_url))?;
+            let ids = (shape == m.data_shape && data_sha256(&ids) == m.data_sha256).then_some(ids);
+            if ids.is_none() {
+                rep.log(format!(
+                    "{tokens_url} is not this bundle's data: examples come from the bundle"
+                ));
+            }
+            Ok(Arc::new(Models::loaded(
+                &ex, device, models, tokenizer, ids,
+            )))
+        },
+    )
+}
+
+/// Hand `bytes` to the browser as a download named `name` (a Blob behind a temporary link).
+fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
+    let document = web_sys::window()
+        .and_then(|w| w.document())
+        .ok_or("no document to download from")?;
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(js_error)?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(js_error)?;
+    let link = document
+        .create_element("a")
+        .map_err(js_error)?
+        .dyn_into::<web_sys::HtmlAnchorElement>()
+        .map_err(|_| "not a link element".to_string())?;
+    link.set_href(&url);
+    link.set_download(name);
+    link.click();
+    web_sys::Url::revoke_object_url(&url).map_err(js_error)?;
+    console_log(&format!("seedscope-download {name} {}", bytes.len()));
+    Ok(())
 }
 
 /// A JavaScript error as text.

@@ -72,6 +72,8 @@ pub enum Action {
     Analyse(Box<AnalysisRequest>),
     /// Tell the user something went wrong.
     Error(String),
+    /// A line for the platform's log (the page's console, which the end-to-end test reads).
+    Log(String),
 }
 
 /// What the views of an open bundle share: the bundle, the app's selection and settings, and

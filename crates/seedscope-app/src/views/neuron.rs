@@ -29,6 +29,10 @@ pub struct NeuronView {
     pub expand: bool,
     /// The text and neurons whose live run failed (not retried until they change).
     pub live_failed: Option<(String, Vec<NeuronId>)>,
+    /// Give the live text field the keyboard on the next frame (the T key).
+    pub focus_live: bool,
+    /// Find the examples on the next frame, as the button does (the E key).
+    pub find_examples: bool,
 }
 
 /// The neurons shown side by side: `selected` and its best match in each other seed.
@@ -42,15 +46,19 @@ pub fn page_neurons(ex: &Explorer, selected: Option<NeuronId>) -> Vec<NeuronId> 
 }
 
 impl NeuronView {
-    /// Take finished example scans and live-text runs.
-    fn poll(&mut self) -> Option<Action> {
+    /// Take finished example scans and live-text runs; a finished one is also a line for the
+    /// platform's log (`names`: the bundle's models).
+    fn poll(&mut self, names: &[String]) -> Option<Action> {
         let mut action = None;
         if let Some(t) = &mut self.examples_task
             && let Poll::Done(r) = t.poll()
         {
             self.examples_task = None;
             match r {
-                Ok(list) => self.examples.extend(list.into_iter().map(|e| (e.id, e))),
+                Ok(list) => {
+                    action = Some(Action::Log(examples_line(names, &list)));
+                    self.examples.extend(list.into_iter().map(|e| (e.id, e)));
+                }
                 Err(e) => action = Some(Action::Error(format!("examples: {e}"))),
             }
         }
@@ -60,7 +68,10 @@ impl NeuronView {
             let (text, neurons) = (std::mem::take(text), std::mem::take(neurons));
             self.live_task = None;
             match r {
-                Ok(l) => self.live = Some((text, l)),
+                Ok(l) => {
+                    action = Some(Action::Log(live_line(names, &text, &l)));
+                    self.live = Some((text, l));
+                }
                 Err(e) => {
                     self.live_failed = Some((text, neurons));
                     action = Some(Action::Error(format!("live text: {e}")));
@@ -82,8 +93,8 @@ impl NeuronView {
             return None;
         }
         let models = match shared.models {
-            Ok(m) => m.clone(),
-            Err(_) => {
+            Ok(m) if m.has_data() => m.clone(),
+            _ => {
                 return match shared.ex.stored_examples(&neurons) {
                     Ok(list) => {
                         self.examples.extend(list.into_iter().map(|e| (e.id, e)));
@@ -94,9 +105,11 @@ impl NeuronView {
             }
         };
         let (k, rows) = (shared.settings.examples_k, shared.settings.examples_rows);
-        self.examples_task = Some(Task::spawn("examples", Some(ctx.clone()), move |rep| {
-            models.examples(&neurons, k, rows, rep)
-        }));
+        self.examples_task = Some(Task::spawn_async(
+            "examples",
+            Some(ctx.clone()),
+            move |rep| async move { models.examples(&neurons, k, rows, &rep).await },
+        ));
         None
     }
 
@@ -111,8 +124,8 @@ impl NeuronView {
         let text = shared.settings.live_text.clone();
         let (t2, n2) = (text.clone(), neurons.clone());
         self.live_task = Some((
-            Task::spawn("live text", Some(ctx.clone()), move |_| {
-                models.live_text(&t2, &n2)
+            Task::spawn_async("live text", Some(ctx.clone()), move |_| async move {
+                models.live_text(&t2, &n2).await
             }),
             text,
             neurons,
@@ -121,7 +134,7 @@ impl NeuronView {
 
     /// The neuron page.
     pub fn ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared<'_>) -> Option<Action> {
-        let mut action = self.poll();
+        let mut action = self.poll(&shared.ex.names);
         let ex = shared.ex.clone();
         let Some(id) = shared.selected else {
             ui.label("Choose a neuron in the table or the correlation map.");
@@ -199,11 +212,16 @@ impl NeuronView {
         neurons: &[NeuronId],
     ) -> Option<Action> {
         ui.horizontal(|ui| {
-            let label = ui.strong("Live text");
+            let label = ui
+                .strong("Live text")
+                .on_hover_text("the neuron and its matches on every token (T: type here)");
             let edit = ui.add(
                 egui::TextEdit::singleline(&mut shared.settings.live_text)
                     .desired_width(ui.available_width() - 20.0),
             );
+            if std::mem::take(&mut self.focus_live) {
+                edit.request_focus();
+            }
             if self.live_task.is_some() {
                 ui.spinner();
             }
@@ -258,18 +276,18 @@ impl NeuronView {
                     t.cancel();
                 }
             } else if !missing.is_empty()
-                && ui
-                    .button(match shared.models {
-                        Ok(_) => format!(
-                            "Find them (first {} rows of the bundle's data, all {} seeds)",
-                            shared.settings.examples_rows,
-                            neurons.len()
-                        ),
-                        Err(_) => {
-                            "Show the examples the bundle stores (the anchor's top 20)".into()
-                        }
-                    })
-                    .clicked()
+                && (std::mem::take(&mut self.find_examples)
+                    || ui
+                        .button(match shared.models {
+                            Ok(m) if m.has_data() => format!(
+                                "Find them (first {} rows of the bundle's data, all {} seeds)",
+                                shared.settings.examples_rows,
+                                neurons.len()
+                            ),
+                            _ => "Show the examples the bundle stores (the anchor's top 20)".into(),
+                        })
+                        .on_hover_text("E")
+                        .clicked())
             {
                 action = self.request_examples(shared, missing, ui.ctx());
             }
@@ -500,4 +518,41 @@ fn histogram_plot(ui: &mut egui::Ui, counts: &[u32]) {
             p.bar_chart(BarChart::new("pre-activation", bars).color(UNIVERSAL));
             p.vline(VLine::new("0", 0.0).color(Color32::GRAY));
         });
+}
+
+/// A finished live text as one line for the platform's log: `seedscope-live` and JSON with
+/// the text, its tokens and each neuron's trace (model name, layer, neuron, activations).
+fn live_line(names: &[String], text: &str, live: &LiveText) -> String {
+    let traces: Vec<serde_json::Value> = live
+        .traces
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "model": names.get(t.id.model),
+                "layer": t.id.layer,
+                "neuron": t.id.neuron,
+                "acts": t.acts,
+            })
+        })
+        .collect();
+    let json = serde_json::json!({ "text": text, "tokens": live.tokens, "traces": traces });
+    format!("seedscope-live {json}")
+}
+
+/// Finished example scans as one line for the platform's log: `seedscope-examples` and JSON
+/// with each neuron's tokens scanned and its top activations.
+fn examples_line(names: &[String], list: &[Examples]) -> String {
+    let neurons: Vec<serde_json::Value> = list
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "model": names.get(e.id.model),
+                "layer": e.id.layer,
+                "neuron": e.id.neuron,
+                "scanned": e.scanned,
+                "top": e.top.iter().map(|x| x.value).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    format!("seedscope-examples {}", serde_json::json!(neurons))
 }

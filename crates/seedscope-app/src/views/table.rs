@@ -1,7 +1,6 @@
 //! The table of every neuron: sortable, filterable, searchable by neuron id or by the token a
 //! neuron fires on; a row opens the neuron page.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use egui_extras::{Column, TableBuilder};
@@ -260,12 +259,9 @@ impl TableView {
     }
 }
 
-/// Write the rows in `order` as CSV (the `neurons.csv` columns plus best matches), atomically.
-pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, AppError> {
-    let csv = |e: csv::Error| AppError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
+/// The rows in `order` as CSV (the `neurons.csv` columns plus best matches).
+pub fn csv_bytes(ex: &Explorer, order: &[usize]) -> Result<Vec<u8>, AppError> {
+    let csv = |e: csv::Error| AppError::Other(format!("writing the table as CSV: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = NeuronRow::columns().iter().map(|s| s.to_string()).collect();
     let n_other = ex.anchors.first().map_or(0, |a| a.others.len());
@@ -285,9 +281,7 @@ pub fn export_csv(ex: &Explorer, order: &[usize], path: &Path) -> Result<usize, 
         }
         w.write_record(&rec).map_err(csv)?;
     }
-    let bytes = w.into_inner().map_err(|e| csv(e.into_error().into()))?;
-    seedscope_model::write_file_atomic(path, &bytes)?;
-    Ok(order.len())
+    w.into_inner().map_err(|e| csv(e.into_error().into()))
 }
 
 impl TableView {
@@ -327,9 +321,11 @@ impl TableView {
             Err(why) => return Some(Action::Error(why.clone())),
         };
         let (model, rows) = (shared.anchor, shared.settings.examples_rows);
-        self.token_task = Some(Task::spawn("token search", Some(ctx.clone()), move |rep| {
-            models.token_search(model, &query, rows, rep)
-        }));
+        self.token_task = Some(Task::spawn_async(
+            "token search",
+            Some(ctx.clone()),
+            move |rep| async move { models.token_search(model, &query, rows, &rep).await },
+        ));
         None
     }
 
