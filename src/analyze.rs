@@ -20,7 +20,8 @@ use seedscope_model::BackendKind;
 pub struct Args {
     /// Model directories (Hugging Face layout), presets (stanford-gpt2-small, ...) or org/name
     /// repository ids, resolved from the Hugging Face cache (`seedscope download` fills it); the
-    /// first model is the anchor. Default: the embedded family assets/family/seed-{a..e}.
+    /// first model is the anchor. Seeds of one model, or models of other widths and depths that
+    /// share its tokenizer. Default: the embedded family assets/family/seed-{a..e}.
     #[arg(long, num_args = 1..)]
     pub models: Vec<PathBuf>,
     /// Revision of the models named by preset or repository id (default: main).

@@ -27,35 +27,8 @@ impl Reference {
             st: std::fs::read(fixture("analysis/reference.safetensors")).expect("reference"),
         }
     }
-    fn raw(&self, name: &str) -> (Vec<u8>, safetensors::Dtype) {
-        let st = safetensors::SafeTensors::deserialize(&self.st).expect("safetensors");
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("reference has no {name}"));
-        (t.data().to_vec(), t.dtype())
-    }
     fn f64s(&self, name: &str) -> Vec<f64> {
-        let (b, dt) = self.raw(name);
-        match dt {
-            safetensors::Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            safetensors::Dtype::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            safetensors::Dtype::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            safetensors::Dtype::U8 => b.iter().map(|&v| v as f64).collect(),
-            safetensors::Dtype::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
-                .collect(),
-            other => panic!("{other:?}"),
-        }
+        common::tensor_f64s(&self.st, name)
     }
     fn rotations(&self, n_layers: usize) -> Vec<Vec<Vec<f32>>> {
         (0..MODELS.len())
@@ -77,28 +50,11 @@ impl Reference {
 }
 
 fn models(dev: &ComputeDevice) -> Vec<LoadedModel> {
-    MODELS
-        .iter()
-        .map(|m| {
-            LoadedModel::load_on(&fixture(m), dev, burn::tensor::FloatDType::F32)
-                .expect("fixture model")
-        })
-        .collect()
+    common::fixture_models(&MODELS, dev)
 }
 
 fn tokens() -> TokenSet {
-    let (ids, shape) =
-        seedscope_data::read_tokens_npy(&fixture("analysis/tokens.npy")).expect("tokens");
-    let tok = seedscope_data::TextTokenizer::from_file(&fixture("gpt2-plain/tokenizer.json"))
-        .expect("tokenizer");
-    let mut drop_ids: Vec<u32> = tok.bos_id().into_iter().collect();
-    drop_ids.extend(tok.to_tokens("\n", false).expect("newline"));
-    TokenSet {
-        ids,
-        n_rows: shape[0],
-        seq_len: shape[1],
-        drop_ids,
-    }
+    common::analysis_tokens()
 }
 
 /// A run of the fixture family (no time-based checkpoints).

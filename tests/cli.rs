@@ -12,6 +12,19 @@ fn seedscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seedscope"))
 }
 
+/// `seedscope report BUNDLE --out OUT`, which must succeed; OUT.
+fn report(bundle: &std::path::Path, out: &std::path::Path) -> PathBuf {
+    let r = seedscope()
+        .arg("report")
+        .arg(bundle)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run report");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out.to_path_buf()
+}
+
 #[test]
 fn activations_from_tokens_match_the_reference_file() {
     let dir = temp_dir("cli-tokens");
@@ -290,15 +303,7 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
         String::from_utf8_lossy(&pa.stderr)
     );
     assert!(stdout.contains("L1.3 on head L2H0"), "{stdout}");
-    let report = dir.join("report");
-    let r = seedscope()
-        .arg("report")
-        .arg(&out)
-        .arg("--out")
-        .arg(&report)
-        .output()
-        .expect("run report");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report = report(&out, &dir.join("report"));
     let index = std::fs::read_to_string(report.join("index.html")).expect("index");
     for f in [
         "fig2-universality.png",
@@ -406,15 +411,7 @@ fn models_of_different_shapes_analyse_into_a_bundle_the_explorer_and_report_read
             .len(),
         160 * 128
     );
-    let report = dir.join("report");
-    let r = seedscope()
-        .arg("report")
-        .arg(&out)
-        .arg("--out")
-        .arg(&report)
-        .output()
-        .expect("run report");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report = report(&out, &dir.join("report"));
     assert!(report.join("index.html").is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -567,19 +564,7 @@ fn a_series_of_training_checkpoints_gives_a_trajectory() {
     // The correlations move with training: the series is not one step three times.
     assert_ne!(t.mean_corr[0], t.mean_corr[2]);
     // The report draws it.
-    let report = dir.join("report");
-    let output = seedscope()
-        .arg("report")
-        .arg(out.join("final"))
-        .arg("--out")
-        .arg(&report)
-        .output()
-        .expect("run seedscope report");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = report(&out.join("final"), &dir.join("report"));
     for ext in ["png", "svg"] {
         assert!(
             report

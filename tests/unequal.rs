@@ -11,8 +11,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{device, fixture, temp_dir};
-use seedscope_analysis::{AnalysisOptions, Family, Outcome, Results, Run, Shape, TokenSet};
-use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
+use seedscope_analysis::{AnalysisOptions, Family, Outcome, Results, Run, Shape};
+use seedscope_model::{BackendKind, ComputeDevice};
 
 const MODELS: [&str; 3] = ["gpt2-plain", "gpt2-wide", "gpt2-crfm"];
 
@@ -28,30 +28,7 @@ impl Reference {
     }
 
     fn get(&self, name: &str) -> Vec<f64> {
-        let st = safetensors::SafeTensors::deserialize(&self.0).expect("safetensors");
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("reference has no {name}"));
-        let b = t.data();
-        match t.dtype() {
-            safetensors::Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            safetensors::Dtype::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            safetensors::Dtype::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            safetensors::Dtype::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
-                .collect(),
-            other => panic!("{other:?}"),
-        }
+        common::tensor_f64s(&self.0, name)
     }
 }
 
@@ -74,31 +51,6 @@ fn fixed_rotation(d: usize, m: usize, l: usize) -> Vec<f32> {
     r.into_iter().map(|v| v as f32).collect()
 }
 
-fn models(dev: &ComputeDevice) -> Vec<LoadedModel> {
-    MODELS
-        .iter()
-        .map(|m| {
-            LoadedModel::load_on(&fixture(m), dev, burn::tensor::FloatDType::F32)
-                .expect("fixture model")
-        })
-        .collect()
-}
-
-fn tokens() -> TokenSet {
-    let (ids, shape) =
-        seedscope_data::read_tokens_npy(&fixture("analysis/tokens.npy")).expect("tokens");
-    let tok = seedscope_data::TextTokenizer::from_file(&fixture("gpt2-plain/tokenizer.json"))
-        .expect("tokenizer");
-    let mut drop_ids: Vec<u32> = tok.bos_id().into_iter().collect();
-    drop_ids.extend(tok.to_tokens("\n", false).expect("newline"));
-    TokenSet {
-        ids,
-        n_rows: shape[0],
-        seq_len: shape[1],
-        drop_ids,
-    }
-}
-
 fn options() -> AnalysisOptions {
     AnalysisOptions {
         block_rows: 5,
@@ -109,7 +61,7 @@ fn options() -> AnalysisOptions {
 }
 
 fn run(dev: &ComputeDevice, options: &AnalysisOptions, tag: &str) -> Results {
-    let models = models(dev);
+    let models = common::fixture_models(&MODELS, dev);
     let shapes: Vec<Shape> = models.iter().map(Shape::of).collect();
     let rotations = shapes
         .iter()
@@ -120,7 +72,7 @@ fn run(dev: &ComputeDevice, options: &AnalysisOptions, tag: &str) -> Results {
                 .collect()
         })
         .collect();
-    let tokens = tokens();
+    let tokens = common::analysis_tokens();
     let work = temp_dir(tag);
     let run = Run {
         family: Family {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use seedscope_model::{BackendKind, ComputeDevice, TokenBatch};
+use seedscope_model::{BackendKind, ComputeDevice, LoadedModel, TokenBatch};
 
 /// `tests/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
@@ -88,6 +88,63 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A fresh temporary directory under the target's tmp.
+/// Fixture models `names`, loaded on `dev` in f32.
+pub fn fixture_models(names: &[&str], dev: &ComputeDevice) -> Vec<LoadedModel> {
+    names
+        .iter()
+        .map(|m| {
+            LoadedModel::load_on(&fixture(m), dev, burn::tensor::FloatDType::F32)
+                .expect("fixture model")
+        })
+        .collect()
+}
+
+/// The analysis fixtures' tokens (`analysis/tokens.npy`), dropping BOS and newline as an
+/// analysis does.
+pub fn analysis_tokens() -> seedscope_analysis::TokenSet {
+    let (ids, shape) =
+        seedscope_data::read_tokens_npy(&fixture("analysis/tokens.npy")).expect("tokens");
+    let tok = seedscope_data::TextTokenizer::from_file(&fixture("gpt2-plain/tokenizer.json"))
+        .expect("tokenizer");
+    let mut drop_ids: Vec<u32> = tok.bos_id().into_iter().collect();
+    drop_ids.extend(tok.to_tokens("\n", false).expect("newline"));
+    seedscope_analysis::TokenSet {
+        ids,
+        n_rows: shape[0],
+        seq_len: shape[1],
+        drop_ids,
+    }
+}
+
+/// Tensor `name` of the safetensors file `bytes` (a numpy reference) as f64.
+pub fn tensor_f64s(bytes: &[u8], name: &str) -> Vec<f64> {
+    let st = safetensors::SafeTensors::deserialize(bytes).expect("safetensors");
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("reference has no {name}"));
+    let b = t.data();
+    match t.dtype() {
+        safetensors::Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        safetensors::Dtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        safetensors::Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        safetensors::Dtype::U8 => b.iter().map(|&v| v as f64).collect(),
+        safetensors::Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "seedscope-test-{tag}-{}-{:?}",

@@ -476,7 +476,10 @@ impl DiskForm {
 
     /// The form; whether "Analyse" was pressed.
     fn ui(&mut self, ui: &mut egui::Ui) -> bool {
-        ui.label("Models that differ only in their seed; the first is the anchor.");
+        ui.label(
+            "Models that share a tokenizer (seeds of one model, or models of other sizes); the \
+             first is the anchor.",
+        );
         for (name, _, w) in &self.models {
             ui.label(format!("{name}: {:.1} MB of weights", w.len() as f64 / 1e6));
         }
