@@ -387,28 +387,29 @@ fn run_series(args: &Args) -> Result<()> {
         .iter()
         .map(|(_, step)| args.step_models(*step))
         .collect::<Result<_>>()?;
-    // One shape for the whole series (each step's seeds are checked against each other by
-    // the analysis itself).
-    let mut first: Option<(String, PathBuf, (usize, usize))> = None;
+    // Each model keeps its shape over the whole series (models of one step may differ from
+    // each other, as in any analysis).
+    let mut first: Vec<(String, PathBuf, (usize, usize))> = Vec::new();
     for ((label, _), models) in steps.iter().zip(&models) {
-        let Some(dir) = models.first() else { continue };
-        let config = seedscope_model::ModelConfig::from_file(
-            &seedscope_model::resolve_model_dir(dir)?.join("config.json"),
-        )?;
-        let shape = (config.n_layers(), config.d_mlp());
-        match &first {
-            None => first = Some((label.clone(), dir.clone(), shape)),
-            Some((l0, d0, s0)) if *s0 != shape => bail!(
-                "step {label} ({}) has {} layers x {} neurons but step {l0} ({}) has {} x {}: a \
-                 series must keep the models' shape",
-                dir.display(),
-                shape.0,
-                shape.1,
-                d0.display(),
-                s0.0,
-                s0.1
-            ),
-            Some(_) => {}
+        for (i, dir) in models.iter().enumerate() {
+            let config = seedscope_model::ModelConfig::from_file(
+                &seedscope_model::resolve_model_dir(dir)?.join("config.json"),
+            )?;
+            let shape = (config.n_layers(), config.d_mlp());
+            match first.get(i) {
+                None => first.push((label.clone(), dir.clone(), shape)),
+                Some((l0, d0, s0)) if *s0 != shape => bail!(
+                    "step {label} ({}) has {} layers x {} neurons but step {l0} ({}) has {} x {}: \
+                     a series must keep the models' shape",
+                    dir.display(),
+                    shape.0,
+                    shape.1,
+                    d0.display(),
+                    s0.0,
+                    s0.1
+                ),
+                Some(_) => {}
+            }
         }
     }
     let mut done: Vec<(String, Option<u64>, String, Bundle)> = Vec::new();
