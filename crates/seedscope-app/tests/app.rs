@@ -537,9 +537,29 @@ fn models_handed_over_later_run_live_text_and_examples_and_exports_download() {
         app.neuron.examples_task.is_none()
             && neurons.iter().all(|n| app.neuron.examples.contains_key(n))
     });
-    for n in &neurons {
+    // The same examples as the desktop's scan of the data file.
+    let (k, rows) = (
+        h.state().settings.examples_k,
+        h.state().settings.examples_rows,
+    );
+    let scan = neurons.clone();
+    let mut desktop =
+        seedscope_app::jobs::Task::spawn_async("examples", None, move |rep| async move {
+            native.examples(&scan, k, rows, &rep).await
+        });
+    let want = loop {
+        if let seedscope_app::jobs::Poll::Done(r) = desktop.poll() {
+            break r.expect("desktop examples");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for (n, w) in neurons.iter().zip(&want) {
         let e = &h.state().neuron.examples[n];
         assert!(e.scanned > 0 && !e.top.is_empty(), "{n:?}");
+        assert_eq!(
+            e, w,
+            "{n:?}: the in-memory data gives the desktop's examples"
+        );
     }
     // Exports: the table as CSV, downloaded (no path asked for).
     h.get_by_label("File").click();
