@@ -62,18 +62,16 @@ pub fn excess_plot(
     threshold: f64,
     size: egui::Vec2,
 ) {
-    let points: Vec<[f64; 2]> = t
-        .excess_corr
-        .iter()
-        .enumerate()
-        .map(|(k, s)| [k as f64, s.get(neuron).copied().unwrap_or(f32::NAN) as f64])
-        .collect();
-    let mean: Vec<[f64; 2]> = t
-        .mean_corr
-        .iter()
-        .enumerate()
-        .map(|(k, s)| [k as f64, s.get(neuron).copied().unwrap_or(f32::NAN) as f64])
-        .collect();
+    // The neuron's value at every step, of `[step][neuron]` arrays.
+    let over_steps = |steps: &[Vec<f32>]| -> Vec<[f64; 2]> {
+        steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| [k as f64, s.get(neuron).copied().unwrap_or(f32::NAN) as f64])
+            .collect()
+    };
+    let points = over_steps(&t.excess_corr);
+    let mean = over_steps(&t.mean_corr);
     let crossing = t.crossing(neuron, threshold);
     step_plot(("excess-over-training", neuron), t, size)
         .include_y(1.0)
