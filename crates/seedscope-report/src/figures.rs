@@ -477,6 +477,9 @@ pub struct Curves<'a> {
     pub title: &'a str,
     /// x axis.
     pub x_desc: &'a str,
+    /// Names of the x positions 0, 1, 2, … (the steps of a series) printed in place of numbers;
+    /// empty: a numeric axis.
+    pub x_ticks: &'a [String],
     /// `(title, y label, nominal, curves)` per panel.
     pub panels: &'a [(String, String, f64, Vec<Curve>)],
     /// The legend of the nominal value's dashed line.
@@ -490,10 +493,19 @@ impl Draw for Curves<'_> {
         let Self {
             title,
             x_desc,
+            x_ticks,
             panels,
             nominal_label,
             baseline_label,
         } = *self;
+        // Named positions: a name at each whole number, nothing between.
+        let tick = |v: &f64| {
+            let k = v.round();
+            match (k >= 0.0 && (v - k).abs() < 1e-6).then(|| x_ticks.get(k as usize)) {
+                Some(Some(name)) => name.clone(),
+                _ => String::new(),
+            }
+        };
         root.fill(&WHITE).map_err(err)?;
         let (top, body) = root.split_vertically(30);
         top.titled(title, ("sans-serif", 16)).map_err(err)?;
@@ -529,15 +541,16 @@ impl Draw for Curves<'_> {
                 .y_label_area_size(56)
                 .build_cartesian_2d(xr.clone(), yr)
                 .map_err(err)?;
-            chart
-                .configure_mesh()
-                .light_line_style(WHITE)
+            let mut mesh = chart.configure_mesh();
+            mesh.light_line_style(WHITE)
                 .bold_line_style(GRID)
                 .x_desc(x_desc)
                 .y_desc(y_desc.as_str())
-                .y_label_formatter(&|v| format!("{v:.3}"))
-                .draw()
-                .map_err(err)?;
+                .y_label_formatter(&|v| format!("{v:.3}"));
+            if !x_ticks.is_empty() {
+                mesh.x_labels(4 * x_ticks.len()).x_label_formatter(&tick);
+            }
+            mesh.draw().map_err(err)?;
             for c in curves.iter().filter(|c| c.baseline) {
                 chart
                     .draw_series(LineSeries::new(
@@ -671,6 +684,7 @@ mod tests {
         let fig7 = Curves {
             title: "Fig. 7",
             x_desc: "value",
+            x_ticks: &[],
             panels: &panels,
             nominal_label: "no intervention",
             baseline_label: "random baseline neurons",
@@ -678,6 +692,24 @@ mod tests {
         let svg = crate::svg(&fig7, 600, 400).expect("svg");
         assert!(
             svg.contains("L1.5") && svg.contains("no intervention") && svg.contains("baseline")
+        );
+        // Named x positions (a series' steps) replace the numbers there, and only there.
+        let steps = ["200".to_string(), "800".into(), "final".into()];
+        let series = Curves {
+            x_ticks: &steps,
+            ..fig7
+        };
+        let svg = crate::svg(&series, 600, 400).expect("svg");
+        let texts: Vec<&str> = svg
+            .split("</text>")
+            .filter_map(|t| t.rsplit('>').next())
+            .map(str::trim)
+            .collect();
+        let text = |t: &str| texts.contains(&t);
+        assert!(text("200") && text("800") && text("final"), "{svg}");
+        assert!(
+            !text("0.5") && !text("1.0"),
+            "numbers between the steps: {svg}"
         );
     }
 }

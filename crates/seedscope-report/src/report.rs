@@ -521,6 +521,7 @@ fn fig7_interventions(input: &Input, page: &mut Page) -> Result<(), ReportError>
         &Curves {
             title: &title,
             x_desc: "fixed activation",
+            x_ticks: &[],
             panels: &panels,
             nominal_label: "no intervention",
             baseline_label: "random baseline neurons",
@@ -608,13 +609,7 @@ fn training(input: &Input, page: &mut Page) -> Result<(), ReportError> {
             },
         ),
     ];
-    let steps: Vec<String> = t
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(k, s)| format!("{k} = {}", s.label))
-        .collect();
-    let x_desc = format!("training step ({})", steps.join(", "));
+    let steps: Vec<String> = t.steps.iter().map(|s| s.label.clone()).collect();
     let title = format!("{}: universality over training", input.title);
     page.figure(
         "training-universality",
@@ -625,7 +620,8 @@ fn training(input: &Input, page: &mut Page) -> Result<(), ReportError> {
         (1100, 460),
         &Curves {
             title: &title,
-            x_desc: &x_desc,
+            x_desc: "training step",
+            x_ticks: &steps,
             panels: &panels,
             nominal_label: "threshold",
             baseline_label: "all layers / the others",
