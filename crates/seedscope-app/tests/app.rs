@@ -39,73 +39,36 @@ fn bundle() -> PathBuf {
     .clone()
 }
 
-/// A series of training checkpoints and its trajectory, made once per test binary: three
-/// seeds of the `ci` shape trained for 12 steps on the corpus with the family's tokenizer,
-/// their weights kept at steps 4 and 8, each step analysed over a short text, the trajectory
-/// written into the last step's bundle (as `seedscope analyze --steps 4,8,final` does).
+/// The embedded family's training series and its trajectory, made once per test binary: every
+/// seed's shipped checkpoints (steps 200 and 800) and final weights, each step analysed over
+/// 4,096 of the family's eval tokens, the trajectory written into the last step's bundle (as
+/// `seedscope analyze --steps 200,800,final` does).
 fn series_bundle() -> PathBuf {
     use seedscope_analysis::bundle::{TRAJECTORY, Trajectory};
-    use seedscope_analysis::job::DataSource;
-    use seedscope_model::train::{TrainConfig, TrainData, TrainJob, step_dir, train};
+    use seedscope_analysis::job::family_models;
+    use seedscope_model::train::step_dir;
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-series");
         let _ = std::fs::remove_dir_all(&root);
-        let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
-        let tokenizer_path = family.join("family/tokenizer.json");
-        let tokenizer =
-            seedscope_data::TextTokenizer::from_file(&tokenizer_path).expect("tokenizer");
-        let text =
-            seedscope_data::corpus::read_text(&family.join("corpus/train.txt.gz")).expect("corpus");
-        let head: String = text.chars().take(40_000).collect();
-        let stream = tokenizer.to_tokens(&head, true).expect("tokens");
-        let mut config = TrainConfig::preset("ci").expect("ci preset");
-        config.steps = 12;
-        config.warmup_steps = 3;
-        config.checkpoint_every = 4;
-        let device = seedscope_model::ComputeDevice::open(BackendKind::Cpu).expect("cpu");
-        let seeds: Vec<PathBuf> = (0..3).map(|k| root.join(format!("seed-{k}"))).collect();
-        for (k, out) in seeds.iter().enumerate() {
-            let data = TrainData::new(&stream, config.n_ctx, k as u64).expect("data");
-            let job = TrainJob {
-                config: &config,
-                vocab_size: tokenizer.vocab_size(),
-                seed: k as u64,
-                out,
-                device: &device.device,
-                stop_after: None,
-                save_steps: &[4, 8],
-            };
-            train(&job, &data, |_| {}).expect("training");
-            for dir in [out.clone(), step_dir(out, 4), step_dir(out, 8)] {
-                std::fs::copy(&tokenizer_path, dir.join("tokenizer.json")).expect("tokenizer");
-            }
-        }
-        let text_path = root.join("text.txt");
-        std::fs::write(
-            &text_path,
-            text.chars().skip(40_000).take(20_000).collect::<String>(),
-        )
-        .expect("text");
         let mut bundles = Vec::new();
-        for (label, step) in [("4", Some(4u64)), ("8", Some(8)), ("final", None)] {
+        for (label, step) in [("200", Some(200usize)), ("800", Some(800)), ("final", None)] {
             let dir = step.map_or("final".to_string(), |s| format!("step-{s}"));
-            let models = seeds
+            let models = family_models()
                 .iter()
-                .map(|s| step.map_or(s.clone(), |n| step_dir(s, n as usize)))
+                .map(|s| step.map_or(s.clone(), |n| step_dir(s, n)))
                 .collect();
             let request = AnalysisRequest {
                 models,
-                data: DataSource::Text(text_path.clone()),
+                max_tokens: Some(4096),
                 out: root.join(&dir),
-                save_tiles: Some("all".into()),
                 backend: BackendKind::Cpu,
                 command: vec!["seedscope-app tests: series".into()],
                 ..AnalysisRequest::default()
             };
             run_analysis(&request, Arc::new(AtomicBool::new(false)), |_| {}).expect("step");
             let bundle = seedscope_analysis::Bundle::read(&root.join(&dir)).expect("bundle");
-            bundles.push((label.to_string(), step, dir, bundle));
+            bundles.push((label.to_string(), step.map(|s| s as u64), dir, bundle));
         }
         let t = Trajectory::from_bundles(&bundles).expect("trajectory");
         let last = root.join("final");
@@ -716,7 +679,9 @@ fn the_training_view_draws_the_series_and_the_neuron_page_its_trajectory() {
     h.get_by_label("Training").click();
     h.run_steps(4);
     h.get_by_label_contains("Universal neurons per layer (%) against the step");
-    h.get_by_label_contains("Fraction universal at 0.50: 4 ");
+    // The family's own series over 4,096 tokens: no universal neuron at step 200, most of the
+    // final ones by step 800.
+    h.get_by_label("Fraction universal at 0.50: 200 0.00% · 800 1.37% · final 1.27%");
     h.snapshot("training");
     // The neuron page of the neuron the view shows has its own trajectory.
     let last = t.excess_corr.last().expect("steps");
