@@ -447,6 +447,37 @@ pub struct MemoryInputs {
     pub source: String,
 }
 
+impl MemoryInputs {
+    /// The data as token rows `(ids, [rows, seq_len])`: the `.npy` as given, or the text
+    /// tokenised with `tokenizer` into rows of the model's context (`max_positions`, at most
+    /// 512) behind BOS, as `seedscope analyze --text` does. What the analysis of these inputs
+    /// reads, so live text and example scans read the same rows.
+    pub fn token_rows(
+        &self,
+        tokenizer: &TextTokenizer,
+        max_positions: usize,
+    ) -> Result<(Vec<u32>, [usize; 2]), AnalysisError> {
+        match &self.tokens {
+            MemoryTokens::Npy(bytes) => Ok(seedscope_data::read_tokens_npy_bytes(
+                bytes,
+                Path::new(&self.source),
+            )?),
+            MemoryTokens::Text(text) => {
+                let seq_len = max_positions.min(512);
+                let stream = tokenizer.to_tokens(&text.replace(ENDOFTEXT, "\n"), false)?;
+                let (ids, n) = pack_rows(&stream, seq_len, tokenizer.bos_id());
+                if n == 0 {
+                    return Err(AnalysisError::Invalid(format!(
+                        "{}: shorter than one row of {seq_len} tokens",
+                        self.source
+                    )));
+                }
+                Ok((ids, [n, seq_len]))
+            }
+        }
+    }
+}
+
 /// Run `req`'s analysis (threshold, baseline seed, token budget, tiles; its paths are unused) on
 /// inputs in memory, to a bundle in memory: no files, no checkpoints, and no blocking (GPU reads
 /// are awaited), so it runs in the browser on the page's event loop. The models run on
@@ -504,23 +535,7 @@ pub async fn analyse_in_memory(
     }
     let names: Vec<String> = inputs.models.iter().map(|m| m.0.clone()).collect();
     let tokenizer = TextTokenizer::from_bytes(&inputs.tokenizer_json, Path::new(TOKENIZER))?;
-    let (ids, shape) = match &inputs.tokens {
-        MemoryTokens::Npy(bytes) => {
-            seedscope_data::read_tokens_npy_bytes(bytes, Path::new(&inputs.source))?
-        }
-        MemoryTokens::Text(text) => {
-            let seq_len = models[0].config.max_positions().min(512);
-            let stream = tokenizer.to_tokens(&text.replace(ENDOFTEXT, "\n"), false)?;
-            let (ids, n) = pack_rows(&stream, seq_len, tokenizer.bos_id());
-            if n == 0 {
-                return Err(AnalysisError::Invalid(format!(
-                    "{}: shorter than one row of {seq_len} tokens",
-                    inputs.source
-                )));
-            }
-            (ids, [n, seq_len])
-        }
-    };
+    let (ids, shape) = inputs.token_rows(&tokenizer, models[0].config.max_positions())?;
     let tokens = TokenSet {
         ids,
         n_rows: shape[0],

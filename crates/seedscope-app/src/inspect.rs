@@ -112,6 +112,64 @@ impl Models {
         }
     }
 
+    /// The models of `ex` from bytes in memory (the browser: the embedded family it fetched, or
+    /// the models it analysed from disk), loaded on `device`: every model the manifest lists
+    /// must be among `inputs` by name, with the weights and config its sha256 names. The data
+    /// is `inputs`' token rows when they are the bundle's (its shape and sha256); otherwise
+    /// there is none and examples come from the bundle ([`Models::has_data`]).
+    pub fn from_memory(
+        ex: &Explorer,
+        device: ComputeDevice,
+        inputs: &seedscope_analysis::job::MemoryInputs,
+    ) -> Result<Self, AppError> {
+        use seedscope_analysis::job::{data_sha256, sha256_hex};
+        let m = &ex.bundle.manifest;
+        let mut models = Vec::new();
+        for e in &m.models {
+            let Some((name, config, weights)) = inputs.models.iter().find(|x| x.0 == e.name) else {
+                return Err(format!(
+                    "{}: the bundle's model {} is not among the models at hand ({})",
+                    ex.source.display(),
+                    e.name,
+                    inputs
+                        .models
+                        .iter()
+                        .map(|x| x.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into());
+            };
+            for (file, bytes) in [("config.json", config), ("model.safetensors", weights)] {
+                if let Some((_, want)) = e.files.iter().find(|(f, _)| f == file)
+                    && *want != sha256_hex(bytes)
+                {
+                    return Err(format!(
+                        "{name}/{file} is not the one the bundle {} was made with (its sha256 \
+                         differs from the manifest's)",
+                        ex.source.display()
+                    )
+                    .into());
+                }
+            }
+            models.push(LoadedModel::from_bytes(
+                Path::new(name),
+                config,
+                weights.clone(),
+                &device,
+                FloatDType::F32,
+            )?);
+        }
+        let first = models
+            .first()
+            .ok_or_else(|| format!("{}: the manifest lists no models", ex.source.display()))?;
+        let tokenizer =
+            TextTokenizer::from_bytes(&inputs.tokenizer_json, Path::new("tokenizer.json"))?;
+        let (ids, shape) = inputs.token_rows(&tokenizer, first.config.max_positions())?;
+        let ids = (shape == m.data_shape && data_sha256(&ids) == m.data_sha256).then_some(ids);
+        Ok(Self::loaded(ex, device, models, tokenizer, ids))
+    }
+
     /// Model `i`, loaded on first use. The cache's lock is held only to look up and to insert,
     /// never while loading (loads run side by side, and a panic while loading cannot poison
     /// it); a lock poisoned anyway is taken over, since the map stays consistent.

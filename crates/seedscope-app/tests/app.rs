@@ -13,6 +13,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
 use seedscope_app::data::NeuronId;
+use seedscope_app::inspect::Models;
 use seedscope_app::views::neuron::page_neurons;
 use seedscope_app::{Explorer, Launch, SeedscopeApp, Tab};
 use seedscope_model::BackendKind;
@@ -407,32 +408,11 @@ impl seedscope_app::platform::Platform for PageLike {
         Ok(format!("downloaded {name}"))
     }
     fn opened(&mut self, ex: &Arc<Explorer>, _: &egui::Context) {
-        let m = &ex.bundle.manifest;
+        // As the page does: the files' bytes in memory, loaded by `Models::from_memory`.
         let device = seedscope_model::ComputeDevice::open(BackendKind::Cpu).expect("cpu");
-        let models = m
-            .models
-            .iter()
-            .map(|e| {
-                seedscope_model::LoadedModel::load_on(
-                    std::path::Path::new(&e.path),
-                    &device,
-                    burn::tensor::FloatDType::F32,
-                )
-                .expect("model")
-            })
-            .collect();
-        let tokenizer =
-            seedscope_data::TextTokenizer::from_model_dir(std::path::Path::new(&m.models[0].path))
-                .expect("tokenizer");
-        let (ids, _) =
-            seedscope_data::read_tokens_npy(std::path::Path::new(&m.data_source)).expect("data");
-        self.pending = Some(Arc::new(seedscope_app::inspect::Models::loaded(
-            ex,
-            device,
-            models,
-            tokenizer,
-            Some(ids),
-        )));
+        let models = Models::from_memory(ex, device, &memory_inputs(ex)).expect("models");
+        assert!(models.has_data(), "the bundle's own data");
+        self.pending = Some(Arc::new(models));
     }
     fn poll(
         &mut self,
@@ -444,6 +424,141 @@ impl seedscope_app::platform::Platform for PageLike {
             ..Default::default()
         }
     }
+}
+
+/// The inputs of `ex`'s analysis as the page holds them: its models' `config.json` and
+/// `model.safetensors`, the anchor's tokenizer and the data file, as bytes.
+fn memory_inputs(ex: &Explorer) -> seedscope_analysis::job::MemoryInputs {
+    let m = &ex.bundle.manifest;
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    seedscope_analysis::job::MemoryInputs {
+        models: m
+            .models
+            .iter()
+            .map(|e| {
+                let dir = PathBuf::from(&e.path);
+                (
+                    e.name.clone(),
+                    read(dir.join("config.json")),
+                    read(dir.join("model.safetensors")),
+                )
+            })
+            .collect(),
+        tokens: seedscope_analysis::job::MemoryTokens::Npy(read(PathBuf::from(&m.data_source))),
+        tokenizer_json: read(PathBuf::from(&m.models[0].path).join("tokenizer.json")),
+        source: m.data_source.clone(),
+    }
+}
+
+/// A bundle the page analysed from models chosen from disk (bytes in, bundle in memory, the
+/// data a text) is served by those same inputs: `Models::from_memory` reads the analysed rows
+/// and gives the traces of the models loaded from their directories; weights other than the
+/// bundle's, a model it lacks and other data are named.
+#[test]
+fn models_analysed_in_memory_serve_their_own_bundle() {
+    use seedscope_analysis::bundle::BundleSource;
+    use seedscope_analysis::job::{MemoryInputs, MemoryTokens, analyse_in_memory};
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/family");
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let model = |seed: &str, weights_of: &str| {
+        (
+            seed.to_string(),
+            read(family.join(seed).join("config.json")),
+            read(family.join(weights_of).join("model.safetensors")),
+        )
+    };
+    let text: String = std::fs::read_to_string(family.join("../../ARCHITECTURE.md"))
+        .expect("a text")
+        .chars()
+        .take(12_000)
+        .collect();
+    let inputs = |models: Vec<(String, Vec<u8>, Vec<u8>)>, text: &str| MemoryInputs {
+        models,
+        tokens: MemoryTokens::Text(text.to_string()),
+        tokenizer_json: read(family.join("tokenizer.json")),
+        source: "ARCHITECTURE.md".into(),
+    };
+    let picked = inputs(
+        vec![model("seed-a", "seed-a"), model("seed-b", "seed-b")],
+        &text,
+    );
+    let device = seedscope_model::ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+    let request = AnalysisRequest {
+        backend: BackendKind::Cpu,
+        ..AnalysisRequest::default()
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let files = pollster::block_on(analyse_in_memory(
+        &request,
+        &picked,
+        &device,
+        cancel,
+        |_| {},
+    ))
+    .expect("analysis")
+    .expect("not cancelled");
+    let ex = Explorer::open_source(BundleSource::Memory {
+        label: "models from disk, analysis 1".into(),
+        files: Arc::new(files),
+    })
+    .expect("bundle");
+    let models = Models::from_memory(&ex, device.clone(), &picked).expect("models");
+    assert!(models.has_data(), "the analysed rows");
+    let from_dirs = Models::loaded(
+        &ex,
+        device.clone(),
+        ["seed-a", "seed-b"]
+            .iter()
+            .map(|s| {
+                seedscope_model::LoadedModel::load_on(
+                    &family.join(s),
+                    &device,
+                    burn::tensor::FloatDType::F32,
+                )
+                .expect("model")
+            })
+            .collect(),
+        seedscope_data::TextTokenizer::from_model_dir(&family.join("seed-a")).expect("tokenizer"),
+        None,
+    );
+    let neurons = page_neurons(
+        &ex,
+        Some(NeuronId {
+            model: 0,
+            layer: 1,
+            neuron: 7,
+        }),
+    );
+    let live = |m: &Models| pollster::block_on(m.live_text("Enter Horatio.", &neurons));
+    assert_eq!(
+        live(&models).expect("live"),
+        live(&from_dirs).expect("live")
+    );
+    // Weights other than the bundle's, a model it lacks, other data.
+    let swapped = inputs(
+        vec![model("seed-a", "seed-a"), model("seed-b", "seed-c")],
+        &text,
+    );
+    let e = Models::from_memory(&ex, device.clone(), &swapped)
+        .err()
+        .expect("other weights")
+        .to_string();
+    assert!(e.contains("seed-b/model.safetensors is not the one"), "{e}");
+    let lacking = inputs(vec![model("seed-a", "seed-a")], &text);
+    let e = Models::from_memory(&ex, device.clone(), &lacking)
+        .err()
+        .expect("a model missing")
+        .to_string();
+    assert!(
+        e.contains("model seed-b is not among the models at hand (seed-a)"),
+        "{e}"
+    );
+    let other = inputs(
+        vec![model("seed-a", "seed-a"), model("seed-b", "seed-b")],
+        &text.repeat(2),
+    );
+    let m = Models::from_memory(&ex, device, &other).expect("models");
+    assert!(!m.has_data(), "other text is not the bundle's data");
 }
 
 /// As in the browser: the models arrive after the bundle opens, live text and the example

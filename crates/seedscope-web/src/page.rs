@@ -1,9 +1,9 @@
 //! The page's [`Platform`]: bundles fetched from a URL (the small files first, the heavy arrays
 //! after it opens), picked with the browser's file dialog or dropped, all held in memory; the
 //! embedded family fetched through the Cache API and analysed on the page's WebGPU device, and
-//! run there for live text and example scans of any bundle made from it; exports downloaded
-//! as files; the form for analysing models chosen from disk; console lines the end-to-end test
-//! reads.
+//! run there for live text and example scans of any bundle made from it; the form for
+//! analysing models chosen from disk, whose models then serve that bundle's live text and
+//! scans the same way; exports downloaded as files; console lines the end-to-end test reads.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -41,6 +41,11 @@ pub struct Page {
     models: Option<(String, Arc<Models>)>,
     /// Fetching them for a bundle.
     models_task: Option<(String, Task<Arc<Models>>)>,
+    /// The inputs of the last analysis of models chosen from disk, kept for that bundle's live
+    /// text and example scans.
+    disk_inputs: Option<Arc<MemoryInputs>>,
+    /// Analyses of models from disk so far (each bundle gets its own name).
+    disk_runs: usize,
 }
 
 impl Page {
@@ -63,6 +68,8 @@ impl Page {
             family_url,
             models: None,
             models_task: None,
+            disk_inputs: None,
+            disk_runs: 0,
         }
     }
 
@@ -231,8 +238,9 @@ impl Platform for Page {
 
     fn opened(&mut self, ex: &Arc<Explorer>, ctx: &egui::Context) {
         console_log(&summary_line(ex));
-        // Live text and example scans: the embedded family's models, where the bundle was
-        // made from them, on the page's WebGPU device (else the CPU).
+        // Live text and example scans: the models the bundle was made from, where the page has
+        // them (analysed from disk here, or the embedded family's), on the page's WebGPU
+        // device (else the CPU).
         let key = ex.source.display();
         if self.models.as_ref().is_none_or(|(b, _)| *b != key) {
             let device = self
@@ -241,9 +249,13 @@ impl Platform for Page {
             self.models_task = Some((
                 key,
                 match device {
-                    Ok(device) => {
-                        spawn_load_models(ex.clone(), self.family_url.clone(), device, ctx)
-                    }
+                    Ok(device) => spawn_load_models(
+                        ex.clone(),
+                        self.family_url.clone(),
+                        self.disk_inputs.clone(),
+                        device,
+                        ctx,
+                    ),
                     Err(e) => Task::spawn_async("models", None, move |_| async move {
                         Err(AppError::Other(e))
                     }),
@@ -407,20 +419,23 @@ impl Platform for Page {
         let (Some((source, tokens)), Some(tokenizer_json)) = (form.data, form.tokenizer) else {
             return out;
         };
-        let inputs = MemoryInputs {
+        let inputs = Arc::new(MemoryInputs {
             models: form.models,
             tokens,
             tokenizer_json,
             source,
-        };
+        });
         let max_tokens = (form.max_tokens > 0).then_some(form.max_tokens);
         match self.compute_device().map_err(needs_webgpu) {
             Ok(device) => {
+                self.disk_runs += 1;
+                let label = format!("models from disk, analysis {}", self.disk_runs);
+                self.disk_inputs = Some(inputs.clone());
                 out.analysis = Some(Task::spawn_async(
                     "analysing models from disk in this browser",
                     Some(ctx.clone()),
                     move |rep| async move {
-                        analyse_here(&device, &inputs, max_tokens, "models from disk", &rep).await
+                        analyse_here(&device, &inputs, max_tokens, &label, &rep).await
                     },
                 ))
             }
@@ -655,74 +670,76 @@ fn spawn_fetch_heavy(url: String, ex: Arc<Explorer>, ctx: &egui::Context) -> Ope
     )
 }
 
-/// Fetch the embedded family's models (and tokenizer, and its data where the bundle was made
-/// from it) for bundle `ex` and load them on `device`: every model of the bundle must be one
-/// of the family's, with the weights the manifest's sha256 names.
+/// The models of bundle `ex` for live text and example scans, loaded on `device`: from `disk`
+/// when the bundle was analysed from those inputs in this page, else the embedded family's
+/// files fetched from `family_url` (with its data, which is the bundle's when the bundle was
+/// made from it); [`Models::from_memory`] checks every model against the manifest's sha256.
 fn spawn_load_models(
     ex: Arc<Explorer>,
     family_url: String,
+    disk: Option<Arc<MemoryInputs>>,
     device: ComputeDevice,
     ctx: &egui::Context,
 ) -> Task<Arc<Models>> {
-    use seedscope_analysis::job::{data_sha256, sha256_hex};
     Task::spawn_async(
         "fetching the models for live text",
         Some(ctx.clone()),
         move |rep| async move {
-            let m = &ex.bundle.manifest;
-            let mut models = Vec::new();
-            for e in &m.models {
-                if !FAMILY.contains(&e.name.as_str()) {
-                    return Err(AppError::Other(format!(
-                        "live text and example scans in the browser run the embedded family's \
-                         models, and {} is not one of them: open this bundle in the desktop \
-                         app (`seedscope app BUNDLE`), which reads its models from the \
-                         manifest's paths",
-                        e.name
-                    )));
-                }
-                let dir = join_url(&family_url, &e.name);
-                rep.log(format!("fetching {dir}"));
-                let config = fetch_cached(&join_url(&dir, "config.json")).await?;
-                let weights = fetch_cached(&join_url(&dir, "model.safetensors")).await?;
-                if let Some((_, want)) = e.files.iter().find(|(f, _)| f == "model.safetensors")
-                    && *want != sha256_hex(&weights)
-                {
-                    return Err(AppError::Other(format!(
-                        "{dir}/model.safetensors is not the {} this bundle was made with (its \
-                         sha256 differs from the manifest's): open the bundle in the desktop app",
-                        e.name
-                    )));
-                }
-                models.push(seedscope_model::LoadedModel::from_bytes(
-                    std::path::Path::new(&e.name),
-                    &config,
-                    weights,
-                    &device,
-                    burn::tensor::FloatDType::F32,
-                )?);
-            }
-            let tokenizer_url = join_url(&family_url, "tokenizer.json");
-            let tokenizer = seedscope_data::TextTokenizer::from_bytes(
-                &fetch_cached(&tokenizer_url).await?,
-                std::path::Path::new(&tokenizer_url),
-            )?;
-            // The data, when the bundle was made from the family's own.
-            let tokens_url = join_url(&family_url, "eval_tokens.npy");
-            let npy = fetch_cached(&tokens_url).await?;
-            let (ids, shape) =
-                seedscope_data::read_tokens_npy_bytes(&npy, std::path::Path::new(&tokens_url))?;
-            let ids = (shape == m.data_shape && data_sha256(&ids) == m.data_sha256).then_some(ids);
-            if ids.is_none() {
+            let names: Vec<&str> = ex
+                .bundle
+                .manifest
+                .models
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            let from_disk =
+                disk.filter(|d| names.iter().all(|n| d.models.iter().any(|m| m.0 == *n)));
+            let inputs = match from_disk {
+                Some(d) => d,
+                None => Arc::new(fetch_family(&names, &family_url, &rep).await?),
+            };
+            let models = Models::from_memory(&ex, device, &inputs)?;
+            if !models.has_data() {
                 rep.log(format!(
-                    "{tokens_url} is not this bundle's data: examples come from the bundle"
+                    "{} is not this bundle's data: examples come from the bundle",
+                    inputs.source
                 ));
             }
-            Ok(Arc::new(Models::loaded(
-                &ex, device, models, tokenizer, ids,
-            )))
+            Ok(Arc::new(models))
         },
     )
+}
+
+/// The embedded family's files for the models `names` (each must be one of its seeds), its
+/// tokenizer and its eval tokens, fetched from `family_url` through the cache.
+async fn fetch_family(
+    names: &[&str],
+    family_url: &str,
+    rep: &Reporter<Arc<Models>>,
+) -> Result<MemoryInputs, AppError> {
+    let mut models = Vec::new();
+    for name in names {
+        if !FAMILY.contains(name) {
+            return Err(AppError::Other(format!(
+                "live text and example scans in the browser run the embedded family's models \
+                 or those analysed from disk in this page, and {name} is neither: open this \
+                 bundle in the desktop app (`seedscope app BUNDLE`), which reads its models \
+                 from the manifest's paths"
+            )));
+        }
+        let dir = join_url(family_url, name);
+        rep.log(format!("fetching {dir}"));
+        let config = fetch_cached(&join_url(&dir, "config.json")).await?;
+        let weights = fetch_cached(&join_url(&dir, "model.safetensors")).await?;
+        models.push((name.to_string(), config, weights));
+    }
+    let tokens_url = join_url(family_url, "eval_tokens.npy");
+    Ok(MemoryInputs {
+        models,
+        tokens: MemoryTokens::Npy(fetch_cached(&tokens_url).await?),
+        tokenizer_json: fetch_cached(&join_url(family_url, "tokenizer.json")).await?,
+        source: tokens_url,
+    })
 }
 
 /// Hand `bytes` to the browser as a download named `name` (a Blob behind a temporary link).
