@@ -9,6 +9,7 @@ mod analyze;
 mod bench;
 mod bench_corr;
 mod bench_refine;
+mod cost;
 mod download;
 mod eval_loss;
 mod intervene;
@@ -47,6 +48,9 @@ enum Command {
     /// Render a bundle's figures (Fig. 2, 3, 6, 9, families, entropy candidates) as PNG and SVG
     /// with a page per neuron family and an index.html.
     Report(report::Args),
+    /// How analyses' cost grows: tokens/s and where each run's time went (forwards,
+    /// co-moments, statistics, device waits, weight statistics), from their bundles.
+    Cost(cost::Args),
     /// The entropy-neuron experiment: fix neurons' activations and measure LayerNorm scale,
     /// entropy, loss and reciprocal rank against random baseline neurons.
     Intervene(intervene::Args),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Some(Command::Merge(args)) => analyze::merge(&args),
         Some(Command::Summary(args)) => analyze::summary(&args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Cost(args)) => cost::run(&args),
         Some(Command::Intervene(args)) => intervene::run(&args),
         Some(Command::BenchForward(args)) => bench::run(&args),
         Some(Command::BenchCorrelation(args)) => bench_corr::run(&args),

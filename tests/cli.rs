@@ -1197,3 +1197,74 @@ fn a_missing_bundle_is_named_once() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `seedscope cost`: one row per bundle from its manifest (tokens/s, and shares of the run's
+/// time that add up to the whole), the figures when asked; a directory that is not a bundle,
+/// or a bundle that does not record its time, is named.
+#[test]
+fn cost_compares_runs_from_their_bundles() {
+    let dir = common::temp_dir("cli-cost");
+    let two = common::fixture_bundle("cli-cost-two", &["gpt2-plain", "gpt2-crfm"]);
+    let three = common::fixture_bundle("cli-cost-three", &["gpt2-plain", "gpt2-crfm", "gpt2-wide"]);
+    let output = seedscope()
+        .arg("cost")
+        .args([&two, &three])
+        .arg("--out")
+        .arg(dir.join("figures"))
+        .output()
+        .expect("run seedscope cost");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<&str> = stdout.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(
+        rows[0].starts_with("| 3 × 128 neurons, 2 models |"),
+        "{stdout}"
+    );
+    assert!(
+        rows[1].starts_with("| 3 × 128 neurons, 3 models |"),
+        "{stdout}"
+    );
+    for row in &rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let shares: f64 = cells[6..14]
+            .iter()
+            .map(|c| c.trim_end_matches(" %").parse::<f64>().expect("a share"))
+            .sum();
+        assert!(
+            (shares - 100.0).abs() <= 3.0,
+            "shares add to {shares}: {row}"
+        );
+        // The forwards and the co-moments take time in every run.
+        assert!(cells[6] != "0 %" || cells[7] != "0 %", "{row}");
+    }
+    for f in ["cost-time.png", "cost-time.svg"] {
+        assert!(dir.join("figures").join(f).is_file(), "{f}");
+    }
+    // Not a bundle; a bundle from before the time was recorded.
+    let output = seedscope().arg("cost").arg(&dir).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no manifest.json (not a bundle"),
+        "{stderr}"
+    );
+    let manifest = two.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    m["cost"].as_object_mut().expect("cost").retain(|k, _| {
+        ["forwards", "forward_seconds", "reused", "reuse_seconds"].contains(&k.as_str())
+    });
+    std::fs::write(&manifest, serde_json::to_vec(&m).expect("json")).expect("write");
+    let output = seedscope().arg("cost").arg(&two).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("does not say where the run's time went"),
+        "{stderr}"
+    );
+}

@@ -932,6 +932,7 @@ fn assemble(
     // an anchor its attention (de)activation scores (BOS keys from one forward of BOS).
     let anchors: Vec<usize> = results.anchors.iter().map(|a| a.anchor).collect();
     let mut attention = vec![None; anchors.len()];
+    let started = Instant::now();
     let weights = timed(log, "weight statistics and attention scores", || {
         a_.stat_models
             .iter()
@@ -950,18 +951,20 @@ fn assemble(
             })
             .collect::<Result<Vec<_>, AnalysisError>>()
     })?;
+    let weights_seconds = started.elapsed().as_secs_f64();
     timed(log, "neuron rows and bundle files", || {
-        bundle_of(a_, &weights, &attention, tokenizer)
+        bundle_of(a_, &weights, &attention, tokenizer, weights_seconds)
     })
 }
 
 /// The neuron rows, the manifest and the files of a finished run, given its anchors' weight
-/// statistics and attention scores.
+/// statistics and attention scores and the seconds they took.
 fn bundle_of(
     a_: &Assembly<'_>,
     weights: &[Option<Vec<crate::weights::NeuronWeights>>],
     attention: &[Option<crate::attention::AttentionScores>],
     tokenizer: Option<Vec<u8>>,
+    weights_seconds: f64,
 ) -> Result<crate::bundle::BundleFiles, AnalysisError> {
     let anchor = a_.results.shapes[a_.results.anchors[0].anchor];
     let n_layers = anchor.n_layers;
@@ -1018,7 +1021,10 @@ fn bundle_of(
         passes: a_.results.plan.passes.len(),
         peak_memory_bytes: a_.results.plan.peak_bytes(),
         seconds: a_.seconds,
-        cost: a_.results.cost,
+        cost: crate::RunCost {
+            weights_seconds,
+            ..a_.results.cost
+        },
         fraction_universal: fraction,
         fraction_universal_per_layer: per_layer,
     };

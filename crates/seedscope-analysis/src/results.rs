@@ -293,7 +293,7 @@ pub struct Results {
 }
 
 /// What a run cost: the models' forward passes, and the reads of reused activations that
-/// replaced the rest.
+/// replaced the rest; where the passes' time went; the weight statistics after them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunCost {
     /// Forward passes run (one model over one block).
@@ -304,6 +304,21 @@ pub struct RunCost {
     pub reused: u64,
     /// Seconds in those reads.
     pub reuse_seconds: f64,
+    /// The block loop's time by step, summed over every pass of every stage (bundles made
+    /// before it was recorded read zeros).
+    #[serde(default)]
+    pub time: BlockTiming,
+    /// Seconds turning each pass's accumulators into results: correlations, best matches,
+    /// candidates, and the one-to-one assignment of each completed layer pair.
+    #[serde(default)]
+    pub finish_seconds: f64,
+    /// Seconds writing checkpoints.
+    #[serde(default)]
+    pub checkpoint_seconds: f64,
+    /// Seconds in every model's weight statistics and the anchors' attention scores, after
+    /// the passes.
+    #[serde(default)]
+    pub weights_seconds: f64,
 }
 
 impl std::ops::AddAssign for RunCost {
@@ -312,6 +327,10 @@ impl std::ops::AddAssign for RunCost {
         self.forward_seconds += o.forward_seconds;
         self.reused += o.reused;
         self.reuse_seconds += o.reuse_seconds;
+        self.time += o.time;
+        self.finish_seconds += o.finish_seconds;
+        self.checkpoint_seconds += o.checkpoint_seconds;
+        self.weights_seconds += o.weights_seconds;
     }
 }
 
@@ -347,16 +366,26 @@ impl Progress {
 /// Seconds spent so far in a pass, by step of the block loop. On a GPU the steps only record
 /// and submit work (the host's share) and `wait` is the device finishing it; on the CPU path
 /// the steps do the work.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BlockTiming {
-    /// The models' forward passes to the MLP activations.
+    /// The models' forward passes to the MLP activations with the rotation baseline's mixing
+    /// (or the reads of activations kept from an earlier pass).
     pub forward: f64,
     /// Pre-activation histograms and the anatomy (top examples, token statistics).
     pub statistics: f64,
-    /// The rotation baseline's mixing and the correlation accumulators.
+    /// The correlation accumulators: the streams made ready and the co-moment updates.
     pub accumulate: f64,
     /// Waiting for the device to finish the block's work.
     pub wait: f64,
+}
+
+impl std::ops::AddAssign for BlockTiming {
+    fn add_assign(&mut self, o: Self) {
+        self.forward += o.forward;
+        self.statistics += o.statistics;
+        self.accumulate += o.accumulate;
+        self.wait += o.wait;
+    }
 }
 
 /// How a run ended.

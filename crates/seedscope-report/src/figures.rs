@@ -402,6 +402,9 @@ impl Draw for Bars<'_> {
         } = *self;
         root.fill(&WHITE).map_err(err)?;
         let n = labels.len().max(1);
+        // Head room above the tallest bar: 15 %, or more where the legend (top right, one line
+        // per series) would reach it.
+        let legend = (18 * series.len() + 4) as f64 / (root.dim_in_pixel().1 as f64 - 90.0);
         let ymax = values
             .iter()
             .flatten()
@@ -409,7 +412,7 @@ impl Draw for Bars<'_> {
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max)
             .max(1e-9)
-            * 1.15;
+            * (1.0 / (1.0 - legend.min(0.6))).max(1.15);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 16))
             .margin(12)
@@ -418,7 +421,16 @@ impl Draw for Bars<'_> {
             .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..ymax)
             .map_err(err)?;
         labelled_mesh(&mut chart, labels, y_desc)?;
-        let colors = [BLUE, ORANGE, GREY];
+        let colors = [
+            BLUE,
+            ORANGE,
+            GREY,
+            RGBColor(40, 150, 80),
+            RGBColor(170, 60, 160),
+            RGBColor(200, 170, 40),
+            RGBColor(60, 60, 60),
+            RGBColor(40, 170, 180),
+        ];
         let k = series.len().max(1);
         let c = chart.as_coord_spec().clone();
         let (off_x, off_y) = chart.plotting_area().get_base_pixel();

@@ -12,8 +12,10 @@ use base64::Engine;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+mod cost;
 mod figures;
 mod report;
+pub use cost::{CostRow, PARTS, cost_table, write_cost_figures};
 pub use figures::*;
 pub use report::{ReportSummary, write_report};
 

@@ -397,11 +397,16 @@ impl Run<'_> {
                     && last_ckpt.elapsed() >= self.checkpoint_every
                     && bi + 1 < blocks.len()
                 {
+                    let t = Instant::now();
                     self.save(path, pass_idx, bi + 1, &results, Some(pass.state().await?))?;
+                    pass.cost.checkpoint_seconds += t.elapsed().as_secs_f64();
                     last_ckpt = Instant::now();
                 }
             }
-            cost += pass.cost;
+            cost += RunCost {
+                time: pass.timing,
+                ..pass.cost
+            };
             if source == Source::Fill {
                 match pass.fill_failed.take() {
                     None => {
@@ -440,6 +445,7 @@ impl Run<'_> {
                 let dir = self.need_dir("a shard")?;
                 self.save(&dir.join(pass_file(pass_idx)), pass_idx, 0, &[], Some(sums))?;
             } else {
+                let t = Instant::now();
                 self.finish_pass(
                     &pass.acc,
                     &mut results,
@@ -449,6 +455,7 @@ impl Run<'_> {
                     pass.anatomy.as_ref(),
                 )
                 .await?;
+                cost.finish_seconds += t.elapsed().as_secs_f64();
             }
             // Between passes as within them, at most one checkpoint per interval (a plan of
             // many short passes would otherwise spend its time writing the results), and
@@ -457,7 +464,9 @@ impl Run<'_> {
                 && (last_ckpt.elapsed() >= self.checkpoint_every
                     || pass_idx + 1 == plan.passes.len())
             {
+                let t = Instant::now();
                 self.save(path, pass_idx + 1, 0, &results, None)?;
+                cost.checkpoint_seconds += t.elapsed().as_secs_f64();
                 last_ckpt = Instant::now();
             }
         }
