@@ -74,16 +74,10 @@ impl CostRow {
                 path.display()
             )));
         }
-        let other = (seconds - timed.iter().sum::<f64>()).max(0.0);
-        let [
-            forward,
-            accumulate,
-            statistics,
-            wait,
-            finish,
-            checkpoints,
-            weights,
-        ] = timed;
+        // The timed parts, then the rest of the run.
+        let mut parts = [0.0; 8];
+        parts[..7].copy_from_slice(&timed);
+        parts[7] = (seconds - timed.iter().sum::<f64>()).max(0.0);
         Ok(Self {
             bundle: dir.to_path_buf(),
             models: m.models.len(),
@@ -93,16 +87,7 @@ impl CostRow {
             tokens: m.n_tokens,
             device: m.device,
             seconds,
-            parts: [
-                forward,
-                accumulate,
-                statistics,
-                wait,
-                finish,
-                checkpoints,
-                weights,
-                other,
-            ],
+            parts,
         })
     }
 
