@@ -18,9 +18,7 @@ use crate::checkpoint;
 use crate::compute::Compute;
 use crate::hist::Histograms;
 use crate::plan::{KINDS, Kind, Plan, Reuse, Shape, TileSpec, model_of, stream};
-use crate::results::{
-    AnchorResult, BlockTiming, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile,
-};
+use crate::results::{AnchorResult, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile};
 
 /// The state of one pass: what it accumulates and which anchors it counts histograms and
 /// anatomy for (those it runs that have none yet, so each token is counted once).
@@ -39,7 +37,7 @@ struct Pass<C: Compute> {
     rotations: Vec<Vec<Tensor<2>>>,
     /// Kept tokens merged so far.
     tokens: u64,
-    timing: BlockTiming,
+    /// This pass's forwards, reads of kept activations and time by step of the block loop.
     cost: RunCost,
     /// Why keeping activations for later passes failed (a full disk): they run the models.
     fill_failed: Option<String>,
@@ -111,7 +109,6 @@ impl<C: Compute> Pass<C> {
             wants,
             rotations,
             tokens,
-            timing: BlockTiming::default(),
             cost: RunCost::default(),
             fill_failed: None,
         })
@@ -186,7 +183,7 @@ impl<C: Compute> Pass<C> {
             } else {
                 None
             };
-            self.timing.forward += t.elapsed().as_secs_f64();
+            self.cost.time.forward += t.elapsed().as_secs_f64();
             let t = Instant::now();
             if let Some(k) = counted {
                 let pre = acts.pre.ok_or_else(|| missing("pre-activations"))?;
@@ -195,7 +192,7 @@ impl<C: Compute> Pass<C> {
                     a.update(k, x, &run.tokens.ids, block.rows.r0, &block.kept)?;
                 }
             }
-            self.timing.statistics += t.elapsed().as_secs_f64();
+            self.cost.time.statistics += t.elapsed().as_secs_f64();
             let t = Instant::now();
             streams[real] = x;
             if self.used[rotated] {
@@ -207,20 +204,20 @@ impl<C: Compute> Pass<C> {
                 let p = permute(post, run.options.seed, block.rows.r0);
                 streams[permuted] = Some(compute.block(p)?);
             }
-            self.timing.accumulate += t.elapsed().as_secs_f64();
+            self.cost.time.accumulate += t.elapsed().as_secs_f64();
             // Let the device finish this model's work (in a browser the page gets its event
             // loop back) before the next model is recorded.
             let t = Instant::now();
             compute.settle().await;
-            self.timing.wait += t.elapsed().as_secs_f64();
+            self.cost.time.wait += t.elapsed().as_secs_f64();
         }
         let t = Instant::now();
         self.acc.update(&streams)?;
         drop(streams);
-        self.timing.accumulate += t.elapsed().as_secs_f64();
+        self.cost.time.accumulate += t.elapsed().as_secs_f64();
         let t = Instant::now();
         compute.settle().await;
-        self.timing.wait += t.elapsed().as_secs_f64();
+        self.cost.time.wait += t.elapsed().as_secs_f64();
         self.tokens += block.rows.kept;
         Ok(())
     }
@@ -391,7 +388,7 @@ impl Run<'_> {
                     tokens: pass.tokens,
                     tokens_per_pass,
                     memory_bytes: plan.peak_bytes(),
-                    timing: pass.timing,
+                    timing: pass.cost.time,
                 });
                 if let Some(path) = &ckpt_path
                     && last_ckpt.elapsed() >= self.checkpoint_every
@@ -403,10 +400,7 @@ impl Run<'_> {
                     last_ckpt = Instant::now();
                 }
             }
-            cost += RunCost {
-                time: pass.timing,
-                ..pass.cost
-            };
+            cost += pass.cost;
             if source == Source::Fill {
                 match pass.fill_failed.take() {
                     None => {
