@@ -1,7 +1,8 @@
 //! The CPU accumulator: block-centred f32 GEMMs (matrixmultiply through ndarray, threaded)
 //! merged into f64 totals.
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
 use seedscope_gpu::TileReduction;
 
 use super::{
@@ -29,6 +30,17 @@ pub struct CpuAccumulator {
     /// `[a_len, b_len]` co-moments per dense tile, one per pair for a sparse one.
     tiles: Vec<Vec<f64>>,
     count: u64,
+    /// Buffers kept from one update to the next (fresh ones cost the kernel a page clear each
+    /// time: a tenth of an update at 4,096 × 1,024): each stream's centred block and one tile's
+    /// f32 product.
+    scratch: Scratch,
+}
+
+/// Reused per-update buffers of a [`CpuAccumulator`].
+#[derive(Debug, Default)]
+struct Scratch {
+    centred: Vec<Vec<f32>>,
+    product: Vec<f32>,
 }
 
 impl CpuAccumulator {
@@ -49,6 +61,7 @@ impl CpuAccumulator {
             tiles: specs.iter().map(|t| vec![0.0; t.entries()]).collect(),
             specs,
             count: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -87,13 +100,28 @@ impl Accumulate for CpuAccumulator {
             return Ok(());
         }
         let (w_mean, w_cross) = seedscope_gpu::merge_weights(self.count, rows as u64);
-        let mut centred: Vec<Option<(Array2<f32>, Vec<f64>)>> = Vec::new();
-        for (m, x) in self.moments.iter_mut().zip(block) {
-            centred.push(match (m, x) {
-                (Some(m), Some(x)) => Some(center_block(x.view(), m, w_mean, w_cross)),
+        let Scratch { centred, product } = &mut self.scratch;
+        centred.resize_with(self.moments.len(), Vec::new);
+        // Each read stream centred on its block means, with each column's mean shift.
+        let mut shifts: Vec<Option<Vec<f64>>> = Vec::with_capacity(centred.len());
+        for ((m, x), buf) in self.moments.iter_mut().zip(block).zip(centred.iter_mut()) {
+            shifts.push(match (m, x) {
+                (Some(m), Some(x)) => Some(center_block(x.view(), m, w_mean, w_cross, buf)),
                 _ => None,
             });
         }
+        let centred: Vec<Option<(ArrayView2<'_, f32>, &[f64])>> = shifts
+            .iter()
+            .zip(centred.iter())
+            .map(|(d, buf)| {
+                d.as_ref().map(|d| {
+                    let view = ArrayView2::from_shape((rows, d.len()), &buf[..rows * d.len()]);
+                    view.map(|v| (v, d.as_slice()))
+                })
+            })
+            .map(Option::transpose)
+            .collect::<Result<_, _>>()
+            .map_err(|_| plan_mismatch())?;
         // The streams that sparse tiles read, column by column (`[cols, rows]` flat, so each
         // pair is one dot product of contiguous slices).
         let mut columns: Vec<Option<Vec<f32>>> = vec![None; centred.len()];
@@ -104,17 +132,6 @@ impl Accumulate for CpuAccumulator {
                 {
                     columns[s] = Some(c.t().iter().copied().collect());
                 }
-            }
-        }
-        // A stream only sparse tiles read is needed as columns alone: free its rows.
-        let mut dense = vec![false; centred.len()];
-        for t in self.specs.iter().filter(|t| t.pairs.is_none()) {
-            dense[t.a_stream] = true;
-            dense[t.b_stream] = true;
-        }
-        for (s, c) in centred.iter_mut().enumerate() {
-            if let (Some((x, _)), Some(_), false) = (c, &columns[s], dense[s]) {
-                *x = Array2::zeros((0, 0));
             }
         }
         for (t, acc) in self.specs.iter().zip(self.tiles.iter_mut()) {
@@ -146,15 +163,24 @@ impl Accumulate for CpuAccumulator {
                 });
                 continue;
             }
-            let g = ca
-                .slice(s![.., t.a_cols.clone()])
-                .t()
-                .dot(&cb.slice(s![.., t.b_cols.clone()]));
-            let nb = t.b_cols.len();
-            for (i, grow) in g.outer_iter().enumerate() {
-                let dai = da[t.a_cols.start + i] * w_cross;
-                let row = &mut acc[i * nb..(i + 1) * nb];
-                for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(&db[t.b_cols.clone()]) {
+            let (na, nb) = (t.a_cols.len(), t.b_cols.len());
+            if product.len() < na * nb {
+                product.resize(na * nb, 0.0);
+            }
+            let mut g = ArrayViewMut2::from_shape((na, nb), &mut product[..na * nb])
+                .map_err(|_| plan_mismatch())?;
+            general_mat_mul(
+                1.0,
+                &ca.slice(s![.., t.a_cols.clone()]).t(),
+                &cb.slice(s![.., t.b_cols.clone()]),
+                0.0,
+                &mut g,
+            );
+            let (da, db) = (&da[t.a_cols.clone()], &db[t.b_cols.clone()]);
+            let rows_of = acc.chunks_exact_mut(nb).zip(product.chunks_exact(nb));
+            for ((row, grow), &dai) in rows_of.zip(da) {
+                let dai = dai * w_cross;
+                for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(db) {
                     *c += gv as f64 + dai * dbj;
                 }
             }
@@ -233,30 +259,38 @@ impl Accumulate for CpuAccumulator {
     }
 }
 
-/// Centre a block on its means (corrected two-pass, f64), merge its moments into `m`, and
-/// return the centred f32 block and each column's mean shift (block mean − previous mean).
+/// Centre a block on its means (corrected two-pass, f64), merge its moments into `m`, write the
+/// centred f32 block row-major into `out` (grown when short, its allocation kept for the next
+/// block), and return each column's mean shift (block mean − previous mean).
 fn center_block(
     x: ArrayView2<'_, f32>,
     m: &mut CpuMoments,
     w_mean: f64,
     w_m2: f64,
-) -> (Array2<f32>, Vec<f64>) {
-    let rows = x.nrows() as f64;
-    let cols = x.ncols();
-    let mut mean = vec![0.0f64; cols];
-    for r in x.outer_iter() {
+    out: &mut Vec<f32>,
+) -> Vec<f64> {
+    let x = x.as_standard_layout();
+    let (rows, cols) = x.dim();
+    if cols == 0 {
+        return Vec::new();
+    }
+    let flat = x.as_slice().unwrap_or_default();
+    if out.len() < rows * cols {
+        out.resize(rows * cols, 0.0);
+    }
+    let (mut mean, mut m2) = (vec![0.0f64; cols], vec![0.0f64; cols]);
+    // Row slices, so both passes vectorise across columns.
+    for r in flat.chunks_exact(cols) {
         for (s, &v) in mean.iter_mut().zip(r) {
             *s += v as f64;
         }
     }
-    mean.iter_mut().for_each(|s| *s /= rows);
-    let mut m2 = vec![0.0f64; cols];
-    let mut c = Array2::<f32>::zeros(x.raw_dim());
-    for (mut cr, r) in c.outer_iter_mut().zip(x.outer_iter()) {
-        for j in 0..cols {
-            let d = r[j] as f64 - mean[j];
-            m2[j] += d * d;
-            cr[j] = d as f32;
+    mean.iter_mut().for_each(|s| *s /= rows as f64);
+    for (o, r) in out.chunks_exact_mut(cols).zip(flat.chunks_exact(cols)) {
+        for (((o, &v), &mu), s) in o.iter_mut().zip(r).zip(&mean).zip(m2.iter_mut()) {
+            let d = v as f64 - mu;
+            *s += d * d;
+            *o = d as f32;
         }
     }
     let mut delta = vec![0.0f64; cols];
@@ -265,7 +299,7 @@ fn center_block(
         m.mean[j] += delta[j] * w_mean;
         m.m2[j] += m2[j] + delta[j] * delta[j] * w_m2;
     }
-    (c, delta)
+    delta
 }
 
 /// Column `i` of a `[cols, rows]` flat matrix.
