@@ -264,6 +264,26 @@ try {
     await page.goto(`${base}/?bundle=/bundle`);
     checkSummary("bundle from a URL", summaryOf(await waitFor("seedscope-summary", 120000)));
   });
+  // A bundle whose examples are too large for the page (anatomy.safetensors answered with a
+  // Content-Length of 5 GB, as a bundle of a large run could be): the page does not fetch it,
+  // opens the bundle without its examples and says why, naming the sizes and the desktop app.
+  await withPage(WEBGPU, async (page, waitFor) => {
+    await page.context().addInitScript(() => {
+      const real = window.fetch.bind(window);
+      window.fetch = (input, init) =>
+        String(input).endsWith("/anatomy.safetensors")
+          ? Promise.resolve(new Response(new Uint8Array(8), { headers: { "content-length": "5000000000" } }))
+          : real(input, init);
+    });
+    await page.goto(`${base}/?bundle=/bundle`);
+    checkSummary("bundle whose examples do not fit the page", summaryOf(await waitFor("seedscope-summary", 120000)));
+    const err = await waitFor((l) => l.startsWith("seedscope-error") && l.includes("/anatomy.safetensors is "), 120000);
+    if (!err.includes("is 5.00 GB") || !err.includes("4 GiB") || !err.includes("desktop app")) throw new Error(`unexpected message: ${err}`);
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: path.join(outDir, "too-large.png") });
+    checkNotBlank(path.join(outDir, "too-large.png"));
+    console.log(`ok  examples too large for the page: opened without them, with "${err.slice("seedscope-error ".length, 150)}…"`);
+  });
   // Drag and drop: the bundle's files, dropped on the canvas as a visitor would drop them from
   // a file manager (a DataTransfer of File objects), open as one bundle.
   await withPage(WEBGPU, async (page, waitFor) => {

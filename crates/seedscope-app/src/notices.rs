@@ -48,18 +48,25 @@ impl Notices {
                 for (i, n) in self.list.iter().enumerate() {
                     egui::Frame::popup(ui.style()).show(ui, |ui| {
                         ui.set_max_width(420.0);
+                        let (tag, color) = if n.is_error {
+                            ("error", ui.visuals().error_fg_color)
+                        } else {
+                            ("done", ui.visuals().hyperlink_color)
+                        };
+                        // The tag and the dismiss button on top, the text wrapped under them:
+                        // messages name files and what to do, often over one line.
                         ui.horizontal(|ui| {
-                            let (tag, color) = if n.is_error {
-                                ("error", ui.visuals().error_fg_color)
-                            } else {
-                                ("done", ui.visuals().hyperlink_color)
-                            };
                             ui.label(RichText::new(tag).strong().color(color));
-                            ui.label(n.text.as_str());
-                            if ui.small_button("x").on_hover_text("dismiss").clicked() {
-                                dismiss = Some(i);
-                            }
+                            ui.with_layout(
+                                egui::Layout::right_to_left(egui::Align::Center),
+                                |ui| {
+                                    if ui.small_button("x").on_hover_text("dismiss").clicked() {
+                                        dismiss = Some(i);
+                                    }
+                                },
+                            );
                         });
+                        ui.add(egui::Label::new(n.text.as_str()).wrap());
                     });
                 }
             });

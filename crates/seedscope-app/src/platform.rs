@@ -188,6 +188,30 @@ pub fn summary_line(ex: &Explorer) -> String {
     format!("seedscope-summary {json}")
 }
 
+/// The most bytes of one bundle's files the page fetches: each is copied into its WebAssembly
+/// memory (at most 4 GiB in browsers) and parsed there, so the peak is about twice this with
+/// the page's own needs beside it. The 12-layer GPT-2-small-shaped bundle of the scale
+/// benchmark is 171 MB.
+pub const MAX_BROWSER_BUNDLE_BYTES: u64 = 1 << 30;
+
+/// Check that a bundle file of `size` bytes at `url` fits the `room` left of
+/// [`MAX_BROWSER_BUNDLE_BYTES`], naming the file, the sizes and what to do when it does not.
+pub fn check_file_fits(url: &str, size: u64, room: u64) -> Result<(), AppError> {
+    if size <= room {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    Err(AppError::Other(format!(
+        "{url} is {:.2} GB, more than the {:.2} GB left of the {:.2} GB the page gives a \
+         bundle's files (it holds them in its WebAssembly memory, which browsers limit to 4 \
+         GiB). Open the bundle in the desktop app (`seedscope app DIR`), which reads it from \
+         disk by range",
+        gb(size),
+        gb(room),
+        gb(MAX_BROWSER_BUNDLE_BYTES)
+    )))
+}
+
 /// The most model weight the page takes on: every model is held twice (its bytes, and a CPU
 /// copy for the weight statistics) besides its GPU upload, in a WebAssembly memory of at most
 /// 4 GiB.
@@ -225,6 +249,23 @@ mod tests {
             "http://h/b/manifest.json"
         );
         assert_eq!(join_url("family/", "/seed-a"), "family/seed-a");
+    }
+
+    #[test]
+    fn bundle_files_over_the_page_budget_are_refused_with_the_numbers() {
+        assert!(check_file_fits("b/neurons.csv", 500 << 20, MAX_BROWSER_BUNDLE_BYTES).is_ok());
+        assert!(check_file_fits("b/x", 10, 10).is_ok());
+        let e = check_file_fits("b/anatomy.safetensors", 5_000_000_000, 900_000_000)
+            .expect_err("too large")
+            .to_string();
+        assert!(
+            e.contains("b/anatomy.safetensors is 5.00 GB")
+                && e.contains("0.90 GB")
+                && e.contains("1.07 GB")
+                && e.contains("4 GiB")
+                && e.contains("desktop app"),
+            "{e}"
+        );
     }
 
     #[test]

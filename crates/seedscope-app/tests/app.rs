@@ -1334,3 +1334,32 @@ fn stored_examples_come_from_the_anatomy_file() {
     assert!(top.windows(2).all(|w| w[0].value >= w[1].value));
     assert!(list[1].top.is_empty(), "seed-b was not an anchor");
 }
+
+/// A long error (they name files, sizes and what to do) is shown whole: wrapped inside the
+/// notice's width and on screen, not one line running off the window's left edge.
+#[test]
+fn a_long_notice_wraps_inside_the_window() {
+    let mut h = harness();
+    let message = seedscope_app::platform::check_file_fits(
+        "http://127.0.0.1/bundle/anatomy.safetensors",
+        5_000_000_000,
+        900_000_000,
+    )
+    .expect_err("too large")
+    .to_string();
+    h.state_mut().error(message.clone());
+    h.run_steps(4);
+    let rect = h.get_by_label(&message).rect();
+    let screen = h.ctx.content_rect();
+    eprintln!("notice text at {rect:?} in {screen:?}");
+    assert!(rect.width() <= 440.0, "one line {} px wide", rect.width());
+    assert!(
+        rect.height() > 30.0,
+        "not wrapped: {} px tall",
+        rect.height()
+    );
+    assert!(
+        screen.contains_rect(rect),
+        "off screen: {rect:?} in {screen:?}"
+    );
+}

@@ -15,8 +15,8 @@ use seedscope_analysis::job::{AnalysisRequest, FAMILY, MemoryInputs, MemoryToken
 use seedscope_app::inspect::Models;
 use seedscope_app::jobs::{AnalysisDone, JobForwarder, Pick, Poll, Reporter, Task};
 use seedscope_app::platform::{
-    HEAVY, LIGHT, Opening, Platform, Polled, REQUIRED, check_fits, join_url, open_files,
-    summary_line,
+    HEAVY, LIGHT, MAX_BROWSER_BUNDLE_BYTES, MAX_BROWSER_WEIGHT_BYTES, Opening, Platform, Polled,
+    REQUIRED, check_file_fits, check_fits, join_url, open_files, summary_line,
 };
 use seedscope_app::{AppError, Explorer, Launch};
 use seedscope_model::{BackendKind, ComputeDevice};
@@ -141,10 +141,12 @@ impl Platform for Page {
             Some(ctx.clone()),
             move |rep| async move {
                 let mut files = BundleFiles::new();
+                let mut room = MAX_BROWSER_BUNDLE_BYTES;
                 for name in REQUIRED.iter().chain(&LIGHT) {
                     rep.log(format!("fetching {}", join_url(&url, name)));
-                    match fetch_bytes(&join_url(&url, name)).await? {
+                    match fetch_bytes(&join_url(&url, name), room).await? {
                         Some(bytes) => {
+                            room -= bytes.len() as u64;
                             files.insert((*name).to_owned(), bytes);
                         }
                         None if REQUIRED.contains(name) => {
@@ -296,6 +298,8 @@ impl Platform for Page {
                 }
             }
         }
+        out.errors
+            .extend(PAGE_ERRORS.with(|q| std::mem::take(&mut *q.borrow_mut())));
         if let Some(t) = &mut self.heavy
             && let Poll::Done(r) = t.poll()
         {
@@ -655,10 +659,20 @@ fn spawn_fetch_heavy(url: String, ex: Arc<Explorer>, ctx: &egui::Context) -> Ope
                 return Ok(None);
             };
             let mut files = (**files).clone();
+            let held: u64 = files.values().map(|b| b.len() as u64).sum();
+            let mut room = MAX_BROWSER_BUNDLE_BYTES.saturating_sub(held);
             for name in HEAVY {
-                rep.log(format!("fetching {}", join_url(&url, name)));
-                if let Some(bytes) = fetch_bytes(&join_url(&url, name)).await? {
-                    files.insert(name.to_owned(), bytes);
+                let file = join_url(&url, name);
+                rep.log(format!("fetching {file}"));
+                // One array that cannot come (too large for the page, a network error) leaves
+                // the bundle open with the other, and says why.
+                match fetch_bytes(&file, room).await {
+                    Ok(Some(bytes)) => {
+                        room -= bytes.len() as u64;
+                        files.insert(name.to_owned(), bytes);
+                    }
+                    Ok(None) => {}
+                    Err(e) => PAGE_ERRORS.with(|q| q.borrow_mut().push(e.to_string())),
                 }
             }
             Explorer::open_source(BundleSource::Memory {
@@ -773,8 +787,10 @@ fn js_error(e: wasm_bindgen::JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-/// GET `url`: its bytes, `None` on 404, an error naming the URL otherwise.
-async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>, AppError> {
+/// GET `url`: its bytes, `None` on 404, an error naming the URL otherwise, and one naming the
+/// sizes when the file is larger than `room` bytes (by its Content-Length before the body is
+/// read, else by the body's length before it is copied into WebAssembly memory).
+async fn fetch_bytes(url: &str, room: u64) -> Result<Option<Vec<u8>>, AppError> {
     let window = web_sys::window().ok_or("no browser window")?;
     let response = JsFuture::from(window.fetch_with_str(url))
         .await
@@ -792,6 +808,15 @@ async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>, AppError> {
             response.status_text()
         )));
     }
+    let declared = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(size) = declared {
+        check_file_fits(url, size, room)?;
+    }
     let buffer = JsFuture::from(
         response
             .array_buffer()
@@ -799,7 +824,15 @@ async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>, AppError> {
     )
     .await
     .map_err(|e| format!("{url}: {}", js_error(e)))?;
-    Ok(Some(js_sys::Uint8Array::new(&buffer).to_vec()))
+    let bytes = js_sys::Uint8Array::new(&buffer);
+    check_file_fits(url, bytes.length() as u64, room)?;
+    Ok(Some(bytes.to_vec()))
+}
+
+thread_local! {
+    /// Errors of the page's background fetches that leave what they were part of usable (a
+    /// bundle open without its examples), shown at the next poll.
+    static PAGE_ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Write `line` to the browser console.
@@ -872,7 +905,8 @@ async fn fetch_cached(url: &str) -> Result<Vec<u8>, AppError> {
         CACHE_STATE.with(|c| c.borrow_mut().sizes.insert(url.into(), bytes.len() as u64));
         return Ok(bytes);
     }
-    let bytes = fetch_bytes(url)
+    // No one file of the family may take more than the page's whole weight budget.
+    let bytes = fetch_bytes(url, MAX_BROWSER_WEIGHT_BYTES)
         .await?
         .ok_or_else(|| format!("{url}: not found"))?;
     let stored = match &cache {
