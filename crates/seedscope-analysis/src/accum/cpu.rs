@@ -36,6 +36,10 @@ pub struct CpuAccumulator {
     scratch: Scratch,
 }
 
+/// A read stream's block in an update: its centred rows (for dense tiles; `None` when only
+/// sparse tiles read it) and each column's mean shift.
+type Centred<'a> = (Option<ArrayView2<'a, f32>>, &'a [f64]);
+
 /// Reused per-update buffers of a [`CpuAccumulator`].
 #[derive(Debug, Default)]
 struct Scratch {
@@ -110,30 +114,49 @@ impl Accumulate for CpuAccumulator {
                 _ => None,
             });
         }
-        let centred: Vec<Option<(ArrayView2<'_, f32>, &[f64])>> = shifts
-            .iter()
-            .zip(centred.iter())
-            .map(|(d, buf)| {
-                d.as_ref().map(|d| {
-                    let view = ArrayView2::from_shape((rows, d.len()), &buf[..rows * d.len()]);
-                    view.map(|v| (v, d.as_slice()))
-                })
-            })
-            .map(Option::transpose)
-            .collect::<Result<_, _>>()
-            .map_err(|_| plan_mismatch())?;
         // The streams that sparse tiles read, column by column (`[cols, rows]` flat, so each
         // pair is one dot product of contiguous slices).
         let mut columns: Vec<Option<Vec<f32>>> = vec![None; centred.len()];
         for t in self.specs.iter().filter(|t| t.pairs.is_some()) {
             for s in [t.a_stream, t.b_stream] {
                 if columns[s].is_none()
-                    && let Some((c, _)) = &centred[s]
+                    && let Some(d) = &shifts[s]
                 {
-                    columns[s] = Some(c.t().iter().copied().collect());
+                    columns[s] = Some(
+                        rows_view(&centred[s], rows, d.len())?
+                            .t()
+                            .iter()
+                            .copied()
+                            .collect(),
+                    );
                 }
             }
         }
+        // A stream only sparse tiles read keeps its columns alone: its rows would double its
+        // memory until the next block (the refined second stage holds every stream this way).
+        let mut dense = vec![false; centred.len()];
+        for t in self.specs.iter().filter(|t| t.pairs.is_none()) {
+            dense[t.a_stream] = true;
+            dense[t.b_stream] = true;
+        }
+        for (s, buf) in centred.iter_mut().enumerate() {
+            if columns[s].is_some() && !dense[s] {
+                *buf = Vec::new();
+            }
+        }
+        let centred: Vec<Option<Centred<'_>>> = shifts
+            .iter()
+            .zip(centred.iter())
+            .zip(&dense)
+            .map(|((d, buf), &dense)| {
+                d.as_ref()
+                    .map(|d| {
+                        let rows = dense.then(|| rows_view(buf, rows, d.len())).transpose()?;
+                        Ok((rows, d.as_slice()))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, AnalysisError>>()?;
         for (t, acc) in self.specs.iter().zip(self.tiles.iter_mut()) {
             let (Some((ca, da)), Some((cb, db))) = (&centred[t.a_stream], &centred[t.b_stream])
             else {
@@ -163,6 +186,9 @@ impl Accumulate for CpuAccumulator {
                 });
                 continue;
             }
+            let (Some(ca), Some(cb)) = (ca, cb) else {
+                return Err(missing_stream());
+            };
             let (na, nb) = (t.a_cols.len(), t.b_cols.len());
             if product.len() < na * nb {
                 product.resize(na * nb, 0.0);
@@ -300,6 +326,13 @@ fn center_block(
         m.m2[j] += m2[j] + delta[j] * delta[j] * w_m2;
     }
     delta
+}
+
+/// The first `rows * cols` values of a centred block's buffer as its `[rows, cols]` matrix.
+fn rows_view(buf: &[f32], rows: usize, cols: usize) -> Result<ArrayView2<'_, f32>, AnalysisError> {
+    buf.get(..rows * cols)
+        .and_then(|b| ArrayView2::from_shape((rows, cols), b).ok())
+        .ok_or_else(plan_mismatch)
 }
 
 /// Column `i` of a `[cols, rows]` flat matrix.
