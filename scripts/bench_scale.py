@@ -116,16 +116,17 @@ def planted_found(bundle, planted):
 
 def app_timings(bundle):
     """The explorer on `bundle` through its kittest harness (crates/seedscope-app/tests/
-    scale.rs): open to overview, table frames p95, neuron page."""
+    scale.rs): open to overview, table frames p95, neuron page, and live text (the first text
+    with the models' loading, then the next) where the bundle's models are on disk."""
     env = dict(os.environ, SEEDSCOPE_SCALE_BUNDLE=bundle, CARGO_TARGET_DIR=TARGET)
     p = subprocess.run(
         ["cargo", "test", "--release", "--workspace", "--test", "scale", "--",
          "the_explorer_at", "--nocapture"],
         cwd=ROOT, env=env, capture_output=True, text=True)
-    line = next((l for l in p.stderr.splitlines() if l.startswith(bundle)), None)
-    if p.returncode != 0 or line is None:
+    lines = [l[len(bundle):].strip(" :") for l in p.stderr.splitlines() if l.startswith(bundle)]
+    if p.returncode != 0 or not lines:
         sys.exit(f"the explorer harness failed:\n{p.stderr[-3000:]}")
-    return line[len(bundle):].strip()
+    return "; ".join(lines)
 
 
 def run(work, name, extra, b):

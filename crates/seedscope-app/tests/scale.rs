@@ -241,6 +241,61 @@ fn explore(bundle: PathBuf, neurons: usize) -> Timings {
     }
 }
 
+/// Whether every model a bundle's manifest names is where it says (live text needs them).
+fn models_on_disk(bundle: &Path) -> bool {
+    seedscope_analysis::Bundle::read(bundle).is_ok_and(|b| {
+        b.manifest
+            .models
+            .iter()
+            .all(|m| Path::new(&m.path).join("config.json").exists())
+    })
+}
+
+/// Type `text` into the neuron page's live text field (T, select all, type) and step until its
+/// traces are shown: the time from the first key to the traces.
+fn live_text(h: &mut Harness<'_, SeedscopeApp>, text: &str) -> Duration {
+    h.key_press(egui::Key::T);
+    h.run_steps(2);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    let t = Instant::now();
+    h.get_by_label("Live text").type_text(text);
+    while h
+        .state()
+        .neuron
+        .live
+        .as_ref()
+        .is_none_or(|(l, _)| l != text)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "{:?}",
+            h.state().messages
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    let took = t.elapsed();
+    h.key_press(egui::Key::Escape);
+    h.run_steps(1);
+    took
+}
+
+/// Live text on a real bundle's neuron page: the first text loads every model (in the
+/// background, once) and runs them; the second only runs them.
+fn live_twice(bundle: PathBuf) -> (Duration, Duration) {
+    let mut h = open(bundle, false);
+    let ex = h.state().ex.clone().expect("open");
+    let id = ex.id_of_row(0).expect("a row");
+    h.state_mut().open_neuron(id);
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Neuron);
+    let first = live_text(&mut h, "Who is there? Nay, answer me.");
+    let second = live_text(&mut h, "Stand, and unfold yourself.");
+    let (_, live) = h.state().neuron.live.clone().expect("traces");
+    assert_eq!(live.traces.len(), ex.names.len(), "a trace per seed");
+    (first, second)
+}
+
 #[test]
 fn the_explorer_at_gpt2_small_and_medium_sizes() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale-timing");
@@ -262,6 +317,15 @@ fn the_explorer_at_gpt2_small_and_medium_sizes() {
             t.table_max.as_secs_f64() * 1e3,
             t.neuron.as_secs_f64() * 1e3
         );
+        if models_on_disk(&real) {
+            let (first, second) = live_twice(real.clone());
+            eprintln!(
+                "{}: live text {:.1} s with the models' loading, {:.1} s for the next text",
+                real.display(),
+                first.as_secs_f64(),
+                second.as_secs_f64()
+            );
+        }
     }
     for (layers, d, what) in [(12, 3072, "GPT-2 small"), (24, 4096, "GPT-2 medium")] {
         let t = Instant::now();
