@@ -649,6 +649,17 @@ fn read_histograms(
 }
 
 impl Explorer {
+    /// Why the bundle shows no stored examples for a neuron of `model`: it was not an anchor
+    /// (bundles keep examples for their anchors' neurons), or its examples file is not here
+    /// (written without it, or not fetched: the page refuses one too large for it).
+    pub fn why_no_stored_examples(&self, model: usize) -> &'static str {
+        if self.anchors.iter().any(|a| a.anchor == model) && !self.anatomy.contains_key(&model) {
+            "none here: this bundle's examples file (anatomy.safetensors) is not loaded"
+        } else {
+            "none stored: bundles keep examples for their anchors' neurons"
+        }
+    }
+
     /// The examples the bundle stores for `neurons` (its `anatomy.safetensors`: each anchor
     /// neuron's top activations with 50 tokens before and 10 after), for where the models
     /// cannot run (the browser). Neurons of models that were not an anchor get none; the

@@ -1333,6 +1333,34 @@ fn stored_examples_come_from_the_anatomy_file() {
     }
     assert!(top.windows(2).all(|w| w[0].value >= w[1].value));
     assert!(list[1].top.is_empty(), "seed-b was not an anchor");
+    assert!(ex.why_no_stored_examples(1).contains("anchors' neurons"));
+    // The same bundle without its examples file, as the page opens one whose file it refused
+    // for its size: the anchor's neuron page says the file is not loaded, not that bundles
+    // keep no examples for it.
+    let mut files = seedscope_analysis::bundle::BundleFiles::new();
+    for entry in std::fs::read_dir(bundle()).expect("the bundle") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        if name != "anatomy.safetensors" {
+            files.insert(name, std::fs::read(&path).expect("a file"));
+        }
+    }
+    let without = Explorer::open_source(seedscope_analysis::bundle::BundleSource::Memory {
+        label: "without examples".into(),
+        files: Arc::new(files),
+    })
+    .expect("open without the examples");
+    let list = without.stored_examples(&[anchor]).expect("none");
+    assert!(list[0].top.is_empty());
+    assert!(
+        without.why_no_stored_examples(0).contains("not loaded"),
+        "{}",
+        without.why_no_stored_examples(0)
+    );
 }
 
 /// A long error (they name files, sizes and what to do) is shown whole: wrapped inside the

@@ -302,7 +302,7 @@ impl NeuronView {
                         return;
                     };
                     if e.top.is_empty() && e.scanned == 0 {
-                        ui.weak("none stored: bundles keep examples for their anchors' neurons");
+                        ui.weak(shared.ex.why_no_stored_examples(n.model));
                         return;
                     }
                     let toks: Vec<String> = e
