@@ -154,18 +154,24 @@ fn open(bundle: PathBuf, wgpu: bool) -> Harness<'static, SeedscopeApp> {
             },
         )
     });
+    step_until(&mut h, Duration::from_secs(60), |app| app.ex.is_some());
+    h.step();
+    h
+}
+
+/// Step the UI until `done` holds (background tasks report through channels), failing with
+/// the app's messages after `limit`.
+fn step_until(
+    h: &mut Harness<'_, SeedscopeApp>,
+    limit: Duration,
+    done: impl Fn(&SeedscopeApp) -> bool,
+) {
     let t0 = Instant::now();
-    while h.state().ex.is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            h.state().messages
-        );
+    while !done(h.state()) {
+        assert!(t0.elapsed() < limit, "{:?}", h.state().messages);
         std::thread::sleep(Duration::from_millis(5));
         h.step();
     }
-    h.step();
-    h
 }
 
 fn explore(bundle: PathBuf, neurons: usize) -> Timings {
@@ -259,21 +265,9 @@ fn live_text(h: &mut Harness<'_, SeedscopeApp>, text: &str) -> Duration {
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
     let t = Instant::now();
     h.get_by_label("Live text").type_text(text);
-    while h
-        .state()
-        .neuron
-        .live
-        .as_ref()
-        .is_none_or(|(l, _)| l != text)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(900),
-            "{:?}",
-            h.state().messages
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        h.step();
-    }
+    step_until(h, Duration::from_secs(900), |app| {
+        app.neuron.live.as_ref().is_some_and(|(l, _)| l == text)
+    });
     let took = t.elapsed();
     h.key_press(egui::Key::Escape);
     h.run_steps(1);
