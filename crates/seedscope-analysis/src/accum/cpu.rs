@@ -190,6 +190,9 @@ impl Accumulate for CpuAccumulator {
                 return Err(missing_stream());
             };
             let (na, nb) = (t.a_cols.len(), t.b_cols.len());
+            if na == 0 || nb == 0 {
+                continue;
+            }
             if product.len() < na * nb {
                 product.resize(na * nb, 0.0);
             }
