@@ -77,16 +77,17 @@ impl OneToOne {
     }
 
     /// Write correlations into the block of anchor layer `layer` (`[da, db]` with the other
-    /// model's paired layer `paired`, created on first use) through `fill`, which accounts for
-    /// `entries` of its `da * db` and returns nothing; when the block is complete, assign its
-    /// rows to its columns one-to-one and drop it.
+    /// model's layer it pairs with, created on first use) through `fill`, which accounts for
+    /// `entries` of its `da * db` and returns nothing. A block that is then complete leaves
+    /// [`Self::pending`] and comes back, to be assigned ([`assign`], [`Self::set_partners`]):
+    /// the caller solves several at once.
     pub fn fill_block(
         &mut self,
         (layer, da): (usize, usize),
-        (paired, db): (usize, usize),
+        db: usize,
         entries: usize,
         fill: impl FnOnce(&mut [f32]),
-    ) -> Result<(), crate::AnalysisError> {
+    ) -> Option<LayerBlock> {
         let at = match self.pending.iter().position(|b| b.layer == layer) {
             Some(at) => at,
             None => {
@@ -101,16 +102,24 @@ impl OneToOne {
         let block = &mut self.pending[at];
         fill(&mut block.corr);
         block.filled += entries;
-        if block.filled >= da * db {
-            let block = self.pending.swap_remove(at);
-            let partner = assign(&block.corr, da, db)?;
-            for (i, j) in partner.into_iter().enumerate() {
-                let Some(j) = j else { continue };
-                self.partner[layer * da + i] = (paired * db + j) as u32;
-                self.partner_corr[layer * da + i] = block.corr[i * db + j];
-            }
+        (block.filled >= da * db).then(|| self.pending.swap_remove(at))
+    }
+
+    /// Record the assignment of a complete block of anchor layer `block.layer` (`da` rows)
+    /// with the other model's layer `paired` (`db` columns): each row's column, from
+    /// [`assign`].
+    pub fn set_partners(
+        &mut self,
+        block: &LayerBlock,
+        da: usize,
+        (paired, db): (usize, usize),
+        partner: &[Option<usize>],
+    ) {
+        for (i, j) in partner.iter().enumerate() {
+            let Some(j) = *j else { continue };
+            self.partner[block.layer * da + i] = (paired * db + j) as u32;
+            self.partner_corr[block.layer * da + i] = block.corr[i * db + j];
         }
-        Ok(())
     }
 }
 

@@ -18,7 +18,9 @@ use crate::checkpoint;
 use crate::compute::Compute;
 use crate::hist::Histograms;
 use crate::plan::{KINDS, Kind, Plan, Reuse, Shape, TileSpec, model_of, stream};
-use crate::results::{AnchorResult, Candidates, OneToOne, Outcome, Progress, RunCost, SavedTile};
+use crate::results::{
+    AnchorResult, Candidates, LayerBlock, OneToOne, Outcome, Progress, RunCost, SavedTile, assign,
+};
 
 /// The state of one pass: what it accumulates and which anchors it counts histograms and
 /// anatomy for (those it runs that have none yet, so each token is counted once).
@@ -589,15 +591,18 @@ impl Run<'_> {
                 r.var = mv.iter().map(|x| x.1).collect();
             }
         }
+        // Complete layer blocks wait here for their assignment, a few at a time.
+        let mut ready = Vec::new();
         for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
             let (anchor, other, kind) = (
                 model_of(t.a_stream),
                 model_of(t.b_stream),
                 Kind::of(t.b_stream),
             );
-            let Some(r) = results.iter_mut().find(|r| r.anchor == anchor) else {
+            let Some(ri) = results.iter().position(|r| r.anchor == anchor) else {
                 continue;
             };
+            let r = &mut results[ri];
             let Some(oi) = r.others.iter().position(|&o| o == other) else {
                 continue;
             };
@@ -645,15 +650,54 @@ impl Run<'_> {
                 if let (None, Some(tile)) = (collect, &red.tile)
                     && t.assigns(&shapes)
                 {
-                    fill_layer_blocks(o2o, t, (shapes[anchor], shapes[other]), tile)?;
+                    let (sa, sb) = (shapes[anchor], shapes[other]);
+                    for (block, paired) in fill_layer_blocks(o2o, t, (sa, sb), tile) {
+                        ready.push(Ready {
+                            result: ri,
+                            other: oi,
+                            da: sa.d_mlp,
+                            paired: (paired, sb.d_mlp),
+                            block,
+                        });
+                    }
                 }
             }
             if let (true, Some(tile)) = (wanted(k), red.tile) {
                 save_tile(r, t, &shapes, &tile);
             }
+            // As many blocks as threads: the assignments run side by side, and no more
+            // complete blocks are held than that (48 of 38 MB each at GPT-2 small).
+            if ready.len() >= rayon::current_num_threads() {
+                assign_ready(&mut ready, results)?;
+            }
         }
-        Ok(())
+        assign_ready(&mut ready, results)
     }
+}
+
+/// A complete layer block waiting for its one-to-one assignment: the anchor result and the
+/// other model (its index among the anchor's others) it belongs to, the anchor's `d_mlp`, the
+/// other model's layer and `d_mlp`.
+struct Ready {
+    result: usize,
+    other: usize,
+    da: usize,
+    paired: (usize, usize),
+    block: LayerBlock,
+}
+
+/// Assign the `ready` blocks side by side (a 3,072-neuron layer takes seconds, single
+/// threaded) and record their partners.
+fn assign_ready(ready: &mut Vec<Ready>, results: &mut [AnchorResult]) -> Result<(), AnalysisError> {
+    use rayon::prelude::*;
+    let partners = ready
+        .par_iter()
+        .map(|r| assign(&r.block.corr, r.da, r.paired.1))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (r, partner) in ready.drain(..).zip(partners) {
+        results[r.result].one_to_one[r.other].set_partners(&r.block, r.da, r.paired, &partner);
+    }
+    Ok(())
 }
 
 /// The (anchor layer, other layer) of a dense tile among models of `shapes`.
@@ -667,13 +711,14 @@ fn layers_of(t: &TileSpec, shapes: &[Shape]) -> (usize, usize) {
 /// Write a tile's correlations between paired layers ([`Shape::paired_layer`]) into the layer
 /// blocks of the assignment: a dense tile's rows and columns, or, of a sparse tile, each anchor
 /// row's candidates in its paired layer (the row is then accounted for: the pairs left out stay
-/// unknown). `sa`, `sb`: the anchor's and the other model's shapes.
+/// unknown). `sa`, `sb`: the anchor's and the other model's shapes. Returns the blocks this
+/// completed, each with the other model's layer.
 fn fill_layer_blocks(
     o2o: &mut OneToOne,
     t: &TileSpec,
     (sa, sb): (Shape, Shape),
     tile: &[f32],
-) -> Result<(), AnalysisError> {
+) -> Vec<(LayerBlock, usize)> {
     let (da, db) = (sa.d_mlp, sb.d_mlp);
     match &t.pairs {
         None => {
@@ -684,21 +729,25 @@ fn fill_layer_blocks(
                 t.b_cols.start - paired * db,
                 t.b_cols.len(),
             );
-            o2o.fill_block((layer, da), (paired, db), t.a_cols.len() * nb, |block| {
+            o2o.fill_block((layer, da), db, t.a_cols.len() * nb, |block| {
                 for (r, row) in tile.chunks_exact(nb).enumerate() {
                     let at = (row0 + r) * db + col0;
                     block[at..at + nb].copy_from_slice(row);
                 }
             })
+            .map(|b| (b, paired))
+            .into_iter()
+            .collect()
         }
         Some(pairs) => {
             let k = pairs.len() / t.a_cols.len().max(1);
+            let mut done = Vec::new();
             let mut a = t.a_cols.start;
             while a < t.a_cols.end {
                 let layer = sa.layer_of(a);
                 let paired = sa.paired_layer(layer, &sb);
                 let end = t.a_cols.end.min((layer + 1) * da);
-                o2o.fill_block((layer, da), (paired, db), (end - a) * db, |block| {
+                let complete = o2o.fill_block((layer, da), db, (end - a) * db, |block| {
                     for row in a..end {
                         let e0 = (row - t.a_cols.start) * k;
                         for e in e0..e0 + k {
@@ -708,10 +757,11 @@ fn fill_layer_blocks(
                             }
                         }
                     }
-                })?;
+                });
+                done.extend(complete.map(|b| (b, paired)));
                 a = end;
             }
-            Ok(())
+            done
         }
     }
 }
