@@ -43,7 +43,11 @@ type Centred<'a> = (Option<ArrayView2<'a, f32>>, &'a [f64]);
 /// Reused per-update buffers of a [`CpuAccumulator`].
 #[derive(Debug, Default)]
 struct Scratch {
+    /// Per stream that dense tiles read: its centred block, `[rows, cols]`.
     centred: Vec<Vec<f32>>,
+    /// Per stream that sparse tiles read: its centred block in [`Layout::Chunked`].
+    columns: Vec<Vec<f32>>,
+    /// One dense tile's f32 product.
     product: Vec<f32>,
 }
 
@@ -104,46 +108,56 @@ impl Accumulate for CpuAccumulator {
             return Ok(());
         }
         let (w_mean, w_cross) = seedscope_gpu::merge_weights(self.count, rows as u64);
-        let Scratch { centred, product } = &mut self.scratch;
-        centred.resize_with(self.moments.len(), Vec::new);
-        // Each read stream centred on its block means, with each column's mean shift.
-        let mut shifts: Vec<Option<Vec<f64>>> = Vec::with_capacity(centred.len());
-        for ((m, x), buf) in self.moments.iter_mut().zip(block).zip(centred.iter_mut()) {
+        let Scratch {
+            centred,
+            columns,
+            product,
+        } = &mut self.scratch;
+        let n_streams = self.moments.len();
+        centred.resize_with(n_streams, Vec::new);
+        columns.resize_with(n_streams, Vec::new);
+        // How each stream is read: by dense tiles (rows, for the GEMMs), by sparse tiles
+        // (chunked columns, for the pairs' dot products), or both.
+        let (mut dense, mut sparse) = (vec![false; n_streams], vec![false; n_streams]);
+        for t in &self.specs {
+            let read = if t.pairs.is_some() {
+                &mut sparse
+            } else {
+                &mut dense
+            };
+            read[t.a_stream] = true;
+            read[t.b_stream] = true;
+        }
+        // Each read stream centred on its block means straight into the layout its tiles
+        // read (both when both read it), with each column's mean shift. A stream only sparse
+        // tiles read has no rows: they would double its memory (the refined second stage
+        // reads every stream this way).
+        let mut shifts: Vec<Option<Vec<f64>>> = Vec::with_capacity(n_streams);
+        for (s, (m, x)) in self.moments.iter_mut().zip(block).enumerate() {
             shifts.push(match (m, x) {
-                (Some(m), Some(x)) => Some(center_block(x.view(), m, w_mean, w_cross, buf)),
+                (Some(m), Some(x)) => {
+                    let (x, cols) = (x.view(), x.ncols());
+                    Some(if dense[s] {
+                        let d =
+                            center_block(x, m, (w_mean, w_cross), Layout::Rows, &mut centred[s]);
+                        if sparse[s] {
+                            chunk_rows(rows_view(&centred[s], rows, cols)?, &mut columns[s]);
+                        }
+                        d
+                    } else {
+                        center_block(x, m, (w_mean, w_cross), Layout::Chunked, &mut columns[s])
+                    })
+                }
                 _ => None,
             });
         }
-        // The streams that sparse tiles read, column by column (`[cols, rows]` flat, so each
-        // pair is one dot product of contiguous slices).
-        let mut columns: Vec<Option<Vec<f32>>> = vec![None; centred.len()];
-        for t in self.specs.iter().filter(|t| t.pairs.is_some()) {
-            for s in [t.a_stream, t.b_stream] {
-                if columns[s].is_none()
-                    && let Some(d) = &shifts[s]
-                {
-                    columns[s] = Some(
-                        rows_view(&centred[s], rows, d.len())?
-                            .t()
-                            .iter()
-                            .copied()
-                            .collect(),
-                    );
-                }
-            }
-        }
-        // A stream only sparse tiles read keeps its columns alone: its rows would double its
-        // memory until the next block (the refined second stage holds every stream this way).
-        let mut dense = vec![false; centred.len()];
-        for t in self.specs.iter().filter(|t| t.pairs.is_none()) {
-            dense[t.a_stream] = true;
-            dense[t.b_stream] = true;
-        }
-        for (s, buf) in centred.iter_mut().enumerate() {
-            if columns[s].is_some() && !dense[s] {
-                *buf = Vec::new();
-            }
-        }
+        // This block's chunks (a kept buffer may be longer, from a longer block).
+        let columns: Vec<Option<&[f32]>> = (0..n_streams)
+            .map(|s| match &shifts[s] {
+                Some(d) if sparse[s] => Some(&columns[s][..Layout::Chunked.len(rows, d.len())]),
+                _ => None,
+            })
+            .collect();
         let centred: Vec<Option<Centred<'_>>> = shifts
             .iter()
             .zip(centred.iter())
@@ -163,23 +177,30 @@ impl Accumulate for CpuAccumulator {
                 return Err(missing_stream());
             };
             if let Some(pairs) = &t.pairs {
-                let (Some(xa), Some(xb)) = (&columns[t.a_stream], &columns[t.b_stream]) else {
+                let (Some(xa), Some(xb)) = (columns[t.a_stream], columns[t.b_stream]) else {
                     return Err(missing_stream());
                 };
                 // Pair `e` is (anchor column a0 + e / per_row, pairs[e]). Independent pairs:
-                // split over the cores (same sums, any split).
+                // split over the cores (same sums, any split). Chunk by chunk of rows, so the
+                // columns the pairs pick at random come from the cache, not from memory.
                 let (a0, per_row) = (t.a_cols.start, pairs.len() / t.a_cols.len().max(1));
+                let (wa, wb) = (da.len(), db.len());
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let chunk = pairs.len().div_ceil(threads).max(1);
                 std::thread::scope(|scope| {
                     for (n, (accs, js)) in
                         acc.chunks_mut(chunk).zip(pairs.chunks(chunk)).enumerate()
                     {
+                        let row_of = move |o: usize| a0 + (n * chunk + o) / per_row.max(1);
                         scope.spawn(move || {
+                            let chunks = xa.chunks_exact(wa * ROW_CHUNK);
+                            for (ca, cb) in chunks.zip(xb.chunks_exact(wb * ROW_CHUNK)) {
+                                for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
+                                    *c += dot(column(ca, row_of(o)), column(cb, j as usize));
+                                }
+                            }
                             for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
-                                let i = (a0 + (n * chunk + o) / per_row.max(1)) as u32;
-                                let g = dot(column(xa, i, rows), column(xb, j, rows));
-                                *c += g + da[i as usize] * w_cross * db[j as usize];
+                                *c += da[row_of(o)] * w_cross * db[j as usize];
                             }
                         });
                     }
@@ -288,14 +309,36 @@ impl Accumulate for CpuAccumulator {
     }
 }
 
-/// Centre a block on its means (corrected two-pass, f64), merge its moments into `m`, write the
-/// centred f32 block row-major into `out` (grown when short, its allocation kept for the next
-/// block), and return each column's mean shift (block mean − previous mean).
+/// How a centred block is laid out in its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `[rows, cols]` row-major, for the dense tiles' GEMMs.
+    Rows,
+    /// Chunks of [`ROW_CHUNK`] rows, each `[cols, ROW_CHUNK]` (column by column, so a sparse
+    /// pair's part of a chunk is one contiguous slice), the last padded with zeros, which add
+    /// nothing to a dot product.
+    Chunked,
+}
+
+impl Layout {
+    /// Values a `[rows, cols]` block takes in this layout.
+    fn len(self, rows: usize, cols: usize) -> usize {
+        match self {
+            Layout::Rows => rows * cols,
+            Layout::Chunked => rows.div_ceil(ROW_CHUNK) * cols * ROW_CHUNK,
+        }
+    }
+}
+
+/// Centre a block on its means (corrected two-pass, f64), merge its moments into `m` (with the
+/// merge weights of the mean and the cross term), write the centred f32 block in `layout`
+/// into `out` (grown when short, its allocation kept for the next block), and return each
+/// column's mean shift (block mean − previous mean).
 fn center_block(
     x: ArrayView2<'_, f32>,
     m: &mut CpuMoments,
-    w_mean: f64,
-    w_m2: f64,
+    (w_mean, w_m2): (f64, f64),
+    layout: Layout,
     out: &mut Vec<f32>,
 ) -> Vec<f64> {
     let x = x.as_standard_layout();
@@ -304,8 +347,9 @@ fn center_block(
         return Vec::new();
     }
     let flat = x.as_slice().unwrap_or_default();
-    if out.len() < rows * cols {
-        out.resize(rows * cols, 0.0);
+    let len = layout.len(rows, cols);
+    if out.len() < len {
+        out.resize(len, 0.0);
     }
     let (mut mean, mut m2) = (vec![0.0f64; cols], vec![0.0f64; cols]);
     // Row slices, so both passes vectorise across columns.
@@ -315,11 +359,27 @@ fn center_block(
         }
     }
     mean.iter_mut().for_each(|s| *s /= rows as f64);
-    for (o, r) in out.chunks_exact_mut(cols).zip(flat.chunks_exact(cols)) {
-        for (((o, &v), &mu), s) in o.iter_mut().zip(r).zip(&mean).zip(m2.iter_mut()) {
-            let d = v as f64 - mu;
-            *s += d * d;
-            *o = d as f32;
+    match layout {
+        Layout::Rows => {
+            for (o, r) in out.chunks_exact_mut(cols).zip(flat.chunks_exact(cols)) {
+                for (((o, &v), &mu), s) in o.iter_mut().zip(r).zip(&mean).zip(m2.iter_mut()) {
+                    let d = v as f64 - mu;
+                    *s += d * d;
+                    *o = d as f32;
+                }
+            }
+        }
+        Layout::Chunked => {
+            for (r, row) in flat.chunks_exact(cols).enumerate() {
+                let chunk = &mut out[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
+                let at = r % ROW_CHUNK;
+                for (j, ((&v, &mu), s)) in row.iter().zip(&mean).zip(m2.iter_mut()).enumerate() {
+                    let d = v as f64 - mu;
+                    *s += d * d;
+                    chunk[j * ROW_CHUNK + at] = d as f32;
+                }
+            }
+            zero_padding(out, rows, cols);
         }
     }
     let mut delta = vec![0.0f64; cols];
@@ -331,6 +391,36 @@ fn center_block(
     delta
 }
 
+/// A centred block's rows copied into [`Layout::Chunked`] (for a stream both kinds of tile
+/// read).
+fn chunk_rows(x: ArrayView2<'_, f32>, out: &mut Vec<f32>) {
+    let (rows, cols) = x.dim();
+    let len = Layout::Chunked.len(rows, cols);
+    if out.len() < len {
+        out.resize(len, 0.0);
+    }
+    for (r, row) in x.rows().into_iter().enumerate() {
+        let chunk = &mut out[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
+        for (j, &v) in row.iter().enumerate() {
+            chunk[j * ROW_CHUNK + r % ROW_CHUNK] = v;
+        }
+    }
+    zero_padding(out, rows, cols);
+}
+
+/// Zero the rows past `rows` in the last chunk of a [`Layout::Chunked`] buffer (a kept
+/// buffer holds the previous block's values there).
+fn zero_padding(out: &mut [f32], rows: usize, cols: usize) {
+    let filled = rows % ROW_CHUNK;
+    if filled == 0 {
+        return;
+    }
+    let last = &mut out[(rows / ROW_CHUNK) * cols * ROW_CHUNK..][..cols * ROW_CHUNK];
+    for col in last.chunks_exact_mut(ROW_CHUNK) {
+        col[filled..].fill(0.0);
+    }
+}
+
 /// The first `rows * cols` values of a centred block's buffer as its `[rows, cols]` matrix.
 fn rows_view(buf: &[f32], rows: usize, cols: usize) -> Result<ArrayView2<'_, f32>, AnalysisError> {
     buf.get(..rows * cols)
@@ -338,10 +428,14 @@ fn rows_view(buf: &[f32], rows: usize, cols: usize) -> Result<ArrayView2<'_, f32
         .ok_or_else(plan_mismatch)
 }
 
-/// Column `i` of a `[cols, rows]` flat matrix.
-fn column(x: &[f32], i: u32, rows: usize) -> &[f32] {
-    let i = i as usize;
-    &x[i * rows..(i + 1) * rows]
+/// Rows per chunk of a stream that sparse tiles read: a GPT-2-small stream's columns over
+/// one chunk are 9.4 MB, so a tile's random picks among them hit the cache (reading whole
+/// columns of a block from memory for each pair made the refined second stage memory-bound).
+const ROW_CHUNK: usize = 64;
+
+/// Column `i` of one chunk of a [`Layout::Chunked`] block.
+fn column(chunk: &[f32], i: usize) -> &[f32] {
+    &chunk[i * ROW_CHUNK..(i + 1) * ROW_CHUNK]
 }
 
 /// Dot product of two f32 slices with eight partial sums (so it vectorises), in f64 at the end.
@@ -356,4 +450,94 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Pearson correlation of two columns over all rows, in f64.
+    fn pearson(x: &[f64], y: &[f64]) -> f64 {
+        let n = x.len() as f64;
+        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for (a, b) in x.iter().zip(y) {
+            sxy += (a - mx) * (b - my);
+            sxx += (a - mx) * (a - mx);
+            syy += (b - my) * (b - my);
+        }
+        sxy / (sxx * syy).sqrt()
+    }
+
+    /// Sparse pairs come out as the exact correlation, over blocks that grow and shrink (the
+    /// kept chunked buffers hold a longer block's values past a shorter one's end, and each
+    /// block ends inside a chunk), for a stream only sparse tiles read (2), one only dense
+    /// tiles read (1) and one both read (0).
+    #[test]
+    fn sparse_pairs_over_blocks_of_any_length_are_the_exact_correlations() {
+        let widths = [5, 7, 6];
+        let pairs = Arc::new(vec![0, 3, 5, 1, 2, 4, 5, 0, 1, 5, 4, 2, 3, 4, 1]);
+        let specs = vec![
+            TileSpec::dense(0, 0..5, 1, 0..7),
+            TileSpec {
+                pairs: Some(pairs.clone()),
+                ..TileSpec::dense(0, 0..5, 2, 0..6)
+            },
+            TileSpec {
+                pairs: Some(Arc::new(vec![1, 4, 0, 2, 3])),
+                ..TileSpec::dense(0, 0..5, 0, 0..5)
+            },
+        ];
+        let mut acc = CpuAccumulator::new(specs, &widths);
+        let lengths = [100, 30, 140, 64, 1];
+        let total: usize = lengths.iter().sum();
+        // Columns with means far from zero and different scales (the centring matters).
+        let value = |s: usize, c: usize, r: usize| -> f32 {
+            let t = (r * 7919 + c * 104_729 + s * 1_299_709) % 1000;
+            (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 3.0 * s as f32 + c as f32
+        };
+        let mut r0 = 0;
+        for &n in &lengths {
+            let block: Vec<Option<Array2<f32>>> = widths
+                .iter()
+                .enumerate()
+                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
+                .collect();
+            acc.update(&block).expect("update");
+            r0 += n;
+        }
+        let out = pollster::block_on(acc.finalize(|_| true)).expect("finalize");
+        let column = |s: usize, c: usize| {
+            (0..total)
+                .map(|r| value(s, c, r) as f64)
+                .collect::<Vec<_>>()
+        };
+        let check = |tile: &[f32], want: &[(usize, usize, usize, usize)]| {
+            for (&got, &(sa, a, sb, b)) in tile.iter().zip(want) {
+                let exact = pearson(&column(sa, a), &column(sb, b));
+                assert!(
+                    (got as f64 - exact).abs() < 1e-5,
+                    "stream {sa} col {a} with stream {sb} col {b}: {got} vs {exact}"
+                );
+            }
+        };
+        let dense: Vec<_> = (0..5)
+            .flat_map(|a| (0..7).map(move |b| (0, a, 1, b)))
+            .collect();
+        check(out[0].tile.as_deref().expect("dense tile"), &dense);
+        let sparse: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(e, &b)| (0, e / 3, 2, b as usize))
+            .collect();
+        check(out[1].tile.as_deref().expect("sparse tile"), &sparse);
+        let both: Vec<_> = [1, 4, 0, 2, 3]
+            .iter()
+            .enumerate()
+            .map(|(a, &b)| (0, a, 0, b))
+            .collect();
+        check(out[2].tile.as_deref().expect("sparse tile"), &both);
+    }
 }
