@@ -617,10 +617,7 @@ impl Run<'_> {
                 if c.val.is_empty() {
                     *c = Candidates::new(n, k);
                 }
-                let nb = t.b_cols.len();
-                for (i, col) in t.a_cols.clone().enumerate() {
-                    c.offer(col, t.b_cols.start, &tile[i * nb..(i + 1) * nb]);
-                }
+                c.offer(t.a_cols.clone(), t.b_cols.start, tile);
             }
             let m = match kind {
                 Kind::Real => &mut r.real[oi],
