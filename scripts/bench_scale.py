@@ -18,7 +18,7 @@ Columns: wall / forward is the run's cost in forwards (1.0 would be the forwards
 goal is 1.5).
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
-    .venv/bin/python scripts/bench_scale.py [--work DIR] [--families embedded,l2,l12]
+    .venv/bin/python scripts/bench_scale.py [--work DIR] [--families embedded,l2,l2x4,l12]
 """
 import argparse
 import json
@@ -66,9 +66,19 @@ def gpt2_tokenizer(work):
 
 
 def family(work, name):
-    """(model dirs, tokens.npy or None for the embedded default, planted.npz or None)."""
+    """(model dirs, tokens.npy or None for the embedded default, planted.npz or None).
+    `l2x4`: the 2-layer family over four times its tokens (96 rows drawn as the generator
+    draws them), for the cost of each token beyond the fixed costs."""
     if name == "embedded":
         return [os.path.join(ROOT, "assets", "family", s) for s in SEEDS], None, None
+    if name == "l2x4":
+        models, _, planted = family(work, "l2")
+        tokens = os.path.join(work, "l2", "tokens-x4.npy")
+        if not os.path.exists(tokens):
+            ids = np.minimum(np.random.default_rng(4).zipf(1.2, size=(96, 256)) - 1, 50256)
+            ids[:, 0] = 50256
+            np.save(tokens, ids.astype(np.int32))
+        return models, tokens, planted
     layers = {"l2": 2, "l12": 12}[name]
     out = os.path.join(work, name)
     if not os.path.exists(os.path.join(out, "planted.npz")):
@@ -158,7 +168,7 @@ def run(work, name, extra, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "seedscope-scale"))
-    ap.add_argument("--families", default="embedded,l2,l12")
+    ap.add_argument("--families", default="embedded,l2,l2x4,l12")
     ap.add_argument("--refine", default="2048", help="--refine of the GPT-2-width families")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -188,6 +198,28 @@ def main():
               f"{r['tokens'] / r['wall']:.0f} | {r['rss'] / 2**30:.2f} GiB | "
               f"{bundle / 1e6:.1f} MB | {found} |")
     print()
+    print("Where the time goes (s; the manifest's cost: forward includes the rotated baseline "
+          "and the taps' copies, finish the reductions and the one-to-one assignment):")
+    print()
+    print("| family | forward | accumulate | statistics | finish | weight statistics | "
+          "checkpoints |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        c, t = r["cost"], r["cost"].get("time", {})
+        print(f"| {r['family']} {r['args']} | {t.get('forward', 0):.1f} | "
+              f"{t.get('accumulate', 0):.1f} | {t.get('statistics', 0):.1f} | "
+              f"{c.get('finish_seconds', 0):.1f} | {c.get('weights_seconds', 0):.1f} | "
+              f"{c.get('checkpoint_seconds', 0):.1f} |")
+    by = {r["family"]: r for r in runs}
+    if "l2" in by and "l2x4" in by:
+        a, z = by["l2"], by["l2x4"]
+        extra = z["tokens"] - a["tokens"]
+        print()
+        print(f"Each token beyond the fixed costs (l2 -> l2x4, {extra:,} more kept tokens): "
+              f"{(z['wall'] - a['wall']) / extra * 1e3:.2f} ms of wall against "
+              f"{(z['forward_s'] - a['forward_s']) / extra * 1e3:.2f} ms of forwards: "
+              f"{(z['wall'] - a['wall']) / (z['forward_s'] - a['forward_s']):.2f} x")
+    print()
     print("Bundle files (MB):")
     for r in runs:
         files = ", ".join(f"{f} {s / 1e6:.1f}" for f, s in r["sizes"].items())
@@ -195,7 +227,7 @@ def main():
     print()
     print("The explorer on each GPT-2-width bundle (kittest harness, no renderer):")
     for r in runs:
-        if r["family"] != "embedded":
+        if r["family"] not in ("embedded", "l2x4"):
             print(f"- {r['family']}: {app_timings(r['out'])}")
 
 
