@@ -458,19 +458,6 @@ mod tests {
 
     use super::*;
 
-    /// Pearson correlation of two columns over all rows, in f64.
-    fn pearson(x: &[f64], y: &[f64]) -> f64 {
-        let n = x.len() as f64;
-        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-        for (a, b) in x.iter().zip(y) {
-            sxy += (a - mx) * (b - my);
-            sxx += (a - mx) * (a - mx);
-            syy += (b - my) * (b - my);
-        }
-        sxy / (sxx * syy).sqrt()
-    }
-
     /// Sparse pairs come out as the exact correlation, over blocks that grow and shrink (the
     /// kept chunked buffers hold a longer block's values past a shorter one's end, and each
     /// block ends inside a chunk), for a stream only sparse tiles read (2), one only dense
@@ -516,7 +503,7 @@ mod tests {
         };
         let check = |tile: &[f32], want: &[(usize, usize, usize, usize)]| {
             for (&got, &(sa, a, sb, b)) in tile.iter().zip(want) {
-                let exact = pearson(&column(sa, a), &column(sb, b));
+                let exact = crate::stats::pearson(&column(sa, a), &column(sb, b));
                 assert!(
                     (got as f64 - exact).abs() < 1e-5,
                     "stream {sa} col {a} with stream {sb} col {b}: {got} vs {exact}"

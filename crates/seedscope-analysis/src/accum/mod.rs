@@ -165,15 +165,8 @@ fn reduce<I: Iterator<Item = (u32, f64)>>(
             reduce_run(rows, nb, out, &row)
         })
         .collect();
-    let mut r = TileReduction {
-        max: Vec::with_capacity(n),
-        argmax: Vec::with_capacity(n),
-        min: Vec::with_capacity(n),
-        argmin: Vec::with_capacity(n),
-        col_max: vec![-2.0; nb],
-        col_argmax: vec![0; nb],
-        tile,
-    };
+    let mut r = no_rows_yet(n, nb);
+    r.tile = tile;
     for p in parts {
         r.max.extend(p.max);
         r.argmax.extend(p.argmax);
@@ -194,6 +187,20 @@ fn reduce<I: Iterator<Item = (u32, f64)>>(
     r
 }
 
+/// A reduction with room for `n` rows and no row yet: every one of the `nb` columns at `-2`,
+/// no tile.
+fn no_rows_yet(n: usize, nb: usize) -> TileReduction {
+    TileReduction {
+        max: Vec::with_capacity(n),
+        argmax: Vec::with_capacity(n),
+        min: Vec::with_capacity(n),
+        argmin: Vec::with_capacity(n),
+        col_max: vec![-2.0; nb],
+        col_argmax: vec![0; nb],
+        tile: None,
+    }
+}
+
 /// [`reduce`] of one run of `rows`, writing their correlations into `out` when given (`tile`
 /// of the result stays `None`).
 fn reduce_run<I: Iterator<Item = (u32, f64)>>(
@@ -202,16 +209,7 @@ fn reduce_run<I: Iterator<Item = (u32, f64)>>(
     mut out: Option<&mut [f32]>,
     row: impl Fn(usize) -> I,
 ) -> TileReduction {
-    let n = rows.len();
-    let mut r = TileReduction {
-        max: Vec::with_capacity(n),
-        argmax: Vec::with_capacity(n),
-        min: Vec::with_capacity(n),
-        argmin: Vec::with_capacity(n),
-        col_max: vec![-2.0; nb],
-        col_argmax: vec![0; nb],
-        tile: None,
-    };
+    let mut r = no_rows_yet(rows.len(), nb);
     let mut at = 0;
     for i in rows {
         let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0u32, 2.0f64, 0u32);
