@@ -239,6 +239,10 @@ impl Accumulate for CpuAccumulator {
         Ok(())
     }
 
+    fn updates_done(&mut self) {
+        self.scratch = Scratch::default();
+    }
+
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
         let n = self.count.max(1) as f64;
         let m = self.moments[stream].as_ref().ok_or_else(no_stream)?;

@@ -56,6 +56,11 @@ pub trait Accumulate {
     /// all with the same rows.
     fn update(&mut self, block: &[Option<Self::Block>]) -> Result<(), AnalysisError>;
 
+    /// Every block is merged: let go of what only [`Self::update`] uses (the CPU path's
+    /// centred copies of a block, kept from one block to the next) before the pass is
+    /// finished. Updates after it still work (they allocate again).
+    fn updates_done(&mut self) {}
+
     /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError>;
 

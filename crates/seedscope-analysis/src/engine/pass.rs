@@ -442,6 +442,9 @@ impl Run<'_> {
                 self.save(&dir.join(pass_file(pass_idx)), pass_idx, 0, &[], Some(sums))?;
             } else {
                 let t = Instant::now();
+                // Updates' buffers go before finishing adds its own (the reductions, the
+                // one-to-one blocks): the 12-layer run peaked there.
+                pass.acc.updates_done();
                 self.finish_pass(
                     &pass.acc,
                     &mut results,
