@@ -25,10 +25,15 @@ cargo test --release --workspace
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo clippy --release --target wasm32-unknown-unknown -p seedscope-web -- -D warnings
 web/build.sh
-if ! command -v chromium >/dev/null || ! command -v npm >/dev/null; then
+# Only what is missing: a machine with Node from elsewhere (NodeSource) cannot take Debian's
+# npm beside it (apt refuses the conflict), and needs only Chromium.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium nodejs npm >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 (cd web && npm ci --no-audit --no-fund --silent)
 e2e="$(mktemp -d)"
