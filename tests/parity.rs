@@ -1,6 +1,6 @@
 //! Parity with Hugging Face transformers on every fixture, on the CPU backend and on wgpu
-//! (lavapipe in CI). Measured at worst 4.5e-6 on neuron activations and 5.5e-6 on logits (f32);
-//! the bounds are ten times that.
+//! (lavapipe in CI). Measured at worst 4.5e-6 on neuron activations and 5.5e-6 on logits (f32)
+//! on the tiny fixtures, 1.2e-5 and 1.1e-5 on `gpt2-wide`; the bounds are 5e-5 and 6e-5.
 
 mod common;
 
