@@ -8,9 +8,11 @@ prints GFLOP/s (2 * rows * n_a * n_b per update) and the ratio Seedscope / numpy
 update does more than the GEMM: block means, centring, and the compensated merge.
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
-    .venv/bin/python scripts/bench_correlation.py [--paths cpu,matrixmultiply,wgpu] [--shapes 4096x1024x1024]
-`matrixmultiply` times the CPU update's GEMM alone (ndarray's, as the update calls it): a
-reference for what the update spends beyond its GEMM (block means, centring, the f64 merge).
+    .venv/bin/python scripts/bench_correlation.py [--paths cpu,gemm,matrixmultiply,wgpu] [--shapes 4096x1024x1024]
+`gemm` times the CPU update's GEMM alone (the `gemm` crate, as the update calls it): a reference
+for what the update spends beyond its GEMM (block means, centring, the f64 merge).
+`matrixmultiply` times the same product with ndarray's matrixmultiply (the update's GEMM before
+the `gemm` crate), for comparison.
 On lavapipe (software Vulkan) keep wgpu shapes small: --wgpu-shapes 1024x256x256.
 """
 import argparse
@@ -43,7 +45,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     paths = args.paths.split(",")
-    jobs = [(s, p) for s in args.shapes.split(",") for p in ("cpu", "matrixmultiply")
+    jobs = [(s, p) for s in args.shapes.split(",") for p in ("cpu", "gemm", "matrixmultiply")
             if p in paths]
     jobs += [(s, "wgpu") for s in args.wgpu_shapes.split(",") if "wgpu" in paths]
     print(f"numpy {np.__version__}, {os.cpu_count()} cores")

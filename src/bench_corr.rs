@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use ndarray::Array2;
+use seedscope_analysis::accum::matmul::matmul;
 use seedscope_analysis::accum::{Accumulate, CpuAccumulator};
 use seedscope_analysis::plan::TileSpec;
 use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments};
@@ -31,8 +32,8 @@ pub struct Args {
     /// Other neurons when generating.
     #[arg(long, default_value_t = 1024)]
     pub n_b: usize,
-    /// `cpu` (the whole update), `wgpu`, or `matrixmultiply` (the CPU update's GEMM alone, a
-    /// reference), comma-separated.
+    /// `cpu` (the whole update), `wgpu`, `gemm` or `matrixmultiply` (a GEMM alone: the `gemm`
+    /// crate, or ndarray's matrixmultiply, as references), comma-separated.
     #[arg(long, default_value = "cpu,wgpu")]
     pub paths: String,
     /// Timed updates (after one untimed warm-up).
@@ -98,11 +99,11 @@ pub fn run(args: &Args) -> Result<()> {
                 }
                 (
                     t.elapsed().as_secs_f64() / args.iters as f64,
-                    "cpu (matrixmultiply, f64 merge)".to_owned(),
+                    "cpu (gemm crate, f64 merge)".to_owned(),
                 )
             }
-            // The update's GEMM alone (ndarray's matrixmultiply, as the CPU path calls it): what
-            // the update spends beyond it, in the same process.
+            // The same product through ndarray's matrixmultiply (the update's GEMM before the
+            // `gemm` crate), for comparison.
             "matrixmultiply" => {
                 let g = a.t().dot(&b);
                 std::hint::black_box(&g);
@@ -113,6 +114,21 @@ pub fn run(args: &Args) -> Result<()> {
                 (
                     t.elapsed().as_secs_f64() / args.iters as f64,
                     "cpu: matrixmultiply aT b alone".to_owned(),
+                )
+            }
+            // The update's GEMM alone (the `gemm` crate, as the CPU path calls it): what the
+            // update spends beyond it, in the same process.
+            "gemm" => {
+                let mut out = vec![0.0f32; na * nb];
+                matmul(a.t(), b.view(), &mut out);
+                let t = Instant::now();
+                for _ in 0..args.iters {
+                    matmul(a.t(), b.view(), &mut out);
+                    std::hint::black_box(&out);
+                }
+                (
+                    t.elapsed().as_secs_f64() / args.iters as f64,
+                    "cpu: gemm crate aT b alone".to_owned(),
                 )
             }
             "wgpu" => {
@@ -143,7 +159,7 @@ pub fn run(args: &Args) -> Result<()> {
                     format!("wgpu: {} [{:?}]", ctx.info.name, ctx.info.device_type),
                 )
             }
-            other => bail!("unknown path `{other}` (cpu, matrixmultiply or wgpu)"),
+            other => bail!("unknown path `{other}` (cpu, gemm, matrixmultiply or wgpu)"),
         };
         println!(
             "{}",

@@ -1,10 +1,11 @@
-//! The CPU accumulator: block-centred f32 GEMMs (matrixmultiply through ndarray, threaded)
-//! merged into f64 totals.
+//! The CPU accumulator: block-centred f32 GEMMs (the `gemm` crate, threaded) merged into f64
+//! totals.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+use ndarray::{Array2, ArrayView2, s};
+use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
 
+use super::matmul::matmul;
 use super::{
     Accumulate, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch, reduce_pairs,
     reduce_rows, used_streams,
@@ -141,7 +142,7 @@ impl Accumulate for CpuAccumulator {
                         let d =
                             center_block(x, m, (w_mean, w_cross), Layout::Rows, &mut centred[s]);
                         if sparse[s] {
-                            chunk_rows(rows_view(&centred[s], rows, cols)?, &mut columns[s]);
+                            chunk_rows(&centred[s], rows, cols, &mut columns[s]);
                         }
                         d
                     } else {
@@ -217,23 +218,21 @@ impl Accumulate for CpuAccumulator {
             if product.len() < na * nb {
                 product.resize(na * nb, 0.0);
             }
-            let mut g = ArrayViewMut2::from_shape((na, nb), &mut product[..na * nb])
-                .map_err(|_| plan_mismatch())?;
-            general_mat_mul(
-                1.0,
-                &ca.slice(s![.., t.a_cols.clone()]).t(),
-                &cb.slice(s![.., t.b_cols.clone()]),
-                0.0,
-                &mut g,
+            matmul(
+                ca.slice(s![.., t.a_cols.clone()]).t(),
+                cb.slice(s![.., t.b_cols.clone()]),
+                &mut product[..na * nb],
             );
             let (da, db) = (&da[t.a_cols.clone()], &db[t.b_cols.clone()]);
-            let rows_of = acc.chunks_exact_mut(nb).zip(product.chunks_exact(nb));
-            for ((row, grow), &dai) in rows_of.zip(da) {
+            let rows_of = acc
+                .par_chunks_exact_mut(nb)
+                .zip(product.par_chunks_exact(nb));
+            rows_of.zip(da).for_each(|((row, grow), &dai)| {
                 let dai = dai * w_cross;
                 for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(db) {
                     *c += gv as f64 + dai * dbj;
                 }
-            }
+            });
         }
         self.count += rows as u64;
         Ok(())
@@ -334,10 +333,15 @@ impl Layout {
     }
 }
 
+/// Rows per part of a block's centring: the parts are reduced in parallel and their sums added
+/// in order, so the totals do not depend on the thread count. A multiple of [`ROW_CHUNK`], so
+/// a part is whole chunks of a [`Layout::Chunked`] buffer too.
+const PART: usize = 4 * ROW_CHUNK;
+
 /// Centre a block on its means (corrected two-pass, f64), merge its moments into `m` (with the
 /// merge weights of the mean and the cross term), write the centred f32 block in `layout`
 /// into `out` (grown when short, its allocation kept for the next block), and return each
-/// column's mean shift (block mean − previous mean).
+/// column's mean shift (block mean − previous mean). Parts of [`PART`] rows run in parallel.
 fn center_block(
     x: ArrayView2<'_, f32>,
     m: &mut CpuMoments,
@@ -355,36 +359,46 @@ fn center_block(
     if out.len() < len {
         out.resize(len, 0.0);
     }
-    let (mut mean, mut m2) = (vec![0.0f64; cols], vec![0.0f64; cols]);
     // Row slices, so both passes vectorise across columns.
-    for r in flat.chunks_exact(cols) {
-        for (s, &v) in mean.iter_mut().zip(r) {
-            *s += v as f64;
+    let mut mean = sum_parts(flat.par_chunks(PART * cols).map(|part| {
+        let mut sum = vec![0.0f64; cols];
+        for r in part.chunks_exact(cols) {
+            for (s, &v) in sum.iter_mut().zip(r) {
+                *s += v as f64;
+            }
         }
-    }
+        sum
+    }));
     mean.iter_mut().for_each(|s| *s /= rows as f64);
-    match layout {
-        Layout::Rows => {
-            for (o, r) in out.chunks_exact_mut(cols).zip(flat.chunks_exact(cols)) {
-                for (((o, &v), &mu), s) in o.iter_mut().zip(r).zip(&mean).zip(m2.iter_mut()) {
-                    let d = v as f64 - mu;
-                    *s += d * d;
-                    *o = d as f32;
+    let mean = &mean;
+    // A part's rows fill exactly `PART * cols` values of `out` in either layout.
+    let outs = out[..len].par_chunks_mut(PART * cols);
+    let m2 = sum_parts(outs.zip(flat.par_chunks(PART * cols)).map(|(o, part)| {
+        let mut m2 = vec![0.0f64; cols];
+        for (r, row) in part.chunks_exact(cols).enumerate() {
+            let deltas = row.iter().zip(mean).map(|(&v, &mu)| v as f64 - mu);
+            match layout {
+                Layout::Rows => {
+                    let o = &mut o[r * cols..(r + 1) * cols];
+                    for ((o, d), s) in o.iter_mut().zip(deltas).zip(m2.iter_mut()) {
+                        *s += d * d;
+                        *o = d as f32;
+                    }
+                }
+                Layout::Chunked => {
+                    let chunk = &mut o[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
+                    let at = r % ROW_CHUNK;
+                    for (j, (d, s)) in deltas.zip(m2.iter_mut()).enumerate() {
+                        *s += d * d;
+                        chunk[j * ROW_CHUNK + at] = d as f32;
+                    }
                 }
             }
         }
-        Layout::Chunked => {
-            for (r, row) in flat.chunks_exact(cols).enumerate() {
-                let chunk = &mut out[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
-                let at = r % ROW_CHUNK;
-                for (j, ((&v, &mu), s)) in row.iter().zip(&mean).zip(m2.iter_mut()).enumerate() {
-                    let d = v as f64 - mu;
-                    *s += d * d;
-                    chunk[j * ROW_CHUNK + at] = d as f32;
-                }
-            }
-            zero_padding(out, rows, cols);
-        }
+        m2
+    }));
+    if layout == Layout::Chunked {
+        zero_padding(out, rows, cols);
     }
     let mut delta = vec![0.0f64; cols];
     for j in 0..cols {
@@ -395,20 +409,37 @@ fn center_block(
     delta
 }
 
-/// A centred block's rows copied into [`Layout::Chunked`] (for a stream both kinds of tile
-/// read).
-fn chunk_rows(x: ArrayView2<'_, f32>, out: &mut Vec<f32>) {
-    let (rows, cols) = x.dim();
+/// The element-wise sum of the parts' vectors, added in part order.
+fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) -> Vec<f64> {
+    let parts: Vec<Vec<f64>> = parts.collect();
+    let mut total = parts.first().cloned().unwrap_or_default();
+    for part in &parts[1.min(parts.len())..] {
+        total.iter_mut().zip(part).for_each(|(t, &v)| *t += v);
+    }
+    total
+}
+
+/// A centred `[rows, cols]` block's rows copied into [`Layout::Chunked`] (for a stream both
+/// kinds of tile read), parts of [`PART`] rows in parallel.
+fn chunk_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     let len = Layout::Chunked.len(rows, cols);
-    if out.len() < len {
+    if out.len() < len || cols == 0 {
         out.resize(len, 0.0);
     }
-    for (r, row) in x.rows().into_iter().enumerate() {
-        let chunk = &mut out[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
-        for (j, &v) in row.iter().enumerate() {
-            chunk[j * ROW_CHUNK + r % ROW_CHUNK] = v;
-        }
+    if cols == 0 {
+        return;
     }
+    let parts = out[..len]
+        .par_chunks_mut(PART * cols)
+        .zip(x[..rows * cols].par_chunks(PART * cols));
+    parts.for_each(|(o, part)| {
+        for (r, row) in part.chunks_exact(cols).enumerate() {
+            let chunk = &mut o[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
+            for (j, &v) in row.iter().enumerate() {
+                chunk[j * ROW_CHUNK + r % ROW_CHUNK] = v;
+            }
+        }
+    });
     zero_padding(out, rows, cols);
 }
 

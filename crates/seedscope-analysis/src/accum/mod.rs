@@ -1,5 +1,5 @@
 //! Streaming accumulators of per-neuron moments and cross-model co-moments: [`CpuAccumulator`]
-//! (matrixmultiply GEMMs through ndarray, f64 totals) and [`GpuAccumulator`] (the WGSL kernels
+//! (f32 GEMMs of the `gemm` crate, f64 totals) and [`GpuAccumulator`] (the WGSL kernels
 //! of `seedscope-gpu`, Kahan-compensated f32 totals), both behind [`Accumulate`]. Each reads its
 //! own kind of block, so a pass cannot feed one path's activations to the other.
 //!
@@ -9,6 +9,7 @@
 
 mod cpu;
 mod gpu;
+pub mod matmul;
 
 pub use cpu::{CpuAccumulator, CpuMoments};
 pub use gpu::{GpuAccumulator, GpuTile};

@@ -1,0 +1,131 @@
+//! Matrix products of the CPU path through the `gemm` crate (the GEMM Burn's CPU backend, faer
+//! and candle use): it picks its micro-kernel at run time (AVX-512 where the CPU has it and the
+//! build enables `gemm`'s `x86-v4`, AVX2/FMA, NEON, wasm SIMD) and splits the work over rayon's
+//! threads. The one `unsafe` call of the CPU path lives here, behind a function that checks
+//! every extent it passes.
+
+use ndarray::ArrayView2;
+
+/// The element types [`matmul`] takes: f32 (the co-moments, the vocabulary projection) and f64
+/// (the unembedding's Gram matrix). Sealed: `gemm` computes these (it panics on types it
+/// does not know).
+pub trait Scalar: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+impl Scalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Scalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// `out = a b`, `out` row-major `[a.nrows(), b.ncols()]`; `a` and `b` are views of any strides
+/// (a transpose, or a column slice of a wider block, as they are).
+///
+/// # Panics
+/// If the inner dimensions differ or `out` is not `a.nrows() * b.ncols()` long: a caller's
+/// bug, checked before any memory is touched.
+pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T]) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert_eq!(b.nrows(), k, "a b: a has {k} columns, b {} rows", b.nrows());
+    assert_eq!(
+        out.len(),
+        m * n,
+        "a b: out holds {} values, not {m} × {n}",
+        out.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(T::ZERO);
+        return;
+    }
+    let (sa, sb) = (a.strides(), b.strides());
+    // SAFETY: `gemm` reads lhs(i, l) at `a_ptr + i·sa[0] + l·sa[1]` for i < m, l < k, which is
+    // a[i, l], and rhs(l, j) at `b_ptr + l·sb[0] + j·sb[1]` for j < n, which is b[l, j]: both
+    // are elements of the views (ndarray keeps every index within its dims inside the
+    // allocation). It writes dst(i, j) at `out + i·n + j`, i < m, j < n, inside `out`, whose
+    // length was checked above; `out` is borrowed mutably, so nothing else reads or writes it,
+    // and `read_dst = false` means its old values are never read.
+    #[allow(unsafe_code)]
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, s};
+
+    fn filled(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
+        Array2::from_shape_fn((rows, cols), |(r, c)| {
+            (((r * 131 + c * 71 + salt * 17) % 97) as f64 - 48.0) / 16.0
+        })
+    }
+
+    #[test]
+    fn matches_ndarray_on_transposes_column_slices_and_odd_shapes() {
+        for (rows, wa, wb) in [(1, 1, 1), (7, 5, 3), (129, 70, 33), (300, 200, 260)] {
+            let (a, b) = (filled(rows, wa, 1), filled(rows, wb, 2));
+            // aᵀ b of a column slice of each, as the accumulator passes a tile's columns.
+            let (a, b) = (a.slice(s![.., 1.min(wa - 1)..]), b.slice(s![.., ..wb]));
+            let want = a.t().dot(&b);
+            let mut got = vec![f64::NAN; want.len()];
+            matmul(a.t(), b, &mut got);
+            let mut got32 = vec![f32::NAN; want.len()];
+            let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            matmul(a32.t(), b32.view(), &mut got32);
+            for (w, (g, g32)) in want.iter().zip(got.iter().zip(&got32)) {
+                assert!((w - g).abs() < 1e-9, "{rows}x{wa}x{wb}: f64 {g} vs {w}");
+                assert!(
+                    (w - *g32 as f64).abs() < 1e-3,
+                    "{rows}x{wa}x{wb}: f32 {g32} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_is_a_zero_product() {
+        let (a, b) = (Array2::<f32>::zeros((3, 0)), Array2::<f32>::zeros((0, 2)));
+        let mut out = vec![1.0; 6];
+        matmul(a.view(), b.view(), &mut out);
+        assert_eq!(out, vec![0.0; 6]);
+    }
+}
