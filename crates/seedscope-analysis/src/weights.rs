@@ -4,10 +4,11 @@
 //! cos(w_in, w_out), the weight-decay penalty, and the moments of cos(W_U[:, v], w_out) over the
 //! vocabulary with the tokens at both ends.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use seedscope_model::ProcessedWeights;
 
 use crate::AnalysisError;
+use crate::accum::matmul::matmul;
 
 /// Tokens kept at each end of a neuron's vocabulary projection.
 pub const VOCAB_ENDS: usize = 10;
@@ -59,8 +60,9 @@ pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Vec<Vec<f64>>, 
             w_u.len()
         ))
     })?;
-    let g = u.t().dot(&u);
-    let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_fn(d, d, |i, j| g[[i, j]]));
+    let mut g = vec![0.0f64; d * d];
+    matmul(u.t(), u, &mut g);
+    let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(d, d, &g));
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
     Ok(order
@@ -105,19 +107,29 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
     use rayon::prelude::*;
     let (d, vocab) = (p.d_model, p.vocab);
     check_shapes(p)?;
-    // Unit columns of W_U, as [d_model, vocab].
-    let mut u = Array2::<f32>::zeros((d, vocab));
-    for v in 0..vocab {
-        let row = &p.w_u[v * d..(v + 1) * d];
+    // Unit rows of W_U, [vocab, d_model] (the GEMM reads it transposed).
+    let mut u = Array2::<f32>::zeros((vocab, d));
+    for (row, out) in p.w_u.chunks_exact(d).zip(u.rows_mut()) {
         let n = norm(row).max(f64::MIN_POSITIVE);
-        for (k, x) in row.iter().enumerate() {
-            u[[k, v]] = (x / n) as f32;
+        for (o, x) in out.into_iter().zip(row) {
+            *o = (x / n) as f32;
         }
     }
     let null = null_space(&p.w_u, vocab, d)?;
+    let null = Array2::from_shape_vec((null.len(), d), null.concat())
+        .map_err(|e| AnalysisError::Invalid(format!("the null space basis: {e}")))?;
+    let mut in_null = vec![0.0f64; p.d_mlp * null.nrows()];
     let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
     const BLOCK: usize = 256;
+    // One block's cosines, kept from block to block (a fresh 51 MB each time costs the kernel
+    // a page clear).
+    let mut cos = vec![0.0f32; BLOCK.min(p.d_mlp) * vocab];
     for layer in &p.layers {
+        // Each neuron's w_out in the null space's basis: [d_mlp, k].
+        let w_out = ArrayView2::from_shape((p.d_mlp, d), &layer.w_out[..])
+            .map_err(|e| AnalysisError::Invalid(format!("W_out: {e}")))?;
+        matmul(w_out, null.t(), &mut in_null);
+        let k = null.nrows();
         for j0 in (0..p.d_mlp).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(p.d_mlp);
             let mut w = Array2::<f32>::zeros((j1 - j0, d));
@@ -128,16 +140,15 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
                     w[[j - j0, k]] = (x / n) as f32;
                 }
             }
-            let cos = w.dot(&u);
-            let cos = cos
-                .as_slice()
-                .ok_or_else(|| AnalysisError::Invalid("a non-contiguous GEMM result".into()))?;
+            let cos = &mut cos[..(j1 - j0) * vocab];
+            matmul(w.view(), u.t(), cos);
+            let cos = &*cos;
             let mut block = Vec::new();
             (j0..j1)
                 .into_par_iter()
                 .map(|j| {
                     let row = &cos[(j - j0) * vocab..(j - j0 + 1) * vocab];
-                    neuron(layer, j, d, row, &null)
+                    neuron(layer, j, d, row, &in_null[j * k..(j + 1) * k])
                 })
                 .collect_into_vec(&mut block);
             out.extend(block);
@@ -146,22 +157,21 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
     Ok(out)
 }
 
+/// One neuron's statistics from its weights, its cosines with the vocabulary and its `w_out`'s
+/// coordinates in W_U's near-null space.
 fn neuron(
     layer: &seedscope_model::ProcessedMlp,
     j: usize,
     d: usize,
     cos: &[f32],
-    null: &[Vec<f64>],
+    in_null: &[f64],
 ) -> NeuronWeights {
     let w_in = &layer.w_in[j * d..(j + 1) * d];
     let w_out = &layer.w_out[j * d..(j + 1) * d];
     let (n_in, n_out) = (norm(w_in), norm(w_out));
-    let in_null: f64 = null
-        .iter()
-        .map(|e| e.iter().zip(w_out).map(|(a, b)| a * b).sum::<f64>().powi(2))
-        .sum();
+    let in_null: f64 = in_null.iter().map(|c| c * c).sum();
     let dot: f64 = w_in.iter().zip(w_out).map(|(a, b)| a * b).sum();
-    let vocab = crate::stats::weighted_moments(cos.iter().map(|&c| (c as f64, 1.0)));
+    let vocab = crate::stats::moments(cos);
     NeuronWeights {
         w_in_norm: n_in,
         input_bias: layer.b_in[j],
@@ -190,17 +200,36 @@ fn ends(cos: &[f32], top: bool) -> Vec<u32> {
     };
     let k = VOCAB_ENDS.min(cos.len());
     let mut kept: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    for (id, &c) in cos.iter().enumerate() {
-        // Ids come in ascending order, so a tie never displaces what is kept.
-        if kept.len() == k && kept.last().is_some_and(|&(w, _)| c.total_cmp(&w) != beyond) {
+    // `total_cmp` as an integer order, so a chunk's extreme is a vectorised max; the bottom
+    // end is the top of the negated keys.
+    let key = |c: f32| {
+        let bits = c.to_bits() as i32;
+        let total = bits ^ (((bits >> 31) as u32) >> 1) as i32;
+        if top { total } else { !total }
+    };
+    for (n, chunk) in cos.chunks(SKIM).enumerate() {
+        // Once the ends are full, a chunk with nothing beyond the last kept is skipped whole.
+        if kept.len() == k
+            && let Some(&(last, _)) = kept.last()
+            && chunk.iter().map(|&c| key(c)).fold(i32::MIN, i32::max) <= key(last)
+        {
             continue;
         }
-        let at = kept.partition_point(|&(x, _)| x.total_cmp(&c) != beyond.reverse());
-        kept.insert(at, (c, id as u32));
-        kept.truncate(k);
+        for (id, &c) in (n * SKIM..).zip(chunk) {
+            // Ids come in ascending order, so a tie never displaces what is kept.
+            if kept.len() == k && kept.last().is_some_and(|&(w, _)| c.total_cmp(&w) != beyond) {
+                continue;
+            }
+            let at = kept.partition_point(|&(x, _)| x.total_cmp(&c) != beyond.reverse());
+            kept.insert(at, (c, id as u32));
+            kept.truncate(k);
+        }
     }
     kept.into_iter().map(|(_, id)| id).collect()
 }
+
+/// Cosines [`ends`] checks at once against the last kept before looking at each.
+const SKIM: usize = 64;
 
 /// The functional role the paper reads off a neuron's vocabulary projection (§5): prediction
 /// (`vocab_kurt > 10`, positive skew: it boosts a few tokens), suppression (`vocab_kurt > 10`,

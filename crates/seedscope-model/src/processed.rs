@@ -157,12 +157,7 @@ impl LoadedModel {
                     }
                 }
             }
-            for col in 0..d_model {
-                let mean = (0..d_model).map(|k| q[k * d_model + col]).sum::<f64>() / d_model as f64;
-                for k in 0..d_model {
-                    q[k * d_model + col] -= mean;
-                }
-            }
+            centre_columns(&mut q, d_model);
             w_q.push(q);
         }
         let mut layers = Vec::with_capacity(n_layers);
@@ -174,39 +169,39 @@ impl LoadedModel {
             let (w_out, _) = get(&n.w_out)?;
             let (g, _) = get(&n.ln_w)?;
             let (b, _) = get(&n.ln_b)?;
-            d_mlp = if n.torch { s_in[0] } else { s_in[1] };
-            // Row j = neuron j's input weights over d_model.
-            let at_in = |j: usize, k: usize| {
-                if n.torch {
-                    w_in[j * d_model + k]
-                } else {
-                    w_in[k * d_mlp + j]
-                }
+            d_mlp = match (n.torch, &s_in[..]) {
+                (true, &[rows, _]) | (false, &[_, rows]) => rows,
+                _ => 0,
             };
-            let at_out = |j: usize, k: usize| {
-                if n.torch {
-                    w_out[k * d_mlp + j]
-                } else {
-                    w_out[j * d_model + k]
-                }
+            let sizes = [w_in.len(), w_out.len(), b_in.len(), g.len(), b.len()];
+            if d_mlp == 0 || sizes != [d_mlp * d_model, d_mlp * d_model, d_mlp, d_model, d_model] {
+                return Err(ModelError::Input(format!(
+                    "{}: layer {i}'s MLP has {s_in:?} input weights and {sizes:?} values in \
+                     W_in / W_out / b_in / LN weight / LN bias, not {d_model} x d_mlp",
+                    self.dir.display()
+                )));
+            }
+            // Row j = neuron j's weights over d_model (Conv1D stores the input weights, and a
+            // torch Linear the output weights, the other way round).
+            let mut pw_in = if n.torch {
+                w_in
+            } else {
+                transpose(&w_in, d_model, d_mlp)
             };
-            let mut pw_in = vec![0.0; d_mlp * d_model];
-            let mut pb_in = b_in.clone();
-            let mut pw_out = vec![0.0; d_mlp * d_model];
-            for j in 0..d_mlp {
-                let row = &mut pw_in[j * d_model..(j + 1) * d_model];
-                for (k, r) in row.iter_mut().enumerate() {
-                    let w = at_in(j, k);
-                    pb_in[j] += w * b[k];
-                    *r = w * g[k];
+            let mut pw_out = if n.torch {
+                transpose(&w_out, d_model, d_mlp)
+            } else {
+                w_out
+            };
+            let mut pb_in = b_in;
+            for (row, pb) in pw_in.chunks_exact_mut(d_model).zip(&mut pb_in) {
+                for ((r, &g), &b) in row.iter_mut().zip(&g).zip(&b) {
+                    *pb += *r * b;
+                    *r *= g;
                 }
                 centre(row);
-                let out = &mut pw_out[j * d_model..(j + 1) * d_model];
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = at_out(j, k);
-                }
-                centre(out);
             }
+            pw_out.chunks_exact_mut(d_model).for_each(centre);
             layers.push(ProcessedMlp {
                 w_in: pw_in,
                 b_in: pb_in,
@@ -222,12 +217,7 @@ impl LoadedModel {
             }
             centre(row);
         }
-        for k in 0..d_model {
-            let mean = (0..vocab).map(|v| w_u[v * d_model + k]).sum::<f64>() / vocab as f64;
-            for v in 0..vocab {
-                w_u[v * d_model + k] -= mean;
-            }
-        }
+        centre_columns(&mut w_u, d_model);
         Ok(ProcessedWeights {
             d_model,
             d_mlp,
@@ -237,6 +227,36 @@ impl LoadedModel {
             n_head,
             w_q,
         })
+    }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`, in tiles, so neither side is read or written a
+/// value per cache line.
+fn transpose(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0; rows * cols];
+    for c0 in (0..cols).step_by(TILE) {
+        for r in 0..rows {
+            let src = &x[r * cols + c0..r * cols + (c0 + TILE).min(cols)];
+            for (c, &v) in (c0..).zip(src) {
+                out[c * rows + r] = v;
+            }
+        }
+    }
+    out
+}
+
+/// Centre each column of a `[rows, cols]` row-major matrix (each column's sum in row order,
+/// as a column-by-column loop adds it, but reading rows, not strided columns).
+fn centre_columns(x: &mut [f64], cols: usize) {
+    let rows = x.len() / cols.max(1);
+    let mut mean = vec![0.0; cols];
+    for row in x.chunks_exact(cols) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+    }
+    mean.iter_mut().for_each(|m| *m /= rows.max(1) as f64);
+    for row in x.chunks_exact_mut(cols) {
+        row.iter_mut().zip(&mean).for_each(|(v, m)| *v -= m);
     }
 }
 
