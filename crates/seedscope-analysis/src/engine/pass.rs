@@ -116,44 +116,58 @@ impl<C: Compute> Pass<C> {
         })
     }
 
-    /// Model `m`'s activations over block `bi` from `source`: a forward (and its rotation),
-    /// kept in `store` when filling; or read back from `store`.
-    fn model_acts(
+    /// Models `group`'s activations over block `bi` from `source`: forwards (and their
+    /// rotations), side by side on the device's threads, kept in `store` when filling; or
+    /// read back from `store`.
+    fn models_acts(
         &mut self,
         run: &Run<'_>,
-        m: usize,
+        group: &[usize],
         (bi, block): (usize, &Block),
         source: Source,
-        store: Option<&mut Store>,
-    ) -> Result<ModelActs, AnalysisError> {
-        let want = self.wants[m];
+        mut store: Option<&mut Store>,
+    ) -> Result<Vec<ModelActs>, AnalysisError> {
         let t = Instant::now();
-        match (source, store) {
-            (Source::Reuse, Some(store)) => {
-                let acts = store.get(bi, m, want, &run.family.device.device)?;
-                self.cost.reused += 1;
-                self.cost.reuse_seconds += t.elapsed().as_secs_f64();
-                Ok(acts)
-            }
-            (source, store) => {
-                let d_mlp = run.family.models[m].config.d_mlp();
-                let (post, pre) = activations(&run.family.models[m], block, want[2])?;
-                let rotated = want[1].then(|| rotate(&post, &self.rotations[m], d_mlp));
-                let acts = ModelActs {
-                    post: Some(post),
-                    rotated,
-                    pre,
-                };
-                self.cost.forwards += 1;
-                self.cost.forward_seconds += t.elapsed().as_secs_f64();
-                if let (Source::Fill, Some(store), None) = (source, store, &self.fill_failed)
-                    && let Err(e) = store.put(bi, m, &acts)
-                {
+        if let (Source::Reuse, Some(store)) = (source, store.as_deref_mut()) {
+            let device = &run.family.device.device;
+            let acts = group
+                .iter()
+                .map(|&m| store.get(bi, m, self.wants[m], device));
+            let acts = acts.collect::<Result<Vec<_>, _>>()?;
+            self.cost.reused += group.len() as u64;
+            self.cost.reuse_seconds += t.elapsed().as_secs_f64();
+            return Ok(acts);
+        }
+        let (wants, rotations) = (&self.wants, &self.rotations);
+        let forward = |m: usize| -> Result<ModelActs, AnalysisError> {
+            let want = wants[m];
+            let d_mlp = run.family.models[m].config.d_mlp();
+            let (post, pre) = activations(&run.family.models[m], block, want[2])?;
+            let rotated = want[1].then(|| rotate(&post, &rotations[m], d_mlp));
+            Ok(ModelActs {
+                post: Some(post),
+                rotated,
+                pre,
+            })
+        };
+        let acts = if group.len() > 1 {
+            use rayon::prelude::*;
+            group.par_iter().map(|&m| forward(m)).collect::<Vec<_>>()
+        } else {
+            group.iter().map(|&m| forward(m)).collect()
+        };
+        let acts = acts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.cost.forwards += group.len() as u64;
+        self.cost.forward_seconds += t.elapsed().as_secs_f64();
+        if let (Source::Fill, Some(store), None) = (source, store, &self.fill_failed) {
+            for (&m, acts) in group.iter().zip(&acts) {
+                if let Err(e) = store.put(bi, m, acts) {
                     self.fill_failed = Some(e.to_string());
+                    break;
                 }
-                Ok(acts)
             }
         }
+        Ok(acts)
     }
 
     /// Every model this pass reads over block `bi`, merged: histograms and anatomy of the
@@ -169,49 +183,27 @@ impl<C: Compute> Pass<C> {
     ) -> Result<(), AnalysisError> {
         let n_models = run.family.models.len();
         let mut streams: Vec<Option<C::Block>> = (0..KINDS * n_models).map(|_| None).collect();
-        for m in 0..n_models {
-            if !self.wants[m].iter().any(|&w| w) {
-                continue;
-            }
-            let [real, rotated, permuted] = Kind::ALL.map(|k| stream(m, k));
-            let counted = self.counted.iter().position(|&i| results[i].anchor == m);
+        let read: Vec<usize> = (0..n_models)
+            .filter(|&m| self.wants[m].iter().any(|&w| w))
+            .collect();
+        for group in read.chunks(run.family.device.forwards_at_once()) {
             let t = Instant::now();
-            let acts = self.model_acts(run, m, (bi, block), source, store.as_deref_mut())?;
-            let missing = |what: &str| {
-                AnalysisError::Invalid(format!("model {m} has no {what} for block {bi}"))
-            };
-            let x = if self.used[real] {
-                Some(compute.block(acts.post.clone().ok_or_else(|| missing("activations"))?)?)
-            } else {
-                None
-            };
+            let acts = self.models_acts(run, group, (bi, block), source, store.as_deref_mut())?;
             self.cost.time.forward += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            if let Some(k) = counted {
-                let pre = acts.pre.ok_or_else(|| missing("pre-activations"))?;
-                self.hists.update(k, &compute.block(pre)?)?;
-                if let (Some(a), Some(x)) = (&mut self.anatomy, &x) {
-                    a.update(k, x, &run.tokens.ids, block.rows.r0, &block.kept)?;
-                }
+            for (&m, acts) in group.iter().zip(acts) {
+                self.merge_model(
+                    (run, compute),
+                    (m, acts),
+                    (bi, block),
+                    results,
+                    &mut streams,
+                )?;
+                // Let the device finish this model's work (in a browser the page gets its
+                // event loop back) before the next model is recorded.
+                let t = Instant::now();
+                compute.settle().await;
+                self.cost.time.wait += t.elapsed().as_secs_f64();
             }
-            self.cost.time.statistics += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            streams[real] = x;
-            if self.used[rotated] {
-                let r = acts.rotated.ok_or_else(|| missing("rotated baseline"))?;
-                streams[rotated] = Some(compute.block(r)?);
-            }
-            if self.used[permuted] {
-                let post = acts.post.as_ref().ok_or_else(|| missing("activations"))?;
-                let p = permute(post, run.options.seed, block.rows.r0);
-                streams[permuted] = Some(compute.block(p)?);
-            }
-            self.cost.time.accumulate += t.elapsed().as_secs_f64();
-            // Let the device finish this model's work (in a browser the page gets its event
-            // loop back) before the next model is recorded.
-            let t = Instant::now();
-            compute.settle().await;
-            self.cost.time.wait += t.elapsed().as_secs_f64();
         }
         let t = Instant::now();
         self.acc.update(&streams)?;
@@ -221,6 +213,51 @@ impl<C: Compute> Pass<C> {
         compute.settle().await;
         self.cost.time.wait += t.elapsed().as_secs_f64();
         self.tokens += block.rows.kept;
+        Ok(())
+    }
+
+    /// Model `m`'s activations over block `bi` into this pass: its histograms and anatomy if
+    /// it is a counted anchor, and its streams the accumulators read.
+    fn merge_model(
+        &mut self,
+        (run, compute): (&Run<'_>, &C),
+        (m, acts): (usize, ModelActs),
+        (bi, block): (usize, &Block),
+        results: &[AnchorResult],
+        streams: &mut [Option<C::Block>],
+    ) -> Result<(), AnalysisError> {
+        let [real, rotated, permuted] = Kind::ALL.map(|k| stream(m, k));
+        let counted = self.counted.iter().position(|&i| results[i].anchor == m);
+        let t = Instant::now();
+        let missing =
+            |what: &str| AnalysisError::Invalid(format!("model {m} has no {what} for block {bi}"));
+        let x = if self.used[real] {
+            Some(compute.block(acts.post.clone().ok_or_else(|| missing("activations"))?)?)
+        } else {
+            None
+        };
+        self.cost.time.forward += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        if let Some(k) = counted {
+            let pre = acts.pre.ok_or_else(|| missing("pre-activations"))?;
+            self.hists.update(k, &compute.block(pre)?)?;
+            if let (Some(a), Some(x)) = (&mut self.anatomy, &x) {
+                a.update(k, x, &run.tokens.ids, block.rows.r0, &block.kept)?;
+            }
+        }
+        self.cost.time.statistics += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        streams[real] = x;
+        if self.used[rotated] {
+            let r = acts.rotated.ok_or_else(|| missing("rotated baseline"))?;
+            streams[rotated] = Some(compute.block(r)?);
+        }
+        if self.used[permuted] {
+            let post = acts.post.as_ref().ok_or_else(|| missing("activations"))?;
+            let p = permute(post, run.options.seed, block.rows.r0);
+            streams[permuted] = Some(compute.block(p)?);
+        }
+        self.cost.time.accumulate += t.elapsed().as_secs_f64();
         Ok(())
     }
 
