@@ -284,4 +284,28 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn skipping_whole_chunks_keeps_total_order_with_signed_zeros_infinities_and_nans() {
+        // Extremes late and early, across chunk boundaries, and values whose order only
+        // total_cmp defines (−0 < +0, NaNs at both ends).
+        let mut cos: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5)
+            .collect();
+        for (i, v) in [
+            (3, -0.0),
+            (64, 0.0),
+            (127, f32::INFINITY),
+            (128, f32::NEG_INFINITY),
+            (500, f32::NAN),
+            (501, -f32::NAN),
+            (999, 0.75),
+            (640, -0.75),
+        ] {
+            cos[i] = v;
+        }
+        for top in [true, false] {
+            assert_eq!(ends(&cos, top), sorted_ends(&cos, top), "top = {top}");
+        }
+    }
 }
