@@ -112,13 +112,7 @@ where
         m3 += w * d2 * d;
         m4 += w * d2 * d2;
     }
-    let var = m2 / n;
-    Moments {
-        mean,
-        var,
-        skew: m3 / n / var.powf(1.5),
-        kurt: m4 / n / (var * var),
-    }
+    Moments::of_sums(n, mean, [m2, m3, m4])
 }
 
 /// The [`Moments`] of f32 values (each of weight one), in two passes of f64 sums over
@@ -154,12 +148,19 @@ pub fn moments(values: &[f32]) -> Moments {
         m3 += d * d * d;
         m4 += d * d * d * d;
     }
-    let var = m2 / n;
-    Moments {
-        mean,
-        var,
-        skew: m3 / n / var.powf(1.5),
-        kurt: m4 / n / (var * var),
+    Moments::of_sums(n, mean, [m2, m3, m4])
+}
+
+impl Moments {
+    /// From the total weight `n`, the mean and the centred sums of the 2nd, 3rd and 4th powers.
+    fn of_sums(n: f64, mean: f64, [m2, m3, m4]: [f64; 3]) -> Self {
+        let var = m2 / n;
+        Moments {
+            mean,
+            var,
+            skew: m3 / n / var.powf(1.5),
+            kurt: m4 / n / (var * var),
+        }
     }
 }
 
