@@ -150,6 +150,7 @@ impl<C: Compute> Pass<C> {
                 pre,
             })
         };
+        // A group of one (a GPU's one queue, the browser's one thread) runs on this thread.
         let acts = if group.len() > 1 {
             use rayon::prelude::*;
             group.par_iter().map(|&m| forward(m)).collect::<Vec<_>>()
