@@ -52,8 +52,9 @@ pub fn null_dims(d_model: usize) -> usize {
 }
 
 /// An orthonormal basis `[k, d_model]` of W_U's near-null space (`w_u`: `[vocab, d_model]`
-/// rows): the eigenvectors of W_Uᵀ W_U with the `null_dims(d_model)` smallest eigenvalues.
-pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Vec<Vec<f64>>, AnalysisError> {
+/// rows), one basis vector per row: the eigenvectors of W_Uᵀ W_U with the `null_dims(d_model)`
+/// smallest eigenvalues.
+pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Array2<f64>, AnalysisError> {
     let u = ndarray::ArrayView2::from_shape((vocab, d), w_u).map_err(|_| {
         AnalysisError::Invalid(format!(
             "the unembedding has {} values, not {vocab} x {d}",
@@ -65,11 +66,23 @@ pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Vec<Vec<f64>>, 
     let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(d, d, &g));
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
-    Ok(order
-        .into_iter()
-        .take(null_dims(d).min(d))
-        .map(|c| eig.eigenvectors.column(c).iter().copied().collect())
-        .collect())
+    let k = null_dims(d).min(d);
+    Ok(Array2::from_shape_fn((k, d), |(e, i)| {
+        eig.eigenvectors[(i, order[e])]
+    }))
+}
+
+/// The rows of a row-major `[rows, d]` matrix scaled to unit length, in f32 (for the cosine
+/// GEMM).
+fn unit_rows(x: &[f64], d: usize) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros((x.len() / d.max(1), d));
+    for (row, o) in x.chunks_exact(d.max(1)).zip(out.rows_mut()) {
+        let n = norm(row).max(f64::MIN_POSITIVE);
+        for (o, v) in o.into_iter().zip(row) {
+            *o = (v / n) as f32;
+        }
+    }
+    out
 }
 
 /// Every array of `p` has the length its shape says (the statistics index them freely).
@@ -108,17 +121,10 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
     let (d, vocab) = (p.d_model, p.vocab);
     check_shapes(p)?;
     // Unit rows of W_U, [vocab, d_model] (the GEMM reads it transposed).
-    let mut u = Array2::<f32>::zeros((vocab, d));
-    for (row, out) in p.w_u.chunks_exact(d).zip(u.rows_mut()) {
-        let n = norm(row).max(f64::MIN_POSITIVE);
-        for (o, x) in out.into_iter().zip(row) {
-            *o = (x / n) as f32;
-        }
-    }
+    let u = unit_rows(&p.w_u, d);
     let null = null_space(&p.w_u, vocab, d)?;
-    let null = Array2::from_shape_vec((null.len(), d), null.concat())
-        .map_err(|e| AnalysisError::Invalid(format!("the null space basis: {e}")))?;
-    let mut in_null = vec![0.0f64; p.d_mlp * null.nrows()];
+    let k = null.nrows();
+    let mut in_null = vec![0.0f64; p.d_mlp * k];
     let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
     const BLOCK: usize = 256;
     // One block's cosines, kept from block to block (a fresh 51 MB each time costs the kernel
@@ -129,17 +135,9 @@ pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, Analysis
         let w_out = ArrayView2::from_shape((p.d_mlp, d), &layer.w_out[..])
             .map_err(|e| AnalysisError::Invalid(format!("W_out: {e}")))?;
         matmul(w_out, null.t(), &mut in_null);
-        let k = null.nrows();
         for j0 in (0..p.d_mlp).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(p.d_mlp);
-            let mut w = Array2::<f32>::zeros((j1 - j0, d));
-            for j in j0..j1 {
-                let row = &layer.w_out[j * d..(j + 1) * d];
-                let n = norm(row).max(f64::MIN_POSITIVE);
-                for (k, x) in row.iter().enumerate() {
-                    w[[j - j0, k]] = (x / n) as f32;
-                }
-            }
+            let w = unit_rows(&layer.w_out[j0 * d..j1 * d], d);
             let cos = &mut cos[..(j1 - j0) * vocab];
             matmul(w.view(), u.t(), cos);
             let cos = &*cos;
