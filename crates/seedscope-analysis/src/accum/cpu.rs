@@ -412,22 +412,22 @@ fn center_block(
 /// The element-wise sum of the parts' vectors, added in part order.
 fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) -> Vec<f64> {
     let parts: Vec<Vec<f64>> = parts.collect();
-    let mut total = parts.first().cloned().unwrap_or_default();
-    for part in &parts[1.min(parts.len())..] {
-        total.iter_mut().zip(part).for_each(|(t, &v)| *t += v);
-    }
-    total
+    let total = parts.into_iter().reduce(|mut total, part| {
+        total.iter_mut().zip(&part).for_each(|(t, &v)| *t += v);
+        total
+    });
+    total.unwrap_or_default()
 }
 
 /// A centred `[rows, cols]` block's rows copied into [`Layout::Chunked`] (for a stream both
 /// kinds of tile read), parts of [`PART`] rows in parallel.
 fn chunk_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     let len = Layout::Chunked.len(rows, cols);
-    if out.len() < len || cols == 0 {
+    if out.len() < len {
         out.resize(len, 0.0);
     }
     if cols == 0 {
-        return;
+        return; // Nothing to copy (and no chunks of zero length to split into).
     }
     let parts = out[..len]
         .par_chunks_mut(PART * cols)
