@@ -9,10 +9,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use ndarray::Array2;
-use seedscope_analysis::accum::matmul::matmul;
 use seedscope_analysis::accum::{Accumulate, CpuAccumulator};
 use seedscope_analysis::plan::TileSpec;
 use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments};
+use seedscope_model::matmul::matmul;
 
 /// Options of `seedscope bench-correlation`.
 #[derive(ClapArgs, Debug)]

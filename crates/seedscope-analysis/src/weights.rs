@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView2};
 use seedscope_model::ProcessedWeights;
 
 use crate::AnalysisError;
-use crate::accum::matmul::matmul;
+use seedscope_model::matmul::matmul;
 
 /// Tokens kept at each end of a neuron's vocabulary projection.
 pub const VOCAB_ENDS: usize = 10;

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, relu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 use crate::error::{ModelError, Result};
+use crate::fused::{causal_attention, gelu_tanh};
 use crate::hooks::{ForwardOptions, HookPoint, NeuronPatch};
 use crate::weights::{Checkpoint, NamedTensors};
 
@@ -209,7 +210,7 @@ impl Mlp {
         options: &ForwardOptions,
         taps: &mut BTreeMap<HookPoint, Tensor<3>>,
     ) -> Tensor<3> {
-        let pre = self.w_in.forward(x);
+        let pre = project(&self.w_in, x);
         let mut post = match self.activation {
             Activation::GeluTanh => gelu_tanh(pre.clone()),
             Activation::GeluErf => gelu(pre.clone()),
@@ -229,20 +230,19 @@ impl Mlp {
         if options.taps.contains(&HookPoint::post(layer)) {
             taps.insert(HookPoint::post(layer), post.clone());
         }
-        self.w_out.forward(post)
+        project(&self.w_out, post)
     }
 }
 
-/// GPT-2's `gelu_new`, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, computed through the
-/// identity `0.5 (1 + tanh z) = σ(2z)` and with `x³` as a product: the same function, but one
-/// exponential per element instead of `powf` and `tanh` (which took a fifth of a training step
-/// on the CPU backend).
-fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    // 2·√(2/π) and 2·√(2/π)·0.044715.
-    const A: f64 = 1.595_769_121_605_730_7;
-    const B: f64 = A * 0.044_715;
-    let inner = x.clone() * (x.clone() * x.clone() * B + A);
-    x * sigmoid(inner)
+/// `l(x)` for `x` of `[batch, seq, d_in]`, computed as one `[batch * seq, d_in]` product.
+/// Burn keeps a batched product when `seq` is a multiple of 32, and its CPU backend then runs
+/// each batch's GEMM on one thread, every thread packing the whole weight: at GPT-2 small's
+/// width and 4 × 128 tokens the folded product ran at 1.7x the GFLOP/s.
+fn project(l: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [batch, seq, d_in] = x.dims();
+    let y = l.forward(x.reshape([batch * seq, d_in]));
+    let d_out = y.dims()[1];
+    y.reshape([batch, seq, d_out])
 }
 
 /// `post * (1 - mask) + values`, with `mask` and `values` non-zero only at patched neurons.
@@ -259,24 +259,6 @@ fn patch_neurons(post: Tensor<3>, patches: &[&NeuronPatch]) -> Tensor<3> {
     let keep = Tensor::<1>::from_data(TensorData::new(keep, [d_mlp]), (&device, dtype));
     let values = Tensor::<1>::from_data(TensorData::new(values, [d_mlp]), (&device, dtype));
     post * keep.reshape([1, 1, d_mlp]) + values.reshape([1, 1, d_mlp])
-}
-
-/// Causal softmax attention over `[batch, heads, seq, head_dim]` queries, keys and values,
-/// returning `[batch, seq, heads * head_dim]`.
-fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<3> {
-    let [batch, heads, seq, head_dim] = q.dims();
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    let mask = causal_mask(seq, &scores.device()).expand([batch, heads, seq, seq]);
-    // A causal row always keeps its own position, so its maximum is finite and each masked
-    // score's exponential is exactly zero: the same probabilities as transformers' fill with
-    // the dtype's minimum, without the slow underflow path of the CPU's `expf` (6 % of a
-    // forward) for every masked score.
-    let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-    let probs = softmax(scores, 3);
-    probs
-        .matmul(v)
-        .swap_dims(1, 2)
-        .reshape([batch, seq, heads * head_dim])
 }
 
 /// `[1, 1, seq, seq]`, true above the diagonal (the future, to be masked).
@@ -387,7 +369,7 @@ impl Gpt2Block {
     fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
-        let qkv = self.c_attn.forward(x);
+        let qkv = project(&self.c_attn, x);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
@@ -427,9 +409,7 @@ impl Gpt2 {
                 block.qkv(block.ln_1.forward(x)).0
             });
             let (q, k, v) = qkv;
-            x = x + block
-                .c_proj
-                .forward(causal_attention(q, k, v, block.attn_scale));
+            x = x + project(&block.c_proj, causal_attention(q, k, v, block.attn_scale));
             x = x.clone()
                 + block
                     .mlp
@@ -477,9 +457,7 @@ impl NeoXBlock {
     fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
-        let qkv = self
-            .query_key_value
-            .forward(x)
+        let qkv = project(&self.query_key_value, x)
             .reshape([batch, seq, self.n_head, 3 * head_dim])
             .swap_dims(1, 2);
         let part = |i: usize| qkv.clone().narrow(3, i * head_dim, head_dim);
@@ -577,9 +555,7 @@ impl NeoX {
                 block.qkv(block.input_layernorm.forward(x)).0
             });
             let (q, k, v) = qkv;
-            let attn = block
-                .dense
-                .forward(causal_attention(q, k, v, block.scale()));
+            let attn = project(&block.dense, causal_attention(q, k, v, block.scale()));
             if block.parallel_residual {
                 let mlp_in = block.post_attention_layernorm.forward(x.clone());
                 let mlp = block.mlp.forward(mlp_in, layer, options, &mut rec.taps);

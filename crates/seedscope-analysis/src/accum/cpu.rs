@@ -5,13 +5,13 @@ use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
 
-use super::matmul::matmul;
 use super::{
     Accumulate, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch, reduce_pairs,
     reduce_rows, used_streams,
 };
 use crate::AnalysisError;
 use crate::plan::TileSpec;
+use seedscope_model::matmul::matmul;
 
 /// Running per-neuron moments on the CPU.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@
 
 mod cpu;
 mod gpu;
-pub mod matmul;
 
 pub use cpu::{CpuAccumulator, CpuMoments};
 pub use gpu::{GpuAccumulator, GpuTile};

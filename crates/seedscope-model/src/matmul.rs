@@ -1,10 +1,12 @@
 //! Matrix products of the CPU path through the `gemm` crate (the GEMM Burn's CPU backend, faer
 //! and candle use): it picks its micro-kernel at run time (AVX-512 where the CPU has it and the
-//! build enables `gemm`'s `x86-v4`, AVX2/FMA, NEON, wasm SIMD) and splits the work over rayon's
-//! threads. The one `unsafe` call of the CPU path lives here, behind a function that checks
-//! every extent it passes.
+//! build enables `gemm`'s `x86-v4`, AVX2/FMA, NEON, wasm SIMD). [`matmul`] splits the work over
+//! rayon's threads (the co-moments, the weight statistics); [`matmul_serial`] runs on the
+//! calling thread, for work that is already split in parallel tasks (one attention head each).
+//! The one `unsafe` call of the CPU path lives here, behind functions that check every extent
+//! they pass.
 
-use ndarray::ArrayView2;
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// The element types [`matmul`] takes: f32 (the co-moments, the vocabulary projection) and f64
 /// (the unembedding's Gram matrix). Sealed: `gemm` computes these (it panics on types it
@@ -33,20 +35,50 @@ impl Scalar for f64 {
 }
 
 /// `out = a b`, `out` row-major `[a.nrows(), b.ncols()]`; `a` and `b` are views of any strides
-/// (a transpose, or a column slice of a wider block, as they are).
+/// (a transpose, or a column slice of a wider block, as they are). On rayon's threads.
 ///
 /// # Panics
 /// If the inner dimensions differ or `out` is not `a.nrows() * b.ncols()` long: a caller's
 /// bug, checked before any memory is touched.
 pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T]) {
-    let (m, k) = a.dim();
-    let n = b.ncols();
-    assert_eq!(b.nrows(), k, "a b: a has {k} columns, b {} rows", b.nrows());
+    let (m, n) = (a.nrows(), b.ncols());
     assert_eq!(
         out.len(),
         m * n,
         "a b: out holds {} values, not {m} × {n}",
         out.len()
+    );
+    let out = ArrayViewMut2::from_shape((m, n), out).expect("length checked above");
+    product(a, b, out, ::gemm::Parallelism::Rayon(0));
+}
+
+/// `out = a b` on the calling thread, into a view of any strides (one head's columns of a
+/// wider output, say).
+///
+/// # Panics
+/// If the inner dimensions differ or `out` is not `[a.nrows(), b.ncols()]`.
+pub fn matmul_serial<T: Scalar>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    out: ArrayViewMut2<'_, T>,
+) {
+    product(a, b, out, ::gemm::Parallelism::None);
+}
+
+fn product<T: Scalar>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    mut out: ArrayViewMut2<'_, T>,
+    parallelism: ::gemm::Parallelism,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert_eq!(b.nrows(), k, "a b: a has {k} columns, b {} rows", b.nrows());
+    assert_eq!(
+        out.dim(),
+        (m, n),
+        "a b: out is {:?}, not {m} × {n}",
+        out.dim()
     );
     if m == 0 || n == 0 {
         return;
@@ -55,13 +87,14 @@ pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [
         out.fill(T::ZERO);
         return;
     }
-    let (sa, sb) = (a.strides(), b.strides());
+    let (sa, sb, so) = (a.strides(), b.strides(), out.strides().to_vec());
     // SAFETY: `gemm` reads lhs(i, l) at `a_ptr + i·sa[0] + l·sa[1]` for i < m, l < k, which is
     // a[i, l], and rhs(l, j) at `b_ptr + l·sb[0] + j·sb[1]` for j < n, which is b[l, j]: both
     // are elements of the views (ndarray keeps every index within its dims inside the
-    // allocation). It writes dst(i, j) at `out + i·n + j`, i < m, j < n, inside `out`, whose
-    // length was checked above; `out` is borrowed mutably, so nothing else reads or writes it,
-    // and `read_dst = false` means its old values are never read.
+    // allocation; `as_ptr` is the element at [0, 0]). It writes dst(i, j) at
+    // `out_ptr + i·so[0] + j·so[1]`, i < m, j < n, which is out[i, j] (dims checked above): a
+    // mutable view's elements are distinct and borrowed only here, and `read_dst = false`
+    // means their old values are never read.
     #[allow(unsafe_code)]
     unsafe {
         ::gemm::gemm(
@@ -69,8 +102,8 @@ pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [
             n,
             k,
             out.as_mut_ptr(),
-            1,
-            n as isize,
+            so[1],
+            so[0],
             false,
             a.as_ptr(),
             sa[1],
@@ -83,7 +116,7 @@ pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [
             false,
             false,
             false,
-            ::gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
@@ -127,5 +160,25 @@ mod tests {
         let mut out = vec![1.0; 6];
         matmul(a.view(), b.view(), &mut out);
         assert_eq!(out, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn serial_product_writes_a_strided_view_and_nothing_else() {
+        let (a, b) = (filled(9, 6, 3), filled(6, 5, 4));
+        let want = a.dot(&b);
+        // Into the odd columns of a wider output, transposed: strides (1, 2·9) not (5, 1).
+        let mut wide = Array2::<f64>::from_elem((5, 2 * 9), -7.0);
+        matmul_serial(
+            a.view(),
+            b.view(),
+            wide.slice_mut(s![.., 1..;2]).reversed_axes(),
+        );
+        for ((r, c), &v) in wide.indexed_iter() {
+            if c % 2 == 1 {
+                assert!((v - want[[c / 2, r]]).abs() < 1e-12, "[{r}, {c}]");
+            } else {
+                assert_eq!(v, -7.0, "[{r}, {c}] untouched");
+            }
+        }
     }
 }

@@ -1,0 +1,397 @@
+//! Two steps of a forward as Burn backend-extension ops, GPT-2's `gelu_new` and causal
+//! attention: fused kernels on the CPU backend, the same composition of Burn ops as before
+//! everywhere else (wgpu, and autodiff for training).
+//!
+//! Composed from Burn ops, `gelu_new` is six passes over `[tokens, d_mlp]`, and Burn Flex runs
+//! each of them on one thread, the sigmoid with a scalar `expf`: at the tiny benchmark shape
+//! that was a fifth of a forward on 2 cores, while the other core waited. Attention through
+//! Burn's op copies the strided per-head queries, keys and values into contiguous tensors,
+//! scales, masks and exponentiates with scalar code, and its output is copied once more from
+//! `[batch, heads, seq, d_head]` to `[batch, seq, d_model]`. On Flex, `gelu_new` is one pass
+//! in parallel chunks, and attention one task per (sequence, head) that reads the views in
+//! place, multiplies with `gemm` and writes its head's columns of the output directly; both
+//! use an exponential written so that it vectorises (pulp compiles the loops for the CPU's
+//! widest SIMD at run time).
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bytes, DType, Shape, Tensor};
+use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, ShapeBuilder};
+use rayon::prelude::*;
+
+use crate::matmul::matmul_serial;
+
+/// `2·√(2/π)`: `gelu_new(x) = x σ(x (A + B x²))`, since `0.5 (1 + tanh z) = σ(2z)`.
+const A: f32 = 1.595_769_121_605_730_7_f64 as f32;
+/// `2·√(2/π)·0.044715`.
+const B: f32 = A * 0.044_715;
+
+/// Steps of a forward that Seedscope's models fuse where the backend allows.
+#[backend_extension(Cube, Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// GPT-2's `gelu_new`, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_tanh_composed::<Self>(x)
+    }
+
+    /// Causal softmax attention of `[batch, heads, seq, d_head]` queries, keys and values with
+    /// scores scaled by `scale`, returned as `[batch, seq, heads * d_head]`.
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        causal_attention_composed::<Self>(q, k, v, scale)
+    }
+}
+
+impl FusedOps for Cube {}
+
+impl<I: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<I, C> {}
+
+impl FusedOps for Flex {
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return gelu_tanh_composed::<Self>(x);
+        }
+        let x = x.to_contiguous();
+        let src = x
+            .as_slice::<f32>()
+            .expect("a contiguous f32 tensor has a slice");
+        let mut out = vec![0.0f32; src.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(dst, src)| gelu_tanh_slice(src, dst));
+        FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(x.shape()),
+            DType::F32,
+        )
+    }
+
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let [batch, heads, seq, d_head] = q.shape().dims();
+        let same = k.shape() == q.shape() && v.shape() == q.shape();
+        if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 || !same {
+            return causal_attention_composed::<Self>(q, k, v, scale);
+        }
+        let (q, k, v) = (viewable(q), viewable(k), viewable(v));
+        let (q, k, v) = (heads_view(&q), heads_view(&k), heads_view(&v));
+        let mut out = vec![0.0f32; batch * seq * heads * d_head];
+        let grid = ArrayViewMut4::from_shape((batch, seq, heads, d_head), &mut out)
+            .expect("out holds batch × seq × heads × d_head values");
+        // One task per (sequence, head), each owning its head's columns of the output.
+        let slabs: Vec<ArrayViewMut2<'_, f32>> = grid
+            .into_outer_iter_mut()
+            .flat_map(|sequence| sequence.into_axis_iter_mut(Axis(1)))
+            .collect();
+        slabs.into_par_iter().enumerate().for_each_init(
+            || vec![0.0f32; seq * seq],
+            |scores, (task, out)| {
+                let (b, h) = (task / heads, task % heads);
+                let (q, k, v) = (head(q, b, h), head(k, b, h), head(v, b, h));
+                attend_head(q, k, v, scale as f32, scores, out);
+            },
+        );
+        FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(Shape::new([batch, seq, heads * d_head])),
+            DType::F32,
+        )
+    }
+}
+
+/// `t` itself where its strides make an ndarray view (none negative, none repeating an
+/// element), else a contiguous copy.
+fn viewable(t: FlexTensor) -> FlexTensor {
+    let strides_ok = t.layout().strides().iter().all(|&s| s > 0);
+    if strides_ok { t } else { t.to_contiguous() }
+}
+
+/// A `[batch, heads, seq, d_head]` f32 tensor as a view of its storage, strides and all.
+fn heads_view(t: &FlexTensor) -> ArrayView4<'_, f32> {
+    let layout = t.layout();
+    let dims: [usize; 4] = layout.shape().dims();
+    let strides = layout.strides();
+    let strides = [0, 1, 2, 3].map(|i| strides[i] as usize);
+    ArrayView4::from_shape(
+        dims.strides(strides),
+        &t.storage::<f32>()[layout.start_offset()..],
+    )
+    .expect("a Flex tensor's layout addresses elements of its own storage")
+}
+
+/// Sequence `b`, head `h` of a `[batch, heads, seq, d_head]` view: `[seq, d_head]`.
+fn head(t: ArrayView4<'_, f32>, b: usize, h: usize) -> ArrayView2<'_, f32> {
+    t.index_axis_move(Axis(0), b).index_axis_move(Axis(0), h)
+}
+
+/// One head: `out = softmax(scale · q kᵀ, causal) v`, with `scores` a `[seq, seq]` scratch.
+fn attend_head(
+    q: ArrayView2<'_, f32>,
+    k: ArrayView2<'_, f32>,
+    v: ArrayView2<'_, f32>,
+    scale: f32,
+    scores: &mut [f32],
+    out: ArrayViewMut2<'_, f32>,
+) {
+    let seq = q.nrows();
+    let mut s = ndarray::ArrayViewMut2::from_shape((seq, seq), scores)
+        .expect("scratch holds seq × seq scores");
+    matmul_serial(q, k.t(), s.view_mut());
+    let rows = s
+        .as_slice_mut()
+        .expect("scratch is contiguous")
+        .chunks_exact_mut(seq);
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || {
+            for (i, row) in rows.enumerate() {
+                let (seen, future) = row.split_at_mut(i + 1);
+                causal_softmax_row(seen, scale);
+                future.fill(0.0);
+            }
+        },
+    );
+    matmul_serial(s.view(), v, out);
+}
+
+/// `seen = softmax(scale · seen)` in place: a causal row's scores up to its own position.
+#[inline(always)]
+fn causal_softmax_row(seen: &mut [f32], scale: f32) {
+    for x in seen.iter_mut() {
+        *x *= scale;
+    }
+    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for x in seen.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let sum = lane_sum(seen);
+    let inv = 1.0 / sum;
+    for x in seen.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// The sum of `xs` over 16 lanes (a loop that vectorises, where one running sum would not).
+#[inline(always)]
+fn lane_sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Burn's attention op, then `[batch, heads, seq, d_head]` to `[batch, seq, d_model]`.
+fn causal_attention_composed<I: Backend>(
+    q: FloatTensor<I>,
+    k: FloatTensor<I>,
+    v: FloatTensor<I>,
+    scale: f64,
+) -> FloatTensor<I> {
+    let [batch, heads, seq, d_head] = q.shape().dims();
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal: true,
+    };
+    let out = I::attention(q, k, v, None, None, options);
+    let out = I::float_swap_dims(out, 1, 2);
+    I::float_reshape(out, Shape::new([batch, seq, heads * d_head]))
+}
+
+/// Elements per parallel task: large enough that a task outweighs rayon's overhead.
+const CHUNK: usize = 1 << 14;
+
+/// The composition of Burn ops (`x³` as a product, one exponential in the sigmoid).
+fn gelu_tanh_composed<I: Backend>(x: FloatTensor<I>) -> FloatTensor<I> {
+    let x2 = I::float_mul(x.clone(), x.clone());
+    let coef = I::float_add_scalar(I::float_mul_scalar(x2, B.into()), A.into());
+    let inner = I::float_mul(x.clone(), coef);
+    I::float_mul(x, I::sigmoid(inner))
+}
+
+/// GPT-2's `gelu_new` on any backend: the fused kernel on the CPU, composed ops elsewhere.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()))
+}
+
+/// Causal softmax attention over `[batch, heads, seq, d_head]` queries, keys and values with
+/// scores scaled by `scale`, returning `[batch, seq, heads * d_head]`: the fused kernel on the
+/// CPU; elsewhere Burn's attention op, which puts `-inf` above the diagonal before the
+/// softmax and so gives transformers' probabilities (a causal row always keeps its own
+/// position, so each masked exponential is exactly zero).
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::causal_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
+    ))
+}
+
+/// `gelu_new` of each element of `src` into `dst` (the CPU kernel; same lengths).
+pub fn gelu_tanh_slice(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "gelu_tanh_slice: lengths differ");
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = gelu_tanh_one(x);
+            }
+        },
+    );
+}
+
+/// `x σ(x (A + B x²))` with [`exp`] below: branch-free, so the loop around it vectorises.
+#[inline(always)]
+fn gelu_tanh_one(x: f32) -> f32 {
+    x / (1.0 + exp(-x * (A + B * x * x)))
+}
+
+/// `eˣ` to about one ulp, branch-free: `2ⁿ · e^r` with `n = round(x / ln 2)` and `r` in
+/// `[-ln 2 / 2, ln 2 / 2]`, `e^r` by Cephes' degree-6 polynomial (its coefficients as f32).
+/// `x` is clamped to `[-87, 88]` (so `2ⁿ` is a normal float; below, the result is `e⁻⁸⁷`
+/// instead of smaller); NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let er = p * r * r + r + 1.0;
+    // `2ⁿ` from the bits of `n + 1.5·2²³`, whose low mantissa bits hold `n` in two's
+    // complement: integer ops only, where `n as i32` (saturating, NaN to 0) ran lane by lane.
+    const MAGIC: f32 = 12_582_912.0;
+    let n_bits = (n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// `gelu_new` in f64 from its definition.
+    fn reference(x: f64) -> f64 {
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        0.5 * x * (1.0 + (c * (x + 0.044_715 * x * x * x)).tanh())
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_inside_its_clamp() {
+        let mut worst = 0.0f64;
+        // (±87_000 · 1e-3 in f32 lands a hair outside the clamp.)
+        for i in -86_999..=87_999 {
+            let x = i as f32 * 1e-3;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64 - want) / want).abs());
+        }
+        assert!(worst < 2e-7, "worst relative error {worst:e}");
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(-1e4), exp(-87.0));
+        assert!(exp(1e4).is_finite());
+    }
+
+    #[test]
+    fn kernel_matches_the_definition() {
+        let src: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 5e-4).collect();
+        let mut dst = vec![0.0; src.len()];
+        gelu_tanh_slice(&src, &mut dst);
+        for (&x, &y) in src.iter().zip(&dst) {
+            let want = reference(x as f64);
+            let err = (y as f64 - want).abs();
+            assert!(
+                err <= 4e-7 * (1.0 + want.abs()),
+                "gelu_new({x}) = {y}, want {want}"
+            );
+        }
+        // Far tails: the identity and zero, NaN through.
+        let mut out = [0.0f32; 4];
+        gelu_tanh_slice(&[50.0, -50.0, 1e30, f32::NAN], &mut out);
+        assert_eq!(out[0], 50.0);
+        assert!(out[1].abs() < 1e-30);
+        assert_eq!(out[2], 1e30);
+        assert!(out[3].is_nan());
+    }
+
+    /// The fused op on Flex, on a strided view and on an autodiff device, against the
+    /// composition of Burn ops that wgpu and autodiff run.
+    #[test]
+    fn fused_op_matches_the_composition_on_every_cpu_path() {
+        let values: Vec<f32> = (0..3 * 40_000)
+            .map(|i| (i as f32 * 0.37).sin() * 6.0)
+            .collect();
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let x = Tensor::<2>::from_data(TensorData::new(values.clone(), [3, 40_000]), &device);
+            for x in [x.clone(), x.clone().transpose()] {
+                let composed = Tensor::from_dispatch(gelu_tanh_composed::<Dispatch>(
+                    x.clone().into_dispatch(),
+                ));
+                let fused = gelu_tanh(x);
+                let diff = (fused - composed).abs().max().into_scalar::<f32>();
+                assert!(diff < 2e-6, "fused vs composed: {diff}");
+            }
+        }
+    }
+
+    /// The fused attention on Flex, reading strided per-head views as the models pass them
+    /// (and contiguous copies), against Burn's attention op composed with the reshape.
+    #[test]
+    fn fused_attention_matches_burns_op_on_strided_heads() {
+        let (batch, seq, heads, d_head) = (2, 19, 3, 8);
+        let n = batch * seq * 3 * heads * d_head;
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin() * 2.0).collect();
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let qkv = Tensor::<3>::from_data(
+                TensorData::new(values.clone(), [batch, seq, 3 * heads * d_head]),
+                &device,
+            )
+            .reshape([batch, seq, heads, 3 * d_head])
+            .swap_dims(1, 2);
+            let part = |i: usize| qkv.clone().narrow(3, i * d_head, d_head);
+            for contiguous in [false, true] {
+                let (q, k, v) = if contiguous {
+                    let copy = |t: Tensor<4>| Tensor::from_data(t.into_data(), &device);
+                    (copy(part(0)), copy(part(1)), copy(part(2)))
+                } else {
+                    (part(0), part(1), part(2))
+                };
+                let composed = Tensor::<3>::from_dispatch(causal_attention_composed::<Dispatch>(
+                    q.clone().into_dispatch(),
+                    k.clone().into_dispatch(),
+                    v.clone().into_dispatch(),
+                    0.3,
+                ));
+                let fused = causal_attention(q, k, v, 0.3);
+                assert_eq!(fused.dims(), [batch, seq, heads * d_head]);
+                let diff = (fused - composed).abs().max().into_scalar::<f32>();
+                assert!(
+                    diff < 1e-5,
+                    "contiguous {contiguous}: fused vs composed {diff}"
+                );
+            }
+        }
+    }
+}
