@@ -308,6 +308,7 @@ mod tests {
             let want = (x as f64).exp();
             worst = worst.max(((exp(x) as f64 - want) / want).abs());
         }
+        eprintln!("exp: worst relative error {worst:e}");
         assert!(worst < 2e-7, "worst relative error {worst:e}");
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(-1e4), exp(-87.0));
@@ -319,14 +320,14 @@ mod tests {
         let src: Vec<f32> = (-40_000..=40_000).map(|i| i as f32 * 5e-4).collect();
         let mut dst = vec![0.0; src.len()];
         gelu_tanh_slice(&src, &mut dst);
+        let mut worst = 0.0f64;
         for (&x, &y) in src.iter().zip(&dst) {
             let want = reference(x as f64);
-            let err = (y as f64 - want).abs();
-            assert!(
-                err <= 4e-7 * (1.0 + want.abs()),
-                "gelu_new({x}) = {y}, want {want}"
-            );
+            let err = (y as f64 - want).abs() / (1.0 + want.abs());
+            worst = worst.max(err);
+            assert!(err <= 4e-7, "gelu_new({x}) = {y}, want {want}");
         }
+        eprintln!("gelu_new: worst error {worst:e} (relative to 1 + |y|)");
         // Far tails: the identity and zero, NaN through.
         let mut out = [0.0f32; 4];
         gelu_tanh_slice(&[50.0, -50.0, 1e30, f32::NAN], &mut out);
@@ -336,10 +337,10 @@ mod tests {
         assert!(out[3].is_nan());
     }
 
-    /// The fused op on Flex, on a strided view and on an autodiff device, against the
-    /// composition of Burn ops that wgpu and autodiff run.
+    /// The fused op on Flex, on a strided view, against the composition of Burn ops that wgpu
+    /// and autodiff run; on an autodiff device, that the op is the composition.
     #[test]
-    fn fused_op_matches_the_composition_on_every_cpu_path() {
+    fn fused_gelu_matches_the_composition_which_autodiff_runs() {
         let values: Vec<f32> = (0..3 * 40_000)
             .map(|i| (i as f32 * 0.37).sin() * 6.0)
             .collect();
@@ -351,15 +352,22 @@ mod tests {
                 ));
                 let fused = gelu_tanh(x);
                 let diff = (fused - composed).abs().max().into_scalar::<f32>();
-                assert!(diff < 2e-6, "fused vs composed: {diff}");
+                eprintln!("gelu_new fused vs composed: {diff:e}");
+                // Measured 4.8e-7 on Flex; under autodiff the op is the composition itself.
+                if device.is_autodiff() {
+                    assert_eq!(diff, 0.0, "autodiff runs Burn's composition");
+                } else {
+                    assert!(diff < 2e-6, "fused vs composed: {diff}");
+                }
             }
         }
     }
 
     /// The fused attention on Flex, reading strided per-head views as the models pass them
-    /// (and contiguous copies), against Burn's attention op composed with the reshape.
+    /// (and contiguous copies), against Burn's attention op composed with the reshape; on an
+    /// autodiff device, that the op is that composition.
     #[test]
-    fn fused_attention_matches_burns_op_on_strided_heads() {
+    fn fused_attention_matches_burns_op_which_autodiff_runs() {
         let (batch, seq, heads, d_head) = (2, 19, 3, 8);
         let n = batch * seq * 3 * heads * d_head;
         let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin() * 2.0).collect();
@@ -387,10 +395,16 @@ mod tests {
                 let fused = causal_attention(q, k, v, 0.3);
                 assert_eq!(fused.dims(), [batch, seq, heads * d_head]);
                 let diff = (fused - composed).abs().max().into_scalar::<f32>();
-                assert!(
-                    diff < 1e-5,
-                    "contiguous {contiguous}: fused vs composed {diff}"
-                );
+                eprintln!("attention fused vs composed (contiguous {contiguous}): {diff:e}");
+                // Measured 3.6e-7 on Flex; under autodiff the op is the composition itself.
+                if device.is_autodiff() {
+                    assert_eq!(diff, 0.0, "autodiff runs Burn's composition");
+                } else {
+                    assert!(
+                        diff < 3e-6,
+                        "contiguous {contiguous}: fused vs composed {diff}"
+                    );
+                }
             }
         }
     }
