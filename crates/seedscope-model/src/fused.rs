@@ -84,9 +84,18 @@ impl FusedOps for Flex {
         if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 || !same {
             return causal_attention_composed::<Self>(q, k, v, scale);
         }
-        let (q, k, v) = (viewable(q), viewable(k), viewable(v));
-        let (q, k, v) = (heads_view(&q), heads_view(&k), heads_view(&v));
         let mut out = vec![0.0f32; batch * seq * heads * d_head];
+        let shape = Shape::new([batch, seq, heads * d_head]);
+        if out.is_empty() {
+            return FlexTensor::new(
+                Bytes::from_elems(out),
+                Layout::contiguous(shape),
+                DType::F32,
+            );
+        }
+        let (q, k, v) = (viewable(q), viewable(k), viewable(v));
+        let view = |t| heads_view(t).expect("viewable() made it a view");
+        let (q, k, v) = (view(&q), view(&k), view(&v));
         let grid = ArrayViewMut4::from_shape((batch, seq, heads, d_head), &mut out)
             .expect("out holds batch × seq × heads × d_head values");
         // One task per (sequence, head), each owning its head's columns of the output.
@@ -104,30 +113,34 @@ impl FusedOps for Flex {
         );
         FlexTensor::new(
             Bytes::from_elems(out),
-            Layout::contiguous(Shape::new([batch, seq, heads * d_head])),
+            Layout::contiguous(shape),
             DType::F32,
         )
     }
 }
 
-/// `t` itself where its strides make an ndarray view (none negative, none repeating an
-/// element), else a contiguous copy.
+/// `t` itself where its layout makes an ndarray view (no negative stride, no element reached
+/// twice: ndarray checks), else a contiguous copy.
 fn viewable(t: FlexTensor) -> FlexTensor {
-    let strides_ok = t.layout().strides().iter().all(|&s| s > 0);
-    if strides_ok { t } else { t.to_contiguous() }
+    if heads_view(&t).is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
-/// A `[batch, heads, seq, d_head]` f32 tensor as a view of its storage, strides and all.
-fn heads_view(t: &FlexTensor) -> ArrayView4<'_, f32> {
+/// A `[batch, heads, seq, d_head]` f32 tensor as a view of its storage, strides and all;
+/// `None` where the strides do not make one.
+fn heads_view(t: &FlexTensor) -> Option<ArrayView4<'_, f32>> {
     let layout = t.layout();
     let dims: [usize; 4] = layout.shape().dims();
     let strides = layout.strides();
+    if strides.iter().any(|&s| s < 0) {
+        return None;
+    }
     let strides = [0, 1, 2, 3].map(|i| strides[i] as usize);
-    ArrayView4::from_shape(
-        dims.strides(strides),
-        &t.storage::<f32>()[layout.start_offset()..],
-    )
-    .expect("a Flex tensor's layout addresses elements of its own storage")
+    let data = t.storage::<f32>().get(layout.start_offset()..)?;
+    ArrayView4::from_shape(dims.strides(strides), data).ok()
 }
 
 /// Sequence `b`, head `h` of a `[batch, heads, seq, d_head]` view: `[seq, d_head]`.
@@ -407,5 +420,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Layouts the kernel cannot view in place (a key broadcast over the batch: stride 0) are
+    /// copied first; no tokens give an empty output.
+    #[test]
+    fn fused_attention_copies_broadcast_heads_and_takes_empty_sequences() {
+        let device = Device::flex();
+        let (batch, heads, seq, d_head) = (3, 2, 5, 4);
+        let t = |n: usize, salt: f32| {
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * salt).cos()).collect();
+            Tensor::<1>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let q = t(batch * heads * seq * d_head, 0.3).reshape([batch, heads, seq, d_head]);
+        let k = t(heads * seq * d_head, 0.7)
+            .reshape([1, heads, seq, d_head])
+            .expand([batch, heads, seq, d_head]);
+        let v = t(batch * heads * seq * d_head, 1.1).reshape([batch, heads, seq, d_head]);
+        let composed = Tensor::<3>::from_dispatch(causal_attention_composed::<Dispatch>(
+            q.clone().into_dispatch(),
+            k.clone().into_dispatch(),
+            v.clone().into_dispatch(),
+            0.5,
+        ));
+        let diff = (causal_attention(q, k, v, 0.5) - composed)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(diff < 3e-6, "broadcast key: {diff}");
+        let empty = Tensor::<4>::zeros([2, heads, 0, d_head], &device);
+        let out = causal_attention(empty.clone(), empty.clone(), empty, 0.5);
+        assert_eq!(out.dims(), [2, 0, heads * d_head]);
     }
 }
