@@ -27,9 +27,23 @@ pub fn hist_bin(x: f32, edges: &[f32]) -> usize {
 /// `histogram.wgsl` on the host: count every value of `x` (`[rows, width]`, row-major) into
 /// `counts` (`[width, HIST_BINS]`).
 pub fn histogram_update(counts: &mut [u32], x: &[f32], width: usize, edges: &[f32]) {
+    histogram_update_columns(counts, x, width, 0, edges);
+}
+
+/// [`histogram_update`] for a run of columns: `counts` holds the histograms of columns
+/// `first..first + counts.len() / bins` of `x`, and only those are counted. Callers on several
+/// threads give each a disjoint run (integer counts: the same totals at any split).
+pub fn histogram_update_columns(
+    counts: &mut [u32],
+    x: &[f32],
+    width: usize,
+    first: usize,
+    edges: &[f32],
+) {
     let bins = edges.len() + 1;
+    let cols = first..first + counts.len() / bins;
     for row in x.chunks_exact(width.max(1)) {
-        for (j, &v) in row.iter().enumerate() {
+        for (j, &v) in row[cols.clone()].iter().enumerate() {
             counts[j * bins + hist_bin(v, edges)] += 1;
         }
     }
