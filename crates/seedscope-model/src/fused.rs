@@ -158,8 +158,8 @@ fn attend_head(
     out: ArrayViewMut2<'_, f32>,
 ) {
     let seq = q.nrows();
-    let mut s = ndarray::ArrayViewMut2::from_shape((seq, seq), scores)
-        .expect("scratch holds seq × seq scores");
+    let mut s =
+        ArrayViewMut2::from_shape((seq, seq), scores).expect("scratch holds seq × seq scores");
     matmul_serial(q, k.t(), s.view_mut());
     let rows = s
         .as_slice_mut()
@@ -258,7 +258,7 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
 }
 
 /// `gelu_new` of each element of `src` into `dst` (the CPU kernel; same lengths).
-pub fn gelu_tanh_slice(src: &[f32], dst: &mut [f32]) {
+fn gelu_tanh_slice(src: &[f32], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "gelu_tanh_slice: lengths differ");
     pulp::Arch::new().dispatch(
         #[inline(always)]

@@ -30,7 +30,7 @@ pub use atomic::{replace_dir, write_file_atomic, write_file_atomic_with};
 pub use backend::{BackendKind, ComputeDevice, NoAdapter, WgpuHandles, device_features};
 pub use config::{Activation, Gpt2Config, ModelConfig, NeoXConfig};
 pub use error::{ModelError, Result};
-pub use fused::{FusedOps, gelu_tanh, gelu_tanh_slice};
+pub use fused::FusedOps;
 pub use hooks::{ForwardOptions, HookPoint, MlpSite, NeuronPatch, QueryAblation};
 pub use model::{
     ForwardOutput, Gpt2, Gpt2Block, HeadProbe, LoadOptions, Mlp, NeoX, NeoXBlock, Transformer,

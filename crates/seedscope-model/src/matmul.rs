@@ -65,6 +65,7 @@ pub fn matmul_serial<T: Scalar>(
     product(a, b, out, ::gemm::Parallelism::None);
 }
 
+/// `out = a b` with `gemm` at the given parallelism, after checking every extent.
 fn product<T: Scalar>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
@@ -87,7 +88,8 @@ fn product<T: Scalar>(
         out.fill(T::ZERO);
         return;
     }
-    let (sa, sb, so) = (a.strides(), b.strides(), out.strides().to_vec());
+    let (sa, sb) = (a.strides(), b.strides());
+    let so = [out.strides()[0], out.strides()[1]];
     // SAFETY: `gemm` reads lhs(i, l) at `a_ptr + i·sa[0] + l·sa[1]` for i < m, l < k, which is
     // a[i, l], and rhs(l, j) at `b_ptr + l·sb[0] + j·sb[1]` for j < n, which is b[l, j]: both
     // are elements of the views (ndarray keeps every index within its dims inside the
