@@ -133,6 +133,18 @@ impl TileSpec {
         }
     }
 
+    /// The covariance of a stream's columns with themselves: what the rotation baseline of
+    /// those columns is derived from ([`derives_baseline`]). It compares no anchor with
+    /// anything (an anchor never meets its own stream), so no result reads it directly.
+    pub fn covariance(stream: usize, cols: Range<usize>) -> Self {
+        Self::dense(stream, cols.clone(), stream, cols)
+    }
+
+    /// Whether this is a [`TileSpec::covariance`] tile.
+    pub fn is_covariance(&self) -> bool {
+        self.a_stream == self.b_stream
+    }
+
     /// Entries accumulated: every pair of the dense tile, or the candidate pairs.
     pub fn entries(&self) -> usize {
         match &self.pairs {
@@ -156,6 +168,7 @@ impl TileSpec {
             shapes[model_of(self.b_stream)],
         );
         Kind::of(self.b_stream) == Kind::Real
+            && !self.is_covariance()
             && (self.pairs.is_some()
                 || a.paired_layer(a.layer_of(self.a_cols.start), &b)
                     == b.layer_of(self.b_cols.start))
@@ -311,8 +324,36 @@ pub fn activation_bytes(shapes: &[Shape], kinds: usize, block_tokens: usize) -> 
     (block_tokens * (streams + 2 * widest) * 4) as u64
 }
 
+/// Kept tokens per neuron of a layer from which a model's rotation baseline is derived rather
+/// than streamed ([`derives_baseline`]).
+pub const DERIVE_TOKENS_PER_NEURON: u64 = 2;
+
+/// Whether the rotation baseline of model `b` is derived from its real tiles instead of
+/// streamed: the run compares with the baseline, the data has at least
+/// [`DERIVE_TOKENS_PER_NEURON`] tokens per neuron of one of `b`'s layers, and one layer's
+/// covariance fits the device's largest binding and half of `tile_budget` (a pass holds it
+/// next to its real tiles).
+///
+/// Streamed, every block of each layer is mixed by its rotation `R` and the mixed columns get
+/// co-moment tiles of their own. But the co-moments of anchor columns with the mixed layer are
+/// the real ones times `Rᵀ` (`C Rᵀ`, exactly, centring included), and the mixed columns'
+/// sums of squares are the diagonal of `R Σ Rᵀ`, `Σ` the layer's own co-moments (a
+/// [`TileSpec::covariance`] tile). Derived, a pass accumulates `Σ` next to the real tiles
+/// and ends with one `[anchor columns, d] × [d, d]` product in f64 per real tile: its cost no
+/// longer grows with the tokens. It beats streaming once the tokens pass about twice the
+/// layer's width (the f64 product runs at about half the f32 GEMM's rate).
+pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
+    let d = input.shapes[b].d_mlp as u64;
+    let covariance = d * d * 8;
+    input.kinds.contains(&Kind::Rotated)
+        && input.tokens >= DERIVE_TOKENS_PER_NEURON * d
+        && covariance <= input.max_binding
+        && covariance <= tile_budget / 2
+}
+
 /// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
-/// (none if one row of a layer does not fit).
+/// (none if one row of a layer does not fit), other layer by other layer (the tiles a
+/// derived baseline reads from one covariance follow each other).
 fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Same-layer tiles come back for the one-to-one assignment.
@@ -323,15 +364,24 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
         for b in (0..input.shapes.len()).filter(|&b| b != a) {
             let sb = input.shapes[b];
             let (da, db) = (sa.d_mlp, sb.d_mlp);
-            // Split the anchor side until one anchor chunk × one other layer fits `cap`.
-            let a_split = (1..=da).find(|&k| (da.div_ceil(k) * db * per_pair) as u64 <= cap)?;
-            for &kind in &input.kinds {
-                for la in 0..sa.n_layers {
-                    for a_cols in chunks(la * da, da, a_split) {
-                        for lb in 0..sb.n_layers {
+            let derived = derives_baseline(input, b, tile_budget);
+            // A derived baseline's pass holds the layer's covariance next to its tiles.
+            let room = match derived {
+                true => input.max_binding.min(tile_budget - (db * db * 8) as u64),
+                false => cap,
+            };
+            // Split the anchor side until one anchor chunk × one other layer fits.
+            let a_split = (1..=da).find(|&k| (da.div_ceil(k) * db * per_pair) as u64 <= room)?;
+            for lb in 0..sb.n_layers {
+                for &kind in &input.kinds {
+                    if kind == Kind::Rotated && derived {
+                        continue;
+                    }
+                    for la in 0..sa.n_layers {
+                        for a_cols in chunks(la * da, da, a_split) {
                             tiles.push(TileSpec::dense(
                                 stream(a, Kind::Real),
-                                a_cols.clone(),
+                                a_cols,
                                 stream(b, kind),
                                 sb.layer(lb),
                             ));
@@ -347,7 +397,9 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
 /// A tile's bytes while its pass runs and ends: its accumulators and, read back, its
 /// correlations.
 fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
-    let read_back = if (input.read_back && t.pairs.is_none()) || t.assigns(&input.shapes) {
+    let read_back = if (input.read_back && t.pairs.is_none() && !t.is_covariance())
+        || t.assigns(&input.shapes)
+    {
         4 * t.entries() as u64
     } else {
         0
@@ -355,20 +407,43 @@ fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
     t.bytes() + read_back
 }
 
-/// Tiles taken in order into passes of at most `budget` bytes.
+/// Tiles taken in order into passes of at most `budget` bytes. A real tile of a model whose
+/// baseline is derived ([`derives_baseline`]) brings its layer's covariance into its pass,
+/// once per pass.
 fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>> {
+    let derived: Vec<bool> = (0..input.shapes.len())
+        .map(|b| derives_baseline(input, b, budget))
+        .collect();
     let mut passes: Vec<Vec<TileSpec>> = Vec::new();
     let mut used = u64::MAX;
     for t in tiles {
-        let bytes = cost(input, t);
+        let covariance = (t.pairs.is_none()
+            && Kind::of(t.b_stream) == Kind::Real
+            && derived[model_of(t.b_stream)])
+        .then(|| TileSpec::covariance(t.b_stream, t.b_cols.clone()));
+        let present = |pass: Option<&Vec<TileSpec>>| match (&covariance, pass) {
+            (Some(c), Some(p)) => p.contains(c),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let extra = |present: bool| match (&covariance, present) {
+            (Some(c), false) => cost(input, c),
+            _ => 0,
+        };
+        let bytes = cost(input, t) + extra(present(passes.last()));
         if used.saturating_add(bytes) > budget {
             passes.push(Vec::new());
             used = 0;
         }
-        used += bytes;
-        if let Some(p) = passes.last_mut() {
-            p.push(t.clone());
+        let Some(p) = passes.last_mut() else {
+            continue;
+        };
+        if let (Some(c), false) = (&covariance, present(Some(p))) {
+            used += cost(input, c);
+            p.push(c.clone());
         }
+        used += cost(input, t);
+        p.push(t.clone());
     }
     passes
 }
@@ -449,28 +524,62 @@ mod tests {
 
     #[test]
     fn every_pair_is_covered_once_within_budget() {
-        for (layers, d, budget) in [
-            (2, 512, 1u64 << 30),
-            (12, 3072, 4 << 30),
-            (24, 4096, 4 << 30),
-            (3, 100, 1 << 22),
+        // 2,048 tokens: the baseline of the 512- and 100-neuron layers is derived, that of
+        // the wider ones streamed.
+        for (layers, d, budget, derived) in [
+            (2, 512, 1u64 << 30, true),
+            (12, 3072, 4 << 30, false),
+            (24, 4096, 4 << 30, false),
+            (3, 100, 1 << 22, true),
         ] {
-            let p = plan(&input(layers, d, budget)).expect("plan");
+            let inp = input(layers, d, budget);
+            let p = plan(&inp).expect("plan");
+            assert_eq!(derives_baseline(&inp, 1, budget), derived);
             let mut seen = std::collections::HashMap::new();
             for pass in &p.passes {
                 let bytes: u64 = pass.iter().map(TileSpec::bytes).sum();
                 assert!(bytes + p.activation_bytes <= budget, "pass over budget");
                 for t in pass {
                     assert!(t.bytes() <= 128 << 20);
+                    if t.is_covariance() {
+                        assert!(derived, "a covariance only where the baseline is derived");
+                        assert!(!t.assigns(&inp.shapes));
+                        continue;
+                    }
+                    // A derived baseline's layer has its covariance in the pass.
+                    let covariance = TileSpec::covariance(t.b_stream, t.b_cols.clone());
+                    assert_eq!(pass.contains(&covariance), derived);
+                    assert!(pass.iter().filter(|c| **c == covariance).count() <= 1);
                     for i in t.a_cols.clone() {
                         *seen.entry((t.b_stream, i, t.b_cols.start)).or_insert(0) += 1;
                     }
                 }
             }
-            // Every anchor neuron meets every layer of both streams exactly once.
-            assert_eq!(seen.len(), 2 * layers * d * layers);
+            // Every anchor neuron meets every layer of each streamed kind exactly once.
+            let kinds = if derived { 1 } else { 2 };
+            assert_eq!(seen.len(), kinds * layers * d * layers);
             assert!(seen.values().all(|&c| c == 1));
         }
+    }
+
+    #[test]
+    fn a_derived_baseline_needs_the_tokens_and_the_room() {
+        let mut inp = input(2, 512, 1 << 30);
+        assert!(derives_baseline(&inp, 1, 1 << 30));
+        // Fewer tokens than twice the layer's width: streamed.
+        inp.tokens = 1023;
+        assert!(!derives_baseline(&inp, 1, 1 << 30));
+        inp.tokens = 1024;
+        // A covariance over half the tiles' budget, or over one binding: streamed.
+        assert!(!derives_baseline(&inp, 1, 2 * 512 * 512 * 8 - 1));
+        inp.max_binding = 512 * 512 * 8 - 1;
+        assert!(!derives_baseline(&inp, 1, 1 << 30));
+        // No baseline asked for.
+        inp.max_binding = 128 << 20;
+        inp.kinds = vec![Kind::Real];
+        assert!(!derives_baseline(&inp, 1, 1 << 30));
+        let p = plan(&inp).expect("plan");
+        assert!(p.passes.iter().flatten().all(|t| !t.is_covariance()));
     }
 
     #[test]
@@ -485,32 +594,40 @@ mod tests {
                 d_mlp: 192,
             },
         );
-        let p = plan(&PlanInput {
-            shapes: vec![small, wide],
-            anchors: vec![0, 1],
-            block_tokens: 32,
-            ..input(1, 1, 1 << 22)
-        })
-        .expect("plan");
-        assert!(p.passes.len() > 1, "a small budget splits the plan");
-        let mut seen = std::collections::HashMap::new();
-        for t in p.passes.iter().flatten() {
-            let (a, b) = (model_of(t.a_stream), model_of(t.b_stream));
-            let (sa, sb) = ([small, wide][a], [small, wide][b]);
-            assert_eq!(t.b_cols.len(), sb.d_mlp, "a whole layer of the other model");
-            assert!(t.a_cols.end <= sa.width());
-            let (la, lb) = (sa.layer_of(t.a_cols.start), sb.layer_of(t.b_cols.start));
-            assert_eq!(
-                t.assigns(&[small, wide]),
-                Kind::of(t.b_stream) == Kind::Real && sa.paired_layer(la, &sb) == lb
-            );
-            for i in t.a_cols.clone() {
-                *seen.entry((t.b_stream, i, lb)).or_insert(0) += 1;
+        // 100 tokens stream the baselines, 2,048 derive them.
+        for (tokens, kinds) in [(100, 2), (2048, 1)] {
+            let p = plan(&PlanInput {
+                shapes: vec![small, wide],
+                anchors: vec![0, 1],
+                block_tokens: 32,
+                tokens,
+                ..input(1, 1, 1 << 22)
+            })
+            .expect("plan");
+            assert!(p.passes.len() > 1, "a small budget splits the plan");
+            let mut seen = std::collections::HashMap::new();
+            for t in p.passes.iter().flatten() {
+                let (a, b) = (model_of(t.a_stream), model_of(t.b_stream));
+                let (sa, sb) = ([small, wide][a], [small, wide][b]);
+                assert_eq!(t.b_cols.len(), sb.d_mlp, "a whole layer of the other model");
+                assert!(t.a_cols.end <= sa.width());
+                let (la, lb) = (sa.layer_of(t.a_cols.start), sb.layer_of(t.b_cols.start));
+                assert_eq!(
+                    t.assigns(&[small, wide]),
+                    Kind::of(t.b_stream) == Kind::Real
+                        && !t.is_covariance()
+                        && sa.paired_layer(la, &sb) == lb
+                );
+                if !t.is_covariance() {
+                    for i in t.a_cols.clone() {
+                        *seen.entry((t.b_stream, i, lb)).or_insert(0) += 1;
+                    }
+                }
             }
+            // Each anchor neuron meets every layer of the other model's streams once.
+            assert_eq!(seen.len(), kinds * (small.width() * 4 + wide.width() * 3));
+            assert!(seen.values().all(|&c| c == 1));
         }
-        // Each anchor neuron meets every layer of the other model's two streams once.
-        assert_eq!(seen.len(), 2 * (small.width() * 4 + wide.width() * 3));
-        assert!(seen.values().all(|&c| c == 1));
         // Layers pair at the same relative depth, in both directions.
         assert_eq!(
             (0..3)

@@ -1,6 +1,8 @@
 //! The CPU accumulator: block-centred f32 GEMMs (the `gemm` crate, threaded) merged into f64
 //! totals.
 
+use std::borrow::Cow;
+
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
@@ -266,6 +268,11 @@ impl Accumulate for CpuAccumulator {
             });
         }
         Ok(out)
+    }
+
+    async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
+        let t = self.tiles.get(tile).ok_or_else(plan_mismatch)?;
+        Ok(Cow::Borrowed(t))
     }
 
     async fn save(&self) -> Result<SavedState, AnalysisError> {

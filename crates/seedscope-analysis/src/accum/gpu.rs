@@ -1,6 +1,7 @@
 //! The GPU accumulator: the WGSL kernels of `seedscope-gpu` (moments, dense co-moment tiles,
 //! candidate pairs) on the device the models ran on, Kahan-compensated f32 totals.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use seedscope_gpu::{
@@ -288,6 +289,17 @@ impl Accumulate for GpuAccumulator {
             }
         }
         Ok(out)
+    }
+
+    async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
+        let t = self.tiles.get(tile).ok_or_else(plan_mismatch)?;
+        let pairs = t.totals().read_async(&self.ctx).await?;
+        Ok(Cow::Owned(
+            pairs
+                .chunks_exact(2)
+                .map(|hl| hl[0] as f64 - hl[1] as f64)
+                .collect(),
+        ))
     }
 
     async fn save(&self) -> Result<SavedState, AnalysisError> {

@@ -9,9 +9,13 @@
 
 mod cpu;
 mod gpu;
+mod rotated;
 
 pub use cpu::{CpuAccumulator, CpuMoments};
 pub use gpu::{GpuAccumulator, GpuTile};
+pub use rotated::RotatedLayer;
+
+use std::borrow::Cow;
 
 use seedscope_gpu::{REL_ZERO_STD, TileReduction};
 
@@ -71,6 +75,10 @@ pub trait Accumulate {
         want_tile: impl Fn(usize) -> bool,
     ) -> Result<Vec<TileReduction>, AnalysisError>;
 
+    /// Tile `tile`'s co-moments as plain f64 sums of centred products (the layout of
+    /// [`Accumulate::save_canonical`]): what a derived baseline ([`RotatedLayer`]) reads.
+    async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError>;
+
     /// The running state in this path's layout, for a checkpoint it resumes from.
     async fn save(&self) -> Result<SavedState, AnalysisError>;
 
@@ -105,7 +113,7 @@ fn plan_mismatch() -> AnalysisError {
 }
 
 /// `1/sqrt(M2)`, or 0 for a constant neuron (the rule `finalize.wgsl` uses).
-fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
+pub(crate) fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
     let floor = REL_ZERO_STD as f64 * mean;
     if m2 <= 0.0 || m2 <= floor * floor * n as f64 {
         0.0

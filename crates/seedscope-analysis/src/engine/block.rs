@@ -133,24 +133,31 @@ impl Run<'_> {
                 let d = shapes[m].d_mlp;
                 (0..shapes[m].n_layers)
                     .map(|l| {
-                        let r = match &self.rotations {
-                            Some(given) => given
-                                .get(m)
-                                .and_then(|layers| layers.get(l))
-                                .filter(|r| r.len() == d * d)
-                                .cloned()
-                                .ok_or_else(|| {
-                                    AnalysisError::Invalid(format!(
-                                        "no {d} x {d} rotation given for model {m} layer {l}"
-                                    ))
-                                })?,
-                            None => rotation_matrix(d, self.options.seed, m, l),
-                        };
+                        let r = self.rotation(m, l)?;
                         Ok(Tensor::<2>::from_data(TensorData::new(r, [d, d]), device).transpose())
                     })
                     .collect()
             })
             .collect()
+    }
+
+    /// The rotation of model `m`'s layer `l`, `[d_mlp, d_mlp]` row-major: the one given, or
+    /// the seeded one.
+    pub(super) fn rotation(&self, m: usize, l: usize) -> Result<Vec<f32>, AnalysisError> {
+        let d = self.family.shapes()?[m].d_mlp;
+        match &self.rotations {
+            Some(given) => given
+                .get(m)
+                .and_then(|layers| layers.get(l))
+                .filter(|r| r.len() == d * d)
+                .cloned()
+                .ok_or_else(|| {
+                    AnalysisError::Invalid(format!(
+                        "no {d} x {d} rotation given for model {m} layer {l}"
+                    ))
+                }),
+            None => Ok(rotation_matrix(d, self.options.seed, m, l)),
+        }
     }
 }
 

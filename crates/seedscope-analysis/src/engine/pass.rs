@@ -12,7 +12,7 @@ use super::block::{Block, Rows, activations, blocks, permute, rotate};
 use super::reuse::{Keep, ModelActs, Store};
 use super::{ACTIVATIONS, Run, finished, pass_file};
 use crate::AnalysisError;
-use crate::accum::{Accumulate, SavedState};
+use crate::accum::{Accumulate, RotatedLayer, SavedState, inv_scale};
 use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
@@ -601,6 +601,8 @@ impl Run<'_> {
     /// anchors' moments, candidates (with `collect`), the tiles asked to be saved, and the
     /// one-to-one matching (each other neuron's best anchor neuron; the same-layer blocks,
     /// assigned once complete: not in refinement's first stage, whose tiles are a sample's).
+    /// Where the pass holds a layer's covariance, the real tiles of that layer also give the
+    /// layer's rotation baseline ([`crate::plan::derives_baseline`]).
     async fn reduce<A: Accumulate>(
         &self,
         acc: &A,
@@ -614,13 +616,15 @@ impl Run<'_> {
             let layers = layers_of(t, &shapes);
             t.pairs.is_none()
                 && Kind::of(t.b_stream) == Kind::Real
+                && !t.is_covariance()
                 && self.options.save_tiles.contains(&layers)
         };
         let reductions = acc
             .finalize(|k| {
-                wanted(k)
-                    || (collect.is_some() && specs[k].pairs.is_none())
-                    || (collect.is_none() && specs[k].assigns(&shapes))
+                !specs[k].is_covariance()
+                    && (wanted(k)
+                        || (collect.is_some() && specs[k].pairs.is_none())
+                        || (collect.is_none() && specs[k].assigns(&shapes)))
             })
             .await?;
         // Anchor moments, once per anchor.
@@ -632,76 +636,31 @@ impl Run<'_> {
                 r.var = mv.iter().map(|x| x.1).collect();
             }
         }
+        let mut baselines = Baselines::default();
         // Complete layer blocks wait here for their assignment, a few at a time.
         let mut ready = Vec::new();
         for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
-            let (anchor, other, kind) = (
-                model_of(t.a_stream),
-                model_of(t.b_stream),
-                Kind::of(t.b_stream),
-            );
-            let Some(ri) = results.iter().position(|r| r.anchor == anchor) else {
+            if t.is_covariance() {
                 continue;
-            };
-            let r = &mut results[ri];
-            let Some(oi) = r.others.iter().position(|&o| o == other) else {
-                continue;
-            };
-            if let (Some(k), Some(tile)) = (collect, &red.tile) {
-                if r.candidates.is_empty() {
-                    r.candidates = (0..KINDS * r.others.len())
-                        .map(|_| Candidates::none(k))
-                        .collect();
-                }
-                let n = r.real.first().map_or(0, |m| m.max.len());
-                let c = &mut r.candidates[KINDS * oi + kind as usize];
-                if c.val.is_empty() {
-                    *c = Candidates::new(n, k);
-                }
-                c.offer(t.a_cols.clone(), t.b_cols.start, tile);
             }
-            let m = match kind {
-                Kind::Real => &mut r.real[oi],
-                Kind::Rotated => &mut r.baseline[oi],
-                Kind::Permuted => r.null.get_mut(oi).ok_or_else(|| {
-                    AnalysisError::Invalid("a permuted tile in a run without the null".into())
-                })?,
+            let derived = if baselines.load(self, acc, t).await? {
+                let ia = baselines.anchor_scales(acc, t).await?;
+                let real = acc.co_moments(k).await?;
+                let red = baselines.reduce(&real, &ia, collect.is_some())?;
+                let rotated = stream(model_of(t.b_stream), Kind::Rotated);
+                Some((
+                    TileSpec {
+                        b_stream: rotated,
+                        ..t.clone()
+                    },
+                    red,
+                ))
+            } else {
+                None
             };
-            for (i, col) in t.a_cols.clone().enumerate() {
-                if red.max[i] > m.max[col] {
-                    m.max[col] = red.max[i];
-                    m.argmax[col] = t.b_cols.start as u32 + red.argmax[i];
-                }
-                if red.min[i] < m.min[col] {
-                    m.min[col] = red.min[i];
-                    m.argmin[col] = t.b_cols.start as u32 + red.argmin[i];
-                }
-            }
-            if kind == Kind::Real {
-                let o2o = &mut r.one_to_one[oi];
-                o2o.offer_columns(
-                    t.a_cols.start,
-                    t.b_cols.start,
-                    &red.col_max,
-                    &red.col_argmax,
-                );
-                if let (None, Some(tile)) = (collect, &red.tile)
-                    && t.assigns(&shapes)
-                {
-                    let (sa, sb) = (shapes[anchor], shapes[other]);
-                    for (block, paired) in fill_layer_blocks(o2o, t, (sa, sb), tile) {
-                        ready.push(Ready {
-                            result: ri,
-                            other: oi,
-                            da: sa.d_mlp,
-                            paired: (paired, sb.d_mlp),
-                            block,
-                        });
-                    }
-                }
-            }
-            if let (true, Some(tile)) = (wanted(k), red.tile) {
-                save_tile(r, t, &shapes, &tile);
+            fold_tile(results, &mut ready, (&shapes, collect), t, red, wanted(k))?;
+            if let Some((t, red)) = derived {
+                fold_tile(results, &mut ready, (&shapes, collect), &t, red, false)?;
             }
             // As many blocks as threads: the assignments run side by side, and no more
             // complete blocks are held than that (48 of 38 MB each at GPT-2 small).
@@ -711,6 +670,166 @@ impl Run<'_> {
         }
         assign_ready(&mut ready, results)
     }
+}
+
+/// What a pass's derived baselines read while it is reduced: the rotated layer last met (the
+/// plan puts a layer's tiles one after another) and each anchor stream's scales.
+#[derive(Default)]
+struct Baselines {
+    layer: Option<((usize, usize), RotatedLayer)>,
+    anchors: Vec<(usize, Vec<f64>)>,
+}
+
+impl Baselines {
+    /// Make the rotated layer of real dense tile `t`'s other columns the current one, where
+    /// the pass holds their covariance; false otherwise (the baseline is streamed, or `t` is
+    /// not such a tile).
+    async fn load<A: Accumulate>(
+        &mut self,
+        run: &Run<'_>,
+        acc: &A,
+        t: &TileSpec,
+    ) -> Result<bool, AnalysisError> {
+        let key = (t.b_stream, t.b_cols.start);
+        let covariance = TileSpec::covariance(t.b_stream, t.b_cols.clone());
+        let Some(k) = (t.pairs.is_none() && Kind::of(t.b_stream) == Kind::Real)
+            .then(|| acc.specs().iter().position(|s| *s == covariance))
+            .flatten()
+        else {
+            return Ok(false);
+        };
+        if self.layer.as_ref().is_none_or(|(at, _)| *at != key) {
+            // The previous layer goes before the next is made (75 MB each at GPT-2 small).
+            self.layer = None;
+            let m = model_of(t.b_stream);
+            let l = run.family.shapes()?[m].layer_of(t.b_cols.start);
+            let means: Vec<f64> = acc.mean_var(t.b_stream).await?[t.b_cols.clone()]
+                .iter()
+                .map(|x| x.0)
+                .collect();
+            let sigma = acc.co_moments(k).await?;
+            let layer = RotatedLayer::new(&run.rotation(m, l)?, &sigma, &means, acc.count())?;
+            self.layer = Some((key, layer));
+        }
+        Ok(true)
+    }
+
+    /// The current layer's reduction of the rotated tile ([`RotatedLayer::reduce`]).
+    fn reduce(
+        &self,
+        real: &[f64],
+        ia: &[f64],
+        with_tile: bool,
+    ) -> Result<seedscope_gpu::TileReduction, AnalysisError> {
+        let (_, layer) = self
+            .layer
+            .as_ref()
+            .ok_or_else(|| AnalysisError::Invalid("no rotated layer loaded".into()))?;
+        layer.reduce(real, ia, with_tile)
+    }
+
+    /// The scales `1/sqrt(M2)` of real tile `t`'s anchor columns.
+    async fn anchor_scales<A: Accumulate>(
+        &mut self,
+        acc: &A,
+        t: &TileSpec,
+    ) -> Result<Vec<f64>, AnalysisError> {
+        if !self.anchors.iter().any(|(s, _)| *s == t.a_stream) {
+            let n = acc.count();
+            let moments = acc.mean_var(t.a_stream).await?;
+            let scales = moments.iter().map(|&(m, v)| inv_scale(m, v * n as f64, n));
+            let scales = scales.collect();
+            self.anchors.push((t.a_stream, scales));
+        }
+        let (_, scales) = self
+            .anchors
+            .iter()
+            .find(|(s, _)| *s == t.a_stream)
+            .ok_or_else(|| AnalysisError::Invalid("no anchor scales".into()))?;
+        Ok(scales[t.a_cols.clone()].to_vec())
+    }
+}
+
+/// Fold tile `t`'s reduction `red` into the results of its anchor: best and worst matches of
+/// its kind, candidates (with `collect`), the one-to-one offers and complete layer blocks
+/// (into `ready`), and with `save` the saved tile.
+fn fold_tile(
+    results: &mut [AnchorResult],
+    ready: &mut Vec<Ready>,
+    (shapes, collect): (&[Shape], Option<usize>),
+    t: &TileSpec,
+    red: seedscope_gpu::TileReduction,
+    save: bool,
+) -> Result<(), AnalysisError> {
+    let (anchor, other, kind) = (
+        model_of(t.a_stream),
+        model_of(t.b_stream),
+        Kind::of(t.b_stream),
+    );
+    let Some(ri) = results.iter().position(|r| r.anchor == anchor) else {
+        return Ok(());
+    };
+    let r = &mut results[ri];
+    let Some(oi) = r.others.iter().position(|&o| o == other) else {
+        return Ok(());
+    };
+    if let (Some(k), Some(tile)) = (collect, &red.tile) {
+        if r.candidates.is_empty() {
+            r.candidates = (0..KINDS * r.others.len())
+                .map(|_| Candidates::none(k))
+                .collect();
+        }
+        let n = r.real.first().map_or(0, |m| m.max.len());
+        let c = &mut r.candidates[KINDS * oi + kind as usize];
+        if c.val.is_empty() {
+            *c = Candidates::new(n, k);
+        }
+        c.offer(t.a_cols.clone(), t.b_cols.start, tile);
+    }
+    let m = match kind {
+        Kind::Real => &mut r.real[oi],
+        Kind::Rotated => &mut r.baseline[oi],
+        Kind::Permuted => r.null.get_mut(oi).ok_or_else(|| {
+            AnalysisError::Invalid("a permuted tile in a run without the null".into())
+        })?,
+    };
+    for (i, col) in t.a_cols.clone().enumerate() {
+        if red.max[i] > m.max[col] {
+            m.max[col] = red.max[i];
+            m.argmax[col] = t.b_cols.start as u32 + red.argmax[i];
+        }
+        if red.min[i] < m.min[col] {
+            m.min[col] = red.min[i];
+            m.argmin[col] = t.b_cols.start as u32 + red.argmin[i];
+        }
+    }
+    if kind == Kind::Real {
+        let o2o = &mut r.one_to_one[oi];
+        o2o.offer_columns(
+            t.a_cols.start,
+            t.b_cols.start,
+            &red.col_max,
+            &red.col_argmax,
+        );
+        if let (None, Some(tile)) = (collect, &red.tile)
+            && t.assigns(shapes)
+        {
+            let (sa, sb) = (shapes[anchor], shapes[other]);
+            for (block, paired) in fill_layer_blocks(o2o, t, (sa, sb), tile) {
+                ready.push(Ready {
+                    result: ri,
+                    other: oi,
+                    da: sa.d_mlp,
+                    paired: (paired, sb.d_mlp),
+                    block,
+                });
+            }
+        }
+    }
+    if let (true, Some(tile)) = (save, red.tile) {
+        save_tile(r, t, shapes, &tile);
+    }
+    Ok(())
 }
 
 /// A complete layer block waiting for its one-to-one assignment: the anchor result and the
