@@ -232,8 +232,16 @@ impl<C: Compute> Pass<C> {
         let t = Instant::now();
         let missing =
             |what: &str| AnalysisError::Invalid(format!("model {m} has no {what} for block {bi}"));
+        // The real block takes the post-activations over (on the CPU without a copy, the
+        // tensor being its only holder) unless the permuted stream still reads them.
+        let mut post = acts.post;
+        let permute_from = if self.used[permuted] {
+            post.clone()
+        } else {
+            None
+        };
         let x = if self.used[real] {
-            Some(compute.block(acts.post.clone().ok_or_else(|| missing("activations"))?)?)
+            Some(compute.block(post.take().ok_or_else(|| missing("activations"))?)?)
         } else {
             None
         };
@@ -254,8 +262,8 @@ impl<C: Compute> Pass<C> {
             streams[rotated] = Some(compute.block(r)?);
         }
         if self.used[permuted] {
-            let post = acts.post.as_ref().ok_or_else(|| missing("activations"))?;
-            let p = permute(post, run.options.seed, block.rows.r0);
+            let post = permute_from.ok_or_else(|| missing("activations"))?;
+            let p = permute(&post, run.options.seed, block.rows.r0);
             streams[permuted] = Some(compute.block(p)?);
         }
         self.cost.time.accumulate += t.elapsed().as_secs_f64();
