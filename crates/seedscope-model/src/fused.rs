@@ -1,20 +1,23 @@
-//! Two steps of a forward as Burn backend-extension ops, GPT-2's `gelu_new` and causal
-//! attention: fused kernels on the CPU backend, the same composition of Burn ops as before
-//! everywhere else (wgpu, and autodiff for training).
+//! Three steps of a forward as Burn backend-extension ops, GPT-2's `gelu_new`, causal attention
+//! and linear layers: fused kernels on the CPU backend, the same composition of Burn ops as
+//! before everywhere else (wgpu, and autodiff for training).
 //!
 //! Composed from Burn ops, `gelu_new` is six passes over `[tokens, d_mlp]`, and Burn Flex runs
 //! each of them on one thread, the sigmoid with a scalar `expf`: at the tiny benchmark shape
 //! that was a fifth of a forward on 2 cores, while the other core waited. Attention through
 //! Burn's op copies the strided per-head queries, keys and values into contiguous tensors,
 //! scales, masks and exponentiates with scalar code, and its output is copied once more from
-//! `[batch, heads, seq, d_head]` to `[batch, seq, d_model]`. On Flex, `gelu_new` is one pass
-//! in parallel chunks, and attention one task per (sequence, head) that reads the views in
-//! place, multiplies with `gemm` and writes its head's columns of the output directly; both
-//! use an exponential written so that it vectorises (pulp compiles the loops for the CPU's
-//! widest SIMD at run time).
+//! `[batch, heads, seq, d_head]` to `[batch, seq, d_model]`. A linear layer's product comes
+//! zeroed and copied to an aligned buffer before the GEMM writes it, and the bias is one more
+//! pass. On Flex, `gelu_new` is one pass in parallel chunks; attention one task per
+//! (sequence, head) that reads the views in place, multiplies with `gemm` and writes its
+//! head's columns of the output directly; a linear layer one GEMM added into its bias. The
+//! first two use an exponential written so that it vectorises (pulp compiles the loops for
+//! the CPU's widest SIMD at run time).
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::AttentionModuleOptions;
@@ -22,7 +25,7 @@ use burn::tensor::{Bytes, DType, Shape, Tensor};
 use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use crate::matmul::matmul_serial;
+use crate::matmul::{matmul_add, matmul_serial};
 
 /// `2·√(2/π)`: `gelu_new(x) = x σ(x (A + B x²))`, since `0.5 (1 + tanh z) = σ(2z)`.
 const A: f32 = 1.595_769_121_605_730_7_f64 as f32;
@@ -46,6 +49,16 @@ pub trait FusedOps: Backend {
         scale: f64,
     ) -> FloatTensor<Self> {
         causal_attention_composed::<Self>(q, k, v, scale)
+    }
+
+    /// A linear layer over `[rows, d_in]` rows: `x w + b` with `w` `[d_in, d_out]` and `b`
+    /// `[d_out]`.
+    fn linear_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
     }
 }
 
@@ -93,7 +106,12 @@ impl FusedOps for Flex {
                 DType::F32,
             );
         }
-        let (q, k, v) = (viewable(q), viewable(k), viewable(v));
+        let can_view = |t: &FlexTensor| heads_view(t).is_some();
+        let (q, k, v) = (
+            viewable(q, can_view),
+            viewable(k, can_view),
+            viewable(v, can_view),
+        );
         let view = |t| heads_view(t).expect("viewable() made it a view");
         let (q, k, v) = (view(&q), view(&k), view(&v));
         let grid = ArrayViewMut4::from_shape((batch, seq, heads, d_head), &mut out)
@@ -117,16 +135,50 @@ impl FusedOps for Flex {
             DType::F32,
         )
     }
+
+    /// The output filled with the bias, then `+= x w` in one GEMM (Burn's linear allocates its
+    /// product zeroed and copies it to an aligned buffer before the GEMM writes it, then adds
+    /// the bias in another pass).
+    fn linear_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (xs, ws, bs) = (x.shape(), weight.shape(), bias.shape());
+        let fits = xs.num_dims() == 2
+            && ws.num_dims() == 2
+            && bs.num_dims() == 1
+            && xs[1] == ws[0]
+            && bs[0] == ws[1];
+        let f32s = [&x, &weight, &bias].iter().all(|t| t.dtype() == DType::F32);
+        if !fits || !f32s {
+            return <Flex as ModuleOps<Flex>>::linear(x, weight, Some(bias));
+        }
+        let (rows, d_out) = (xs[0], ws[1]);
+        let bias = bias.to_contiguous();
+        let b = bias
+            .as_slice::<f32>()
+            .expect("a contiguous f32 tensor has a slice");
+        let mut out = Vec::with_capacity(rows * d_out);
+        for _ in 0..rows {
+            out.extend_from_slice(b);
+        }
+        let can_view = |t: &FlexTensor| matrix_view(t).is_some();
+        let (x, weight) = (viewable(x, can_view), viewable(weight, can_view));
+        let view = |t| matrix_view(t).expect("viewable() made it a view");
+        matmul_add(view(&x), view(&weight), &mut out);
+        FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(Shape::new([rows, d_out])),
+            DType::F32,
+        )
+    }
 }
 
-/// `t` itself where its layout makes an ndarray view (no negative stride, no element reached
-/// twice: ndarray checks), else a contiguous copy.
-fn viewable(t: FlexTensor) -> FlexTensor {
-    if heads_view(&t).is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
+/// `t` itself where its layout makes an ndarray view (`can_view`: no negative stride, no
+/// element reached twice, which ndarray checks), else a contiguous copy.
+fn viewable(t: FlexTensor, can_view: impl Fn(&FlexTensor) -> bool) -> FlexTensor {
+    if can_view(&t) { t } else { t.to_contiguous() }
 }
 
 /// A `[batch, heads, seq, d_head]` f32 tensor as a view of its storage, strides and all;
@@ -141,6 +193,23 @@ fn heads_view(t: &FlexTensor) -> Option<ArrayView4<'_, f32>> {
     let strides = [0, 1, 2, 3].map(|i| strides[i] as usize);
     let data = t.storage::<f32>().get(layout.start_offset()..)?;
     ArrayView4::from_shape(dims.strides(strides), data).ok()
+}
+
+/// A `[rows, cols]` f32 tensor as a view of its storage; `None` where the strides do not make
+/// one.
+fn matrix_view(t: &FlexTensor) -> Option<ArrayView2<'_, f32>> {
+    let layout = t.layout();
+    let dims: [usize; 2] = layout.shape().dims();
+    let strides = layout.strides();
+    if strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let data = t.storage::<f32>().get(layout.start_offset()..)?;
+    ArrayView2::from_shape(
+        dims.strides([strides[0] as usize, strides[1] as usize]),
+        data,
+    )
+    .ok()
 }
 
 /// Sequence `b`, head `h` of a `[batch, heads, seq, d_head]` view: `[seq, d_head]`.
@@ -241,6 +310,16 @@ fn gelu_tanh_composed<I: Backend>(x: FloatTensor<I>) -> FloatTensor<I> {
 /// GPT-2's `gelu_new` on any backend: the fused kernel on the CPU, composed ops elsewhere.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()))
+}
+
+/// A linear layer over `[rows, d_in]` rows, `x w + b`: one GEMM into the bias on the CPU,
+/// Burn's linear elsewhere.
+pub fn linear_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::linear_rows(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// Causal softmax attention over `[batch, heads, seq, d_head]` queries, keys and values with
@@ -374,6 +453,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused linear layer on Flex, with a transposed weight (as GPT-2's Conv1D weights
+    /// load) and a strided input, against Burn's linear; on an autodiff device, that it is
+    /// Burn's linear; an input it does not take goes to Burn's linear too.
+    #[test]
+    fn fused_linear_matches_burns_which_autodiff_runs() {
+        let (rows, d_in, d_out) = (37, 48, 70);
+        let fill = |n: usize, salt: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.37 + salt).sin()).collect()
+        };
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(fill(d_in * rows, 0.1), [d_in, rows]),
+                &device,
+            );
+            let w = Tensor::<2>::from_data(
+                TensorData::new(fill(d_out * d_in, 0.2), [d_out, d_in]),
+                &device,
+            );
+            let b = Tensor::<1>::from_data(TensorData::new(fill(d_out, 0.3), [d_out]), &device);
+            let (x, w) = (x.transpose(), w.transpose());
+            for x in [x.clone(), Tensor::from_data(x.clone().into_data(), &device)] {
+                let burns = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
+                let fused = linear_rows(x, w.clone(), b.clone());
+                assert_eq!(fused.dims(), [rows, d_out]);
+                let diff = (fused - burns).abs().max().into_scalar::<f32>();
+                eprintln!("linear fused vs Burn's: {diff:e}");
+                if device.is_autodiff() {
+                    assert_eq!(diff, 0.0, "autodiff runs Burn's linear");
+                } else {
+                    // Measured 0: the same GEMM kernel, the bias added in another order.
+                    assert!(diff <= 1e-6, "fused vs Burn's: {diff}");
+                }
+            }
+        }
+        // A bias of the wrong width is not the kernel's: Burn's linear has the last word.
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data(TensorData::new(fill(6, 0.0), [2, 3]), &device);
+        let w = Tensor::<2>::from_data(TensorData::new(fill(12, 0.0), [3, 4]), &device);
+        let b = Tensor::<1>::from_data(TensorData::new(fill(1, 0.0), [1]), &device);
+        let burns = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
+        assert_eq!(linear_rows(x, w, b).into_data(), burns.into_data());
     }
 
     /// The fused attention on Flex, reading strided per-head views as the models pass them

@@ -49,7 +49,24 @@ pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [
         out.len()
     );
     let out = ArrayViewMut2::from_shape((m, n), out).expect("length checked above");
-    product(a, b, out, ::gemm::Parallelism::Rayon(0));
+    product_into(a, b, out, Write::Set, ::gemm::Parallelism::Rayon(0));
+}
+
+/// `out += a b`, `out` row-major `[a.nrows(), b.ncols()]` (a linear layer's output, filled
+/// with its bias first). On rayon's threads.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_add<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T]) {
+    let (m, n) = (a.nrows(), b.ncols());
+    assert_eq!(
+        out.len(),
+        m * n,
+        "a b: out holds {} values, not {m} × {n}",
+        out.len()
+    );
+    let out = ArrayViewMut2::from_shape((m, n), out).expect("length checked above");
+    product_into(a, b, out, Write::Add, ::gemm::Parallelism::Rayon(0));
 }
 
 /// `out = a b` on the calling thread, into a view of any strides (one head's columns of a
@@ -62,14 +79,25 @@ pub fn matmul_serial<T: Scalar>(
     b: ArrayView2<'_, T>,
     out: ArrayViewMut2<'_, T>,
 ) {
-    product(a, b, out, ::gemm::Parallelism::None);
+    product_into(a, b, out, Write::Set, ::gemm::Parallelism::None);
 }
 
-/// `out = a b` with `gemm` at the given parallelism, after checking every extent.
-fn product<T: Scalar>(
+/// How a product goes into its output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `out = a b`: the old values are never read.
+    Set,
+    /// `out += a b`.
+    Add,
+}
+
+/// `out = a b` or `out += a b` with `gemm` at the given parallelism, after checking every
+/// extent.
+fn product_into<T: Scalar>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
     mut out: ArrayViewMut2<'_, T>,
+    write: Write,
     parallelism: ::gemm::Parallelism,
 ) {
     let (m, k) = a.dim();
@@ -85,7 +113,9 @@ fn product<T: Scalar>(
         return;
     }
     if k == 0 {
-        out.fill(T::ZERO);
+        if write == Write::Set {
+            out.fill(T::ZERO);
+        }
         return;
     }
     let (sa, sb) = (a.strides(), b.strides());
@@ -95,8 +125,8 @@ fn product<T: Scalar>(
     // are elements of the views (ndarray keeps every index within its dims inside the
     // allocation; `as_ptr` is the element at [0, 0]). It writes dst(i, j) at
     // `out_ptr + i·so[0] + j·so[1]`, i < m, j < n, which is out[i, j] (dims checked above): a
-    // mutable view's elements are distinct and borrowed only here, and `read_dst = false`
-    // means their old values are never read.
+    // mutable view's elements are distinct and borrowed only here; with `read_dst = false`
+    // their old values are never read, with `true` each is read once before it is written.
     #[allow(unsafe_code)]
     unsafe {
         ::gemm::gemm(
@@ -106,14 +136,17 @@ fn product<T: Scalar>(
             out.as_mut_ptr(),
             so[1],
             so[0],
-            false,
+            write == Write::Add,
             a.as_ptr(),
             sa[1],
             sa[0],
             b.as_ptr(),
             sb[1],
             sb[0],
-            T::ZERO,
+            match write {
+                Write::Set => T::ZERO,
+                Write::Add => T::ONE,
+            },
             T::ONE,
             false,
             false,
@@ -162,6 +195,26 @@ mod tests {
         let mut out = vec![1.0; 6];
         matmul(a.view(), b.view(), &mut out);
         assert_eq!(out, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn an_added_product_keeps_what_was_there() {
+        let (a, b) = (filled(70, 33, 5), filled(33, 129, 6));
+        let before = filled(70, 129, 7);
+        let want = &before + &a.dot(&b);
+        let mut got = before.iter().copied().collect::<Vec<_>>();
+        matmul_add(a.view(), b.t().t(), &mut got);
+        for (w, g) in want.iter().zip(&got) {
+            assert!((w - g).abs() < 1e-9, "{g} vs {w}");
+        }
+        // No inner dimension: nothing added.
+        let mut kept = vec![2.5; 6];
+        matmul_add(
+            Array2::<f64>::zeros((3, 0)).view(),
+            Array2::<f64>::zeros((0, 2)).view(),
+            &mut kept,
+        );
+        assert_eq!(kept, vec![2.5; 6]);
     }
 
     #[test]
