@@ -12,6 +12,7 @@
 //! group; that differs by the factors n_k/(n_k − 1), below 1e-3 for features on over a
 //! thousand positions; `tests/anatomy.rs` compares both with numpy.)
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::Array2;
@@ -120,13 +121,18 @@ pub trait AnatomyDevice {
     ) -> Result<(), AnalysisError>;
 }
 
-/// The anatomy on the host: [`seedscope_gpu::twin::anatomy_update`] with f64 sums.
+/// The anatomy on the host: [`seedscope_gpu::twin::anatomy_update_columns`] with f64 sums, each
+/// anchor's neurons in one run of columns per thread (every column's counts are its own, so
+/// the split changes no value).
 #[derive(Debug)]
 pub struct CpuAnatomy {
-    states: Vec<AnatomyState>,
+    /// Per anchor, its runs of columns and their states.
+    runs: Vec<Vec<(Range<usize>, AnatomyState)>>,
     features: Arc<FeatureSet>,
     /// Per anchor, its neurons.
     widths: Vec<usize>,
+    n_feat: usize,
+    n_pos: usize,
 }
 
 impl AnatomyDevice for CpuAnatomy {
@@ -139,33 +145,36 @@ impl AnatomyDevice for CpuAnatomy {
         info: &[u32],
         first: bool,
     ) -> Result<(), AnalysisError> {
+        use rayon::prelude::*;
         let x = x.as_standard_layout();
         let v = x.as_slice().ok_or_else(|| {
             AnalysisError::Invalid("activations are not a contiguous matrix".into())
         })?;
-        seedscope_gpu::twin::anatomy_update(
-            &mut self.states[a],
-            &self.features.current,
-            &self.features.previous,
-            v,
-            self.widths[a],
-            info,
-            first,
-        );
+        let (width, features) = (self.widths[a], &self.features);
+        self.runs[a].par_iter_mut().for_each(|(cols, state)| {
+            seedscope_gpu::twin::anatomy_update_columns(
+                state,
+                &features.current,
+                &features.previous,
+                (v, width),
+                cols.clone(),
+                info,
+                first,
+            );
+        });
         Ok(())
     }
 
     async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
-        Ok(self.states[a].clone())
+        let parts: Vec<AnatomyState> = self.runs[a].iter().map(|(_, s)| s.clone()).collect();
+        Ok(join(&parts, self.n_feat, self.n_pos))
     }
 
     fn restore(&mut self, a: usize, state: &AnatomyState, _: bool) -> Result<(), AnalysisError> {
-        if !same_shape(&self.states[a], state) {
-            return Err(AnalysisError::Invalid(
-                "saved anatomy state does not fit this run".into(),
-            ));
+        let (width, n_feat, n_pos) = (self.widths[a], self.n_feat, self.n_pos);
+        for (cols, part) in &mut self.runs[a] {
+            *part = slice(state, cols.start, cols.len(), n_feat, n_pos, width)?;
         }
-        self.states[a] = state.clone();
         Ok(())
     }
 }
@@ -254,14 +263,28 @@ pub struct Anatomies<D> {
 impl Anatomies<CpuAnatomy> {
     /// Empty accumulators on the host, one per anchor of `widths[a]` neurons.
     pub fn cpu(spec: &AnatomySpec, widths: &[usize]) -> Self {
-        let nf = spec.features.len() as u32;
+        let (n_feat, n_pos) = (spec.features.len(), spec.n_pos());
+        let threads = rayon::current_num_threads();
+        let runs = widths
+            .iter()
+            .map(|&w| {
+                crate::plan::chunks(0, w, threads)
+                    .into_iter()
+                    .map(|cols| {
+                        let n = cols.len() as u32;
+                        let state =
+                            AnatomyState::empty(n, TOP_K as u32, n_pos as u32, n_feat as u32);
+                        (cols, state)
+                    })
+                    .collect()
+            })
+            .collect();
         let dev = CpuAnatomy {
-            states: widths
-                .iter()
-                .map(|&w| AnatomyState::empty(w as u32, TOP_K as u32, spec.n_pos() as u32, nf))
-                .collect(),
+            runs,
             features: spec.features.clone(),
             widths: widths.to_vec(),
+            n_feat,
+            n_pos,
         };
         Self::with(spec, widths.len(), dev)
     }
@@ -400,14 +423,6 @@ impl<D: AnatomyDevice> Anatomies<D> {
     }
 }
 
-fn same_shape(a: &AnatomyState, b: &AnatomyState) -> bool {
-    a.sums.len() == b.sums.len()
-        && a.shift.len() == b.shift.len()
-        && a.top_val.len() == b.top_val.len()
-        && a.top_idx.len() == b.top_idx.len()
-        && a.active.len() == b.active.len()
-}
-
 /// Join column chunks (in order) into one state over all their columns.
 fn join(parts: &[AnatomyState], nf: usize, n_pos: usize) -> AnatomyState {
     let width: usize = parts.iter().map(|p| p.shift.len()).sum();
@@ -444,7 +459,13 @@ fn slice(
     width: usize,
 ) -> Result<AnatomyState, AnalysisError> {
     let k = TOP_K;
-    if s.shift.len() != width || s.sums.len() != nf * width || s.active.len() != n_pos * width {
+    if s.shift.len() != width
+        || s.sums.len() != nf * width
+        || s.active.len() != n_pos * width
+        || s.top_val.len() != k * width
+        || s.top_idx.len() != k * width
+        || c0 + n > width
+    {
         return Err(AnalysisError::Invalid(
             "saved anatomy state does not fit this run".into(),
         ));
@@ -671,6 +692,63 @@ mod tests {
         let sum = (10.0 - shift) + (11.0 - shift);
         let vr = variance_explained(sum, 2, 4, shift, mean, var);
         assert!((vr - eq4).abs() < 1e-12, "{vr} vs {eq4}");
+    }
+
+    /// The host's runs of columns, joined, are the state of one run over every column, for
+    /// any split (a column's counts are its own); a state sliced back gives each run's.
+    #[test]
+    fn runs_of_columns_joined_are_one_run() {
+        use seedscope_gpu::twin::{anatomy_update, anatomy_update_columns};
+        let (width, rows, n_feat, n_pos) = (10, 23, 3, 4);
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37 % 29) as f32 - 11.0) / 7.0)
+            .collect();
+        // Token t turns feature t % 3 on, and feature 2 at the next position.
+        let current: Vec<Vec<u32>> = (0..5).map(|t| vec![t % 3]).collect();
+        let previous: Vec<Vec<u32>> = (0..5).map(|_| vec![2]).collect();
+        let info: Vec<u32> = (0..rows as u32)
+            .flat_map(|r| [r % 4, r % 5, if r == 0 { NO_TOKEN } else { (r - 1) % 5 }, r])
+            .collect();
+        let empty = |n: usize| AnatomyState::empty(n as u32, TOP_K as u32, n_pos, n_feat);
+        let mut whole = empty(width);
+        let (first, second) = info.split_at(4 * 11);
+        let (x1, x2) = x.split_at(11 * width);
+        anatomy_update(&mut whole, &current, &previous, x1, width, first, true);
+        anatomy_update(&mut whole, &current, &previous, x2, width, second, false);
+        for runs in [1, 2, 3, 7] {
+            let parts: Vec<AnatomyState> = crate::plan::chunks(0, width, runs)
+                .into_iter()
+                .map(|cols| {
+                    let mut s = empty(cols.len());
+                    for (xs, inf, f) in [(x1, first, true), (x2, second, false)] {
+                        anatomy_update_columns(
+                            &mut s,
+                            &current,
+                            &previous,
+                            (xs, width),
+                            cols.clone(),
+                            inf,
+                            f,
+                        );
+                    }
+                    s
+                })
+                .collect();
+            assert_eq!(
+                join(&parts, n_feat as usize, n_pos as usize),
+                whole,
+                "{runs}"
+            );
+            let mut c0 = 0;
+            for p in &parts {
+                let n = p.shift.len();
+                let back = slice(&whole, c0, n, n_feat as usize, n_pos as usize, width);
+                assert_eq!(&back.expect("a run of the state"), p);
+                c0 += n;
+            }
+        }
+        assert!(whole.top_idx.iter().any(|&i| i != NO_TOKEN));
+        assert!(slice(&whole, 8, 3, n_feat as usize, n_pos as usize, width).is_err());
     }
 
     #[test]

@@ -64,14 +64,29 @@ pub fn anatomy_update(
     info: &[u32],
     first: bool,
 ) {
-    let k = s.top_val.len() / width.max(1);
+    anatomy_update_columns(s, current, previous, (x, width), 0..width, info, first);
+}
+
+/// [`anatomy_update`] of columns `cols` of the rows of `x` (`width` values each) into `s`,
+/// which holds those columns only: what one thread does when the columns are split.
+pub fn anatomy_update_columns(
+    s: &mut AnatomyState,
+    current: &[Vec<u32>],
+    previous: &[Vec<u32>],
+    (x, width): (&[f32], usize),
+    cols: std::ops::Range<usize>,
+    info: &[u32],
+    first: bool,
+) {
+    let n = cols.len();
+    let k = s.top_val.len() / n.max(1);
     let rows = x.len() / width.max(1);
     if first && rows > 0 {
-        s.shift.copy_from_slice(&x[..width]);
+        s.shift.copy_from_slice(&x[cols.clone()]);
     }
     for (r, inf) in info.chunks_exact(4).enumerate().take(rows) {
         let (pos, tok, prev, index) = (inf[0] as usize, inf[1], inf[2], inf[3]);
-        let row = &x[r * width..(r + 1) * width];
+        let row = &x[r * width + cols.start..r * width + cols.end];
         let cur = current.get(tok as usize).map_or(&[][..], |v| v);
         let prv = if prev == NO_TOKEN {
             &[][..]
@@ -80,7 +95,7 @@ pub fn anatomy_update(
         };
         for (c, &v) in row.iter().enumerate() {
             if v > 0.0 {
-                s.active[pos * width + c] += 1;
+                s.active[pos * n + c] += 1;
             }
             insert_ranked(
                 &mut s.top_val[c * k..(c + 1) * k],
@@ -91,7 +106,7 @@ pub fn anatomy_update(
             );
             let d = (v - s.shift[c]) as f64;
             for &f in cur.iter().chain(prv) {
-                s.sums[f as usize * width + c] += d;
+                s.sums[f as usize * n + c] += d;
             }
         }
     }
