@@ -22,7 +22,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Cube, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, DType, Shape, Tensor};
-use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, ShapeBuilder};
+use ndarray::{
+    ArrayView, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut4, Axis, Dim, Dimension,
+    IntoDimension, ShapeBuilder,
+};
 use rayon::prelude::*;
 
 use crate::matmul::{matmul_add, matmul_serial};
@@ -184,32 +187,31 @@ fn viewable(t: FlexTensor, can_view: impl Fn(&FlexTensor) -> bool) -> FlexTensor
 /// A `[batch, heads, seq, d_head]` f32 tensor as a view of its storage, strides and all;
 /// `None` where the strides do not make one.
 fn heads_view(t: &FlexTensor) -> Option<ArrayView4<'_, f32>> {
-    let layout = t.layout();
-    let dims: [usize; 4] = layout.shape().dims();
-    let strides = layout.strides();
-    if strides.iter().any(|&s| s < 0) {
-        return None;
-    }
-    let strides = [0, 1, 2, 3].map(|i| strides[i] as usize);
-    let data = t.storage::<f32>().get(layout.start_offset()..)?;
-    ArrayView4::from_shape(dims.strides(strides), data).ok()
+    storage_view::<4>(t)
 }
 
 /// A `[rows, cols]` f32 tensor as a view of its storage; `None` where the strides do not make
 /// one.
 fn matrix_view(t: &FlexTensor) -> Option<ArrayView2<'_, f32>> {
+    storage_view::<2>(t)
+}
+
+/// An `N`-dimensional f32 tensor as a view of its storage, strides and all; `None` where the
+/// strides do not make one (a negative stride, or an element reached twice: ndarray checks).
+fn storage_view<const N: usize>(t: &FlexTensor) -> Option<ArrayView<'_, f32, Dim<[usize; N]>>>
+where
+    [usize; N]: IntoDimension<Dim = Dim<[usize; N]>>,
+    Dim<[usize; N]>: Dimension,
+{
     let layout = t.layout();
-    let dims: [usize; 2] = layout.shape().dims();
+    let dims: [usize; N] = layout.shape().dims();
     let strides = layout.strides();
     if strides.iter().any(|&s| s < 0) {
         return None;
     }
+    let strides: [usize; N] = std::array::from_fn(|i| strides[i] as usize);
     let data = t.storage::<f32>().get(layout.start_offset()..)?;
-    ArrayView2::from_shape(
-        dims.strides([strides[0] as usize, strides[1] as usize]),
-        data,
-    )
-    .ok()
+    ArrayView::from_shape(dims.strides(strides), data).ok()
 }
 
 /// Sequence `b`, head `h` of a `[batch, heads, seq, d_head]` view: `[seq, d_head]`.

@@ -41,15 +41,7 @@ impl Scalar for f64 {
 /// If the inner dimensions differ or `out` is not `a.nrows() * b.ncols()` long: a caller's
 /// bug, checked before any memory is touched.
 pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T]) {
-    let (m, n) = (a.nrows(), b.ncols());
-    assert_eq!(
-        out.len(),
-        m * n,
-        "a b: out holds {} values, not {m} × {n}",
-        out.len()
-    );
-    let out = ArrayViewMut2::from_shape((m, n), out).expect("length checked above");
-    product_into(a, b, out, Write::Set, ::gemm::Parallelism::Rayon(0));
+    threaded(a, b, out, Write::Set);
 }
 
 /// `out += a b`, `out` row-major `[a.nrows(), b.ncols()]` (a linear layer's output, filled
@@ -58,6 +50,11 @@ pub fn matmul<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [
 /// # Panics
 /// As [`matmul`].
 pub fn matmul_add<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T]) {
+    threaded(a, b, out, Write::Add);
+}
+
+/// [`matmul`] or [`matmul_add`]: `out` as a row-major view, the product on rayon's threads.
+fn threaded<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &mut [T], write: Write) {
     let (m, n) = (a.nrows(), b.ncols());
     assert_eq!(
         out.len(),
@@ -66,7 +63,7 @@ pub fn matmul_add<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &m
         out.len()
     );
     let out = ArrayViewMut2::from_shape((m, n), out).expect("length checked above");
-    product_into(a, b, out, Write::Add, ::gemm::Parallelism::Rayon(0));
+    product_into(a, b, out, write, ::gemm::Parallelism::Rayon(0));
 }
 
 /// `out = a b` on the calling thread, into a view of any strides (one head's columns of a
