@@ -143,7 +143,8 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
         println!("derived vs streamed baseline: {err:.1e}");
-        assert!(err < 2e-6, "{err}");
+        // Measured 6.0e-8.
+        assert!(err < 6e-7, "{err}");
         assert!(
             st.iter().any(|v| v.abs() > 0.3),
             "the tile is not all noise"
@@ -156,7 +157,7 @@ mod tests {
             .zip(&streamed.max)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
-        assert!(rows_err < 2e-6, "{rows_err}");
+        assert!(rows_err < 6e-7, "{rows_err}");
         // Shapes that do not fit are errors, not panics.
         assert!(RotatedLayer::new(&r[1..], &sigma, &means, n).is_err());
         assert!(layer.reduce(&real[1..], &ia, false).is_err());
