@@ -352,8 +352,9 @@ pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
 }
 
 /// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
-/// (none if one row of a layer does not fit), other layer by other layer (the tiles a
-/// derived baseline reads from one covariance follow each other).
+/// (none if one row of a layer does not fit): stream by stream of the other model (a pass then
+/// reads few streams), and within one, other layer by other layer (the tiles a derived
+/// baseline reads from one covariance follow each other).
 fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Same-layer tiles come back for the one-to-one assignment.
@@ -372,11 +373,11 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
             };
             // Split the anchor side until one anchor chunk × one other layer fits.
             let a_split = (1..=da).find(|&k| (da.div_ceil(k) * db * per_pair) as u64 <= room)?;
-            for lb in 0..sb.n_layers {
-                for &kind in &input.kinds {
-                    if kind == Kind::Rotated && derived {
-                        continue;
-                    }
+            for &kind in &input.kinds {
+                if kind == Kind::Rotated && derived {
+                    continue;
+                }
+                for lb in 0..sb.n_layers {
                     for la in 0..sa.n_layers {
                         for a_cols in chunks(la * da, da, a_split) {
                             tiles.push(TileSpec::dense(
