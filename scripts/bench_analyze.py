@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end `seedscope analyze` on the embedded family against a straightforward PyTorch +
+"""End-to-end `seedscope analyze` on the embedded family (or another, --family) against a straightforward PyTorch +
 numpy pipeline doing the paper's core work, in the same run.
 
 The reference pipeline: load the five seeds with transformers (fp32), run them over
@@ -19,6 +19,10 @@ universal (the rotation matrices differ, so they agree only statistically).
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
     .venv/bin/python scripts/bench_analyze.py [--backend cpu] [--max-tokens N]
+        [--family DIR --tokens FILE.npy]
+--family takes another five-seed family laid out as the embedded one (seed-a..seed-e, each with
+its tokenizer.json), e.g. the 2-layer GPT-2-small-width family of scripts/bench_scale.py
+(`--family WORK/l2 --tokens WORK/l2/tokens-x4.npy`); both sides then read those tokens.
 """
 import argparse
 import json
@@ -85,9 +89,12 @@ def main():
     ap.add_argument("--seedscope", default=os.path.join(target, "release", "seedscope"))
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--family", default=os.path.join(root, "assets", "family"))
+    ap.add_argument("--tokens", help="token rows (.npy); default: the family's eval_tokens.npy")
     args = ap.parse_args()
-    family = os.path.join(root, "assets", "family")
-    tokens = np.load(os.path.join(family, "eval_tokens.npy"))
+    family = args.family
+    tokens_path = args.tokens or os.path.join(family, "eval_tokens.npy")
+    tokens = np.load(tokens_path)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")
     fwd_s, (acts, n_layers) = timed(forward, family, tokens, args.max_tokens)
     f64_s, f64_frac = timed(correlations, acts, n_layers, np.float64)
@@ -95,14 +102,15 @@ def main():
     n = acts[0].shape[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bundle")
-        cmd = [args.seedscope, "analyze", "--out", out, "--backend", args.backend]
+        cmd = [args.seedscope, "analyze", "--out", out, "--backend", args.backend,
+               "--models", *[os.path.join(family, name) for name in SEEDS], "--tokens", tokens_path]
         if args.max_tokens:
             cmd += ["--max-tokens", str(args.max_tokens)]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         ours = time.perf_counter() - t
         manifest = json.load(open(os.path.join(out, "manifest.json")))
-    print(f"{n} tokens, 5 seeds, anchor seed-a")
+    print(f"{family}: {n} tokens, 5 seeds, {n_layers} layers x {acts[0].shape[1] // n_layers} neurons, anchor seed-a")
     print(f"pytorch forward: {fwd_s:7.1f} s")
     print(f"pytorch + numpy, float64 correlations (the paper): {fwd_s + f64_s:7.1f} s, {100 * f64_frac:.2f}% universal")
     print(f"pytorch + numpy, float32 correlations:             {fwd_s + f32_s:7.1f} s, {100 * f32_frac:.2f}% universal")
