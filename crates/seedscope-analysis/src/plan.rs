@@ -367,9 +367,10 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
             let (da, db) = (sa.d_mlp, sb.d_mlp);
             let derived = derives_baseline(input, b, tile_budget);
             // A derived baseline's pass holds the layer's covariance next to its tiles.
-            let room = match derived {
-                true => input.max_binding.min(tile_budget - (db * db * 8) as u64),
-                false => cap,
+            let room = if derived {
+                input.max_binding.min(tile_budget - (db * db * 8) as u64)
+            } else {
+                cap
             };
             // Split the anchor side until one anchor chunk × one other layer fits.
             let a_split = (1..=da).find(|&k| (da.div_ceil(k) * db * per_pair) as u64 <= room)?;
@@ -422,16 +423,12 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
             && Kind::of(t.b_stream) == Kind::Real
             && derived[model_of(t.b_stream)])
         .then(|| TileSpec::covariance(t.b_stream, t.b_cols.clone()));
-        let present = |pass: Option<&Vec<TileSpec>>| match (&covariance, pass) {
-            (Some(c), Some(p)) => p.contains(c),
-            (Some(_), None) => false,
-            (None, _) => true,
+        let missing = |p: &Vec<TileSpec>| covariance.as_ref().filter(|c| !p.contains(c)).cloned();
+        let extra = match passes.last() {
+            Some(p) => missing(p),
+            None => covariance.clone(),
         };
-        let extra = |present: bool| match (&covariance, present) {
-            (Some(c), false) => cost(input, c),
-            _ => 0,
-        };
-        let bytes = cost(input, t) + extra(present(passes.last()));
+        let bytes = cost(input, t) + extra.map_or(0, |c| cost(input, &c));
         if used.saturating_add(bytes) > budget {
             passes.push(Vec::new());
             used = 0;
@@ -439,9 +436,9 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
         let Some(p) = passes.last_mut() else {
             continue;
         };
-        if let (Some(c), false) = (&covariance, present(Some(p))) {
-            used += cost(input, c);
-            p.push(c.clone());
+        if let Some(c) = missing(p) {
+            used += cost(input, &c);
+            p.push(c);
         }
         used += cost(input, t);
         p.push(t.clone());
