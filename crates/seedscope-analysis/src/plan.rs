@@ -142,7 +142,7 @@ impl TileSpec {
 
     /// Whether this is a [`TileSpec::covariance`] tile.
     pub fn is_covariance(&self) -> bool {
-        self.a_stream == self.b_stream
+        self.a_stream == self.b_stream && self.a_cols == self.b_cols && self.pairs.is_none()
     }
 
     /// Entries accumulated: every pair of the dense tile, or the candidate pairs.

@@ -8,12 +8,12 @@ use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
 
 use super::{
-    Accumulate, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch, reduce_pairs,
-    reduce_rows, used_streams,
+    Accumulate, Finish, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch,
+    reduce_pairs, reduce_rows, used_streams,
 };
 use crate::AnalysisError;
 use crate::plan::TileSpec;
-use seedscope_model::matmul::matmul;
+use seedscope_model::matmul::{gram, matmul};
 
 /// Running per-neuron moments on the CPU.
 #[derive(Debug, Clone)]
@@ -220,11 +220,15 @@ impl Accumulate for CpuAccumulator {
             if product.len() < na * nb {
                 product.resize(na * nb, 0.0);
             }
-            matmul(
-                ca.slice(s![.., t.a_cols.clone()]).t(),
-                cb.slice(s![.., t.b_cols.clone()]),
-                &mut product[..na * nb],
-            );
+            if t.is_covariance() {
+                gram(ca.slice(s![.., t.a_cols.clone()]), &mut product[..na * nb]);
+            } else {
+                matmul(
+                    ca.slice(s![.., t.a_cols.clone()]).t(),
+                    cb.slice(s![.., t.b_cols.clone()]),
+                    &mut product[..na * nb],
+                );
+            }
             let (da, db) = (&da[t.a_cols.clone()], &db[t.b_cols.clone()]);
             let rows_of = acc
                 .par_chunks_exact_mut(nb)
@@ -256,16 +260,23 @@ impl Accumulate for CpuAccumulator {
 
     async fn finalize(
         &self,
-        want_tile: impl Fn(usize) -> bool,
-    ) -> Result<Vec<TileReduction>, AnalysisError> {
+        finish: impl Fn(usize) -> Finish,
+    ) -> Result<Vec<Option<TileReduction>>, AnalysisError> {
         let mut out = Vec::with_capacity(self.specs.len());
         for (k, (t, acc)) in self.specs.iter().zip(&self.tiles).enumerate() {
+            let with_tile = match finish(k) {
+                Finish::Skip => {
+                    out.push(None);
+                    continue;
+                }
+                f => f == Finish::WithTile,
+            };
             let ia = self.scales(t.a_stream, t.a_cols.clone())?;
             let ib = self.scales(t.b_stream, t.b_cols.clone())?;
-            out.push(match &t.pairs {
-                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, want_tile(k)),
-                None => reduce_rows(acc, &ia, &ib, want_tile(k)),
-            });
+            out.push(Some(match &t.pairs {
+                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, with_tile),
+                None => reduce_rows(acc, &ia, &ib, with_tile),
+            }));
         }
         Ok(out)
     }
@@ -537,7 +548,11 @@ mod tests {
             acc.update(&block).expect("update");
             r0 += n;
         }
-        let out = pollster::block_on(acc.finalize(|_| true)).expect("finalize");
+        let out: Vec<_> = pollster::block_on(acc.finalize(|_| Finish::WithTile))
+            .expect("finalize")
+            .into_iter()
+            .flatten()
+            .collect();
         let column = |s: usize, c: usize| {
             (0..total)
                 .map(|r| value(s, c, r) as f64)

@@ -9,8 +9,8 @@ use seedscope_gpu::{
 };
 
 use super::{
-    Accumulate, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch, reduce_pairs,
-    used_streams,
+    Accumulate, Finish, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch,
+    reduce_pairs, used_streams,
 };
 use crate::AnalysisError;
 use crate::gpu_block::{GpuBlock, rows_per_chunk};
@@ -251,20 +251,27 @@ impl Accumulate for GpuAccumulator {
 
     async fn finalize(
         &self,
-        want_tile: impl Fn(usize) -> bool,
-    ) -> Result<Vec<TileReduction>, AnalysisError> {
+        finish: impl Fn(usize) -> Finish,
+    ) -> Result<Vec<Option<TileReduction>>, AnalysisError> {
         let scales = self.scales().await?;
         let mut out = Vec::with_capacity(self.specs.len());
         for (k, (t, tile)) in self.specs.iter().zip(&self.tiles).enumerate() {
+            let with_tile = match finish(k) {
+                Finish::Skip => {
+                    out.push(None);
+                    continue;
+                }
+                f => f == Finish::WithTile,
+            };
             let (Some(ma), Some(mb)) = (&self.moments[t.a_stream], &self.moments[t.b_stream])
             else {
                 return Err(no_stream());
             };
             match tile {
-                GpuTile::Dense(tile) => out.push(
-                    tile.finalize_async(&self.ctx, &self.kernels, ma, mb, want_tile(k))
+                GpuTile::Dense(tile) => out.push(Some(
+                    tile.finalize_async(&self.ctx, &self.kernels, ma, mb, with_tile)
                         .await?,
-                ),
+                )),
                 GpuTile::Pairs(tile) => {
                     // Few entries: read the totals and reduce on the host in f64.
                     let acc: Vec<f64> = tile
@@ -278,13 +285,13 @@ impl Accumulate for GpuAccumulator {
                         return Err(no_stream());
                     };
                     let pairs = t.pairs.as_deref().ok_or_else(no_stream)?;
-                    out.push(reduce_pairs(
+                    out.push(Some(reduce_pairs(
                         &acc,
                         pairs,
                         (&sa[t.a_cols.clone()], &sb[t.b_cols.clone()]),
                         t.b_cols.start,
-                        want_tile(k),
-                    ));
+                        with_tile,
+                    )));
                 }
             }
         }

@@ -22,6 +22,17 @@ use seedscope_gpu::{REL_ZERO_STD, TileReduction};
 use crate::AnalysisError;
 use crate::plan::TileSpec;
 
+/// What [`Accumulate::finalize`] makes of one tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Nothing: the tile is read whole instead ([`Accumulate::co_moments`], a covariance).
+    Skip,
+    /// Each anchor row's best and worst matches and each column's best row.
+    Extremes,
+    /// Those and every correlation of the tile.
+    WithTile,
+}
+
 /// Saved accumulator state (checkpoints): named f32 or f64 arrays and the row count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedState {
@@ -68,12 +79,12 @@ pub trait Accumulate {
     /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError>;
 
-    /// Reduce every tile to per-anchor-row best and worst matches; with `want_tile(i)`, also
-    /// return tile `i`'s correlations.
+    /// Reduce each tile as `finish(i)` says: to per-anchor-row best and worst matches, also
+    /// with its correlations, or not at all (`None` in its place).
     async fn finalize(
         &self,
-        want_tile: impl Fn(usize) -> bool,
-    ) -> Result<Vec<TileReduction>, AnalysisError>;
+        finish: impl Fn(usize) -> Finish,
+    ) -> Result<Vec<Option<TileReduction>>, AnalysisError>;
 
     /// Tile `tile`'s co-moments as plain f64 sums of centred products (the layout of
     /// [`Accumulate::save_canonical`]): what a derived baseline ([`RotatedLayer`]) reads.

@@ -89,7 +89,7 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-    use crate::accum::{Accumulate, CpuAccumulator};
+    use crate::accum::{Accumulate, CpuAccumulator, Finish};
     use crate::plan::TileSpec;
 
     /// The derived baseline gives what streaming the rotated activations gives: the same
@@ -133,9 +133,13 @@ mod tests {
         let layer = RotatedLayer::new(&r, &sigma, &means, n).expect("layer");
         let real = pollster::block_on(acc.co_moments(0)).expect("real");
         let derived = layer.reduce(&real, &ia, true).expect("derived");
-        let streamed = pollster::block_on(acc.finalize(|_| true))
-            .expect("finalize")
-            .swap_remove(1);
+        let streamed = pollster::block_on(acc.finalize(|k| match k {
+            1 => Finish::WithTile,
+            _ => Finish::Skip,
+        }))
+        .expect("finalize")
+        .swap_remove(1)
+        .expect("the streamed tile");
         let (dt, st) = (derived.tile.expect("tile"), streamed.tile.expect("tile"));
         let err = dt
             .iter()

@@ -12,7 +12,7 @@ use super::block::{Block, Rows, activations, blocks, permute, rotate};
 use super::reuse::{Keep, ModelActs, Store};
 use super::{ACTIVATIONS, Run, finished, pass_file};
 use crate::AnalysisError;
-use crate::accum::{Accumulate, RotatedLayer, SavedState, inv_scale};
+use crate::accum::{Accumulate, Finish, RotatedLayer, SavedState, inv_scale};
 use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
@@ -627,12 +627,17 @@ impl Run<'_> {
                 && !t.is_covariance()
                 && self.options.save_tiles.contains(&layers)
         };
+        // A covariance is read whole, by the derived baselines below.
         let reductions = acc
-            .finalize(|k| {
-                !specs[k].is_covariance()
-                    && (wanted(k)
-                        || (collect.is_some() && specs[k].pairs.is_none())
-                        || (collect.is_none() && specs[k].assigns(&shapes)))
+            .finalize(|k| match &specs[k] {
+                t if t.is_covariance() => Finish::Skip,
+                t if wanted(k)
+                    || (collect.is_some() && t.pairs.is_none())
+                    || (collect.is_none() && t.assigns(&shapes)) =>
+                {
+                    Finish::WithTile
+                }
+                _ => Finish::Extremes,
             })
             .await?;
         // Anchor moments, once per anchor.
@@ -648,9 +653,9 @@ impl Run<'_> {
         // Complete layer blocks wait here for their assignment, a few at a time.
         let mut ready = Vec::new();
         for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
-            if t.is_covariance() {
+            let Some(red) = red else {
                 continue;
-            }
+            };
             let derived = if baselines.load(self, acc, t).await? {
                 let ia = baselines.anchor_scales(acc, t).await?;
                 let real = acc.co_moments(k).await?;
