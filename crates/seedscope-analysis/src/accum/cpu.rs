@@ -248,6 +248,11 @@ impl Accumulate for CpuAccumulator {
         self.scratch = Scratch::default();
     }
 
+    async fn inv_scales(&self, stream: usize) -> Result<Vec<f64>, AnalysisError> {
+        let width = self.moments[stream].as_ref().map_or(0, |m| m.mean.len());
+        self.scales(stream, 0..width)
+    }
+
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
         let n = self.count.max(1) as f64;
         let m = self.moments[stream].as_ref().ok_or_else(no_stream)?;

@@ -105,19 +105,11 @@ impl GpuAccumulator {
     /// Every stream's inverse scales `1/sqrt(M2)`, read once for the sparse tiles that need
     /// them (they are reduced on the host in f64).
     async fn scales(&self) -> Result<Vec<Option<Vec<f64>>>, AnalysisError> {
-        let count = self.count();
         let mut scales = vec![None; self.moments.len()];
         for t in self.specs.iter().filter(|t| t.pairs.is_some()) {
             for s in [t.a_stream, t.b_stream] {
                 if scales[s].is_none() {
-                    let m = self.moments[s].as_ref().ok_or_else(no_stream)?;
-                    scales[s] = Some(
-                        m.read_async(&self.ctx)
-                            .await?
-                            .into_iter()
-                            .map(|(mean, m2)| inv_scale(mean, m2, count))
-                            .collect(),
-                    );
+                    scales[s] = Some(self.inv_scales(s).await?);
                 }
             }
         }
@@ -246,6 +238,16 @@ impl Accumulate for GpuAccumulator {
             .await?
             .into_iter()
             .map(|(mean, m2)| (mean, m2 / n))
+            .collect())
+    }
+
+    async fn inv_scales(&self, stream: usize) -> Result<Vec<f64>, AnalysisError> {
+        let count = self.count();
+        let m = self.moments[stream].as_ref().ok_or_else(no_stream)?;
+        Ok(m.read_async(&self.ctx)
+            .await?
+            .into_iter()
+            .map(|(mean, m2)| inv_scale(mean, m2, count))
             .collect())
     }
 

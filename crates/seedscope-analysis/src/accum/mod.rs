@@ -79,6 +79,10 @@ pub trait Accumulate {
     /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError>;
 
+    /// Per-neuron `1/sqrt(M2)` of a stream ([`inv_scale`]: 0 for a constant neuron), what
+    /// turns its co-moments into correlations.
+    async fn inv_scales(&self, stream: usize) -> Result<Vec<f64>, AnalysisError>;
+
     /// Reduce each tile as `finish(i)` says: to per-anchor-row best and worst matches, also
     /// with its correlations, or not at all (`None` in its place).
     async fn finalize(

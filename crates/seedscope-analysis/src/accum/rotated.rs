@@ -124,10 +124,7 @@ mod tests {
         }
         let n = acc.count();
         let moments = |s| pollster::block_on(acc.mean_var(s)).expect("moments");
-        let ia: Vec<f64> = moments(0)
-            .iter()
-            .map(|&(m, v)| inv_scale(m, v * n as f64, n))
-            .collect();
+        let ia = pollster::block_on(acc.inv_scales(0)).expect("scales");
         let means: Vec<f64> = moments(1).iter().map(|x| x.0).collect();
         let sigma = pollster::block_on(acc.co_moments(2)).expect("covariance");
         let layer = RotatedLayer::new(&r, &sigma, &means, n).expect("layer");

@@ -12,7 +12,7 @@ use super::block::{Block, Rows, activations, blocks, permute, rotate};
 use super::reuse::{Keep, ModelActs, Store};
 use super::{ACTIVATIONS, Run, finished, pass_file};
 use crate::AnalysisError;
-use crate::accum::{Accumulate, Finish, RotatedLayer, SavedState, inv_scale};
+use crate::accum::{Accumulate, Finish, RotatedLayer, SavedState};
 use crate::anatomy::Anatomies;
 use crate::checkpoint;
 use crate::compute::Compute;
@@ -748,11 +748,8 @@ impl Baselines {
         t: &TileSpec,
     ) -> Result<Vec<f64>, AnalysisError> {
         if !self.anchors.iter().any(|(s, _)| *s == t.a_stream) {
-            let n = acc.count();
-            let moments = acc.mean_var(t.a_stream).await?;
-            let scales = moments.iter().map(|&(m, v)| inv_scale(m, v * n as f64, n));
-            let scales = scales.collect();
-            self.anchors.push((t.a_stream, scales));
+            self.anchors
+                .push((t.a_stream, acc.inv_scales(t.a_stream).await?));
         }
         let (_, scales) = self
             .anchors
