@@ -242,7 +242,8 @@ try {
     await page.waitForTimeout(300);
     const scanStart = Date.now();
     await page.keyboard.press("e");
-    const examples = JSON.parse((await waitFor("seedscope-examples ", 600000)).slice("seedscope-examples ".length));
+    // 20 minutes: on two AVX2 cores (2026-12-06) the scan took 567 s of the 600 s it had.
+    const examples = JSON.parse((await waitFor("seedscope-examples ", 1200000)).slice("seedscope-examples ".length));
     for (const e of examples) {
       if (!(e.scanned > 0) || e.top.length === 0) throw new Error(`no examples for ${e.model} L${e.layer}.${e.neuron}`);
     }
