@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView2};
 use seedscope_model::ProcessedWeights;
 
 use crate::AnalysisError;
-use seedscope_model::matmul::matmul;
+use seedscope_model::matmul::{gram, matmul};
 
 /// Tokens kept at each end of a neuron's vocabulary projection.
 pub const VOCAB_ENDS: usize = 10;
@@ -62,7 +62,7 @@ pub fn null_space(w_u: &[f64], vocab: usize, d: usize) -> Result<Array2<f64>, An
         ))
     })?;
     let mut g = vec![0.0f64; d * d];
-    matmul(u.t(), u, &mut g);
+    gram(u, &mut g);
     let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(d, d, &g));
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));

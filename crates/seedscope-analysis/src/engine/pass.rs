@@ -624,7 +624,6 @@ impl Run<'_> {
             let layers = layers_of(t, &shapes);
             t.pairs.is_none()
                 && Kind::of(t.b_stream) == Kind::Real
-                && !t.is_covariance()
                 && self.options.save_tiles.contains(&layers)
         };
         // A covariance is read whole, by the derived baselines below.
