@@ -13,6 +13,10 @@ Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build -
 for what the update spends beyond its GEMM (block means, centring, the f64 merge).
 `matrixmultiply` times the same product with ndarray's matrixmultiply (the update's GEMM before
 the `gemm` crate), for comparison.
+`wgpu` runs the device's fastest co-moment kernel (cooperative matrices with f16 inputs where the
+adapter has them), `wgpu-fp32` the f32 kernel on the same device; with both, the line of `wgpu`
+also gives its ratio to `wgpu-fp32`. `--peak-tflops P` (the device's data-sheet peak) adds the
+fraction of it reached.
 On lavapipe (software Vulkan) keep wgpu shapes small: --wgpu-shapes 1024x256x256.
 """
 import argparse
@@ -42,12 +46,15 @@ def main():
     ap.add_argument("--wgpu-shapes", default="1024x256x256")
     ap.add_argument("--paths", default="cpu,wgpu")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     paths = args.paths.split(",")
     jobs = [(s, p) for s in args.shapes.split(",") for p in ("cpu", "gemm", "matrixmultiply")
             if p in paths]
-    jobs += [(s, "wgpu") for s in args.wgpu_shapes.split(",") if "wgpu" in paths]
+    jobs += [(s, p) for s in args.wgpu_shapes.split(",") for p in ("wgpu-fp32", "wgpu")
+             if p in paths]
+    fp32 = {}
     print(f"numpy {np.__version__}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         for shape, path in jobs:
@@ -58,12 +65,21 @@ def main():
             np.save(pa, a)
             np.save(pb, b)
             ref = numpy_gflops(a, b, args.iters)
-            out = subprocess.run([args.seedscope, "bench-correlation", "--a", pa, "--b", pb,
-                                  "--paths", path, "--iters", str(args.iters)],
-                                 check=True, capture_output=True, text=True).stdout
+            cmd = [args.seedscope, "bench-correlation", "--a", pa, "--b", pb,
+                   "--paths", path, "--iters", str(args.iters)]
+            if args.peak_tflops:
+                cmd += ["--peak-tflops", str(args.peak_tflops)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
+            extra = ""
+            if "of_peak" in r:
+                extra += f", {100 * r['of_peak']:.1f} % of peak"
+            if path == "wgpu-fp32":
+                fp32[shape] = r["gflops"]
+            elif path == "wgpu" and shape in fp32:
+                extra += f", {r['gflops'] / fp32[shape]:.2f}x the f32 kernel"
             print(f"{shape:>18} {path:>14}: seedscope {r['gflops']:7.2f} GFLOP/s ({r['device']}), "
-                  f"numpy {ref:7.2f} GFLOP/s, ratio {r['gflops'] / ref:.2f}")
+                  f"numpy {ref:7.2f} GFLOP/s, ratio {r['gflops'] / ref:.2f}{extra}")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,11 @@ pub struct Args {
     /// activation memory; accumulation stays compensated f32); f32 elsewhere.
     #[arg(long)]
     pub half: bool,
+    /// Accumulate co-moments with the f32 kernel even where the GPU has cooperative matrices
+    /// (tensor cores; by default they run, multiplying the block-centred activations in f16
+    /// with f32 accumulation; the manifest's `device` says which kernel ran).
+    #[arg(long)]
+    pub fp32_co_moments: bool,
     /// A second null next to the rotation baseline: `permutation` correlates each anchor
     /// neuron with every other seed's activations in a permuted token order (each block's
     /// kept tokens rotated by a random offset of at least 32, drawn from --seed), the best
@@ -210,6 +215,7 @@ impl Args {
             },
             shard: self.shard.as_deref().map(parse_shard).transpose()?,
             half: self.half,
+            fp32_co_moments: self.fp32_co_moments,
             permutation_null: self.null.is_some(),
             merge: Vec::new(),
             command: std::env::args().collect(),

@@ -1,7 +1,9 @@
 //! `seedscope bench-correlation`: throughput of one correlation update (block moments, the
 //! centred cross-product GEMM and the merge into the running totals) on the CPU path and with
-//! the WGSL kernels. `scripts/bench_correlation.py` runs it next to numpy's `X.T @ Y` on the
-//! same matrices and prints the ratios.
+//! the WGSL kernels: `wgpu` runs the device's fastest co-moment kernel (cooperative matrices
+//! where the adapter has them), `wgpu-fp32` the f32 kernel on the same device.
+//! `scripts/bench_correlation.py` runs it next to numpy's `X.T @ Y` on the same matrices and
+//! prints the ratios; `--peak-tflops` adds the fraction of the device's peak.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use clap::Args as ClapArgs;
 use ndarray::Array2;
 use seedscope_analysis::accum::{Accumulate, CpuAccumulator};
 use seedscope_analysis::plan::TileSpec;
-use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments};
+use seedscope_gpu::{ActView, CrossKernel, CrossTile, GpuContext, Kernels, Moments};
 use seedscope_model::matmul::matmul;
 
 /// Options of `seedscope bench-correlation`.
@@ -32,10 +34,15 @@ pub struct Args {
     /// Other neurons when generating.
     #[arg(long, default_value_t = 1024)]
     pub n_b: usize,
-    /// `cpu` (the whole update), `wgpu`, `gemm` or `matrixmultiply` (a GEMM alone: the `gemm`
-    /// crate, or ndarray's matrixmultiply, as references), comma-separated.
+    /// `cpu` (the whole update), `wgpu` (the device's fastest co-moment kernel), `wgpu-fp32`
+    /// (the f32 kernel), `gemm` or `matrixmultiply` (a GEMM alone: the `gemm` crate, or
+    /// ndarray's matrixmultiply, as references), comma-separated.
     #[arg(long, default_value = "cpu,wgpu")]
     pub paths: String,
+    /// The device's peak in TFLOP/s (from its data sheet: FP32 for `wgpu-fp32`, the matrix
+    /// units' f16 rate for a cooperative kernel); adds `of_peak` to each line.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     /// Timed updates (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
@@ -131,9 +138,14 @@ pub fn run(args: &Args) -> Result<()> {
                     "cpu: gemm crate aT b alone".to_owned(),
                 )
             }
-            "wgpu" => {
+            "wgpu" | "wgpu-fp32" => {
                 let ctx = GpuContext::request()?;
-                let k = Kernels::new(&ctx);
+                let kernel = if path == "wgpu" {
+                    ctx.cross
+                } else {
+                    CrossKernel::Fp32
+                };
+                let k = Kernels::with_cross(&ctx, kernel);
                 let a_std = a.as_standard_layout();
                 let b_std = b.as_standard_layout();
                 let ba = ctx.upload("a", a_std.as_slice().context("contiguous")?)?;
@@ -156,18 +168,27 @@ pub fn run(args: &Args) -> Result<()> {
                 }
                 (
                     t.elapsed().as_secs_f64() / args.iters as f64,
-                    format!("wgpu: {} [{:?}]", ctx.info.name, ctx.info.device_type),
+                    format!(
+                        "wgpu: {} [{:?}]; co-moments: {}",
+                        ctx.info.name,
+                        ctx.info.device_type,
+                        kernel.describe()
+                    ),
                 )
             }
-            other => bail!("unknown path `{other}` (cpu, gemm, matrixmultiply or wgpu)"),
+            other => {
+                bail!("unknown path `{other}` (cpu, gemm, matrixmultiply, wgpu or wgpu-fp32)")
+            }
         };
-        println!(
-            "{}",
-            serde_json::json!({
-                "path": path, "device": device, "rows": rows, "n_a": na, "n_b": nb,
-                "seconds": secs, "gflops": flop / secs / 1e9,
-            })
-        );
+        let gflops = flop / secs / 1e9;
+        let mut line = serde_json::json!({
+            "path": path, "device": device, "rows": rows, "n_a": na, "n_b": nb,
+            "seconds": secs, "gflops": gflops,
+        });
+        if let Some(peak) = args.peak_tflops {
+            line["of_peak"] = serde_json::json!(gflops / (peak * 1e3));
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -87,6 +87,9 @@ pub struct AnalysisRequest {
     /// Compute the models in f16 where the device supports it (f32 otherwise, with a note).
     #[serde(default)]
     pub half: bool,
+    /// The f32 co-moment kernel even where the GPU has cooperative matrices.
+    #[serde(default)]
+    pub fp32_co_moments: bool,
     /// The permutation null next to the rotation baseline (`--null permutation`).
     #[serde(default)]
     pub permutation_null: bool,
@@ -162,6 +165,7 @@ impl Default for AnalysisRequest {
             checkpoint_every: Duration::from_secs(120),
             refine: None,
             half: false,
+            fp32_co_moments: false,
             permutation_null: false,
             command: Vec::new(),
             shard: None,
@@ -496,7 +500,10 @@ pub async fn analyse_in_memory(
             "universality needs at least two models (an anchor and another seed)".into(),
         ));
     }
-    events(JobEvent::Log(format!("device: {}", device.describe())));
+    events(JobEvent::Log(format!(
+        "device: {}",
+        device_line(device, req)
+    )));
     let cpu = ComputeDevice::open_async(BackendKind::Cpu)
         .await
         .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
@@ -596,7 +603,7 @@ pub async fn analyse_in_memory(
             data_sha,
             options: &options,
             req,
-            device: device.describe(),
+            device: device_line(device, req),
             seconds: started.elapsed().as_secs_f64(),
         },
         Some(inputs.tokenizer_json.clone()),
@@ -688,8 +695,18 @@ fn analysis_options(
         all_anchors: req.all_anchors,
         refine: req.refine,
         half,
+        fp32_co_moments: req.fp32_co_moments,
         permutation_null: req.permutation_null,
     })
+}
+
+/// The device line of the log and the manifest: the device and, on wgpu, the co-moment
+/// kernel the run uses.
+fn device_line(device: &ComputeDevice, req: &AnalysisRequest) -> String {
+    match device.cross_kernel(req.fp32_co_moments) {
+        Some(kernel) => format!("{}; co-moments: {}", device.describe(), kernel.describe()),
+        None => device.describe(),
+    }
 }
 
 /// Run the analysis `req` describes to its bundle. `cancel` stops it at the next block boundary
@@ -717,7 +734,10 @@ pub fn run_analysis(
     }
     let device =
         ComputeDevice::open(req.backend).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-    events(JobEvent::Log(format!("device: {}", device.describe())));
+    events(JobEvent::Log(format!(
+        "device: {}",
+        device_line(&device, req)
+    )));
     let half = req.half && device.supports_f16();
     if req.half && !half {
         events(JobEvent::Log(
@@ -850,7 +870,7 @@ pub fn run_analysis(
             data_sha,
             options: &options,
             req,
-            device: device.describe(),
+            device: device_line(&device, req),
             seconds: started.elapsed().as_secs_f64(),
             bos: tokenizer_bos(&models[0]),
         },

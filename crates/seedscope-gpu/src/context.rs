@@ -3,6 +3,8 @@
 
 use wgpu::util::DeviceExt;
 
+use crate::CrossKernel;
+
 /// The adapter a compute device runs on, with its instance: one of the primary backends
 /// (Vulkan, Metal, DX12, WebGPU), and OpenGL only where none of them has an adapter. (Probing
 /// OpenGL loads the system's EGL, which on a machine without a display prints `error: ...`
@@ -28,6 +30,60 @@ pub async fn find_adapter(
     Err(GpuError::NoAdapter(why))
 }
 
+/// The features a device is asked for so that the kernels can use the adapter's matrix
+/// units: `SHADER_F16` and `EXPERIMENTAL_COOPERATIVE_MATRIX`, where the adapter has both.
+pub fn kernel_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    if adapter.features().contains(coop) {
+        coop
+    } else {
+        wgpu::Features::empty()
+    }
+}
+
+/// Open a device on `adapter` with `features` and [`kernel_features`]. Cooperative matrices
+/// are one of wgpu's experimental features, which it enables only on an explicit opt-in; where
+/// the device cannot be opened with them, it is opened without them (the f32 kernel runs) and
+/// the reason is printed to stderr.
+pub async fn open_device(
+    adapter: &wgpu::Adapter,
+    label: &str,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+) -> Result<(wgpu::Device, wgpu::Queue), GpuError> {
+    let extra = kernel_features(adapter);
+    let descriptor = |features: wgpu::Features| wgpu::DeviceDescriptor {
+        label: Some(label),
+        required_features: features,
+        required_limits: limits.clone(),
+        experimental_features: if features.intersects(wgpu::Features::all_experimental_mask()) {
+            // SAFETY: the only experimental feature asked for is cooperative matrices, used by
+            // one kernel (`cross_coop.wgsl`) only on configurations the adapter lists
+            // ([`CrossKernel::best`]), and tested against the f64 reference where it runs.
+            #[allow(unsafe_code)]
+            unsafe {
+                wgpu::ExperimentalFeatures::enabled()
+            }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
+        ..Default::default()
+    };
+    if !extra.is_empty() {
+        match adapter.request_device(&descriptor(features | extra)).await {
+            Ok(opened) => return Ok(opened),
+            Err(e) => eprintln!(
+                "warning: opening the device with cooperative matrices failed ({e}); the \
+                 co-moments use the f32 kernel"
+            ),
+        }
+    }
+    adapter
+        .request_device(&descriptor(features))
+        .await
+        .map_err(|e| GpuError::NoAdapter(format!("requesting a device failed: {e}")))
+}
+
 /// Errors of the GPU kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -51,29 +107,45 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// What the adapter is.
     pub info: wgpu::AdapterInfo,
+    /// The fastest co-moment kernel the device offers ([`Kernels::new`] compiles it).
+    pub cross: CrossKernel,
 }
 
 impl GpuContext {
-    /// Wrap an existing device (shared with Burn).
+    /// Wrap an existing device (shared with Burn) that runs the f32 co-moment kernel; see
+    /// [`GpuContext::with_cross`].
     pub fn new(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
         Self {
             device,
             queue,
             info,
+            cross: CrossKernel::Fp32,
         }
     }
 
+    /// The same device running `cross` for its co-moments (one of [`CrossKernel::best`]'s
+    /// answers for this device).
+    pub fn with_cross(self, cross: CrossKernel) -> Self {
+        Self { cross, ..self }
+    }
+
     /// Open a device of its own on the default adapter ([`find_adapter`]), with the adapter's
-    /// full limits.
+    /// full limits and the features the kernels can use ([`kernel_features`]).
     pub fn request() -> Result<Self, GpuError> {
         let (_, adapter) = pollster::block_on(find_adapter(wgpu::PowerPreference::default()))?;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("seedscope-gpu"),
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
-        Ok(Self::new(device, queue, adapter.get_info()))
+        let (device, queue) = pollster::block_on(open_device(
+            &adapter,
+            "seedscope-gpu",
+            adapter.limits(),
+            wgpu::Features::empty(),
+        ))?;
+        let cross = CrossKernel::best(
+            device.features(),
+            &device.limits(),
+            &adapter.get_info(),
+            &adapter.cooperative_matrix_properties(),
+        );
+        Ok(Self::new(device, queue, adapter.get_info()).with_cross(cross))
     }
 
     /// The largest storage buffer one binding may span.
@@ -244,6 +316,7 @@ impl<'a> ActView<'a> {
 pub struct Kernels {
     pub(crate) moments: wgpu::ComputePipeline,
     pub(crate) cross: wgpu::ComputePipeline,
+    pub(crate) cross_kernel: CrossKernel,
     pub(crate) finalize: wgpu::ComputePipeline,
     pub(crate) histogram: wgpu::ComputePipeline,
     pub(crate) anatomy: wgpu::ComputePipeline,
@@ -251,9 +324,20 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile the shaders on `ctx`'s device.
+    /// Compile the shaders on `ctx`'s device, with its co-moment kernel ([`GpuContext::cross`]).
     pub fn new(ctx: &GpuContext) -> Self {
-        let make = |name: &str, src: &str| {
+        Self::with_cross(ctx, ctx.cross)
+    }
+
+    /// Compile the shaders with `cross` as the co-moment kernel (the f32 kernel runs
+    /// anywhere; a cooperative one only where [`CrossKernel::best`] offered it).
+    pub fn with_cross(ctx: &GpuContext, cross: CrossKernel) -> Self {
+        let invocations = match cross {
+            CrossKernel::Cooperative { invocations, .. } => invocations as f64,
+            CrossKernel::Fp32 => 0.0,
+        };
+        let constants = [("WG", invocations)];
+        let compile = |name: &str, src: &str, constants: &[(&str, f64)]| {
             let module = ctx
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -266,16 +350,27 @@ impl Kernels {
                     layout: None,
                     module: &module,
                     entry_point: Some("main"),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
                     cache: None,
                 })
+        };
+        let make = |name: &str, src: &str| compile(name, src, &[]);
+        let cross_pipeline = match cross {
+            CrossKernel::Fp32 => make("cross.wgsl", &cross.source()),
+            CrossKernel::Cooperative { .. } => {
+                compile("cross_coop.wgsl", &cross.source(), &constants)
+            }
         };
         Self {
             moments: make(
                 "moments.wgsl",
                 include_str!("../../../shaders/moments.wgsl"),
             ),
-            cross: make("cross.wgsl", include_str!("../../../shaders/cross.wgsl")),
+            cross: cross_pipeline,
+            cross_kernel: cross,
             finalize: make(
                 "finalize.wgsl",
                 include_str!("../../../shaders/finalize.wgsl"),
@@ -290,6 +385,11 @@ impl Kernels {
             ),
             pairs: make("pairs.wgsl", include_str!("../../../shaders/pairs.wgsl")),
         }
+    }
+
+    /// The co-moment kernel these kernels run.
+    pub fn cross_kernel(&self) -> CrossKernel {
+        self.cross_kernel
     }
 }
 

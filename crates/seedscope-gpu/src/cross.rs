@@ -1,12 +1,113 @@
-//! `shaders/cross.wgsl` and `shaders/finalize.wgsl`: the running co-moment tile of anchor
-//! columns × other columns (a tiled GEMM of block-centred activations merged with Chan's
-//! correction into Kahan pairs), and its Pearson correlations reduced per anchor neuron.
+//! `shaders/cross.wgsl`, `shaders/cross_coop.wgsl` and `shaders/finalize.wgsl`: the running
+//! co-moment tile of anchor columns × other columns (a tiled GEMM of block-centred activations
+//! merged with Chan's correction into Kahan pairs), and its Pearson correlations reduced per
+//! anchor neuron. [`CrossKernel`] is which GEMM a device runs: f32 register tiles everywhere, or
+//! cooperative matrices (tensor cores) with f16 inputs where the adapter has them.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::context::dispatch;
 use crate::totals::{BlockPair, Totals};
-use crate::{ActView, CROSS_TILE, GpuContext, GpuError, Kernels, MAX_GROUPS, Moments};
+use crate::{ActView, GpuContext, GpuError, Kernels, MAX_GROUPS, Moments};
+
+/// Output tile side of `cross.wgsl` (a 16x16 workgroup computes 128x128 entries, 8x8 each).
+pub const CROSS_TILE: u32 = 128;
+
+/// The GEMM inside a co-moment update: the same centring, Chan merge and Kahan pairs around
+/// it, the same bindings, a different product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossKernel {
+    /// `cross.wgsl`: f32 products, 8x8 register tiles per invocation. Every adapter.
+    Fp32,
+    /// `cross_coop.wgsl`: cooperative matrices `size`² (tensor cores, WMMA, SIMD-group
+    /// matrices) on the block-centred activations rounded to f16, accumulated in f32;
+    /// `invocations` per workgroup (the adapter's largest subgroup).
+    Cooperative {
+        /// Fragment side: 16 or 8.
+        size: u32,
+        /// Invocations per workgroup.
+        invocations: u32,
+    },
+}
+
+impl CrossKernel {
+    /// The fastest kernel a device offers: cooperative matrices where the device was opened
+    /// with `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16`, the adapter lists square f16 ×
+    /// f16 → f32 fragments of 16 (preferred) or 8, and its limits hold the kernel's workgroup;
+    /// the f32 kernel otherwise.
+    pub fn best(
+        features: wgpu::Features,
+        limits: &wgpu::Limits,
+        info: &wgpu::AdapterInfo,
+        configs: &[wgpu::CooperativeMatrixProperties],
+    ) -> Self {
+        use wgpu::CooperativeScalarType::{F16, F32};
+        let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        if !features.contains(needed) {
+            return Self::Fp32;
+        }
+        let invocations = info.subgroup_max_size;
+        for size in [16, 8] {
+            let listed = configs.iter().any(|c| {
+                (c.m_size, c.n_size, c.k_size) == (size, size, size)
+                    && c.ab_type == F16
+                    && c.cr_type == F32
+            });
+            let kernel = Self::Cooperative { size, invocations };
+            if listed
+                && invocations > 0
+                && invocations <= limits.max_compute_invocations_per_workgroup
+                && invocations <= limits.max_compute_workgroup_size_x
+                && kernel.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+            {
+                return kernel;
+            }
+        }
+        Self::Fp32
+    }
+
+    /// Output tile side of one workgroup.
+    pub fn tile(self) -> u32 {
+        match self {
+            Self::Fp32 => CROSS_TILE,
+            Self::Cooperative { size, .. } => 4 * size,
+        }
+    }
+
+    /// Workgroup memory the kernel declares.
+    pub fn workgroup_bytes(self) -> u32 {
+        match self {
+            Self::Fp32 => 2 * 2 * 8 * CROSS_TILE * 4,
+            // Two [2 S][4 S] f16 slices and the [4 S]² f32 tile.
+            Self::Cooperative { size, .. } => {
+                2 * (2 * size) * (4 * size) * 2 + 16 * size * size * 4
+            }
+        }
+    }
+
+    /// The WGSL source: `cross.wgsl`, or `cross_coop.wgsl` for the fragment size.
+    pub fn source(self) -> String {
+        const COOP: &str = include_str!("../../../shaders/cross_coop.wgsl");
+        match self {
+            Self::Fp32 => include_str!("../../../shaders/cross.wgsl").to_owned(),
+            Self::Cooperative { size: 16, .. } => COOP.to_owned(),
+            Self::Cooperative { size, .. } => COOP
+                .replace("coop_mat16x16<", &format!("coop_mat{size}x{size}<"))
+                .replace("const S: u32 = 16u;", &format!("const S: u32 = {size}u;")),
+        }
+    }
+
+    /// One line for logs and manifests.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Fp32 => "f32 register tiles (cross.wgsl)".to_owned(),
+            Self::Cooperative { size, invocations } => format!(
+                "cooperative matrices {size}x{size}x{size}, f16 inputs, f32 accumulation, \
+                 {invocations} invocations per workgroup (cross_coop.wgsl)"
+            ),
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -92,7 +193,8 @@ impl CrossTile {
         b_col: u32,
         n_b: u32,
     ) -> Result<Self, GpuError> {
-        if n_a.div_ceil(CROSS_TILE) > MAX_GROUPS || n_b.div_ceil(CROSS_TILE) > MAX_GROUPS {
+        // The smallest output tile of any kernel (cooperative 8x8 fragments: 32).
+        if n_a.div_ceil(32) > MAX_GROUPS || n_b.div_ceil(32) > MAX_GROUPS {
             return Err(GpuError::Limit(format!(
                 "a {n_a} x {n_b} tile needs more than {MAX_GROUPS} workgroups per dimension"
             )));
@@ -143,7 +245,10 @@ impl CrossTile {
                 block.b_moments.block.as_entire_binding(),
                 self.c.buffer.as_entire_binding(),
             ],
-            (self.n_b.div_ceil(CROSS_TILE), self.n_a.div_ceil(CROSS_TILE)),
+            {
+                let tile = kernels.cross_kernel.tile();
+                (self.n_b.div_ceil(tile), self.n_a.div_ceil(tile))
+            },
         );
         Ok(())
     }
@@ -268,5 +373,179 @@ impl CrossTile {
     /// The running co-moments (for checkpoints).
     pub fn totals(&self) -> &Totals {
         &self.c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::naga;
+
+    fn config(
+        size: u32,
+        ab: wgpu::CooperativeScalarType,
+        cr: wgpu::CooperativeScalarType,
+    ) -> wgpu::CooperativeMatrixProperties {
+        wgpu::CooperativeMatrixProperties {
+            m_size: size,
+            n_size: size,
+            k_size: size,
+            ab_type: ab,
+            cr_type: cr,
+            saturating_accumulation: false,
+        }
+    }
+
+    fn info(subgroup: u32) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            subgroup_min_size: subgroup,
+            subgroup_max_size: subgroup,
+            ..wgpu::AdapterInfo::new(wgpu::DeviceType::DiscreteGpu, wgpu::Backend::Vulkan)
+        }
+    }
+
+    /// Parse and validate a kernel's WGSL as naga does when wgpu compiles it, with the
+    /// capabilities the device would have, set the overrides and write it as SPIR-V (what
+    /// wgpu hands a Vulkan driver): the cooperative kernel compiles here though no adapter on
+    /// this machine can run it.
+    /// With `SEEDSCOPE_SPIRV_DIR` set, the SPIR-V is also written there as `name.spv` (for
+    /// `spirv-val --target-env vulkan1.3`).
+    fn compile(name: &str, src: &str, caps: naga::valid::Capabilities, invocations: u32) {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+        // The host sets the cooperative kernel's workgroup size; the f32 kernel has none.
+        let mut constants = naga::back::PipelineConstants::new();
+        if invocations > 0 {
+            constants.insert("WG".to_owned(), invocations as f64);
+        }
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .expect("overrides");
+        let options = naga::back::spv::Options {
+            lang_version: (1, 4),
+            ..Default::default()
+        };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None).expect("SPIR-V");
+        if let Some(dir) = std::env::var_os("SEEDSCOPE_SPIRV_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("{name}.spv"));
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).expect("writing SPIR-V");
+        }
+    }
+
+    #[test]
+    fn both_co_moment_kernels_validate_and_compile_to_spirv() {
+        use naga::valid::Capabilities as C;
+        compile("cross", &CrossKernel::Fp32.source(), C::default(), 0);
+        for size in [16, 8] {
+            let kernel = CrossKernel::Cooperative {
+                size,
+                invocations: 32,
+            };
+            let src = kernel.source();
+            assert!(src.contains(&format!("coop_mat{size}x{size}<f16, A>")));
+            compile(
+                &format!("cross_coop{size}"),
+                &src,
+                C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16,
+                32,
+            );
+        }
+        // Without the capability the cooperative kernel is refused (the check is real).
+        let src = CrossKernel::Cooperative {
+            size: 16,
+            invocations: 32,
+        }
+        .source();
+        let module = naga::front::wgsl::parse_str(&src).expect("parse");
+        assert!(
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), C::SHADER_FLOAT16)
+                .validate(&module)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_best_kernel_follows_the_adapters_list_and_limits() {
+        use wgpu::CooperativeScalarType::{F16, F32};
+        let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        let limits = wgpu::Limits {
+            max_compute_workgroup_storage_size: 48 << 10,
+            ..wgpu::Limits::default()
+        };
+        // NVIDIA and AMD list 16x16x16 f16 -> f32 (among others).
+        let vulkan = [config(16, F16, F16), config(16, F16, F32)];
+        assert_eq!(
+            CrossKernel::best(coop, &limits, &info(32), &vulkan),
+            CrossKernel::Cooperative {
+                size: 16,
+                invocations: 32
+            }
+        );
+        // Metal lists 8x8x8, f32 and f16 inputs.
+        let metal = [
+            config(8, F32, F32),
+            config(8, F16, F16),
+            config(8, F16, F32),
+        ];
+        assert_eq!(
+            CrossKernel::best(coop, &limits, &info(32), &metal),
+            CrossKernel::Cooperative {
+                size: 8,
+                invocations: 32
+            }
+        );
+        // Only f32 inputs or only f16 accumulation: no f16 -> f32 fragment, f32 kernel.
+        assert_eq!(
+            CrossKernel::best(
+                coop,
+                &limits,
+                &info(32),
+                &[config(8, F32, F32), config(16, F16, F16)]
+            ),
+            CrossKernel::Fp32
+        );
+        // The device opened without the features, or the workgroup memory too small for 16.
+        assert_eq!(
+            CrossKernel::best(wgpu::Features::SHADER_F16, &limits, &info(32), &vulkan),
+            CrossKernel::Fp32
+        );
+        let small = wgpu::Limits::default();
+        assert_eq!(small.max_compute_workgroup_storage_size, 16 << 10);
+        assert_eq!(
+            CrossKernel::best(coop, &small, &info(32), &vulkan),
+            CrossKernel::Fp32
+        );
+        assert_eq!(
+            CrossKernel::best(coop, &small, &info(32), &metal),
+            CrossKernel::Cooperative {
+                size: 8,
+                invocations: 32
+            }
+        );
+        // The workgroup is the largest subgroup; none reported, no cooperative kernel.
+        assert_eq!(
+            CrossKernel::best(coop, &limits, &info(64), &vulkan),
+            CrossKernel::Cooperative {
+                size: 16,
+                invocations: 64
+            }
+        );
+        assert_eq!(
+            CrossKernel::best(coop, &limits, &info(0), &vulkan),
+            CrossKernel::Fp32
+        );
+        assert_eq!(
+            CrossKernel::Cooperative {
+                size: 16,
+                invocations: 32
+            }
+            .workgroup_bytes(),
+            24 << 10
+        );
+        assert_eq!(CrossKernel::Fp32.workgroup_bytes(), 16 << 10);
     }
 }

@@ -4,8 +4,10 @@
 //! - [`moments`]: `moments.wgsl`, per-neuron block mean and centred sum of squares merged into
 //!   running totals with Chan's formula ([`Moments`]).
 //! - [`cross`]: `cross.wgsl`, a tiled GEMM of block-centred activations merged into a running
-//!   co-moment tile ([`CrossTile`]), and `finalize.wgsl`, its Pearson correlations reduced per
-//!   anchor neuron to the maximum, its argmax and the minimum (only these are read back).
+//!   co-moment tile ([`CrossTile`]), or `cross_coop.wgsl`, the same on cooperative matrices
+//!   with f16 inputs where the adapter has them ([`CrossKernel`]), and `finalize.wgsl`, its
+//!   Pearson correlations reduced per anchor neuron to the maximum, its argmax and the minimum
+//!   (only these are read back).
 //! - [`pairs`]: `pairs.wgsl`, the co-moments of listed column pairs ([`PairTile`]).
 //! - [`histogram`]: `histogram.wgsl`, pre-activation histograms ([`Histogram`]).
 //! - [`anatomy`]: `anatomy.wgsl`, feature sums, top activations, activity by position.
@@ -29,15 +31,14 @@ pub mod twin;
 
 pub use anatomy::{Anatomy, AnatomyState, FeatureTables, NO_TOKEN, feature_csr};
 pub(crate) use context::MAX_GROUPS;
-pub use context::{ActView, GpuContext, GpuError, Kernels, find_adapter};
-pub use cross::{CrossTile, REL_ZERO_STD, TileReduction};
+pub use context::{
+    ActView, GpuContext, GpuError, Kernels, find_adapter, kernel_features, open_device,
+};
+pub use cross::{CROSS_TILE, CrossKernel, CrossTile, REL_ZERO_STD, TileReduction};
 pub use histogram::{HIST_BINS, Histogram};
 pub use moments::{Moments, merge_weights};
 pub use pairs::PairTile;
 pub use totals::{BlockPair, Totals};
-
-/// Output tile side of `cross.wgsl` (a 16x16 workgroup computes 64x64 entries).
-pub const CROSS_TILE: u32 = 64;
 
 /// The most rows one update merges. Longer blocks are split by the caller (each split is a
 /// Chan merge of its own): a single workgroup looping over tens of thousands of rows is slow

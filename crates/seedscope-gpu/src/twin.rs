@@ -2,9 +2,46 @@
 //! The CPU path of the analysis runs these very functions, and each kernel is tested against
 //! its twin (`tests/kernels.rs`), so what the test checks is what production computes.
 //! (`moments.wgsl`, `cross.wgsl`, `finalize.wgsl` and `pairs.wgsl` are checked against the
-//! exact f64 correlations of [`crate::reference`].)
+//! exact f64 correlations of [`crate::reference`].) [`cross_f16_block`] is the arithmetic of
+//! `cross_coop.wgsl`'s block product, which bounds that kernel's error over many tokens
+//! (`tests/numerics.rs`) on machines whose adapters have no cooperative matrices.
 
 use crate::{AnatomyState, NO_TOKEN};
+
+/// A block-centred activation as `cross_coop.wgsl` feeds it to the matrix units: clamped to
+/// the finite f16 range and rounded to f16 (to nearest).
+pub fn coop_input(v: f32) -> f32 {
+    half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f32()
+}
+
+/// `cross_coop.wgsl`'s product of one block on the host: `out[i * nb + j] = Σ_t
+/// f16(a[t, i] − a_mean[i]) · f16(b[t, j] − b_mean[j])` with f32 sums (a product of two f16
+/// values is exact in f32), `a` `[rows, na]` and `b` `[rows, nb]` row-major. The kernel then
+/// merges it like `cross.wgsl`'s f32 product (Chan's correction, Kahan pairs).
+pub fn cross_f16_block(
+    a: &[f32],
+    na: usize,
+    a_mean: &[f32],
+    b: &[f32],
+    nb: usize,
+    b_mean: &[f32],
+) -> Vec<f32> {
+    let rows = a.len().checked_div(na).unwrap_or(0);
+    let mut out = vec![0.0f32; na * nb];
+    let mut y = vec![0.0f32; nb];
+    for t in 0..rows {
+        for (j, v) in y.iter_mut().enumerate() {
+            *v = coop_input(b[t * nb + j] - b_mean[j]);
+        }
+        for i in 0..na {
+            let x = coop_input(a[t * na + i] - a_mean[i]);
+            for (o, &v) in out[i * nb..(i + 1) * nb].iter_mut().zip(&y) {
+                *o += x * v;
+            }
+        }
+    }
+    out
+}
 
 /// The 256 fixed edges `numpy.linspace(-10, 15, 256)` rounded to f32 (the kernel receives
 /// these values, so both paths compare against the same numbers).

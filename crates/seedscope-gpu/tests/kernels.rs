@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, Normal};
-use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, reference, twin};
+use seedscope_gpu::{
+    ActView, CrossKernel, CrossTile, GpuContext, Kernels, Moments, reference, twin,
+};
 
 fn ctx() -> GpuContext {
     GpuContext::request().unwrap_or_else(|e| {
@@ -164,6 +166,67 @@ fn kernels_match_the_f64_reference_on_odd_shapes_with_large_means() {
         );
     }
     eprintln!("moments: relative error of means {mean_err:.2e}, of M2 {m2_err:.2e}");
+}
+
+/// `cross_coop.wgsl` (cooperative matrices, f16 inputs) against the f64 reference and against
+/// its CPU twin, on the shapes of the f32 test. It needs an adapter that lists f16 × f16 → f32
+/// fragments (NVIDIA tensor cores, AMD WMMA, Apple GPUs); elsewhere it says so and checks
+/// nothing. The same data through the f32 kernel on the same device is the comparison.
+#[test]
+fn the_cooperative_matrix_kernel_matches_the_f64_reference_where_the_adapter_has_one() {
+    let ctx = ctx();
+    let CrossKernel::Cooperative { size, invocations } = ctx.cross else {
+        eprintln!(
+            "NOT RUN: the cooperative-matrix co-moment kernel needs an adapter with \
+             EXPERIMENTAL_COOPERATIVE_MATRIX, SHADER_F16 and square f16 x f16 -> f32 fragments \
+             of 16 or 8; {} ({:?}) offers {:?} (cross_coop.wgsl is only validated and \
+             compiled to SPIR-V here, by seedscope-gpu's unit tests)",
+            ctx.info.name, ctx.info.backend, ctx.cross
+        );
+        return;
+    };
+    eprintln!("cooperative matrices {size}x{size}, {invocations} invocations per workgroup");
+    let coop = Kernels::new(&ctx);
+    let fp32 = Kernels::with_cross(&ctx, CrossKernel::Fp32);
+    for (rows, na, nb, blocks, mean) in [
+        (1000, 67, 130, vec![37, 256, 1, 100], 300.0),
+        (4096, 200, 150, vec![4096], -3.0),
+    ] {
+        let a = data(rows, na, 5, mean, &[3]);
+        let b = data(rows, nb, 6, -mean, &[0]);
+        let e = reference::correlations(&a, na, &b, nb);
+        let r = run_gpu(&ctx, &coop, &a, na, &b, nb, &blocks);
+        // f16 inputs: each centred activation within 2^-11 relative.
+        check(&r, &e, na, nb, 2e-3);
+        let f = run_gpu(&ctx, &fp32, &a, na, &b, nb, &blocks);
+        check(&f, &e, na, nb, 2e-5);
+    }
+    // Against the twin: one block's co-moments, read back through a zero running total.
+    let (rows, na, nb) = (300, 70, 90);
+    let a = data(rows, na, 7, 10.0, &[]);
+    let b = data(rows, nb, 8, -10.0, &[]);
+    let mean = |x: &[f32], n: usize| -> Vec<f32> {
+        reference::moments(x, n)
+            .into_iter()
+            .map(|m| m.0 as f32)
+            .collect()
+    };
+    let twin = twin::cross_f16_block(&a, na, &mean(&a, na), &b, nb, &mean(&b, nb));
+    let r = run_gpu(&ctx, &coop, &a, na, &b, nb, &[rows]);
+    let m2 = |x: &[f32], n: usize| -> Vec<f64> {
+        reference::moments(x, n).into_iter().map(|m| m.1).collect()
+    };
+    let (qa, qb) = (m2(&a, na), m2(&b, nb));
+    let tile = r.tile.expect("tile");
+    let mut worst = 0.0f64;
+    for i in 0..na {
+        for j in 0..nb {
+            let want = twin[i * nb + j] as f64 / (qa[i] * qb[j]).sqrt();
+            worst = worst.max((tile[i * nb + j] as f64 - want).abs());
+        }
+    }
+    eprintln!("cooperative kernel against its twin: max |corr difference| {worst:.2e}");
+    assert!(worst <= 1e-4, "kernel and twin differ by {worst}");
 }
 
 #[test]

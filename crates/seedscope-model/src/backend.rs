@@ -97,6 +97,9 @@ pub struct WgpuHandles {
     pub device: wgpu::Device,
     /// Its queue.
     pub queue: wgpu::Queue,
+    /// The fastest co-moment kernel the device offers (cooperative matrices where the adapter
+    /// has them and the device was opened with them).
+    pub cross: seedscope_gpu::CrossKernel,
 }
 
 impl ComputeDevice {
@@ -141,18 +144,17 @@ impl ComputeDevice {
     }
 
     /// Open a device on `adapter` the way Burn's wgpu runtime would (the adapter's features, see
-    /// [`device_features`], and its full limits) and hand it to Burn.
+    /// [`device_features`], and its full limits), with cooperative matrices where the adapter
+    /// has them ([`seedscope_gpu::open_device`]), and hand it to Burn.
     async fn wgpu((instance, adapter): (wgpu::Instance, wgpu::Adapter)) -> Result<Self, NoAdapter> {
-        let limits = adapter.limits();
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("seedscope"),
-                required_features: device_features(adapter.features()),
-                required_limits: limits.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| NoAdapter(format!("requesting a device failed: {e}")))?;
+        let (device, queue) = seedscope_gpu::open_device(
+            &adapter,
+            "seedscope",
+            adapter.limits(),
+            device_features(adapter.features()),
+        )
+        .await
+        .map_err(|e| NoAdapter(e.to_string()))?;
         Self::from_wgpu(instance, adapter, device, queue)
     }
 
@@ -166,6 +168,12 @@ impl ComputeDevice {
     ) -> Result<Self, NoAdapter> {
         let limits = device.limits();
         let info = adapter.get_info();
+        let cross = seedscope_gpu::CrossKernel::best(
+            device.features(),
+            &limits,
+            &info,
+            &adapter.cooperative_matrix_properties(),
+        );
         let setup = WgpuSetup {
             instance,
             adapter,
@@ -187,7 +195,11 @@ impl ComputeDevice {
                     .max_storage_buffer_binding_size
                     .min(limits.max_buffer_size),
             ),
-            wgpu: Some(WgpuHandles { device, queue }),
+            wgpu: Some(WgpuHandles {
+                device,
+                queue,
+                cross,
+            }),
         })
     }
 
@@ -197,6 +209,17 @@ impl ComputeDevice {
         self.adapter
             .as_ref()
             .is_some_and(|a| a.device_type == wgpu::DeviceType::Cpu)
+    }
+
+    /// The co-moment kernel a run on this device uses: `None` on the CPU; the f32 kernel where
+    /// `fp32` is asked for or the device has no cooperative matrices.
+    pub fn cross_kernel(&self, fp32: bool) -> Option<seedscope_gpu::CrossKernel> {
+        let h = self.wgpu.as_ref()?;
+        Some(if fp32 {
+            seedscope_gpu::CrossKernel::Fp32
+        } else {
+            h.cross
+        })
     }
 
     /// One line for logs and manifests: `wgpu: llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan, Cpu]`.
@@ -227,8 +250,9 @@ async fn probe_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), NoAdapter> {
 /// The features Seedscope asks a device for: everything the adapter offers except mappable
 /// primary buffers (slow on discrete GPUs) and wgpu's experimental features (mesh shaders,
 /// cooperative matrices, ray tracing pipelines), which wgpu refuses to enable without an
-/// unsafe opt-in and which no kernel here uses. Requesting them made opening a device fail on
-/// NVIDIA's Vulkan driver.
+/// unsafe opt-in. Requesting all of them made opening a device fail on NVIDIA's Vulkan driver;
+/// cooperative matrices, which the co-moment kernel uses, are asked for on their own by
+/// [`seedscope_gpu::open_device`] (and left out where the device cannot open with them).
 pub fn device_features(adapter: wgpu::Features) -> wgpu::Features {
     adapter
         .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)

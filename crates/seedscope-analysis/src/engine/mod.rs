@@ -59,6 +59,10 @@ pub struct AnalysisOptions {
     /// f32 / f64). Only where the device has `shader-f16`; the job falls back to f32 elsewhere.
     #[serde(default)]
     pub half: bool,
+    /// Accumulate the co-moments with the f32 kernel even where the GPU has cooperative
+    /// matrices (which multiply the block-centred activations in f16; `--fp32-co-moments`).
+    #[serde(default)]
+    pub fp32_co_moments: bool,
     /// The permutation null next to the rotation baseline (`--null permutation`): each anchor
     /// neuron's best correlation with every other model's activations in a permuted token order
     /// ([`null_order`]: each block's kept tokens rotated by a random offset of at least
@@ -104,6 +108,7 @@ impl Default for AnalysisOptions {
             all_anchors: false,
             refine: None,
             half: false,
+            fp32_co_moments: false,
             permutation_null: false,
         }
     }
@@ -317,7 +322,11 @@ impl Run<'_> {
         let device = self.family.device;
         match (&device.wgpu, &device.adapter) {
             (Some(h), Some(info)) => {
-                let ctx = GpuContext::new(h.device.clone(), h.queue.clone(), info.clone());
+                let cross = device
+                    .cross_kernel(self.options.fp32_co_moments)
+                    .unwrap_or(h.cross);
+                let ctx = GpuContext::new(h.device.clone(), h.queue.clone(), info.clone())
+                    .with_cross(cross);
                 self.run_with(&Gpu::new(ctx), shard, progress).await
             }
             _ => self.run_with(&Cpu, shard, progress).await,
