@@ -107,7 +107,8 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// What the adapter is.
     pub info: wgpu::AdapterInfo,
-    /// The fastest co-moment kernel the device offers ([`Kernels::new`] compiles it).
+    /// The co-moment kernel [`Kernels::new`] compiles: the fastest the device offers that
+    /// passed its check ([`GpuContext::with_checked_cross`]), or the f32 one.
     pub cross: CrossKernel,
 }
 
@@ -129,6 +130,21 @@ impl GpuContext {
         Self { cross, ..self }
     }
 
+    /// The same device running `best` if it passes [`CrossKernel::check`] here, else the
+    /// f32 kernel (the reason printed to stderr).
+    pub fn with_checked_cross(self, best: CrossKernel) -> Self {
+        match best.check(&self) {
+            Ok(()) => self.with_cross(best),
+            Err(why) => {
+                eprintln!(
+                    "warning: {} failed its check ({why}); the co-moments use the f32 kernel",
+                    best.describe()
+                );
+                self.with_cross(CrossKernel::Fp32)
+            }
+        }
+    }
+
     /// Open a device of its own on the default adapter ([`find_adapter`]), with the adapter's
     /// full limits and the features the kernels can use ([`kernel_features`]).
     pub fn request() -> Result<Self, GpuError> {
@@ -145,7 +161,7 @@ impl GpuContext {
             &adapter.get_info(),
             &adapter.cooperative_matrix_properties(),
         );
-        Ok(Self::new(device, queue, adapter.get_info()).with_cross(cross))
+        Ok(Self::new(device, queue, adapter.get_info()).with_checked_cross(cross))
     }
 
     /// The largest storage buffer one binding may span.

@@ -97,6 +97,49 @@ impl CrossKernel {
         }
     }
 
+    /// Run the kernel once on `ctx` before trusting it: a cooperative kernel must compile
+    /// without a validation error and give the f32 kernel's correlations (within 1e-2, f16
+    /// inputs) on a block of odd sizes with large means and a shared factor. The f32 kernel
+    /// passes without running. An `Err` says what went wrong.
+    pub fn check(self, ctx: &GpuContext) -> Result<(), String> {
+        if self == Self::Fp32 {
+            return Ok(());
+        }
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let (rows, na, nb) = (300, 70, 90);
+        let (a, b) = (check_block(rows, na, 1), check_block(rows, nb, 2));
+        let run = |kernel: Self| -> Result<Vec<f32>, GpuError> {
+            let kernels = Kernels::with_cross(ctx, kernel);
+            let mut ma = Moments::new(ctx, na as u32)?;
+            let mut mb = Moments::new(ctx, nb as u32)?;
+            let tile = CrossTile::new(ctx, 0, na as u32, 0, nb as u32)?;
+            let (ba, bb) = (ctx.upload("a", &a)?, ctx.upload("b", &b)?);
+            let (va, vb) = (ActView::whole(&ba, rows, na), ActView::whole(&bb, rows, nb));
+            tile.merge_pair(ctx, &kernels, va, &mut ma, vb, &mut mb)?;
+            let r = tile.finalize(ctx, &kernels, &ma, &mb, true)?;
+            Ok(r.tile.unwrap_or_default())
+        };
+        let outcome = run(self).and_then(|got| Ok((got, run(Self::Fp32)?)));
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!("wgpu reported: {e}"));
+        }
+        let (got, want) = outcome.map_err(|e| e.to_string())?;
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(
+                0.0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
+        if got.len() != want.len() || worst > 1e-2 {
+            return Err(format!(
+                "its correlations differ from the f32 kernel's by {worst:.1e} on a test block"
+            ));
+        }
+        Ok(())
+    }
+
     /// One line for logs and manifests.
     pub fn describe(self) -> String {
         match self {
@@ -376,6 +419,23 @@ impl CrossTile {
     }
 }
 
+/// [`CrossKernel::check`]'s test activations `[rows, n]`: means of 50 and more, a shared factor
+/// with loadings across (-1, 1), and noise (a deterministic hash, no RNG dependency).
+fn check_block(rows: usize, n: usize, salt: u64) -> Vec<f32> {
+    let unit = |x: u64| {
+        let h = (x ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let h = (h ^ (h >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((h ^ (h >> 29)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    (0..rows * n)
+        .map(|e| {
+            let (t, j) = ((e / n) as u64, (e % n) as u64);
+            let load = unit(j * 7 + salt * 1_000_003);
+            50.0 + j as f32 + 3.0 * load * unit(t) + unit(e as u64 * 31 + salt)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +525,19 @@ mod tests {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), C::SHADER_FLOAT16)
                 .validate(&module)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_check_blocks_correlate() {
+        let (rows, na, nb) = (300, 70, 90);
+        let (a, b) = (check_block(rows, na, 1), check_block(rows, nb, 2));
+        let r = crate::reference::correlations(&a, na, &b, nb);
+        let strong = r.iter().filter(|v| v.abs() > 0.5).count();
+        assert!(
+            strong > r.len() / 10,
+            "{strong} of {} pairs above 0.5",
+            r.len()
         );
     }
 

@@ -229,6 +229,37 @@ fn the_cooperative_matrix_kernel_matches_the_f64_reference_where_the_adapter_has
     assert!(worst <= 1e-4, "kernel and twin differ by {worst}");
 }
 
+/// A cooperative kernel that cannot run on the device (here: one the adapter does not offer,
+/// so its shader fails validation) fails its check with wgpu's reason, and the context falls
+/// back to the f32 kernel instead of running it. Where the adapter has cooperative matrices
+/// this failure cannot be provoked, and the test says so.
+#[test]
+fn a_cooperative_kernel_that_fails_its_check_leaves_the_f32_kernel() {
+    let ctx = ctx();
+    if ctx
+        .device
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        eprintln!("NOT RUN: {} has cooperative matrices", ctx.info.name);
+        return;
+    }
+    let unusable = CrossKernel::Cooperative {
+        size: 16,
+        invocations: 32,
+    };
+    let why = unusable
+        .check(&ctx)
+        .expect_err("an unusable kernel passed its check");
+    eprintln!("check of an unusable cooperative kernel: {why}");
+    assert!(why.contains("wgpu reported"), "{why}");
+    assert_eq!(
+        ctx.clone().with_checked_cross(unusable).cross,
+        CrossKernel::Fp32
+    );
+    assert_eq!(CrossKernel::Fp32.check(&ctx), Ok(()));
+}
+
 #[test]
 fn a_single_token_gives_zero_correlations_not_nan() {
     let ctx = ctx();

@@ -98,7 +98,7 @@ pub struct WgpuHandles {
     /// Its queue.
     pub queue: wgpu::Queue,
     /// The fastest co-moment kernel the device offers (cooperative matrices where the adapter
-    /// has them and the device was opened with them).
+    /// has them, the device was opened with them and the kernel passed its check).
     pub cross: seedscope_gpu::CrossKernel,
 }
 
@@ -168,12 +168,16 @@ impl ComputeDevice {
     ) -> Result<Self, NoAdapter> {
         let limits = device.limits();
         let info = adapter.get_info();
-        let cross = seedscope_gpu::CrossKernel::best(
+        let best = seedscope_gpu::CrossKernel::best(
             device.features(),
             &limits,
             &info,
             &adapter.cooperative_matrix_properties(),
         );
+        // A cooperative kernel runs once on this device before a run relies on it.
+        let cross = seedscope_gpu::GpuContext::new(device.clone(), queue.clone(), info.clone())
+            .with_checked_cross(best)
+            .cross;
         let setup = WgpuSetup {
             instance,
             adapter,
