@@ -116,6 +116,7 @@ fn main(
     let sk = li / ROW;
     let su = li % ROW;
     let slot = sk * ROW + su;
+    let busy = i0 + 4u * lid.y < p.n_a && j0 + 4u * lid.x < p.n_b;
     // Accumulators: acc_RH holds row (lo rows 4 ty + R, hi rows 64 + 4 ty + R - 4) by the
     // column half H (l: 4 tx .. 4 tx + 3, h: 64 + 4 tx ..).
     var acc0l = vec4<f32>(0.0);
@@ -149,7 +150,10 @@ fn main(
             na = ld_a4(t, su + wid.y * ROW);
             nb = ld_b4(t, su + wid.x * ROW);
         }
-        for (var k = 0u; k < TK; k++) {
+        // An invocation whose rows or columns all lie past the tile's edge only stages data
+        // (no barrier inside, so skipping is allowed): edge tiles, and most of a workgroup on
+        // a tile narrower than 128.
+        for (var k = 0u; k < select(0u, TK, busy); k++) {
             let base = cur + k * ROW;
             let al = sa[base + lid.y];
             let ah = sa[base + 16u + lid.y];
