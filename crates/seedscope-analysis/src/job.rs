@@ -1109,3 +1109,33 @@ fn json_sha256<T: serde::Serialize>(key: &T) -> Result<String, AnalysisError> {
     let bytes = serde_json::to_vec(key).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
     Ok(format!("{:x}", Sha256::digest(bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's and the manifest's device line name the co-moment kernel on wgpu (the one
+    /// `--fp32-co-moments` forces, or the device's fastest), and nothing more on the CPU.
+    #[test]
+    fn the_device_line_names_the_co_moment_kernel_on_wgpu() {
+        let req = AnalysisRequest::default();
+        let cpu = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+        assert_eq!(device_line(&cpu, &req), cpu.describe());
+        let gpu = ComputeDevice::open(BackendKind::Wgpu)
+            .unwrap_or_else(|e| panic!("needs a wgpu adapter (lavapipe will do): {e}"));
+        let fastest = device_line(&gpu, &req);
+        assert!(
+            fastest.starts_with(&gpu.describe())
+                && (fastest.ends_with("co-moments: f32 register tiles (cross.wgsl)")
+                    || fastest.contains("co-moments: cooperative matrices")),
+            "{fastest}"
+        );
+        let forced = AnalysisRequest {
+            fp32_co_moments: true,
+            ..req
+        };
+        assert!(
+            device_line(&gpu, &forced).ends_with("co-moments: f32 register tiles (cross.wgsl)")
+        );
+    }
+}
