@@ -1,15 +1,5 @@
-// Centred cross products of one block, merged into a running co-moment tile.
-//
-// A is the anchor's activations, B another model's (or its rotated baseline), both row-major
-// [rows, row_len] at element offsets `a_offset` / `b_offset`. The tile covers A columns
-// [a_col, a_col + n_a) and B columns [b_col, b_col + n_b). For every pair (i, j) this adds
-//
-//     sum_t (a[t,i] - mean_a[i]) (b[t,j] - mean_b[j])  +  delta_a[i] delta_b[j] w_cross
-//
-// to the compensated pair c[i * n_b + j] = (hi, lo), standing for hi - lo: Chan's merge of the
-// block's co-moment into the running one (w_cross = n_prev * n_block / n_new). Block means and
-// deltas come from moments.wgsl. Centring each block first keeps f32 products small even when
-// activations have large means; the Kahan pair keeps thousands of block merges from drifting.
+// The co-moment update's block product in f32 (see cross_common.wgsl, which the host places
+// before this text, for the update it belongs to and the parameters).
 //
 // A tiled GEMM: each 16x16 workgroup computes a 128x128 output tile, an 8x8 register tile per
 // thread: rows 4 ty .. 4 ty + 3 and 64 + 4 ty .. 64 + 4 ty + 3, columns likewise with tx (two
@@ -23,28 +13,6 @@
 // compiler, and this kernel is the engine's hot loop. Out-of-range rows and columns load
 // zeros, so any shape works. Workgroup memory: 16 KiB, WebGPU's guaranteed minimum.
 
-struct Params {
-    rows: u32,
-    a_row_len: u32,
-    a_offset: u32,
-    a_col: u32,
-    n_a: u32,
-    b_row_len: u32,
-    b_offset: u32,
-    b_col: u32,
-    n_b: u32,
-    w_cross: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> a_block: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read> b_block: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> c: array<vec2<f32>>;
-
 const TILE: u32 = 128u;
 const TK: u32 = 8u;
 // vec4s per token of a slice (TILE / 4) and per buffer (TK * TILE / 4).
@@ -56,23 +24,6 @@ const BUF: u32 = 256u;
 var<workgroup> sa: array<vec4<f32>, 512>;
 var<workgroup> sb: array<vec4<f32>, 512>;
 
-// One block-centred activation of A (row t, tile column ci), zero outside the block or tile.
-fn ld_a(t: u32, ci: u32) -> f32 {
-    if (t >= p.rows || ci >= p.n_a) {
-        return 0.0;
-    }
-    let col = p.a_col + ci;
-    return a[p.a_offset + t * p.a_row_len + col] - a_block[col].x;
-}
-
-fn ld_b(t: u32, cj: u32) -> f32 {
-    if (t >= p.rows || cj >= p.n_b) {
-        return 0.0;
-    }
-    let col = p.b_col + cj;
-    return b[p.b_offset + t * p.b_row_len + col] - b_block[col].x;
-}
-
 // Four adjacent tile columns 4u .. 4u + 3 at token t.
 fn ld_a4(t: u32, u: u32) -> vec4<f32> {
     let ci = 4u * u;
@@ -82,19 +33,6 @@ fn ld_a4(t: u32, u: u32) -> vec4<f32> {
 fn ld_b4(t: u32, u: u32) -> vec4<f32> {
     let cj = 4u * u;
     return vec4<f32>(ld_b(t, cj), ld_b(t, cj + 1u), ld_b(t, cj + 2u), ld_b(t, cj + 3u));
-}
-
-// Merge v into the compensated pair at (i, j), if it lies in the tile.
-fn merge(i: u32, j: u32, v: f32) {
-    if (i >= p.n_a || j >= p.n_b) {
-        return;
-    }
-    let w = v + a_block[p.a_col + i].y * b_block[p.b_col + j].y * p.w_cross;
-    let idx = i * p.n_b + j;
-    let old = c[idx];
-    let y = w - old.y;
-    let t = old.x + y;
-    c[idx] = vec2<f32>(t, (t - old.x) - y);
 }
 
 fn merge_row(i: u32, j0: u32, v: vec4<f32>) {

@@ -1,7 +1,7 @@
 // cross.wgsl on cooperative matrices (tensor cores through wgpu): the same centred cross
 // products of one block, merged into the same running co-moment tile with the same Chan
-// correction and Kahan pairs, with the same parameters and bindings. Only the block's GEMM
-// differs: its inputs are the block-centred activations rounded to f16 (the paper itself stored
+// correction and Kahan pairs (cross_common.wgsl, which the host places after the `enable`
+// directives below). Only the block's GEMM differs: its inputs are the block-centred activations rounded to f16 (the paper itself stored
 // activations in fp16), multiplied by the adapter's matrix units with f32 accumulation. A
 // product of two f16 values is exact in f32, so the rounding of the centred inputs (relative
 // 2^-11) and the f32 sums over one block are all that differ from cross.wgsl; each block is
@@ -24,28 +24,6 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 
-struct Params {
-    rows: u32,
-    a_row_len: u32,
-    a_offset: u32,
-    a_col: u32,
-    n_a: u32,
-    b_row_len: u32,
-    b_offset: u32,
-    b_col: u32,
-    n_b: u32,
-    w_cross: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> a_block: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read> b_block: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> c: array<vec2<f32>>;
-
 const S: u32 = 16u;
 alias FragA = coop_mat16x16<f16, A>;
 alias FragB = coop_mat16x16<f16, B>;
@@ -66,38 +44,8 @@ var<workgroup> sb: array<f16, SLICE>;
 // The block's co-moments, row-major [T][T].
 var<workgroup> sc: array<f32, OUT>;
 
-// One block-centred activation of A (row t, tile column ci), zero outside the block or tile.
-fn ld_a(t: u32, ci: u32) -> f32 {
-    if (t >= p.rows || ci >= p.n_a) {
-        return 0.0;
-    }
-    let col = p.a_col + ci;
-    return a[p.a_offset + t * p.a_row_len + col] - a_block[col].x;
-}
-
-fn ld_b(t: u32, cj: u32) -> f32 {
-    if (t >= p.rows || cj >= p.n_b) {
-        return 0.0;
-    }
-    let col = p.b_col + cj;
-    return b[p.b_offset + t * p.b_row_len + col] - b_block[col].x;
-}
-
 fn half(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));
-}
-
-// Merge v into the compensated pair at (i, j), if it lies in the tile.
-fn merge(i: u32, j: u32, v: f32) {
-    if (i >= p.n_a || j >= p.n_b) {
-        return;
-    }
-    let w = v + a_block[p.a_col + i].y * b_block[p.b_col + j].y * p.w_cross;
-    let idx = i * p.n_b + j;
-    let old = c[idx];
-    let y = w - old.y;
-    let t = old.x + y;
-    c[idx] = vec2<f32>(t, (t - old.x) - y);
 }
 
 @compute @workgroup_size(WG)

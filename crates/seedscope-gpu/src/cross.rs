@@ -1,7 +1,7 @@
-//! `shaders/cross.wgsl`, `shaders/cross_coop.wgsl` and `shaders/finalize.wgsl`: the running
-//! co-moment tile of anchor columns × other columns (a tiled GEMM of block-centred activations
-//! merged with Chan's correction into Kahan pairs), and its Pearson correlations reduced per
-//! anchor neuron. [`CrossKernel`] is which GEMM a device runs: f32 register tiles everywhere, or
+//! `shaders/cross_common.wgsl` with `cross.wgsl` or `cross_coop.wgsl`, and `finalize.wgsl`:
+//! the running co-moment tile of anchor columns × other columns (a tiled GEMM of block-centred
+//! activations merged with Chan's correction into Kahan pairs), and its Pearson correlations
+//! reduced per anchor neuron. [`CrossKernel`] is which GEMM a device runs: f32 register tiles everywhere, or
 //! cooperative matrices (tensor cores) with f16 inputs where the adapter has them.
 
 use bytemuck::{Pod, Zeroable};
@@ -85,15 +85,24 @@ impl CrossKernel {
         }
     }
 
-    /// The WGSL source: `cross.wgsl`, or `cross_coop.wgsl` for the fragment size.
+    /// The WGSL source: `cross_common.wgsl` (the update around the product) placed after the
+    /// kernel's `enable` directives and before `cross.wgsl`, or `cross_coop.wgsl` built for the
+    /// fragment size.
     pub fn source(self) -> String {
+        const COMMON: &str = include_str!("../../../shaders/cross_common.wgsl");
         const COOP: &str = include_str!("../../../shaders/cross_coop.wgsl");
+        const LAST_ENABLE: &str = "enable wgpu_cooperative_matrix;\n";
         match self {
-            Self::Fp32 => include_str!("../../../shaders/cross.wgsl").to_owned(),
-            Self::Cooperative { size: 16, .. } => COOP.to_owned(),
-            Self::Cooperative { size, .. } => COOP
-                .replace("coop_mat16x16<", &format!("coop_mat{size}x{size}<"))
-                .replace("const S: u32 = 16u;", &format!("const S: u32 = {size}u;")),
+            Self::Fp32 => format!("{COMMON}\n{}", include_str!("../../../shaders/cross.wgsl")),
+            Self::Cooperative { size, .. } => {
+                let (head, body) = COOP
+                    .split_once(LAST_ENABLE)
+                    .expect("cross_coop.wgsl enables cooperative matrices");
+                let body = body
+                    .replace("coop_mat16x16<", &format!("coop_mat{size}x{size}<"))
+                    .replace("const S: u32 = 16u;", &format!("const S: u32 = {size}u;"));
+                format!("{head}{LAST_ENABLE}\n{COMMON}{body}")
+            }
         }
     }
 
