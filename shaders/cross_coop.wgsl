@@ -44,7 +44,9 @@ var<workgroup> sb: array<f16, SLICE>;
 // The block's co-moments, row-major [T][T].
 var<workgroup> sc: array<f32, OUT>;
 
-fn half(v: f32) -> f16 {
+// A centred activation as the matrix units take it: clamped to f16's finite range, rounded
+// (twin::coop_input on the host).
+fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));
 }
 
@@ -77,8 +79,8 @@ fn main(
         for (var e = li; e < SLICE; e += WG) {
             let k = e / T;
             let u = e % T;
-            sa[e] = half(ld_a(t0 + k, i0 + u));
-            sb[e] = half(ld_b(t0 + k, j0 + u));
+            sa[e] = to_f16(ld_a(t0 + k, i0 + u));
+            sb[e] = to_f16(ld_b(t0 + k, j0 + u));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk += S) {

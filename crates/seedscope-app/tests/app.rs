@@ -1015,6 +1015,8 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
     h.get_by_label("Permutation null (chance alignment of tokens)")
         .click();
     h.run_steps(2);
+    h.get_by_label("f32 co-moments (no tensor cores)").click();
+    h.run_steps(2);
     h.get_by_label("Start").click();
     h.run_steps(2);
     assert!(h.state().analysis.is_some(), "{:?}", h.state().messages);
@@ -1030,6 +1032,10 @@ fn the_new_analysis_dialog_runs_an_analysis_and_opens_its_bundle() {
     assert!(
         ex.bundle.manifest.options.permutation_null,
         "the null was asked for"
+    );
+    assert!(
+        ex.bundle.manifest.options.fp32_co_moments,
+        "the f32 co-moments were asked for"
     );
     assert!(ex.rows().iter().all(|r| !r.mean_null.is_nan()));
     assert!(

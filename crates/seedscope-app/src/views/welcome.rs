@@ -78,6 +78,11 @@ pub struct NewAnalysis {
     pub save_tiles: bool,
     /// The permutation null next to the rotation baseline.
     pub permutation_null: bool,
+    /// The models in f16 where the GPU has shader-f16 (`--half`).
+    pub half: bool,
+    /// The f32 co-moment kernel even where the GPU has cooperative matrices
+    /// (`--fp32-co-moments`).
+    pub fp32_co_moments: bool,
     /// Backend.
     pub backend: BackendKind,
     /// Output bundle.
@@ -93,6 +98,8 @@ impl Default for NewAnalysis {
             threshold: 0.5,
             save_tiles: true,
             permutation_null: false,
+            half: false,
+            fp32_co_moments: false,
             backend: BackendKind::Auto,
             out: "seedscope-out/bundle".into(),
         }
@@ -171,6 +178,24 @@ impl NewAnalysis {
                      order: the best correlation expected by chance at this token count",
                 );
                 ui.end_row();
+                ui.label("");
+                ui.checkbox(&mut self.half, "f16 models (GPU with shader-f16)")
+                    .on_hover_text(
+                        "compute the models in half precision where the GPU supports it: half \
+                         the weight and activation memory; f32 elsewhere",
+                    );
+                ui.end_row();
+                ui.label("");
+                ui.checkbox(
+                    &mut self.fp32_co_moments,
+                    "f32 co-moments (no tensor cores)",
+                )
+                .on_hover_text(
+                    "where the GPU has cooperative matrices (tensor cores), the co-moments \
+                         multiply the block-centred activations in f16; this keeps the f32 \
+                         kernel. The manifest's device line says which ran",
+                );
+                ui.end_row();
                 let backends = [BackendKind::Auto, BackendKind::Wgpu, BackendKind::Cpu];
                 ui.label("");
                 choose(ui, "Backend", &mut self.backend, &backends, |b| {
@@ -211,6 +236,8 @@ impl NewAnalysis {
             max_tokens: (self.max_tokens > 0).then_some(self.max_tokens),
             save_tiles: self.save_tiles.then(|| "all".to_string()),
             permutation_null: self.permutation_null,
+            half: self.half,
+            fp32_co_moments: self.fp32_co_moments,
             backend: self.backend,
             command: vec!["seedscope (app): new analysis".into()],
             ..AnalysisRequest::default()
