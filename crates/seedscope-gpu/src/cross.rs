@@ -1,8 +1,9 @@
 //! `shaders/cross_common.wgsl` with `cross.wgsl` or `cross_coop.wgsl`, and `finalize.wgsl`:
 //! the running co-moment tile of anchor columns × other columns (a tiled GEMM of block-centred
 //! activations merged with Chan's correction into Kahan pairs), and its Pearson correlations
-//! reduced per anchor neuron. [`CrossKernel`] is which GEMM a device runs: f32 register tiles everywhere, or
-//! cooperative matrices (tensor cores) with f16 inputs where the adapter has them.
+//! reduced per anchor neuron. [`CrossKernel`] is which GEMM a device runs: f32 register tiles
+//! everywhere, or cooperative matrices (tensor cores) with f16 inputs where the adapter has
+//! them.
 
 use bytemuck::{Pod, Zeroable};
 
