@@ -205,18 +205,13 @@ fn the_cooperative_matrix_kernel_matches_the_f64_reference_where_the_adapter_has
     let (rows, na, nb) = (300, 70, 90);
     let a = data(rows, na, 7, 10.0, &[]);
     let b = data(rows, nb, 8, -10.0, &[]);
-    let mean = |x: &[f32], n: usize| -> Vec<f32> {
-        reference::moments(x, n)
-            .into_iter()
-            .map(|m| m.0 as f32)
-            .collect()
-    };
-    let twin = twin::cross_f16_block(&a, na, &mean(&a, na), &b, nb, &mean(&b, nb));
+    // Each matrix's f64 moments: the means (as f32, as the kernels hold them) and M2.
+    let (ma, mb) = (reference::moments(&a, na), reference::moments(&b, nb));
+    let mean = |m: &[(f64, f64)]| -> Vec<f32> { m.iter().map(|v| v.0 as f32).collect() };
+    let twin = twin::cross_f16_block(&a, na, &mean(&ma), &b, nb, &mean(&mb));
     let r = run_gpu(&ctx, &coop, &a, na, &b, nb, &[rows]);
-    let m2 = |x: &[f32], n: usize| -> Vec<f64> {
-        reference::moments(x, n).into_iter().map(|m| m.1).collect()
-    };
-    let (qa, qb) = (m2(&a, na), m2(&b, nb));
+    let qa: Vec<f64> = ma.iter().map(|v| v.1).collect();
+    let qb: Vec<f64> = mb.iter().map(|v| v.1).collect();
     let tile = r.tile.expect("tile");
     let mut worst = 0.0f64;
     for i in 0..na {
