@@ -371,15 +371,16 @@ pub struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    /// Queries, keys and values `[batch, n_head, seq, d_head]` of a normalised input.
+    /// Queries, keys and values `[batch, n_head, seq, d_head]` of a normalised input: strided
+    /// views of the projection (reshaped while contiguous, then narrowed; narrowed first, a
+    /// reshape copies, as Burn Flex did for a tenth of the CPU forward).
     fn qkv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, seq, d] = x.dims();
         let head_dim = d / self.n_head;
-        let qkv = project(&self.c_attn, x);
+        let qkv = project(&self.c_attn, x).reshape([batch, seq, 3 * self.n_head, head_dim]);
         let split = |i: usize| {
             qkv.clone()
-                .narrow(2, i * d, d)
-                .reshape([batch, seq, self.n_head, head_dim])
+                .narrow(2, i * self.n_head, self.n_head)
                 .swap_dims(1, 2)
         };
         (split(0), split(1), split(2))
