@@ -51,14 +51,34 @@ pub fn hist_edges() -> Vec<f32> {
         .collect()
 }
 
-/// The bin of `x` among `edges`, as `numpy.searchsorted(edges, x, side="left")`; NaN goes
-/// after every edge (`histogram.wgsl`'s binary search).
+/// The bin of `x` among the sorted `edges`, as `numpy.searchsorted(edges, x, side="left")`
+/// (the number of edges below `x`); NaN goes after every edge. `histogram.wgsl` finds it by
+/// binary search; here a guess from the first and last edge (exact up to rounding for evenly
+/// spaced edges, as [`hist_edges`] are) is moved until it is that number, so the answer is
+/// the same for any sorted edges and costs two comparisons instead of eight unpredictable
+/// branches.
 pub fn hist_bin(x: f32, edges: &[f32]) -> usize {
+    let n = edges.len();
     if x.is_nan() {
-        edges.len()
-    } else {
-        edges.partition_point(|&e| e < x)
+        return n;
     }
+    let (Some(&lo), Some(&hi)) = (edges.first(), edges.last()) else {
+        return 0;
+    };
+    let span = hi - lo;
+    // `as usize` saturates: below the first edge it is 0, above the last (or ±inf) n.
+    let mut g = if span > 0.0 {
+        (((x - lo) / span * (n - 1) as f32).ceil() as usize).min(n)
+    } else {
+        0
+    };
+    while g > 0 && edges[g - 1] >= x {
+        g -= 1;
+    }
+    while g < n && edges[g] < x {
+        g += 1;
+    }
+    g
 }
 
 /// `histogram.wgsl` on the host: count every value of `x` (`[rows, width]`, row-major) into
@@ -121,6 +141,9 @@ pub fn anatomy_update_columns(
     if first && rows > 0 {
         s.shift.copy_from_slice(&x[cols.clone()]);
     }
+    // Each step goes over the row's columns in one loop (active counts and feature sums
+    // vectorise). Every value lands where the kernel puts it, in the same order per entry.
+    let mut d = vec![0.0f64; n];
     for (r, inf) in info.chunks_exact(4).enumerate().take(rows) {
         let (pos, tok, prev, index) = (inf[0] as usize, inf[1], inf[2], inf[3]);
         let row = &x[r * width + cols.start..r * width + cols.end];
@@ -130,20 +153,33 @@ pub fn anatomy_update_columns(
         } else {
             previous.get(prev as usize).map_or(&[][..], |v| v)
         };
-        for (c, &v) in row.iter().enumerate() {
-            if v > 0.0 {
-                s.active[pos * n + c] += 1;
+        for (a, &v) in s.active[pos * n..(pos + 1) * n].iter_mut().zip(row) {
+            *a += u32::from(v > 0.0);
+        }
+        if k > 0 {
+            for (c, &v) in row.iter().enumerate() {
+                // Most values are below the column's k-th: one comparison rejects them.
+                if v > s.top_val[c * k + k - 1] {
+                    insert_ranked(
+                        &mut s.top_val[c * k..(c + 1) * k],
+                        &mut s.top_idx[c * k..(c + 1) * k],
+                        v,
+                        index,
+                        |x, y| x > y,
+                    );
+                }
             }
-            insert_ranked(
-                &mut s.top_val[c * k..(c + 1) * k],
-                &mut s.top_idx[c * k..(c + 1) * k],
-                v,
-                index,
-                |x, y| x > y,
-            );
-            let d = (v - s.shift[c]) as f64;
-            for &f in cur.iter().chain(prv) {
-                s.sums[f as usize * n + c] += d;
+        }
+        if cur.is_empty() && prv.is_empty() {
+            continue;
+        }
+        for ((d, &v), &shift) in d.iter_mut().zip(row).zip(&s.shift) {
+            *d = (v - shift) as f64;
+        }
+        for &f in cur.iter().chain(prv) {
+            let f = f as usize;
+            for (sum, &d) in s.sums[f * n..(f + 1) * n].iter_mut().zip(&d) {
+                *sum += d;
             }
         }
     }
@@ -189,6 +225,26 @@ mod tests {
         assert_eq!(hist_bin(e[102] + 1e-3, &e), 103);
         assert_eq!(hist_bin(20.0, &e), 256);
         assert_eq!(hist_bin(f32::NAN, &e), 256);
+    }
+
+    /// The guessed-and-moved bin is the binary search's, at every edge, one ulp either side,
+    /// between edges, at the infinities, and for edges that are not evenly spaced.
+    #[test]
+    fn guessed_bins_are_the_binary_searchs() {
+        let even = hist_edges();
+        let uneven: Vec<f32> = (0..40).map(|i| (i as f32 / 4.0).powi(3) - 50.0).collect();
+        let lone = vec![1.5f32];
+        for edges in [&even, &uneven, &lone, &Vec::new()] {
+            let mut xs = vec![f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0];
+            for &e in edges {
+                xs.extend([e, e.next_up(), e.next_down(), e + 0.1, e - 0.1]);
+            }
+            xs.extend((0..20_000).map(|i| -60.0 + 1e-2 * i as f32 * 7.3 % 1000.0));
+            for x in xs {
+                let want = edges.partition_point(|&e| e < x);
+                assert_eq!(hist_bin(x, edges), want, "x = {x:e}, {} edges", edges.len());
+            }
+        }
     }
 
     #[test]
