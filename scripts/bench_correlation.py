@@ -13,6 +13,9 @@ Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build -
 for what the update spends beyond its GEMM (block means, centring, the f64 merge).
 `matrixmultiply` times the same product with ndarray's matrixmultiply (the update's GEMM before
 the `gemm` crate), for comparison.
+Runs on a shared host vary from one second to the next, so each shape is timed in `--rounds`
+rounds, numpy then Seedscope in each, and the line gives the median of the rounds' ratios (and
+their range) next to the median rates.
 `wgpu` runs the device's fastest co-moment kernel (cooperative matrices with f16 inputs where the
 adapter has them), `wgpu-fp32` the f32 kernel on the same device; with both, the line of `wgpu`
 also gives its ratio to `wgpu-fp32`. `--peak-tflops P` (the device's data-sheet peak) adds the
@@ -46,6 +49,7 @@ def main():
     ap.add_argument("--wgpu-shapes", default="1024x256x256")
     ap.add_argument("--paths", default="cpu,wgpu")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -64,13 +68,20 @@ def main():
             pa, pb = os.path.join(tmp, "a.npy"), os.path.join(tmp, "b.npy")
             np.save(pa, a)
             np.save(pb, b)
-            ref = numpy_gflops(a, b, args.iters)
             cmd = [args.seedscope, "bench-correlation", "--a", pa, "--b", pb,
                    "--paths", path, "--iters", str(args.iters)]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            refs, runs = [], []
+            for _ in range(args.rounds):
+                refs.append(numpy_gflops(a, b, args.iters))
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs.append(json.loads(out.strip().splitlines()[-1]))
+            ratios = sorted(r["gflops"] / ref for r, ref in zip(runs, refs))
+            ratio = float(np.median(ratios))
+            ref = float(np.median(refs))
+            # The round whose rate is the median stands for the path (device name, peak share).
+            r = sorted(runs, key=lambda x: x["gflops"])[len(runs) // 2]
             extra = ""
             if "of_peak" in r:
                 extra += f", {100 * r['of_peak']:.1f} % of peak"
@@ -79,7 +90,8 @@ def main():
             elif path == "wgpu" and shape in fp32:
                 extra += f", {r['gflops'] / fp32[shape]:.2f}x the f32 kernel"
             print(f"{shape:>18} {path:>14}: seedscope {r['gflops']:7.2f} GFLOP/s ({r['device']}), "
-                  f"numpy {ref:7.2f} GFLOP/s, ratio {r['gflops'] / ref:.2f}{extra}")
+                  f"numpy {ref:7.2f} GFLOP/s, ratio {ratio:.2f} "
+                  f"(rounds {ratios[0]:.2f}–{ratios[-1]:.2f}){extra}")
 
 
 if __name__ == "__main__":
