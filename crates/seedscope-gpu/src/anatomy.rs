@@ -245,7 +245,7 @@ impl Anatomy {
         dispatch(
             ctx,
             &mut encoder,
-            &kernels.anatomy,
+            kernels.anatomy(),
             bytemuck::bytes_of(&params),
             vec![
                 x.binding(),

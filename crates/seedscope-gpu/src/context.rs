@@ -1,6 +1,8 @@
 //! The device the kernels run on: finding an adapter, the context (upload, read back, wait),
 //! activation views into storage buffers, the compiled kernels and dispatching them.
 
+use std::sync::OnceLock;
+
 use wgpu::util::DeviceExt;
 
 use crate::CrossKernel;
@@ -327,85 +329,128 @@ impl<'a> ActView<'a> {
     }
 }
 
-/// The compiled kernels.
+/// The kernels, each compiled on first use: a command compiles only the kernels it runs, and
+/// [`CrossKernel::check`] only the three a co-moment tile needs.
 #[derive(Debug)]
 pub struct Kernels {
-    pub(crate) moments: wgpu::ComputePipeline,
-    pub(crate) cross: wgpu::ComputePipeline,
-    pub(crate) cross_kernel: CrossKernel,
-    pub(crate) finalize: wgpu::ComputePipeline,
-    pub(crate) histogram: wgpu::ComputePipeline,
-    pub(crate) anatomy: wgpu::ComputePipeline,
-    pub(crate) pairs: wgpu::ComputePipeline,
+    device: wgpu::Device,
+    cross_kernel: CrossKernel,
+    moments: OnceLock<wgpu::ComputePipeline>,
+    cross: OnceLock<wgpu::ComputePipeline>,
+    finalize: OnceLock<wgpu::ComputePipeline>,
+    histogram: OnceLock<wgpu::ComputePipeline>,
+    anatomy: OnceLock<wgpu::ComputePipeline>,
+    pairs: OnceLock<wgpu::ComputePipeline>,
 }
 
 impl Kernels {
-    /// Compile the shaders on `ctx`'s device, with its co-moment kernel ([`GpuContext::cross`]).
+    /// The kernels of `ctx`'s device, with its co-moment kernel ([`GpuContext::cross`]).
     pub fn new(ctx: &GpuContext) -> Self {
         Self::with_cross(ctx, ctx.cross)
     }
 
-    /// Compile the shaders with `cross` as the co-moment kernel (the f32 kernel runs
-    /// anywhere; a cooperative one only where [`CrossKernel::best`] offered it).
+    /// The kernels with `cross` as the co-moment kernel (the f32 kernel runs anywhere; a
+    /// cooperative one only where [`CrossKernel::best`] offered it).
     pub fn with_cross(ctx: &GpuContext, cross: CrossKernel) -> Self {
-        let invocations = match cross {
-            CrossKernel::Cooperative { invocations, .. } => invocations as f64,
-            CrossKernel::Fp32 => 0.0,
-        };
-        let constants = [("WG", invocations)];
-        let compile = |name: &str, src: &str, constants: &[(&str, f64)]| {
-            let module = ctx
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
-            ctx.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(name),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
-                        ..Default::default()
-                    },
-                    cache: None,
-                })
-        };
-        let make = |name: &str, src: &str| compile(name, src, &[]);
-        let cross_pipeline = match cross {
-            CrossKernel::Fp32 => make("cross.wgsl", &cross.source()),
-            CrossKernel::Cooperative { .. } => {
-                compile("cross_coop.wgsl", &cross.source(), &constants)
-            }
-        };
         Self {
-            moments: make(
-                "moments.wgsl",
-                include_str!("../../../shaders/moments.wgsl"),
-            ),
-            cross: cross_pipeline,
+            device: ctx.device.clone(),
             cross_kernel: cross,
-            finalize: make(
-                "finalize.wgsl",
-                include_str!("../../../shaders/finalize.wgsl"),
-            ),
-            histogram: make(
-                "histogram.wgsl",
-                include_str!("../../../shaders/histogram.wgsl"),
-            ),
-            anatomy: make(
-                "anatomy.wgsl",
-                include_str!("../../../shaders/anatomy.wgsl"),
-            ),
-            pairs: make("pairs.wgsl", include_str!("../../../shaders/pairs.wgsl")),
+            moments: OnceLock::new(),
+            cross: OnceLock::new(),
+            finalize: OnceLock::new(),
+            histogram: OnceLock::new(),
+            anatomy: OnceLock::new(),
+            pairs: OnceLock::new(),
         }
     }
 
     /// The co-moment kernel these kernels run.
     pub fn cross_kernel(&self) -> CrossKernel {
         self.cross_kernel
+    }
+
+    pub(crate) fn moments(&self) -> &wgpu::ComputePipeline {
+        self.moments.get_or_init(|| {
+            self.compile(
+                "moments.wgsl",
+                include_str!("../../../shaders/moments.wgsl"),
+                &[],
+            )
+        })
+    }
+
+    pub(crate) fn cross(&self) -> &wgpu::ComputePipeline {
+        self.cross.get_or_init(|| {
+            let source = self.cross_kernel.source();
+            match self.cross_kernel {
+                CrossKernel::Fp32 => self.compile("cross.wgsl", &source, &[]),
+                CrossKernel::Cooperative { invocations, .. } => {
+                    self.compile("cross_coop.wgsl", &source, &[("WG", invocations as f64)])
+                }
+            }
+        })
+    }
+
+    pub(crate) fn finalize(&self) -> &wgpu::ComputePipeline {
+        self.finalize.get_or_init(|| {
+            self.compile(
+                "finalize.wgsl",
+                include_str!("../../../shaders/finalize.wgsl"),
+                &[],
+            )
+        })
+    }
+
+    pub(crate) fn histogram(&self) -> &wgpu::ComputePipeline {
+        self.histogram.get_or_init(|| {
+            self.compile(
+                "histogram.wgsl",
+                include_str!("../../../shaders/histogram.wgsl"),
+                &[],
+            )
+        })
+    }
+
+    pub(crate) fn anatomy(&self) -> &wgpu::ComputePipeline {
+        self.anatomy.get_or_init(|| {
+            self.compile(
+                "anatomy.wgsl",
+                include_str!("../../../shaders/anatomy.wgsl"),
+                &[],
+            )
+        })
+    }
+
+    pub(crate) fn pairs(&self) -> &wgpu::ComputePipeline {
+        self.pairs.get_or_init(|| {
+            self.compile(
+                "pairs.wgsl",
+                include_str!("../../../shaders/pairs.wgsl"),
+                &[],
+            )
+        })
+    }
+
+    /// Compile `src`'s `main` with `constants` as its pipeline-overridable constants.
+    fn compile(&self, name: &str, src: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
+                cache: None,
+            })
     }
 }
 

@@ -289,7 +289,7 @@ impl CrossTile {
         dispatch(
             ctx,
             encoder,
-            &kernels.cross,
+            kernels.cross(),
             bytemuck::bytes_of(&params),
             vec![
                 a.binding(),
@@ -299,7 +299,7 @@ impl CrossTile {
                 self.c.buffer.as_entire_binding(),
             ],
             {
-                let tile = kernels.cross_kernel.tile();
+                let tile = kernels.cross_kernel().tile();
                 (self.n_b.div_ceil(tile), self.n_a.div_ceil(tile))
             },
         );
@@ -377,7 +377,7 @@ impl CrossTile {
         dispatch(
             ctx,
             &mut encoder,
-            &kernels.finalize,
+            kernels.finalize(),
             bytemuck::bytes_of(&params),
             vec![
                 self.c.buffer.as_entire_binding(),

@@ -83,7 +83,7 @@ impl Histogram {
         dispatch(
             ctx,
             &mut encoder,
-            &kernels.histogram,
+            kernels.histogram(),
             bytemuck::bytes_of(&params),
             vec![
                 x.binding(),

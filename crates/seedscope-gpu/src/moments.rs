@@ -89,7 +89,7 @@ impl Moments {
         dispatch(
             ctx,
             encoder,
-            &kernels.moments,
+            kernels.moments(),
             bytemuck::bytes_of(&params),
             vec![
                 x.binding(),

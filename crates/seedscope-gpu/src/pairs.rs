@@ -89,7 +89,7 @@ impl PairTile {
         dispatch(
             ctx,
             encoder,
-            &kernels.pairs,
+            kernels.pairs(),
             bytemuck::bytes_of(&params),
             vec![
                 a.binding(),
