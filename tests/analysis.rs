@@ -339,6 +339,11 @@ fn cpu_path_matches_the_numpy_reference() {
     // tests below streams it).
     assert!(r.plan.passes.iter().flatten().any(|t| t.is_covariance()));
     check_against_reference(&r);
+    assert_eq!(
+        r.cost.device_memory,
+        Default::default(),
+        "no device on the CPU path"
+    );
 }
 
 #[test]
@@ -352,6 +357,19 @@ fn wgpu_kernels_match_the_numpy_reference() {
     // tests below streams it).
     assert!(r.plan.passes.iter().flatten().any(|t| t.is_covariance()));
     check_against_reference(&r);
+    // The GPU's peak memory from wgpu's allocator report: every buffer on the device (the
+    // three fixture models, their activations, the kernels' tiles and totals). Measured on
+    // lavapipe: 18.9 MB in buffers, 67.1 MB reserved; held to ten times either way.
+    let m = r.cost.device_memory;
+    eprintln!("peak GPU memory: {m:?}");
+    assert!(
+        (1_900_000..190_000_000).contains(&m.peak_allocated_bytes),
+        "{m:?}"
+    );
+    assert!(
+        (m.peak_allocated_bytes.max(6_700_000)..671_000_000).contains(&m.peak_reserved_bytes),
+        "{m:?}"
+    );
 }
 
 #[test]

@@ -51,6 +51,12 @@ pub trait Compute {
     /// Wait until the work recorded so far is done (on a GPU in the browser this hands the
     /// event loop to the page); nothing on the CPU, where the work is done when recorded.
     async fn settle(&self);
+
+    /// The device's memory now, `(allocated, reserved)` bytes, where the device reports it
+    /// (wgpu's allocator report); `None` on the CPU, whose peak is the process's.
+    fn memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The host: Burn's CPU tensors copied into ndarray matrices, f64 totals.
@@ -145,5 +151,9 @@ impl Compute for Gpu {
 
     async fn settle(&self) {
         self.ctx.settle().await;
+    }
+
+    fn memory(&self) -> Option<(u64, u64)> {
+        self.ctx.memory()
     }
 }

@@ -946,6 +946,14 @@ fn assemble(
          instead, in {:.1} s",
         c.forwards, c.forward_seconds, c.reused, c.reuse_seconds
     ));
+    let m = c.device_memory;
+    if m.peak_reserved_bytes > 0 {
+        log(format!(
+            "peak GPU memory (wgpu's allocator report): {:.2} GiB in buffers, {:.2} GiB reserved",
+            m.peak_allocated_bytes as f64 / f64::from(1 << 30),
+            m.peak_reserved_bytes as f64 / f64::from(1 << 30)
+        ));
+    }
     // From every model's TransformerLens-processed weights (made one model at a time: for
     // GPT-2 small they are about 0.8 GB in f64): its weight statistics (the anchors' fill
     // their neuron rows, every model's vocabulary moments go to the report's Fig. 6), and for

@@ -43,7 +43,8 @@ pub use bundle::{Bundle, NeuronRow};
 pub use engine::{AnalysisOptions, Family, Refine, Run, TokenSet};
 pub use plan::Shape;
 pub use results::{
-    BlockTiming, Candidates, LayerBlock, OneToOne, Outcome, Progress, Results, RunCost,
+    BlockTiming, Candidates, DeviceMemory, LayerBlock, OneToOne, Outcome, Progress, Results,
+    RunCost,
 };
 pub use seedscope_model::{replace_dir, write_file_atomic};
 

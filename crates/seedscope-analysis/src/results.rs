@@ -341,6 +341,28 @@ pub struct RunCost {
     /// the passes.
     #[serde(default)]
     pub weights_seconds: f64,
+    /// The GPU's memory at its peak over the block loops, from wgpu's allocator report
+    /// (zeros on the CPU path, where the backend makes no report, and in older bundles).
+    #[serde(default)]
+    pub device_memory: DeviceMemory,
+}
+
+/// Peaks of a device's memory, sampled after each model's block and after each block's
+/// co-moment update (wgpu's allocator report; see `seedscope_gpu::GpuContext::memory`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceMemory {
+    /// Bytes of live buffers at the largest sample.
+    pub peak_allocated_bytes: u64,
+    /// Bytes of the memory blocks the buffers are carved from, at the largest sample.
+    pub peak_reserved_bytes: u64,
+}
+
+impl DeviceMemory {
+    /// Take one sample `(allocated, reserved)` into the peaks.
+    pub fn observe(&mut self, (allocated, reserved): (u64, u64)) {
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(allocated);
+        self.peak_reserved_bytes = self.peak_reserved_bytes.max(reserved);
+    }
 }
 
 impl std::ops::AddAssign for RunCost {
@@ -353,6 +375,10 @@ impl std::ops::AddAssign for RunCost {
         self.finish_seconds += o.finish_seconds;
         self.checkpoint_seconds += o.checkpoint_seconds;
         self.weights_seconds += o.weights_seconds;
+        self.device_memory.observe((
+            o.device_memory.peak_allocated_bytes,
+            o.device_memory.peak_reserved_bytes,
+        ));
     }
 }
 

@@ -227,6 +227,15 @@ impl GpuContext {
         pollster::block_on(self.read_async(buffer, bytes))
     }
 
+    /// The device's memory as wgpu's allocator reports it, `(allocated, reserved)` bytes:
+    /// what live buffers use, and the memory blocks they are carved from (every buffer on the
+    /// device, Burn's models and activations included). `None` where the backend makes no
+    /// report (WebGPU, OpenGL).
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let r = self.device.generate_allocator_report()?;
+        Some((r.total_allocated_bytes, r.total_reserved_bytes))
+    }
+
     /// Wait until the device has finished the work submitted so far. In the browser this
     /// hands the event loop to the page (drawing, input) while the GPU works, and keeps the
     /// queue from running far ahead of it; natively it returns at once (the queue orders the

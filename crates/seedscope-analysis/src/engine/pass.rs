@@ -204,6 +204,9 @@ impl<C: Compute> Pass<C> {
                 let t = Instant::now();
                 compute.settle().await;
                 self.cost.time.wait += t.elapsed().as_secs_f64();
+                if let Some(m) = compute.memory() {
+                    self.cost.device_memory.observe(m);
+                }
             }
         }
         let t = Instant::now();
@@ -213,6 +216,9 @@ impl<C: Compute> Pass<C> {
         let t = Instant::now();
         compute.settle().await;
         self.cost.time.wait += t.elapsed().as_secs_f64();
+        if let Some(m) = compute.memory() {
+            self.cost.device_memory.observe(m);
+        }
         self.tokens += block.rows.kept;
         Ok(())
     }
