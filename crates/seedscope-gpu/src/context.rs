@@ -230,7 +230,7 @@ impl GpuContext {
     /// The device's memory as wgpu's allocator reports it, `(allocated, reserved)` bytes:
     /// what live buffers use, and the memory blocks they are carved from (every buffer on the
     /// device, Burn's models and activations included). `None` where the backend makes no
-    /// report (WebGPU, OpenGL).
+    /// report: wgpu 30 makes it on Vulkan and DX12, not on Metal, OpenGL or WebGPU.
     pub fn memory(&self) -> Option<(u64, u64)> {
         let r = self.device.generate_allocator_report()?;
         Some((r.total_allocated_bytes, r.total_reserved_bytes))
