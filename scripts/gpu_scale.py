@@ -30,9 +30,9 @@ safetensors). For a trial on the CPU path: `--backend cpu --layers 2 --tokens 10
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,16 +70,22 @@ def analyze(args, models, tokens_npy, planted, n, extra):
            "--models", *models, "--tokens", tokens_npy, "--max-tokens", str(n), *extra]
     if args.half:
         cmd.append("--half")
-    start = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    # This run's own peak RSS: wait4 on its pid gives its rusage alone (RUSAGE_CHILDREN would
+    # also hold the family's generation and the earlier runs). Linux reports kilobytes.
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - start
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read()
     if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    # Linux reports kilobytes; the largest child so far (runs go from small to large).
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        sys.exit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    rss = usage.ru_maxrss * 1024
     m = json.load(open(os.path.join(out, "manifest.json")))
     found = planted_found(out, planted)
-    log = [line for line in p.stderr.splitlines()
+    log = [line for line in stderr.splitlines()
            if any(k in line for k in ("device:", "pass(es)", "forward passes", "peak GPU"))]
     return dict(n=n, args=" ".join(extra), kept=m["n_tokens"], wall=wall, rss=rss,
                 device=m["device"], cost=m.get("cost", {}), found=found, log=log)
