@@ -379,13 +379,11 @@ impl Kernels {
     }
 
     pub(crate) fn moments(&self) -> &wgpu::ComputePipeline {
-        self.moments.get_or_init(|| {
-            self.compile(
-                "moments.wgsl",
-                include_str!("../../../shaders/moments.wgsl"),
-                &[],
-            )
-        })
+        self.once(
+            &self.moments,
+            "moments.wgsl",
+            include_str!("../../../shaders/moments.wgsl"),
+        )
     }
 
     pub(crate) fn cross(&self) -> &wgpu::ComputePipeline {
@@ -401,43 +399,45 @@ impl Kernels {
     }
 
     pub(crate) fn finalize(&self) -> &wgpu::ComputePipeline {
-        self.finalize.get_or_init(|| {
-            self.compile(
-                "finalize.wgsl",
-                include_str!("../../../shaders/finalize.wgsl"),
-                &[],
-            )
-        })
+        self.once(
+            &self.finalize,
+            "finalize.wgsl",
+            include_str!("../../../shaders/finalize.wgsl"),
+        )
     }
 
     pub(crate) fn histogram(&self) -> &wgpu::ComputePipeline {
-        self.histogram.get_or_init(|| {
-            self.compile(
-                "histogram.wgsl",
-                include_str!("../../../shaders/histogram.wgsl"),
-                &[],
-            )
-        })
+        self.once(
+            &self.histogram,
+            "histogram.wgsl",
+            include_str!("../../../shaders/histogram.wgsl"),
+        )
     }
 
     pub(crate) fn anatomy(&self) -> &wgpu::ComputePipeline {
-        self.anatomy.get_or_init(|| {
-            self.compile(
-                "anatomy.wgsl",
-                include_str!("../../../shaders/anatomy.wgsl"),
-                &[],
-            )
-        })
+        self.once(
+            &self.anatomy,
+            "anatomy.wgsl",
+            include_str!("../../../shaders/anatomy.wgsl"),
+        )
     }
 
     pub(crate) fn pairs(&self) -> &wgpu::ComputePipeline {
-        self.pairs.get_or_init(|| {
-            self.compile(
-                "pairs.wgsl",
-                include_str!("../../../shaders/pairs.wgsl"),
-                &[],
-            )
-        })
+        self.once(
+            &self.pairs,
+            "pairs.wgsl",
+            include_str!("../../../shaders/pairs.wgsl"),
+        )
+    }
+
+    /// The pipeline in `cell`, compiled from `src` (no constants) the first time it is asked for.
+    fn once<'a>(
+        &'a self,
+        cell: &'a OnceLock<wgpu::ComputePipeline>,
+        name: &str,
+        src: &str,
+    ) -> &'a wgpu::ComputePipeline {
+        cell.get_or_init(|| self.compile(name, src, &[]))
     }
 
     /// Compile `src`'s `main` with `constants` as its pipeline-overridable constants.
