@@ -14,7 +14,7 @@
 #      --fp32-co-moments: wall time of each and the largest difference between their
 #      max_corr, max_baseline and excess_corr columns (the cooperative kernel's error on real
 #      activations), the universal counts, and each run's peak GPU memory (wgpu's allocator
-#      report).
+#      report), and how long the weight statistics took (their vocabulary projection on the GPU).
 # Everything goes to stdout and $OUT (default /tmp/seedscope-gpu-check). For a trial on a
 # software adapter: SHAPES="256" (neurons per side in 3.) and MAX_TOKENS=2000 (in 5.).
 set -euo pipefail
@@ -75,6 +75,7 @@ for kind in fastest fp32; do
     end=$(date +%s.%N)
     echo "   $kind: $(python3 -c "print(f'{$end - $start:.1f}')") s wall; $(grep -m1 'device:' "$out/analyze-$kind.log")"
     echo "   $(grep -m1 'peak GPU memory' "$out/analyze-$kind.log" || echo 'no allocator report')"
+    echo "   $(grep -m1 '^weight statistics' "$out/analyze-$kind.log")"
 done
 python3 - "$out/bundle-fastest/neurons.csv" "$out/bundle-fp32/neurons.csv" <<'EOF'
 import csv, sys

@@ -6,16 +6,20 @@ use std::path::Path;
 
 use burn::tensor::FloatDType;
 use safetensors::SafeTensors;
-use seedscope_analysis::weights::{NeuronWeights, VOCAB_ENDS, weight_stats};
+use seedscope_analysis::weights::{NeuronWeights, Projection, VOCAB_ENDS, weight_stats};
 use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
 
-fn check(model_dir: &str, reference: &str) {
+mod common;
+
+/// Check `model_dir`'s statistics, with the vocabulary projection where `projection` says,
+/// against `reference`.
+fn check(model_dir: &str, reference: &str, projection: &Projection) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let device = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
     let model =
         LoadedModel::load_on(&root.join(model_dir), &device, FloatDType::F32).expect("model");
     let processed = model.processed_weights().expect("processed");
-    let stats = weight_stats(&processed).expect("weight statistics");
+    let stats = weight_stats(&processed, projection).expect("weight statistics");
     let bytes = std::fs::read(root.join(reference)).expect("reference");
     let st = SafeTensors::deserialize(&bytes).expect("safetensors");
     let f64s = |name: &str| -> Vec<f64> {
@@ -142,6 +146,7 @@ fn gpt2_weight_statistics_match_the_reference() {
     check(
         "assets/family/seed-a",
         "tests/fixtures/weight_stats/seed-a.safetensors",
+        &Projection::Host,
     );
 }
 
@@ -150,5 +155,26 @@ fn neox_weight_statistics_match_the_reference() {
     check(
         "tests/fixtures/neox-rotary",
         "tests/fixtures/weight_stats/neox-rotary.safetensors",
+        &Projection::Host,
+    );
+}
+
+/// The vocabulary projection on the GPU (Burn's matmul; lavapipe here), within the same
+/// tolerances. The buffer limit is set so that the 4,096-token vocabulary goes up in four
+/// chunks (1,100 tokens: a block of 1,024 neurons' cosines of 4 bytes each fill 4.5 MB), so the
+/// chunks' seams are checked too.
+#[test]
+fn gpt2_weight_statistics_on_the_gpu_match_the_reference() {
+    let device = common::device(BackendKind::Wgpu);
+    let Some(Projection::Device { device, .. }) = Projection::on(&device) else {
+        panic!("a wgpu device projects on the GPU");
+    };
+    check(
+        "assets/family/seed-a",
+        "tests/fixtures/weight_stats/seed-a.safetensors",
+        &Projection::Device {
+            device,
+            max_buffer_bytes: Some(1024 * 4 * 1100),
+        },
     );
 }

@@ -298,9 +298,10 @@ pub fn baseline_neurons(
 fn default_targets(
     model: &LoadedModel,
     n_layers: usize,
+    device: &ComputeDevice,
 ) -> Result<Vec<(usize, usize)>, AnalysisError> {
     let p = model.processed_weights()?;
-    let w = crate::weights::weight_stats(&p)?;
+    let w = crate::weights::weight_stats(&p, &crate::weights::Projection::for_run(device))?;
     let (d, dm) = (p.d_model, p.d_mlp);
     let first = n_layers.saturating_sub(2) * dm;
     let best = (first..w.len())
@@ -323,11 +324,11 @@ fn default_targets(
         .collect())
 }
 
-/// A bundle with its anchor model loaded on `backend` and its token rows rebuilt.
+/// A bundle with its anchor model loaded on `backend`, its token rows rebuilt, and the device.
 pub(crate) fn open_anchor(
     bundle_dir: &Path,
     backend: BackendKind,
-) -> Result<(Bundle, LoadedModel, TokenSet), AnalysisError> {
+) -> Result<(Bundle, LoadedModel, TokenSet, ComputeDevice), AnalysisError> {
     let bundle = Bundle::read(bundle_dir)?;
     let entry = bundle
         .manifest
@@ -341,7 +342,7 @@ pub(crate) fn open_anchor(
         burn::tensor::FloatDType::F32,
     )?;
     let tokens = bundle_tokens(&bundle, &model)?;
-    Ok((bundle, model, tokens))
+    Ok((bundle, model, tokens, device))
 }
 
 /// Run the interventions on `bundle`'s anchor over its data (resuming a matching
@@ -353,7 +354,7 @@ pub fn run_interventions(
     cancel: Arc<AtomicBool>,
     mut progress: impl FnMut(InterventionProgress),
 ) -> Result<Interventions, AnalysisError> {
-    let (bundle, model, tokens) = open_anchor(bundle_dir, backend)?;
+    let (bundle, model, tokens, device) = open_anchor(bundle_dir, backend)?;
     let m = &bundle.manifest;
     let entry = &m.models[0];
     let bos = crate::job::tokenizer_bos(&model);
@@ -368,7 +369,7 @@ pub fn run_interventions(
     }
     let mut req = request.clone();
     if req.neurons.is_empty() {
-        req.neurons = default_targets(&model, n_layers)?;
+        req.neurons = default_targets(&model, n_layers, &device)?;
     }
     let rows: Vec<&NeuronRow> = bundle
         .neurons

@@ -594,6 +594,7 @@ pub async fn analyse_in_memory(
         &Assembly {
             results: &results,
             stat_models: &stat_models,
+            projection: crate::weights::Projection::Host,
             names: &names,
             entries,
             tokens: &tokens,
@@ -862,6 +863,7 @@ pub fn run_analysis(
         &Assembly {
             results: &results,
             stat_models: &models,
+            projection: crate::weights::Projection::for_run(&device),
             names: &names,
             entries,
             tokens: &tokens,
@@ -915,6 +917,8 @@ struct Assembly<'a> {
     /// The models the weight statistics and attention scores read (in the browser CPU copies:
     /// Burn's blocking reads are not possible there).
     stat_models: &'a [LoadedModel],
+    /// Where their vocabulary projections run (the host in the browser, for the same reason).
+    projection: crate::weights::Projection,
     names: &'a [String],
     entries: Vec<ModelEntry>,
     tokens: &'a TokenSet,
@@ -961,7 +965,13 @@ fn assemble(
     let anchors: Vec<usize> = results.anchors.iter().map(|a| a.anchor).collect();
     let mut attention = vec![None; anchors.len()];
     let started = Instant::now();
-    let weights = timed(log, "weight statistics and attention scores", || {
+    let what = match a_.projection {
+        crate::weights::Projection::Host => "weight statistics and attention scores",
+        crate::weights::Projection::Device { .. } => {
+            "weight statistics (the vocabulary projection on the GPU) and attention scores"
+        }
+    };
+    let weights = timed(log, what, || {
         a_.stat_models
             .iter()
             .enumerate()
@@ -975,7 +985,7 @@ fn assemble(
                         a_.options.seed,
                     )?);
                 }
-                Ok(Some(crate::weights::weight_stats(&p)?))
+                Ok(Some(crate::weights::weight_stats(&p, &a_.projection)?))
             })
             .collect::<Result<Vec<_>, AnalysisError>>()
     })?;

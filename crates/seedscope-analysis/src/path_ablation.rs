@@ -75,7 +75,7 @@ pub fn run_path_ablation(
     max_tokens: u64,
     backend: BackendKind,
 ) -> Result<PathAblation, AnalysisError> {
-    let (bundle, model, tokens) = open_anchor(bundle_dir, backend)?;
+    let (bundle, model, tokens, _) = open_anchor(bundle_dir, backend)?;
     let (neuron, head) = match pair.or_else(|| strongest_pair(&bundle)) {
         Some(p) => p,
         None => {

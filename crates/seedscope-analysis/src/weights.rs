@@ -3,9 +3,16 @@
 //! ([`seedscope_model::ProcessedWeights`]): input and output norms, the folded input bias,
 //! cos(w_in, w_out), the weight-decay penalty, and the moments of cos(W_U[:, v], w_out) over the
 //! vocabulary with the tokens at both ends.
+//!
+//! The vocabulary projection (cosines of every `w_out` with every unembedding column, a
+//! `d_mlp × d_model × vocab` GEMM per layer) is nearly all of the work: 14 TFLOP for five
+//! GPT-2-small seeds. [`Projection`] says where it runs: on the host (the `gemm` crate), or on
+//! the run's GPU through Burn's matmul, reading each block's cosines back for the moments and
+//! ends, which stay on the host in f64.
 
+use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array2, ArrayView2};
-use seedscope_model::ProcessedWeights;
+use seedscope_model::{BackendKind, ComputeDevice, ProcessedWeights};
 
 use crate::AnalysisError;
 use seedscope_model::matmul::{gram, matmul};
@@ -113,33 +120,175 @@ fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-/// Statistics of every neuron, `layer * d_mlp + neuron` order. The cosines are computed in
-/// blocks of neurons (an f32 GEMM against the normalised unembedding), moments in f64, the
-/// neurons of a block in parallel.
-pub fn weight_stats(p: &ProcessedWeights) -> Result<Vec<NeuronWeights>, AnalysisError> {
+/// Where the vocabulary projection runs.
+#[derive(Debug, Clone)]
+pub enum Projection {
+    /// On the host: the `gemm` crate on rayon's threads.
+    Host,
+    /// On a wgpu device through Burn's matmul. The unembedding goes up once per model, in
+    /// chunks of the vocabulary no larger than `max_buffer_bytes` (the adapter's largest
+    /// binding, `None`: no limit), and each block of neurons' cosines comes back.
+    Device {
+        /// The Burn device (the run's: Burn and the kernels share it).
+        device: Device,
+        /// The largest buffer one tensor may take.
+        max_buffer_bytes: Option<u64>,
+    },
+}
+
+impl Projection {
+    /// The projection for a run on `device`: its GPU when it is a hardware one; the host on the
+    /// CPU path and on a software adapter (lavapipe's GEMM is about 100 times slower than the
+    /// host's).
+    pub fn for_run(device: &ComputeDevice) -> Self {
+        if device.is_software_adapter() {
+            Self::Host
+        } else {
+            Self::on(device).unwrap_or(Self::Host)
+        }
+    }
+
+    /// The projection on `device`'s GPU, software adapters included; `None` on the CPU path.
+    pub fn on(device: &ComputeDevice) -> Option<Self> {
+        (device.kind != BackendKind::Cpu).then(|| Self::Device {
+            device: device.device.clone(),
+            max_buffer_bytes: device.max_buffer_bytes,
+        })
+    }
+
+    /// Neurons whose cosines are computed (and held on the host) at once: 256 on the host
+    /// (51 MB at GPT-2's vocabulary), 1,024 on a device (fewer, larger products and reads).
+    fn block(&self) -> usize {
+        match self {
+            Self::Host => 256,
+            Self::Device { .. } => 1024,
+        }
+    }
+
+    /// `u`'s unit rows (`[vocab, d_model]`) where this projection reads them.
+    fn unembedding(&self, u: Array2<f32>) -> Result<Unembedding, AnalysisError> {
+        let Self::Device {
+            device,
+            max_buffer_bytes,
+        } = self
+        else {
+            return Ok(Unembedding::Host(u));
+        };
+        let (vocab, d) = u.dim();
+        // A chunk of the vocabulary, and its cosines with a block of neurons, each within the
+        // largest buffer.
+        let widest = d.max(self.block()).max(1) as u64 * 4;
+        let cols = max_buffer_bytes.map_or(vocab as u64, |b| (b / widest).min(vocab as u64));
+        if cols == 0 {
+            return Err(AnalysisError::Invalid(format!(
+                "the vocabulary projection: the GPU's largest buffer ({} bytes) holds less than \
+                 one unembedding column of {d} values and one cosine per neuron of a block; \
+                 run with --backend cpu",
+                max_buffer_bytes.unwrap_or(0)
+            )));
+        }
+        let values = u.as_slice().expect("unit rows are a standard layout array");
+        let chunks = (0..vocab)
+            .step_by(cols as usize)
+            .map(|v0| {
+                let v1 = (v0 + cols as usize).min(vocab);
+                let rows = TensorData::new(values[v0 * d..v1 * d].to_vec(), [v1 - v0, d]);
+                (v0, Tensor::<2>::from_data(rows, device))
+            })
+            .collect();
+        Ok(Unembedding::Device {
+            device: device.clone(),
+            vocab,
+            chunks,
+        })
+    }
+}
+
+/// The unembedding's unit rows where the projection reads them.
+enum Unembedding {
+    Host(Array2<f32>),
+    Device {
+        device: Device,
+        vocab: usize,
+        /// Each chunk's first token and its rows, `[tokens, d_model]`.
+        chunks: Vec<(usize, Tensor<2>)>,
+    },
+}
+
+impl Unembedding {
+    /// `cos = w uᵀ`: `w` a block of unit `w_out` rows `[n, d_model]`, `cos` row-major
+    /// `[n, vocab]`.
+    fn cosines(&self, w: Array2<f32>, cos: &mut [f32]) -> Result<(), AnalysisError> {
+        match self {
+            Self::Host(u) => matmul(w.view(), u.t(), cos),
+            Self::Device {
+                device,
+                vocab,
+                chunks,
+            } => {
+                let (n, d) = w.dim();
+                let w = Tensor::<2>::from_data(
+                    TensorData::new(w.into_raw_vec_and_offset().0, [n, d]),
+                    device,
+                );
+                for (v0, u) in chunks {
+                    let width = u.dims()[0];
+                    let part = w
+                        .clone()
+                        .matmul(u.clone().transpose())
+                        .try_into_data()
+                        .map_err(|e| {
+                            AnalysisError::Invalid(format!(
+                                "the vocabulary projection on the GPU: {e}"
+                            ))
+                        })?
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| {
+                            AnalysisError::Invalid(format!(
+                                "the vocabulary projection on the GPU: {e:?}"
+                            ))
+                        })?;
+                    for (row, got) in cos.chunks_exact_mut(*vocab).zip(part.chunks_exact(width)) {
+                        row[*v0..v0 + width].copy_from_slice(got);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Statistics of every neuron, `layer * d_mlp + neuron` order, with the vocabulary projection
+/// where `projection` says. The cosines are computed in blocks of neurons (an f32 GEMM against
+/// the normalised unembedding), moments in f64, the neurons of a block in parallel.
+pub fn weight_stats(
+    p: &ProcessedWeights,
+    projection: &Projection,
+) -> Result<Vec<NeuronWeights>, AnalysisError> {
     use rayon::prelude::*;
     let (d, vocab) = (p.d_model, p.vocab);
     check_shapes(p)?;
     // Unit rows of W_U, [vocab, d_model] (the GEMM reads it transposed).
-    let u = unit_rows(&p.w_u, d);
+    let u = projection.unembedding(unit_rows(&p.w_u, d))?;
     let null = null_space(&p.w_u, vocab, d)?;
     let k = null.nrows();
     let mut in_null = vec![0.0f64; p.d_mlp * k];
     let mut out = Vec::with_capacity(p.layers.len() * p.d_mlp);
-    const BLOCK: usize = 256;
+    let block = projection.block();
     // One block's cosines, kept from block to block (a fresh 51 MB each time costs the kernel
     // a page clear).
-    let mut cos = vec![0.0f32; BLOCK.min(p.d_mlp) * vocab];
+    let mut cos = vec![0.0f32; block.min(p.d_mlp) * vocab];
     for layer in &p.layers {
         // Each neuron's w_out in the null space's basis: [d_mlp, k].
         let w_out = ArrayView2::from_shape((p.d_mlp, d), &layer.w_out[..])
             .map_err(|e| AnalysisError::Invalid(format!("W_out: {e}")))?;
         matmul(w_out, null.t(), &mut in_null);
-        for j0 in (0..p.d_mlp).step_by(BLOCK) {
-            let j1 = (j0 + BLOCK).min(p.d_mlp);
+        for j0 in (0..p.d_mlp).step_by(block) {
+            let j1 = (j0 + block).min(p.d_mlp);
             let w = unit_rows(&layer.w_out[j0 * d..j1 * d], d);
             let cos = &mut cos[..(j1 - j0) * vocab];
-            matmul(w.view(), u.t(), cos);
+            u.cosines(w, cos)?;
             let cos = &*cos;
             let mut block = Vec::new();
             (j0..j1)
@@ -248,6 +397,78 @@ pub fn vocab_role(vocab_kurt: f64, vocab_skew: f64, vocab_var: f64) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weights of `layers` layers of `d_mlp` neurons, residual width `d`, from a hash.
+    fn weights(d: usize, d_mlp: usize, vocab: usize, layers: usize) -> ProcessedWeights {
+        let value = |i: usize, salt: u64| {
+            let h = (i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            h as f64 / (1u64 << 24) as f64 - 0.5
+        };
+        ProcessedWeights {
+            d_model: d,
+            d_mlp,
+            vocab,
+            layers: (0..layers as u64)
+                .map(|l| seedscope_model::ProcessedMlp {
+                    w_in: (0..d_mlp * d).map(|i| value(i, 3 * l + 1)).collect(),
+                    b_in: (0..d_mlp).map(|i| value(i, 3 * l + 2)).collect(),
+                    w_out: (0..d_mlp * d).map(|i| value(i, 3 * l + 3)).collect(),
+                })
+                .collect(),
+            w_u: (0..vocab * d).map(|i| value(i, 99)).collect(),
+            n_head: 1,
+            w_q: vec![],
+        }
+    }
+
+    /// The projection on a Burn device (Flex here; the GPU in `tests/weight_stats.rs`), in
+    /// chunks of the vocabulary when the buffer limit says so, gives the host's statistics.
+    #[test]
+    fn a_device_projection_in_vocabulary_chunks_gives_the_hosts_statistics() {
+        let cpu = ComputeDevice::open(BackendKind::Cpu).expect("the CPU backend");
+        let p = weights(24, 1100, 700, 2);
+        let host = weight_stats(&p, &Projection::Host).expect("on the host");
+        for limit in [None, Some(1024 * 4 * 300)] {
+            let device = Projection::Device {
+                device: cpu.device.clone(),
+                max_buffer_bytes: limit,
+            };
+            let got = weight_stats(&p, &device).expect("on the device");
+            assert_eq!(got.len(), host.len());
+            for (g, h) in got.iter().zip(&host) {
+                for (a, b) in [
+                    (g.vocab_mean, h.vocab_mean),
+                    (g.vocab_var, h.vocab_var),
+                    (g.vocab_skew, h.vocab_skew),
+                    (g.vocab_kurt, h.vocab_kurt),
+                ] {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{a} vs {b} ({limit:?})"
+                    );
+                }
+                assert_eq!(g.vocab_top, h.vocab_top, "{limit:?}");
+                assert_eq!(g.vocab_bottom, h.vocab_bottom, "{limit:?}");
+                assert_eq!(g.null_frac, h.null_frac);
+            }
+        }
+    }
+
+    #[test]
+    fn a_buffer_too_small_for_one_column_is_a_clear_error() {
+        let cpu = ComputeDevice::open(BackendKind::Cpu).expect("the CPU backend");
+        let device = Projection::Device {
+            device: cpu.device,
+            max_buffer_bytes: Some(1000),
+        };
+        let e = weight_stats(&weights(8, 4, 50, 1), &device)
+            .expect_err("1,000 bytes hold no column")
+            .to_string();
+        assert!(
+            e.contains("largest buffer (1000 bytes)") && e.contains("--backend cpu"),
+            "{e}"
+        );
+    }
 
     /// The ends by a full sort: descending (ascending for the bottom), ties to the lower id.
     fn sorted_ends(cos: &[f32], top: bool) -> Vec<u32> {
