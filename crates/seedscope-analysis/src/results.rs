@@ -447,3 +447,92 @@ pub enum Outcome {
         checkpoint: PathBuf,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest total weight over every one-to-one assignment of rows to columns (unknown
+    /// entries weigh -3), by trying every injection of the smaller side into the larger.
+    fn best_total(corr: &[f32], da: usize, db: usize) -> f64 {
+        fn go(used: &mut [bool], i: usize, w: &dyn Fn(usize, usize) -> f64, m: usize) -> f64 {
+            if i == m {
+                return 0.0;
+            }
+            let mut best = f64::NEG_INFINITY;
+            for j in 0..used.len() {
+                if !used[j] {
+                    used[j] = true;
+                    best = best.max(w(i, j) + go(used, i + 1, w, m));
+                    used[j] = false;
+                }
+            }
+            best
+        }
+        let w = |i: usize, j: usize| {
+            let c = corr[i * db + j];
+            if c.is_nan() { -3.0 } else { f64::from(c) }
+        };
+        if da <= db {
+            go(&mut vec![false; db], 0, &w, da)
+        } else {
+            go(&mut vec![false; da], 0, &|j, i| w(i, j), db)
+        }
+    }
+
+    #[test]
+    fn the_assignment_is_optimal_one_to_one_and_rectangular_either_way() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for (da, db) in [
+            (1, 1),
+            (3, 3),
+            (6, 6),
+            (4, 7),
+            (7, 4),
+            (5, 1),
+            (1, 5),
+            (6, 5),
+        ] {
+            for unknown in [0.0, 0.3, 0.9, 1.0] {
+                let corr: Vec<f32> = (0..da * db)
+                    .map(|_| {
+                        let v = next();
+                        if next() < unknown {
+                            f32::NAN
+                        } else {
+                            (2.0 * v - 1.0) as f32
+                        }
+                    })
+                    .collect();
+                let got = assign(&corr, da, db).expect("assigned");
+                assert_eq!(got.len(), da);
+                let mut cols: Vec<usize> = got.iter().flatten().copied().collect();
+                assert_eq!(cols.len(), da.min(db), "{da} x {db}: {got:?}");
+                let total: f64 = got
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
+                    .map(|c| if c.is_nan() { -3.0 } else { f64::from(c) })
+                    .sum();
+                cols.sort_unstable();
+                cols.dedup();
+                assert_eq!(
+                    cols.len(),
+                    da.min(db),
+                    "{da} x {db}: a column twice in {got:?}"
+                );
+                let best = best_total(&corr, da, db);
+                assert!(
+                    (total - best).abs() < 1e-9,
+                    "{da} x {db}, unknown {unknown}: {total} vs {best}"
+                );
+            }
+        }
+    }
+}
