@@ -166,6 +166,14 @@ fn neox_weight_statistics_match_the_reference() {
 #[test]
 fn gpt2_weight_statistics_on_the_gpu_match_the_reference() {
     let device = common::device(BackendKind::Wgpu);
+    // A run projects on the GPU where it is a hardware one (lavapipe's GEMM is slower than the
+    // host's).
+    assert_eq!(
+        matches!(Projection::for_run(&device), Projection::Device { .. }),
+        !device.is_software_adapter()
+    );
+    let cpu = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+    assert!(matches!(Projection::for_run(&cpu), Projection::Host));
     let Some(Projection::Device { device, .. }) = Projection::on(&device) else {
         panic!("a wgpu device projects on the GPU");
     };
