@@ -187,7 +187,7 @@ impl Projection {
                 max_buffer_bytes.unwrap_or(0)
             )));
         }
-        let values = u.as_slice().expect("unit rows are a standard layout array");
+        let values = u.into_raw_vec_and_offset().0;
         let chunks = (0..vocab)
             .step_by(cols as usize)
             .map(|v0| {
