@@ -201,26 +201,27 @@ impl<C: Compute> Pass<C> {
                 )?;
                 // Let the device finish this model's work (in a browser the page gets its
                 // event loop back) before the next model is recorded.
-                let t = Instant::now();
-                compute.settle().await;
-                self.cost.time.wait += t.elapsed().as_secs_f64();
-                if let Some(m) = compute.memory() {
-                    self.cost.device_memory.observe(m);
-                }
+                self.settle(compute).await;
             }
         }
         let t = Instant::now();
         self.acc.update(&streams)?;
         drop(streams);
         self.cost.time.accumulate += t.elapsed().as_secs_f64();
+        self.settle(compute).await;
+        self.tokens += block.rows.kept;
+        Ok(())
+    }
+
+    /// Wait for the device ([`Compute::settle`]), counting the wait, and take a sample of its
+    /// memory into the peaks.
+    async fn settle(&mut self, compute: &C) {
         let t = Instant::now();
         compute.settle().await;
         self.cost.time.wait += t.elapsed().as_secs_f64();
-        if let Some(m) = compute.memory() {
-            self.cost.device_memory.observe(m);
+        if let Some(sample) = compute.memory() {
+            self.cost.device_memory.observe(sample);
         }
-        self.tokens += block.rows.kept;
-        Ok(())
     }
 
     /// Model `m`'s activations over block `bi` into this pass: its histograms and anatomy if
