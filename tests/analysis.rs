@@ -166,8 +166,8 @@ fn options() -> AnalysisOptions {
 /// 7.5e-7 measured at worst (wgpu on lavapipe; the CPU path gives 5.1e-7).
 const REFERENCE_TOL: f64 = 8e-6;
 
-fn check_against_reference(r: &Results) {
-    let tol = REFERENCE_TOL;
+/// `tol`: [`REFERENCE_TOL`], or [`common::kernel_tol`]'s for the run's co-moment kernel.
+fn check_against_reference(r: &Results, tol: f64) {
     let reference = Reference::load();
     let mut worst = 0f64;
     assert_eq!(r.n_tokens as f64, reference.f64s("n_tokens")[0]);
@@ -338,7 +338,7 @@ fn cpu_path_matches_the_numpy_reference() {
     // from the real tiles and each layer's covariance (the candidate stage of the refinement
     // tests below streams it).
     assert!(r.plan.passes.iter().flatten().any(|t| t.is_covariance()));
-    check_against_reference(&r);
+    check_against_reference(&r, REFERENCE_TOL);
     assert_eq!(
         r.cost.device_memory,
         Default::default(),
@@ -350,13 +350,25 @@ fn cpu_path_matches_the_numpy_reference() {
 fn wgpu_kernels_match_the_numpy_reference() {
     let dev = device(BackendKind::Wgpu);
     assert!(dev.wgpu.is_some());
-    let work = temp_dir("analysis-wgpu");
-    let r = done(run(&dev, &options(), &work, None));
-    // The fixture's tokens are over twice its 128-neuron layers: the baseline is derived
-    // from the real tiles and each layer's covariance (the candidate stage of the refinement
-    // tests below streams it).
-    assert!(r.plan.passes.iter().flatten().any(|t| t.is_covariance()));
-    check_against_reference(&r);
+    // The device's own co-moment kernel (the first) and, on an adapter with cooperative
+    // matrices, the f32 kernel too.
+    let mut runs = Vec::new();
+    for (fp32_co_moments, tol) in common::co_moment_kernels(&dev, REFERENCE_TOL) {
+        let kernel = dev.cross_kernel(fp32_co_moments).expect("wgpu");
+        eprintln!("co-moments: {}", kernel.describe());
+        let options = AnalysisOptions {
+            fp32_co_moments,
+            ..options()
+        };
+        let r = done(run(&dev, &options, &temp_dir("analysis-wgpu"), None));
+        // The fixture's tokens are over twice its 128-neuron layers: the baseline is derived
+        // from the real tiles and each layer's covariance (the candidate stage of the
+        // refinement tests below streams it).
+        assert!(r.plan.passes.iter().flatten().any(|t| t.is_covariance()));
+        check_against_reference(&r, tol);
+        runs.push(r);
+    }
+    let r = &runs[0];
     // The GPU's peak memory from wgpu's allocator report: every buffer on the device (the
     // three fixture models, their activations, the kernels' tiles and totals). Measured on
     // lavapipe: 18.9 MB in buffers, 67.1 MB reserved; held to ten times either way.
@@ -856,7 +868,9 @@ fn refinement_over_the_whole_data_reproduces_the_reference_on_both_paths() {
         let dev = device(kind);
         let work = temp_dir("refine-whole");
         let r = done(run(&dev, &refined(1 << 40, 3), &work, None));
-        check_against_reference(&r);
+        // The candidates' values are f32 pairs on every kernel; the saved tiles come from the
+        // first stage's co-moment kernel.
+        check_against_reference(&r, common::kernel_tol(&dev, false, REFERENCE_TOL));
         assert!(
             !work.join("prefix").exists(),
             "{kind}: the prefix stage was left behind"
@@ -884,6 +898,8 @@ fn a_short_prefix_only_ever_lowers_the_maximum_and_is_exact_where_it_finds_it() 
         let dev = device(kind);
         let exhaustive = done(run(&dev, &options(), &temp_dir("short-exh"), None));
         let r = done(run(&dev, &refined(150, 4), &temp_dir("short"), None));
+        // The refined values are exact f32 pairs; the exhaustive run's carry its kernel's error.
+        let tol = common::kernel_tol(&dev, false, 1e-5) as f32;
         let (mut found, mut total, mut worst) = (0usize, 0usize, 0.0f32);
         for (a, b) in r.anchors.iter().zip(&exhaustive.anchors) {
             for (ma, mb) in a
@@ -896,11 +912,11 @@ fn a_short_prefix_only_ever_lowers_the_maximum_and_is_exact_where_it_finds_it() 
                     total += 1;
                     // A candidate's correlation over all tokens is exact; the best candidate
                     // can be no better than the best neuron.
-                    assert!(ma.max[i] <= mb.max[i] + 1e-5, "{kind}: neuron {i}");
-                    assert!(ma.min[i] >= mb.min[i] - 1e-5, "{kind}: neuron {i}");
+                    assert!(ma.max[i] <= mb.max[i] + tol, "{kind}: neuron {i}");
+                    assert!(ma.min[i] >= mb.min[i] - tol, "{kind}: neuron {i}");
                     if ma.argmax[i] == mb.argmax[i] {
                         found += 1;
-                        assert!((ma.max[i] - mb.max[i]).abs() < 1e-5, "{kind}: neuron {i}");
+                        assert!((ma.max[i] - mb.max[i]).abs() < tol, "{kind}: neuron {i}");
                     }
                     worst = worst.max(mb.max[i] - ma.max[i]);
                 }
@@ -1091,7 +1107,7 @@ fn shards_merged_equal_the_unsharded_run_on_both_paths() {
         // CPU shards merge in f64; GPU shards carry their f32 kernels' rounding.
         let tol = if kind == BackendKind::Cpu { 1e-6 } else { 2e-5 };
         assert_close_results(&merged, &whole, tol, &format!("{kind}"));
-        check_against_reference(&merged);
+        check_against_reference(&merged, common::kernel_tol(&dev, false, REFERENCE_TOL));
     }
 }
 
@@ -1200,8 +1216,9 @@ fn f16_models_accumulate_with_the_f32_accuracy_bound() {
         "f16 models: engine vs exact correlations of their activations {worst_exact:.2e}; \
          vs the f32 models {worst_vs_f32:.2e}"
     );
-    // Measured: 4.3e-7 and 3.9e-3.
-    assert!(worst_exact < 4.3e-6, "accumulation error {worst_exact}");
+    // Measured: 4.3e-7 (f32 kernel; 2.2e-4 with cooperative matrices) and 3.9e-3.
+    let bound = common::kernel_tol(&dev, false, 4.3e-6);
+    assert!(worst_exact < bound, "accumulation error {worst_exact}");
     assert!(
         worst_vs_f32 < 0.04,
         "f16 rounding moved a correlation by {worst_vs_f32}"

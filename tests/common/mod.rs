@@ -185,3 +185,31 @@ pub fn fixture_bundle(tag: &str, models: &[&str]) -> PathBuf {
     assert_eq!(end, JobEnd::Written(bundle.clone()));
     bundle
 }
+
+/// Largest error on a correlation that the cooperative-matrix co-moment kernel allows: it
+/// rounds each centred activation to f16 (2^-11 relative) before its products, which sum in
+/// f32. Measured at worst 2.9e-4 on the fixtures (`tests/analysis.rs`; 2.0e-4 in
+/// `tests/unequal.rs`), on lavapipe of Mesa 26.1 with 8 x 8 x 8 fragments
+/// (`scripts/lavapipe_coop.sh`).
+pub const COOPERATIVE_TOL: f64 = 2e-3;
+
+/// The tolerance of a test that allows `f32_tol` on the CPU path and the f32 kernel, for a run
+/// on `dev` with `fp32_co_moments`: [`COOPERATIVE_TOL`] where that run's co-moments use
+/// cooperative matrices (an adapter that offers them and no `fp32_co_moments`).
+pub fn kernel_tol(dev: &ComputeDevice, fp32_co_moments: bool, f32_tol: f64) -> f64 {
+    match dev.cross_kernel(fp32_co_moments) {
+        Some(seedscope_gpu::CrossKernel::Cooperative { .. }) => COOPERATIVE_TOL.max(f32_tol),
+        _ => f32_tol,
+    }
+}
+
+/// The `fp32_co_moments` settings a test against a reference runs on `dev`, each with its
+/// tolerance: the device's own co-moment kernel and, where that is the cooperative one, the
+/// f32 kernel as well (so both are checked on such an adapter).
+pub fn co_moment_kernels(dev: &ComputeDevice, f32_tol: f64) -> Vec<(bool, f64)> {
+    let mut out = vec![(false, kernel_tol(dev, false, f32_tol))];
+    if kernel_tol(dev, false, f32_tol) != f32_tol {
+        out.push((true, f32_tol));
+    }
+    out
+}
