@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, second command; .ci/run calls it).
 # Installs what the tests need on a fresh Debian machine (lavapipe, a Vulkan driver that runs on
-# the CPU, so the wgpu tests run WGSL for real), then format, clippy, the tests, and the browser
+# the CPU, so the wgpu tests run WGSL for real), then format, clippy, the tests, the GPU kernels'
+# tests again on a lavapipe with cooperative matrices (scripts/lavapipe_coop.sh), and the browser
 # build with its end-to-end test in headless Chromium (installed too, with Node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ fi
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+# The co-moment kernel on cooperative matrices (tensor cores elsewhere) against the references:
+# the kernel and analysis tests again, on a lavapipe that has cooperative matrices (Mesa 26.1, in
+# a trixie root that the script builds once; the same test binaries, no rebuild).
+scripts/lavapipe_coop.sh cargo test --release --workspace --test kernels --test analysis --test unequal
 # The browser build (web/): lint its wasm-only code, build web/dist, then run the page end to
 # end in headless Chromium (web/e2e.mjs): the embedded family analysed on WebGPU (SwiftShader)
 # must give the native `seedscope analyze` result on the same tokens; live text on the page must
