@@ -21,7 +21,7 @@ cargo test --release --workspace
 # The co-moment kernel on cooperative matrices (tensor cores elsewhere) against the references:
 # the kernel and analysis tests again, on a lavapipe that has cooperative matrices (Mesa 26.1, in
 # a trixie root that the script builds once; the same test binaries, no rebuild).
-scripts/lavapipe_coop.sh cargo test --release --workspace --test kernels --test analysis --test unequal
+scripts/lavapipe_coop.sh cargo test --release --workspace --test kernels --test numerics --test analysis --test unequal
 # The browser build (web/): lint its wasm-only code, build web/dist, then run the page end to
 # end in headless Chromium (web/e2e.mjs): the embedded family analysed on WebGPU (SwiftShader)
 # must give the native `seedscope analyze` result on the same tokens; live text on the page must

@@ -1,8 +1,11 @@
 //! The accumulation scheme over 10 million tokens with large activation means: the WGSL
-//! kernels (f32, block-centred, Kahan-merged) against an exact f64 two-pass reference.
+//! kernels (block-centred, Kahan-merged; the f32 kernel, and the cooperative one where the
+//! adapter has it) against an exact f64 two-pass reference.
 //! The naive Σxy − n·x̄ȳ in f32 would lose every digit here (means 1000× the spread).
 
-use seedscope_gpu::{ActView, CrossTile, GpuContext, Kernels, Moments, reference, twin};
+use seedscope_gpu::{
+    ActView, CrossKernel, CrossTile, GpuContext, Kernels, Moments, reference, twin,
+};
 
 const TOKENS: usize = 10_000_000;
 const BLOCK: usize = seedscope_gpu::MAX_BLOCK_ROWS as usize;
@@ -40,39 +43,56 @@ fn blocks() -> impl Iterator<Item = (usize, usize)> {
     (0..TOKENS.div_ceil(BLOCK)).map(|k| (k, BLOCK.min(TOKENS - k * BLOCK)))
 }
 
+/// Every co-moment kernel the device runs over the 10 M tokens, each held to 3e-5: the f32
+/// kernel and, where the adapter has cooperative matrices, the cooperative one (issue 20 asks
+/// at most 1e-3 of it; its f16 rounding averages out over the tokens, and what is left is the
+/// f32 accumulation both kernels share).
 #[test]
-fn ten_million_tokens_with_large_means_stay_within_3e_5_of_f64() {
+fn ten_million_tokens_with_large_means_stay_near_f64_through_every_kernel() {
     let ctx = GpuContext::request()
         .unwrap_or_else(|e| panic!("needs a wgpu adapter (lavapipe will do): {e}"));
-    let k = Kernels::new(&ctx);
-    let mut ma = Moments::new(&ctx, NA as u32).expect("moments");
-    let mut mb = Moments::new(&ctx, NB as u32).expect("moments");
-    let tile = CrossTile::new(&ctx, 0, NA as u32, 0, NB as u32).expect("tile");
+    let exact = exact_correlations();
+    // The correlations are not trivial (the test would be weak if all were ~0).
+    assert!(exact.iter().any(|v| v.abs() > 0.5));
+    let mut kernels = vec![CrossKernel::Fp32];
+    if ctx.cross != CrossKernel::Fp32 {
+        kernels.push(ctx.cross);
+    }
+    for kernel in kernels {
+        let got = ten_million_tokens(&ctx, &Kernels::with_cross(&ctx, kernel));
+        let worst = (0..NA * NB)
+            .map(|p| (got[p] as f64 - exact[p]).abs())
+            .fold(0.0f64, f64::max);
+        println!(
+            "{}: max |corr error| over {TOKENS} tokens: {worst:.2e}",
+            kernel.describe()
+        );
+        // Measured on lavapipe: 2.9e-6 with the f32 kernel, 3.2e-6 with cooperative matrices
+        // (Mesa 26.1, scripts/lavapipe_coop.sh).
+        assert!(worst <= 3e-5, "{kernel:?}: max abs error {worst}");
+    }
+}
+
+/// The correlation tile of the test data through the kernels `k`, block by block.
+fn ten_million_tokens(ctx: &GpuContext, k: &Kernels) -> Vec<f32> {
+    let mut ma = Moments::new(ctx, NA as u32).expect("moments");
+    let mut mb = Moments::new(ctx, NB as u32).expect("moments");
+    let tile = CrossTile::new(ctx, 0, NA as u32, 0, NB as u32).expect("tile");
     for (bk, rows) in blocks() {
         let (a, b) = (block(bk, rows, NA, 1), block(bk, rows, NB, 2));
         let ba = ctx.upload("a", &a).expect("upload");
         let bb = ctx.upload("b", &b).expect("upload");
         let (va, vb) = (ActView::whole(&ba, rows, NA), ActView::whole(&bb, rows, NB));
-        tile.merge_pair(&ctx, &k, va, &mut ma, vb, &mut mb)
+        tile.merge_pair(ctx, k, va, &mut ma, vb, &mut mb)
             .expect("merge");
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
             .expect("poll");
     }
-    let got = tile
-        .finalize(&ctx, &k, &ma, &mb, true)
+    tile.finalize(ctx, k, &ma, &mb, true)
         .expect("finalize")
         .tile
-        .expect("tile");
-    let exact = exact_correlations();
-    let worst = (0..NA * NB)
-        .map(|p| (got[p] as f64 - exact[p]).abs())
-        .fold(0.0f64, f64::max);
-    println!("max |corr error| over {TOKENS} tokens: {worst:.2e}");
-    // Measured 2.9e-6 on lavapipe.
-    assert!(worst <= 3e-5, "max abs error {worst}");
-    // The correlations are not trivial (the test would be weak if all were ~0).
-    assert!(exact.iter().any(|v| v.abs() > 0.5));
+        .expect("tile")
 }
 
 /// The exact f64 correlations of the test data over all tokens: pass 1 the means, pass 2 the
@@ -115,7 +135,7 @@ fn exact_correlations() -> Vec<f64> {
 /// [`twin::cross_f16_block`], merged with Chan's formula (in f64, as the Kahan pairs hold it),
 /// against the exact f64 correlations. This is the error the kernel adds to the f32 path's,
 /// measured on any machine (the kernel itself runs only where an adapter has cooperative
-/// matrices: `tests/kernels.rs`).
+/// matrices: `tests/kernels.rs` and the GPU test above).
 #[test]
 fn f16_products_over_ten_million_tokens_stay_within_1e_3_of_f64() {
     let mut n_prev = 0.0f64;
