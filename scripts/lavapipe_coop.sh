@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Run a command's test binaries on a lavapipe with cooperative matrices.
+# Run commands on a lavapipe with cooperative matrices.
 #
 #     scripts/lavapipe_coop.sh cargo test --release --workspace --test kernels
+#     scripts/lavapipe_coop.sh --exec target/release/seedscope analyze --backend wgpu
 #
 # The co-moment kernel on cooperative matrices (cross_coop.wgsl: tensor cores, WMMA, Apple's
 # SIMD-group matrices) needs an adapter that offers them. lavapipe, Mesa's Vulkan driver on the
 # CPU, offers 8 x 8 x 8 f16 x f16 -> f32 fragments from Mesa 26.1 on, which Debian ships for
 # trixie (trixie-backports), not for this machine's bookworm. So the first run builds a minimal
 # trixie root with that lavapipe (debootstrap, about 700 MB, kept in SEEDSCOPE_TRIXIE_ROOT,
-# default ~/.cache/seedscope-trixie), and cargo runs each test binary inside it (a chroot with
-# this machine's /proc, /dev, /sys, /tmp, the checkout and the target directory at the same
-# paths), built here as usual. SEEDSCOPE_EXPECT_COOPERATIVE=1 is set for them: the tests that
-# need cooperative matrices fail, instead of saying they did not run, if the adapter lacks them.
+# default ~/.cache/seedscope-trixie). The root sees this machine's /proc, /dev, /sys, /tmp, the
+# current directory and the target directory at the same paths, so binaries built here run in
+# it as they are.
+#
+# Without --exec the command runs here, and cargo runs each test binary it starts inside the
+# root (a cargo runner: this script with --exec), with SEEDSCOPE_EXPECT_COOPERATIVE=1: the
+# tests that need cooperative matrices fail, instead of saying they did not run, if the
+# adapter lacks them. With --exec the command itself runs inside the root.
 #
 # Needs root (chroot, mounts), as CI is; elsewhere it asks sudo.
 set -euo pipefail
 root="${SEEDSCOPE_TRIXIE_ROOT:-$HOME/.cache/seedscope-trixie}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-# Runner mode (cargo calls `lavapipe_coop.sh --exec BINARY ARGS...` in the test's directory).
+in_root=""
 if [ "${1:-}" = "--exec" ]; then
+    in_root=1
     shift
-    exec $SUDO chroot "$root" /usr/bin/env -C "$PWD" "$@"
 fi
 
 if [ ! -f "$root/.ready" ]; then
@@ -44,17 +49,19 @@ if [ ! -f "$root/.ready" ]; then
         >/dev/null'
     $SUDO touch "$root/.ready"
 fi
-echo "lavapipe_coop: $($SUDO chroot "$root" dpkg-query -W -f '${Package} ${Version}' mesa-vulkan-drivers)"
 
 # The checkout and the target directory at their own paths, and the machine's /tmp.
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 mounted=()
 bind() {
-    $SUDO mkdir -p "$root$1"
-    if ! mountpoint -q "$root$1"; then
-        $SUDO mount --rbind "$1" "$root$1"
-        mounted+=("$root$1")
+    [ -d "$1" ] || return 0
+    # Already the same directory in the root (an outer call's mount, or a path inside one).
+    if [ -d "$root$1" ] && [ "$(stat -c %d:%i "$1")" = "$(stat -c %d:%i "$root$1")" ]; then
+        return 0
     fi
+    $SUDO mkdir -p "$root$1"
+    $SUDO mount --rbind "$1" "$root$1"
+    mounted+=("$root$1")
 }
 unbind() {
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
@@ -62,8 +69,15 @@ unbind() {
     done
 }
 trap unbind EXIT
+# Only what the root does not see yet (cargo's runner calls find the outer call's mounts in
+# place), and only that is unmounted again.
 for d in /proc /dev /sys /tmp "$PWD" "$target"; do bind "$d"; done
 
-export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(realpath "$0") --exec"
-export SEEDSCOPE_EXPECT_COOPERATIVE=1
-"$@"
+if [ -n "$in_root" ]; then
+    $SUDO chroot "$root" /usr/bin/env -C "$PWD" "$@"
+else
+    echo "lavapipe_coop: $($SUDO chroot "$root" dpkg-query -W -f '${Package} ${Version}' mesa-vulkan-drivers)"
+    export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(realpath "$0") --exec"
+    export SEEDSCOPE_EXPECT_COOPERATIVE=1
+    "$@"
+fi
