@@ -189,7 +189,8 @@ fn kernels_match_the_f64_reference_on_odd_shapes_with_large_means() {
 /// `cross_coop.wgsl` (cooperative matrices, f16 inputs) against the f64 reference and against
 /// its CPU twin, on the shapes of the f32 test. It needs an adapter that lists f16 × f16 → f32
 /// fragments (NVIDIA tensor cores, AMD WMMA, Apple GPUs, lavapipe from Mesa 26.1 on: CI runs it
-/// there through `scripts/lavapipe_coop.sh`); elsewhere it says so and checks nothing. The same data through the f32 kernel on the same device is the comparison.
+/// there through `scripts/lavapipe_coop.sh`); elsewhere it says so and checks nothing. The same
+/// data through the f32 kernel on the same device is the comparison.
 #[test]
 fn the_cooperative_matrix_kernel_matches_the_f64_reference_where_the_adapter_has_one() {
     let ctx = ctx();
@@ -251,7 +252,8 @@ fn the_cooperative_matrix_kernel_matches_the_f64_reference_where_the_adapter_has
 /// A cooperative kernel that cannot run on the device (here: one the adapter does not offer,
 /// so its shader fails validation) fails its check with wgpu's reason, and the context falls
 /// back to the f32 kernel instead of running it. Where the adapter has cooperative matrices
-/// this failure cannot be provoked, and the test says so.
+/// this failure cannot be provoked, and the test says so (lavapipe of Mesa 26.1, which lists
+/// only 8 x 8 fragments, runs this 16 x 16 kernel, and it passes its check).
 #[test]
 fn a_cooperative_kernel_that_fails_its_check_leaves_the_f32_kernel() {
     let ctx = ctx();
