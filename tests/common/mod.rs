@@ -197,10 +197,19 @@ pub const COOPERATIVE_TOL: f64 = 2e-3;
 /// on `dev` with `fp32_co_moments`: [`COOPERATIVE_TOL`] where that run's co-moments use
 /// cooperative matrices (an adapter that offers them and no `fp32_co_moments`).
 pub fn kernel_tol(dev: &ComputeDevice, fp32_co_moments: bool, f32_tol: f64) -> f64 {
-    match dev.cross_kernel(fp32_co_moments) {
-        Some(seedscope_gpu::CrossKernel::Cooperative { .. }) => COOPERATIVE_TOL.max(f32_tol),
-        _ => f32_tol,
+    if cooperative(dev, fp32_co_moments) {
+        COOPERATIVE_TOL.max(f32_tol)
+    } else {
+        f32_tol
     }
+}
+
+/// Whether a run on `dev` with `fp32_co_moments` takes the cooperative-matrix kernel.
+fn cooperative(dev: &ComputeDevice, fp32_co_moments: bool) -> bool {
+    matches!(
+        dev.cross_kernel(fp32_co_moments),
+        Some(seedscope_gpu::CrossKernel::Cooperative { .. })
+    )
 }
 
 /// The `fp32_co_moments` settings a test against a reference runs on `dev`, each with its
@@ -208,7 +217,7 @@ pub fn kernel_tol(dev: &ComputeDevice, fp32_co_moments: bool, f32_tol: f64) -> f
 /// f32 kernel as well (so both are checked on such an adapter).
 pub fn co_moment_kernels(dev: &ComputeDevice, f32_tol: f64) -> Vec<(bool, f64)> {
     let mut out = vec![(false, kernel_tol(dev, false, f32_tol))];
-    if kernel_tol(dev, false, f32_tol) != f32_tol {
+    if cooperative(dev, false) {
         out.push((true, f32_tol));
     }
     out
