@@ -2,6 +2,7 @@
 //! totals.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
@@ -39,18 +40,15 @@ pub struct CpuAccumulator {
     scratch: Scratch,
 }
 
-/// A read stream's block in an update: its centred rows (for dense tiles; `None` when only
-/// sparse tiles read it) and each column's mean shift.
-type Centred<'a> = (Option<ArrayView2<'a, f32>>, &'a [f64]);
-
 /// Reused per-update buffers of a [`CpuAccumulator`].
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Per stream that dense tiles read: its centred block, `[rows, cols]`.
-    centred: Vec<Vec<f32>>,
+    /// Every stream that dense tiles read, centred side by side: `[rows, Σ widths]`
+    /// row-major, so tiles of several streams next to each other are one GEMM ([`rectangles`]).
+    centred: Vec<f32>,
     /// Per stream that sparse tiles read: its centred block in [`Layout::Chunked`].
     columns: Vec<Vec<f32>>,
-    /// One dense tile's f32 product.
+    /// One GEMM's f32 product (a [`Rect`], or one covariance tile).
     product: Vec<f32>,
 }
 
@@ -117,7 +115,6 @@ impl Accumulate for CpuAccumulator {
             product,
         } = &mut self.scratch;
         let n_streams = self.moments.len();
-        centred.resize_with(n_streams, Vec::new);
         columns.resize_with(n_streams, Vec::new);
         // How each stream is read: by dense tiles (rows, for the GEMMs), by sparse tiles
         // (chunked columns, for the pairs' dot products), or both.
@@ -131,6 +128,15 @@ impl Accumulate for CpuAccumulator {
             read[t.a_stream] = true;
             read[t.b_stream] = true;
         }
+        // Where each stream that dense tiles read starts in the centred block.
+        let mut offset = vec![0; n_streams];
+        let mut width = 0;
+        for (s, x) in block.iter().enumerate() {
+            if let (true, Some(x)) = (dense[s], x) {
+                offset[s] = width;
+                width += x.ncols();
+            }
+        }
         // Each read stream centred on its block means straight into the layout its tiles
         // read (both when both read it), with each column's mean shift. A stream only sparse
         // tiles read has no rows: they would double its memory (the refined second stage
@@ -139,16 +145,21 @@ impl Accumulate for CpuAccumulator {
         for (s, (m, x)) in self.moments.iter_mut().zip(block).enumerate() {
             shifts.push(match (m, x) {
                 (Some(m), Some(x)) => {
-                    let (x, cols) = (x.view(), x.ncols());
+                    let weights = (w_mean, w_cross);
                     Some(if dense[s] {
-                        let d =
-                            center_block(x, m, (w_mean, w_cross), Layout::Rows, &mut centred[s]);
+                        let at = Layout::Rows {
+                            width,
+                            offset: offset[s],
+                        };
+                        let d = center_block(x.view(), m, weights, at, centred);
                         if sparse[s] {
-                            chunk_rows(&centred[s], rows, cols, &mut columns[s]);
+                            let rows = rows_view(centred, rows, width)?;
+                            let cols = offset[s]..offset[s] + x.ncols();
+                            chunk_rows(rows.slice(s![.., cols]), &mut columns[s]);
                         }
                         d
                     } else {
-                        center_block(x, m, (w_mean, w_cross), Layout::Chunked, &mut columns[s])
+                        center_block(x.view(), m, weights, Layout::Chunked, &mut columns[s])
                     })
                 }
                 _ => None,
@@ -161,84 +172,90 @@ impl Accumulate for CpuAccumulator {
                 _ => None,
             })
             .collect();
-        let centred: Vec<Option<Centred<'_>>> = shifts
-            .iter()
-            .zip(centred.iter())
-            .zip(&dense)
-            .map(|((d, buf), &dense)| {
-                d.as_ref()
-                    .map(|d| {
-                        let rows = dense.then(|| rows_view(buf, rows, d.len())).transpose()?;
-                        Ok((rows, d.as_slice()))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, AnalysisError>>()?;
+        let centred = rows_view(centred, rows, width)?;
+        // Each dense tile's columns in the centred block: products, and covariances.
+        let mut products = Vec::new();
+        let mut covariances = Vec::new();
+        for (k, t) in self.specs.iter().enumerate() {
+            let (Some(_), Some(_)) = (&shifts[t.a_stream], &shifts[t.b_stream]) else {
+                return Err(missing_stream());
+            };
+            if t.pairs.is_some() || t.a_cols.is_empty() || t.b_cols.is_empty() {
+                continue;
+            }
+            if !dense[t.a_stream] || !dense[t.b_stream] {
+                return Err(missing_stream());
+            }
+            let global = |s: usize, c: &Range<usize>| offset[s] + c.start..offset[s] + c.end;
+            let a = global(t.a_stream, &t.a_cols);
+            if t.is_covariance() {
+                covariances.push((k, a));
+            } else {
+                products.push((k, a, global(t.b_stream, &t.b_cols)));
+            }
+        }
+        let full = |s: usize| -> &[f64] { shifts[s].as_deref().unwrap_or_default() };
+        let shift = |s: usize, c: &Range<usize>| -> &[f64] { &full(s)[c.clone()] };
         for (t, acc) in self.specs.iter().zip(self.tiles.iter_mut()) {
-            let (Some((ca, da)), Some((cb, db))) = (&centred[t.a_stream], &centred[t.b_stream])
-            else {
+            let Some(pairs) = &t.pairs else {
+                continue;
+            };
+            let (Some(xa), Some(xb)) = (columns[t.a_stream], columns[t.b_stream]) else {
                 return Err(missing_stream());
             };
-            if let Some(pairs) = &t.pairs {
-                let (Some(xa), Some(xb)) = (columns[t.a_stream], columns[t.b_stream]) else {
-                    return Err(missing_stream());
-                };
-                // Pair `e` is (anchor column a0 + e / per_row, pairs[e]). Independent pairs:
-                // split over the cores (same sums, any split). Chunk by chunk of rows, so the
-                // columns the pairs pick at random come from the cache, not from memory.
-                let (a0, per_row) = (t.a_cols.start, pairs.len() / t.a_cols.len().max(1));
-                let (wa, wb) = (da.len(), db.len());
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let chunk = pairs.len().div_ceil(threads).max(1);
-                std::thread::scope(|scope| {
-                    for (n, (accs, js)) in
-                        acc.chunks_mut(chunk).zip(pairs.chunks(chunk)).enumerate()
-                    {
-                        let row_of = move |o: usize| a0 + (n * chunk + o) / per_row.max(1);
-                        scope.spawn(move || {
-                            let chunks = xa.chunks_exact(wa * ROW_CHUNK);
-                            for (ca, cb) in chunks.zip(xb.chunks_exact(wb * ROW_CHUNK)) {
-                                for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
-                                    *c += dot(column(ca, row_of(o)), column(cb, j as usize));
-                                }
-                            }
-                            for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
-                                *c += da[row_of(o)] * w_cross * db[j as usize];
-                            }
-                        });
-                    }
-                });
-                continue;
-            }
-            let (Some(ca), Some(cb)) = (ca, cb) else {
-                return Err(missing_stream());
-            };
-            let (na, nb) = (t.a_cols.len(), t.b_cols.len());
-            if na == 0 || nb == 0 {
-                continue;
-            }
+            add_pairs(
+                acc,
+                t,
+                pairs,
+                (xa, xb),
+                (full(t.a_stream), full(t.b_stream)),
+                w_cross,
+            );
+        }
+        // Dense tiles side by side are one GEMM; each adds its part of the product.
+        let cap = products
+            .iter()
+            .map(|(_, a, b)| a.len() * b.len())
+            .fold(MAX_PRODUCT, usize::max);
+        for r in rectangles(&products, cap) {
+            let (na, nb) = (r.a.len(), r.b.len());
             if product.len() < na * nb {
                 product.resize(na * nb, 0.0);
             }
-            if t.is_covariance() {
-                gram(ca.slice(s![.., t.a_cols.clone()]), &mut product[..na * nb]);
-            } else {
-                matmul(
-                    ca.slice(s![.., t.a_cols.clone()]).t(),
-                    cb.slice(s![.., t.b_cols.clone()]),
-                    &mut product[..na * nb],
+            matmul(
+                centred.slice(s![.., r.a.clone()]).t(),
+                centred.slice(s![.., r.b.clone()]),
+                &mut product[..na * nb],
+            );
+            for k in r.tiles {
+                let t = &self.specs[k];
+                let (i0, j0) = (
+                    offset[t.a_stream] + t.a_cols.start - r.a.start,
+                    offset[t.b_stream] + t.b_cols.start - r.b.start,
                 );
+                let part = Part {
+                    product: &product[..na * nb],
+                    stride: nb,
+                    at: (i0, j0),
+                };
+                let shifts = (shift(t.a_stream, &t.a_cols), shift(t.b_stream, &t.b_cols));
+                merge(&mut self.tiles[k], part, shifts, w_cross);
             }
-            let (da, db) = (&da[t.a_cols.clone()], &db[t.b_cols.clone()]);
-            let rows_of = acc
-                .par_chunks_exact_mut(nb)
-                .zip(product.par_chunks_exact(nb));
-            rows_of.zip(da).for_each(|((row, grow), &dai)| {
-                let dai = dai * w_cross;
-                for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(db) {
-                    *c += gv as f64 + dai * dbj;
-                }
-            });
+        }
+        for (k, a) in covariances {
+            let t = &self.specs[k];
+            let n = a.len();
+            if product.len() < n * n {
+                product.resize(n * n, 0.0);
+            }
+            gram(centred.slice(s![.., a]), &mut product[..n * n]);
+            let part = Part {
+                product: &product[..n * n],
+                stride: n,
+                at: (0, 0),
+            };
+            let d = shift(t.a_stream, &t.a_cols);
+            merge(&mut self.tiles[k], part, (d, d), w_cross);
         }
         self.count += rows as u64;
         Ok(())
@@ -338,8 +355,9 @@ impl Accumulate for CpuAccumulator {
 /// How a centred block is laid out in its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    /// `[rows, cols]` row-major, for the dense tiles' GEMMs.
-    Rows,
+    /// Row-major, `width` values a row, the block's columns from `offset` (the dense tiles'
+    /// GEMMs read every stream's block side by side).
+    Rows { width: usize, offset: usize },
     /// Chunks of [`ROW_CHUNK`] rows, each `[cols, ROW_CHUNK]` (column by column, so a sparse
     /// pair's part of a chunk is one contiguous slice), the last padded with zeros, which add
     /// nothing to a dot product.
@@ -347,13 +365,141 @@ enum Layout {
 }
 
 impl Layout {
-    /// Values a `[rows, cols]` block takes in this layout.
+    /// Values a buffer holding a `[rows, cols]` block in this layout takes.
     fn len(self, rows: usize, cols: usize) -> usize {
         match self {
-            Layout::Rows => rows * cols,
+            Layout::Rows { width, .. } => rows * width,
             Layout::Chunked => rows.div_ceil(ROW_CHUNK) * cols * ROW_CHUNK,
         }
     }
+
+    /// Values of the buffer that [`PART`] rows of a block of `cols` columns span.
+    fn part(self, cols: usize) -> usize {
+        match self {
+            Layout::Rows { width, .. } => PART * width,
+            Layout::Chunked => PART * cols,
+        }
+    }
+}
+
+/// The largest product (f32 values) one GEMM of several dense tiles writes, unless one tile
+/// alone is larger: 1,024 anchor neurons by 4,096 (16 MiB). The embedded family's sixteen
+/// 512 × 512 tiles of a block are one such GEMM, which the `gemm` crate runs 10–40 % faster
+/// than the sixteen on two AVX2 cores; GPT-2-width tiles (3,072 × 3,072) are GEMMs of their
+/// own, already large enough.
+const MAX_PRODUCT: usize = 1 << 22;
+
+/// Dense tiles multiplied as one GEMM: anchor columns `a` by other columns `b` of the centred
+/// block, covered exactly by `tiles` (indices into the pass's specs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rect {
+    a: Range<usize>,
+    b: Range<usize>,
+    tiles: Vec<usize>,
+}
+
+/// Group dense tiles `(index, anchor columns, other columns)` of the centred block into
+/// rectangles that they cover exactly, none of more than `cap` entries unless one tile is:
+/// first the tiles with the same anchor columns whose other columns follow each other, then
+/// those runs with the same other columns whose anchor columns follow each other.
+fn rectangles(tiles: &[(usize, Range<usize>, Range<usize>)], cap: usize) -> Vec<Rect> {
+    let mut sorted = tiles.to_vec();
+    sorted.sort_by_key(|(_, a, b)| (a.start, a.end, b.start, b.end));
+    let mut runs: Vec<Rect> = Vec::new();
+    for (k, a, b) in sorted {
+        match runs.last_mut() {
+            Some(r) if r.a == a && r.b.end == b.start && a.len() * (r.b.len() + b.len()) <= cap => {
+                r.b.end = b.end;
+                r.tiles.push(k);
+            }
+            _ => runs.push(Rect {
+                a,
+                b,
+                tiles: vec![k],
+            }),
+        }
+    }
+    runs.sort_by_key(|r| (r.b.start, r.b.end, r.a.start));
+    let mut out: Vec<Rect> = Vec::new();
+    for r in runs {
+        match out.last_mut() {
+            Some(o)
+                if o.b == r.b
+                    && o.a.end == r.a.start
+                    && (o.a.len() + r.a.len()) * o.b.len() <= cap =>
+            {
+                o.a.end = r.a.end;
+                o.tiles.extend(r.tiles);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Chan's merge of one block into a sparse tile's co-moments: each candidate pair's dot
+/// product over the centred chunks `(xa, xb)` plus the cross term of the mean shifts
+/// `(da, db)` (every column of each stream). Pair `e` is (anchor column `a_cols.start + e /
+/// per_row`, `pairs[e]`). The pairs are independent, so they are split over the cores (the same
+/// sums for any split), and taken chunk by chunk of rows, so that the columns the pairs pick
+/// at random come from the cache, not from memory.
+fn add_pairs(
+    acc: &mut [f64],
+    t: &TileSpec,
+    pairs: &[u32],
+    (xa, xb): (&[f32], &[f32]),
+    (da, db): (&[f64], &[f64]),
+    w_cross: f64,
+) {
+    let (a0, per_row) = (t.a_cols.start, pairs.len() / t.a_cols.len().max(1));
+    let (wa, wb) = (da.len(), db.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = pairs.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (n, (accs, js)) in acc.chunks_mut(chunk).zip(pairs.chunks(chunk)).enumerate() {
+            let row_of = move |o: usize| a0 + (n * chunk + o) / per_row.max(1);
+            scope.spawn(move || {
+                let chunks = xa.chunks_exact(wa * ROW_CHUNK);
+                for (ca, cb) in chunks.zip(xb.chunks_exact(wb * ROW_CHUNK)) {
+                    for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
+                        *c += dot(column(ca, row_of(o)), column(cb, j as usize));
+                    }
+                }
+                for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
+                    *c += da[row_of(o)] * w_cross * db[j as usize];
+                }
+            });
+        }
+    });
+}
+
+/// One tile's part of a GEMM's row-major product: its first row and column there.
+struct Part<'a> {
+    product: &'a [f32],
+    /// Columns of the product.
+    stride: usize,
+    /// The tile's first row and column in it.
+    at: (usize, usize),
+}
+
+/// Chan's merge of one block into a tile's f64 co-moments: its centred product plus the
+/// cross term of the mean shifts `(da, db)`, rows on rayon.
+fn merge(acc: &mut [f64], part: Part<'_>, (da, db): (&[f64], &[f64]), w_cross: f64) {
+    let nb = db.len();
+    if nb == 0 {
+        return;
+    }
+    let (i0, j0) = part.at;
+    acc.par_chunks_exact_mut(nb)
+        .zip(da)
+        .enumerate()
+        .for_each(|(i, (row, &dai))| {
+            let dai = dai * w_cross;
+            let grow = &part.product[(i0 + i) * part.stride + j0..][..nb];
+            for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(db) {
+                *c += gv as f64 + dai * dbj;
+            }
+        });
 }
 
 /// Rows per part of a block's centring: the parts are reduced in parallel and their sums added
@@ -395,14 +541,14 @@ fn center_block(
     mean.iter_mut().for_each(|s| *s /= rows as f64);
     let mean = &mean;
     // A part's rows fill exactly `PART * cols` values of `out` in either layout.
-    let outs = out[..len].par_chunks_mut(PART * cols);
+    let outs = out[..len].par_chunks_mut(layout.part(cols));
     let m2 = sum_parts(outs.zip(flat.par_chunks(PART * cols)).map(|(o, part)| {
         let mut m2 = vec![0.0f64; cols];
         for (r, row) in part.chunks_exact(cols).enumerate() {
             let deltas = row.iter().zip(mean).map(|(&v, &mu)| v as f64 - mu);
             match layout {
-                Layout::Rows => {
-                    let o = &mut o[r * cols..(r + 1) * cols];
+                Layout::Rows { width, offset } => {
+                    let o = &mut o[r * width + offset..][..cols];
                     for ((o, d), s) in o.iter_mut().zip(deltas).zip(m2.iter_mut()) {
                         *s += d * d;
                         *o = d as f32;
@@ -444,7 +590,8 @@ fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) -> Vec<f64> {
 
 /// A centred `[rows, cols]` block's rows copied into [`Layout::Chunked`] (for a stream both
 /// kinds of tile read), parts of [`PART`] rows in parallel.
-fn chunk_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
+fn chunk_rows(x: ArrayView2<'_, f32>, out: &mut Vec<f32>) {
+    let (rows, cols) = x.dim();
     let len = Layout::Chunked.len(rows, cols);
     if out.len() < len {
         out.resize(len, 0.0);
@@ -452,14 +599,13 @@ fn chunk_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<f32>) {
     if cols == 0 {
         return; // Nothing to copy (and no chunks of zero length to split into).
     }
-    let parts = out[..len]
-        .par_chunks_mut(PART * cols)
-        .zip(x[..rows * cols].par_chunks(PART * cols));
-    parts.for_each(|(o, part)| {
-        for (r, row) in part.chunks_exact(cols).enumerate() {
-            let chunk = &mut o[(r / ROW_CHUNK) * cols * ROW_CHUNK..];
-            for (j, &v) in row.iter().enumerate() {
-                chunk[j * ROW_CHUNK + r % ROW_CHUNK] = v;
+    let parts = out[..len].par_chunks_mut(PART * cols).enumerate();
+    parts.for_each(|(p, o)| {
+        for r in p * PART..((p + 1) * PART).min(rows) {
+            let at = r - p * PART;
+            let chunk = &mut o[(at / ROW_CHUNK) * cols * ROW_CHUNK..];
+            for (j, &v) in x.row(r).iter().enumerate() {
+                chunk[j * ROW_CHUNK + at % ROW_CHUNK] = v;
             }
         }
     });
@@ -588,5 +734,117 @@ mod tests {
             .map(|(a, &b)| (0, a, 0, b))
             .collect();
         check(out[2].tile.as_deref().expect("sparse tile"), &both);
+    }
+
+    /// Tiles of two anchor chunks by two streams' layers, which [`rectangles`] makes one GEMM
+    /// (and, under a smaller cap, several), and covariance tiles, come out as the exact
+    /// correlations and covariances.
+    #[test]
+    fn dense_tiles_in_one_gemm_are_the_exact_correlations() {
+        let widths = [6, 8, 5];
+        let mut specs = Vec::new();
+        for b in [1, 2] {
+            for lb in [0..widths[b] / 2, widths[b] / 2..widths[b]] {
+                for a in [0..2, 2..6] {
+                    specs.push(TileSpec::dense(0, a, b, lb.clone()));
+                }
+            }
+        }
+        specs.push(TileSpec::covariance(1, 4..8));
+        specs.push(TileSpec::covariance(2, 0..2));
+        let value = |s: usize, c: usize, r: usize| -> f32 {
+            let t = (r * 7919 + c * 104_729 + s * 1_299_709) % 1000;
+            (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 5.0 * s as f32 - c as f32
+        };
+        let mut acc = CpuAccumulator::new(specs.clone(), &widths);
+        let lengths = [50, 130, 7];
+        let mut r0 = 0;
+        for &n in &lengths {
+            let block: Vec<Option<Array2<f32>>> = widths
+                .iter()
+                .enumerate()
+                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
+                .collect();
+            acc.update(&block).expect("update");
+            r0 += n;
+        }
+        let column =
+            |s: usize, c: usize| (0..r0).map(|r| value(s, c, r) as f64).collect::<Vec<_>>();
+        let out = pollster::block_on(acc.finalize(|_| Finish::WithTile)).expect("finalize");
+        for (t, got) in specs.iter().zip(&out) {
+            let tile = got.as_ref().and_then(|g| g.tile.as_deref()).expect("tile");
+            let pairs = t
+                .a_cols
+                .clone()
+                .flat_map(|a| t.b_cols.clone().map(move |b| (a, b)));
+            for (&got, (a, b)) in tile.iter().zip(pairs) {
+                let exact = crate::stats::pearson(&column(t.a_stream, a), &column(t.b_stream, b));
+                assert!(
+                    (got as f64 - exact).abs() < 1e-5,
+                    "{t:?}: column {a} with {b}: {got} vs {exact}"
+                );
+            }
+        }
+        // The covariances' co-moments against the exact centred sums of products.
+        for k in [specs.len() - 2, specs.len() - 1] {
+            let t = &specs[k];
+            let c = pollster::block_on(acc.co_moments(k)).expect("co-moments");
+            let pairs = t
+                .a_cols
+                .clone()
+                .flat_map(|a| t.b_cols.clone().map(move |b| (a, b)));
+            for (&got, (a, b)) in c.iter().zip(pairs) {
+                let (x, y) = (column(t.a_stream, a), column(t.b_stream, b));
+                let (mx, my) = (
+                    x.iter().sum::<f64>() / r0 as f64,
+                    y.iter().sum::<f64>() / r0 as f64,
+                );
+                let exact: f64 = x.iter().zip(&y).map(|(u, v)| (u - mx) * (v - my)).sum();
+                assert!(
+                    (got - exact).abs() < 1e-6 * exact.abs().max(1.0),
+                    "{t:?}: {got} vs {exact}"
+                );
+            }
+        }
+    }
+
+    /// Tiles side by side become one rectangle, those that do not fit together or would pass
+    /// the cap stay apart, and every tile is in exactly one rectangle.
+    #[test]
+    fn rectangles_cover_each_tile_once() {
+        // Two anchor chunks by three other layers, then a tile apart from them.
+        let mut tiles = Vec::new();
+        for (j, b) in [(0, 10..20), (1, 20..30), (2, 30..40)] {
+            for (i, a) in [(0, 0..4), (1, 4..8)] {
+                tiles.push((3 * i + j, a, b.clone()));
+            }
+        }
+        tiles.push((6, 0..4, 50..60));
+        let all = rectangles(&tiles, usize::MAX);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!((all[0].a.clone(), all[0].b.clone()), (0..8, 10..40));
+        assert_eq!((all[1].a.clone(), all[1].b.clone()), (0..4, 50..60));
+        // A cap of 100 entries: runs of two layers for each anchor chunk, and the third
+        // layer's two tiles stacked.
+        let capped = rectangles(&tiles, 100);
+        assert!(
+            capped.iter().all(|r| r.a.len() * r.b.len() <= 100),
+            "{capped:?}"
+        );
+        assert_eq!(capped.len(), 4, "{capped:?}");
+        assert_eq!((capped[2].a.clone(), capped[2].b.clone()), (0..8, 30..40));
+        for all in [all, capped] {
+            let mut seen: Vec<usize> = all.iter().flat_map(|r| r.tiles.clone()).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..7).collect::<Vec<_>>());
+            for r in &all {
+                let area: usize = r
+                    .tiles
+                    .iter()
+                    .map(|&k| tiles[k].1.len() * tiles[k].2.len())
+                    .sum();
+                assert_eq!(area, r.a.len() * r.b.len(), "{r:?} is not covered exactly");
+            }
+        }
     }
 }
