@@ -63,23 +63,43 @@ pub fn matmul_add<T: Scalar>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, out: &m
 /// # Panics
 /// If `out` is not `m * m` long.
 pub fn gram<T: Scalar>(a: ArrayView2<'_, T>, out: &mut [T]) {
+    grams(vec![(a, out)]);
+}
+
+/// [`gram`] of several matrices at once, every band of every product one rayon task, the
+/// widest first: a few small products (the embedded family's eight 512-column covariances
+/// of a block) keep every thread busy to the end, where one at a time left a thread waiting
+/// at the end of each.
+///
+/// # Panics
+/// If an `out` is not `m * m` long for its `a` `[k, m]`.
+pub fn grams<T: Scalar>(mut jobs: Vec<(ArrayView2<'_, T>, &mut [T])>) {
     use rayon::prelude::*;
-    let m = a.ncols();
-    assert_eq!(
-        out.len(),
-        m * m,
-        "aᵀ a: out holds {} values, not {m} × {m}",
-        out.len()
-    );
-    if m == 0 {
-        return;
+    let band_of = |m: usize| m.div_ceil(GRAM_BANDS).max(GRAM_MIN_BAND);
+    let mut bands = Vec::new();
+    for (a, out) in &mut jobs {
+        let m = a.ncols();
+        assert_eq!(
+            out.len(),
+            m * m,
+            "aᵀ a: out holds {} values, not {m} × {m}",
+            out.len()
+        );
+        if m == 0 {
+            continue;
+        }
+        for (i, rows) in out.chunks_mut(band_of(m) * m).enumerate() {
+            bands.push((a.view(), i * band_of(m), rows));
+        }
     }
-    let band = m.div_ceil(GRAM_BANDS).max(GRAM_MIN_BAND);
-    out.par_chunks_mut(band * m)
-        .enumerate()
+    // Widest (first) bands first, so the narrow ones fill in at the end.
+    bands.sort_by_key(|(a, r0, _)| std::cmp::Reverse(a.ncols() - r0));
+    bands
+        .into_par_iter()
         .with_max_len(1)
-        .for_each(|(i, rows)| {
-            let (r0, r1) = (i * band, (i * band + band).min(m));
+        .for_each(|(a, r0, rows)| {
+            let m = a.ncols();
+            let r1 = r0 + rows.len() / m;
             let mut rows =
                 ArrayViewMut2::from_shape((r1 - r0, m), rows).expect("a band of whole rows");
             product_into(
@@ -91,9 +111,12 @@ pub fn gram<T: Scalar>(a: ArrayView2<'_, T>, out: &mut [T]) {
             );
         });
     // Below the diagonal blocks: the mirror of what is above them.
-    for i in band..m {
-        for j in 0..i - i % band {
-            out[i * m + j] = out[j * m + i];
+    for (a, out) in jobs {
+        let (m, band) = (a.ncols(), band_of(a.ncols()));
+        for i in band..m {
+            for j in 0..i - i % band {
+                out[i * m + j] = out[j * m + i];
+            }
         }
     }
 }
@@ -233,6 +256,31 @@ mod tests {
                     (w - *g32 as f64).abs() < 1e-3,
                     "{rows}x{wa}x{wb}: f32 {g32} vs {w}"
                 );
+            }
+        }
+    }
+
+    /// Several Gram matrices of different widths at once are each the full product.
+    #[test]
+    fn grams_are_each_the_full_product() {
+        let shapes = [(40, 300), (40, 1), (40, 0), (40, 129)];
+        let blocks: Vec<Array2<f64>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(rows, m))| filled(rows, m, i))
+            .collect();
+        let mut outs: Vec<Vec<f64>> = shapes.iter().map(|&(_, m)| vec![f64::NAN; m * m]).collect();
+        grams(
+            blocks
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(a, o)| (a.view(), o.as_mut_slice()))
+                .collect(),
+        );
+        for (a, got) in blocks.iter().zip(&outs) {
+            let m = a.ncols();
+            for ((i, j), w) in a.t().dot(a).indexed_iter() {
+                assert!((w - got[i * m + j]).abs() < 1e-9, "{m} [{i}, {j}]");
             }
         }
     }

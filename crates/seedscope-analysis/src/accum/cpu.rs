@@ -14,7 +14,7 @@ use super::{
 };
 use crate::AnalysisError;
 use crate::plan::TileSpec;
-use seedscope_model::matmul::{gram, matmul};
+use seedscope_model::matmul::{grams, matmul};
 
 /// Running per-neuron moments on the CPU.
 #[derive(Debug, Clone)]
@@ -242,20 +242,32 @@ impl Accumulate for CpuAccumulator {
                 merge(&mut self.tiles[k], part, shifts, w_cross);
             }
         }
-        for (k, a) in covariances {
-            let t = &self.specs[k];
-            let n = a.len();
-            if product.len() < n * n {
-                product.resize(n * n, 0.0);
+        // Covariances side by side, every band of each Gram matrix one task ([`grams`]).
+        for group in batches(covariances, MAX_PRODUCT) {
+            let total: usize = group.iter().map(|(_, a)| a.len() * a.len()).sum();
+            if product.len() < total {
+                product.resize(total, 0.0);
             }
-            gram(centred.slice(s![.., a]), &mut product[..n * n]);
-            let part = Part {
-                product: &product[..n * n],
-                stride: n,
-                at: (0, 0),
-            };
-            let d = shift(t.a_stream, &t.a_cols);
-            merge(&mut self.tiles[k], part, (d, d), w_cross);
+            let mut outs = Vec::with_capacity(group.len());
+            let mut rest = &mut product[..total];
+            for (_, a) in &group {
+                let (out, tail) = rest.split_at_mut(a.len() * a.len());
+                outs.push((centred.slice(s![.., a.clone()]), out));
+                rest = tail;
+            }
+            grams(outs);
+            let mut at = 0;
+            for (k, a) in group {
+                let (t, n) = (&self.specs[k], a.len());
+                let part = Part {
+                    product: &product[at..at + n * n],
+                    stride: n,
+                    at: (0, 0),
+                };
+                let d = shift(t.a_stream, &t.a_cols);
+                merge(&mut self.tiles[k], part, (d, d), w_cross);
+                at += n * n;
+            }
         }
         self.count += rows as u64;
         Ok(())
@@ -382,8 +394,9 @@ impl Layout {
     }
 }
 
-/// The largest product (f32 values) one GEMM of several dense tiles writes, unless one tile
-/// alone is larger: 1,024 anchor neurons by 4,096 (16 MiB). The embedded family's sixteen
+/// The largest product (f32 values) one GEMM of several dense tiles writes, or one batch of
+/// covariances ([`batches`]), unless one tile alone is larger: 1,024 anchor neurons by 4,096
+/// (16 MiB). The embedded family's sixteen
 /// 512 × 512 tiles of a block are one such GEMM, which the `gemm` crate runs 10–40 % faster
 /// than the sixteen on two AVX2 cores; GPT-2-width tiles (3,072 × 3,072) are GEMMs of their
 /// own, already large enough.
@@ -471,6 +484,25 @@ fn add_pairs(
             });
         }
     });
+}
+
+/// Covariance tiles `(index, columns)` in runs of at most `cap` products' values together
+/// (one over `cap` alone is a run of its own), in order.
+fn batches(covariances: Vec<(usize, Range<usize>)>, cap: usize) -> Vec<Vec<(usize, Range<usize>)>> {
+    let mut out: Vec<Vec<(usize, Range<usize>)>> = Vec::new();
+    let mut used = usize::MAX;
+    for (k, a) in covariances {
+        let n = a.len() * a.len();
+        if used.saturating_add(n) > cap {
+            out.push(Vec::new());
+            used = 0;
+        }
+        used += n;
+        if let Some(run) = out.last_mut() {
+            run.push((k, a));
+        }
+    }
+    out
 }
 
 /// One tile's part of a GEMM's row-major product: its first row and column there.
