@@ -694,6 +694,27 @@ mod tests {
 
     use super::*;
 
+    /// Blocks of `lengths` rows, stream `s`'s column `c` at row `r` being `value(s, c, r)`,
+    /// into `acc`; the rows fed.
+    fn feed(
+        acc: &mut CpuAccumulator,
+        widths: &[usize],
+        lengths: &[usize],
+        value: impl Fn(usize, usize, usize) -> f32,
+    ) -> usize {
+        let mut r0 = 0;
+        for &n in lengths {
+            let block: Vec<Option<Array2<f32>>> = widths
+                .iter()
+                .enumerate()
+                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
+                .collect();
+            acc.update(&block).expect("update");
+            r0 += n;
+        }
+        r0
+    }
+
     /// Sparse pairs come out as the exact correlation, over blocks that grow and shrink (the
     /// kept chunked buffers hold a longer block's values past a shorter one's end, and each
     /// block ends inside a chunk), for a stream only sparse tiles read (2), one only dense
@@ -715,22 +736,12 @@ mod tests {
         ];
         let mut acc = CpuAccumulator::new(specs, &widths);
         let lengths = [100, 30, 140, 64, 1];
-        let total: usize = lengths.iter().sum();
         // Columns with means far from zero and different scales (the centring matters).
         let value = |s: usize, c: usize, r: usize| -> f32 {
             let t = (r * 7919 + c * 104_729 + s * 1_299_709) % 1000;
             (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 3.0 * s as f32 + c as f32
         };
-        let mut r0 = 0;
-        for &n in &lengths {
-            let block: Vec<Option<Array2<f32>>> = widths
-                .iter()
-                .enumerate()
-                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
-                .collect();
-            acc.update(&block).expect("update");
-            r0 += n;
-        }
+        let total = feed(&mut acc, &widths, &lengths, value);
         let out: Vec<_> = pollster::block_on(acc.finalize(|_| Finish::WithTile))
             .expect("finalize")
             .into_iter()
@@ -790,16 +801,7 @@ mod tests {
         };
         let mut acc = CpuAccumulator::new(specs.clone(), &widths);
         let lengths = [50, 130, 7];
-        let mut r0 = 0;
-        for &n in &lengths {
-            let block: Vec<Option<Array2<f32>>> = widths
-                .iter()
-                .enumerate()
-                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
-                .collect();
-            acc.update(&block).expect("update");
-            r0 += n;
-        }
+        let r0 = feed(&mut acc, &widths, &lengths, value);
         let column =
             |s: usize, c: usize| (0..r0).map(|r| value(s, c, r) as f64).collect::<Vec<_>>();
         let out = pollster::block_on(acc.finalize(|_| Finish::WithTile)).expect("finalize");
