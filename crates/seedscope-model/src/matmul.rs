@@ -88,8 +88,9 @@ pub fn grams<T: Scalar>(mut jobs: Vec<(ArrayView2<'_, T>, &mut [T])>) {
         if m == 0 {
             continue;
         }
-        for (i, rows) in out.chunks_mut(band_of(m) * m).enumerate() {
-            bands.push((a.view(), i * band_of(m), rows));
+        let band = band_of(m);
+        for (i, rows) in out.chunks_mut(band * m).enumerate() {
+            bands.push((a.view(), i * band, rows));
         }
     }
     // Widest (first) bands first, so the narrow ones fill in at the end.

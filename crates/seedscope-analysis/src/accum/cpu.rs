@@ -227,16 +227,12 @@ impl Accumulate for CpuAccumulator {
                 centred.slice(s![.., r.b.clone()]),
                 &mut product[..na * nb],
             );
-            for k in r.tiles {
+            for (k, a, b) in r.tiles {
                 let t = &self.specs[k];
-                let (i0, j0) = (
-                    offset[t.a_stream] + t.a_cols.start - r.a.start,
-                    offset[t.b_stream] + t.b_cols.start - r.b.start,
-                );
                 let part = Part {
                     product: &product[..na * nb],
                     stride: nb,
-                    at: (i0, j0),
+                    at: (a.start - r.a.start, b.start - r.b.start),
                 };
                 let shifts = (shift(t.a_stream, &t.a_cols), shift(t.b_stream, &t.b_cols));
                 merge(&mut self.tiles[k], part, shifts, w_cross);
@@ -402,33 +398,40 @@ impl Layout {
 /// own, already large enough.
 const MAX_PRODUCT: usize = 1 << 22;
 
+/// A dense tile in the centred block: its index in the pass's specs, its anchor columns and
+/// its other columns.
+type DenseTile = (usize, Range<usize>, Range<usize>);
+
 /// Dense tiles multiplied as one GEMM: anchor columns `a` by other columns `b` of the centred
-/// block, covered exactly by `tiles` (indices into the pass's specs).
+/// block, covered exactly by `tiles`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rect {
     a: Range<usize>,
     b: Range<usize>,
-    tiles: Vec<usize>,
+    tiles: Vec<DenseTile>,
 }
 
-/// Group dense tiles `(index, anchor columns, other columns)` of the centred block into
+/// Group dense tiles of the centred block into
 /// rectangles that they cover exactly, none of more than `cap` entries unless one tile is:
 /// first the tiles with the same anchor columns whose other columns follow each other, then
 /// those runs with the same other columns whose anchor columns follow each other.
-fn rectangles(tiles: &[(usize, Range<usize>, Range<usize>)], cap: usize) -> Vec<Rect> {
+fn rectangles(tiles: &[DenseTile], cap: usize) -> Vec<Rect> {
     let mut sorted = tiles.to_vec();
     sorted.sort_by_key(|(_, a, b)| (a.start, a.end, b.start, b.end));
     let mut runs: Vec<Rect> = Vec::new();
-    for (k, a, b) in sorted {
+    for tile in sorted {
+        let (_, a, b) = &tile;
         match runs.last_mut() {
-            Some(r) if r.a == a && r.b.end == b.start && a.len() * (r.b.len() + b.len()) <= cap => {
+            Some(r)
+                if r.a == *a && r.b.end == b.start && a.len() * (r.b.len() + b.len()) <= cap =>
+            {
                 r.b.end = b.end;
-                r.tiles.push(k);
+                r.tiles.push(tile);
             }
             _ => runs.push(Rect {
-                a,
-                b,
-                tiles: vec![k],
+                a: a.clone(),
+                b: b.clone(),
+                tiles: vec![tile],
             }),
         }
     }
@@ -868,15 +871,21 @@ mod tests {
         assert_eq!(capped.len(), 4, "{capped:?}");
         assert_eq!((capped[2].a.clone(), capped[2].b.clone()), (0..8, 30..40));
         for all in [all, capped] {
-            let mut seen: Vec<usize> = all.iter().flat_map(|r| r.tiles.clone()).collect();
+            let mut seen: Vec<usize> = all
+                .iter()
+                .flat_map(|r| r.tiles.iter().map(|t| t.0))
+                .collect();
             seen.sort_unstable();
             assert_eq!(seen, (0..7).collect::<Vec<_>>());
             for r in &all {
-                let area: usize = r
-                    .tiles
-                    .iter()
-                    .map(|&k| tiles[k].1.len() * tiles[k].2.len())
-                    .sum();
+                let inside = |(_, a, b): &DenseTile| {
+                    r.a.start <= a.start
+                        && a.end <= r.a.end
+                        && r.b.start <= b.start
+                        && b.end <= r.b.end
+                };
+                assert!(r.tiles.iter().all(inside), "{r:?} has a tile outside it");
+                let area: usize = r.tiles.iter().map(|(_, a, b)| a.len() * b.len()).sum();
                 assert_eq!(area, r.a.len() * r.b.len(), "{r:?} is not covered exactly");
             }
         }
