@@ -456,9 +456,9 @@ fn rectangles(tiles: &[DenseTile], cap: usize) -> Vec<Rect> {
 /// Chan's merge of one block into a sparse tile's co-moments: each candidate pair's dot
 /// product over the centred chunks `(xa, xb)` plus the cross term of the mean shifts
 /// `(da, db)` (every column of each stream). Pair `e` is (anchor column `a_cols.start + e /
-/// per_row`, `pairs[e]`). The pairs are independent, so they are split over the cores (the same
-/// sums for any split), and taken chunk by chunk of rows, so that the columns the pairs pick
-/// at random come from the cache, not from memory.
+/// per_row`, `pairs[e]`). The anchor columns are split over the cores, whole rows of pairs
+/// each (the same sums for any split), and taken chunk by chunk of rows, so that the columns
+/// the pairs pick at random come from the cache, not from memory ([`PairDots`]).
 fn add_pairs(
     acc: &mut [f64],
     t: &TileSpec,
@@ -467,26 +467,110 @@ fn add_pairs(
     (da, db): (&[f64], &[f64]),
     w_cross: f64,
 ) {
-    let (a0, per_row) = (t.a_cols.start, pairs.len() / t.a_cols.len().max(1));
-    let (wa, wb) = (da.len(), db.len());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = pairs.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (n, (accs, js)) in acc.chunks_mut(chunk).zip(pairs.chunks(chunk)).enumerate() {
-            let row_of = move |o: usize| a0 + (n * chunk + o) / per_row.max(1);
-            scope.spawn(move || {
-                let chunks = xa.chunks_exact(wa * ROW_CHUNK);
-                for (ca, cb) in chunks.zip(xb.chunks_exact(wb * ROW_CHUNK)) {
-                    for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
-                        *c += dot(column(ca, row_of(o)), column(cb, j as usize));
+    let n_rows = t.a_cols.len();
+    if n_rows == 0 || pairs.is_empty() {
+        return;
+    }
+    let per_row = pairs.len() / n_rows;
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = n_rows.div_ceil(threads);
+    let stride = rows_per_task * per_row;
+    acc.par_chunks_mut(stride)
+        .zip(pairs.par_chunks(stride))
+        .enumerate()
+        .for_each(|(n, (acc, pairs))| {
+            let a0 = t.a_cols.start + n * rows_per_task;
+            pulp::Arch::new().dispatch(PairDots {
+                acc,
+                pairs,
+                per_row,
+                a0,
+                x: (xa, xb),
+                widths: (da.len(), db.len()),
+            });
+            for (row, (acc, pairs)) in acc
+                .chunks_mut(per_row)
+                .zip(pairs.chunks(per_row))
+                .enumerate()
+            {
+                let dai = da[a0 + row] * w_cross;
+                for (c, &j) in acc.iter_mut().zip(pairs) {
+                    *c += dai * db[j as usize];
+                }
+            }
+        });
+}
+
+/// One task's share of [`add_pairs`]: for every chunk of rows, the dot product of anchor
+/// column `a0 + e / per_row` with other column `pairs[e]`, added to `acc[e]` (f32 within a
+/// chunk, f64 across chunks). Each anchor column is read once for four candidates, with a
+/// fused multiply-add per lane where the CPU has one (pulp picks AVX2 or AVX-512 at run time).
+struct PairDots<'a> {
+    acc: &'a mut [f64],
+    pairs: &'a [u32],
+    per_row: usize,
+    a0: usize,
+    /// The two streams' chunked centred blocks.
+    x: (&'a [f32], &'a [f32]),
+    /// Their column counts.
+    widths: (usize, usize),
+}
+
+impl pulp::WithSimd for PairDots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let PairDots {
+            acc,
+            pairs,
+            per_row,
+            a0,
+            x: (xa, xb),
+            widths: (wa, wb),
+        } = self;
+        let dot = |a: &[f32], b: &[f32]| -> f32 {
+            let (ah, at) = S::as_simd_f32s(a);
+            let (bh, bt) = S::as_simd_f32s(b);
+            let mut s = simd.splat_f32s(0.0);
+            for (&x, &y) in ah.iter().zip(bh) {
+                s = simd.mul_add_e_f32s(x, y, s);
+            }
+            simd.reduce_sum_f32s(s) + at.iter().zip(bt).map(|(x, y)| x * y).sum::<f32>()
+        };
+        let chunks = xa
+            .chunks_exact(wa * ROW_CHUNK)
+            .zip(xb.chunks_exact(wb * ROW_CHUNK));
+        for (ca, cb) in chunks {
+            for (row, (acc, js)) in acc
+                .chunks_mut(per_row)
+                .zip(pairs.chunks(per_row))
+                .enumerate()
+            {
+                let a = column(ca, a0 + row);
+                let (ah, at) = S::as_simd_f32s(a);
+                let mut quads = acc.chunks_exact_mut(4).zip(js.chunks_exact(4));
+                for (c, j) in &mut quads {
+                    let b = [0, 1, 2, 3].map(|q| S::as_simd_f32s(column(cb, j[q] as usize)));
+                    let bh = b.map(|(h, _)| &h[..ah.len()]);
+                    let mut s = [simd.splat_f32s(0.0); 4];
+                    for (k, &x) in ah.iter().enumerate() {
+                        for q in 0..4 {
+                            s[q] = simd.mul_add_e_f32s(x, bh[q][k], s[q]);
+                        }
+                    }
+                    for q in 0..4 {
+                        let tail: f32 = at.iter().zip(b[q].1).map(|(x, y)| x * y).sum();
+                        c[q] += (simd.reduce_sum_f32s(s[q]) + tail) as f64;
                     }
                 }
-                for (o, (c, &j)) in accs.iter_mut().zip(js).enumerate() {
-                    *c += da[row_of(o)] * w_cross * db[j as usize];
+                let rest = acc.len() / 4 * 4;
+                for (c, &j) in acc[rest..].iter_mut().zip(&js[rest..]) {
+                    *c += dot(a, column(cb, j as usize)) as f64;
                 }
-            });
+            }
         }
-    });
+    }
 }
 
 /// Covariance tiles `(index, columns)` in runs of at most `cap` products' values together
@@ -677,20 +761,6 @@ fn column(chunk: &[f32], i: usize) -> &[f32] {
     &chunk[i * ROW_CHUNK..(i + 1) * ROW_CHUNK]
 }
 
-/// Dot product of two f32 slices with eight partial sums (so it vectorises), in f64 at the end.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -720,12 +790,14 @@ mod tests {
 
     /// Sparse pairs come out as the exact correlation, over blocks that grow and shrink (the
     /// kept chunked buffers hold a longer block's values past a shorter one's end, and each
-    /// block ends inside a chunk), for a stream only sparse tiles read (2), one only dense
-    /// tiles read (1) and one both read (0).
+    /// block ends inside a chunk), for a stream only sparse tiles read (2) and streams both
+    /// read (0, 1), with one to six candidates per anchor column.
     #[test]
     fn sparse_pairs_over_blocks_of_any_length_are_the_exact_correlations() {
         let widths = [5, 7, 6];
         let pairs = Arc::new(vec![0, 3, 5, 1, 2, 4, 5, 0, 1, 5, 4, 2, 3, 4, 1]);
+        // Six candidates a row (a group of four and two more), anchor columns from 1.
+        let wide: Arc<Vec<u32>> = Arc::new((0..18).map(|e| (e * 5 % 7) as u32).collect());
         let specs = vec![
             TileSpec::dense(0, 0..5, 1, 0..7),
             TileSpec {
@@ -735,6 +807,10 @@ mod tests {
             TileSpec {
                 pairs: Some(Arc::new(vec![1, 4, 0, 2, 3])),
                 ..TileSpec::dense(0, 0..5, 0, 0..5)
+            },
+            TileSpec {
+                pairs: Some(wide.clone()),
+                ..TileSpec::dense(0, 1..4, 1, 0..7)
             },
         ];
         let mut acc = CpuAccumulator::new(specs, &widths);
@@ -780,6 +856,12 @@ mod tests {
             .map(|(a, &b)| (0, a, 0, b))
             .collect();
         check(out[2].tile.as_deref().expect("sparse tile"), &both);
+        let six: Vec<_> = wide
+            .iter()
+            .enumerate()
+            .map(|(e, &b)| (0, 1 + e / 6, 1, b as usize))
+            .collect();
+        check(out[3].tile.as_deref().expect("sparse tile"), &six);
     }
 
     /// Tiles of two anchor chunks by two streams' layers, which [`rectangles`] makes one GEMM
