@@ -3,7 +3,8 @@
 numpy pipeline doing the paper's core work, in the same run.
 
 The reference pipeline: load the five seeds with transformers (fp32), run them over
-assets/family/eval_tokens.npy in batches, capture post-GELU MLP activations with forward hooks,
+assets/family/eval_tokens.npy in batches up to the last MLP's activation (as Seedscope's pass
+stops there), capture post-GELU MLP activations with forward hooks,
 drop BOS and newline positions, then in numpy: z-score, anchor x other correlations (all layers
 x all layers, every anchor neuron with every neuron of each other seed), the per-layer unit-row
 Gaussian rotation baseline, max over the other model, mean over models, excess and the fraction
@@ -43,6 +44,10 @@ from quick_universality import excess_correlation  # noqa: E402
 SEEDS = ["seed-a", "seed-b", "seed-c", "seed-d", "seed-e"]
 
 
+class Stop(Exception):
+    """Raised by the hook on the last MLP's activation: the pass is done."""
+
+
 def forward(family, tokens, max_tokens):
     """Every seed's post-GELU activations at the kept positions, [tokens, layers * d_mlp]."""
     tok = Tokenizer.from_file(os.path.join(family, SEEDS[0], "tokenizer.json"))
@@ -52,13 +57,23 @@ def forward(family, tokens, max_tokens):
     for name in SEEDS:
         model = GPT2LMHeadModel.from_pretrained(os.path.join(family, name), attn_implementation="eager").eval()
         captured = {}
-        hooks = [b.mlp.act.register_forward_hook(lambda _m, _i, o, l=l: captured.__setitem__(l, o))
+        last = len(model.transformer.h) - 1
+
+        def capture(_m, _i, o, l):
+            captured[l] = o
+            if l == last:
+                raise Stop  # nothing after the last activation is needed
+
+        hooks = [b.mlp.act.register_forward_hook(lambda m, i, o, l=l: capture(m, i, o, l))
                  for l, b in enumerate(model.transformer.h)]
         rows = []
         with torch.no_grad():
             for i in range(0, len(tokens), 32):
                 batch = torch.from_numpy(tokens[i:i + 32].astype(np.int64))
-                model.transformer(batch)
+                try:
+                    model.transformer(batch)
+                except Stop:
+                    pass
                 x = torch.cat([captured[l] for l in range(len(hooks))], -1).numpy()
                 rows.append(x[keep[i:i + 32]])
         for h in hooks:

@@ -3,10 +3,12 @@
 
 For a GPT-2-small-shaped model (12 layers, d_model 768, vocab 50257) and a tiny one (4 layers,
 d_model 128, vocab 4096), this writes a random GPT2LMHeadModel to a temporary directory, times
-`transformer(tokens)` in PyTorch (fp32, all cores, no grad), then times
-`seedscope bench-forward` on each backend over the same batch shape, and prints tokens/s and the
-ratio Seedscope / PyTorch. The Seedscope pass computes and keeps every MLP neuron's pre- and
-post-activation and stops after the last MLP, as the universality pass does.
+`transformer(tokens)` in PyTorch (fp32, all cores, no grad) up to the last MLP's activation,
+then times `seedscope bench-forward` on each backend over the same batch shape, and prints
+tokens/s and the ratio Seedscope / PyTorch. The Seedscope pass computes and keeps every MLP
+neuron's pre- and post-activation and stops at the last MLP's activation, as the universality
+pass does (nothing reads the last MLP's output projection or the final norm), so PyTorch stops
+there too: a forward hook on the last block's activation ends its pass. Both do the same work.
 
 Usage (pinned env: scripts/requirements-fixtures.txt; build first: cargo build --release):
     .venv/bin/python scripts/bench_forward.py [--seedscope PATH] [--backends cpu,wgpu]
@@ -29,16 +31,32 @@ SHAPES = {
 }
 
 
+class Stop(Exception):
+    """Raised by the hook on the last MLP's activation: the pass is done."""
+
+
+def stop(_module, _inputs, _output):
+    raise Stop
+
+
 def torch_tokens_per_s(model, batch, seq, iters):
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
+    hook = model.transformer.h[-1].mlp.act.register_forward_hook(stop)
+
+    def forward():
+        try:
+            model.transformer(tokens)
+        except Stop:
+            pass
     with torch.no_grad():
-        model.transformer(tokens)  # warm-up
+        forward()  # warm-up
         times = []
         for _ in range(iters):
             t = time.perf_counter()
-            model.transformer(tokens)
+            forward()
             times.append(time.perf_counter() - t)
+    hook.remove()
     times.sort()
     return batch * seq / times[len(times) // 2]
 

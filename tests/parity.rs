@@ -70,6 +70,31 @@ fn parity_wgpu() {
     check_parity(BackendKind::Wgpu);
 }
 
+/// The universality pass (every neuron, no logits) leaves out what nothing reads after the
+/// last MLP's activation (its output projection); its taps are the full pass's, bit for bit,
+/// on every fixture (sequential GPT-2 blocks and parallel NeoX ones).
+#[test]
+fn the_neuron_pass_gives_the_full_pass_neurons() {
+    let device = device(BackendKind::Cpu);
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let model = LoadedModel::load(&dir, &device.device).expect("load fixture");
+        let tokens = Reference::load(&dir).tokens();
+        let n = model.config.n_layers();
+        let full = model
+            .forward(&tokens, &ForwardOptions::all_neurons_and_logits(n))
+            .expect("full pass");
+        let neurons = model
+            .forward(&tokens, &ForwardOptions::all_neurons(n))
+            .expect("neuron pass");
+        assert!(neurons.logits.is_none(), "{name}: no logits asked for");
+        assert_eq!(full.taps.len(), neurons.taps.len(), "{name}");
+        for (hook, t) in &full.taps {
+            assert_eq!(host(t), host(&neurons.taps[hook]), "{name} {hook}");
+        }
+    }
+}
+
 #[test]
 fn stop_at_layer_returns_only_what_was_asked() {
     let device = device(BackendKind::Cpu);

@@ -203,7 +203,9 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(
+    /// The neuron activations of `x` (patched as `options` says), recording the taps it asks
+    /// for; [`Mlp::output`] of them is the MLP's contribution to the residual stream.
+    fn activate(
         &self,
         x: Tensor<3>,
         layer: usize,
@@ -230,6 +232,11 @@ impl Mlp {
         if options.taps.contains(&HookPoint::post(layer)) {
             taps.insert(HookPoint::post(layer), post.clone());
         }
+        post
+    }
+
+    /// `W_out` of the activations: what the MLP adds to the residual stream.
+    fn output(&self, post: Tensor<3>) -> Tensor<3> {
         project(&self.w_out, post)
     }
 }
@@ -410,6 +417,7 @@ impl Gpt2 {
         let mut x = self.wte.embed(tokens) + self.wpe.forward(positions);
         let mut rec = Recorder::new(options);
         let run = options.layers_to_run(self.blocks.len());
+        let full = wants_full(options, run, self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
             let qkv = block.qkv(block.ln_1.forward(x.clone()));
             rec.attention(layer, &x, &qkv, block.attn_scale, |x| {
@@ -417,13 +425,15 @@ impl Gpt2 {
             });
             let (q, k, v) = qkv;
             x = x + project(&block.c_proj, causal_attention(q, k, v, block.attn_scale));
-            x = x.clone()
-                + block
+            let post =
+                block
                     .mlp
-                    .forward(block.ln_2.forward(x), layer, options, &mut rec.taps);
+                    .activate(block.ln_2.forward(x.clone()), layer, options, &mut rec.taps);
             rec.mlp_done(layer, &block.mlp);
+            if reads_residual(full, layer, run) {
+                x = x + block.mlp.output(post);
+            }
         }
-        let full = wants_full(options, run, self.blocks.len());
         rec.finish(x, full, self.ln_eps, |x| {
             self.wte.unembed(self.ln_f.forward(x))
         })
@@ -433,6 +443,13 @@ impl Gpt2 {
 /// Whether the final norm runs: logits or its scale asked for, every block run.
 fn wants_full(options: &ForwardOptions, run: usize, n_layers: usize) -> bool {
     (options.logits || options.ln_final_scale) && options.stop_at_layer.is_none() && run == n_layers
+}
+
+/// Whether anything reads the residual stream after block `layer` of the `run` that run: a
+/// later block, or the final norm (`full`). After the last block only the final norm does, so
+/// without it the last MLP's `W_out` (a sixth of a 2-layer model's flops) is not computed.
+fn reads_residual(full: bool, layer: usize, run: usize) -> bool {
+    full || layer + 1 < run
 }
 
 /// One GPT-NeoX block with partial rotary attention.
@@ -556,6 +573,7 @@ impl NeoX {
         let mut x = self.embed_in.embed(tokens);
         let mut rec = Recorder::new(options);
         let run = options.layers_to_run(self.blocks.len());
+        let full = wants_full(options, run, self.blocks.len());
         for (layer, block) in self.blocks.iter().take(run).enumerate() {
             let qkv = block.qkv(block.input_layernorm.forward(x.clone()));
             rec.attention(layer, &x, &qkv, block.scale(), |x| {
@@ -563,18 +581,26 @@ impl NeoX {
             });
             let (q, k, v) = qkv;
             let attn = project(&block.dense, causal_attention(q, k, v, block.scale()));
-            if block.parallel_residual {
-                let mlp_in = block.post_attention_layernorm.forward(x.clone());
-                let mlp = block.mlp.forward(mlp_in, layer, options, &mut rec.taps);
-                x = x + attn + mlp;
+            // A parallel block's MLP reads the block's input, a sequential one's the input
+            // plus the attention; both add their output to the latter.
+            let input = x;
+            x = input.clone() + attn;
+            let mlp_in = if block.parallel_residual {
+                input
             } else {
-                x = x + attn;
-                let mlp_in = block.post_attention_layernorm.forward(x.clone());
-                x = x.clone() + block.mlp.forward(mlp_in, layer, options, &mut rec.taps);
-            }
+                x.clone()
+            };
+            let post = block.mlp.activate(
+                block.post_attention_layernorm.forward(mlp_in),
+                layer,
+                options,
+                &mut rec.taps,
+            );
             rec.mlp_done(layer, &block.mlp);
+            if reads_residual(full, layer, run) {
+                x = x + block.mlp.output(post);
+            }
         }
-        let full = wants_full(options, run, self.blocks.len());
         rec.finish(x, full, self.ln_eps, |x| {
             self.embed_out.unembed(self.final_layer_norm.forward(x))
         })
