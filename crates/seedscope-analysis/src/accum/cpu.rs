@@ -468,10 +468,11 @@ fn add_pairs(
     w_cross: f64,
 ) {
     let n_rows = t.a_cols.len();
-    if n_rows == 0 || pairs.is_empty() {
+    // The plan gives every anchor column the same number of pairs (none: nothing to add).
+    let per_row = pairs.len() / n_rows.max(1);
+    if per_row == 0 {
         return;
     }
-    let per_row = pairs.len() / n_rows;
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = n_rows.div_ceil(threads);
     let stride = rows_per_task * per_row;
