@@ -17,6 +17,7 @@
 //! - [`checkpoint`]: resumable state.
 //! - [`hist`]: pre-activation histograms and the activation statistics drawn from them.
 //! - [`weights`]: per-neuron weight statistics on TransformerLens-processed weights.
+//! - [`matching`]: the one-to-one assignment over a refined run's known entries.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub mod gpu_block;
 pub mod hist;
 pub mod intervene;
 pub mod job;
+pub mod matching;
 pub mod path_ablation;
 pub mod plan;
 pub mod results;

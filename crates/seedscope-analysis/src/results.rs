@@ -124,17 +124,35 @@ impl OneToOne {
 }
 
 /// The maximum-weight one-to-one assignment of a `[da, db]` correlation block's rows to its
-/// columns (Jonker-Volgenant, as scipy's `linear_sum_assignment(maximize=True)`; with more
-/// rows than columns some rows get none); unknown (NaN) entries weigh less than any
-/// correlation. Returns each row's column.
+/// columns (as scipy's `linear_sum_assignment(maximize=True)`; with more rows than columns some
+/// rows get none); unknown (NaN) entries weigh less than any correlation. Returns each row's
+/// column.
+///
+/// A block that knows at most an eighth of its entries (a refined run's, which knows each
+/// anchor neuron's candidates) is solved over its known entries alone
+/// ([`crate::matching`]); a denser one by `lsap`'s Jonker-Volgenant over the whole block.
 pub fn assign(
+    corr: &[f32],
+    da: usize,
+    db: usize,
+) -> Result<Vec<Option<usize>>, crate::AnalysisError> {
+    let known = corr.iter().filter(|c| !c.is_nan()).count();
+    if known * 8 <= da * db {
+        Ok(assign_sparse(corr, da, db))
+    } else {
+        assign_dense(corr, da, db)
+    }
+}
+
+/// [`assign`] over the whole block.
+fn assign_dense(
     corr: &[f32],
     da: usize,
     db: usize,
 ) -> Result<Vec<Option<usize>>, crate::AnalysisError> {
     let cost: Vec<f64> = corr
         .iter()
-        .map(|&c| if c.is_nan() { -3.0 } else { c as f64 })
+        .map(|&c| if c.is_nan() { UNKNOWN } else { c as f64 })
         .collect();
     let (rows, cols) = lsap::solve(da, db, &cost, true).map_err(|e| {
         crate::AnalysisError::Invalid(format!("the one-to-one assignment of a layer failed: {e}"))
@@ -144,6 +162,35 @@ pub fn assign(
         partner[r] = Some(c);
     }
     Ok(partner)
+}
+
+/// What an unknown entry weighs in the assignment: less than any correlation.
+const UNKNOWN: f64 = -3.0;
+
+/// [`assign`] over the known entries. Every complete assignment is a matching of known entries
+/// plus pairs of unknown ones, so its total is the matching's total with `-UNKNOWN` added to
+/// each known entry, plus `UNKNOWN` times `min(da, db)`: the best matching under those weights
+/// (all positive) completed with the rows and columns it leaves free, in order, is the best
+/// assignment.
+fn assign_sparse(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
+    let known = crate::matching::SparseRows::from_dense(corr, da, db, |c| {
+        (!c.is_nan()).then(|| f64::from(c) - UNKNOWN)
+    });
+    let mut partner = crate::matching::max_weight_matching(&known);
+    let mut used = vec![false; db];
+    for j in partner.iter().flatten() {
+        used[*j] = true;
+    }
+    let mut free = (0..db).filter(|&j| !used[j]);
+    let mut pairs = partner.iter().flatten().count();
+    for p in partner.iter_mut().filter(|p| p.is_none()) {
+        if pairs == da.min(db) {
+            break;
+        }
+        *p = free.next();
+        pairs += 1;
+    }
+    partner
 }
 
 /// One anchor layer's correlations with the other model's paired layer, `[d_mlp of the anchor,
@@ -510,29 +557,76 @@ mod tests {
                         }
                     })
                     .collect();
-                let got = assign(&corr, da, db).expect("assigned");
-                assert_eq!(got.len(), da);
-                let mut cols: Vec<usize> = got.iter().flatten().copied().collect();
-                assert_eq!(cols.len(), da.min(db), "{da} x {db}: {got:?}");
-                let total: f64 = got
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
-                    .map(|c| if c.is_nan() { -3.0 } else { f64::from(c) })
-                    .sum();
-                cols.sort_unstable();
-                cols.dedup();
-                assert_eq!(
-                    cols.len(),
-                    da.min(db),
-                    "{da} x {db}: a column twice in {got:?}"
-                );
-                let best = best_total(&corr, da, db);
-                assert!(
-                    (total - best).abs() < 1e-9,
-                    "{da} x {db}, unknown {unknown}: {total} vs {best}"
-                );
+                for (solver, got) in [
+                    ("dense", assign_dense(&corr, da, db).expect("assigned")),
+                    ("sparse", assign_sparse(&corr, da, db)),
+                ] {
+                    assert_eq!(got.len(), da, "{solver}");
+                    let mut cols: Vec<usize> = got.iter().flatten().copied().collect();
+                    assert_eq!(cols.len(), da.min(db), "{da} x {db}: {got:?}");
+                    let total: f64 = got
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
+                        .map(|c| if c.is_nan() { -3.0 } else { f64::from(c) })
+                        .sum();
+                    cols.sort_unstable();
+                    cols.dedup();
+                    assert_eq!(
+                        cols.len(),
+                        da.min(db),
+                        "{da} x {db}: a column twice in {got:?}"
+                    );
+                    let best = best_total(&corr, da, db);
+                    assert!(
+                        (total - best).abs() < 1e-9,
+                        "{solver}, {da} x {db}, unknown {unknown}: {total} vs {best}"
+                    );
+                }
             }
+        }
+    }
+
+    /// On blocks too large to try every assignment, shaped like a refined run's (each row knows
+    /// a few entries, many rows compete for the same columns, rectangular either way), the
+    /// sparse solver's total is the dense one's.
+    #[test]
+    fn the_sparse_assignment_totals_what_the_dense_one_does() {
+        let mut state = 3u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        let total = |corr: &[f32], db: usize, got: &[Option<usize>]| -> f64 {
+            got.iter()
+                .enumerate()
+                .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
+                .map(|c| if c.is_nan() { UNKNOWN } else { f64::from(c) })
+                .sum()
+        };
+        for (da, db, per_row, spread) in [
+            (300, 300, 8, 300),
+            (300, 300, 8, 20),
+            (200, 260, 5, 60),
+            (260, 200, 5, 60),
+            (250, 250, 1, 250),
+        ] {
+            let mut corr = vec![f32::NAN; da * db];
+            for i in 0..da {
+                for _ in 0..per_row {
+                    // Columns near the row's own, within `spread`: few rows can share a
+                    // column when it is wide, many when it is narrow.
+                    let j = (i * db / da + (next() * spread as f64) as usize) % db;
+                    corr[i * db + j] = (2.0 * next() - 1.0) as f32;
+                }
+            }
+            let dense = assign_dense(&corr, da, db).expect("assigned");
+            let sparse = assign_sparse(&corr, da, db);
+            let (d, s) = (total(&corr, db, &dense), total(&corr, db, &sparse));
+            assert!((d - s).abs() < 1e-9, "{da} x {db}: dense {d}, sparse {s}");
+            assert_eq!(sparse.iter().flatten().count(), da.min(db));
         }
     }
 }
