@@ -181,14 +181,10 @@ fn assign_sparse(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
     for j in partner.iter().flatten() {
         used[*j] = true;
     }
-    let mut free = (0..db).filter(|&j| !used[j]);
-    let mut pairs = partner.iter().flatten().count();
-    for p in partner.iter_mut().filter(|p| p.is_none()) {
-        if pairs == da.min(db) {
-            break;
-        }
-        *p = free.next();
-        pairs += 1;
+    // The free rows and the free columns are equally many on the smaller side.
+    let free = (0..db).filter(|&j| !used[j]);
+    for (p, j) in partner.iter_mut().filter(|p| p.is_none()).zip(free) {
+        *p = Some(j);
     }
     partner
 }
@@ -272,14 +268,29 @@ impl Candidates {
             .for_each(|((val, col), corr)| {
                 let (top, bottom) = val.split_at_mut(k);
                 let (top_c, bottom_c) = col.split_at_mut(k);
-                for (j, &v) in corr.iter().enumerate() {
-                    let c = (b0 + j) as u32;
-                    insert_ranked(top, top_c, v, c, |x, y| x > y);
-                    insert_ranked(bottom, bottom_c, v, c, |x, y| x < y);
+                for (n, chunk) in corr.chunks(SKIM).enumerate() {
+                    // Once both lists are full, most chunks hold nothing beyond either last
+                    // kept value: one vectorised pass over the chunk rejects them whole.
+                    let (hi, lo) = chunk
+                        .iter()
+                        .fold((f32::NEG_INFINITY, f32::INFINITY), |m, &v| {
+                            (if v > m.0 { v } else { m.0 }, if v < m.1 { v } else { m.1 })
+                        });
+                    if hi <= top[k - 1] && lo >= bottom[k - 1] {
+                        continue;
+                    }
+                    for (j, &v) in (n * SKIM..).zip(chunk) {
+                        let c = (b0 + j) as u32;
+                        insert_ranked(top, top_c, v, c, |x, y| x > y);
+                        insert_ranked(bottom, bottom_c, v, c, |x, y| x < y);
+                    }
                 }
             });
     }
 }
+
+/// Correlations [`Candidates::offer`] checks at once against both lists' last values.
+const SKIM: usize = 64;
 
 /// Everything computed for one anchor model.
 #[derive(Debug, Clone, PartialEq)]
@@ -584,6 +595,52 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Offered tile by tile, the lists are each row's `k` highest and `k` lowest correlations
+    /// over every column, an equal value after those already listed, NaN never: what sorting
+    /// the whole row gives. Rows long enough that most chunks are skimmed past.
+    #[test]
+    fn candidates_are_the_ends_of_each_row_over_every_tile() {
+        let mut state = 5u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let (n, k, tiles, nb) = (5, 4, 3, 700);
+        // Coarse values: many ties.
+        let corr: Vec<f32> = (0..n * tiles * nb)
+            .map(|e| {
+                let v = (next() * 200.0).round() / 100.0 - 1.0;
+                if e % 97 == 0 { f32::NAN } else { v }
+            })
+            .collect();
+        let width = tiles * nb;
+        let mut c = Candidates::new(n, k);
+        for t in 0..tiles {
+            let tile: Vec<f32> = (0..n)
+                .flat_map(|i| corr[i * width + t * nb..i * width + (t + 1) * nb].to_vec())
+                .collect();
+            c.offer(0..n, t * nb, &tile);
+        }
+        for i in 0..n {
+            let mut row: Vec<(f32, u32)> = (0..width)
+                .map(|j| (corr[i * width + j], j as u32))
+                .filter(|p| !p.0.is_nan())
+                .collect();
+            row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let top: Vec<(f32, u32)> = row[..k].to_vec();
+            row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let bottom: Vec<(f32, u32)> = row[..k].to_vec();
+            let got = |r: std::ops::Range<usize>| -> Vec<(f32, u32)> {
+                r.map(|e| (c.val[i * 2 * k + e], c.col[i * 2 * k + e]))
+                    .collect()
+            };
+            assert_eq!(got(0..k), top, "row {i}: top");
+            assert_eq!(got(k..2 * k), bottom, "row {i}: bottom");
         }
     }
 
