@@ -215,13 +215,7 @@ mod tests {
 
     #[test]
     fn the_matching_is_the_best_over_every_partial_injection() {
-        let mut state = 11u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as f64 / (1u64 << 31) as f64
-        };
+        let mut next = crate::results::tests::uniform(11);
         for (rows, cols) in [
             (1, 1),
             (4, 4),

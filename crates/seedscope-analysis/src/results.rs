@@ -507,8 +507,20 @@ pub enum Outcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Uniform values in [0, 1) from a 64-bit linear congruential generator seeded with `seed`
+    /// (the tests' random blocks).
+    pub(crate) fn uniform(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        }
+    }
 
     /// The largest total weight over every one-to-one assignment of rows to columns (unknown
     /// entries weigh -3), by trying every injection of the smaller side into the larger.
@@ -540,13 +552,7 @@ mod tests {
 
     #[test]
     fn the_assignment_is_optimal_one_to_one_and_rectangular_either_way() {
-        let mut state = 7u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as f64 / (1u64 << 31) as f64
-        };
+        let mut next = uniform(7);
         for (da, db) in [
             (1, 1),
             (3, 3),
@@ -603,13 +609,8 @@ mod tests {
     /// the whole row gives. Rows long enough that most chunks are skimmed past.
     #[test]
     fn candidates_are_the_ends_of_each_row_over_every_tile() {
-        let mut state = 5u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut uniform = uniform(5);
+        let mut next = || uniform() as f32;
         let (n, k, tiles, nb) = (5, 4, 3, 700);
         // Coarse values: many ties.
         let corr: Vec<f32> = (0..n * tiles * nb)
@@ -649,13 +650,7 @@ mod tests {
     /// sparse solver's total is the dense one's.
     #[test]
     fn the_sparse_assignment_totals_what_the_dense_one_does() {
-        let mut state = 3u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as f64 / (1u64 << 31) as f64
-        };
+        let mut next = uniform(3);
         let total = |corr: &[f32], db: usize, got: &[Option<usize>]| -> f64 {
             got.iter()
                 .enumerate()
