@@ -252,7 +252,8 @@ pub struct PlanInput {
     /// `--null permutation` the permuted.
     pub kinds: Vec<Kind>,
     /// Whether a pass's dense tiles come back to the host as correlations at its end
-    /// (candidates, saved tiles): 4 more bytes per pair while they are reduced.
+    /// (candidates, saved tiles): one tile at a time, so the largest one's 4 bytes per pair
+    /// are held back from the budget once.
     pub read_back: bool,
     /// The largest single buffer the device binds.
     pub max_binding: u64,
@@ -303,9 +304,10 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
     };
     let max_tile_bytes = passes
         .iter()
-        .map(|p| p.iter().map(|t| cost(input, t)).sum())
+        .map(|p| p.iter().map(|t| cost(input, t)).sum::<u64>())
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + read_back_bytes(input, passes.iter().flatten());
     Ok(Plan {
         passes,
         activation_bytes,
@@ -396,26 +398,40 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
     Some(tiles)
 }
 
-/// A tile's bytes while its pass runs and ends: its accumulators and, read back, its
-/// correlations.
+/// A tile's bytes while its pass runs and ends: its accumulators and, for a same-layer tile,
+/// its correlations, held in the layer's block until its one-to-one assignment.
 fn cost(input: &PlanInput, t: &TileSpec) -> u64 {
-    let read_back = if (input.read_back && t.pairs.is_none() && !t.is_covariance())
-        || t.assigns(&input.shapes)
-    {
+    let held = if t.assigns(&input.shapes) {
         4 * t.entries() as u64
     } else {
         0
     };
-    t.bytes() + read_back
+    t.bytes() + held
 }
 
-/// Tiles taken in order into passes of at most `budget` bytes. A real tile of a model whose
-/// baseline is derived ([`derives_baseline`]) brings its layer's covariance into its pass,
-/// once per pass.
+/// Bytes of the correlations of the largest of `tiles` that comes back to the host with them
+/// ([`PlanInput::read_back`]): a pass's tiles come back one at a time, each into the buffer of
+/// the one before.
+fn read_back_bytes<'a>(input: &PlanInput, tiles: impl IntoIterator<Item = &'a TileSpec>) -> u64 {
+    if !input.read_back {
+        return 0;
+    }
+    tiles
+        .into_iter()
+        .filter(|t| t.pairs.is_none() && !t.is_covariance())
+        .map(|t| 4 * t.entries() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Tiles taken in order into passes of at most `budget` bytes, less the one tile's
+/// correlations that come back at a time. A real tile of a model whose baseline is derived
+/// ([`derives_baseline`]) brings its layer's covariance into its pass, once per pass.
 fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>> {
     let derived: Vec<bool> = (0..input.shapes.len())
         .map(|b| derives_baseline(input, b, budget))
         .collect();
+    let budget = budget.saturating_sub(read_back_bytes(input, tiles));
     let mut passes: Vec<Vec<TileSpec>> = Vec::new();
     let mut used = u64::MAX;
     for t in tiles {
@@ -558,6 +574,47 @@ mod tests {
             assert_eq!(seen.len(), kinds * layers * d * layers);
             assert!(seen.values().all(|&c| c == 1));
         }
+    }
+
+    /// Correlations read back at a pass's end (refinement's first stage) are held one tile at
+    /// a time: the budget keeps room for the largest tile's once, not for every tile's.
+    #[test]
+    fn correlations_come_back_one_tile_at_a_time() {
+        let budget = 4u64 << 30;
+        let mut inp = input(12, 3072, budget);
+        inp.read_back = true;
+        let p = plan(&inp).expect("plan");
+        let largest = p
+            .passes
+            .iter()
+            .flatten()
+            .filter(|t| !t.is_covariance())
+            .map(|t| 4 * t.entries() as u64)
+            .max()
+            .expect("tiles");
+        let sums: Vec<u64> = p
+            .passes
+            .iter()
+            .map(|pass| pass.iter().map(|t| cost(&inp, t)).sum())
+            .collect();
+        for &bytes in &sums {
+            assert!(
+                bytes + largest + p.activation_bytes <= budget,
+                "pass over budget"
+            );
+        }
+        assert_eq!(
+            p.max_tile_bytes,
+            sums.iter().max().expect("passes") + largest
+        );
+        // Charged per tile, the first pass's pairs (8 bytes of accumulators and 4 of
+        // correlations each) would not have fitted.
+        let pairs: u64 = p.passes[0].iter().map(|t| t.entries() as u64).sum();
+        assert!(12 * pairs + p.activation_bytes > budget);
+        // Without read-back, nothing is held back.
+        inp.read_back = false;
+        let q = plan(&inp).expect("plan");
+        assert!(q.passes.len() <= p.passes.len());
     }
 
     #[test]

@@ -291,24 +291,26 @@ impl Accumulate for CpuAccumulator {
     async fn finalize(
         &self,
         finish: impl Fn(usize) -> Finish,
-    ) -> Result<Vec<Option<TileReduction>>, AnalysisError> {
-        let mut out = Vec::with_capacity(self.specs.len());
+        mut sink: impl AsyncFnMut(usize, TileReduction) -> Result<Option<Vec<f32>>, AnalysisError>,
+    ) -> Result<(), AnalysisError> {
+        let mut spare = Vec::new();
         for (k, (t, acc)) in self.specs.iter().zip(&self.tiles).enumerate() {
-            let with_tile = match finish(k) {
-                Finish::Skip => {
-                    out.push(None);
-                    continue;
-                }
-                f => f == Finish::WithTile,
+            let tile = match finish(k) {
+                Finish::Skip => continue,
+                Finish::Extremes => None,
+                Finish::WithTile => Some(std::mem::take(&mut spare)),
             };
             let ia = self.scales(t.a_stream, t.a_cols.clone())?;
             let ib = self.scales(t.b_stream, t.b_cols.clone())?;
-            out.push(Some(match &t.pairs {
-                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, with_tile),
-                None => reduce_rows(acc, &ia, &ib, with_tile),
-            }));
+            let red = match &t.pairs {
+                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, tile),
+                None => reduce_rows(acc, &ia, &ib, tile),
+            };
+            if let Some(back) = sink(k, red).await? {
+                spare = back;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
@@ -767,6 +769,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::accum::finalized;
 
     /// Blocks of `lengths` rows, stream `s`'s column `c` at row `r` being `value(s, c, r)`,
     /// into `acc`; the rows fed.
@@ -787,6 +790,48 @@ mod tests {
             r0 += n;
         }
         r0
+    }
+
+    /// A sink that gives each tile's buffer back gets the next tile written into it, and the
+    /// same correlations as one that keeps every tile: tiles that shrink and grow (a smaller
+    /// tile into a larger buffer, a larger one into a smaller), dense and sparse, and a tile
+    /// without correlations between them.
+    #[test]
+    fn tiles_written_into_an_earlier_tiles_buffer_are_the_same_tiles() {
+        let widths = [6, 9, 5];
+        let specs = vec![
+            TileSpec::dense(0, 0..6, 1, 0..9),
+            TileSpec::dense(0, 2..4, 2, 0..5),
+            TileSpec::dense(0, 0..6, 2, 0..5),
+            TileSpec {
+                pairs: Some(Arc::new(vec![1, 4, 0, 3, 2, 2])),
+                ..TileSpec::dense(0, 1..4, 1, 0..9)
+            },
+            TileSpec::dense(0, 0..6, 1, 0..9),
+        ];
+        let mut acc = CpuAccumulator::new(specs.clone(), &widths);
+        feed(&mut acc, &widths, &[40, 23], |s, c, r| {
+            ((r * 31 + c * 17 + s * 7) % 13) as f32 - 0.3 * c as f32
+        });
+        let finish = |k: usize| match k {
+            2 => Finish::Extremes,
+            _ => Finish::WithTile,
+        };
+        let kept = finalized(&acc, finish);
+        // The sink keeps each reduction and gives back a copy of its correlations, which the
+        // next tile with correlations is written over.
+        let mut reused = Vec::new();
+        pollster::block_on(acc.finalize(finish, async |k, red| {
+            let back = red.tile.clone();
+            reused.push((k, red));
+            Ok(back)
+        }))
+        .expect("finalize");
+        assert_eq!(reused.len(), specs.len());
+        for (k, red) in reused {
+            assert_eq!(Some(red), kept[k], "tile {k}");
+        }
+        assert_eq!(kept[2].as_ref().map(|r| r.tile.is_none()), Some(true));
     }
 
     /// Sparse pairs come out as the exact correlation, over blocks that grow and shrink (the
@@ -822,8 +867,7 @@ mod tests {
             (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 3.0 * s as f32 + c as f32
         };
         let total = feed(&mut acc, &widths, &lengths, value);
-        let out: Vec<_> = pollster::block_on(acc.finalize(|_| Finish::WithTile))
-            .expect("finalize")
+        let out: Vec<_> = finalized(&acc, |_| Finish::WithTile)
             .into_iter()
             .flatten()
             .collect();
@@ -890,7 +934,7 @@ mod tests {
         let r0 = feed(&mut acc, &widths, &lengths, value);
         let column =
             |s: usize, c: usize| (0..r0).map(|r| value(s, c, r) as f64).collect::<Vec<_>>();
-        let out = pollster::block_on(acc.finalize(|_| Finish::WithTile)).expect("finalize");
+        let out = finalized(&acc, |_| Finish::WithTile);
         for (t, got) in specs.iter().zip(&out) {
             let tile = got.as_ref().and_then(|g| g.tile.as_deref()).expect("tile");
             let pairs = t

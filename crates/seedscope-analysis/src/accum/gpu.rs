@@ -254,26 +254,26 @@ impl Accumulate for GpuAccumulator {
     async fn finalize(
         &self,
         finish: impl Fn(usize) -> Finish,
-    ) -> Result<Vec<Option<TileReduction>>, AnalysisError> {
+        mut sink: impl AsyncFnMut(usize, TileReduction) -> Result<Option<Vec<f32>>, AnalysisError>,
+    ) -> Result<(), AnalysisError> {
         let scales = self.scales().await?;
-        let mut out = Vec::with_capacity(self.specs.len());
+        // Host buffers for the pairs' correlations (a dense tile's come from the device's
+        // read-back).
+        let mut spare = Vec::new();
         for (k, (t, tile)) in self.specs.iter().zip(&self.tiles).enumerate() {
             let with_tile = match finish(k) {
-                Finish::Skip => {
-                    out.push(None);
-                    continue;
-                }
+                Finish::Skip => continue,
                 f => f == Finish::WithTile,
             };
             let (Some(ma), Some(mb)) = (&self.moments[t.a_stream], &self.moments[t.b_stream])
             else {
                 return Err(no_stream());
             };
-            match tile {
-                GpuTile::Dense(tile) => out.push(Some(
+            let red = match tile {
+                GpuTile::Dense(tile) => {
                     tile.finalize_async(&self.ctx, &self.kernels, ma, mb, with_tile)
-                        .await?,
-                )),
+                        .await?
+                }
                 GpuTile::Pairs(tile) => {
                     // Few entries: read the totals and reduce on the host in f64.
                     let acc: Vec<f64> = tile
@@ -287,17 +287,20 @@ impl Accumulate for GpuAccumulator {
                         return Err(no_stream());
                     };
                     let pairs = t.pairs.as_deref().ok_or_else(no_stream)?;
-                    out.push(Some(reduce_pairs(
+                    reduce_pairs(
                         &acc,
                         pairs,
                         (&sa[t.a_cols.clone()], &sb[t.b_cols.clone()]),
                         t.b_cols.start,
-                        with_tile,
-                    )));
+                        with_tile.then(|| std::mem::take(&mut spare)),
+                    )
                 }
+            };
+            if let Some(back) = sink(k, red).await? {
+                spare = back;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {

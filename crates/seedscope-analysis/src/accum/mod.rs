@@ -83,12 +83,17 @@ pub trait Accumulate {
     /// turns its co-moments into correlations.
     async fn inv_scales(&self, stream: usize) -> Result<Vec<f64>, AnalysisError>;
 
-    /// Reduce each tile as `finish(i)` says: to per-anchor-row best and worst matches, also
-    /// with its correlations, or not at all (`None` in its place).
+    /// Reduce each tile as `finish(i)` says (to per-anchor-row best and worst matches, also
+    /// with its correlations, or not at all) and hand each reduction to `sink` as it is made,
+    /// in tile order, so that one tile's correlations are held at a time. `sink` may give the
+    /// correlations' buffer back once it is done with them: the next tile's are written into
+    /// it (a 12-layer first stage reduces about a thousand 38 MB tiles, and fresh memory for
+    /// each cost more than the reduction).
     async fn finalize(
         &self,
         finish: impl Fn(usize) -> Finish,
-    ) -> Result<Vec<Option<TileReduction>>, AnalysisError>;
+        sink: impl AsyncFnMut(usize, TileReduction) -> Result<Option<Vec<f32>>, AnalysisError>,
+    ) -> Result<(), AnalysisError>;
 
     /// Tile `tile`'s co-moments as plain f64 sums of centred products (the layout of
     /// [`Accumulate::save_canonical`]): what a derived baseline ([`RotatedLayer`]) reads.
@@ -139,16 +144,16 @@ pub(crate) fn inv_scale(mean: f64, m2: f64, n: u64) -> f64 {
 
 /// Per anchor row of a sparse tile: the best and worst of its candidate pairs (columns relative
 /// to `b0`, as [`reduce_rows`] gives them); per column of `nb`, the best pair in it; with
-/// `with_tile`, every pair's correlation in pair order.
+/// `tile`, every pair's correlation in pair order, written into that buffer.
 fn reduce_pairs(
     acc: &[f64],
     pairs: &[u32],
     (ia, ib): (&[f64], &[f64]),
     b0: usize,
-    with_tile: bool,
+    tile: Option<Vec<f32>>,
 ) -> TileReduction {
     let k = pairs.len() / ia.len().max(1);
-    reduce(ia.len(), (ib.len(), k), with_tile, |i| {
+    reduce(ia.len(), (ib.len(), k), tile, |i| {
         (i * k..(i + 1) * k).map(move |e| {
             let j = pairs[e] as usize - b0;
             (j as u32, acc[e] * ia[i] * ib[j])
@@ -156,11 +161,11 @@ fn reduce_pairs(
     })
 }
 
-/// Per anchor row of a dense tile: the best and worst correlation (and with `with_tile`, the
-/// row itself); per column, the best row.
-fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileReduction {
+/// Per anchor row of a dense tile: the best and worst correlation (and with `tile`, the row
+/// itself, written into that buffer); per column, the best row.
+fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], tile: Option<Vec<f32>>) -> TileReduction {
     let nb = ib.len();
-    reduce(ia.len(), (nb, nb), with_tile, |i| {
+    reduce(ia.len(), (nb, nb), tile, |i| {
         ib.iter()
             .enumerate()
             .map(move |(j, &sb)| (j as u32, acc[i * nb + j] * ia[i] * sb))
@@ -171,16 +176,21 @@ fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], with_tile: bool) -> TileRedu
 /// extremes and each of the `nb` columns to its best row (correlations clamped to [-1, 1];
 /// `-2` for a column no row reaches). Rows in parallel, a run of rows per thread (a 12-layer
 /// first stage reduces 10⁹ correlations per pass); the runs' column maxima are merged in row
-/// order, so a tie goes to the first row, as in one pass.
+/// order, so a tie goes to the first row, as in one pass. With `tile`, every correlation is
+/// written into that buffer, resized to `n * width` (every value is overwritten, so a buffer
+/// of an earlier tile of the same size is reused as it is).
 fn reduce<I: Iterator<Item = (u32, f64)>>(
     n: usize,
     (nb, width): (usize, usize),
-    with_tile: bool,
+    tile: Option<Vec<f32>>,
     row: impl Fn(usize) -> I + Sync,
 ) -> TileReduction {
     use rayon::prelude::*;
     let per_run = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    let mut tile = with_tile.then(|| vec![0.0f32; n * width]);
+    let mut tile = tile.map(|mut t| {
+        t.resize(n * width, 0.0);
+        t
+    });
     let runs: Vec<Option<&mut [f32]>> = match tile.as_mut() {
         Some(t) if width > 0 => t.chunks_mut(per_run * width).map(Some).collect(),
         _ => (0..n.div_ceil(per_run)).map(|_| None).collect(),
@@ -373,6 +383,22 @@ pub fn merge_states(
     Ok(acc)
 }
 
+/// Every reduction of `acc` as `finish` says, kept (`None` for a skipped tile): what tests
+/// compare.
+#[cfg(test)]
+pub(crate) fn finalized<A: Accumulate>(
+    acc: &A,
+    finish: impl Fn(usize) -> Finish,
+) -> Vec<Option<TileReduction>> {
+    let mut out: Vec<Option<TileReduction>> = acc.specs().iter().map(|_| None).collect();
+    pollster::block_on(acc.finalize(finish, async |k, red| {
+        out[k] = Some(red);
+        Ok(None)
+    }))
+    .expect("finalize");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +416,7 @@ mod tests {
             })
             .collect();
         let (ia, ib) = (vec![1.0; n], vec![1.0; nb]);
-        let got = reduce_rows(&acc, &ia, &ib, true);
+        let got = reduce_rows(&acc, &ia, &ib, Some(Vec::new()));
         let (mut col_max, mut col_argmax) = (vec![-2.0f32; nb], vec![0u32; nb]);
         for i in 0..n {
             let row = &acc[i * nb..(i + 1) * nb];
@@ -416,7 +442,7 @@ mod tests {
         // Sparse: three pairs per row, the tile in pair order.
         let pairs: Vec<u32> = (0..n * 3).map(|e| ((e * 5) % nb) as u32).collect();
         let sparse: Vec<f64> = (0..n * 3).map(|e| acc[e]).collect();
-        let got = reduce_pairs(&sparse, &pairs, (&ia, &ib), 0, true);
+        let got = reduce_pairs(&sparse, &pairs, (&ia, &ib), 0, Some(vec![7.0; 2]));
         assert_eq!(got.tile.map(|t| t.len()), Some(n * 3));
         for i in 0..n {
             let vals = &sparse[i * 3..i * 3 + 3];

@@ -74,7 +74,12 @@ impl RotatedLayer {
         let c = ArrayView2::from_shape((ia.len(), d), c).expect("checked above");
         let mut rotated = vec![0.0; ia.len() * d];
         matmul(c, square(&self.r, d).t(), &mut rotated);
-        Ok(reduce_rows(&rotated, ia, &self.scales, with_tile))
+        Ok(reduce_rows(
+            &rotated,
+            ia,
+            &self.scales,
+            with_tile.then(Vec::new),
+        ))
     }
 }
 
@@ -130,11 +135,10 @@ mod tests {
         let layer = RotatedLayer::new(&r, &sigma, &means, n).expect("layer");
         let real = pollster::block_on(acc.co_moments(0)).expect("real");
         let derived = layer.reduce(&real, &ia, true).expect("derived");
-        let streamed = pollster::block_on(acc.finalize(|k| match k {
+        let streamed = crate::accum::finalized(&acc, |k| match k {
             1 => Finish::WithTile,
             _ => Finish::Skip,
-        }))
-        .expect("finalize")
+        })
         .swap_remove(1)
         .expect("the streamed tile");
         let (dt, st) = (derived.tile.expect("tile"), streamed.tile.expect("tile"));

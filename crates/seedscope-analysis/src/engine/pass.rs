@@ -633,19 +633,6 @@ impl Run<'_> {
                 && Kind::of(t.b_stream) == Kind::Real
                 && self.options.save_tiles.contains(&layers)
         };
-        // A covariance is read whole, by the derived baselines below.
-        let reductions = acc
-            .finalize(|k| match &specs[k] {
-                t if t.is_covariance() => Finish::Skip,
-                t if wanted(k)
-                    || (collect.is_some() && t.pairs.is_none())
-                    || (collect.is_none() && t.assigns(&shapes)) =>
-                {
-                    Finish::WithTile
-                }
-                _ => Finish::Extremes,
-            })
-            .await?;
         // Anchor moments, once per anchor.
         let used = acc.streams();
         for r in results.iter_mut() {
@@ -658,35 +645,49 @@ impl Run<'_> {
         let mut baselines = Baselines::default();
         // Complete layer blocks wait here for their assignment, a few at a time.
         let mut ready = Vec::new();
-        for (k, (t, red)) in specs.iter().zip(reductions).enumerate() {
-            let Some(red) = red else {
-                continue;
-            };
-            let derived = if baselines.load(self, acc, t).await? {
-                let ia = baselines.anchor_scales(acc, t).await?;
-                let real = acc.co_moments(k).await?;
-                let red = baselines.reduce(&real, &ia, collect.is_some())?;
-                let rotated = stream(model_of(t.b_stream), Kind::Rotated);
-                Some((
-                    TileSpec {
-                        b_stream: rotated,
-                        ..t.clone()
-                    },
-                    red,
-                ))
-            } else {
-                None
-            };
-            fold_tile(results, &mut ready, (&shapes, collect), t, red, wanted(k))?;
-            if let Some((t, red)) = derived {
-                fold_tile(results, &mut ready, (&shapes, collect), &t, red, false)?;
-            }
-            // As many blocks as threads: the assignments run side by side, and no more
-            // complete blocks are held than that (48 of 38 MB each at GPT-2 small).
-            if ready.len() >= rayon::current_num_threads() {
-                assign_ready(&mut ready, results)?;
-            }
-        }
+        // A covariance is read whole, by the derived baselines below. Tiles come one at a
+        // time, each written into the buffer of the one before.
+        acc.finalize(
+            |k| match &specs[k] {
+                t if t.is_covariance() => Finish::Skip,
+                t if wanted(k)
+                    || (collect.is_some() && t.pairs.is_none())
+                    || (collect.is_none() && t.assigns(&shapes)) =>
+                {
+                    Finish::WithTile
+                }
+                _ => Finish::Extremes,
+            },
+            async |k, red| {
+                let t = &specs[k];
+                let derived = if baselines.load(self, acc, t).await? {
+                    let ia = baselines.anchor_scales(acc, t).await?;
+                    let real = acc.co_moments(k).await?;
+                    let red = baselines.reduce(&real, &ia, collect.is_some())?;
+                    let rotated = stream(model_of(t.b_stream), Kind::Rotated);
+                    Some((
+                        TileSpec {
+                            b_stream: rotated,
+                            ..t.clone()
+                        },
+                        red,
+                    ))
+                } else {
+                    None
+                };
+                let spare = fold_tile(results, &mut ready, (&shapes, collect), t, red, wanted(k))?;
+                if let Some((t, red)) = derived {
+                    fold_tile(results, &mut ready, (&shapes, collect), &t, red, false)?;
+                }
+                // As many blocks as threads: the assignments run side by side, and no more
+                // complete blocks are held than that (48 of 38 MB each at GPT-2 small).
+                if ready.len() >= rayon::current_num_threads() {
+                    assign_ready(&mut ready, results)?;
+                }
+                Ok(spare)
+            },
+        )
+        .await?;
         assign_ready(&mut ready, results)
     }
 }
@@ -768,7 +769,8 @@ impl Baselines {
 
 /// Fold tile `t`'s reduction `red` into the results of its anchor: best and worst matches of
 /// its kind, candidates (with `collect`), the one-to-one offers and complete layer blocks
-/// (into `ready`), and with `save` the saved tile.
+/// (into `ready`), and with `save` the saved tile. Gives back the buffer of the tile's
+/// correlations, if it had them, for the next tile's.
 fn fold_tile(
     results: &mut [AnchorResult],
     ready: &mut Vec<Ready>,
@@ -776,18 +778,18 @@ fn fold_tile(
     t: &TileSpec,
     red: seedscope_gpu::TileReduction,
     save: bool,
-) -> Result<(), AnalysisError> {
+) -> Result<Option<Vec<f32>>, AnalysisError> {
     let (anchor, other, kind) = (
         model_of(t.a_stream),
         model_of(t.b_stream),
         Kind::of(t.b_stream),
     );
     let Some(ri) = results.iter().position(|r| r.anchor == anchor) else {
-        return Ok(());
+        return Ok(red.tile);
     };
     let r = &mut results[ri];
     let Some(oi) = r.others.iter().position(|&o| o == other) else {
-        return Ok(());
+        return Ok(red.tile);
     };
     if let (Some(k), Some(tile)) = (collect, &red.tile) {
         if r.candidates.is_empty() {
@@ -842,10 +844,10 @@ fn fold_tile(
             }
         }
     }
-    if let (true, Some(tile)) = (save, red.tile) {
-        save_tile(r, t, shapes, &tile);
+    if let (true, Some(tile)) = (save, &red.tile) {
+        save_tile(r, t, shapes, tile);
     }
-    Ok(())
+    Ok(red.tile)
 }
 
 /// A complete layer block waiting for its one-to-one assignment: the anchor result and the
