@@ -121,24 +121,26 @@ impl Run<'_> {
     }
 
     /// The rotation matrices (transposed, `[d_mlp, d_mlp]` per layer, the model's own `d_mlp`)
-    /// of every model whose baseline stream is in `used`; none for the others.
+    /// of every model whose baseline stream is in `used`; none for the others. The layers'
+    /// draws run side by side (48 layers of 9.4 M draws each for five GPT-2-small seeds).
     pub(super) fn rotations(&self, used: &[bool]) -> Result<Vec<Vec<Tensor<2>>>, AnalysisError> {
+        use rayon::prelude::*;
         let shapes = self.family.shapes()?;
         let device = &self.family.device.device;
-        (0..self.family.models.len())
-            .map(|m| {
-                if !used[stream(m, Kind::Rotated)] {
-                    return Ok(Vec::new());
-                }
-                let d = shapes[m].d_mlp;
-                (0..shapes[m].n_layers)
-                    .map(|l| {
-                        let r = self.rotation(m, l)?;
-                        Ok(Tensor::<2>::from_data(TensorData::new(r, [d, d]), device).transpose())
-                    })
-                    .collect()
-            })
-            .collect()
+        let layers: Vec<(usize, usize)> = (0..self.family.models.len())
+            .filter(|&m| used[stream(m, Kind::Rotated)])
+            .flat_map(|m| (0..shapes[m].n_layers).map(move |l| (m, l)))
+            .collect();
+        let drawn = layers
+            .par_iter()
+            .map(|&(m, l)| self.rotation(m, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<Vec<Tensor<2>>> = vec![Vec::new(); self.family.models.len()];
+        for ((m, _), r) in layers.into_iter().zip(drawn) {
+            let d = shapes[m].d_mlp;
+            out[m].push(Tensor::<2>::from_data(TensorData::new(r, [d, d]), device).transpose());
+        }
+        Ok(out)
     }
 
     /// The rotation of model `m`'s layer `l`, `[d_mlp, d_mlp]` row-major: the one given, or

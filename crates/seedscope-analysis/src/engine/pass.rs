@@ -35,7 +35,8 @@ struct Pass<C: Compute> {
     /// Per model, what this pass computes (or reads): post-activations, the rotated baseline,
     /// pre-activations. With a store to fill, also what the later passes read.
     wants: Keep,
-    /// Per model, the baseline's rotations (empty where its baseline is not computed).
+    /// Per model, the baseline's rotations (empty where its baseline is not computed, and
+    /// in a pass that reads kept activations instead of running the models).
     rotations: Vec<Vec<Tensor<2>>>,
     /// Kept tokens merged so far.
     tokens: u64,
@@ -57,12 +58,12 @@ enum Source {
 }
 
 impl<C: Compute> Pass<C> {
-    /// The pass of `specs`, fresh or continued from `resumed`; `keep`: what it also computes
-    /// for later passes.
+    /// The pass of `specs`, fresh or continued from `resumed`, getting its activations from
+    /// `source`; `keep`: what it also computes for later passes.
     fn new(
         run: &Run<'_>,
         compute: &C,
-        specs: &[TileSpec],
+        (specs, source): (&[TileSpec], Source),
         results: &[AnchorResult],
         resumed: Option<&SavedState>,
         keep: Option<&Keep>,
@@ -98,8 +99,12 @@ impl<C: Compute> Pass<C> {
                 ]
             })
             .collect();
+        // A layer's rotation is 9.4 M Gaussian draws at GPT-2 small: only for forwards (a
+        // 12-layer first stage has 85 passes, all but the first reading kept activations).
         let rotated: Vec<bool> = (0..KINDS * n_models)
-            .map(|s| Kind::of(s) == Kind::Rotated && wants[model_of(s)][1])
+            .map(|s| {
+                Kind::of(s) == Kind::Rotated && wants[model_of(s)][1] && source != Source::Reuse
+            })
             .collect();
         let rotations = run.rotations(&rotated)?;
         Ok(Self {
@@ -414,7 +419,14 @@ impl Run<'_> {
             };
             let keep = store.as_ref().map(|s| s.keep().clone());
             let keep = keep.as_ref().filter(|_| source == Source::Fill);
-            let mut pass = Pass::new(self, compute, specs, &results, resumed.as_ref(), keep)?;
+            let mut pass = Pass::new(
+                self,
+                compute,
+                (specs, source),
+                &results,
+                resumed.as_ref(),
+                keep,
+            )?;
             for (bi, &rows) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
                     if let Some(path) = &ckpt_path {
