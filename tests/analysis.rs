@@ -1020,9 +1020,10 @@ fn sharded(dev: &ComputeDevice, options: &AnalysisOptions, count: usize, tag: &s
         Some(reference.rotations(3)),
         Some(spec),
     );
+    let shards: Vec<_> = dirs.iter().map(|d| d.to_path_buf()).collect();
     merger
         .merge(
-            &dirs,
+            &shards,
             &fingerprints,
             dev.max_buffer_bytes.unwrap_or(u64::MAX),
         )

@@ -63,7 +63,6 @@ fn activations_from_tokens_match_the_reference_file() {
         let tol = if name == "logits" { 1e-3 } else { 1e-4 };
         assert!(max_abs_diff(&got, want) < tol, "{name}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -90,7 +89,6 @@ fn activations_from_text_tokenise_with_bos() {
     assert_eq!(shape[0], 1, "one row");
     assert_eq!(shape[2], 128, "d_mlp");
     assert!(!written.contains("logits"), "logits only with --logits");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A command that only probes adapters on a machine without a display prints no driver noise
@@ -116,7 +114,6 @@ fn probing_adapters_without_a_display_prints_no_stray_errors() {
         !stderr.lines().any(|l| l.starts_with("error")),
         "stray error lines: {stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -142,7 +139,6 @@ fn a_wrong_model_directory_is_a_clear_error_and_writes_nothing() {
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!out.exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -201,7 +197,6 @@ fn train_command_writes_a_hugging_face_directory_and_resumes() {
             .as_f64()
             .is_some_and(|l| l.is_finite() && l > 0.0)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -312,7 +307,6 @@ fn analyze_writes_a_complete_bundle_and_summary_reads_it() {
     ] {
         assert!(index.contains(f), "index lacks {f}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -413,7 +407,6 @@ fn models_of_different_shapes_analyse_into_a_bundle_the_explorer_and_report_read
     );
     let report = report(&out, &dir.join("report"));
     assert!(report.join("index.html").is_file());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -466,7 +459,6 @@ fn the_permutation_null_reaches_the_bundle_and_the_summary() {
         stderr.contains("the permutation null over 100 kept tokens: chance alone reaches"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -598,7 +590,6 @@ fn a_series_of_training_checkpoints_gives_a_trajectory() {
         "{stderr}"
     );
     assert!(!dir.join("shapes").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -649,7 +640,6 @@ fn models_that_do_not_share_a_tokenizer_are_refused_with_both_named() {
         );
         assert!(!dir.join("bundle").exists());
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -684,7 +674,6 @@ fn analyze_and_summary_name_the_file_that_is_wrong() {
             "{command}: {stderr}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -750,7 +739,6 @@ fn a_jsonl_dataset_is_sampled_with_its_seed_and_rebuilt_for_interventions() {
         "{}",
         String::from_utf8_lossy(&pa.stderr)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[path = "common/hub_server.rs"]
@@ -940,7 +928,6 @@ fn download_a_preset_from_a_hub_then_analyse_it_offline() {
             && stderr.contains("seedscope download stanford-crfm/alias-gpt2-small-x21"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -1066,7 +1053,6 @@ fn a_polypythias_preset_downloads_at_a_step_and_analyses_offline() {
         vec![Some(512), Some(1000)]
     );
     assert_eq!(manifest_models(&series.join("step-512")).len(), 4);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -1172,7 +1158,6 @@ fn shards_of_a_slurm_array_merge_into_the_unsharded_bundle() {
         manifest("whole")["n_tokens"],
         manifest("merged")["n_tokens"]
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A missing bundle is one clear line that names the file, its reason said once.
@@ -1195,7 +1180,6 @@ fn a_missing_bundle_is_named_once() {
         1,
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `seedscope cost`: one row per bundle from its manifest (tokens/s, and shares of the run's

@@ -145,7 +145,8 @@ fn analysed_both_ways(
 fn the_in_memory_analysis_equals_the_analysis_from_files() {
     use seedscope_analysis::bundle::{Bundle, BundleSource};
     use seedscope_analysis::job::{AnalysisRequest, MemoryTokens};
-    let out = common::temp_dir("in-memory-vs-files").join("bundle");
+    let dir = common::temp_dir("in-memory-vs-files");
+    let out = dir.join("bundle");
     let req = AnalysisRequest {
         max_tokens: Some(3000),
         backend: BackendKind::Cpu,
@@ -274,7 +275,8 @@ fn the_committed_report_is_a_fresh_analysis_of_the_family() {
     use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/report/summary.json");
     let committed: Summary = serde_json::from_slice(&read(path)).expect("summary.json");
-    let out = common::temp_dir("family-report").join("bundle");
+    let dir = common::temp_dir("family-report");
+    let out = dir.join("bundle");
     let request = AnalysisRequest {
         out: out.clone(),
         backend: BackendKind::Cpu,
@@ -322,7 +324,6 @@ fn the_committed_report_is_a_fresh_analysis_of_the_family() {
             assert!((a - b).abs() < 0.5, "{name}: median percentile {a} vs {b}");
         }
     }
-    std::fs::remove_dir_all(out.parent().expect("temp")).ok();
 }
 
 /// Universality over training on the family's own checkpoints (every seed's weights at steps
@@ -399,5 +400,4 @@ fn the_family_checkpoints_give_its_universality_over_training() {
         "{mean_excess:?}"
     );
     assert!(mean_excess[0] < 0.35, "{mean_excess:?}");
-    std::fs::remove_dir_all(&out).ok();
 }

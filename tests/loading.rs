@@ -39,7 +39,6 @@ fn hugging_face_cache_layout_loads_the_snapshot_refs_main_names() {
     std::fs::remove_file(entry.join("refs/main")).expect("drop ref");
     let err = load_err(&entry);
     assert!(err.contains("several snapshots"), "{err}");
-    std::fs::remove_dir_all(&root).ok();
 }
 
 /// Copy a fixture, let `spoil` damage it, and return the load error.
@@ -47,9 +46,7 @@ fn spoiled(fixture_name: &str, tag: &str, spoil: impl FnOnce(&Path)) -> String {
     let dir = temp_dir(tag);
     copy_dir(&fixture(fixture_name), &dir);
     spoil(&dir);
-    let err = load_err(&dir);
-    std::fs::remove_dir_all(&dir).ok();
-    err
+    load_err(&dir)
 }
 
 fn rewrite_safetensors(
@@ -257,7 +254,6 @@ fn parse_all(tag: &str, bytes: &[u8]) {
     let _ = read_tokens_npy(&npy);
     let _ = ModelConfig::from_json_str(&String::from_utf8_lossy(bytes), Path::new("config.json"));
     let _ = TextTokenizer::from_bytes(bytes, Path::new("tokenizer.json"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A valid file of each format with one byte range overwritten or the file cut short.

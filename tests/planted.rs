@@ -206,7 +206,7 @@ fn tokens() -> TokenSet {
 fn planted_models(
     tag: &str,
     reference: &Reference,
-) -> (std::path::PathBuf, Vec<LoadedModel>, Vec<Vec<usize>>) {
+) -> (common::TempDir, Vec<LoadedModel>, Vec<Vec<usize>>) {
     let tokens = tokens();
     let expected: Vec<f64> = tokens.ids.iter().map(|&i| i as f64).collect();
     assert_eq!(

@@ -145,15 +145,48 @@ pub fn tensor_f64s(bytes: &[u8], name: &str) -> Vec<f64> {
     }
 }
 
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "seedscope-test-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh directory of this test's own (`seedscope-test-<tag>-<random>` in the system's
+/// temporary directory), removed when it goes out of scope unless the test is failing: then its
+/// files are left to look at, and the test's output names it.
+pub fn temp_dir(tag: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("seedscope-test-{tag}-"))
+        .tempdir()
+        .expect("temp dir");
+    TempDir(dir)
+}
+
+/// A test's directory ([`temp_dir`]); reads as its path.
+#[derive(Debug)]
+pub struct TempDir(tempfile::TempDir);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("the failing test's files: {}", self.0.path().display());
+        }
+    }
 }
 
 /// Copy every file of a fixture directory into `to`.
@@ -167,14 +200,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// A bundle of `models` (fixture names) over the fixture tokens, analysed on the CPU into a
 /// fresh temporary directory tagged `tag`.
-pub fn fixture_bundle(tag: &str, models: &[&str]) -> PathBuf {
+pub fn fixture_bundle(tag: &str, models: &[&str]) -> TempDir {
     use seedscope_analysis::job::{AnalysisRequest, DataSource, JobEnd, run_analysis};
     let bundle = temp_dir(tag);
     let end = run_analysis(
         &AnalysisRequest {
             models: models.iter().map(|m| fixture(m)).collect(),
             data: DataSource::Tokens(fixture("analysis/tokens.npy")),
-            out: bundle.clone(),
+            out: bundle.to_path_buf(),
             backend: BackendKind::Cpu,
             ..AnalysisRequest::default()
         },
@@ -182,7 +215,7 @@ pub fn fixture_bundle(tag: &str, models: &[&str]) -> PathBuf {
         |_| {},
     )
     .expect("analysis");
-    assert_eq!(end, JobEnd::Written(bundle.clone()));
+    assert_eq!(end, JobEnd::Written(bundle.to_path_buf()));
     bundle
 }
 

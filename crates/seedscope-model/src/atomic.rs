@@ -92,17 +92,17 @@ fn sibling(path: &Path, tag: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("seedscope-atomic-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        d
+    fn temp() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("seedscope-atomic-")
+            .tempdir()
+            .expect("temp dir")
     }
 
     #[test]
     fn a_directory_replaces_the_old_one_or_leaves_it() {
-        let d = temp("replace");
+        let dir = temp();
+        let d = dir.path();
         let (new, out) = (d.join("new"), d.join("out"));
         std::fs::create_dir_all(&out).expect("out");
         std::fs::write(out.join("f"), b"old").expect("old");
@@ -115,13 +115,14 @@ mod tests {
         let e = replace_dir(&d.join("missing"), &out).expect_err("nothing to move");
         assert!(e.to_string().contains("missing"), "{e}");
         assert_eq!(std::fs::read(out.join("f")).expect("read"), b"new");
-        let leftovers: Vec<_> = std::fs::read_dir(&d).expect("ls").collect();
+        let leftovers: Vec<_> = std::fs::read_dir(d).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "only `out` is left");
     }
 
     #[test]
     fn a_file_is_written_whole_or_not_at_all() {
-        let d = temp("file");
+        let dir = temp();
+        let d = dir.path();
         let p = d.join("sub/x.json");
         write_file_atomic(&p, b"{}").expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"{}");

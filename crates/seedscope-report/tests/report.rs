@@ -2,7 +2,7 @@
 //! a path ablation: every figure as PNG and SVG, family pages with examples, an index that links
 //! them; a broken bundle is an error that names the file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -11,14 +11,9 @@ use seedscope_analysis::job::BackendKind;
 use seedscope_analysis::job::{AnalysisRequest, JobEnd, run_analysis};
 use seedscope_analysis::path_ablation::run_path_ablation;
 
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("seedscope-report-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn bundle() -> PathBuf {
-    let out = temp("bundle");
+/// A bundle with interventions and a path ablation, in `dir`.
+fn bundle(dir: &Path) -> PathBuf {
+    let out = dir.join("bundle");
     let request = AnalysisRequest {
         out: out.clone(),
         max_tokens: Some(4096),
@@ -51,8 +46,12 @@ fn bundle() -> PathBuf {
 
 #[test]
 fn the_report_has_every_figure_family_page_and_index() {
-    let b = bundle();
-    let out = temp("out");
+    let dir = tempfile::Builder::new()
+        .prefix("seedscope-report-")
+        .tempdir()
+        .expect("temp dir");
+    let b = bundle(dir.path());
+    let out = dir.path().join("out");
     let s = seedscope_report::write_report(&b, &out).expect("report");
     assert_eq!(
         s.seeds_with_weights, 5,
