@@ -141,6 +141,13 @@ def main():
         fixed = a["wall"] - a["kept"] * marginal
         total = fixed + PAPER_TOKENS * marginal
         print()
+        if marginal <= 0:
+            # The fixed part (loading, the first stage, the weight statistics) swamps the
+            # tokens: a projection from these two runs would be noise.
+            print(f"No projection: the run over {z['kept']:,} kept tokens took no longer than "
+                  f"the one over {a['kept']:,} ({z['wall']:.1f} s against {a['wall']:.1f} s); "
+                  f"run token counts further apart (--tokens).")
+            return
         print(f"From the measured runs ({a['kept']:,} and {z['kept']:,} kept tokens): "
               f"{marginal * 1e6:.1f} s per million tokens beyond {fixed:.1f} s of fixed cost; "
               f"{PAPER_TOKENS // 1_000_000} M tokens would take {total:.0f} s "
