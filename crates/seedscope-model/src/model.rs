@@ -295,27 +295,35 @@ pub struct VocabMatrix {
 
 impl VocabMatrix {
     /// Build from host rows `[vocab, d]` (row-major), in chunks of at most `rows_per_chunk`
-    /// rows, each uploaded on its own so no buffer of the whole matrix is ever created.
+    /// rows, each uploaded on its own so no buffer of the whole matrix is ever created. One
+    /// chunk takes `values` as they are (a copy of GPT-2's 154 MB embedding was a third of
+    /// loading a 12-layer model on the CPU, most of it the kernel clearing the fresh pages).
     pub fn from_rows(
         name: &str,
-        values: &[f32],
+        values: Vec<f32>,
         [vocab, d]: [usize; 2],
         rows_per_chunk: usize,
         device: &Device,
         dtype: DType,
     ) -> Self {
         let rows_per_chunk = rows_per_chunk.clamp(1, vocab.max(1));
-        let chunks = values
-            .chunks(rows_per_chunk * d)
-            .enumerate()
-            .map(|(i, rows)| {
-                let data = TensorData::new(rows.to_vec(), [rows.len() / d, d]);
-                named_param(
-                    &format!("{name}#{i}"),
-                    Tensor::from_data(data, (device, dtype)),
-                )
-            })
-            .collect();
+        let chunk = |i: usize, rows: Vec<f32>| {
+            let n = rows.len() / d.max(1);
+            let data = TensorData::new(rows, [n, d]);
+            named_param(
+                &format!("{name}#{i}"),
+                Tensor::from_data(data, (device, dtype)),
+            )
+        };
+        let chunks = if values.len() <= rows_per_chunk * d {
+            vec![chunk(0, values)]
+        } else {
+            values
+                .chunks(rows_per_chunk * d)
+                .enumerate()
+                .map(|(i, rows)| chunk(i, rows.to_vec()))
+                .collect()
+        };
         Self {
             chunks,
             rows_per_chunk,
@@ -902,10 +910,10 @@ impl Loader<'_> {
     /// A `[n, d]` vocabulary matrix (by full checkpoint name), chunked under the buffer limit.
     fn vocab(&self, full_name: &str, shape: [usize; 2]) -> Result<VocabMatrix> {
         let values = self.checkpoint.f32(full_name, &shape)?;
-        Ok(self.vocab_from(full_name, &values, shape))
+        Ok(self.vocab_from(full_name, values, shape))
     }
 
-    fn vocab_from(&self, full_name: &str, values: &[f32], shape: [usize; 2]) -> VocabMatrix {
+    fn vocab_from(&self, full_name: &str, values: Vec<f32>, shape: [usize; 2]) -> VocabMatrix {
         let dtype = DType::from(self.options.dtype);
         let row_bytes = (shape[1] * dtype.size()) as u64;
         let rows = self
@@ -1025,13 +1033,13 @@ fn load_neox(
     let embed_in = checkpoint.f32(&embed_in_name, &shape)?;
     // `embed_out` sits outside the `gpt_neox.` prefix; a tied model may omit it.
     let embed_out = if c.tie_word_embeddings && !checkpoint.contains("embed_out.weight") {
-        l.vocab_from("embed_out.weight", &embed_in, shape)
+        l.vocab_from("embed_out.weight", embed_in.clone(), shape)
     } else {
         l.vocab("embed_out.weight", shape)?
     };
     Ok(NeoX {
         final_layer_norm: l.layer_norm("final_layer_norm", d, c.layer_norm_eps)?,
-        embed_in: l.vocab_from(&embed_in_name, &embed_in, shape),
+        embed_in: l.vocab_from(&embed_in_name, embed_in, shape),
         blocks,
         embed_out,
         ln_eps: c.layer_norm_eps,
