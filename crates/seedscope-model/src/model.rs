@@ -296,8 +296,8 @@ pub struct VocabMatrix {
 impl VocabMatrix {
     /// Build from host rows `[vocab, d]` (row-major), in chunks of at most `rows_per_chunk`
     /// rows, each uploaded on its own so no buffer of the whole matrix is ever created. One
-    /// chunk takes `values` as they are (a copy of GPT-2's 154 MB embedding was a third of
-    /// loading a 12-layer model on the CPU, most of it the kernel clearing the fresh pages).
+    /// chunk takes `values` as they are (a copy of GPT-2's 154 MB embedding was over a quarter
+    /// of loading a 12-layer model on the CPU, most of it the kernel clearing the fresh pages).
     pub fn from_rows(
         name: &str,
         values: Vec<f32>,
