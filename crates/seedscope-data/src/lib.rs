@@ -342,8 +342,11 @@ mod tests {
 
     #[test]
     fn npy_round_trip_and_errors() {
-        let dir = std::env::temp_dir().join(format!("seedscope-data-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("seedscope-data-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path();
         let path = dir.join("t.npy");
         write_tokens_npy(&path, &[1, 2, 3, 4, 5, 6], [2, 3]).expect("write");
         let (ids, shape) = read_tokens_npy(&path).expect("read");
@@ -358,6 +361,5 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(missing.contains("nope.npy"), "{missing}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

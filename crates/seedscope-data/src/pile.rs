@@ -257,12 +257,15 @@ mod tests {
 
     #[test]
     fn zstd_and_plain_pack_the_same_rows_like_tokenize_and_concatenate() {
-        let dir = std::env::temp_dir().join(format!("seedscope-pile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("seedscope-pile-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path();
         let tok = tokenizer();
         let d = docs();
-        let plain = write(&dir, "a.jsonl", &d, false);
-        let zst = write(&dir, "a.jsonl.zst", &d, true);
+        let plain = write(dir, "a.jsonl", &d, false);
+        let zst = write(dir, "a.jsonl.zst", &d, true);
         let o = PileOptions {
             seq_len: 16,
             min_chars: 50,
@@ -328,6 +331,5 @@ mod tests {
             .expect_err("truncated")
             .to_string();
         assert!(e.contains("cut.jsonl.zst"), "{e}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

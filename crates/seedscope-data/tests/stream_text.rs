@@ -29,8 +29,11 @@ fn chunked_text_gives_the_tokens_of_the_whole_text() {
     );
     assert_eq!(&whole[..partial.len()], &partial[..]);
     // Invalid UTF-8 is named with its byte offset.
-    let dir = std::env::temp_dir().join(format!("seedscope-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("seedscope-stream-")
+        .tempdir()
+        .expect("temp dir");
+    let dir = tmp.path();
     let bad = dir.join("bad.txt");
     std::fs::write(&bad, b"fine text\nmore\n\xff\xfe broken").expect("write");
     let err = stream_text_tokens(&bad, &tok, 4, str::to_owned, |_| false)
@@ -41,5 +44,4 @@ fn chunked_text_gives_the_tokens_of_the_whole_text() {
         err.contains("bad.txt") && err.contains("not UTF-8 text at byte 15"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

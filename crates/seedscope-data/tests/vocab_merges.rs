@@ -11,8 +11,11 @@ fn vocab_and_merges_tokenise_like_tokenizer_json() {
     let json_path = fixtures.join("gpt2-plain/tokenizer.json");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("fixture")).expect("json");
-    let dir = std::env::temp_dir().join(format!("seedscope-vocab-merges-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("seedscope-vocab-merges-")
+        .tempdir()
+        .expect("temp dir");
+    let dir = tmp.path();
     std::fs::write(dir.join("vocab.json"), json["model"]["vocab"].to_string()).expect("vocab");
     let mut merges = String::from("#version: 0.2\n");
     for m in json["model"]["merges"].as_array().expect("merges") {
@@ -28,10 +31,10 @@ fn vocab_and_merges_tokenise_like_tokenizer_json() {
         merges.push('\n');
     }
     std::fs::write(dir.join("merges.txt"), merges).expect("merges");
-    assert!(TextTokenizer::model_dir_has_tokenizer(&dir));
+    assert!(TextTokenizer::model_dir_has_tokenizer(dir));
 
     let one = TextTokenizer::from_file(&json_path).expect("tokenizer.json");
-    let two = TextTokenizer::from_model_dir(&dir).expect("vocab.json + merges.txt");
+    let two = TextTokenizer::from_model_dir(dir).expect("vocab.json + merges.txt");
     assert_eq!(one.bos_id(), two.bos_id());
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures.join("tokenizer-reference.json")).expect("reference"),
@@ -69,5 +72,4 @@ fn vocab_and_merges_tokenise_like_tokenizer_json() {
         err.contains("tokenizer.json") && err.contains("merges.txt"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -17,11 +17,12 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("seedscope-hub-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh cache directory, removed when it goes out of scope.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("seedscope-hub-{tag}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 fn hub(server: &HubServer, cache: &Path) -> Hub {
@@ -60,8 +61,9 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 #[test]
 fn download_fills_the_cache_reuses_it_and_offline_mode_serves_it() {
     let server = HubServer::start(tiny_state());
-    let cache = temp_dir("fill");
-    let got = hub(&server, &cache)
+    let tmp = temp_dir("fill");
+    let cache = tmp.path();
+    let got = hub(&server, cache)
         .download("org/tiny", "main")
         .expect("download");
     let snapshot = cache.join("models--org--tiny/snapshots").join(COMMIT);
@@ -90,7 +92,7 @@ fn download_fills_the_cache_reuses_it_and_offline_mode_serves_it() {
 
     // Again: only the metadata probes (1 byte each) go over the wire.
     let before = server.requests("/resolve/").len();
-    let again = hub(&server, &cache)
+    let again = hub(&server, cache)
         .download("org/tiny", "main")
         .expect("again");
     assert!(again.files.iter().all(|f| f.fetched == Fetched::Cached));
@@ -107,7 +109,7 @@ fn download_fills_the_cache_reuses_it_and_offline_mode_serves_it() {
     let seen = server.requests("").len();
     let offline = Hub {
         offline: true,
-        ..hub(&server, &cache)
+        ..hub(&server, cache)
     };
     let cached = offline.download("org/tiny", "main").expect("offline");
     assert_eq!(cached.snapshot, snapshot);
@@ -127,7 +129,6 @@ fn download_fills_the_cache_reuses_it_and_offline_mode_serves_it() {
         msg.contains("offline mode") && msg.contains("seedscope download org/absent"),
         "{msg}"
     );
-    std::fs::remove_dir_all(&cache).ok();
 }
 
 #[test]
@@ -141,9 +142,10 @@ fn a_dropped_connection_resumes_from_the_partial_file() {
         f.drop_after = Some((50_000, 1));
     }
     let server = HubServer::start(state);
-    let cache = temp_dir("resume");
+    let tmp = temp_dir("resume");
+    let cache = tmp.path();
     // No retries: the first run fails and leaves the partial file behind.
-    let err = hub(&server, &cache)
+    let err = hub(&server, cache)
         .download("org/tiny", "main")
         .expect_err("the connection drops");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
@@ -156,7 +158,7 @@ fn a_dropped_connection_resumes_from_the_partial_file() {
         .expect("a .part file");
     assert_eq!(std::fs::metadata(&part).map(|m| m.len()).ok(), Some(50_000));
     // The rerun asks only for the rest and ends with the right bytes, verified.
-    let got = hub(&server, &cache)
+    let got = hub(&server, cache)
         .download("org/tiny", "main")
         .expect("resumed");
     let ranges: Vec<Option<String>> = server
@@ -182,7 +184,6 @@ fn a_dropped_connection_resumes_from_the_partial_file() {
     assert_eq!(fetched("model.safetensors"), Some(Fetched::Verified));
     // config.json arrived before the drop and is reused.
     assert_eq!(fetched("config.json"), Some(Fetched::Cached));
-    std::fs::remove_dir_all(&cache).ok();
 
     // With retries the same happens inside one call.
     let mut state = tiny_state();
@@ -192,10 +193,11 @@ fn a_dropped_connection_resumes_from_the_partial_file() {
         f.drop_after = Some((70_000, 1));
     }
     let server = HubServer::start(state);
-    let cache = temp_dir("retry");
+    let tmp = temp_dir("retry");
+    let cache = tmp.path();
     let got = Hub {
         retries: 2,
-        ..hub(&server, &cache)
+        ..hub(&server, cache)
     }
     .download("org/tiny", "main")
     .expect("retried");
@@ -203,7 +205,6 @@ fn a_dropped_connection_resumes_from_the_partial_file() {
         &got.snapshot.join("model.safetensors"),
         &weights
     ));
-    std::fs::remove_dir_all(&cache).ok();
 }
 
 #[test]
@@ -224,8 +225,9 @@ fn a_file_that_does_not_match_its_checksum_is_rejected_and_removed() {
         }
     }
     let server = HubServer::start(state);
-    let cache = temp_dir("checksum");
-    let err = hub(&server, &cache)
+    let tmp = temp_dir("checksum");
+    let cache = tmp.path();
+    let err = hub(&server, cache)
         .download("org/tiny", "main")
         .expect_err("corrupt");
     let msg = err.to_string();
@@ -253,7 +255,6 @@ fn a_file_that_does_not_match_its_checksum_is_rejected_and_removed() {
         .filter(|n| !n.ends_with(".lock"))
         .collect();
     assert_eq!(blobs.len(), 1, "only config.json's blob stays: {blobs:?}");
-    std::fs::remove_dir_all(&cache).ok();
 }
 
 #[test]
@@ -283,8 +284,9 @@ fn sharded_weights_and_checkpoint_revisions() {
         (COMMIT.into(), files),
     );
     let server = HubServer::start(state);
-    let cache = temp_dir("shards");
-    let h = hub(&server, &cache);
+    let tmp = temp_dir("shards");
+    let cache = tmp.path();
+    let h = hub(&server, cache);
     let repo = "stanford-crfm/alias-gpt2-small-x21";
     let revision = Revision::Step(400_000).for_repo(repo).expect("revision");
     let got = h.download(repo, &revision).expect("download");
@@ -321,14 +323,14 @@ fn sharded_weights_and_checkpoint_revisions() {
         err.contains("battlestar") && err.contains("--revision checkpoint-400000"),
         "{err}"
     );
-    std::fs::remove_dir_all(&cache).ok();
 }
 
 #[test]
 fn a_missing_repository_is_named() {
     let server = HubServer::start(tiny_state());
-    let cache = temp_dir("missing");
-    let err = hub(&server, &cache)
+    let tmp = temp_dir("missing");
+    let cache = tmp.path();
+    let err = hub(&server, cache)
         .download("org/nothing", "main")
         .expect_err("404")
         .to_string();
@@ -336,5 +338,4 @@ fn a_missing_repository_is_named() {
         err.contains("/api/models/org/nothing/revision/main"),
         "{err}"
     );
-    std::fs::remove_dir_all(&cache).ok();
 }
