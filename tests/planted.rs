@@ -17,7 +17,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{fixture, temp_dir};
-use seedscope_analysis::{AnalysisOptions, Family, Outcome, Refine, Run, TokenSet};
+use seedscope_analysis::plan::activation_bytes;
+use seedscope_analysis::{AnalysisOptions, Family, Outcome, Refine, Run, Shape, TokenSet};
 use seedscope_model::{BackendKind, ComputeDevice, LoadedModel};
 
 const D: usize = 768;
@@ -276,23 +277,55 @@ fn run_planted(
 fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_block() {
     let reference = Reference::load();
     let (dir, models, twins) = planted_models("planted", &reference);
-    // Blocks of 4 rows; a budget that, after the models' 175 MB of weights, holds 4 of the
-    // first stage's 16 layer-pair tiles per pass (each 3,072 x 3,072 x 8 bytes), so its passes
-    // reuse the kept activations.
-    let options = AnalysisOptions {
+    // Blocks of 4 rows. The first stage (the first 200 kept tokens) holds its rows on the CPU.
+    // The budget leaves room, after the models' weights, the results and one block's
+    // activations, for one tile's product and correlations (3,072 x 3,072 x 4 bytes each) and
+    // the rows of the anchor and one other stream, not two: each of the four other streams
+    // takes a pass, and the later passes reuse the kept activations.
+    let mut options = AnalysisOptions {
         block_rows: 4,
-        memory_budget: 500 << 20,
         refine: Some(Refine {
             prefix_tokens: 200,
             k: 8,
         }),
         ..AnalysisOptions::default()
     };
+    let dev = ComputeDevice::open(BackendKind::Cpu).expect("cpu");
+    let tokens = tokens();
+    let reserved = Run {
+        family: Family {
+            models: &models,
+            device: &dev,
+        },
+        tokens: &tokens,
+        options: &options,
+        fingerprint: String::new(),
+        work_dir: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+        checkpoint_every: Duration::from_secs(3600),
+        rotations: None,
+        anatomy: None,
+    }
+    .reserved_bytes(Some(8))
+    .expect("reserved");
+    let shapes = [Shape {
+        n_layers: LAYERS,
+        d_mlp: D_MLP,
+    }; 3];
+    let stream_rows = (200 * LAYERS * D_MLP * 4) as u64;
+    options.memory_budget = reserved
+        + activation_bytes(&shapes, 2, 4 * SEQ)
+        + 2 * (D_MLP * D_MLP * 4) as u64
+        + 5 * stream_rows / 2;
     let (r, stage_passes) = run_planted(&dir, &models, &options);
     assert_eq!(r.n_tokens as f64, reference.get("n_tokens")[0]);
     // The first stage: 200 tokens of 31 per row is 7 rows, 2 blocks; the second: 12 rows in
     // 3 blocks. Each model once per block and stage, however many passes the first made.
-    assert!(stage_passes[0] > 2, "first stage passes {stage_passes:?}");
+    assert_eq!(
+        stage_passes[0],
+        4 + 1,
+        "first stage passes {stage_passes:?}"
+    );
     assert_eq!(r.cost.forwards, 3 * (2 + 3), "{:?}", r.cost);
     assert!(r.cost.reused > 0);
 
@@ -344,8 +377,9 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
 fn an_exhaustive_run_gives_the_reference_one_to_one_matching() {
     let reference = Reference::load();
     let (dir, models, twins) = planted_models("planted-exhaustive", &reference);
-    // The same budget: the layer pairs take several passes; each pass ends with the same-layer
-    // blocks read back and assigned.
+    // After the models' 175 MB of weights, 500 MiB holds a few of the 16 layer-pair tiles'
+    // sums (each 3,072 x 3,072 x 8 bytes) per pass; each pass ends with the same-layer blocks
+    // read back and assigned.
     let options = AnalysisOptions {
         block_rows: 4,
         memory_budget: 500 << 20,

@@ -44,6 +44,9 @@ struct Meta {
     count: Option<u64>,
     moments: Vec<bool>,
     n_tiles: usize,
+    /// Per stream, whether its held rows are saved ([`SavedState::rows`]).
+    #[serde(default)]
+    rows: Vec<bool>,
     #[serde(default)]
     n_hists: usize,
     #[serde(default)]
@@ -245,6 +248,11 @@ pub fn save_parts<'a>(
         for (k, t) in acc.tiles.iter().enumerate() {
             push(format!("acc.tile.{k}"), Dtype::F64, f64_bytes(t), 8);
         }
+        for (s, r) in acc.rows.iter().enumerate() {
+            if let Some(r) = r {
+                push(format!("acc.rows.{s}"), Dtype::F32, f32_bytes(r), 4);
+            }
+        }
         for (k, h) in acc.hists.iter().enumerate() {
             push(format!("acc.hist.{k}"), Dtype::U32, u32_bytes(h), 4);
         }
@@ -295,6 +303,9 @@ pub fn save_parts<'a>(
             .map(|a| a.moments.iter().map(Option::is_some).collect())
             .unwrap_or_default(),
         n_tiles: accumulators.map_or(0, |a| a.tiles.len()),
+        rows: accumulators
+            .map(|a| a.rows.iter().map(Option::is_some).collect())
+            .unwrap_or_default(),
         n_hists: accumulators.map_or(0, |a| a.hists.len()),
         n_anatomy: accumulators.map_or(0, |a| a.anatomy.len()),
         anchors: results
@@ -499,6 +510,14 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             for k in 0..meta.n_tiles {
                 tiles.push(f64s(&format!("acc.tile.{k}"))?);
             }
+            let mut rows = Vec::new();
+            for (s, &present) in meta.rows.iter().enumerate() {
+                rows.push(if present {
+                    Some(f32s(&format!("acc.rows.{s}"))?)
+                } else {
+                    None
+                });
+            }
             let mut hists = Vec::new();
             for k in 0..meta.n_hists {
                 hists.push(u32s(&format!("acc.hist.{k}"))?);
@@ -528,6 +547,7 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
                 count,
                 moments,
                 tiles,
+                rows,
                 hists,
                 anatomy,
             })

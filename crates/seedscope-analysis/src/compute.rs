@@ -31,11 +31,14 @@ pub trait Compute {
     /// Take a Burn tensor (the models' output, `[tokens, neurons]`) as a block of this path.
     fn block(&self, t: Tensor<2>) -> Result<Self::Block, AnalysisError>;
 
-    /// Zeroed accumulators for `specs` (`widths[s]`: stream `s`'s neurons).
+    /// Zeroed accumulators for `specs` (`widths[s]`: stream `s`'s neurons); with `held_rows =
+    /// Some(tokens)`, accumulators that hold the pass's rows, about that many
+    /// ([`crate::plan::Plan::holds_rows`]: the host only).
     fn accumulator(
         &self,
         specs: Vec<TileSpec>,
         widths: &[usize],
+        held_rows: Option<u64>,
     ) -> Result<Self::Accumulator, AnalysisError>;
 
     /// Zeroed histograms, one per anchor of `widths[a]` neurons.
@@ -83,8 +86,12 @@ impl Compute for Cpu {
         &self,
         specs: Vec<TileSpec>,
         widths: &[usize],
+        held_rows: Option<u64>,
     ) -> Result<CpuAccumulator, AnalysisError> {
-        Ok(CpuAccumulator::new(specs, widths))
+        Ok(match held_rows {
+            Some(tokens) => CpuAccumulator::holding_rows(specs, widths, tokens),
+            None => CpuAccumulator::new(specs, widths),
+        })
     }
 
     fn hists(&self, widths: &[usize]) -> Result<CpuHists, AnalysisError> {
@@ -133,7 +140,13 @@ impl Compute for Gpu {
         &self,
         specs: Vec<TileSpec>,
         widths: &[usize],
+        held_rows: Option<u64>,
     ) -> Result<GpuAccumulator, AnalysisError> {
+        if held_rows.is_some() {
+            return Err(AnalysisError::Invalid(
+                "the plan holds a pass's rows, which only the CPU path does".into(),
+            ));
+        }
         GpuAccumulator::new(self.ctx.clone(), self.kernels.clone(), specs, widths)
     }
 

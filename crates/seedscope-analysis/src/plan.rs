@@ -203,6 +203,10 @@ pub struct Plan {
     pub reuse: Reuse,
     /// Bytes of those activations (every stream a later pass reads, over every kept token).
     pub reuse_bytes: u64,
+    /// Each pass holds its streams' rows and multiplies every tile once at its end, instead
+    /// of summing co-moments block by block (the CPU path's refined first stage, where the
+    /// rows take less memory than the sums: [`PlanInput::may_hold_rows`]).
+    pub holds_rows: bool,
 }
 
 /// How a plan of several passes runs each model once per block: the first pass keeps the
@@ -257,6 +261,10 @@ pub struct PlanInput {
     pub read_back: bool,
     /// The largest single buffer the device binds.
     pub max_binding: u64,
+    /// Whether passes may hold their rows rather than sums ([`Plan::holds_rows`]): a stage on
+    /// the CPU that only screens (refinement's first). They do where the rows of every stream
+    /// take less memory than every tile's sums.
+    pub may_hold_rows: bool,
 }
 
 /// Split `[0, n)` into `k` nearly equal chunks.
@@ -290,14 +298,25 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
             input.shapes.iter().map(|s| s.d_mlp).max().unwrap_or(0)
         ))
     };
-    let tiles = tiles(input, tile_budget).ok_or_else(|| too_small(tile_budget))?;
+    // Passes that hold their rows, where they take less memory than the sums and fit.
+    if input.may_hold_rows
+        && let Some(tiles) = self::tiles(input, u64::MAX, false)
+    {
+        let sums: u64 = tiles.iter().map(|t| cost(input, t)).sum();
+        if held_bytes(input, &tiles) < sums
+            && let Some(plan) = plan_rows(input, tiles, (activation_bytes, tile_budget))
+        {
+            return Ok(plan);
+        }
+    }
+    let tiles = tiles(input, tile_budget, true).ok_or_else(|| too_small(tile_budget))?;
     let passes = pack(input, &tiles, tile_budget);
     let reuse_bytes = reused_bytes(input, &passes);
     let (passes, reuse) = if passes.len() <= 1 {
         (passes, Reuse::Single)
     } else if reuse_bytes <= tile_budget / 2 {
         let rest = tile_budget - reuse_bytes;
-        let tiles = self::tiles(input, rest).ok_or_else(|| too_small(rest))?;
+        let tiles = self::tiles(input, rest, true).ok_or_else(|| too_small(rest))?;
         (pack(input, &tiles, rest), Reuse::Memory)
     } else {
         (passes, Reuse::Disk)
@@ -315,6 +334,80 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
         reserved_bytes: input.reserved,
         reuse,
         reuse_bytes,
+        holds_rows: false,
+    })
+}
+
+/// Bytes of the rows of the streams `tiles` read, over every token of a pass.
+fn held_bytes<'a>(input: &PlanInput, tiles: impl IntoIterator<Item = &'a TileSpec>) -> u64 {
+    let streams = KINDS * input.shapes.len();
+    let mut read = vec![false; streams];
+    for t in tiles {
+        read[t.a_stream] = true;
+        read[t.b_stream] = true;
+    }
+    let widths: usize = (0..streams)
+        .filter(|&s| read[s])
+        .map(|s| input.shapes[model_of(s)].width())
+        .sum();
+    input.tokens * 4 * widths as u64
+}
+
+/// The plan of passes that hold their rows ([`Plan::holds_rows`]): `tiles` (dense, one anchor
+/// layer by one other layer) taken in order, a pass holding the rows of every stream its tiles
+/// read, one tile's product and, coming back, its correlations. With several passes the
+/// activations are reused as in [`plan`] (on disk where the rest of the budget would not hold
+/// one tile's product). None where two streams' rows do not fit (sums of
+/// a few tiles at a time still do).
+fn plan_rows(
+    input: &PlanInput,
+    tiles: Vec<TileSpec>,
+    (activation_bytes, budget): (u64, u64),
+) -> Option<Plan> {
+    // The product a tile is multiplied into, and its correlations coming back.
+    let largest = tiles
+        .iter()
+        .map(|t| 4 * t.entries() as u64)
+        .max()
+        .unwrap_or(0);
+    let per_pass = largest * if input.read_back { 2 } else { 1 };
+    let pack = |budget: u64| -> Option<Vec<Vec<TileSpec>>> {
+        let mut passes: Vec<Vec<TileSpec>> = Vec::new();
+        for t in &tiles {
+            let fits =
+                |p: &Vec<TileSpec>| held_bytes(input, p.iter().chain([t])) + per_pass <= budget;
+            match passes.last_mut() {
+                Some(p) if fits(p) => p.push(t.clone()),
+                _ if fits(&Vec::new()) => passes.push(vec![t.clone()]),
+                _ => return None,
+            }
+        }
+        Some(passes)
+    };
+    let passes = pack(budget)?;
+    let reuse_bytes = reused_bytes(input, &passes);
+    let in_memory = (passes.len() > 1 && reuse_bytes <= budget / 2)
+        .then(|| pack(budget - reuse_bytes))
+        .flatten();
+    let (passes, reuse) = match in_memory {
+        _ if passes.len() <= 1 => (passes, Reuse::Single),
+        Some(rest) => (rest, Reuse::Memory),
+        None => (passes, Reuse::Disk),
+    };
+    let max_tile_bytes = passes
+        .iter()
+        .map(|p| held_bytes(input, p))
+        .max()
+        .unwrap_or(0)
+        + per_pass;
+    Some(Plan {
+        passes,
+        activation_bytes,
+        max_tile_bytes,
+        reserved_bytes: input.reserved,
+        reuse,
+        reuse_bytes,
+        holds_rows: true,
     })
 }
 
@@ -354,10 +447,11 @@ pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
 }
 
 /// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
-/// (none if one row of a layer does not fit): stream by stream of the other model (a pass then
+/// (none if one row of a layer does not fit), with `derive`, none for the rotated streams
+/// whose baseline is derived ([`derives_baseline`]): stream by stream of the other model (a pass then
 /// reads few streams), and within one, other layer by other layer (the tiles a derived
 /// baseline reads from one covariance follow each other).
-fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
+fn tiles(input: &PlanInput, tile_budget: u64, derive: bool) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Same-layer tiles come back for the one-to-one assignment.
     let per_pair = 12;
@@ -367,7 +461,7 @@ fn tiles(input: &PlanInput, tile_budget: u64) -> Option<Vec<TileSpec>> {
         for b in (0..input.shapes.len()).filter(|&b| b != a) {
             let sb = input.shapes[b];
             let (da, db) = (sa.d_mlp, sb.d_mlp);
-            let derived = derives_baseline(input, b, tile_budget);
+            let derived = derive && derives_baseline(input, b, tile_budget);
             // A derived baseline's pass holds the layer's covariance next to its tiles.
             let room = if derived {
                 input.max_binding.min(tile_budget - (db * db * 8) as u64)
@@ -533,6 +627,7 @@ mod tests {
             read_back: false,
             kinds: vec![Kind::Real, Kind::Rotated],
             max_binding: 128 << 20,
+            may_hold_rows: false,
         }
     }
 
@@ -696,6 +791,67 @@ mod tests {
                 .collect::<Vec<_>>(),
             [0, 0, 1, 2]
         );
+    }
+
+    /// A screening stage on the CPU over few tokens (GPT-2 small's five seeds, 2,048 sample
+    /// tokens, 4 GiB less 2.5 GB of weights) holds its rows: every tile once, whole streams a
+    /// pass, far fewer passes than sums would take, each within the budget with one tile's
+    /// product and correlations. Over many tokens the rows would outweigh the sums, and under
+    /// a budget below two streams' rows they do not fit: there it sums.
+    #[test]
+    fn a_screening_stage_over_few_tokens_holds_its_rows() {
+        let gpt2 = PlanInput {
+            shapes: vec![
+                Shape {
+                    n_layers: 12,
+                    d_mlp: 3072
+                };
+                5
+            ],
+            block_tokens: 256,
+            reserved: 2_500 << 20,
+            read_back: true,
+            max_binding: u64::MAX,
+            may_hold_rows: true,
+            ..input(12, 3072, 4 << 30)
+        };
+        let held = plan(&gpt2).expect("plan");
+        let sums = plan(&PlanInput {
+            may_hold_rows: false,
+            ..gpt2.clone()
+        })
+        .expect("plan");
+        assert!(held.holds_rows && !sums.holds_rows);
+        assert!(
+            held.passes.len() * 10 < sums.passes.len(),
+            "{} passes holding rows, {} summing",
+            held.passes.len(),
+            sums.passes.len()
+        );
+        assert!(held.peak_bytes() <= gpt2.budget, "{}", held.peak_bytes());
+        let tile = 3072 * 3072 * 4;
+        let mut seen = std::collections::HashSet::new();
+        for pass in &held.passes {
+            assert!(held_bytes(&gpt2, pass) + 2 * tile <= held.max_tile_bytes);
+            for t in pass {
+                assert!(t.pairs.is_none() && t.a_cols.len() == 3072 && t.b_cols.len() == 3072);
+                assert!(seen.insert((t.b_stream, t.a_cols.start, t.b_cols.start)));
+            }
+        }
+        // Four other seeds, real and rotated, 12 × 12 layer pairs each.
+        assert_eq!(seen.len(), 8 * 144);
+        let many = plan(&PlanInput {
+            tokens: 1 << 20,
+            ..gpt2.clone()
+        })
+        .expect("plan");
+        assert!(!many.holds_rows, "a million tokens' rows outweigh the sums");
+        let tight = plan(&PlanInput {
+            budget: 3 << 30,
+            ..gpt2
+        })
+        .expect("sums fit where two streams' rows do not");
+        assert!(!tight.holds_rows);
     }
 
     #[test]

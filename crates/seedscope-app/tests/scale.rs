@@ -65,6 +65,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
             reserved_bytes: 0,
             reuse: Default::default(),
             reuse_bytes: 0,
+            holds_rows: false,
         },
         cost: Default::default(),
         notes: Vec::new(),

@@ -1,5 +1,5 @@
 //! The CPU accumulator: block-centred f32 GEMMs (the `gemm` crate, threaded) merged into f64
-//! totals.
+//! totals, or, in a pass that holds its rows ([`HeldRows`]), one GEMM per tile at its end.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -8,6 +8,7 @@ use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
 
+use super::held::HeldRows;
 use super::{
     Accumulate, Finish, SavedState, inv_scale, missing_stream, no_stream, plan_mismatch,
     reduce_pairs, reduce_rows, used_streams,
@@ -31,13 +32,22 @@ pub struct CpuAccumulator {
     specs: Vec<TileSpec>,
     /// Per stream (none for streams the pass does not read).
     moments: Vec<Option<CpuMoments>>,
-    /// `[a_len, b_len]` co-moments per dense tile, one per pair for a sparse one.
-    tiles: Vec<Vec<f64>>,
+    /// What the pass keeps of its blocks.
+    totals: Totals,
     count: u64,
     /// Buffers kept from one update to the next (fresh ones cost the kernel a page clear each
     /// time: a tenth of an update at 4,096 × 1,024): each stream's centred block and one tile's
     /// f32 product.
     scratch: Scratch,
+}
+
+/// What a [`CpuAccumulator`] keeps of the blocks it has merged.
+#[derive(Debug)]
+enum Totals {
+    /// Every tile's co-moments: `[a_len, b_len]` per dense tile, one per pair for a sparse one.
+    Sums(Vec<Vec<f64>>),
+    /// The rows themselves, multiplied at the end of the pass.
+    Rows(HeldRows),
 }
 
 /// Reused per-update buffers of a [`CpuAccumulator`].
@@ -55,6 +65,19 @@ struct Scratch {
 impl CpuAccumulator {
     /// Zeroed accumulators for `specs`; `widths[s]` is stream `s`'s column count.
     pub fn new(specs: Vec<TileSpec>, widths: &[usize]) -> Self {
+        let sums = specs.iter().map(|t| vec![0.0; t.entries()]).collect();
+        Self::with_totals(specs, widths, Totals::Sums(sums))
+    }
+
+    /// Accumulators for `specs` (dense tiles) that hold the rows of every block, about
+    /// `expected` of them, and multiply each tile once when the pass ends ([`HeldRows`]).
+    pub fn holding_rows(specs: Vec<TileSpec>, widths: &[usize], expected: u64) -> Self {
+        let used = used_streams(&specs, widths.len());
+        let held = HeldRows::new(&used, widths, expected);
+        Self::with_totals(specs, widths, Totals::Rows(held))
+    }
+
+    fn with_totals(specs: Vec<TileSpec>, widths: &[usize], totals: Totals) -> Self {
         let used = used_streams(&specs, widths.len());
         Self {
             moments: widths
@@ -67,15 +90,26 @@ impl CpuAccumulator {
                     })
                 })
                 .collect(),
-            tiles: specs.iter().map(|t| vec![0.0; t.entries()]).collect(),
+            totals,
             specs,
             count: 0,
             scratch: Scratch::default(),
         }
     }
 
+    /// An error unless the moments are complete (held rows are summed when the pass ends).
+    fn ready(&self) -> Result<(), AnalysisError> {
+        match &self.totals {
+            Totals::Rows(h) if !h.is_centred() => Err(AnalysisError::Invalid(
+                "a pass that holds its rows is read before its updates are done".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The inverse scales `1/sqrt(M2)` of columns `cols` of stream `s`.
     fn scales(&self, s: usize, cols: std::ops::Range<usize>) -> Result<Vec<f64>, AnalysisError> {
+        self.ready()?;
         let m = self.moments[s].as_ref().ok_or_else(no_stream)?;
         Ok(cols
             .map(|i| inv_scale(m.mean[i], m.m2[i], self.count))
@@ -108,6 +142,13 @@ impl Accumulate for CpuAccumulator {
         if rows == 0 {
             return Ok(());
         }
+        let tiles = match &mut self.totals {
+            Totals::Sums(tiles) => tiles,
+            Totals::Rows(held) => {
+                self.count += held.append(block)? as u64;
+                return Ok(());
+            }
+        };
         let (w_mean, w_cross) = seedscope_gpu::merge_weights(self.count, rows as u64);
         let Scratch {
             centred,
@@ -196,7 +237,7 @@ impl Accumulate for CpuAccumulator {
         }
         let full = |s: usize| -> &[f64] { shifts[s].as_deref().unwrap_or_default() };
         let shift = |s: usize, c: &Range<usize>| -> &[f64] { &full(s)[c.clone()] };
-        for (t, acc) in self.specs.iter().zip(self.tiles.iter_mut()) {
+        for (t, acc) in self.specs.iter().zip(tiles.iter_mut()) {
             let Some(pairs) = &t.pairs else {
                 continue;
             };
@@ -235,7 +276,7 @@ impl Accumulate for CpuAccumulator {
                     at: (a.start - r.a.start, b.start - r.b.start),
                 };
                 let shifts = (shift(t.a_stream, &t.a_cols), shift(t.b_stream, &t.b_cols));
-                merge(&mut self.tiles[k], part, shifts, w_cross);
+                merge(&mut tiles[k], part, shifts, w_cross);
             }
         }
         // Covariances side by side, every band of each Gram matrix one task ([`grams`]).
@@ -261,7 +302,7 @@ impl Accumulate for CpuAccumulator {
                     at: (0, 0),
                 };
                 let d = shift(t.a_stream, &t.a_cols);
-                merge(&mut self.tiles[k], part, (d, d), w_cross);
+                merge(&mut tiles[k], part, (d, d), w_cross);
                 at += n * n;
             }
         }
@@ -271,6 +312,9 @@ impl Accumulate for CpuAccumulator {
 
     fn updates_done(&mut self) {
         self.scratch = Scratch::default();
+        if let Totals::Rows(held) = &mut self.totals {
+            held.finish(&mut self.moments);
+        }
     }
 
     async fn inv_scales(&self, stream: usize) -> Result<Vec<f64>, AnalysisError> {
@@ -279,6 +323,7 @@ impl Accumulate for CpuAccumulator {
     }
 
     async fn mean_var(&self, stream: usize) -> Result<Vec<(f64, f64)>, AnalysisError> {
+        self.ready()?;
         let n = self.count.max(1) as f64;
         let m = self.moments[stream].as_ref().ok_or_else(no_stream)?;
         Ok(m.mean
@@ -294,7 +339,9 @@ impl Accumulate for CpuAccumulator {
         mut sink: impl AsyncFnMut(usize, TileReduction) -> Result<Option<Vec<f32>>, AnalysisError>,
     ) -> Result<(), AnalysisError> {
         let mut spare = Vec::new();
-        for (k, (t, acc)) in self.specs.iter().zip(&self.tiles).enumerate() {
+        // A held pass's products, one tile at a time.
+        let mut product = Vec::new();
+        for (k, t) in self.specs.iter().enumerate() {
             let tile = match finish(k) {
                 Finish::Skip => continue,
                 Finish::Extremes => None,
@@ -302,9 +349,15 @@ impl Accumulate for CpuAccumulator {
             };
             let ia = self.scales(t.a_stream, t.a_cols.clone())?;
             let ib = self.scales(t.b_stream, t.b_cols.clone())?;
-            let red = match &t.pairs {
-                Some(p) => reduce_pairs(acc, p, (&ia, &ib), t.b_cols.start, tile),
-                None => reduce_rows(acc, &ia, &ib, tile),
+            let red = match (&self.totals, &t.pairs) {
+                (Totals::Sums(tiles), Some(p)) => {
+                    reduce_pairs(&tiles[k], p, (&ia, &ib), t.b_cols.start, tile)
+                }
+                (Totals::Sums(tiles), None) => reduce_rows(&tiles[k], &ia, &ib, tile),
+                (Totals::Rows(held), _) => {
+                    held.product(t, &mut product)?;
+                    reduce_rows(&product, &ia, &ib, tile)
+                }
             };
             if let Some(back) = sink(k, red).await? {
                 spare = back;
@@ -314,11 +367,22 @@ impl Accumulate for CpuAccumulator {
     }
 
     async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
-        let t = self.tiles.get(tile).ok_or_else(plan_mismatch)?;
-        Ok(Cow::Borrowed(t))
+        match &self.totals {
+            Totals::Sums(tiles) => Ok(Cow::Borrowed(tiles.get(tile).ok_or_else(plan_mismatch)?)),
+            Totals::Rows(held) => {
+                let t = self.specs.get(tile).ok_or_else(plan_mismatch)?;
+                let mut product = Vec::new();
+                held.product(t, &mut product)?;
+                Ok(Cow::Owned(product.into_iter().map(f64::from).collect()))
+            }
+        }
     }
 
     async fn save(&self) -> Result<SavedState, AnalysisError> {
+        let (tiles, rows) = match &self.totals {
+            Totals::Sums(tiles) => (tiles.clone(), Vec::new()),
+            Totals::Rows(held) => (Vec::new(), held.saved()?),
+        };
         Ok(SavedState {
             count: self.count,
             moments: self
@@ -326,20 +390,55 @@ impl Accumulate for CpuAccumulator {
                 .iter()
                 .map(|m| m.as_ref().map(|m| [m.mean.clone(), m.m2.clone()].concat()))
                 .collect(),
-            tiles: self.tiles.clone(),
+            tiles,
+            rows,
             hists: Vec::new(),
             anatomy: Vec::new(),
         })
     }
 
     async fn save_canonical(&self) -> Result<SavedState, AnalysisError> {
-        self.save().await
+        let Totals::Rows(held) = &self.totals else {
+            return self.save().await;
+        };
+        // The sums the rows make: their moments and every tile's co-moments.
+        let mut held = held.clone();
+        let mut moments = self.moments.clone();
+        held.finish(&mut moments);
+        let mut tiles = Vec::with_capacity(self.specs.len());
+        let mut product = Vec::new();
+        for t in &self.specs {
+            held.product(t, &mut product)?;
+            tiles.push(product.iter().map(|&v| f64::from(v)).collect());
+        }
+        Ok(SavedState {
+            count: self.count,
+            moments: moments
+                .into_iter()
+                .map(|m| m.map(|m| [m.mean, m.m2].concat()))
+                .collect(),
+            tiles,
+            rows: Vec::new(),
+            hists: Vec::new(),
+            anatomy: Vec::new(),
+        })
     }
 
     fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
-        if state.moments.len() != self.moments.len() || state.tiles.len() != self.tiles.len() {
+        if state.moments.len() != self.moments.len() {
             return Err(plan_mismatch());
         }
+        let tiles = match &mut self.totals {
+            Totals::Sums(tiles) if state.tiles.len() == tiles.len() && state.rows.is_empty() => {
+                tiles
+            }
+            Totals::Rows(held) if state.tiles.is_empty() => {
+                held.restore(&state.rows, state.count)?;
+                self.count = state.count;
+                return Ok(());
+            }
+            _ => return Err(plan_mismatch()),
+        };
         for (m, s) in self.moments.iter_mut().zip(&state.moments) {
             match (m, s) {
                 (Some(m), Some(s)) if s.len() == 2 * m.mean.len() => {
@@ -351,7 +450,7 @@ impl Accumulate for CpuAccumulator {
                 _ => return Err(plan_mismatch()),
             }
         }
-        for (t, s) in self.tiles.iter_mut().zip(&state.tiles) {
+        for (t, s) in tiles.iter_mut().zip(&state.tiles) {
             if t.len() != s.len() {
                 return Err(plan_mismatch());
             }
@@ -970,6 +1069,89 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A pass that holds its rows gives the correlations, moments and co-moments that sums
+    /// merged block by block give (to f32 products' precision), also when it is saved after
+    /// its first blocks and restored into fresh accumulators; it is read only once its
+    /// updates are done, and takes no block after that.
+    #[test]
+    fn held_rows_are_the_sums_of_their_blocks() {
+        let widths = [6, 8, 5];
+        let specs = vec![
+            TileSpec::dense(0, 0..3, 1, 0..4),
+            TileSpec::dense(0, 3..6, 1, 4..8),
+            TileSpec::dense(0, 0..6, 2, 0..5),
+        ];
+        let value = |s: usize, c: usize, r: usize| -> f32 {
+            let t = (r * 7919 + c * 104_729 + s * 1_299_709) % 1000;
+            (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 40.0 * s as f32 - c as f32
+        };
+        let mut sums = CpuAccumulator::new(specs.clone(), &widths);
+        let total = feed(&mut sums, &widths, &[50, 130, 7], value) as u64;
+        // Held: the first two blocks, saved and restored into fresh accumulators, then the last.
+        let mut first = CpuAccumulator::holding_rows(specs.clone(), &widths, total);
+        feed(&mut first, &widths, &[50, 130], value);
+        assert!(
+            pollster::block_on(first.mean_var(0)).is_err(),
+            "read too early"
+        );
+        let saved = pollster::block_on(first.save()).expect("save");
+        assert!(saved.tiles.is_empty() && saved.rows.iter().flatten().count() == 3);
+        let mut held = CpuAccumulator::holding_rows(specs.clone(), &widths, total);
+        held.restore(&saved).expect("restore");
+        let value_from = |s: usize, c: usize, r: usize| value(s, c, r + 180);
+        feed(&mut held, &widths, &[7], value_from);
+        assert_eq!(held.count(), total);
+        let canonical = pollster::block_on(held.save_canonical()).expect("canonical");
+        let exact = pollster::block_on(sums.save_canonical()).expect("sums");
+        for (got, want) in canonical.tiles.iter().zip(&exact.tiles) {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
+            }
+        }
+        held.updates_done();
+        for s in 0..3 {
+            let (h, e) =
+                pollster::block_on(async { (held.mean_var(s).await, sums.mean_var(s).await) });
+            for ((hm, hv), (em, ev)) in h.expect("held").into_iter().zip(e.expect("sums")) {
+                assert!((hm - em).abs() < 1e-9 * em.abs().max(1.0), "{hm} vs {em}");
+                assert!((hv - ev).abs() < 1e-9 * ev.abs().max(1.0), "{hv} vs {ev}");
+            }
+        }
+        let want = finalized(&sums, |_| Finish::WithTile);
+        let got = finalized(&held, |_| Finish::WithTile);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (g, w) = (g.as_ref().expect("held tile"), w.as_ref().expect("tile"));
+            let (gt, wt) = (
+                g.tile.as_deref().expect("held"),
+                w.tile.as_deref().expect("sums"),
+            );
+            for (a, b) in gt.iter().zip(wt) {
+                assert!((a - b).abs() < 1e-5, "tile {k}: {a} vs {b}");
+            }
+            assert_eq!((&g.argmax, &g.argmin), (&w.argmax, &w.argmin), "tile {k}");
+        }
+        let c = pollster::block_on(held.co_moments(2)).expect("co-moments");
+        for (g, w) in c.iter().zip(&exact.tiles[2]) {
+            assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        let late = feed_result(&mut held, &widths, value);
+        assert!(late.is_err(), "a block after the rows were centred");
+    }
+
+    /// One block of 3 rows into `acc`, its result.
+    fn feed_result(
+        acc: &mut CpuAccumulator,
+        widths: &[usize],
+        value: impl Fn(usize, usize, usize) -> f32,
+    ) -> Result<(), AnalysisError> {
+        let block: Vec<Option<Array2<f32>>> = widths
+            .iter()
+            .enumerate()
+            .map(|(s, &w)| Some(Array2::from_shape_fn((3, w), |(r, c)| value(s, c, r))))
+            .collect();
+        acc.update(&block)
     }
 
     /// Tiles side by side become one rectangle, those that do not fit together or would pass

@@ -160,6 +160,7 @@ impl GpuAccumulator {
             count: self.count(),
             moments,
             tiles,
+            rows: Vec::new(),
             hists: Vec::new(),
             anatomy: Vec::new(),
         })

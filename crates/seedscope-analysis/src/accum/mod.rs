@@ -9,6 +9,7 @@
 
 mod cpu;
 mod gpu;
+mod held;
 mod rotated;
 
 pub use cpu::{CpuAccumulator, CpuMoments};
@@ -42,6 +43,9 @@ pub struct SavedState {
     pub moments: Vec<Option<Vec<f64>>>,
     /// Per tile accumulators.
     pub tiles: Vec<Vec<f64>>,
+    /// Per stream its rows so far, in a pass that holds them instead of sums (the CPU path's
+    /// [`crate::plan::Plan::holds_rows`]; empty otherwise).
+    pub rows: Vec<Option<Vec<f32>>>,
     /// Pre-activation histograms being counted in this pass ([`crate::hist`]).
     pub hists: Vec<Vec<u32>>,
     /// Anatomy accumulators being filled in this pass ([`crate::anatomy::Anatomies`]).
@@ -73,7 +77,9 @@ pub trait Accumulate {
 
     /// Every block is merged: let go of what only [`Self::update`] uses (the CPU path's
     /// centred copies of a block, kept from one block to the next) before the pass is
-    /// finished. Updates after it still work (they allocate again).
+    /// finished. A pass that holds its rows sums their moments and centres them here, and is
+    /// read only after it (updates after it are refused); others take updates after it too
+    /// (they allocate again).
     fn updates_done(&mut self) {}
 
     /// Per-neuron `(mean, variance)` of a stream (population variance over merged rows).
@@ -161,14 +167,20 @@ fn reduce_pairs(
     })
 }
 
-/// Per anchor row of a dense tile: the best and worst correlation (and with `tile`, the row
-/// itself, written into that buffer); per column, the best row.
-fn reduce_rows(acc: &[f64], ia: &[f64], ib: &[f64], tile: Option<Vec<f32>>) -> TileReduction {
+/// Per anchor row of a dense tile of co-moments (f64 sums, or a held pass's f32 product): the
+/// best and worst correlation (and with `tile`, the row itself, written into that buffer);
+/// per column, the best row.
+fn reduce_rows<T: Copy + Into<f64> + Sync>(
+    acc: &[T],
+    ia: &[f64],
+    ib: &[f64],
+    tile: Option<Vec<f32>>,
+) -> TileReduction {
     let nb = ib.len();
     reduce(ia.len(), (nb, nb), tile, |i| {
         ib.iter()
             .enumerate()
-            .map(move |(j, &sb)| (j as u32, acc[i * nb + j] * ia[i] * sb))
+            .map(move |(j, &sb)| (j as u32, acc[i * nb + j].into() * ia[i] * sb))
     })
 }
 

@@ -78,7 +78,7 @@ impl Run<'_> {
             }
             let merged = merge_states(specs, &widths, states)?;
             n_tokens = merged.count;
-            let mut acc = Cpu.accumulator(specs.clone(), &widths)?;
+            let mut acc = Cpu.accumulator(specs.clone(), &widths, None)?;
             acc.restore(&merged)?;
             let counted = counted_anchors(&results, &acc.streams());
             let counted_widths = anchor_widths(&results, &counted, &widths);

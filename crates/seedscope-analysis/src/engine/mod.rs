@@ -240,7 +240,15 @@ impl Run<'_> {
             read_back: candidates.is_some() || !self.options.save_tiles.is_empty(),
             kinds: self.options.kinds(),
             max_binding,
+            // Refinement's first stage screens: on the CPU it may hold its rows.
+            may_hold_rows: self.on_cpu() && candidates.is_some() && self.options.refine.is_none(),
         })
+    }
+
+    /// Whether the statistics run on the host ([`Run::run_on_device`] picks [`Cpu`]).
+    fn on_cpu(&self) -> bool {
+        let device = self.family.device;
+        device.wgpu.is_none() || device.adapter.is_none()
     }
 
     /// Bytes the run holds throughout: the models' weights and, per anchor, its results

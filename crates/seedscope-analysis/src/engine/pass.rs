@@ -59,18 +59,19 @@ enum Source {
 
 impl<C: Compute> Pass<C> {
     /// The pass of `specs`, fresh or continued from `resumed`, getting its activations from
-    /// `source`; `keep`: what it also computes for later passes.
+    /// `source`; `keep`: what it also computes for later passes; `held_rows = Some(tokens)`:
+    /// it holds its rows ([`Plan::holds_rows`]).
     fn new(
         run: &Run<'_>,
         compute: &C,
-        (specs, source): (&[TileSpec], Source),
+        (specs, source, held_rows): (&[TileSpec], Source, Option<u64>),
         results: &[AnchorResult],
         resumed: Option<&SavedState>,
         keep: Option<&Keep>,
     ) -> Result<Self, AnalysisError> {
         let n_models = run.family.models.len();
         let widths = run.family.stream_widths()?;
-        let mut acc = compute.accumulator(specs.to_vec(), &widths)?;
+        let mut acc = compute.accumulator(specs.to_vec(), &widths, held_rows)?;
         let used = acc.streams();
         let counted = counted_anchors(results, &used);
         let counted_widths = anchor_widths(results, &counted, &widths);
@@ -419,10 +420,11 @@ impl Run<'_> {
             };
             let keep = store.as_ref().map(|s| s.keep().clone());
             let keep = keep.as_ref().filter(|_| source == Source::Fill);
+            let held_rows = plan.holds_rows.then_some(tokens_per_pass);
             let mut pass = Pass::new(
                 self,
                 compute,
-                (specs, source),
+                (specs, source, held_rows),
                 &results,
                 resumed.as_ref(),
                 keep,

@@ -236,5 +236,6 @@ pub(super) fn pair_plan(
         reserved_bytes,
         reuse: Reuse::Single,
         reuse_bytes: 0,
+        holds_rows: false,
     })
 }
