@@ -100,8 +100,8 @@ impl<C: Compute> Pass<C> {
                 ]
             })
             .collect();
-        // A layer's rotation is 9.4 M Gaussian draws at GPT-2 small: only for forwards (a
-        // 12-layer first stage has 85 passes, all but the first reading kept activations).
+        // A layer's rotation is 9.4 M Gaussian draws at GPT-2 small: only for forwards (the
+        // passes after the first of a plan read kept activations).
         let rotated: Vec<bool> = (0..KINDS * n_models)
             .map(|s| {
                 Kind::of(s) == Kind::Rotated && wants[model_of(s)][1] && source != Source::Reuse
