@@ -309,28 +309,44 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
             return Ok(plan);
         }
     }
-    let tiles = tiles(input, tile_budget, true).ok_or_else(|| too_small(tile_budget))?;
-    let passes = pack(input, &tiles, tile_budget);
+    let tiles = |budget: u64| self::tiles(input, budget, true);
+    let all = tiles(tile_budget).ok_or_else(|| too_small(tile_budget))?;
+    let sums = |p: &[TileSpec]| p.iter().map(|t| cost(input, t)).sum::<u64>();
+    let mut plan = packed(
+        input,
+        (activation_bytes, tile_budget),
+        |budget| tiles(budget).map(|t| pack(input, &t, budget)),
+        sums,
+    )
+    .ok_or_else(|| too_small(tile_budget))?;
+    plan.max_tile_bytes += read_back_bytes(input, all.iter());
+    Ok(plan)
+}
+
+/// The plan of the passes `pack` makes under a budget (none where nothing fits), `pass_bytes`
+/// what one of them holds. One pass, or several where the first keeps the activations the
+/// others read: in memory where they take at most half of `budget` and the passes still pack
+/// into the rest, else on disk.
+fn packed(
+    input: &PlanInput,
+    (activation_bytes, budget): (u64, u64),
+    pack: impl Fn(u64) -> Option<Vec<Vec<TileSpec>>>,
+    pass_bytes: impl Fn(&[TileSpec]) -> u64,
+) -> Option<Plan> {
+    let passes = pack(budget)?;
     let reuse_bytes = reused_bytes(input, &passes);
-    let (passes, reuse) = if passes.len() <= 1 {
-        (passes, Reuse::Single)
-    } else if reuse_bytes <= tile_budget / 2 {
-        let rest = tile_budget - reuse_bytes;
-        let tiles = self::tiles(input, rest, true).ok_or_else(|| too_small(rest))?;
-        (pack(input, &tiles, rest), Reuse::Memory)
-    } else {
-        (passes, Reuse::Disk)
+    let in_memory = (passes.len() > 1 && reuse_bytes <= budget / 2)
+        .then(|| pack(budget - reuse_bytes))
+        .flatten();
+    let (passes, reuse) = match in_memory {
+        _ if passes.len() <= 1 => (passes, Reuse::Single),
+        Some(rest) => (rest, Reuse::Memory),
+        None => (passes, Reuse::Disk),
     };
-    let max_tile_bytes = passes
-        .iter()
-        .map(|p| p.iter().map(|t| cost(input, t)).sum::<u64>())
-        .max()
-        .unwrap_or(0)
-        + read_back_bytes(input, passes.iter().flatten());
-    Ok(Plan {
+    Some(Plan {
+        max_tile_bytes: passes.iter().map(|p| pass_bytes(p)).max().unwrap_or(0),
         passes,
         activation_bytes,
-        max_tile_bytes,
         reserved_bytes: input.reserved,
         reuse,
         reuse_bytes,
@@ -355,10 +371,9 @@ fn held_bytes<'a>(input: &PlanInput, tiles: impl IntoIterator<Item = &'a TileSpe
 
 /// The plan of passes that hold their rows ([`Plan::holds_rows`]): `tiles` (dense, one anchor
 /// layer by one other layer) taken in order, a pass holding the rows of every stream its tiles
-/// read, one tile's product and, coming back, its correlations. With several passes the
-/// activations are reused as in [`plan`] (on disk where the rest of the budget would not hold
-/// one tile's product). None where two streams' rows do not fit (sums of
-/// a few tiles at a time still do).
+/// read, one tile's product and, coming back, its correlations; activations reused as
+/// [`packed`] says. None where two streams' rows do not fit (sums of a few tiles at a time
+/// still do).
 fn plan_rows(
     input: &PlanInput,
     tiles: Vec<TileSpec>,
@@ -384,30 +399,12 @@ fn plan_rows(
         }
         Some(passes)
     };
-    let passes = pack(budget)?;
-    let reuse_bytes = reused_bytes(input, &passes);
-    let in_memory = (passes.len() > 1 && reuse_bytes <= budget / 2)
-        .then(|| pack(budget - reuse_bytes))
-        .flatten();
-    let (passes, reuse) = match in_memory {
-        _ if passes.len() <= 1 => (passes, Reuse::Single),
-        Some(rest) => (rest, Reuse::Memory),
-        None => (passes, Reuse::Disk),
-    };
-    let max_tile_bytes = passes
-        .iter()
-        .map(|p| held_bytes(input, p))
-        .max()
-        .unwrap_or(0)
-        + per_pass;
+    let plan = packed(input, (activation_bytes, budget), pack, |p| {
+        held_bytes(input, p) + per_pass
+    })?;
     Some(Plan {
-        passes,
-        activation_bytes,
-        max_tile_bytes,
-        reserved_bytes: input.reserved,
-        reuse,
-        reuse_bytes,
         holds_rows: true,
+        ..plan
     })
 }
 

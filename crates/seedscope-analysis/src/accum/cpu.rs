@@ -880,15 +880,27 @@ mod tests {
     ) -> usize {
         let mut r0 = 0;
         for &n in lengths {
-            let block: Vec<Option<Array2<f32>>> = widths
-                .iter()
-                .enumerate()
-                .map(|(s, &w)| Some(Array2::from_shape_fn((n, w), |(r, c)| value(s, c, r0 + r))))
-                .collect();
-            acc.update(&block).expect("update");
+            acc.update(&block(widths, r0..r0 + n, &value))
+                .expect("update");
             r0 += n;
         }
         r0
+    }
+
+    /// Every stream's rows `rows` of `value(s, c, r)`.
+    fn block(
+        widths: &[usize],
+        rows: Range<usize>,
+        value: impl Fn(usize, usize, usize) -> f32,
+    ) -> Vec<Option<Array2<f32>>> {
+        widths
+            .iter()
+            .enumerate()
+            .map(|(s, &w)| {
+                let at = |(r, c)| value(s, c, rows.start + r);
+                Some(Array2::from_shape_fn((rows.len(), w), at))
+            })
+            .collect()
     }
 
     /// A sink that gives each tile's buffer back gets the next tile written into it, and the
@@ -1136,22 +1148,8 @@ mod tests {
         for (g, w) in c.iter().zip(&exact.tiles[2]) {
             assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
         }
-        let late = feed_result(&mut held, &widths, value);
+        let late = held.update(&block(&widths, 0..3, value));
         assert!(late.is_err(), "a block after the rows were centred");
-    }
-
-    /// One block of 3 rows into `acc`, its result.
-    fn feed_result(
-        acc: &mut CpuAccumulator,
-        widths: &[usize],
-        value: impl Fn(usize, usize, usize) -> f32,
-    ) -> Result<(), AnalysisError> {
-        let block: Vec<Option<Array2<f32>>> = widths
-            .iter()
-            .enumerate()
-            .map(|(s, &w)| Some(Array2::from_shape_fn((3, w), |(r, c)| value(s, c, r))))
-            .collect();
-        acc.update(&block)
     }
 
     /// Tiles side by side become one rectangle, those that do not fit together or would pass
