@@ -445,9 +445,9 @@ pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
 
 /// Every tile of the input, each at most `tile_budget` bytes and the device's largest binding
 /// (none if one row of a layer does not fit), with `derive`, none for the rotated streams
-/// whose baseline is derived ([`derives_baseline`]): stream by stream of the other model (a pass then
-/// reads few streams), and within one, other layer by other layer (the tiles a derived
-/// baseline reads from one covariance follow each other).
+/// whose baseline is derived ([`derives_baseline`]): stream by stream of the other model (a
+/// pass then reads few streams), and within one, other layer by other layer (the tiles a
+/// derived baseline reads from one covariance follow each other).
 fn tiles(input: &PlanInput, tile_budget: u64, derive: bool) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
     // Same-layer tiles come back for the one-to-one assignment.
