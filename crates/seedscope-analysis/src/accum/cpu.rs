@@ -726,7 +726,7 @@ fn merge(acc: &mut [f64], part: Part<'_>, (da, db): (&[f64], &[f64]), w_cross: f
 /// Rows per part of a block's centring: the parts are reduced in parallel and their sums added
 /// in order, so the totals do not depend on the thread count. A multiple of [`ROW_CHUNK`], so
 /// a part is whole chunks of a [`Layout::Chunked`] buffer too.
-const PART: usize = 4 * ROW_CHUNK;
+pub(super) const PART: usize = 4 * ROW_CHUNK;
 
 /// Centre a block on its means (corrected two-pass, f64), merge its moments into `m` (with the
 /// merge weights of the mean and the cross term), write the centred f32 block in `layout`
@@ -800,7 +800,7 @@ fn center_block(
 }
 
 /// The element-wise sum of the parts' vectors, added in part order.
-fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) -> Vec<f64> {
+pub(super) fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) -> Vec<f64> {
     let parts: Vec<Vec<f64>> = parts.collect();
     let total = parts.into_iter().reduce(|mut total, part| {
         total.iter_mut().zip(&part).for_each(|(t, &v)| *t += v);

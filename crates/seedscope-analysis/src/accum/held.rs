@@ -15,6 +15,7 @@
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 
+use super::cpu::{PART, sum_parts};
 use super::{CpuMoments, missing_stream, plan_mismatch};
 use crate::AnalysisError;
 use crate::plan::TileSpec;
@@ -30,9 +31,6 @@ pub(super) struct HeldRows {
     count: usize,
     centred: bool,
 }
-
-/// Rows per part of the moments' sums, which run in parallel.
-const PART: usize = 256;
 
 impl HeldRows {
     /// No rows yet of the `used` streams (`widths`: every stream's), with room for `expected`
@@ -105,41 +103,27 @@ impl HeldRows {
             if w == 0 {
                 continue;
             }
-            let sums = |parts: Vec<Vec<f64>>| {
-                parts.into_iter().fold(vec![0.0f64; w], |mut t, p| {
-                    t.iter_mut().zip(&p).for_each(|(t, v)| *t += v);
-                    t
-                })
-            };
-            let mean: Vec<f64> = sums(
-                rows.par_chunks(PART * w)
-                    .map(|part| {
-                        let mut s = vec![0.0f64; w];
-                        for r in part.chunks_exact(w) {
-                            s.iter_mut().zip(r).for_each(|(s, &v)| *s += v as f64);
-                        }
-                        s
-                    })
-                    .collect(),
-            )
+            let mean: Vec<f64> = sum_parts(rows.par_chunks(PART * w).map(|part| {
+                let mut s = vec![0.0f64; w];
+                for r in part.chunks_exact(w) {
+                    s.iter_mut().zip(r).for_each(|(s, &v)| *s += v as f64);
+                }
+                s
+            }))
             .into_iter()
             .map(|s| s / n)
             .collect();
-            let m2 = sums(
-                rows.par_chunks_mut(PART * w)
-                    .map(|part| {
-                        let mut s = vec![0.0f64; w];
-                        for r in part.chunks_exact_mut(w) {
-                            for ((v, s), &mu) in r.iter_mut().zip(&mut s).zip(&mean) {
-                                let d = *v as f64 - mu;
-                                *s += d * d;
-                                *v = d as f32;
-                            }
-                        }
-                        s
-                    })
-                    .collect(),
-            );
+            let m2 = sum_parts(rows.par_chunks_mut(PART * w).map(|part| {
+                let mut s = vec![0.0f64; w];
+                for r in part.chunks_exact_mut(w) {
+                    for ((v, s), &mu) in r.iter_mut().zip(&mut s).zip(&mean) {
+                        let d = *v as f64 - mu;
+                        *s += d * d;
+                        *v = d as f32;
+                    }
+                }
+                s
+            }));
             *m = CpuMoments { mean, m2 };
         }
         self.centred = true;
