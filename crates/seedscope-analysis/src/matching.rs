@@ -1,13 +1,13 @@
-//! Maximum-weight matching of a sparse bipartite graph: the one-to-one assignment of a refined
-//! run, whose layer blocks know only each anchor neuron's candidates (about 1 % of a 3,072 ×
-//! 3,072 block).
+//! Maximum-weight matching of a sparse bipartite graph: every one-to-one assignment of a layer
+//! block. A refined run's blocks know only each anchor neuron's candidates (about 1 % of a
+//! 3,072 × 3,072 block); a dense block is solved over a few per cent of its entries and priced
+//! against the rest ([`Matching::improvement`], `results::assign`).
 //!
-//! The dense solver (`lsap`, as scipy's `linear_sum_assignment`) walks every column of the block
-//! at each step of every augmenting path, known or not: about 4 CPU-seconds per 3,072-neuron
-//! layer pair, most of a refined 2-layer GPT-2-width run's `finish` (at 12 layers the first
-//! stage's reductions outweigh it). Here the same shortest augmenting
-//! path method (Crouse 2016, the algorithm of scipy and `lsap`) walks only the known entries,
-//! with a binary heap in place of the scan for the nearest column.
+//! A dense solver (`lsap`, as scipy's `linear_sum_assignment`) walks every column of the block
+//! at each step of every augmenting path, known or not: 1–3 CPU-seconds per 3,072-neuron layer
+//! pair. Here the same shortest augmenting path method (Crouse 2016, the algorithm of scipy and
+//! `lsap`) walks only the graph's entries, with a binary heap in place of the scan for the
+//! nearest column, and keeps the dual prices that prove its matching best.
 //!
 //! Each row may stay unmatched: it has a private zero-cost column of its own, so a complete
 //! matching always exists and the solver never fails.
@@ -85,10 +85,38 @@ impl PartialOrd for Near {
 
 const NONE: usize = usize::MAX;
 
+/// A maximum-weight matching and the dual prices that prove it: every known entry's weight is
+/// at most `-(row_price[i] + col_price[j])`, with equality on the matching (a row's own
+/// column of weight 0, where it stays unmatched, included). An entry the graph did not have whose weight exceeds that
+/// bound could improve the matching; where no entry does, the matching is the best over them
+/// too (linear-programming duality).
+#[derive(Debug, Clone)]
+pub struct Matching {
+    /// Each row's column.
+    pub partner: Vec<Option<usize>>,
+    /// The rows' dual prices.
+    row_price: Vec<f64>,
+    /// The columns' dual prices.
+    col_price: Vec<f64>,
+}
+
+impl Matching {
+    /// By how much an entry at row `i`, column `j` of weight `w` exceeds its dual bound.
+    pub fn improvement(&self, i: usize, j: usize, w: f64) -> f64 {
+        w + self.row_price[i] + self.col_price[j]
+    }
+
+    /// Whether an entry the graph did not have, exceeding its bound `by`, could improve the
+    /// matching (beyond rounding).
+    pub fn improves(&self, by: f64) -> bool {
+        by > 1e-9
+    }
+}
+
 /// The matching of largest total weight among `m`'s known entries, each row and each column
 /// used at most once, a row left unmatched adding nothing (so entries of negative weight are
-/// never used). Returns each row's column.
-pub fn max_weight_matching(m: &SparseRows) -> Vec<Option<usize>> {
+/// never used).
+pub fn max_weight_matching(m: &SparseRows) -> Matching {
     let rows = m.rows();
     // Columns: the matrix's, then one private column per row (cost 0: unmatched).
     let nc = m.cols + rows;
@@ -166,10 +194,15 @@ pub fn max_weight_matching(m: &SparseRows) -> Vec<Option<usize>> {
         cols_seen.clear();
         heap.clear();
     }
-    col4row
-        .into_iter()
-        .map(|j| (j < m.cols).then_some(j))
-        .collect()
+    v.truncate(m.cols);
+    Matching {
+        partner: col4row
+            .into_iter()
+            .map(|j| (j < m.cols).then_some(j))
+            .collect(),
+        row_price: u,
+        col_price: v,
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +274,7 @@ mod tests {
                         .collect();
                     let m =
                         SparseRows::from_dense(&dense, rows, cols, |w| (!w.is_nan()).then_some(w));
-                    let got = max_weight_matching(&m);
+                    let got = max_weight_matching(&m).partner;
                     assert_eq!(got.len(), rows);
                     let (t, b) = (total(&m, &got), brute(&m));
                     assert!(

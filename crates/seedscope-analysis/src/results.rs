@@ -129,43 +129,25 @@ impl OneToOne {
 /// column.
 ///
 /// A block that knows at most an eighth of its entries (a refined run's, which knows each
-/// anchor neuron's candidates) is solved over its known entries alone
-/// ([`crate::matching`]); a denser one by `lsap`'s Jonker-Volgenant over the whole block.
-pub fn assign(
-    corr: &[f32],
-    da: usize,
-    db: usize,
-) -> Result<Vec<Option<usize>>, crate::AnalysisError> {
+/// anchor neuron's candidates) is solved over its known entries alone; a denser one over each
+/// row's largest entries first, then priced against the whole block (`assign_dense`).
+pub fn assign(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
     let known = corr.iter().filter(|c| !c.is_nan()).count();
     if known * 8 <= da * db {
-        Ok(assign_sparse(corr, da, db))
+        assign_sparse(corr, da, db)
     } else {
         assign_dense(corr, da, db)
     }
 }
 
-/// [`assign`] over the whole block.
-fn assign_dense(
-    corr: &[f32],
-    da: usize,
-    db: usize,
-) -> Result<Vec<Option<usize>>, crate::AnalysisError> {
-    let cost: Vec<f64> = corr
-        .iter()
-        .map(|&c| if c.is_nan() { UNKNOWN } else { c as f64 })
-        .collect();
-    let (rows, cols) = lsap::solve(da, db, &cost, true).map_err(|e| {
-        crate::AnalysisError::Invalid(format!("the one-to-one assignment of a layer failed: {e}"))
-    })?;
-    let mut partner = vec![None; da];
-    for (r, c) in rows.into_iter().zip(cols) {
-        partner[r] = Some(c);
-    }
-    Ok(partner)
-}
-
 /// What an unknown entry weighs in the assignment: less than any correlation.
 const UNKNOWN: f64 = -3.0;
+
+/// An entry's weight in the matching: its correlation less [`UNKNOWN`], so every known entry
+/// weighs more than none.
+fn weight(c: f32) -> Option<f64> {
+    (!c.is_nan()).then(|| f64::from(c) - UNKNOWN)
+}
 
 /// [`assign`] over the known entries. Every complete assignment is a matching of known entries
 /// plus pairs of unknown ones, so its total is the matching's total with `-UNKNOWN` added to
@@ -173,15 +155,121 @@ const UNKNOWN: f64 = -3.0;
 /// (all positive) completed with the rows and columns it leaves free, in order, is the best
 /// assignment.
 fn assign_sparse(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
-    let known = crate::matching::SparseRows::from_dense(corr, da, db, |c| {
-        (!c.is_nan()).then(|| f64::from(c) - UNKNOWN)
-    });
-    let mut partner = crate::matching::max_weight_matching(&known);
+    let known = crate::matching::SparseRows::from_dense(corr, da, db, weight);
+    complete(crate::matching::max_weight_matching(&known).partner, db)
+}
+
+/// Entries of each row and of each column a dense block's assignment starts from: their
+/// largest.
+const FIRST_ENTRIES: usize = 8;
+
+/// Entries a row takes in per round where entries outside the graph beat its prices: those
+/// that beat them most.
+const MORE_ENTRIES: usize = 16;
+
+/// [`assign`] over a whole block, by pricing: the best matching over each row's and each
+/// column's [`FIRST_ENTRIES`] largest entries, then every other known entry checked against
+/// that matching's dual prices. Entries that could improve it join the graph (up to
+/// [`MORE_ENTRIES`] a row) and it is solved again, until none can; the matching is then the
+/// best over the whole block (linear-programming duality), and completed as in
+/// [`assign_sparse`]. A correlation block's assignment lies among its rows' and columns'
+/// largest entries but for a few, so this is a few sparse solves over a few per cent of the
+/// block, where a dense solver (scipy's and `lsap`'s shortest augmenting paths) walks every
+/// column at every step.
+fn assign_dense(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
+    assign_priced(corr, da, db, FIRST_ENTRIES)
+}
+
+/// [`assign_dense`], starting from each row's and each column's `first` largest entries.
+fn assign_priced(corr: &[f32], da: usize, db: usize, first: usize) -> Vec<Option<usize>> {
+    let rows = || corr.chunks_exact(db.max(1)).take(da);
+    let mut chosen = largest_entries(corr, da, db, first);
+    loop {
+        let mut graph = crate::matching::SparseRows {
+            cols: db,
+            start: vec![0],
+            ..Default::default()
+        };
+        for (row, cols) in rows().zip(&chosen) {
+            for &j in cols {
+                graph.col.push(j);
+                graph
+                    .weight
+                    .push(weight(row[j as usize]).expect("a known entry"));
+            }
+            graph.start.push(graph.col.len());
+        }
+        graph.start.resize(da + 1, graph.col.len());
+        let matching = crate::matching::max_weight_matching(&graph);
+        let mut added = false;
+        for (i, (row, cols)) in rows().zip(&mut chosen).enumerate() {
+            let mut better: Vec<(f64, u32)> = row
+                .iter()
+                .enumerate()
+                .filter_map(|(j, &c)| {
+                    let by = matching.improvement(i, j, weight(c)?);
+                    (matching.improves(by) && cols.binary_search(&(j as u32)).is_err())
+                        .then_some((by, j as u32))
+                })
+                .collect();
+            if better.len() > MORE_ENTRIES {
+                better.select_nth_unstable_by(MORE_ENTRIES, |a, b| b.0.total_cmp(&a.0));
+                better.truncate(MORE_ENTRIES);
+            }
+            if !better.is_empty() {
+                cols.extend(better.into_iter().map(|(_, j)| j));
+                cols.sort_unstable();
+                added = true;
+            }
+        }
+        if !added {
+            return complete(matching.partner, db);
+        }
+    }
+}
+
+/// The columns of each row's `k` largest known entries and of each column's, as each row's
+/// columns in order: one pass over the block.
+fn largest_entries(corr: &[f32], da: usize, db: usize, k: usize) -> Vec<Vec<u32>> {
+    let desc = |a: f32, b: f32| a > b;
+    let (mut col_val, mut col_row) = (vec![f32::NEG_INFINITY; db * k], vec![u32::MAX; db * k]);
+    let (mut row_val, mut row_col) = (vec![f32::NEG_INFINITY; k], vec![u32::MAX; k]);
+    let mut chosen: Vec<Vec<u32>> = Vec::with_capacity(da);
+    for (i, row) in corr.chunks_exact(db.max(1)).take(da).enumerate() {
+        row_val.fill(f32::NEG_INFINITY);
+        row_col.fill(u32::MAX);
+        for (j, &c) in row.iter().enumerate() {
+            insert_ranked(&mut row_val, &mut row_col, c, j as u32, desc);
+            let at = j * k..(j + 1) * k;
+            insert_ranked(
+                &mut col_val[at.clone()],
+                &mut col_row[at],
+                c,
+                i as u32,
+                desc,
+            );
+        }
+        chosen.push(row_col.iter().copied().filter(|&j| j != u32::MAX).collect());
+    }
+    for (j, best) in col_row.chunks_exact(k.max(1)).enumerate() {
+        for &i in best.iter().filter(|&&i| i != u32::MAX) {
+            chosen[i as usize].push(j as u32);
+        }
+    }
+    for cols in &mut chosen {
+        cols.sort_unstable();
+        cols.dedup();
+    }
+    chosen
+}
+
+/// A matching completed into an assignment: the rows it leaves free take the columns it leaves
+/// free, in order (as many as the smaller side has free).
+fn complete(mut partner: Vec<Option<usize>>, db: usize) -> Vec<Option<usize>> {
     let mut used = vec![false; db];
     for j in partner.iter().flatten() {
         used[*j] = true;
     }
-    // The free rows and the free columns are equally many on the smaller side.
     let free = (0..db).filter(|&j| !used[j]);
     for (p, j) in partner.iter_mut().filter(|p| p.is_none()).zip(free) {
         *p = Some(j);
@@ -575,7 +663,7 @@ pub(crate) mod tests {
                     })
                     .collect();
                 for (solver, got) in [
-                    ("dense", assign_dense(&corr, da, db).expect("assigned")),
+                    ("dense", assign_dense(&corr, da, db)),
                     ("sparse", assign_sparse(&corr, da, db)),
                 ] {
                     assert_eq!(got.len(), da, "{solver}");
@@ -645,19 +733,89 @@ pub(crate) mod tests {
         }
     }
 
+    /// `lsap`'s assignment (scipy's algorithm over every entry), NaN weighing [`UNKNOWN`].
+    fn lsap_assignment(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
+        let cost: Vec<f64> = corr
+            .iter()
+            .map(|&c| if c.is_nan() { UNKNOWN } else { f64::from(c) })
+            .collect();
+        let (rows, cols) = lsap::solve(da, db, &cost, true).expect("lsap solves");
+        let mut partner = vec![None; da];
+        for (r, c) in rows.into_iter().zip(cols) {
+            partner[r] = Some(c);
+        }
+        partner
+    }
+
+    /// The total correlation of an assignment, NaN weighing [`UNKNOWN`].
+    fn assigned_total(corr: &[f32], db: usize, got: &[Option<usize>]) -> f64 {
+        got.iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
+            .map(|c| if c.is_nan() { UNKNOWN } else { f64::from(c) })
+            .sum()
+    }
+
+    /// On dense blocks too large to try every assignment, the priced solver's total is
+    /// `lsap`'s: correlation-like blocks (a shared factor per row and column, so rows compete
+    /// for the same strong columns, and some planted twins), uniform noise (where the optimum
+    /// reaches far down the rows), dead neurons (NaN rows and columns), ties, rectangular
+    /// either way. Each is one `[da, db]` block.
+    #[test]
+    fn the_priced_dense_assignment_totals_what_lsap_does() {
+        let mut next = uniform(17);
+        for (da, db, case) in [
+            (300, 300, "factors"),
+            (240, 310, "factors"),
+            (310, 240, "factors"),
+            (300, 300, "noise"),
+            (200, 260, "noise"),
+            (300, 300, "dead"),
+            (260, 200, "dead"),
+            (300, 300, "ties"),
+        ] {
+            let row_f: Vec<f64> = (0..da).map(|_| next()).collect();
+            let col_f: Vec<f64> = (0..db).map(|_| next()).collect();
+            let corr: Vec<f32> = (0..da * db)
+                .map(|e| {
+                    let (i, j) = (e / db, e % db);
+                    let v = next();
+                    match case {
+                        "factors" if i % 7 == 0 && j == (i * 13) % db => 0.9,
+                        "factors" => (0.6 * row_f[i] * col_f[j] + 0.2 * v - 0.1) as f32,
+                        "dead" if i % 11 == 3 || j % 13 == 5 => f32::NAN,
+                        "ties" => ((v * 8.0).floor() / 8.0) as f32,
+                        _ => (2.0 * v - 1.0) as f32,
+                    }
+                })
+                .collect();
+            let reference = lsap_assignment(&corr, da, db);
+            // From one entry per row the prices must bring in most of the optimum.
+            for first in [FIRST_ENTRIES, 1] {
+                let priced = assign_priced(&corr, da, db, first);
+                let mut cols: Vec<usize> = priced.iter().flatten().copied().collect();
+                cols.sort_unstable();
+                cols.dedup();
+                assert_eq!(cols.len(), da.min(db), "{case} {da} x {db}: a column twice");
+                let (p, r) = (
+                    assigned_total(&corr, db, &priced),
+                    assigned_total(&corr, db, &reference),
+                );
+                assert!(
+                    (p - r).abs() < 1e-9,
+                    "{case} {da} x {db} from {first}: priced {p}, lsap {r}"
+                );
+            }
+        }
+    }
+
     /// On blocks too large to try every assignment, shaped like a refined run's (each row knows
     /// a few entries, many rows compete for the same columns, rectangular either way), the
     /// sparse solver's total is the dense one's.
     #[test]
     fn the_sparse_assignment_totals_what_the_dense_one_does() {
         let mut next = uniform(3);
-        let total = |corr: &[f32], db: usize, got: &[Option<usize>]| -> f64 {
-            got.iter()
-                .enumerate()
-                .filter_map(|(i, j)| j.map(|j| corr[i * db + j]))
-                .map(|c| if c.is_nan() { UNKNOWN } else { f64::from(c) })
-                .sum()
-        };
+        let total = assigned_total;
         for (da, db, per_row, spread) in [
             (300, 300, 8, 300),
             (300, 300, 8, 20),
@@ -674,7 +832,7 @@ pub(crate) mod tests {
                     corr[i * db + j] = (2.0 * next() - 1.0) as f32;
                 }
             }
-            let dense = assign_dense(&corr, da, db).expect("assigned");
+            let dense = lsap_assignment(&corr, da, db);
             let sparse = assign_sparse(&corr, da, db);
             let (d, s) = (total(&corr, db, &dense), total(&corr, db, &sparse));
             assert!((d - s).abs() < 1e-9, "{da} x {db}: dense {d}, sparse {s}");

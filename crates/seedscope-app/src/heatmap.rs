@@ -79,12 +79,8 @@ pub type Ordered = (Vec<f32>, Vec<usize>, Vec<usize>);
 /// columns lies on the diagonal, rows by their partner's correlation (highest first; where the
 /// sides differ in size, the rows or columns left without a partner come last); also the row
 /// and column each displayed position shows.
-pub fn order_by_assignment(
-    values: &[f32],
-    rows: usize,
-    cols: usize,
-) -> Result<Ordered, crate::AppError> {
-    let partner = seedscope_analysis::results::assign(values, rows, cols)?;
+pub fn order_by_assignment(values: &[f32], rows: usize, cols: usize) -> Ordered {
+    let partner = seedscope_analysis::results::assign(values, rows, cols);
     let corr = |r: usize| partner[r].map_or(f32::NEG_INFINITY, |c| values[r * cols + c]);
     let mut row_of: Vec<usize> = (0..rows).collect();
     row_of.sort_by(|&a, &b| corr(b).total_cmp(&corr(a)));
@@ -98,7 +94,7 @@ pub fn order_by_assignment(
         .iter()
         .flat_map(|&r| col_of.iter().map(move |&c| values[r * cols + c]))
         .collect();
-    Ok((out, row_of, col_of))
+    (out, row_of, col_of)
 }
 
 /// Reorder a `[rows, cols]` map so that matched pairs lie on the diagonal: rows by their
@@ -684,7 +680,7 @@ mod tests {
         let v = vec![
             0.9, 0.85, 0.0, /**/ 0.95, 0.1, 0.0, /**/ 0.3, 0.2, 0.5,
         ];
-        let (out, rows, cols) = order_by_assignment(&v, 3, 3).expect("assigns");
+        let (out, rows, cols) = order_by_assignment(&v, 3, 3);
         // Assignment: 0→1 (0.85), 1→0 (0.95), 2→2 (0.5): total 2.3, the best of all six.
         assert_eq!(rows, vec![1, 0, 2]);
         assert_eq!(cols, vec![0, 1, 2]);
@@ -697,13 +693,13 @@ mod tests {
     fn ordering_a_wider_tile_by_assignment_leaves_the_unmatched_columns_last() {
         // Two anchor neurons, three of the other model's: column 1 is nobody's partner.
         let v = vec![0.2, 0.1, 0.9, /**/ 0.8, 0.7, 0.1];
-        let (out, rows, cols) = order_by_assignment(&v, 2, 3).expect("assigns");
+        let (out, rows, cols) = order_by_assignment(&v, 2, 3);
         assert_eq!(rows, vec![0, 1]);
         assert_eq!(cols, vec![2, 0, 1]);
         assert_eq!(out, vec![0.9, 0.2, 0.1, /**/ 0.1, 0.8, 0.7]);
         // Taller: the row left without a partner comes last.
         let t = vec![0.2, 0.8, /**/ 0.1, 0.7, /**/ 0.9, 0.1];
-        let (_, rows, cols) = order_by_assignment(&t, 3, 2).expect("assigns");
+        let (_, rows, cols) = order_by_assignment(&t, 3, 2);
         assert_eq!((rows, cols), (vec![2, 0, 1], vec![0, 1]));
     }
 

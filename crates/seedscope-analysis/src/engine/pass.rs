@@ -696,13 +696,14 @@ impl Run<'_> {
                 // As many blocks as threads: the assignments run side by side, and no more
                 // complete blocks are held than that (48 of 38 MB each at GPT-2 small).
                 if ready.len() >= rayon::current_num_threads() {
-                    assign_ready(&mut ready, results)?;
+                    assign_ready(&mut ready, results);
                 }
                 Ok(spare)
             },
         )
         .await?;
-        assign_ready(&mut ready, results)
+        assign_ready(&mut ready, results);
+        Ok(())
     }
 }
 
@@ -877,16 +878,15 @@ struct Ready {
 
 /// Assign the `ready` blocks side by side (a 3,072-neuron layer takes seconds, single
 /// threaded) and record their partners.
-fn assign_ready(ready: &mut Vec<Ready>, results: &mut [AnchorResult]) -> Result<(), AnalysisError> {
+fn assign_ready(ready: &mut Vec<Ready>, results: &mut [AnchorResult]) {
     use rayon::prelude::*;
-    let partners = ready
+    let partners: Vec<_> = ready
         .par_iter()
         .map(|r| assign(&r.block.corr, r.da, r.paired.1))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     for (r, partner) in ready.drain(..).zip(partners) {
         results[r.result].one_to_one[r.other].set_partners(&r.block, r.da, r.paired, &partner);
     }
-    Ok(())
 }
 
 /// The (anchor layer, other layer) of a dense tile among models of `shapes`.

@@ -387,7 +387,7 @@ fn read_tile(ex: &Explorer, name: &str, choice: TileChoice) -> Result<LoadedTile
     let (values, row_of, col_of) = match choice.order {
         MapOrder::Neuron => (values, (0..rows).collect(), (0..cols).collect()),
         MapOrder::BestMatch => heatmap::order_by_match(&values, rows, cols),
-        MapOrder::Assignment => heatmap::order_by_assignment(&values, rows, cols)?,
+        MapOrder::Assignment => heatmap::order_by_assignment(&values, rows, cols),
     };
     Ok(LoadedTile {
         choice,
