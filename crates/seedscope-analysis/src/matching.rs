@@ -101,15 +101,11 @@ pub struct Matching {
 }
 
 impl Matching {
-    /// By how much an entry at row `i`, column `j` of weight `w` exceeds its dual bound.
-    pub fn improvement(&self, i: usize, j: usize, w: f64) -> f64 {
-        w + self.row_price[i] + self.col_price[j]
-    }
-
-    /// Whether an entry the graph did not have, exceeding its bound `by`, could improve the
-    /// matching (beyond rounding).
-    pub fn improves(&self, by: f64) -> bool {
-        by > 1e-9
+    /// By how much an entry at row `i`, column `j` of weight `w` exceeds its dual bound, where
+    /// it does beyond rounding: an entry the graph did not have that could improve the matching.
+    pub fn improvement(&self, i: usize, j: usize, w: f64) -> Option<f64> {
+        let by = w + self.row_price[i] + self.col_price[j];
+        (by > 1e-9).then_some(by)
     }
 }
 

@@ -207,8 +207,9 @@ fn assign_priced(corr: &[f32], da: usize, db: usize, first: usize) -> Vec<Option
                 .iter()
                 .enumerate()
                 .filter_map(|(j, &c)| {
-                    let by = matching.improvement(i, j, weight(c)?);
-                    (matching.improves(by) && cols.binary_search(&(j as u32)).is_err())
+                    let by = matching.improvement(i, j, weight(c)?)?;
+                    cols.binary_search(&(j as u32))
+                        .is_err()
                         .then_some((by, j as u32))
                 })
                 .collect();
