@@ -762,12 +762,15 @@ fn snapshots_of_the_main_views() {
     h.state_mut().settings.live_text = "To be, or not to be, that is the question".into();
     h.state_mut().open_neuron(id);
     h.run_steps(4);
+    // Live text first: its rows push the examples' button down, so a click sent before they
+    // arrive can land where the button no longer is.
+    wait(&mut h, "live text", |app| {
+        app.neuron.live.is_some() && app.neuron.live_task.is_none()
+    });
     h.get_by_label_contains("Find them").click();
     h.run_steps(4);
-    wait(&mut h, "live text and examples", |app| {
-        app.neuron.live.is_some()
-            && app.neuron.live_task.is_none()
-            && app.neuron.examples_task.is_none()
+    wait(&mut h, "the examples", |app| {
+        app.neuron.examples_task.is_none() && !app.neuron.examples.is_empty()
     });
     h.snapshot("neuron");
 }
