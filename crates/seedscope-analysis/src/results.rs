@@ -172,7 +172,8 @@ const MORE_ENTRIES: usize = 16;
 /// that matching's dual prices. Entries that could improve it join the graph (up to
 /// [`MORE_ENTRIES`] a row) and it is solved again, until none can; the matching is then the
 /// best over the whole block (linear-programming duality), and completed as in
-/// [`assign_sparse`]. A correlation block's assignment lies among its rows' and columns'
+/// [`assign_sparse`]. Once the graph would pass a quarter of the block, the whole block is
+/// solved as [`assign_sparse`] does. A correlation block's assignment lies among its rows' and columns'
 /// largest entries but for a few, so this is a few sparse solves over a few per cent of the
 /// block, where a dense solver (scipy's and `lsap`'s shortest augmenting paths) walks every
 /// column at every step.
