@@ -86,10 +86,10 @@ impl PartialOrd for Near {
 const NONE: usize = usize::MAX;
 
 /// A maximum-weight matching and the dual prices that prove it: every known entry's weight is
-/// at most `-(row_price[i] + col_price[j])`, with equality on the matching (a row's own
-/// column of weight 0, where it stays unmatched, included). An entry the graph did not have whose weight exceeds that
-/// bound could improve the matching; where no entry does, the matching is the best over them
-/// too (linear-programming duality).
+/// at most `-(row_price[i] + col_price[j])`, with equality on the matching (a row's own column
+/// of weight 0, where it stays unmatched, included). An entry the graph did not have whose
+/// weight exceeds that bound could improve the matching; where no entry does, the matching is
+/// the best over them too (linear-programming duality).
 #[derive(Debug, Clone)]
 pub struct Matching {
     /// Each row's column.

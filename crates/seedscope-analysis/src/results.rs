@@ -130,7 +130,8 @@ impl OneToOne {
 ///
 /// A block that knows at most an eighth of its entries (a refined run's, which knows each
 /// anchor neuron's candidates) is solved over its known entries alone; a denser one over each
-/// row's largest entries first, then priced against the whole block (`assign_dense`).
+/// row's and each column's largest entries first, then priced against the whole block
+/// (`assign_dense`).
 pub fn assign(corr: &[f32], da: usize, db: usize) -> Vec<Option<usize>> {
     let known = corr.iter().filter(|c| !c.is_nan()).count();
     if known * 8 <= da * db {
