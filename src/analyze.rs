@@ -276,6 +276,14 @@ fn run_job(request: &AnalysisRequest) -> Result<Option<PathBuf>> {
         }
     })?;
     bar.finish_and_clear();
+    // What the budget bounds, measured: every byte the process held at once on its heap
+    // (the models, the data, the accumulators, the bundle's writing), counted by the
+    // allocator; the planned estimate is in the plan's line above.
+    eprintln!(
+        "peak heap {} MiB against a memory budget of {} MiB",
+        crate::heap_peak() >> 20,
+        request.memory_budget >> 20
+    );
     match end {
         JobEnd::Interrupted(checkpoint) => {
             eprintln!(

@@ -18,8 +18,15 @@ mod report;
 mod tokenizer;
 mod train;
 
+/// mimalloc (fast to reuse the large blocks an analysis frees), counted: `cap` keeps the bytes
+/// allocated now and at the peak ([`heap_peak`]); it sets no limit.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+/// The most heap bytes the process has held at once so far.
+pub fn heap_peak() -> usize {
+    GLOBAL.max_allocated()
+}
 
 /// Find and explore universal neurons across language-model seeds.
 #[derive(Parser)]

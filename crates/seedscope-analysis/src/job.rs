@@ -677,7 +677,13 @@ fn analysis_options(
         let weights: u64 = models.iter().map(LoadedModel::weight_bytes).sum();
         let free = budget.saturating_sub(weights);
         let kinds = if req.permutation_null { 3 } else { 2 };
-        let row_bytes = crate::plan::activation_bytes(&shapes, kinds, tokens.seq_len).max(1);
+        let row_bytes = crate::plan::activation_bytes(
+            &shapes,
+            kinds,
+            tokens.seq_len,
+            device.statistics_on_host(),
+        )
+        .max(1);
         let widest = shapes.iter().map(Shape::width).max().unwrap_or(0);
         let stream_row = (tokens.seq_len * widest * 4).max(1) as u64;
         let rows =

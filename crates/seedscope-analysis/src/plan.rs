@@ -265,6 +265,9 @@ pub struct PlanInput {
     /// the CPU that only screens (refinement's first). They do where the rows of every stream
     /// take less memory than every tile's sums.
     pub may_hold_rows: bool,
+    /// Whether the statistics run on the host, which centres a copy of each block's streams
+    /// ([`activation_bytes`]).
+    pub on_host: bool,
 }
 
 /// Split `[0, n)` into `k` nearly equal chunks.
@@ -282,7 +285,12 @@ pub(crate) fn chunks(start: usize, n: usize, k: usize) -> Vec<std::ops::Range<us
 /// activations are reused ([`Reuse`]): in memory if they take at most half of what the tiles
 /// would have (the tiles are then packed into the rest), else on disk.
 pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
-    let activation_bytes = activation_bytes(&input.shapes, input.kinds.len(), input.block_tokens);
+    let activation_bytes = activation_bytes(
+        &input.shapes,
+        input.kinds.len(),
+        input.block_tokens,
+        input.on_host,
+    );
     let tile_budget = input
         .budget
         .saturating_sub(input.reserved + activation_bytes);
@@ -408,12 +416,15 @@ fn plan_rows(
     })
 }
 
-/// Estimated bytes of one block's activations: every model's streams of `kinds` kinds and,
-/// for the widest model, forward intermediates about the size of its activations twice.
-pub fn activation_bytes(shapes: &[Shape], kinds: usize, block_tokens: usize) -> u64 {
+/// Estimated bytes of one block's activations: every model's streams of `kinds` kinds, twice
+/// where the statistics run on the host (`on_host`: the CPU accumulator centres a copy of
+/// each stream it reads, side by side for its GEMMs or in chunks of columns for its pairs),
+/// and, for the widest model, forward intermediates about the size of its activations twice.
+pub fn activation_bytes(shapes: &[Shape], kinds: usize, block_tokens: usize, on_host: bool) -> u64 {
+    let copies = if on_host { 2 } else { 1 };
     let streams: usize = shapes.iter().map(|s| s.width() * kinds).sum();
     let widest = shapes.iter().map(Shape::width).max().unwrap_or(0);
-    (block_tokens * (streams + 2 * widest) * 4) as u64
+    (block_tokens * (copies * streams + 2 * widest) * 4) as u64
 }
 
 /// Kept tokens per neuron of a layer from which a model's rotation baseline is derived rather
@@ -625,6 +636,7 @@ mod tests {
             kinds: vec![Kind::Real, Kind::Rotated],
             max_binding: 128 << 20,
             may_hold_rows: false,
+            on_host: false,
         }
     }
 
@@ -810,6 +822,7 @@ mod tests {
             read_back: true,
             max_binding: u64::MAX,
             may_hold_rows: true,
+            on_host: true,
             ..input(12, 3072, 4 << 30)
         };
         let held = plan(&gpt2).expect("plan");
@@ -843,8 +856,9 @@ mod tests {
         })
         .expect("plan");
         assert!(!many.holds_rows, "a million tokens' rows outweigh the sums");
+        // 3.5 GiB: 1 GiB past the weights, 0.8 of it a block's streams and their centred copy.
         let tight = plan(&PlanInput {
-            budget: 3 << 30,
+            budget: 3584 << 20,
             ..gpt2
         })
         .expect("sums fit where two streams' rows do not");

@@ -71,6 +71,13 @@ pub struct ComputeDevice {
 }
 
 impl ComputeDevice {
+    /// Whether an analysis's statistics run on the host: the CPU path, and wgpu without an
+    /// adapter's kernels. There the accumulators centre a copy of every stream of a block, so
+    /// a block takes twice its activations' memory ([`crate`]'s callers plan for it).
+    pub fn statistics_on_host(&self) -> bool {
+        self.wgpu.is_none() || self.adapter.is_none()
+    }
+
     /// How many models' forwards a run computes side by side: two on a CPU with two threads
     /// or more (Burn Flex runs a forward's element-wise work on one core, so one forward left
     /// the other idle: two at once on 2 cores gave 2.3x the tokens/s of one at the embedded

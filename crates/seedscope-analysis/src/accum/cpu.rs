@@ -260,9 +260,7 @@ impl Accumulate for CpuAccumulator {
             .fold(MAX_PRODUCT, usize::max);
         for r in rectangles(&products, cap) {
             let (na, nb) = (r.a.len(), r.b.len());
-            if product.len() < na * nb {
-                product.resize(na * nb, 0.0);
-            }
+            grow(product, na * nb);
             matmul(
                 centred.slice(s![.., r.a.clone()]).t(),
                 centred.slice(s![.., r.b.clone()]),
@@ -282,9 +280,7 @@ impl Accumulate for CpuAccumulator {
         // Covariances side by side, every band of each Gram matrix one task ([`grams`]).
         for group in batches(covariances, MAX_PRODUCT) {
             let total: usize = group.iter().map(|(_, a)| a.len() * a.len()).sum();
-            if product.len() < total {
-                product.resize(total, 0.0);
-            }
+            grow(product, total);
             let mut outs = Vec::with_capacity(group.len());
             let mut rest = &mut product[..total];
             for (_, a) in &group {
@@ -746,9 +742,7 @@ fn center_block(
     }
     let flat = x.as_slice().unwrap_or_default();
     let len = layout.len(rows, cols);
-    if out.len() < len {
-        out.resize(len, 0.0);
-    }
+    grow(out, len);
     // Row slices, so both passes vectorise across columns.
     let mut mean = sum_parts(flat.par_chunks(PART * cols).map(|part| {
         let mut sum = vec![0.0f64; cols];
@@ -809,14 +803,22 @@ pub(super) fn sum_parts(parts: impl IndexedParallelIterator<Item = Vec<f64>>) ->
     total.unwrap_or_default()
 }
 
+/// `buf` at least `len` values long. A scratch buffer that grows is allocated anew after the
+/// old one is freed (its values are overwritten by every block), so the two are never held
+/// at once, as `Vec::resize` would while it copies.
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        *buf = Vec::new();
+        buf.resize(len, 0.0);
+    }
+}
+
 /// A centred `[rows, cols]` block's rows copied into [`Layout::Chunked`] (for a stream both
 /// kinds of tile read), parts of [`PART`] rows in parallel.
 fn chunk_rows(x: ArrayView2<'_, f32>, out: &mut Vec<f32>) {
     let (rows, cols) = x.dim();
     let len = Layout::Chunked.len(rows, cols);
-    if out.len() < len {
-        out.resize(len, 0.0);
-    }
+    grow(out, len);
     if cols == 0 {
         return; // Nothing to copy (and no chunks of zero length to split into).
     }

@@ -55,6 +55,7 @@ impl Run<'_> {
                 &shapes,
                 self.block_tokens(),
                 self.reserved_bytes(self.options.refine.map(|r| r.k))?,
+                self.on_cpu(),
             )?
         } else {
             self.plan_for(max_binding)?

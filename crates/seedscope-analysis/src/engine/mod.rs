@@ -242,13 +242,13 @@ impl Run<'_> {
             max_binding,
             // Refinement's first stage screens: on the CPU it may hold its rows.
             may_hold_rows: self.on_cpu() && candidates.is_some() && self.options.refine.is_none(),
+            on_host: self.on_cpu(),
         })
     }
 
     /// Whether the statistics run on the host ([`Run::run_on_device`] picks [`Cpu`]).
     fn on_cpu(&self) -> bool {
-        let device = self.family.device;
-        device.wgpu.is_none() || device.adapter.is_none()
+        self.family.device.statistics_on_host()
     }
 
     /// Bytes the run holds throughout: the models' weights and, per anchor, its results

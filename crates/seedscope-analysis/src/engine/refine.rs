@@ -69,6 +69,7 @@ impl Run<'_> {
             &shapes,
             self.block_tokens(),
             self.reserved_bytes(Some(k))?,
+            self.on_cpu(),
         )?;
         // The candidates are in the plan now (151 MB for GPT-2 small): free them.
         for a in &mut first.anchors {
@@ -163,12 +164,14 @@ impl Run<'_> {
 /// The candidate stage of refinement: one pass whose sparse tiles hold, for every anchor neuron
 /// and every stream, the candidate pairs the prefix stage kept in `anchors` (models of
 /// `shapes`); anchor rows are split into tiles of at most
-/// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge).
+/// [`MAX_PAIRS_PER_TILE`] pairs (a fixed size, so every device splits alike and shards merge);
+/// `on_host`: the statistics run on the host ([`activation_bytes`]).
 pub(super) fn pair_plan(
     anchors: &[AnchorResult],
     shapes: &[Shape],
     block_tokens: usize,
     reserved_bytes: u64,
+    on_host: bool,
 ) -> Result<Plan, AnalysisError> {
     let mut specs = Vec::new();
     for r in anchors {
@@ -216,7 +219,7 @@ pub(super) fn pair_plan(
     kinds.dedup();
     kinds.sort_by_key(|&k| k as usize);
     kinds.dedup();
-    let activation_bytes = activation_bytes(shapes, kinds.len(), block_tokens);
+    let activation_bytes = activation_bytes(shapes, kinds.len(), block_tokens, on_host);
     // The real streams' pair correlations come back for the one-to-one assignment.
     let max_tile_bytes = specs
         .iter()
