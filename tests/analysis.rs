@@ -943,6 +943,7 @@ fn a_refined_run_runs_each_model_once_per_block_of_each_stage() {
     let small = AnalysisOptions {
         memory_budget: single.plan.activation_bytes
             + single.plan.reserved_bytes
+            + single.plan.rotation_bytes
             + 3 * 128 * 128 * 8,
         ..base
     };

@@ -1278,6 +1278,16 @@ fn the_memory_budget_bounds_the_heap_of_an_analysis() {
             .parse()
             .expect("a number")
     };
+    let number_after = |text: &str, marker: &str| -> u64 {
+        let at = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"));
+        let digits: String = text[at + marker.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a number")
+    };
     for budget in [128u64, 256] {
         let out = dir.join(format!("bundle-{budget}"));
         let output = seedscope()
@@ -1289,7 +1299,7 @@ fn the_memory_budget_bounds_the_heap_of_an_analysis() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
         let planned = number_before(&stderr, "MiB at peak");
-        let heap = number_before(&stderr, "MiB against a memory budget");
+        let heap = number_after(&stderr, "peak heap ");
         assert!(
             planned <= budget,
             "planned {planned} MiB over {budget}:\n{stderr}"

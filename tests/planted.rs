@@ -313,7 +313,10 @@ fn a_refined_run_at_gpt2_small_width_finds_the_planted_twins_exactly_once_per_bl
         d_mlp: D_MLP,
     }; 3];
     let stream_rows = (200 * LAYERS * D_MLP * 4) as u64;
+    // The two other models' rotations for the first stage's streamed baseline.
+    let rotations = (2 * LAYERS * D_MLP * D_MLP * 4) as u64;
     options.memory_budget = reserved
+        + rotations
         + activation_bytes(&shapes, 2, 4 * SEQ, dev.statistics_on_host())
         + 2 * (D_MLP * D_MLP * 4) as u64
         + 5 * stream_rows / 2;

@@ -76,8 +76,10 @@ pub struct AnalysisRequest {
     /// Compute backend.
     #[serde(skip, default = "auto_backend")]
     pub backend: BackendKind,
-    /// Memory budget for activations and accumulators, bytes.
-    pub memory_budget: u64,
+    /// Memory budget of the run, bytes ([`AnalysisOptions::memory_budget`]); `None`:
+    /// [`DEFAULT_BUDGET`], or the least the run needs where that is more (the log says so).
+    #[serde(default)]
+    pub memory_budget: Option<u64>,
     /// Token rows per block (default: what fits, at most 32).
     pub batch_size: Option<usize>,
     /// Time between checkpoints.
@@ -160,7 +162,7 @@ impl Default for AnalysisRequest {
             all_anchors: false,
             save_tiles: None,
             backend: BackendKind::Auto,
-            memory_budget: 4 << 30,
+            memory_budget: None,
             batch_size: None,
             checkpoint_every: Duration::from_secs(120),
             refine: None,
@@ -658,6 +660,58 @@ fn token_features(
     ))
 }
 
+/// The memory budget of a run whose request names none ([`AnalysisRequest::memory_budget`]),
+/// where the run needs no more.
+pub const DEFAULT_BUDGET: u64 = 4 << 30;
+
+/// What a run whose request names no budget gets beyond the least that holds it, where
+/// [`DEFAULT_BUDGET`] does not: room for the correlations, which at the least budget that
+/// holds a run may take a pass per tile (GPT-2 small's five seeds on the CPU: a first stage
+/// of 192 passes at the least, 4 with this).
+pub const DEFAULT_HEADROOM: u64 = 512 << 20;
+
+/// `options` under the budget the run gets: the one asked for (`asked`), which must hold every
+/// stage (`check`: [`Run::check_budget`]), else its error; or by default [`DEFAULT_BUDGET`],
+/// or where that is too small, the least budget (to a MiB) that holds every stage and
+/// [`DEFAULT_HEADROOM`].
+fn fit_budget(
+    asked: Option<u64>,
+    options: AnalysisOptions,
+    check: impl Fn(&AnalysisOptions) -> Result<(), AnalysisError>,
+) -> Result<AnalysisOptions, AnalysisError> {
+    let with = |budget: u64| AnalysisOptions {
+        memory_budget: budget,
+        ..options.clone()
+    };
+    let first = match check(&options) {
+        Ok(()) => return Ok(options),
+        Err(e) if asked.is_some() => return Err(e),
+        Err(e) => e,
+    };
+    // Twice as much until it holds (a budget beyond every machine's memory is an error that
+    // says so), then halve the gap down to a MiB.
+    let (mut low, mut high) = (options.memory_budget, options.memory_budget);
+    loop {
+        high = high.saturating_mul(2);
+        if check(&with(high)).is_ok() {
+            break;
+        }
+        if high >= 1 << 50 {
+            return Err(first);
+        }
+        low = high;
+    }
+    while high - low > 1 << 20 {
+        let mid = low + (high - low) / 2;
+        if check(&with(mid)).is_ok() {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Ok(with(high + DEFAULT_HEADROOM))
+}
+
 /// The engine's options for `req` on these models, tokens and device (rows per block: what
 /// fits the memory budget and the device's largest buffer, at most 32, unless given).
 fn analysis_options(
@@ -669,7 +723,7 @@ fn analysis_options(
 ) -> Result<AnalysisOptions, AnalysisError> {
     let shapes: Vec<Shape> = models.iter().map(Shape::of).collect();
     let deepest = shapes.iter().map(|s| s.n_layers).max().unwrap_or(0);
-    let budget = req.memory_budget;
+    let budget = req.memory_budget.unwrap_or(DEFAULT_BUDGET);
     let block_rows = req.batch_size.unwrap_or_else(|| {
         // A quarter of what the weights leave for a block's activations (the plan's
         // estimate: every stream and the forward's intermediates), and the widest model's
@@ -764,14 +818,6 @@ pub fn run_analysis(
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
     let options = analysis_options(req, &models, &tokens, &device, half)?;
-    let entries = models
-        .iter()
-        .map(model_entry)
-        .collect::<Result<Vec<_>, _>>()?;
-    let data_sha = data_sha256(&tokens.ids);
-    // The analysis whatever the device (shards of it merge), then this run on this device.
-    let merge_key = json_sha256(&(&entries, &data_sha, &options, env!("CARGO_PKG_VERSION")))?;
-    let fingerprint = json_sha256(&(&merge_key, device.kind.to_string(), req.shard))?;
     // Token features for the anatomy (decoded with the anchor's tokenizer when it has one).
     let tokenizer = if TextTokenizer::model_dir_has_tokenizer(&models[0].dir) {
         Some(TextTokenizer::from_model_dir(&models[0].dir)?)
@@ -784,15 +830,15 @@ pub fn run_analysis(
         &tokens.ids,
     );
     let work = partial_dir(&req.out);
-    std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let run = Run {
+    // The run as planned under the budget asked for, or by default the one it needs.
+    let planning = Run {
         family: Family {
             models: &models,
             device: &device,
         },
         tokens: &tokens,
         options: &options,
-        fingerprint,
+        fingerprint: String::new(),
         work_dir: Some(&work),
         cancel,
         checkpoint_every: req.checkpoint_every,
@@ -801,6 +847,33 @@ pub fn run_analysis(
             features: features.clone(),
             seq_len: tokens.seq_len,
         }),
+    };
+    let fitted = fit_budget(req.memory_budget, options.clone(), |o| {
+        planning.with_options(o).check_budget()
+    })?;
+    if req.memory_budget.is_none() && fitted.memory_budget > DEFAULT_BUDGET {
+        events(JobEvent::Log(format!(
+            "the default memory budget of {} MiB is too small for these models: the run takes \
+             {} MiB, the least it needs and {} MiB for the correlations (--gpu-memory sets the \
+             budget)",
+            DEFAULT_BUDGET >> 20,
+            fitted.memory_budget >> 20,
+            DEFAULT_HEADROOM >> 20
+        )));
+    }
+    let options = fitted;
+    let entries = models
+        .iter()
+        .map(model_entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    let data_sha = data_sha256(&tokens.ids);
+    // The analysis whatever the device (shards of it merge), then this run on this device.
+    let merge_key = json_sha256(&(&entries, &data_sha, &options, env!("CARGO_PKG_VERSION")))?;
+    let fingerprint = json_sha256(&(&merge_key, device.kind.to_string(), req.shard))?;
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let run = Run {
+        fingerprint,
+        ..planning.with_options(&options)
     };
     let plan = run.plan()?;
     events(JobEvent::Log(format!(
@@ -813,8 +886,9 @@ pub fn run_analysis(
     match run.first_stage_plan()? {
         Some(first) => events(JobEvent::Log(format!(
             "first stage (all pairs over the sample): {}; second stage: the candidate pairs \
-             over all tokens in one pass",
-            plan_words(&first)
+             over all tokens in one pass, about {} MiB at peak",
+            plan_words(&first),
+            run.second_stage_bytes()?.unwrap_or(0) >> 20
         ))),
         None => events(JobEvent::Log(plan_words(&plan))),
     }
@@ -909,8 +983,17 @@ fn plan_words(plan: &Plan) -> String {
             mib(plan.reuse_bytes)
         ),
     };
+    let rotations = if plan.rotation_bytes > 0 {
+        format!(
+            ", {:.0} MiB the rotation baseline's matrices",
+            mib(plan.rotation_bytes)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{} pass(es), about {:.0} MiB at peak ({:.0} MiB of it model weights and results){reuse}",
+        "{} pass(es), about {:.0} MiB at peak ({:.0} MiB of it model weights and \
+         results{rotations}){reuse}",
         plan.passes.len(),
         mib(plan.peak_bytes()),
         mib(plan.reserved_bytes)
@@ -1137,6 +1220,42 @@ fn json_sha256<T: serde::Serialize>(key: &T) -> Result<String, AnalysisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A budget asked for is kept or refused with the run's own error; by default the run
+    /// gets 4 GiB, or the least budget that holds it (to a MiB) and the headroom.
+    #[test]
+    fn the_default_budget_grows_to_what_the_run_needs_and_an_asked_one_does_not() {
+        let need = (5_000 << 20) + 12_345;
+        let check = |o: &AnalysisOptions| {
+            if o.memory_budget >= need {
+                Ok(())
+            } else {
+                Err(AnalysisError::Invalid(format!(
+                    "{} MiB is too small",
+                    o.memory_budget >> 20
+                )))
+            }
+        };
+        let options = AnalysisOptions {
+            memory_budget: DEFAULT_BUDGET,
+            ..AnalysisOptions::default()
+        };
+        let fitted = fit_budget(None, options.clone(), check).expect("fits");
+        let least = fitted.memory_budget - DEFAULT_HEADROOM;
+        assert!(
+            least >= need && least - need <= 1 << 20,
+            "{least} for {need}"
+        );
+        let asked = AnalysisOptions {
+            memory_budget: 4 << 30,
+            ..options.clone()
+        };
+        let e = fit_budget(Some(4 << 30), asked, check).expect_err("too small");
+        assert!(e.to_string().contains("4096 MiB is too small"), "{e}");
+        // Where the default holds the run, it stays.
+        let fits = fit_budget(None, options, |_| Ok(())).expect("fits");
+        assert_eq!(fits.memory_budget, DEFAULT_BUDGET);
+    }
 
     /// The log's and the manifest's device line name the co-moment kernel on wgpu (the one
     /// `--fp32-co-moments` forces, or the device's fastest), and nothing more on the CPU.

@@ -199,6 +199,10 @@ pub struct Plan {
     pub max_tile_bytes: u64,
     /// Bytes held for the whole run: the models' weights and the per-anchor results.
     pub reserved_bytes: u64,
+    /// Bytes of the rotations the forwards draw for the baselines the passes stream: a
+    /// `[d_mlp, d_mlp]` f32 matrix per layer of every model some tile reads rotated (36 MiB a
+    /// layer at GPT-2 small, 1.77 GiB for four seeds). Held while the models run.
+    pub rotation_bytes: u64,
     /// Where the passes after the first find the activations the first computed.
     pub reuse: Reuse,
     /// Bytes of those activations (every stream a later pass reads, over every kept token).
@@ -225,15 +229,20 @@ pub enum Reuse {
 }
 
 impl Plan {
-    /// Estimated peak memory of the run: the weights and results it holds throughout, one
-    /// block's activations, the largest pass's tiles and, in memory, the reused activations.
+    /// Estimated peak memory of the run: the weights and results it holds throughout, the
+    /// baseline's rotations, one block's activations, the largest pass's tiles and, in
+    /// memory, the reused activations.
     pub fn peak_bytes(&self) -> u64 {
         let reused = if self.reuse == Reuse::Memory {
             self.reuse_bytes
         } else {
             0
         };
-        self.reserved_bytes + self.activation_bytes + self.max_tile_bytes + reused
+        self.reserved_bytes
+            + self.rotation_bytes
+            + self.activation_bytes
+            + self.max_tile_bytes
+            + reused
     }
 }
 
@@ -291,44 +300,88 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
         input.block_tokens,
         input.on_host,
     );
-    let tile_budget = input
+    // What the correlations get: the budget less the weights and results and a block.
+    let left = input
         .budget
         .saturating_sub(input.reserved + activation_bytes);
-    let too_small = |left: u64| {
+    let too_small = |tile_budget: u64, rotations: u64| {
         AnalysisError::Invalid(format!(
             "a memory budget of {} MiB leaves {} MiB for correlations after {} MiB of model \
-             weights and results and {} MiB of activations per block: not enough for one row \
-             of a {}-neuron layer; raise --gpu-memory or lower --batch-size",
+             weights and results, {} MiB of the rotation baseline's matrices and {} MiB of \
+             activations per block: not enough for one row of a {}-neuron layer; raise \
+             --gpu-memory or lower --batch-size",
             input.budget >> 20,
-            left >> 20,
+            tile_budget >> 20,
             input.reserved >> 20,
+            rotations >> 20,
             activation_bytes >> 20,
             input.shapes.iter().map(|s| s.d_mlp).max().unwrap_or(0)
         ))
     };
-    // Passes that hold their rows, where they take less memory than the sums and fit.
+    // Passes that hold their rows, where they take less memory than the sums and fit (they
+    // stream every baseline).
     if input.may_hold_rows
         && let Some(tiles) = self::tiles(input, u64::MAX, false)
     {
         let sums: u64 = tiles.iter().map(|t| cost(input, t)).sum();
+        let rotations = rotation_bytes(&input.shapes, &tiles);
         if held_bytes(input, &tiles) < sums
-            && let Some(plan) = plan_rows(input, tiles, (activation_bytes, tile_budget))
+            && let Some(plan) = plan_rows(
+                input,
+                tiles,
+                (activation_bytes, left.saturating_sub(rotations)),
+            )
         {
-            return Ok(plan);
+            return Ok(Plan {
+                rotation_bytes: rotations,
+                ..plan
+            });
         }
     }
+    // The rotations of the baselines the passes stream leave less for the tiles, and less
+    // room streams more baselines: set aside what the last plan streamed until it is enough
+    // (it only grows, to every model's at most).
     let tiles = |budget: u64| self::tiles(input, budget, true);
-    let all = tiles(tile_budget).ok_or_else(|| too_small(tile_budget))?;
     let sums = |p: &[TileSpec]| p.iter().map(|t| cost(input, t)).sum::<u64>();
-    let mut plan = packed(
-        input,
-        (activation_bytes, tile_budget),
-        |budget| tiles(budget).map(|t| pack(input, &t, budget)),
-        sums,
-    )
-    .ok_or_else(|| too_small(tile_budget))?;
-    plan.max_tile_bytes += read_back_bytes(input, all.iter());
-    Ok(plan)
+    let mut rotations = 0;
+    loop {
+        let tile_budget = left.saturating_sub(rotations);
+        let all = tiles(tile_budget).ok_or_else(|| too_small(tile_budget, rotations))?;
+        let mut plan = packed(
+            input,
+            (activation_bytes, tile_budget),
+            |budget| tiles(budget).map(|t| pack(input, &t, budget)),
+            sums,
+        )
+        .ok_or_else(|| too_small(tile_budget, rotations))?;
+        let streamed = rotation_bytes(&input.shapes, plan.passes.iter().flatten());
+        if streamed <= rotations {
+            plan.max_tile_bytes += read_back_bytes(input, all.iter());
+            plan.rotation_bytes = streamed;
+            return Ok(plan);
+        }
+        rotations = streamed;
+    }
+}
+
+/// Bytes of the rotations for the streamed baselines of `tiles`: a `[d_mlp, d_mlp]` f32
+/// matrix per layer of every model some tile reads rotated ([`Plan::rotation_bytes`]).
+pub(crate) fn rotation_bytes<'a>(
+    shapes: &[Shape],
+    tiles: impl IntoIterator<Item = &'a TileSpec>,
+) -> u64 {
+    let mut rotated = vec![false; shapes.len()];
+    for t in tiles {
+        if Kind::of(t.b_stream) == Kind::Rotated {
+            rotated[model_of(t.b_stream)] = true;
+        }
+    }
+    shapes
+        .iter()
+        .zip(rotated)
+        .filter(|(_, r)| *r)
+        .map(|(s, _)| (s.n_layers * s.d_mlp * s.d_mlp * 4) as u64)
+        .sum()
 }
 
 /// The plan of the passes `pack` makes under a budget (none where nothing fits), `pass_bytes`
@@ -356,6 +409,7 @@ fn packed(
         passes,
         activation_bytes,
         reserved_bytes: input.reserved,
+        rotation_bytes: 0,
         reuse,
         reuse_bytes,
         holds_rows: false,
@@ -714,7 +768,7 @@ mod tests {
         // Charged per tile, the first pass's pairs (8 bytes of accumulators and 4 of
         // correlations each) would not have fitted.
         let pairs: u64 = p.passes[0].iter().map(|t| t.entries() as u64).sum();
-        assert!(12 * pairs + p.activation_bytes > budget);
+        assert!(12 * pairs + p.activation_bytes + p.rotation_bytes > budget);
         // Without read-back, nothing is held back.
         inp.read_back = false;
         let q = plan(&inp).expect("plan");
@@ -803,10 +857,11 @@ mod tests {
     }
 
     /// A screening stage on the CPU over few tokens (GPT-2 small's five seeds, 2,048 sample
-    /// tokens, 4 GiB less 2.5 GB of weights) holds its rows: every tile once, whole streams a
-    /// pass, far fewer passes than sums would take, each within the budget with one tile's
-    /// product and correlations. Over many tokens the rows would outweigh the sums, and under
-    /// a budget below two streams' rows they do not fit: there it sums.
+    /// tokens, 6 GiB less 2.5 GB of weights, 1.77 GiB of rotations and a block) holds its
+    /// rows: every tile once, whole streams a pass, far fewer passes than sums would take,
+    /// each within the budget with one tile's product and correlations. Over many tokens the
+    /// rows would outweigh the sums, and under a budget below two streams' rows they do not
+    /// fit: there it sums.
     #[test]
     fn a_screening_stage_over_few_tokens_holds_its_rows() {
         let gpt2 = PlanInput {
@@ -823,7 +878,7 @@ mod tests {
             max_binding: u64::MAX,
             may_hold_rows: true,
             on_host: true,
-            ..input(12, 3072, 4 << 30)
+            ..input(12, 3072, 6 << 30)
         };
         let held = plan(&gpt2).expect("plan");
         let sums = plan(&PlanInput {
@@ -856,9 +911,15 @@ mod tests {
         })
         .expect("plan");
         assert!(!many.holds_rows, "a million tokens' rows outweigh the sums");
-        // 3.5 GiB: 1 GiB past the weights, 0.8 of it a block's streams and their centred copy.
+        // Room for one and a half streams' rows (288 MiB each) past the weights, the rotations
+        // (four seeds' twelve 3,072 x 3,072 f32 matrices) and a block.
+        assert_eq!(held.rotation_bytes, 4 * 12 * 3072 * 3072 * 4);
+        let stream_rows = 2048 * 12 * 3072 * 4;
         let tight = plan(&PlanInput {
-            budget: 3584 << 20,
+            budget: gpt2.reserved
+                + held.rotation_bytes
+                + held.activation_bytes
+                + 3 * stream_rows / 2,
             ..gpt2
         })
         .expect("sums fit where two streams' rows do not");

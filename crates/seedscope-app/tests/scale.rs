@@ -63,6 +63,7 @@ fn synthetic_bundle(dir: &Path, n_layers: usize, d_mlp: usize, n_models: usize) 
             activation_bytes: 0,
             max_tile_bytes: 0,
             reserved_bytes: 0,
+            rotation_bytes: 0,
             reuse: Default::default(),
             reuse_bytes: 0,
             holds_rows: false,

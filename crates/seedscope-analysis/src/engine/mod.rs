@@ -204,6 +204,25 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// This run under `options` (another memory budget, while one is fitted): the same
+    /// family, data, work directory and cancel flag, no fingerprint.
+    pub fn with_options<'b>(&'b self, options: &'b AnalysisOptions) -> Run<'b> {
+        Run {
+            family: Family {
+                models: self.family.models,
+                device: self.family.device,
+            },
+            tokens: self.tokens,
+            options,
+            fingerprint: String::new(),
+            work_dir: self.work_dir,
+            cancel: self.cancel.clone(),
+            checkpoint_every: self.checkpoint_every,
+            rotations: self.rotations.clone(),
+            anatomy: self.anatomy.clone(),
+        }
+    }
+
     /// The plan for this family, data and budget.
     pub fn plan(&self) -> Result<Plan, AnalysisError> {
         self.plan_for(self.max_binding())

@@ -9,7 +9,8 @@ use super::{AnalysisOptions, CANDIDATES, Family, Refine, Run, TokenSet};
 use crate::AnalysisError;
 use crate::compute::Compute;
 use crate::plan::{
-    KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, Shape, TileSpec, activation_bytes, chunks, stream,
+    KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, Shape, TileSpec, activation_bytes, chunks,
+    rotation_bytes, stream,
 };
 use crate::results::{AnchorResult, Outcome, Progress};
 
@@ -140,6 +141,60 @@ impl Run<'_> {
             .map(Some)
     }
 
+    /// Estimated peak bytes of the candidate stage, before the first stage ran: what
+    /// [`pair_plan`]'s plan counts for candidate lists of this run's size (per anchor neuron
+    /// and compared stream, `2k` pairs at 16 bytes, and 4 more for a real stream's, which
+    /// come back for the one-to-one assignment), with the run's results, the rotations of
+    /// every other model's baseline and a block.
+    pub fn second_stage_bytes(&self) -> Result<Option<u64>, AnalysisError> {
+        let Some(refine) = self.options.refine else {
+            return Ok(None);
+        };
+        let shapes = self.family.shapes()?;
+        let kinds = self.options.kinds();
+        let mut pairs = 0u64;
+        let mut rotated = vec![false; shapes.len()];
+        for a in self.anchors() {
+            let per_stream = (shapes[a].width() * 2 * refine.k) as u64;
+            for b in (0..shapes.len()).filter(|&b| b != a) {
+                for &kind in &kinds {
+                    pairs += per_stream * if kind == Kind::Real { 20 } else { 16 };
+                    rotated[b] |= kind == Kind::Rotated;
+                }
+            }
+        }
+        let rotations: u64 = shapes
+            .iter()
+            .zip(&rotated)
+            .filter(|(_, r)| **r)
+            .map(|(s, _)| (s.n_layers * s.d_mlp * s.d_mlp * 4) as u64)
+            .sum();
+        let block = activation_bytes(&shapes, kinds.len(), self.block_tokens(), self.on_cpu());
+        Ok(Some(
+            self.reserved_bytes(Some(refine.k))? + rotations + block + pairs,
+        ))
+    }
+
+    /// Whether the budget holds every stage: the run's plan, refinement's first stage and the
+    /// estimate of its second ([`Run::second_stage_bytes`]); the error of the first that does
+    /// not.
+    pub fn check_budget(&self) -> Result<(), AnalysisError> {
+        self.plan()?;
+        self.first_stage_plan()?;
+        match self.second_stage_bytes()? {
+            Some(need) if need > self.options.memory_budget => {
+                Err(AnalysisError::Invalid(format!(
+                    "a memory budget of {} MiB is less than the {} MiB refinement's second stage \
+                 needs (model weights and results, the rotation baseline's matrices, a block \
+                 and the candidate pairs); raise --gpu-memory or lower --candidates",
+                    self.options.memory_budget >> 20,
+                    need >> 20
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The first stage's rows: spread evenly over the data (every s-th row), not its
     /// beginning, since data sets ordered by source (documents, books) would otherwise pick
     /// candidates from one kind of text.
@@ -233,6 +288,7 @@ pub(super) fn pair_plan(
         })
         .sum();
     Ok(Plan {
+        rotation_bytes: rotation_bytes(shapes, &specs),
         passes: vec![specs],
         activation_bytes,
         max_tile_bytes,
