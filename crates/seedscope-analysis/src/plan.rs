@@ -376,10 +376,16 @@ pub(crate) fn rotation_bytes<'a>(
             rotated[model_of(t.b_stream)] = true;
         }
     }
+    rotations_of(shapes, &rotated)
+}
+
+/// Bytes of the rotations of the models `rotated` marks: a `[d_mlp, d_mlp]` f32 matrix per
+/// layer of each.
+pub(crate) fn rotations_of(shapes: &[Shape], rotated: &[bool]) -> u64 {
     shapes
         .iter()
         .zip(rotated)
-        .filter(|(_, r)| *r)
+        .filter(|(_, r)| **r)
         .map(|(s, _)| (s.n_layers * s.d_mlp * s.d_mlp * 4) as u64)
         .sum()
 }

@@ -10,7 +10,7 @@ use crate::AnalysisError;
 use crate::compute::Compute;
 use crate::plan::{
     KINDS, Kind, MAX_PAIRS_PER_TILE, Plan, Reuse, Shape, TileSpec, activation_bytes, chunks,
-    rotation_bytes, stream,
+    rotation_bytes, rotations_of, stream,
 };
 use crate::results::{AnchorResult, Outcome, Progress};
 
@@ -163,12 +163,7 @@ impl Run<'_> {
                 }
             }
         }
-        let rotations: u64 = shapes
-            .iter()
-            .zip(&rotated)
-            .filter(|(_, r)| **r)
-            .map(|(s, _)| (s.n_layers * s.d_mlp * s.d_mlp * 4) as u64)
-            .sum();
+        let rotations = rotations_of(&shapes, &rotated);
         let block = activation_bytes(&shapes, kinds.len(), self.block_tokens(), self.on_cpu());
         Ok(Some(
             self.reserved_bytes(Some(refine.k))? + rotations + block + pairs,
