@@ -84,7 +84,8 @@ pub struct Args {
     /// Memory budget of the run on its device (e.g. 4GiB, 512MiB): the models' weights, the
     /// results, the rotation baseline's matrices, a block's activations, the correlation
     /// accumulators and any activations kept for later passes. On the CPU path, the host
-    /// memory it stands for. Default: 4GiB, or the least the run needs where that is more
+    /// memory it stands for. Default: 4GiB, or where that cannot hold the run, the least that
+    /// does and 512MiB for the correlations
     #[arg(long)]
     pub gpu_memory: Option<String>,
     /// Token rows per block (default: as many as fit the budget and the device's largest

@@ -77,7 +77,8 @@ pub struct AnalysisRequest {
     #[serde(skip, default = "auto_backend")]
     pub backend: BackendKind,
     /// Memory budget of the run, bytes ([`AnalysisOptions::memory_budget`]); `None`:
-    /// [`DEFAULT_BUDGET`], or the least the run needs where that is more (the log says so).
+    /// [`DEFAULT_BUDGET`], or where that cannot hold the run, the least that does and
+    /// [`DEFAULT_HEADROOM`] (the log says so).
     #[serde(default)]
     pub memory_budget: Option<u64>,
     /// Token rows per block (default: what fits, at most 32).
