@@ -3,6 +3,7 @@
 //! and the layer's own covariance, without the rotated activations.
 
 use ndarray::ArrayView2;
+use rayon::prelude::*;
 use seedscope_gpu::TileReduction;
 use seedscope_model::matmul::matmul;
 
@@ -12,8 +13,10 @@ use crate::AnalysisError;
 /// One layer's rotation and the scale of each of its rotated columns.
 #[derive(Debug, Clone)]
 pub struct RotatedLayer {
-    /// The rotation in f64, `[d, d]` row-major.
-    r: Vec<f64>,
+    /// The rotation as drawn, `[d, d]` row-major (f32, so it is exact in either precision).
+    r: Vec<f32>,
+    /// The Euclidean norm of each of its rows: what bounds the error of an f32 product with it.
+    r_norms: Vec<f64>,
     /// `1/sqrt(M2)` of each rotated column, 0 for a constant one (as the accumulators' own
     /// scales).
     scales: Vec<f64>,
@@ -23,7 +26,7 @@ impl RotatedLayer {
     /// The layer of rotation `r` (`[d, d]` row-major; rotated column `i` is `Σ_j r[i, j] x_j`)
     /// over `n` rows whose columns have means `means` (`d`) and co-moments `sigma` (`[d, d]`,
     /// centred sums of products). A rotated column's mean is `r_i · means` and its centred sum
-    /// of squares `r_i Σ r_iᵀ`.
+    /// of squares `r_i Σ r_iᵀ`, in f64: every correlation of the column is divided by its root.
     pub fn new(r: &[f32], sigma: &[f64], means: &[f64], n: u64) -> Result<Self, AnalysisError> {
         let d = means.len();
         if r.len() != d * d || sigma.len() != d * d {
@@ -34,19 +37,26 @@ impl RotatedLayer {
                 sigma.len()
             )));
         }
-        let r: Vec<f64> = r.iter().map(|&v| f64::from(v)).collect();
+        let r64: Vec<f64> = r.iter().map(|&v| f64::from(v)).collect();
         let mut r_sigma = vec![0.0; d * d];
-        matmul(square(&r, d), square(sigma, d), &mut r_sigma);
-        let scales = r
+        matmul(square(&r64, d), square(sigma, d), &mut r_sigma);
+        let (scales, r_norms) = r64
             .chunks_exact(d.max(1))
             .zip(r_sigma.chunks_exact(d.max(1)))
             .map(|(row, rs)| {
                 let m2 = rs.iter().zip(row).map(|(a, b)| a * b).sum::<f64>();
                 let mean = row.iter().zip(means).map(|(a, b)| a * b).sum::<f64>();
-                inv_scale(mean, m2, n)
+                (
+                    inv_scale(mean, m2, n),
+                    row.iter().map(|v| v * v).sum::<f64>().sqrt(),
+                )
             })
-            .collect();
-        Ok(Self { r, scales })
+            .unzip();
+        Ok(Self {
+            r: r.to_vec(),
+            r_norms,
+            scales,
+        })
     }
 
     /// Columns of the layer.
@@ -57,6 +67,17 @@ impl RotatedLayer {
     /// What the accumulators' reduction of the rotated tile would give: anchor columns of
     /// scales `ia` whose real co-moments with the layer are `c` (`[ia.len(), d]`), rotated as
     /// `c rᵀ`.
+    ///
+    /// The product runs in f32 (twice the f64 GEMM's rate on a CPU), each anchor row scaled by
+    /// its `ia` first so that its values are correlation-sized. Its error has a bound: a dot
+    /// product of `d` terms rounded in f32, in any order, is off by at most `γ_d Σ|x_k||r_k|`
+    /// (`γ_d = d·u / (1 - d·u)`, `u = 2⁻²⁴`), which Cauchy-Schwarz bounds by `γ_d |x| |r|`,
+    /// and rounding the row to f32 adds `u |x| |r|`. So each row's extremes are settled in f64:
+    /// the columns whose value could, within their bound, be the row's largest (or smallest)
+    /// are computed again as f64 dot products of the co-moments with the rotation, and the
+    /// largest of those is the row's maximum, as an f64 product of the whole tile would give
+    /// it. The tile's other correlations (a heatmap's, the candidates') are the f32 product's,
+    /// within the same bound (about 1e-6 at GPT-2 width).
     pub fn reduce(
         &self,
         c: &[f64],
@@ -71,15 +92,97 @@ impl RotatedLayer {
                 ia.len()
             )));
         }
-        let c = ArrayView2::from_shape((ia.len(), d), c).expect("checked above");
-        let mut rotated = vec![0.0; ia.len() * d];
-        matmul(c, square(&self.r, d).t(), &mut rotated);
-        Ok(reduce_rows(
+        let na = ia.len();
+        let mut x = vec![0.0f32; na * d];
+        let mut x_norms = vec![0.0f64; na];
+        x.par_chunks_mut(d.max(1))
+            .zip(c.par_chunks(d.max(1)))
+            .zip(ia.par_iter().zip(x_norms.par_iter_mut()))
+            .for_each(|((x, c), (&s, norm))| {
+                let mut sq = 0.0;
+                for (x, &c) in x.iter_mut().zip(c) {
+                    let v = c * s;
+                    *x = v as f32;
+                    sq += v * v;
+                }
+                *norm = sq.sqrt();
+            });
+        let x = ArrayView2::from_shape((na, d), &x[..]).expect("na x d values");
+        let r = ArrayView2::from_shape((d, d), &self.r[..]).expect("a d x d rotation");
+        let mut rotated = vec![0.0f32; na * d];
+        matmul(x, r.t(), &mut rotated);
+        let mut red = reduce_rows(
             &rotated,
-            ia,
+            &vec![1.0; na],
             &self.scales,
             with_tile.then(Vec::new),
-        ))
+        );
+        self.settle(&mut red, &rotated, c, ia, &x_norms);
+        Ok(red)
+    }
+
+    /// Settle each row's extremes of `red` in f64 ([`RotatedLayer::reduce`]): `rotated` is the
+    /// f32 product of the anchor rows `c · ia` (norms `x_norms`) with the rotation.
+    fn settle(
+        &self,
+        red: &mut TileReduction,
+        rotated: &[f32],
+        c: &[f64],
+        ia: &[f64],
+        x_norms: &[f64],
+    ) {
+        let d = self.width().max(1);
+        // γ of d + 2 roundings (the product's d, the row's conversion, one to spare), and a
+        // hundredth more for the f64 arithmetic of the bounds themselves.
+        let u = f64::from(f32::EPSILON) / 2.0;
+        let n = (d + 2) as f64;
+        let gamma = n * u / (1.0 - n * u) * 1.01;
+        let (s, rn) = (&self.scales, &self.r_norms);
+        let exact = |i: usize, j: usize| -> f64 {
+            let (ci, rj) = (&c[i * d..(i + 1) * d], &self.r[j * d..(j + 1) * d]);
+            let dot: f64 = ci.iter().zip(rj).map(|(&a, &b)| a * f64::from(b)).sum();
+            (dot * ia[i] * s[j]).clamp(-1.0, 1.0)
+        };
+        red.max
+            .par_iter_mut()
+            .zip(red.argmax.par_iter_mut())
+            .zip(red.min.par_iter_mut().zip(red.argmin.par_iter_mut()))
+            .enumerate()
+            .for_each(|(i, ((max, argmax), (min, argmin)))| {
+                let row = &rotated[i * d..(i + 1) * d];
+                let bound = gamma * x_norms[i];
+                let value = |j: usize| f64::from(row[j]) * s[j];
+                let error = |j: usize| bound * rn[j] * s[j];
+                // What the row's true maximum is at least, and its minimum at most.
+                let (mut floor, mut ceiling) = (f64::NEG_INFINITY, f64::INFINITY);
+                for j in 0..row.len() {
+                    let (v, e) = (value(j), error(j));
+                    floor = floor.max(v - e);
+                    ceiling = ceiling.min(v + e);
+                }
+                // Every column that may reach them, in column order (a tie keeps the first, as
+                // the reduction does).
+                let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0, 2.0f64, 0);
+                for j in 0..row.len() {
+                    let (v, e) = (value(j), error(j));
+                    if v + e >= floor {
+                        let t = exact(i, j);
+                        if t > best {
+                            (best, bj) = (t, j);
+                        }
+                    }
+                    if v - e <= ceiling {
+                        let t = exact(i, j);
+                        if t < worst {
+                            (worst, wj) = (t, j);
+                        }
+                    }
+                }
+                if !row.is_empty() {
+                    (*max, *argmax, *min, *argmin) =
+                        (best as f32, bj as u32, worst as f32, wj as u32);
+                }
+            });
     }
 }
 
@@ -148,8 +251,8 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
         println!("derived vs streamed baseline: {err:.1e}");
-        // Measured 6.0e-8.
-        assert!(err < 6e-7, "{err}");
+        // The tile is the f32 product's (measured 5.3e-7; 6.0e-8 when it was an f64 one).
+        assert!(err < 5e-6, "{err}");
         assert!(
             st.iter().any(|v| v.abs() > 0.3),
             "the tile is not all noise"
@@ -162,9 +265,93 @@ mod tests {
             .zip(&streamed.max)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
+        println!("derived vs streamed extremes: {rows_err:.1e}");
         assert!(rows_err < 6e-7, "{rows_err}");
         // Shapes that do not fit are errors, not panics.
         assert!(RotatedLayer::new(&r[1..], &sigma, &means, n).is_err());
         assert!(layer.reduce(&real[1..], &ia, false).is_err());
+    }
+
+    /// Each row's extremes are those of the whole product in f64, also where the f32 product
+    /// cannot tell two columns apart: here rotated column 1 is column 0 nudged by a few units
+    /// in the last place of f32, and every anchor row follows column 0, so in each row the two
+    /// are the largest values and a hair apart.
+    #[test]
+    fn extremes_are_settled_in_f64_where_the_f32_product_cannot_tell_columns_apart() {
+        let (na, d, rows) = (64, 300, 700);
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let mut r = crate::rotation::rotation_matrix(d, 9, 0, 0);
+        for k in 0..d {
+            r[d + k] = r[k] * (1.0 + 4e-7 * (rng.random::<f32>() - 0.5));
+        }
+        let x = Array2::from_shape_fn((rows, d), |(_, j)| {
+            rng.random::<f64>() * (1.0 + (j % 5) as f64)
+        });
+        let along: Vec<f64> = x
+            .rows()
+            .into_iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&r[..d])
+                    .map(|(a, &b)| a * f64::from(b))
+                    .sum()
+            })
+            .collect();
+        let a = Array2::from_shape_fn((rows, na), |(t, i)| {
+            along[t] * (1.0 + i as f64 / 8.0) + 0.05 * rng.random::<f64>()
+        });
+        // Centred sums: the anchor's and the layer's co-moments, and the layer's covariance.
+        let centre = |m: &Array2<f64>| {
+            let mean = m.mean_axis(ndarray::Axis(0)).expect("rows");
+            (m - &mean, mean)
+        };
+        let ((ac, _), (xc, mean)) = (centre(&a), centre(&x));
+        let c = ac.t().dot(&xc);
+        let sigma = xc.t().dot(&xc);
+        let ia: Vec<f64> = ac
+            .columns()
+            .into_iter()
+            .map(|col| 1.0 / col.dot(&col).sqrt())
+            .collect();
+        let (c, sigma) = (c.as_standard_layout(), sigma.as_standard_layout());
+        let (c, sigma) = (c.as_slice().expect("c"), sigma.as_slice().expect("sigma"));
+        let layer = RotatedLayer::new(&r, sigma, mean.as_slice().expect("means"), rows as u64)
+            .expect("layer");
+        let got = layer.reduce(c, &ia, false).expect("reduce");
+        // The whole product in f64, reduced as the accumulators reduce a tile.
+        let r64: Vec<f64> = r.iter().map(|&v| f64::from(v)).collect();
+        let c_view = ArrayView2::from_shape((na, d), c).expect("c");
+        let want_tile = c_view.dot(&square(&r64, d).t());
+        let want = reduce_rows(
+            want_tile.as_slice().expect("tile"),
+            &ia,
+            &layer.scales,
+            None,
+        );
+        assert_eq!(got.max, want.max);
+        assert_eq!(got.argmax, want.argmax);
+        assert_eq!(got.min, want.min);
+        assert_eq!(got.argmin, want.argmin);
+        // The f32 product alone does mistake the two columns somewhere (so the settling is
+        // what made the rows agree), and the columns are the rows' best.
+        let x32: Vec<f32> = c
+            .chunks_exact(d)
+            .zip(&ia)
+            .flat_map(|(row, &s)| row.iter().map(move |&v| (v * s) as f32))
+            .collect();
+        let mut p = vec![0.0f32; na * d];
+        let r_view = ArrayView2::from_shape((d, d), &r[..]).expect("r");
+        matmul(
+            ArrayView2::from_shape((na, d), &x32[..]).expect("x"),
+            r_view.t(),
+            &mut p,
+        );
+        let f32_only = reduce_rows(&p, &vec![1.0; na], &layer.scales, None);
+        assert!(want.argmax.iter().all(|&j| j < 2), "{:?}", want.argmax);
+        let mistaken = (0..na)
+            .filter(|&i| f32_only.argmax[i] != want.argmax[i])
+            .count();
+        println!("rows whose best column the f32 product alone got wrong: {mistaken} of {na}");
+        assert!(mistaken > 0);
     }
 }
