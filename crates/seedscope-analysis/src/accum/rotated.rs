@@ -160,21 +160,26 @@ impl RotatedLayer {
                     ceiling = ceiling.min(v + e);
                 }
                 // Every column that may reach them, in column order (a tie keeps the first, as
-                // the reduction does).
+                // the reduction does). A value without error is exact already: a constant
+                // rotated column's (scale 0) and every value of a constant anchor row (all 0),
+                // so rows and layers of constant neurons cost no f64 products.
                 let (mut best, mut bj, mut worst, mut wj) = (-2.0f64, 0, 2.0f64, 0);
                 for j in 0..row.len() {
                     let (v, e) = (value(j), error(j));
-                    if v + e >= floor {
-                        let t = exact(i, j);
-                        if t > best {
-                            (best, bj) = (t, j);
-                        }
+                    let (up, down) = (v + e >= floor, v - e <= ceiling);
+                    if !(up || down) {
+                        continue;
                     }
-                    if v - e <= ceiling {
-                        let t = exact(i, j);
-                        if t < worst {
-                            (worst, wj) = (t, j);
-                        }
+                    let t = if e > 0.0 {
+                        exact(i, j)
+                    } else {
+                        v.clamp(-1.0, 1.0)
+                    };
+                    if up && t > best {
+                        (best, bj) = (t, j);
+                    }
+                    if down && t < worst {
+                        (worst, wj) = (t, j);
                     }
                 }
                 if !row.is_empty() {
@@ -358,11 +363,13 @@ mod tests {
         let ((ac, _), (xc, mean)) = (centre(&a), centre(&x));
         let c = ac.t().dot(&xc);
         let sigma = xc.t().dot(&xc);
-        let ia: Vec<f64> = ac
+        let mut ia: Vec<f64> = ac
             .columns()
             .into_iter()
             .map(|col| 1.0 / col.dot(&col).sqrt())
             .collect();
+        // As a constant anchor neuron's: every correlation 0.
+        ia[5] = 0.0;
         let (c, sigma) = (c.as_standard_layout(), sigma.as_standard_layout());
         let (c, sigma) = (c.as_slice().expect("c"), sigma.as_slice().expect("sigma"));
         let layer = RotatedLayer::new(&r, sigma, mean.as_slice().expect("means"), rows as u64)
@@ -403,6 +410,16 @@ mod tests {
             .count();
         println!("rows whose best column the f32 product alone got wrong: {mistaken} of {na}");
         assert!(mistaken > 0);
+        assert_eq!(
+            (got.max[5], got.argmax[5], got.min[5], got.argmin[5]),
+            (0.0, 0, 0.0, 0)
+        );
+        // A layer of constant neurons: every correlation 0, the first column at both ends.
+        let constant =
+            RotatedLayer::new(&r, &vec![0.0; d * d], &vec![1.0; d], rows as u64).expect("layer");
+        let got = constant.reduce(c, &ia, false).expect("reduce");
+        assert!(got.max.iter().chain(&got.min).all(|&v| v == 0.0));
+        assert!(got.argmax.iter().chain(&got.argmin).all(|&j| j == 0));
     }
 
     /// The banded quadratic forms are those of the whole product `R Σ`, with bands of every
