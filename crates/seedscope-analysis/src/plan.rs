@@ -502,9 +502,15 @@ pub const DERIVE_TOKENS_PER_NEURON: u64 = 2;
 /// the real ones times `Rᵀ` (`C Rᵀ`, exactly, centring included), and the mixed columns'
 /// sums of squares are the diagonal of `R Σ Rᵀ`, `Σ` the layer's own co-moments (a
 /// [`TileSpec::covariance`] tile). Derived, a pass accumulates `Σ` next to the real tiles
-/// and ends with one `[anchor columns, d] × [d, d]` product in f64 per real tile: its cost no
-/// longer grows with the tokens. It beats streaming once the tokens pass about twice the
-/// layer's width (the f64 product runs at about half the f32 GEMM's rate).
+/// and ends with one `[anchor columns, d] × [d, d]` product per real tile (f32, its rows'
+/// extremes settled in f64) and the layer's scales (f64): its cost no longer grows with the
+/// tokens. Per other layer, in units of d³ flops with `a·d` anchor columns and `τ·d` tokens,
+/// streaming costs `2τa + 2τ` and deriving about `2.5a + 1.1τ + 3.6` (the product and its
+/// settling, the covariance, the scales, at the rates measured on two CPU cores): deriving wins
+/// from τ = 2.1 at one anchor layer, 1.75 at two, 1.35 at twelve. Two tokens per neuron is
+/// near the crossover for narrow anchors and leaves the band from 1.35 to 2 to streaming at
+/// twelve layers. On a GPU the streamed work runs on the device and the derivation on the host,
+/// so there the crossover lies higher (unmeasured: no GPU has run it).
 pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
     let d = input.shapes[b].d_mlp as u64;
     let covariance = d * d * 8;
