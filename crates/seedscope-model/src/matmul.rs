@@ -34,6 +34,26 @@ impl Scalar for f64 {
     const ONE: Self = 1.0;
 }
 
+/// A row-major `[rows, cols]` matrix as a row-major `[cols, rows]` one, in tiles, so neither side
+/// is read or written a value per cache line. The GEMM packs its operands in every product, and
+/// from a transposed view it gathers them a column at a time: a weight or a rotation that is
+/// multiplied many times is laid out once instead (a torch `Linear`'s `[out, in]` weight, a
+/// rotation's `Rᵀ`).
+pub fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    assert_eq!(x.len(), rows * cols, "a {rows} x {cols} matrix");
+    let mut out = vec![T::default(); rows * cols];
+    for c0 in (0..cols).step_by(TILE) {
+        for r in 0..rows {
+            let src = &x[r * cols + c0..r * cols + (c0 + TILE).min(cols)];
+            for (c, &v) in (c0..).zip(src) {
+                out[c * rows + r] = v;
+            }
+        }
+    }
+    out
+}
+
 /// `out = a b`, `out` row-major `[a.nrows(), b.ncols()]`; `a` and `b` are views of any strides
 /// (a transpose, or a column slice of a wider block, as they are). On rayon's threads.
 ///
@@ -231,6 +251,24 @@ fn product_into<T: Scalar>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tiled transpose is the transpose, for shapes on and off the tile.
+    #[test]
+    fn a_transpose_in_tiles_is_the_transpose() {
+        for (rows, cols) in [(0, 0), (0, 3), (1, 5), (5, 1), (32, 32), (33, 70), (70, 33)] {
+            let x: Vec<u32> = (0..(rows * cols) as u32).collect();
+            let t = transpose(&x, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        x[r * cols + c],
+                        "{rows} x {cols}: ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
     use ndarray::Array2;
 
     fn filled(rows: usize, cols: usize, salt: usize) -> Array2<f64> {

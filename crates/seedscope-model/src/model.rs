@@ -877,10 +877,20 @@ impl Loader<'_> {
         })
     }
 
-    /// A `torch.nn.Linear` weight stored `[out, in]`, transposed into Burn's layout.
+    /// A `torch.nn.Linear` weight stored `[out, in]`, transposed into Burn's layout `[in, out]`
+    /// and laid out so (not a transposed view: the CPU GEMM would gather it a column at a time
+    /// in every product; at 1,024 rows of 3,072 → 768 that ran at 282-304 GFLOP/s against
+    /// 410-425 on two cores).
     fn torch_linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         let weight_name = self.name(&format!("{name}.weight"));
-        let weight = self.tensor_at(&weight_name, [d_out, d_in])?.transpose();
+        let values = self.checkpoint.f32(&weight_name, &[d_out, d_in])?;
+        let weight = Tensor::from_data(
+            TensorData::new(
+                crate::matmul::transpose(&values, d_out, d_in),
+                [d_in, d_out],
+            ),
+            (self.device, DType::from(self.options.dtype)),
+        );
         let bias = if bias {
             Some(self.param(&format!("{name}.bias"), [d_out])?)
         } else {

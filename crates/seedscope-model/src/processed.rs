@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use crate::LoadedModel;
 use crate::error::{ModelError, Result};
+use crate::matmul::transpose;
 
 /// One layer's processed MLP weights, one row per neuron.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,22 +229,6 @@ impl LoadedModel {
             w_q,
         })
     }
-}
-
-/// `[rows, cols]` row-major to `[cols, rows]`, in tiles, so neither side is read or written a
-/// value per cache line.
-fn transpose(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-    const TILE: usize = 32;
-    let mut out = vec![0.0; rows * cols];
-    for c0 in (0..cols).step_by(TILE) {
-        for r in 0..rows {
-            let src = &x[r * cols + c0..r * cols + (c0 + TILE).min(cols)];
-            for (c, &v) in (c0..).zip(src) {
-                out[c * rows + r] = v;
-            }
-        }
-    }
-    out
 }
 
 /// Centre each column of a `[rows, cols]` row-major matrix (each column's sum in row order,

@@ -16,19 +16,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_transpose_in_tiles_is_the_transpose() {
-        for d in [0usize, 1, 5, 64, 65, 130] {
-            let r: Vec<f32> = (0..d * d).map(|v| v as f32).collect();
-            let t = transposed(&r, d);
-            for i in 0..d {
-                for j in 0..d {
-                    assert_eq!(t[j * d + i], r[i * d + j], "d {d}: ({i}, {j})");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn the_null_order_moves_every_token_and_keeps_them_all() {
         for n in [1, 2, 3, 31, 64, 65, 200, 1000] {
             let order = null_order(n, 7, 40);
@@ -149,7 +136,14 @@ impl Run<'_> {
         // width and 256-row blocks, 183-196 GFLOP/s against 261-280 from a dense Rᵀ, two cores).
         let drawn = layers
             .par_iter()
-            .map(|&(m, l)| Ok(transposed(&self.rotation(m, l)?, shapes[m].d_mlp)))
+            .map(|&(m, l)| {
+                let d = shapes[m].d_mlp;
+                Ok(seedscope_model::matmul::transpose(
+                    &self.rotation(m, l)?,
+                    d,
+                    d,
+                ))
+            })
             .collect::<Result<Vec<_>, AnalysisError>>()?;
         let mut out: Vec<Vec<Tensor<2>>> = vec![Vec::new(); self.family.models.len()];
         for ((m, _), rt) in layers.into_iter().zip(drawn) {
@@ -284,23 +278,6 @@ pub(super) fn permute(x: &Tensor<2>, seed: u64, r0: usize) -> Tensor<2> {
     let order =
         Tensor::<1, Int>::from_data(TensorData::new(null_order(n, seed, r0), [n]), &x.device());
     x.clone().select(0, order)
-}
-
-/// The transpose of a `[d, d]` row-major matrix, in tiles (neither side is read or written a
-/// value per cache line).
-fn transposed(r: &[f32], d: usize) -> Vec<f32> {
-    const TILE: usize = 64;
-    let mut out = vec![0.0; r.len()];
-    for i0 in (0..d).step_by(TILE) {
-        for j0 in (0..d).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(d) {
-                for j in j0..(j0 + TILE).min(d) {
-                    out[j * d + i] = r[i * d + j];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// `x` with each layer's block multiplied by its rotation: `x_l R_lᵀ` (`rotations`: each
