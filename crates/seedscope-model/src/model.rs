@@ -861,12 +861,15 @@ impl Loader<'_> {
 
     /// A tensor by its full checkpoint name, ignoring the prefix.
     fn tensor_at<const D: usize>(&self, full_name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let values = self.checkpoint.f32(full_name, &shape)?;
-        let data = TensorData::new(values, shape);
-        Ok(Tensor::from_data(
-            data,
+        Ok(self.tensor_of(self.checkpoint.f32(full_name, &shape)?, shape))
+    }
+
+    /// `values` as a tensor of `shape` on the loader's device, in its dtype.
+    fn tensor_of<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(
+            TensorData::new(values, shape),
             (self.device, DType::from(self.options.dtype)),
-        ))
+        )
     }
 
     /// A `Conv1D`-style weight stored `[in, out]` (GPT-2), which is Burn's `Linear` layout.
@@ -884,12 +887,9 @@ impl Loader<'_> {
     fn torch_linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         let weight_name = self.name(&format!("{name}.weight"));
         let values = self.checkpoint.f32(&weight_name, &[d_out, d_in])?;
-        let weight = Tensor::from_data(
-            TensorData::new(
-                crate::matmul::transpose(&values, d_out, d_in),
-                [d_in, d_out],
-            ),
-            (self.device, DType::from(self.options.dtype)),
+        let weight = self.tensor_of(
+            crate::matmul::transpose(&values, d_out, d_in),
+            [d_in, d_out],
         );
         let bias = if bias {
             Some(self.param(&format!("{name}.bias"), [d_out])?)
