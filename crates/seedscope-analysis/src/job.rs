@@ -811,10 +811,15 @@ pub fn run_analysis(
     } else {
         burn::tensor::FloatDType::F32
     };
-    let models = dirs
-        .iter()
-        .map(|d| LoadedModel::load_on(d, &device, dtype))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The models side by side (each load decodes and lays out its weights on one core); the
+    // first error in the order given is the one reported.
+    let models: Vec<_> = {
+        use rayon::prelude::*;
+        dirs.par_iter()
+            .map(|d| LoadedModel::load_on(d, &device, dtype))
+            .collect()
+    };
+    let models = models.into_iter().collect::<Result<Vec<_>, _>>()?;
     check_tokenizers(&models)?;
     let names: Vec<String> = models.iter().map(|m| model_name(&m.dir)).collect();
     let (tokens, source) = load_tokens(req, &models[0])?;
