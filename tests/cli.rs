@@ -1315,3 +1315,62 @@ fn the_memory_budget_bounds_the_heap_of_an_analysis() {
         );
     }
 }
+
+#[test]
+fn a_bundle_that_cannot_be_written_keeps_the_finished_run() {
+    // A refined run whose bundle cannot be written (here a directory stands where neurons.csv
+    // goes; on a user's machine, a full disk) says which file and what to do, and keeps what
+    // it computed: the same command run again writes the bundle without running the models.
+    let dir = temp_dir("cli-write-fails");
+    let analyze = |out: &std::path::Path| {
+        seedscope()
+            .args(["analyze", "--backend", "cpu", "--max-tokens", "12000"])
+            .args(["--refine", "3000", "--out"])
+            .arg(out)
+            .output()
+            .expect("run seedscope analyze")
+    };
+    let out = dir.join("bundle");
+    let blocked = dir.join("bundle.partial").join("neurons.csv");
+    std::fs::create_dir_all(&blocked).expect("dir");
+    let failed = analyze(&out);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("neurons.csv") && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
+    std::fs::remove_dir(&blocked).expect("unblock");
+    let again = analyze(&out);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\n0 forward passes (a model over a block)"),
+        "the rerun ran the models again:\n{stderr}"
+    );
+    for leftover in ["checkpoint.safetensors", "prefix"] {
+        assert!(!out.join(leftover).exists(), "{leftover} in the bundle");
+    }
+    assert!(!dir.join("bundle.partial").exists());
+    // The same bundle as a run that wrote it at once.
+    let whole = dir.join("whole");
+    let first = analyze(&whole);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for file in [
+        "neurons.csv",
+        "correlation.safetensors",
+        "histograms.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(file)).expect("resumed"),
+            std::fs::read(whole.join(file)).expect("whole"),
+            "{file} differs after the resumed write"
+        );
+    }
+}

@@ -93,6 +93,31 @@ fn u32_bytes(v: &[u32]) -> Cow<'_, [u8]> {
     le_bytes(v, |x| x.to_le_bytes().to_vec())
 }
 
+/// Remove a finished run's resumable state from its work directory `work`: its checkpoint and
+/// a refined run's first stage ([`crate::engine::PREFIX`]). Called once the bundle's (or a
+/// shard's) files are written and not before, so that a write that fails (a full disk) loses
+/// nothing already computed: the same command run again resumes after the last pass.
+pub fn discard(work: &Path) -> Result<(), AnalysisError> {
+    let file = work.join(FILE);
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(AnalysisError::Io {
+                path: file,
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    let prefix = work.join(crate::engine::PREFIX);
+    match std::fs::remove_dir_all(&prefix) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AnalysisError::Io {
+            path: prefix,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Write `ck` to `path` atomically.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
     save_parts(

@@ -930,7 +930,7 @@ pub fn run_analysis(
         let json =
             serde_json::to_vec_pretty(&info).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
         seedscope_model::write_file_atomic(&work.join(SHARD_INFO), &json)?;
-        let _ = std::fs::remove_file(work.join(crate::checkpoint::FILE));
+        crate::checkpoint::discard(&work)?;
         seedscope_model::replace_dir(&work, &req.out)?;
         events(JobEvent::Log(format!(
             "wrote shard {index}/{count} ({} tokens) to {} in {:.1} s",

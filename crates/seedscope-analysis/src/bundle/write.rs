@@ -22,15 +22,10 @@ use crate::weights::{NeuronWeights, VOCAB_ENDS};
 /// The files of a bundle by name, in memory.
 pub type BundleFiles = BTreeMap<String, Vec<u8>>;
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), AnalysisError> {
-    std::fs::write(path, bytes).map_err(|source| AnalysisError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Write bundle `files` into `out` atomically (assembled in [`partial_dir`], whose checkpoint
-/// is removed, then renamed over any previous bundle).
+/// Write bundle `files` into `out` atomically: assembled in [`partial_dir`], the finished
+/// run's checkpoint there removed once every file is written ([`crate::checkpoint::discard`]),
+/// then renamed over any previous bundle. A file that cannot be written (a full disk) is an
+/// error naming it that says how to finish from the checkpoint.
 pub fn write_bundle_files(out: &Path, files: &BundleFiles) -> Result<(), AnalysisError> {
     let dir = partial_dir(out);
     std::fs::create_dir_all(&dir).map_err(|source| AnalysisError::Io {
@@ -38,21 +33,34 @@ pub fn write_bundle_files(out: &Path, files: &BundleFiles) -> Result<(), Analysi
         source,
     })?;
     // Optional files a previous attempt may have left in the partial directory.
-    for name in [
-        TILES,
-        HISTOGRAMS,
-        ANATOMY,
-        ATTENTION,
-        TOKENIZER,
-        crate::checkpoint::FILE,
-    ] {
+    for name in [TILES, HISTOGRAMS, ANATOMY, ATTENTION, TOKENIZER] {
         if !files.contains_key(name) {
             let _ = std::fs::remove_file(dir.join(name));
         }
     }
+    let total: usize = files.values().map(Vec::len).sum();
     for (name, bytes) in files {
-        write(&dir.join(name), bytes)?;
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| {
+            let kept = dir.join(crate::checkpoint::FILE);
+            let source = if kept.exists() {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; the finished run is kept in {}: make room for the bundle \
+                         ({:.1} MB) and run the same command again, which writes it without \
+                         running the passes again",
+                        kept.display(),
+                        total as f64 / 1e6
+                    ),
+                )
+            } else {
+                e
+            };
+            AnalysisError::Io { path, source }
+        })?;
     }
+    crate::checkpoint::discard(&dir)?;
     Ok(seedscope_model::replace_dir(&dir, out)?)
 }
 

@@ -179,6 +179,11 @@ pub const ACTIVATIONS: &str = "activations.bin";
 /// File of a shard's prefix-stage results (the candidates) in its work directory.
 pub const CANDIDATES: &str = "candidates.safetensors";
 
+/// Directory of a refined run's first (prefix) stage inside its work directory: its
+/// checkpoint, kept with the run's own until the bundle is written
+/// ([`crate::checkpoint::discard`]).
+pub const PREFIX: &str = "prefix";
+
 /// Everything needed to run (and resume) an analysis.
 pub struct Run<'a> {
     /// The models.
@@ -305,7 +310,8 @@ impl Run<'_> {
     }
 
     /// Run every pass (resuming from a matching checkpoint in `work_dir`); with
-    /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, removed at the end)
+    /// [`AnalysisOptions::refine`], the prefix stage (in `work_dir/prefix`, kept until the
+    /// bundle is written)
     /// and then the candidate stage.
     pub fn run(&self, progress: impl FnMut(Progress)) -> Result<Outcome, AnalysisError> {
         pollster::block_on(self.run_async(progress))

@@ -15,7 +15,8 @@ use crate::plan::{
 use crate::results::{AnchorResult, Outcome, Progress};
 
 impl Run<'_> {
-    /// The prefix stage (in `work_dir/prefix`, removed at the end), then the candidate stage.
+    /// The prefix stage (in `work_dir/prefix`, whose checkpoint stays until the bundle is
+    /// written, so that a rerun after a failed write skips it), then the candidate stage.
     pub(super) async fn run_refined<C: Compute>(
         &self,
         compute: &C,
@@ -29,7 +30,7 @@ impl Run<'_> {
         let narrowest = shapes.iter().map(Shape::width).min().unwrap_or(0);
         let k = refine.k.clamp(1, (narrowest / 2).max(1));
         let (sample, prefix_options) = self.first_stage(refine);
-        let prefix_dir = work_dir.join("prefix");
+        let prefix_dir = work_dir.join(super::PREFIX);
         std::fs::create_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
             path: prefix_dir.clone(),
             source,
@@ -94,10 +95,6 @@ impl Run<'_> {
         for (r, f) in results.anchors.iter_mut().zip(&first.anchors) {
             r.tiles = f.tiles.clone();
         }
-        std::fs::remove_dir_all(&prefix_dir).map_err(|source| AnalysisError::Io {
-            path: prefix_dir.clone(),
-            source,
-        })?;
         Ok(Outcome::Done(results))
     }
 
