@@ -1374,3 +1374,152 @@ fn a_bundle_that_cannot_be_written_keeps_the_finished_run() {
         );
     }
 }
+
+/// A GPT-2 of `vocab` tokens, `d` wide, one layer of `d_mlp` neurons, written to `dir` with
+/// uniform weights drawn from `seed` (a counter-based hash; LayerNorms at one and zero).
+fn write_wide_vocabulary_gpt2(
+    dir: &std::path::Path,
+    seed: u64,
+    (vocab, d, d_mlp): (usize, usize, usize),
+) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect()
+    };
+    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = vec![
+        (
+            "transformer.wte.weight".into(),
+            draw(vocab * d),
+            vec![vocab, d],
+        ),
+        ("transformer.wpe.weight".into(), draw(128 * d), vec![128, d]),
+    ];
+    let h = "transformer.h.0";
+    for (name, shape) in [
+        ("attn.c_attn.weight", vec![d, 3 * d]),
+        ("attn.c_proj.weight", vec![d, d]),
+        ("mlp.c_fc.weight", vec![d, d_mlp]),
+        ("mlp.c_proj.weight", vec![d_mlp, d]),
+    ] {
+        tensors.push((format!("{h}.{name}"), draw(shape.iter().product()), shape));
+    }
+    for (name, n, value) in [
+        ("attn.c_attn.bias", 3 * d, 0.0),
+        ("attn.c_proj.bias", d, 0.0),
+        ("mlp.c_fc.bias", d_mlp, 0.0),
+        ("mlp.c_proj.bias", d, 0.0),
+        ("ln_1.weight", d, 1.0),
+        ("ln_1.bias", d, 0.0),
+        ("ln_2.weight", d, 1.0),
+        ("ln_2.bias", d, 0.0),
+    ] {
+        tensors.push((format!("{h}.{name}"), vec![value; n], vec![n]));
+    }
+    tensors.push(("transformer.ln_f.weight".into(), vec![1.0; d], vec![d]));
+    tensors.push(("transformer.ln_f.bias".into(), vec![0.0; d], vec![d]));
+    std::fs::create_dir_all(dir).expect("model dir");
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, v, s)| {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytes)
+                    .expect("view");
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).expect("write");
+    let config = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new", "n_embd": d, "n_head": 4, "n_inner": d_mlp,
+        "n_layer": 1, "n_positions": 128, "vocab_size": vocab, "layer_norm_epsilon": 1e-5,
+        "bos_token_id": 0, "eos_token_id": 0, "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false, "reorder_and_upcast_attn": false,
+        "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+}
+
+#[test]
+fn the_least_budget_a_refused_run_names_holds_it_through_the_weight_statistics() {
+    // Models whose vocabulary projection (32,768 tokens) outweighs their correlations (one
+    // layer of 256 neurons): the weight statistics after the passes are the run's peak. A
+    // budget too small is refused with the least that holds the run, and at that budget the
+    // heap stays within it, weight statistics included.
+    let dir = temp_dir("cli-budget-weights");
+    let models: Vec<PathBuf> = (0..2)
+        .map(|s| {
+            let m = dir.join(format!("seed-{s}"));
+            write_wide_vocabulary_gpt2(&m, s + 1, (32_768, 64, 256));
+            m
+        })
+        .collect();
+    let tokens = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/family/eval_tokens.npy");
+    let analyze = |budget: &str, batch: Option<&str>, out: &str| {
+        let mut c = seedscope();
+        c.arg("analyze")
+            .arg("--models")
+            .args(&models)
+            .arg("--tokens")
+            .arg(&tokens);
+        c.args([
+            "--max-tokens",
+            "3000",
+            "--keep-all-tokens",
+            "--backend",
+            "cpu",
+        ]);
+        c.args(["--gpu-memory", budget]);
+        if let Some(b) = batch {
+            c.args(["--batch-size", b]);
+        }
+        c.arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .expect("run seedscope analyze")
+    };
+    let refused = analyze("1MiB", None, "refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    let hint = stderr
+        .split("(with --batch-size ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no least budget in:\n{stderr}"));
+    let batch: String = hint.chars().take_while(char::is_ascii_digit).collect();
+    let least: u64 = hint
+        .split("--gpu-memory ")
+        .nth(1)
+        .and_then(|s| s.split("MiB").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no least budget in:\n{stderr}"));
+    let run = analyze(&format!("{least}MiB"), Some(&batch), "least");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let heap: u64 = stderr
+        .split("peak heap ")
+        .nth(1)
+        .and_then(|s| s.split(" MiB").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak heap in:\n{stderr}"));
+    eprintln!("the least budget named: {least} MiB; the heap at it: {heap} MiB");
+    assert!(
+        heap <= least,
+        "the heap peaked at {heap} MiB, over the {least} MiB named:\n{stderr}"
+    );
+    // Not a least budget so loose that it says nothing.
+    assert!(heap * 2 >= least, "heap {heap} MiB against {least} MiB");
+    // One MiB less is refused by the weight statistics' own estimate.
+    let short = analyze(&format!("{}MiB", least - 1), Some(&batch), "short");
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        !short.status.success() && stderr.contains("the weight statistics need"),
+        "{stderr}"
+    );
+}

@@ -388,6 +388,21 @@ impl Default for FeatureOptions {
 }
 
 impl FeatureSet {
+    /// Bytes it holds: the features and their names, and per token id the lists of the
+    /// features it turns on.
+    pub fn bytes(&self) -> u64 {
+        let list = std::mem::size_of::<Vec<u32>>();
+        let features: usize = self
+            .features
+            .iter()
+            .map(|f| std::mem::size_of::<Feature>() + f.name.len())
+            .sum();
+        let lists: usize = (self.current.iter().chain(&self.previous))
+            .map(|l| list + 4 * l.len())
+            .sum();
+        (features + lists + 8 * self.token_of.len()) as u64
+    }
+
     /// Features for a vocabulary of decoded strings (`vocab[id]`), with data frequencies from
     /// `ids` (the analysed token ids, dropped positions included: they only set thresholds).
     pub fn build(vocab: &[String], ids: &[u32], options: &FeatureOptions) -> Self {

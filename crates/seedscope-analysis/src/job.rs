@@ -672,9 +672,9 @@ pub const DEFAULT_BUDGET: u64 = 4 << 30;
 pub const DEFAULT_HEADROOM: u64 = 512 << 20;
 
 /// `options` under the budget the run gets: the one asked for (`asked`), which must hold every
-/// stage (`check`: [`Run::check_budget`]), else its error; or by default [`DEFAULT_BUDGET`],
-/// or where that is too small, the least budget (to a MiB) that holds every stage and
-/// [`DEFAULT_HEADROOM`].
+/// stage (`check`: [`Run::check_budget`]), else its error with the budget that would (at the
+/// same rows per block); or by default [`DEFAULT_BUDGET`], or where that is too small, the
+/// least budget (to a MiB) that holds every stage and [`DEFAULT_HEADROOM`].
 fn fit_budget(
     asked: Option<u64>,
     options: AnalysisOptions,
@@ -686,31 +686,42 @@ fn fit_budget(
     };
     let first = match check(&options) {
         Ok(()) => return Ok(options),
-        Err(e) if asked.is_some() => return Err(e),
         Err(e) => e,
     };
-    // Twice as much until it holds (a budget beyond every machine's memory is an error that
-    // says so), then halve the gap down to a MiB.
-    let (mut low, mut high) = (options.memory_budget, options.memory_budget);
+    // In MiB: twice as much until it holds (a budget beyond every machine's memory is an
+    // error that says so), then halve the gap down to the least that holds.
+    const MIB: u64 = 1 << 20;
+    let holds = |mib: u64| check(&with(mib * MIB)).is_ok();
+    let (mut low, mut high) = (
+        options.memory_budget / MIB,
+        (options.memory_budget / MIB).max(1),
+    );
     loop {
-        high = high.saturating_mul(2);
-        if check(&with(high)).is_ok() {
+        high *= 2;
+        if holds(high) {
             break;
         }
-        if high >= 1 << 50 {
+        if high >= 1 << 30 {
             return Err(first);
         }
         low = high;
     }
-    while high - low > 1 << 20 {
+    while high - low > 1 {
         let mid = low + (high - low) / 2;
-        if check(&with(mid)).is_ok() {
+        if holds(mid) {
             high = mid;
         } else {
             low = mid;
         }
     }
-    Ok(with(high + DEFAULT_HEADROOM))
+    match (asked, first) {
+        (None, _) => Ok(with(high * MIB + DEFAULT_HEADROOM)),
+        (Some(_), AnalysisError::Invalid(why)) => Err(AnalysisError::Invalid(format!(
+            "{why} (with --batch-size {} the run fits in --gpu-memory {high}MiB)",
+            options.block_rows
+        ))),
+        (Some(_), e) => Err(e),
+    }
 }
 
 /// The engine's options for `req` on these models, tokens and device (rows per block: what
@@ -1257,7 +1268,10 @@ mod tests {
             ..options.clone()
         };
         let e = fit_budget(Some(4 << 30), asked, check).expect_err("too small");
+        // With the least budget that holds it, in whole MiB.
+        let hint = format!("the run fits in --gpu-memory {}MiB", need.div_ceil(1 << 20));
         assert!(e.to_string().contains("4096 MiB is too small"), "{e}");
+        assert!(e.to_string().contains(&hint), "{e}");
         // Where the default holds the run, it stays.
         let fits = fit_budget(None, options, |_| Ok(())).expect("fits");
         assert_eq!(fits.memory_budget, DEFAULT_BUDGET);

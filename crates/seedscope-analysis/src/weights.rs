@@ -12,7 +12,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{Array2, ArrayView2};
-use seedscope_model::{BackendKind, ComputeDevice, ProcessedWeights};
+use seedscope_model::{BackendKind, ComputeDevice, LoadedModel, ProcessedWeights};
 
 use crate::AnalysisError;
 use seedscope_model::matmul::{gram, matmul};
@@ -254,6 +254,30 @@ impl Unembedding {
         }
         Ok(())
     }
+}
+
+/// Bytes the statistics of `model` hold at their peak beyond the loaded models (the models'
+/// statistics are made one at a time): its processed f64 weights
+/// ([`LoadedModel::processed_weights`]), together with either the f32 copy of every parameter
+/// they are made from and one f64 tensor being converted, or [`weight_stats`]'s own buffers
+/// (W_U's unit rows, one block of cosines and its neurons' unit rows, W_Uᵀ W_U and its
+/// eigenvectors, the neurons' coordinates in the null space) and the statistics themselves.
+pub fn stats_bytes(model: &LoadedModel) -> u64 {
+    use burn::module::Module;
+    let c = &model.config;
+    let (d, n, layers, vocab) = (
+        c.d_model() as u64,
+        c.d_mlp() as u64,
+        c.n_layers() as u64,
+        c.vocab_size() as u64,
+    );
+    let processed = 8 * (vocab * d + layers * (2 * n * d + n + d * d));
+    let making = 4 * model.model.num_params() as u64 + 8 * vocab * d;
+    let block = (Projection::BLOCK as u64).min(n);
+    let k = null_dims(d as usize) as u64;
+    let stats = 4 * vocab * d + 4 * block * (vocab + d) + 3 * 8 * d * d + 8 * n * k;
+    let rows = layers * n * (std::mem::size_of::<NeuronWeights>() as u64 + 8 * VOCAB_ENDS as u64);
+    processed + making.max(stats + rows)
 }
 
 /// Statistics of every neuron, `layer * d_mlp + neuron` order, with the vocabulary projection

@@ -275,13 +275,15 @@ impl Run<'_> {
         self.family.device.statistics_on_host()
     }
 
-    /// Bytes the run holds throughout: the models' weights and, per anchor, its results
-    /// (matches, histograms, `candidates` best and worst matches per neuron and stream, the
-    /// anatomy's accumulators).
+    /// Bytes the run holds throughout: the models' weights, the data (token ids and the
+    /// anatomy's token features) and, per anchor, its results (matches, histograms,
+    /// `candidates` best and worst matches per neuron and stream, the anatomy's accumulators).
     pub fn reserved_bytes(&self, candidates: Option<usize>) -> Result<u64, AnalysisError> {
         let shapes = self.family.shapes()?;
         let others = shapes.len() as u64 - 1;
         let weights: u64 = self.family.models.iter().map(|m| m.weight_bytes()).sum();
+        let data = 4 * self.tokens.ids.len() as u64
+            + self.anatomy.as_ref().map_or(0, |s| s.features.bytes());
         let streams = self.options.kinds().len() as u64 * others;
         let candidates = candidates.map_or(0, |k| streams * 2 * k as u64 * 8);
         // Matches per stream, the partners of the one-to-one matching (8 bytes per other
@@ -290,6 +292,7 @@ impl Run<'_> {
             streams * 16 + others * 8 + seedscope_gpu::HIST_BINS as u64 * 4 + candidates;
         let all: u64 = shapes.iter().map(|s| s.width() as u64).sum();
         Ok(weights
+            + data
             + self
                 .anchors()
                 .into_iter()

@@ -167,12 +167,29 @@ impl Run<'_> {
         ))
     }
 
-    /// Whether the budget holds every stage: the run's plan, refinement's first stage and the
-    /// estimate of its second ([`Run::second_stage_bytes`]); the error of the first that does
-    /// not.
+    /// Whether the budget holds every stage: the run's plan, refinement's first stage, the
+    /// estimate of its second ([`Run::second_stage_bytes`]) and the weight statistics after
+    /// the passes ([`crate::weights::stats_bytes`]); the error of the first that does not.
     pub fn check_budget(&self) -> Result<(), AnalysisError> {
         self.plan()?;
         self.first_stage_plan()?;
+        let stats = self.reserved_bytes(None)?
+            + self
+                .family
+                .models
+                .iter()
+                .map(crate::weights::stats_bytes)
+                .max()
+                .unwrap_or(0);
+        if stats > self.options.memory_budget {
+            return Err(AnalysisError::Invalid(format!(
+                "a memory budget of {} MiB is less than the {} MiB the weight statistics need \
+                 after the passes (model weights and results, and one model's processed \
+                 weights and vocabulary projection); raise --gpu-memory",
+                self.options.memory_budget >> 20,
+                stats.div_ceil(1 << 20)
+            )));
+        }
         match self.second_stage_bytes()? {
             Some(need) if need > self.options.memory_budget => {
                 Err(AnalysisError::Invalid(format!(
