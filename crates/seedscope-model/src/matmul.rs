@@ -94,10 +94,24 @@ pub fn gram<T: Scalar>(a: ArrayView2<'_, T>, out: &mut [T]) {
 /// # Panics
 /// If an `out` is not `m * m` long for its `a` `[k, m]`.
 pub fn grams<T: Scalar>(mut jobs: Vec<(ArrayView2<'_, T>, &mut [T])>) {
+    grams_upper(&mut jobs);
+    for (a, out) in jobs {
+        mirror_upper(out, a.ncols());
+    }
+}
+
+/// [`grams`] on and above the diagonal only: every entry `(i, j)` with `j >= i` of each `out`
+/// is written (and those below it in the diagonal blocks of the bands); the rest is left as
+/// it was. For sums that are read only there, or mirrored once after many
+/// ([`mirror_upper`]), not after each product.
+///
+/// # Panics
+/// If an `out` is not `m * m` long for its `a` `[k, m]`.
+pub fn grams_upper<T: Scalar>(jobs: &mut [(ArrayView2<'_, T>, &mut [T])]) {
     use rayon::prelude::*;
     let band_of = |m: usize| m.div_ceil(GRAM_BANDS).max(GRAM_MIN_BAND);
     let mut bands = Vec::new();
-    for (a, out) in &mut jobs {
+    for (a, out) in jobs.iter_mut() {
         let m = a.ncols();
         assert_eq!(
             out.len(),
@@ -131,12 +145,22 @@ pub fn grams<T: Scalar>(mut jobs: Vec<(ArrayView2<'_, T>, &mut [T])>) {
                 ::gemm::Parallelism::None,
             );
         });
-    // Below the diagonal blocks: the mirror of what is above them.
-    for (a, out) in jobs {
-        let (m, band) = (a.ncols(), band_of(a.ncols()));
-        for i in band..m {
-            for j in 0..i - i % band {
-                out[i * m + j] = out[j * m + i];
+}
+
+/// Copy every entry above the diagonal of the row-major `[m, m]` matrix `a` to its mirror
+/// below it, in square tiles (a row of the lower triangle reads a column of the upper one).
+///
+/// # Panics
+/// If `a` is not `m * m` long.
+pub fn mirror_upper<T: Copy>(a: &mut [T], m: usize) {
+    const TILE: usize = 64;
+    assert_eq!(a.len(), m * m, "a holds {} values, not {m} × {m}", a.len());
+    for i0 in (0..m).step_by(TILE) {
+        for j0 in (0..=i0).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(m) {
+                for j in j0..(j0 + TILE).min(i) {
+                    a[i * m + j] = a[j * m + i];
+                }
             }
         }
     }
@@ -320,6 +344,32 @@ mod tests {
             let m = a.ncols();
             for ((i, j), w) in a.t().dot(a).indexed_iter() {
                 assert!((w - got[i * m + j]).abs() < 1e-9, "{m} [{i}, {j}]");
+            }
+        }
+    }
+
+    /// On and above the diagonal, [`grams_upper`] is the full product, and it leaves the
+    /// entries below the bands' diagonal blocks as they were; [`mirror_upper`] completes it.
+    #[test]
+    fn the_upper_gram_is_the_product_above_the_diagonal_and_its_mirror_the_rest() {
+        for (rows, m) in [(9, 1), (40, 129), (33, 300)] {
+            let a = filled(rows, m, 5);
+            let want = a.t().dot(&a);
+            let mut got = vec![f64::NAN; m * m];
+            grams_upper(&mut [(a.view(), got.as_mut_slice())]);
+            for ((i, j), w) in want.indexed_iter() {
+                let g = got[i * m + j];
+                if j >= i {
+                    assert!((w - g).abs() < 1e-9, "{m} [{i}, {j}]: {g} vs {w}");
+                } else if i - j > 128 {
+                    assert!(g.is_nan(), "{m} [{i}, {j}] written below the bands");
+                }
+            }
+            mirror_upper(&mut got, m);
+            for ((i, j), w) in want.indexed_iter() {
+                let g = got[i * m + j];
+                assert!((w - g).abs() < 1e-9, "{m} [{i}, {j}]: {g} vs {w}");
+                assert_eq!(g, got[j * m + i], "{m} [{i}, {j}] not symmetric");
             }
         }
     }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::AnalysisError;
 use crate::plan::TileSpec;
-use seedscope_model::matmul::{grams, matmul};
+use seedscope_model::matmul::{grams_upper, matmul, mirror_upper};
 
 /// Running per-neuron moments on the CPU.
 #[derive(Debug, Clone)]
@@ -39,6 +39,10 @@ pub struct CpuAccumulator {
     /// time: a tenth of an update at 4,096 × 1,024): each stream's centred block and one tile's
     /// f32 product.
     scratch: Scratch,
+    /// Whether the covariance tiles' sums below the diagonal lag behind those above it: an
+    /// update merges a block's Gram matrix on and above the diagonal only
+    /// ([`grams_upper`]), and [`Accumulate::updates_done`] mirrors the sums once.
+    lower_stale: bool,
 }
 
 /// What a [`CpuAccumulator`] keeps of the blocks it has merged.
@@ -94,7 +98,26 @@ impl CpuAccumulator {
             specs,
             count: 0,
             scratch: Scratch::default(),
+            lower_stale: false,
         }
+    }
+
+    /// Tile `k`'s sums (in a pass that keeps sums), whole: a covariance tile's mirrored where
+    /// its lower triangle lags ([`CpuAccumulator::lower_stale`]).
+    fn sums(&self, k: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
+        let Totals::Sums(tiles) = &self.totals else {
+            return Err(plan_mismatch());
+        };
+        let (t, sums) = (self.specs.get(k), tiles.get(k));
+        let (Some(t), Some(sums)) = (t, sums) else {
+            return Err(plan_mismatch());
+        };
+        if self.lower_stale && t.is_covariance() {
+            let mut whole = sums.clone();
+            mirror_upper(&mut whole, t.a_cols.len());
+            return Ok(Cow::Owned(whole));
+        }
+        Ok(Cow::Borrowed(sums))
     }
 
     /// An error unless the moments are complete (held rows are summed when the pass ends).
@@ -288,18 +311,14 @@ impl Accumulate for CpuAccumulator {
                 outs.push((centred.slice(s![.., a.clone()]), out));
                 rest = tail;
             }
-            grams(outs);
+            grams_upper(&mut outs);
             let mut at = 0;
             for (k, a) in group {
                 let (t, n) = (&self.specs[k], a.len());
-                let part = Part {
-                    product: &product[at..at + n * n],
-                    stride: n,
-                    at: (0, 0),
-                };
                 let d = shift(t.a_stream, &t.a_cols);
-                merge(&mut tiles[k], part, (d, d), w_cross);
+                merge_upper(&mut tiles[k], &product[at..at + n * n], d, w_cross);
                 at += n * n;
+                self.lower_stale = true;
             }
         }
         self.count += rows as u64;
@@ -308,8 +327,17 @@ impl Accumulate for CpuAccumulator {
 
     fn updates_done(&mut self) {
         self.scratch = Scratch::default();
-        if let Totals::Rows(held) = &mut self.totals {
-            held.finish(&mut self.moments);
+        match &mut self.totals {
+            Totals::Rows(held) => held.finish(&mut self.moments),
+            Totals::Sums(tiles) if self.lower_stale => {
+                tiles
+                    .par_iter_mut()
+                    .zip(&self.specs)
+                    .filter(|(_, t)| t.is_covariance())
+                    .for_each(|(sums, t)| mirror_upper(sums, t.a_cols.len()));
+                self.lower_stale = false;
+            }
+            Totals::Sums(_) => {}
         }
     }
 
@@ -349,7 +377,7 @@ impl Accumulate for CpuAccumulator {
                 (Totals::Sums(tiles), Some(p)) => {
                     reduce_pairs(&tiles[k], p, (&ia, &ib), t.b_cols.start, tile)
                 }
-                (Totals::Sums(tiles), None) => reduce_rows(&tiles[k], &ia, &ib, tile),
+                (Totals::Sums(_), None) => reduce_rows(&self.sums(k)?, &ia, &ib, tile),
                 (Totals::Rows(held), _) => {
                     held.product(t, &mut product)?;
                     reduce_rows(&product, &ia, &ib, tile)
@@ -364,7 +392,7 @@ impl Accumulate for CpuAccumulator {
 
     async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError> {
         match &self.totals {
-            Totals::Sums(tiles) => Ok(Cow::Borrowed(tiles.get(tile).ok_or_else(plan_mismatch)?)),
+            Totals::Sums(_) => self.sums(tile),
             Totals::Rows(held) => {
                 let t = self.specs.get(tile).ok_or_else(plan_mismatch)?;
                 let mut product = Vec::new();
@@ -376,7 +404,12 @@ impl Accumulate for CpuAccumulator {
 
     async fn save(&self) -> Result<SavedState, AnalysisError> {
         let (tiles, rows) = match &self.totals {
-            Totals::Sums(tiles) => (tiles.clone(), Vec::new()),
+            Totals::Sums(tiles) => (
+                (0..tiles.len())
+                    .map(|k| self.sums(k).map(Cow::into_owned))
+                    .collect::<Result<_, _>>()?,
+                Vec::new(),
+            ),
             Totals::Rows(held) => (Vec::new(), held.saved()?),
         };
         Ok(SavedState {
@@ -452,6 +485,8 @@ impl Accumulate for CpuAccumulator {
             }
             t.copy_from_slice(s);
         }
+        // Saved states are whole ([`CpuAccumulator::sums`]).
+        self.lower_stale = false;
         self.count = state.count;
         Ok(())
     }
@@ -715,6 +750,21 @@ fn merge(acc: &mut [f64], part: Part<'_>, (da, db): (&[f64], &[f64]), w_cross: f
             let grow = &part.product[(i0 + i) * part.stride + j0..][..nb];
             for ((c, &gv), &dbj) in row.iter_mut().zip(grow).zip(db) {
                 *c += gv as f64 + dai * dbj;
+            }
+        });
+}
+
+/// [`merge`] of a covariance tile's block (`gram`: `[n, n]`, valid on and above the diagonal,
+/// [`grams_upper`]) into its sums on and above the diagonal only, `d` the mean shifts.
+fn merge_upper(acc: &mut [f64], gram: &[f32], d: &[f64], w_cross: f64) {
+    let n = d.len();
+    acc.par_chunks_exact_mut(n.max(1))
+        .zip(gram.par_chunks_exact(n.max(1)))
+        .enumerate()
+        .for_each(|(i, (row, g))| {
+            let di = d[i] * w_cross;
+            for ((c, &gv), &dj) in row[i..].iter_mut().zip(&g[i..]).zip(&d[i..]) {
+                *c += gv as f64 + di * dj;
             }
         });
 }
@@ -1024,7 +1074,8 @@ mod tests {
 
     /// Tiles of two anchor chunks by two streams' layers, which [`rectangles`] makes one GEMM
     /// (and, under a smaller cap, several), and covariance tiles, come out as the exact
-    /// correlations and covariances.
+    /// correlations and covariances: the covariances (merged above the diagonal only) whole
+    /// before the updates are done, saved and restored, and after them.
     #[test]
     fn dense_tiles_in_one_gemm_are_the_exact_correlations() {
         let widths = [6, 8, 5];
@@ -1062,10 +1113,27 @@ mod tests {
                 );
             }
         }
-        // The covariances' co-moments against the exact centred sums of products.
-        for k in [specs.len() - 2, specs.len() - 1] {
+        // The covariances' co-moments against the exact centred sums of products: as the
+        // updates left them, from a saved state, and once the updates are done.
+        let mut restored = CpuAccumulator::new(specs.clone(), &widths);
+        restored
+            .restore(&pollster::block_on(acc.save()).expect("save"))
+            .expect("restore");
+        let lazy: Vec<Vec<f64>> = [specs.len() - 2, specs.len() - 1]
+            .iter()
+            .map(|&k| {
+                pollster::block_on(acc.co_moments(k))
+                    .expect("co-moments")
+                    .into_owned()
+            })
+            .collect();
+        acc.updates_done();
+        for (i, k) in [specs.len() - 2, specs.len() - 1].into_iter().enumerate() {
             let t = &specs[k];
             let c = pollster::block_on(acc.co_moments(k)).expect("co-moments");
+            assert_eq!(c.as_ref(), &lazy[i][..], "{t:?}: mirrored in place");
+            let saved = pollster::block_on(restored.co_moments(k)).expect("co-moments");
+            assert_eq!(saved.as_ref(), &lazy[i][..], "{t:?}: restored");
             let pairs = t
                 .a_cols
                 .clone()
