@@ -1376,7 +1376,7 @@ fn a_bundle_that_cannot_be_written_keeps_the_finished_run() {
 }
 
 /// A GPT-2 of `vocab` tokens, `d` wide, one layer of `d_mlp` neurons, written to `dir` with
-/// uniform weights drawn from `seed` (a counter-based hash; LayerNorms at one and zero).
+/// uniform weights drawn from `seed` (an xorshift; LayerNorms at one and zero).
 fn write_wide_vocabulary_gpt2(
     dir: &std::path::Path,
     seed: u64,
@@ -1393,13 +1393,15 @@ fn write_wide_vocabulary_gpt2(
             })
             .collect()
     };
-    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = vec![
+    let mut tensors: Vec<(String, common::F32Tensor)> = vec![
         (
             "transformer.wte.weight".into(),
-            draw(vocab * d),
-            vec![vocab, d],
+            (draw(vocab * d), vec![vocab, d]),
         ),
-        ("transformer.wpe.weight".into(), draw(128 * d), vec![128, d]),
+        (
+            "transformer.wpe.weight".into(),
+            (draw(128 * d), vec![128, d]),
+        ),
     ];
     let h = "transformer.h.0";
     for (name, shape) in [
@@ -1408,7 +1410,7 @@ fn write_wide_vocabulary_gpt2(
         ("mlp.c_fc.weight", vec![d, d_mlp]),
         ("mlp.c_proj.weight", vec![d_mlp, d]),
     ] {
-        tensors.push((format!("{h}.{name}"), draw(shape.iter().product()), shape));
+        tensors.push((format!("{h}.{name}"), (draw(shape.iter().product()), shape)));
     }
     for (name, n, value) in [
         ("attn.c_attn.bias", 3 * d, 0.0),
@@ -1420,31 +1422,19 @@ fn write_wide_vocabulary_gpt2(
         ("ln_2.weight", d, 1.0),
         ("ln_2.bias", d, 0.0),
     ] {
-        tensors.push((format!("{h}.{name}"), vec![value; n], vec![n]));
+        tensors.push((format!("{h}.{name}"), (vec![value; n], vec![n])));
     }
-    tensors.push(("transformer.ln_f.weight".into(), vec![1.0; d], vec![d]));
-    tensors.push(("transformer.ln_f.bias".into(), vec![0.0; d], vec![d]));
-    std::fs::create_dir_all(dir).expect("model dir");
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, v, s)| {
-            let bytes: &[u8] = bytemuck::cast_slice(v);
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytes)
-                    .expect("view");
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).expect("write");
-    let config = serde_json::json!({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "activation_function": "gelu_new", "n_embd": d, "n_head": 4, "n_inner": d_mlp,
-        "n_layer": 1, "n_positions": 128, "vocab_size": vocab, "layer_norm_epsilon": 1e-5,
-        "bos_token_id": 0, "eos_token_id": 0, "scale_attn_weights": true,
-        "scale_attn_by_inverse_layer_idx": false, "reorder_and_upcast_attn": false,
-        "tie_word_embeddings": true,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+    tensors.push(("transformer.ln_f.weight".into(), (vec![1.0; d], vec![d])));
+    tensors.push(("transformer.ln_f.bias".into(), (vec![0.0; d], vec![d])));
+    let shape = common::Gpt2Shape {
+        d,
+        heads: 4,
+        d_mlp,
+        layers: 1,
+        positions: 128,
+        vocab,
+    };
+    common::write_gpt2(dir, tensors.iter().map(|(n, t)| (n, t)), &shape);
 }
 
 #[test]

@@ -128,29 +128,15 @@ fn planted(base: &Weights, seed: u64) -> (Weights, Vec<Vec<usize>>) {
 
 /// Write `w` as a Hugging Face GPT-2 directory.
 fn save(w: &Weights, dir: &Path) {
-    std::fs::create_dir_all(dir).expect("model dir");
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = w
-        .iter()
-        .map(|(n, (v, s))| (n.clone(), bytemuck::cast_slice(v).to_vec(), s.clone()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, b, s)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .expect("view");
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).expect("write");
-    let config = serde_json::json!({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-        "activation_function": "gelu_new", "n_embd": D, "n_head": HEADS, "n_inner": D_MLP,
-        "n_layer": LAYERS, "n_positions": POSITIONS, "vocab_size": VOCAB,
-        "layer_norm_epsilon": 1e-5, "bos_token_id": 0, "eos_token_id": 0,
-        "scale_attn_weights": true, "scale_attn_by_inverse_layer_idx": false,
-        "reorder_and_upcast_attn": false, "tie_word_embeddings": true,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+    let shape = common::Gpt2Shape {
+        d: D,
+        heads: HEADS,
+        d_mlp: D_MLP,
+        layers: LAYERS,
+        positions: POSITIONS,
+        vocab: VOCAB,
+    };
+    common::write_gpt2(dir, w, &shape);
 }
 
 struct Reference {

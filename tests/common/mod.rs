@@ -255,3 +255,53 @@ pub fn co_moment_kernels(dev: &ComputeDevice, f32_tol: f64) -> Vec<(bool, f64)> 
     }
     out
 }
+
+/// A tensor's f32 values and its shape.
+pub type F32Tensor = (Vec<f32>, Vec<usize>);
+
+/// The shape of a GPT-2 that [`write_gpt2`] writes.
+pub struct Gpt2Shape {
+    /// Residual width.
+    pub d: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Neurons per layer.
+    pub d_mlp: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Positions.
+    pub positions: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+}
+
+/// Write a Hugging Face GPT-2 directory `dir` (tied unembedding, `gelu_new`): `tensors` by their
+/// Hugging Face names, f32 values and shapes, as `model.safetensors`, and `shape` as
+/// `config.json`.
+pub fn write_gpt2<'a>(
+    dir: &Path,
+    tensors: impl IntoIterator<Item = (&'a String, &'a F32Tensor)>,
+    shape: &Gpt2Shape,
+) {
+    std::fs::create_dir_all(dir).expect("model dir");
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .into_iter()
+        .map(|(n, (v, s))| {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytes)
+                    .expect("view");
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).expect("write");
+    let config = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new", "n_embd": shape.d, "n_head": shape.heads,
+        "n_inner": shape.d_mlp, "n_layer": shape.layers, "n_positions": shape.positions,
+        "vocab_size": shape.vocab, "layer_norm_epsilon": 1e-5, "bos_token_id": 0,
+        "eos_token_id": 0, "scale_attn_weights": true, "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false, "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+}
