@@ -98,24 +98,17 @@ fn u32_bytes(v: &[u32]) -> Cow<'_, [u8]> {
 /// shard's) files are written and not before, so that a write that fails (a full disk) loses
 /// nothing already computed: the same command run again resumes after the last pass.
 pub fn discard(work: &Path) -> Result<(), AnalysisError> {
-    let file = work.join(FILE);
-    match std::fs::remove_file(&file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(AnalysisError::Io {
-                path: file,
-                source: e,
-            });
+    // Gone already is as good as removed.
+    let removed = |path: std::path::PathBuf, done: std::io::Result<()>| match done {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(AnalysisError::Io { path, source })
         }
-        _ => {}
-    }
-    let prefix = work.join(crate::engine::PREFIX);
-    match std::fs::remove_dir_all(&prefix) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AnalysisError::Io {
-            path: prefix,
-            source: e,
-        }),
         _ => Ok(()),
-    }
+    };
+    let file = work.join(FILE);
+    removed(file.clone(), std::fs::remove_file(&file))?;
+    let prefix = work.join(crate::engine::PREFIX);
+    removed(prefix.clone(), std::fs::remove_dir_all(&prefix))
 }
 
 /// Write `ck` to `path` atomically.
