@@ -166,7 +166,8 @@ impl AnatomyDevice for CpuAnatomy {
     }
 
     async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
-        let parts: Vec<AnatomyState> = self.runs[a].iter().map(|(_, s)| s.clone()).collect();
+        // Joined from the runs in place: a copy of each first would hold the state twice.
+        let parts: Vec<&AnatomyState> = self.runs[a].iter().map(|(_, s)| s).collect();
         Ok(join(&parts, self.n_feat, self.n_pos))
     }
 
@@ -226,7 +227,11 @@ impl AnatomyDevice for GpuAnatomy {
         for c in &self.chunks[a] {
             parts.push(c.read_async(&self.ctx).await?);
         }
-        Ok(join(&parts, self.n_feat, self.n_pos))
+        Ok(join(
+            &parts.iter().collect::<Vec<_>>(),
+            self.n_feat,
+            self.n_pos,
+        ))
     }
 
     fn restore(
@@ -424,7 +429,7 @@ impl<D: AnatomyDevice> Anatomies<D> {
 }
 
 /// Join column chunks (in order) into one state over all their columns.
-fn join(parts: &[AnatomyState], nf: usize, n_pos: usize) -> AnatomyState {
+fn join(parts: &[&AnatomyState], nf: usize, n_pos: usize) -> AnatomyState {
     let width: usize = parts.iter().map(|p| p.shift.len()).sum();
     let k = parts
         .first()
@@ -735,7 +740,11 @@ mod tests {
                 })
                 .collect();
             assert_eq!(
-                join(&parts, n_feat as usize, n_pos as usize),
+                join(
+                    &parts.iter().collect::<Vec<_>>(),
+                    n_feat as usize,
+                    n_pos as usize
+                ),
                 whole,
                 "{runs}"
             );
