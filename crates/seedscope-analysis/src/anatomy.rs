@@ -227,11 +227,7 @@ impl AnatomyDevice for GpuAnatomy {
         for c in &self.chunks[a] {
             parts.push(c.read_async(&self.ctx).await?);
         }
-        Ok(join(
-            &parts.iter().collect::<Vec<_>>(),
-            self.n_feat,
-            self.n_pos,
-        ))
+        Ok(join(&parts, self.n_feat, self.n_pos))
     }
 
     fn restore(
@@ -428,15 +424,21 @@ impl<D: AnatomyDevice> Anatomies<D> {
     }
 }
 
-/// Join column chunks (in order) into one state over all their columns.
-fn join(parts: &[&AnatomyState], nf: usize, n_pos: usize) -> AnatomyState {
-    let width: usize = parts.iter().map(|p| p.shift.len()).sum();
-    let k = parts
-        .first()
-        .map_or(0, |p| p.top_val.len() / p.shift.len().max(1));
+/// Join column chunks (in order; owned or borrowed) into one state over all their columns.
+fn join<P: std::borrow::Borrow<AnatomyState>>(
+    parts: &[P],
+    nf: usize,
+    n_pos: usize,
+) -> AnatomyState {
+    let width: usize = parts.iter().map(|p| p.borrow().shift.len()).sum();
+    let k = parts.first().map_or(0, |p| {
+        let p = p.borrow();
+        p.top_val.len() / p.shift.len().max(1)
+    });
     let mut out = AnatomyState::empty(width as u32, k as u32, n_pos as u32, nf as u32);
     let mut c0 = 0;
     for p in parts {
+        let p = p.borrow();
         let n = p.shift.len();
         for f in 0..nf {
             out.sums[f * width + c0..f * width + c0 + n]
@@ -740,11 +742,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(
-                join(
-                    &parts.iter().collect::<Vec<_>>(),
-                    n_feat as usize,
-                    n_pos as usize
-                ),
+                join(&parts, n_feat as usize, n_pos as usize),
                 whole,
                 "{runs}"
             );
