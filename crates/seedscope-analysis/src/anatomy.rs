@@ -12,6 +12,7 @@
 //! group; that differs by the factors n_k/(n_k − 1), below 1e-3 for features on over a
 //! thousand positions; `tests/anatomy.rs` compares both with numpy.)
 
+use std::borrow::{Borrow, Cow};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -62,9 +63,12 @@ pub struct AnatomyResult {
 
 /// The host part of one anchor's running state.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AnatomySaved {
-    /// The accumulator state over all neurons (chunks joined).
-    pub state: AnatomyState,
+pub struct AnatomySaved<'a> {
+    /// The accumulator state in consecutive runs of columns that together cover every neuron:
+    /// the CPU path's runs lent where they are, the GPU path's chunks read back, a checkpoint's
+    /// parts. Never joined on the way (a join held the state twice: 442 MB more at GPT-2
+    /// small's 36,864 neurons and 1,500 features).
+    pub parts: Vec<Cow<'a, AnatomyState>>,
     /// Positions each feature was on.
     pub feature_count: Vec<u64>,
     /// Kept tokens per position bucket.
@@ -109,14 +113,16 @@ pub trait AnatomyDevice {
         first: bool,
     ) -> Result<(), AnalysisError>;
 
-    /// Anchor `a`'s state over all neurons.
-    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError>;
+    /// Anchor `a`'s state over all neurons, in consecutive runs of columns
+    /// ([`AnatomySaved::parts`]).
+    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError>;
 
-    /// Continue anchor `a` from `state` (`started`: its shifts are set).
+    /// Continue anchor `a` from the state saved in `parts` (any split of its columns;
+    /// `started`: its shifts are set).
     fn restore(
         &mut self,
         a: usize,
-        state: &AnatomyState,
+        parts: &[Cow<'_, AnatomyState>],
         started: bool,
     ) -> Result<(), AnalysisError>;
 }
@@ -165,16 +171,20 @@ impl AnatomyDevice for CpuAnatomy {
         Ok(())
     }
 
-    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
-        // Joined from the runs in place: a copy of each first would hold the state twice.
-        let parts: Vec<&AnatomyState> = self.runs[a].iter().map(|(_, s)| s).collect();
-        Ok(join(&parts, self.n_feat, self.n_pos))
+    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError> {
+        Ok(self.runs[a].iter().map(|(_, s)| Cow::Borrowed(s)).collect())
     }
 
-    fn restore(&mut self, a: usize, state: &AnatomyState, _: bool) -> Result<(), AnalysisError> {
+    fn restore(
+        &mut self,
+        a: usize,
+        parts: &[Cow<'_, AnatomyState>],
+        _: bool,
+    ) -> Result<(), AnalysisError> {
         let (width, n_feat, n_pos) = (self.widths[a], self.n_feat, self.n_pos);
-        for (cols, part) in &mut self.runs[a] {
-            *part = slice(state, cols.start, cols.len(), n_feat, n_pos, width)?;
+        check_parts(parts, width, n_feat, n_pos)?;
+        for (cols, run) in &mut self.runs[a] {
+            *run = columns(parts, cols.clone(), n_feat, n_pos);
         }
         Ok(())
     }
@@ -222,29 +232,24 @@ impl AnatomyDevice for GpuAnatomy {
         Ok(())
     }
 
-    async fn state(&self, a: usize) -> Result<AnatomyState, AnalysisError> {
+    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError> {
         let mut parts = Vec::with_capacity(self.chunks[a].len());
         for c in &self.chunks[a] {
-            parts.push(c.read_async(&self.ctx).await?);
+            parts.push(Cow::Owned(c.read_async(&self.ctx).await?));
         }
-        Ok(join(&parts, self.n_feat, self.n_pos))
+        Ok(parts)
     }
 
     fn restore(
         &mut self,
         a: usize,
-        state: &AnatomyState,
+        parts: &[Cow<'_, AnatomyState>],
         started: bool,
     ) -> Result<(), AnalysisError> {
+        check_parts(parts, self.widths[a], self.n_feat, self.n_pos)?;
         for c in &self.chunks[a] {
-            let part = slice(
-                state,
-                c.col0() as usize,
-                c.n_cols() as usize,
-                self.n_feat,
-                self.n_pos,
-                self.widths[a],
-            )?;
+            let c0 = c.col0() as usize;
+            let part = columns(parts, c0..c0 + c.n_cols() as usize, self.n_feat, self.n_pos);
             c.restore(&self.ctx, &part, started)?;
         }
         Ok(())
@@ -370,12 +375,12 @@ impl<D: AnatomyDevice> Anatomies<D> {
         self.dev.update(a, x, &info, first)
     }
 
-    /// The running state of every anchor (for a checkpoint).
-    pub async fn save(&self) -> Result<Vec<AnatomySaved>, AnalysisError> {
+    /// The running state of every anchor (for a checkpoint), lent where it is on the host.
+    pub async fn save(&self) -> Result<Vec<AnatomySaved<'_>>, AnalysisError> {
         let mut out = Vec::with_capacity(self.host.len());
         for (a, (feature_count, pos_total)) in self.host.iter().enumerate() {
             out.push(AnatomySaved {
-                state: self.dev.state(a).await?,
+                parts: self.dev.state(a).await?,
                 feature_count: feature_count.clone(),
                 pos_total: pos_total.clone(),
             });
@@ -384,7 +389,7 @@ impl<D: AnatomyDevice> Anatomies<D> {
     }
 
     /// Continue from saved states.
-    pub fn restore(&mut self, saved: &[AnatomySaved]) -> Result<(), AnalysisError> {
+    pub fn restore(&mut self, saved: &[AnatomySaved<'_>]) -> Result<(), AnalysisError> {
         if saved.len() != self.host.len() {
             return Err(AnalysisError::Invalid(format!(
                 "the checkpoint holds {} anatomy states, the pass needs {}",
@@ -400,7 +405,7 @@ impl<D: AnatomyDevice> Anatomies<D> {
                 ));
             }
             let started = s.pos_total.iter().any(|&t| t > 0);
-            self.dev.restore(a, &s.state, started)?;
+            self.dev.restore(a, &s.parts, started)?;
             self.host[a] = (s.feature_count.clone(), s.pos_total.clone());
             self.started[a] = started;
         }
@@ -416,7 +421,7 @@ impl<D: AnatomyDevice> Anatomies<D> {
         var: &[f64],
     ) -> Result<AnatomyResult, AnalysisError> {
         let saved = AnatomySaved {
-            state: self.dev.state(a).await?,
+            parts: self.dev.state(a).await?,
             feature_count: self.host[a].0.clone(),
             pos_total: self.host[a].1.clone(),
         };
@@ -424,70 +429,64 @@ impl<D: AnatomyDevice> Anatomies<D> {
     }
 }
 
-/// Join column chunks (in order; owned or borrowed) into one state over all their columns.
-fn join<P: std::borrow::Borrow<AnatomyState>>(
-    parts: &[P],
-    nf: usize,
-    n_pos: usize,
-) -> AnatomyState {
-    let width: usize = parts.iter().map(|p| p.borrow().shift.len()).sum();
-    let k = parts.first().map_or(0, |p| {
-        let p = p.borrow();
-        p.top_val.len() / p.shift.len().max(1)
-    });
-    let mut out = AnatomyState::empty(width as u32, k as u32, n_pos as u32, nf as u32);
-    let mut c0 = 0;
-    for p in parts {
-        let p = p.borrow();
-        let n = p.shift.len();
-        for f in 0..nf {
-            out.sums[f * width + c0..f * width + c0 + n]
-                .copy_from_slice(&p.sums[f * n..(f + 1) * n]);
-        }
-        out.shift[c0..c0 + n].copy_from_slice(&p.shift);
-        out.top_val[c0 * k..(c0 + n) * k].copy_from_slice(&p.top_val);
-        out.top_idx[c0 * k..(c0 + n) * k].copy_from_slice(&p.top_idx);
-        for t in 0..n_pos {
-            out.active[t * width + c0..t * width + c0 + n]
-                .copy_from_slice(&p.active[t * n..(t + 1) * n]);
-        }
-        c0 += n;
-    }
-    out
-}
-
-/// Columns `[c0, c0 + n)` of a whole state.
-fn slice(
-    s: &AnatomyState,
-    c0: usize,
-    n: usize,
-    nf: usize,
-    n_pos: usize,
+/// An error unless `parts` are states of `nf` features and `n_pos` positions whose columns
+/// add up to `width` neurons.
+fn check_parts(
+    parts: &[impl Borrow<AnatomyState>],
     width: usize,
-) -> Result<AnatomyState, AnalysisError> {
-    let k = TOP_K;
-    if s.shift.len() != width
-        || s.sums.len() != nf * width
-        || s.active.len() != n_pos * width
-        || s.top_val.len() != k * width
-        || s.top_idx.len() != k * width
-        || c0 + n > width
-    {
+    nf: usize,
+    n_pos: usize,
+) -> Result<(), AnalysisError> {
+    let fits = |p: &AnatomyState| {
+        let n = p.shift.len();
+        p.sums.len() == nf * n
+            && p.active.len() == n_pos * n
+            && p.top_val.len() == TOP_K * n
+            && p.top_idx.len() == TOP_K * n
+    };
+    let total: usize = parts.iter().map(|p| p.borrow().shift.len()).sum();
+    if total != width || !parts.iter().all(|p| fits(p.borrow())) {
         return Err(AnalysisError::Invalid(
             "saved anatomy state does not fit this run".into(),
         ));
     }
-    Ok(AnatomyState {
-        sums: (0..nf)
-            .flat_map(|f| s.sums[f * width + c0..f * width + c0 + n].iter().copied())
-            .collect(),
-        shift: s.shift[c0..c0 + n].to_vec(),
-        top_val: s.top_val[c0 * k..(c0 + n) * k].to_vec(),
-        top_idx: s.top_idx[c0 * k..(c0 + n) * k].to_vec(),
-        active: (0..n_pos)
-            .flat_map(|t| s.active[t * width + c0..t * width + c0 + n].iter().copied())
-            .collect(),
-    })
+    Ok(())
+}
+
+/// Columns `cols` of the state saved in consecutive `parts` (checked by [`check_parts`]), as
+/// one state: a run's share on restore, or every column to merge shards.
+fn columns(
+    parts: &[impl Borrow<AnatomyState>],
+    cols: Range<usize>,
+    nf: usize,
+    n_pos: usize,
+) -> AnatomyState {
+    let (n, k) = (cols.len(), TOP_K);
+    let mut out = AnatomyState::empty(n as u32, k as u32, n_pos as u32, nf as u32);
+    let mut p0 = 0;
+    for p in parts {
+        let p = p.borrow();
+        let pn = p.shift.len();
+        let (lo, hi) = (cols.start.max(p0), cols.end.min(p0 + pn));
+        if lo < hi {
+            let (src, dst, len) = (lo - p0, lo - cols.start, hi - lo);
+            for f in 0..nf {
+                out.sums[f * n + dst..f * n + dst + len]
+                    .copy_from_slice(&p.sums[f * pn + src..f * pn + src + len]);
+            }
+            for t in 0..n_pos {
+                out.active[t * n + dst..t * n + dst + len]
+                    .copy_from_slice(&p.active[t * pn + src..t * pn + src + len]);
+            }
+            out.shift[dst..dst + len].copy_from_slice(&p.shift[src..src + len]);
+            out.top_val[dst * k..(dst + len) * k]
+                .copy_from_slice(&p.top_val[src * k..(src + len) * k]);
+            out.top_idx[dst * k..(dst + len) * k]
+                .copy_from_slice(&p.top_idx[src * k..(src + len) * k]);
+        }
+        p0 += pn;
+    }
+    out
 }
 
 /// Variance explained of a feature on `n1` of `n` positions with `sum = Σ_{y=1}(v − shift)`,
@@ -525,29 +524,32 @@ pub fn position_mi(active: impl Iterator<Item = u32> + Clone, total: &[u64]) -> 
         .max(0.0)
 }
 
-/// The per-neuron result of a finished state.
 /// Merge the anatomy state of another part of the data into `a`: counts add, `b`'s feature
 /// sums of `v − shift_b` are moved to `a`'s shift (`+ n_f (shift_b − shift_a)`), the top
 /// activations of both are merged (value descending, then token index).
-pub fn merge_saved(a: &mut AnatomySaved, b: &AnatomySaved) -> Result<(), String> {
-    let (sa, sb) = (&mut a.state, &b.state);
-    let width = sa.shift.len();
-    if sb.shift.len() != width
-        || sa.sums.len() != sb.sums.len()
-        || sa.top_val.len() != sb.top_val.len()
-        || sa.active.len() != sb.active.len()
-        || a.feature_count.len() != b.feature_count.len()
-        || a.pos_total.len() != b.pos_total.len()
-    {
+pub fn merge_saved<'a>(a: &mut AnatomySaved<'a>, b: &AnatomySaved<'a>) -> Result<(), String> {
+    let whole = |s: &AnatomySaved<'_>| -> Result<AnatomyState, String> {
+        let (nf, n_pos) = (s.feature_count.len(), s.pos_total.len());
+        let width = s.parts.iter().map(|p| p.shift.len()).sum();
+        check_parts(&s.parts, width, nf, n_pos).map_err(|e| e.to_string())?;
+        Ok(columns(&s.parts, 0..width, nf, n_pos))
+    };
+    if a.feature_count.len() != b.feature_count.len() || a.pos_total.len() != b.pos_total.len() {
         return Err("anatomy states of different shapes".into());
     }
-    let b_started = b.pos_total.iter().any(|&t| t > 0);
-    if !b_started {
+    if !b.pos_total.iter().any(|&t| t > 0) {
         return Ok(());
     }
     if !a.pos_total.iter().any(|&t| t > 0) {
         *a = b.clone();
         return Ok(());
+    }
+    let sb = &whole(b)?;
+    a.parts = vec![Cow::Owned(whole(a)?)];
+    let sa = a.parts[0].to_mut();
+    let width = sa.shift.len();
+    if sb.shift.len() != width {
+        return Err("anatomy states of different shapes".into());
     }
     let nf = a.feature_count.len();
     for f in 0..nf {
@@ -590,8 +592,64 @@ pub fn merge_saved(a: &mut AnatomySaved, b: &AnatomySaved) -> Result<(), String>
     Ok(())
 }
 
-pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]) -> AnatomyResult {
-    let width = s.state.shift.len();
+/// The per-neuron result of a finished state, each part of its columns on its own thread
+/// (the parts are never joined: that would hold the state twice).
+pub fn finish(
+    s: &AnatomySaved<'_>,
+    features: &FeatureSet,
+    mean: &[f64],
+    var: &[f64],
+) -> AnatomyResult {
+    use rayon::prelude::*;
+    let starts: Vec<usize> = s
+        .parts
+        .iter()
+        .scan(0, |c0, p| {
+            let start = *c0;
+            *c0 += p.shift.len();
+            Some(start)
+        })
+        .collect();
+    let pieces: Vec<AnatomyResult> = s
+        .parts
+        .par_iter()
+        .zip(starts)
+        .map(|(p, c0)| {
+            let cols = c0..c0 + p.shift.len();
+            finish_part(p, s, features, &mean[cols.clone()], &var[cols])
+        })
+        .collect();
+    let mut out = AnatomyResult {
+        k: TOP_K,
+        top_val: Vec::new(),
+        top_idx: Vec::new(),
+        best_feature: Vec::new(),
+        best_vr: Vec::new(),
+        top_token: Vec::new(),
+        top_token_mean: Vec::new(),
+        pos_mi: Vec::new(),
+    };
+    for p in pieces {
+        out.top_val.extend(p.top_val);
+        out.top_idx.extend(p.top_idx);
+        out.best_feature.extend(p.best_feature);
+        out.best_vr.extend(p.best_vr);
+        out.top_token.extend(p.top_token);
+        out.top_token_mean.extend(p.top_token_mean);
+        out.pos_mi.extend(p.pos_mi);
+    }
+    out
+}
+
+/// [`finish`] of one part's columns (`mean` and `var` theirs), with the counts of `s`.
+fn finish_part(
+    part: &AnatomyState,
+    s: &AnatomySaved<'_>,
+    features: &FeatureSet,
+    mean: &[f64],
+    var: &[f64],
+) -> AnatomyResult {
+    let width = part.shift.len();
     let n: u64 = s.pos_total.iter().sum();
     let nf = features.len();
     let n_pos = s.pos_total.len();
@@ -600,16 +658,12 @@ pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]
     let mut top_token = vec![u32::MAX; width * TOP_TOKENS];
     let mut top_token_mean = vec![f32::NAN; width * TOP_TOKENS];
     let mut pos_mi = vec![0f32; width];
-    let mut token_feature = vec![None; nf];
-    for &(f, t) in &features.token_of {
-        token_feature[f as usize] = Some(t);
-    }
     for c in 0..width {
-        let shift = s.state.shift[c] as f64;
+        let shift = part.shift[c] as f64;
         let mut scored: Vec<(f64, u32)> = (0..nf)
             .map(|f| {
                 let vr = variance_explained(
-                    s.state.sums[f * width + c],
+                    part.sums[f * width + c],
                     s.feature_count[f],
                     n,
                     shift,
@@ -627,10 +681,10 @@ pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]
         let mut means: Vec<(f64, u32)> = features
             .token_of
             .iter()
-            .filter(|(f, _)| features_count(s, *f) > 0)
+            .filter(|(f, _)| s.feature_count[*f as usize] > 0)
             .map(|&(f, t)| {
-                let cnt = features_count(s, f) as f64;
-                (shift + s.state.sums[f as usize * width + c] / cnt, t)
+                let cnt = s.feature_count[f as usize] as f64;
+                (shift + part.sums[f as usize * width + c] / cnt, t)
             })
             .collect();
         means.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -638,25 +692,19 @@ pub fn finish(s: &AnatomySaved, features: &FeatureSet, mean: &[f64], var: &[f64]
             top_token[c * TOP_TOKENS + j] = *t;
             top_token_mean[c * TOP_TOKENS + j] = *m as f32;
         }
-        pos_mi[c] = position_mi(
-            (0..n_pos).map(|t| s.state.active[t * width + c]),
-            &s.pos_total,
-        ) as f32;
+        pos_mi[c] =
+            position_mi((0..n_pos).map(|t| part.active[t * width + c]), &s.pos_total) as f32;
     }
     AnatomyResult {
         k: TOP_K,
-        top_val: s.state.top_val.clone(),
-        top_idx: s.state.top_idx.clone(),
+        top_val: part.top_val.clone(),
+        top_idx: part.top_idx.clone(),
         best_feature,
         best_vr,
         top_token,
         top_token_mean,
         pos_mi,
     }
-}
-
-fn features_count(s: &AnatomySaved, f: u32) -> u64 {
-    s.feature_count[f as usize]
 }
 
 /// A neuron's family from its best feature (the paper's VR > 0.5), its mutual information with
@@ -722,40 +770,44 @@ mod tests {
         let (x1, x2) = x.split_at(11 * width);
         anatomy_update(&mut whole, &current, &previous, x1, width, first, true);
         anatomy_update(&mut whole, &current, &previous, x2, width, second, false);
+        let run = |cols: Range<usize>| {
+            let mut s = empty(cols.len());
+            for (xs, inf, f) in [(x1, first, true), (x2, second, false)] {
+                anatomy_update_columns(
+                    &mut s,
+                    &current,
+                    &previous,
+                    (xs, width),
+                    cols.clone(),
+                    inf,
+                    f,
+                );
+            }
+            s
+        };
+        let (nf, np) = (n_feat as usize, n_pos as usize);
         for runs in [1, 2, 3, 7] {
             let parts: Vec<AnatomyState> = crate::plan::chunks(0, width, runs)
                 .into_iter()
-                .map(|cols| {
-                    let mut s = empty(cols.len());
-                    for (xs, inf, f) in [(x1, first, true), (x2, second, false)] {
-                        anatomy_update_columns(
-                            &mut s,
-                            &current,
-                            &previous,
-                            (xs, width),
-                            cols.clone(),
-                            inf,
-                            f,
-                        );
-                    }
-                    s
-                })
+                .map(run)
                 .collect();
-            assert_eq!(
-                join(&parts, n_feat as usize, n_pos as usize),
-                whole,
-                "{runs}"
-            );
-            let mut c0 = 0;
-            for p in &parts {
-                let n = p.shift.len();
-                let back = slice(&whole, c0, n, n_feat as usize, n_pos as usize, width);
-                assert_eq!(&back.expect("a run of the state"), p);
-                c0 += n;
+            check_parts(&parts, width, nf, np).expect("the runs cover every neuron");
+            assert_eq!(columns(&parts, 0..width, nf, np), whole, "{runs}");
+            // Saved in one split, resumed in another (a checkpoint on another thread count).
+            for other in [1, 2, 4] {
+                for cols in crate::plan::chunks(0, width, other) {
+                    assert_eq!(
+                        columns(&parts, cols.clone(), nf, np),
+                        run(cols),
+                        "{runs} {other}"
+                    );
+                }
             }
+            assert!(check_parts(&parts[1..], width, nf, np).is_err());
         }
         assert!(whole.top_idx.iter().any(|&i| i != NO_TOKEN));
-        assert!(slice(&whole, 8, 3, n_feat as usize, n_pos as usize, width).is_err());
+        assert!(check_parts(&[&whole], width + 1, nf, np).is_err());
+        assert!(check_parts(&[&whole], width, nf + 1, np).is_err());
     }
 
     #[test]

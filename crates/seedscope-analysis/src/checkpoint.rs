@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
+use seedscope_gpu::AnatomyState;
 use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::accum::SavedState;
+use crate::anatomy::AnatomySaved;
 use crate::results::{AnchorResult, Candidates, LayerBlock, Matches, OneToOne, SavedTile};
 
 /// File name inside the work directory.
@@ -34,7 +36,7 @@ pub struct Checkpoint {
     /// Results of finished passes.
     pub results: Vec<AnchorResult>,
     /// The current pass's accumulators (none between passes).
-    pub accumulators: Option<SavedState>,
+    pub accumulators: Option<SavedState<'static>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +53,10 @@ struct Meta {
     n_hists: usize,
     #[serde(default)]
     n_anatomy: usize,
+    /// Per anatomy state, the runs of columns it is saved in ([`AnatomySaved::parts`]);
+    /// empty in checkpoints that saved each whole.
+    #[serde(default)]
+    anatomy_parts: Vec<usize>,
     anchors: Vec<AnchorMeta>,
 }
 
@@ -129,7 +135,7 @@ pub fn save_parts<'a>(
     fingerprint: &str,
     position: Position,
     results: &'a [AnchorResult],
-    accumulators: Option<&'a SavedState>,
+    accumulators: Option<&'a SavedState<'a>>,
 ) -> Result<(), AnalysisError> {
     let mut arrays: Vec<(String, Dtype, Cow<'a, [u8]>, usize)> = Vec::new();
     let mut push = |name: String, dtype: Dtype, bytes: Cow<'a, [u8]>, elem: usize| {
@@ -276,31 +282,30 @@ pub fn save_parts<'a>(
         }
         for (k, a) in acc.anatomy.iter().enumerate() {
             let p = format!("acc.anat.{k}");
-            push(format!("{p}.sums"), Dtype::F64, f64_bytes(&a.state.sums), 8);
-            push(
-                format!("{p}.shift"),
-                Dtype::F32,
-                f32_bytes(&a.state.shift),
-                4,
-            );
-            push(
-                format!("{p}.top_val"),
-                Dtype::F32,
-                f32_bytes(&a.state.top_val),
-                4,
-            );
-            push(
-                format!("{p}.top_idx"),
-                Dtype::U32,
-                u32_bytes(&a.state.top_idx),
-                4,
-            );
-            push(
-                format!("{p}.active"),
-                Dtype::U32,
-                u32_bytes(&a.state.active),
-                4,
-            );
+            for (j, part) in a.parts.iter().enumerate() {
+                let q = format!("{p}.{j}");
+                let part: &'a AnatomyState = part;
+                push(format!("{q}.sums"), Dtype::F64, f64_bytes(&part.sums), 8);
+                push(format!("{q}.shift"), Dtype::F32, f32_bytes(&part.shift), 4);
+                push(
+                    format!("{q}.top_val"),
+                    Dtype::F32,
+                    f32_bytes(&part.top_val),
+                    4,
+                );
+                push(
+                    format!("{q}.top_idx"),
+                    Dtype::U32,
+                    u32_bytes(&part.top_idx),
+                    4,
+                );
+                push(
+                    format!("{q}.active"),
+                    Dtype::U32,
+                    u32_bytes(&part.active),
+                    4,
+                );
+            }
             let counts: Vec<f64> = a.feature_count.iter().map(|&c| c as f64).collect();
             push(
                 format!("{p}.feature_count"),
@@ -326,6 +331,9 @@ pub fn save_parts<'a>(
             .unwrap_or_default(),
         n_hists: accumulators.map_or(0, |a| a.hists.len()),
         n_anatomy: accumulators.map_or(0, |a| a.anatomy.len()),
+        anatomy_parts: accumulators
+            .map(|a| a.anatomy.iter().map(|s| s.parts.len()).collect())
+            .unwrap_or_default(),
         anchors: results
             .iter()
             .map(|r| AnchorMeta {
@@ -526,12 +534,12 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             }
             let mut tiles = Vec::new();
             for k in 0..meta.n_tiles {
-                tiles.push(f64s(&format!("acc.tile.{k}"))?);
+                tiles.push(Cow::Owned(f64s(&format!("acc.tile.{k}"))?));
             }
             let mut rows = Vec::new();
             for (s, &present) in meta.rows.iter().enumerate() {
                 rows.push(if present {
-                    Some(f32s(&format!("acc.rows.{s}"))?)
+                    Some(Cow::Owned(f32s(&format!("acc.rows.{s}"))?))
                 } else {
                     None
                 });
@@ -543,14 +551,23 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             let mut anatomy = Vec::new();
             for k in 0..meta.n_anatomy {
                 let p = format!("acc.anat.{k}");
-                anatomy.push(crate::anatomy::AnatomySaved {
-                    state: seedscope_gpu::AnatomyState {
-                        sums: f64s(&format!("{p}.sums"))?,
-                        shift: f32s(&format!("{p}.shift"))?,
-                        top_val: f32s(&format!("{p}.top_val"))?,
-                        top_idx: u32s(&format!("{p}.top_idx"))?,
-                        active: u32s(&format!("{p}.active"))?,
-                    },
+                // Older checkpoints saved each state whole, under the anchor's own prefix.
+                let names: Vec<String> = match meta.anatomy_parts.get(k) {
+                    Some(&n) => (0..n).map(|j| format!("{p}.{j}")).collect(),
+                    None => vec![p.clone()],
+                };
+                let mut parts = Vec::with_capacity(names.len());
+                for q in names {
+                    parts.push(Cow::Owned(AnatomyState {
+                        sums: f64s(&format!("{q}.sums"))?,
+                        shift: f32s(&format!("{q}.shift"))?,
+                        top_val: f32s(&format!("{q}.top_val"))?,
+                        top_idx: u32s(&format!("{q}.top_idx"))?,
+                        active: u32s(&format!("{q}.active"))?,
+                    }));
+                }
+                anatomy.push(AnatomySaved {
+                    parts,
                     feature_count: f64s(&format!("{p}.feature_count"))?
                         .into_iter()
                         .map(|c| c as u64)

@@ -120,6 +120,27 @@ impl CpuAccumulator {
         Ok(Cow::Borrowed(sums))
     }
 
+    /// Make every covariance tile whole where its lower triangle lags: one mirror for all the
+    /// updates since the last.
+    fn mirror_lower(&mut self) {
+        if let (Totals::Sums(tiles), true) = (&mut self.totals, self.lower_stale) {
+            tiles
+                .par_iter_mut()
+                .zip(&self.specs)
+                .filter(|(_, t)| t.is_covariance())
+                .for_each(|(sums, t)| mirror_upper(sums, t.a_cols.len()));
+            self.lower_stale = false;
+        }
+    }
+
+    /// Every stream's moments as a checkpoint saves them: means, then M2.
+    fn saved_moments(&self) -> Vec<Option<Vec<f64>>> {
+        self.moments
+            .iter()
+            .map(|m| m.as_ref().map(|m| [m.mean.clone(), m.m2.clone()].concat()))
+            .collect()
+    }
+
     /// An error unless the moments are complete (held rows are summed when the pass ends).
     fn ready(&self) -> Result<(), AnalysisError> {
         match &self.totals {
@@ -329,15 +350,7 @@ impl Accumulate for CpuAccumulator {
         self.scratch = Scratch::default();
         match &mut self.totals {
             Totals::Rows(held) => held.finish(&mut self.moments),
-            Totals::Sums(tiles) if self.lower_stale => {
-                tiles
-                    .par_iter_mut()
-                    .zip(&self.specs)
-                    .filter(|(_, t)| t.is_covariance())
-                    .for_each(|(sums, t)| mirror_upper(sums, t.a_cols.len()));
-                self.lower_stale = false;
-            }
-            Totals::Sums(_) => {}
+            Totals::Sums(_) => self.mirror_lower(),
         }
     }
 
@@ -402,23 +415,20 @@ impl Accumulate for CpuAccumulator {
         }
     }
 
-    async fn save(&self) -> Result<SavedState, AnalysisError> {
+    async fn save(&mut self) -> Result<SavedState<'_>, AnalysisError> {
+        // Whole covariance tiles, so the sums can be lent as they are (the mirror is the one
+        // `updates_done` makes; later updates merge above the diagonal again).
+        self.mirror_lower();
         let (tiles, rows) = match &self.totals {
             Totals::Sums(tiles) => (
-                (0..tiles.len())
-                    .map(|k| self.sums(k).map(Cow::into_owned))
-                    .collect::<Result<_, _>>()?,
+                tiles.iter().map(|t| Cow::Borrowed(&t[..])).collect(),
                 Vec::new(),
             ),
             Totals::Rows(held) => (Vec::new(), held.saved()?),
         };
         Ok(SavedState {
             count: self.count,
-            moments: self
-                .moments
-                .iter()
-                .map(|m| m.as_ref().map(|m| [m.mean.clone(), m.m2.clone()].concat()))
-                .collect(),
+            moments: self.saved_moments(),
             tiles,
             rows,
             hists: Vec::new(),
@@ -426,9 +436,21 @@ impl Accumulate for CpuAccumulator {
         })
     }
 
-    async fn save_canonical(&self) -> Result<SavedState, AnalysisError> {
-        let Totals::Rows(held) = &self.totals else {
-            return self.save().await;
+    async fn save_canonical(&self) -> Result<SavedState<'_>, AnalysisError> {
+        let held = match &self.totals {
+            Totals::Rows(held) => held,
+            Totals::Sums(tiles) => {
+                return Ok(SavedState {
+                    count: self.count,
+                    moments: self.saved_moments(),
+                    tiles: (0..tiles.len())
+                        .map(|k| self.sums(k))
+                        .collect::<Result<_, _>>()?,
+                    rows: Vec::new(),
+                    hists: Vec::new(),
+                    anatomy: Vec::new(),
+                });
+            }
         };
         // The sums the rows make: their moments and every tile's co-moments.
         let mut held = held.clone();
@@ -438,7 +460,7 @@ impl Accumulate for CpuAccumulator {
         let mut product = Vec::new();
         for t in &self.specs {
             held.product(t, &mut product)?;
-            tiles.push(product.iter().map(|&v| f64::from(v)).collect());
+            tiles.push(Cow::Owned(product.iter().map(|&v| f64::from(v)).collect()));
         }
         Ok(SavedState {
             count: self.count,
@@ -453,7 +475,7 @@ impl Accumulate for CpuAccumulator {
         })
     }
 
-    fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
+    fn restore(&mut self, state: &SavedState<'_>) -> Result<(), AnalysisError> {
         if state.moments.len() != self.moments.len() {
             return Err(plan_mismatch());
         }
@@ -485,7 +507,7 @@ impl Accumulate for CpuAccumulator {
             }
             t.copy_from_slice(s);
         }
-        // Saved states are whole ([`CpuAccumulator::sums`]).
+        // Saved states are whole: `save` mirrors before it lends the sums.
         self.lower_stale = false;
         self.count = state.count;
         Ok(())
@@ -1093,9 +1115,19 @@ mod tests {
             let t = (r * 7919 + c * 104_729 + s * 1_299_709) % 1000;
             (t as f32 / 1000.0 - 0.5) * (1.0 + c as f32) + 5.0 * s as f32 - c as f32
         };
+        // Saved after two blocks (the save makes the covariances whole and lends them),
+        // restored into fresh accumulators, and both given a third block (merged above the
+        // diagonal again).
         let mut acc = CpuAccumulator::new(specs.clone(), &widths);
-        let lengths = [50, 130, 7];
-        let r0 = feed(&mut acc, &widths, &lengths, value);
+        let r1 = feed(&mut acc, &widths, &[50, 130], value);
+        let mut restored = CpuAccumulator::new(specs.clone(), &widths);
+        restored
+            .restore(&pollster::block_on(acc.save()).expect("save"))
+            .expect("restore");
+        let last = block(&widths, r1..r1 + 7, value);
+        acc.update(&last).expect("update");
+        restored.update(&last).expect("update");
+        let r0 = r1 + 7;
         let column =
             |s: usize, c: usize| (0..r0).map(|r| value(s, c, r) as f64).collect::<Vec<_>>();
         let out = finalized(&acc, |_| Finish::WithTile);
@@ -1114,11 +1146,7 @@ mod tests {
             }
         }
         // The covariances' co-moments against the exact centred sums of products: as the
-        // updates left them, from a saved state, and once the updates are done.
-        let mut restored = CpuAccumulator::new(specs.clone(), &widths);
-        restored
-            .restore(&pollster::block_on(acc.save()).expect("save"))
-            .expect("restore");
+        // updates left them, continued from a saved state, and once the updates are done.
         let lazy: Vec<Vec<f64>> = [specs.len() - 2, specs.len() - 1]
             .iter()
             .map(|&k| {
@@ -1188,7 +1216,7 @@ mod tests {
         let canonical = pollster::block_on(held.save_canonical()).expect("canonical");
         let exact = pollster::block_on(sums.save_canonical()).expect("sums");
         for (got, want) in canonical.tiles.iter().zip(&exact.tiles) {
-            for (g, w) in got.iter().zip(want) {
+            for (g, w) in got.iter().zip(want.iter()) {
                 assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
             }
         }
@@ -1215,7 +1243,7 @@ mod tests {
             assert_eq!((&g.argmax, &g.argmin), (&w.argmax, &w.argmin), "tile {k}");
         }
         let c = pollster::block_on(held.co_moments(2)).expect("co-moments");
-        for (g, w) in c.iter().zip(&exact.tiles[2]) {
+        for (g, w) in c.iter().zip(exact.tiles[2].iter()) {
             assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
         }
         let late = held.update(&block(&widths, 0..3, value));

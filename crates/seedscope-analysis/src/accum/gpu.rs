@@ -121,7 +121,7 @@ impl GpuAccumulator {
     /// The running state: as stored (moments as per-neuron `(mean, compensation, M2,
     /// compensation)`, co-moments as Kahan pairs), or `canonical`: the CPU path's layout
     /// (means then M2, co-moments folded to plain sums).
-    async fn state(&self, canonical: bool) -> Result<SavedState, AnalysisError> {
+    async fn state(&self, canonical: bool) -> Result<SavedState<'static>, AnalysisError> {
         let mut moments = Vec::new();
         for m in &self.moments {
             moments.push(match m {
@@ -147,14 +147,14 @@ impl GpuAccumulator {
         let mut tiles = Vec::new();
         for t in &self.tiles {
             let pairs = t.totals().read_async(&self.ctx).await?;
-            tiles.push(if canonical {
+            tiles.push(Cow::Owned(if canonical {
                 pairs
                     .chunks_exact(2)
                     .map(|hl| hl[0] as f64 - hl[1] as f64)
                     .collect()
             } else {
                 pairs.into_iter().map(f64::from).collect()
-            });
+            }));
         }
         Ok(SavedState {
             count: self.count(),
@@ -315,15 +315,15 @@ impl Accumulate for GpuAccumulator {
         ))
     }
 
-    async fn save(&self) -> Result<SavedState, AnalysisError> {
+    async fn save(&mut self) -> Result<SavedState<'_>, AnalysisError> {
         self.state(false).await
     }
 
-    async fn save_canonical(&self) -> Result<SavedState, AnalysisError> {
+    async fn save_canonical(&self) -> Result<SavedState<'_>, AnalysisError> {
         self.state(true).await
     }
 
-    fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError> {
+    fn restore(&mut self, state: &SavedState<'_>) -> Result<(), AnalysisError> {
         if state.moments.len() != self.moments.len() || state.tiles.len() != self.tiles.len() {
             return Err(plan_mismatch());
         }

@@ -12,6 +12,8 @@
 //! f32 values, good to about 1e-6: enough to pick candidates, and the second stage's f64 sums
 //! give the values a run reports.
 
+use std::borrow::Cow;
+
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
 
@@ -158,18 +160,27 @@ impl HeldRows {
         ArrayView2::from_shape((self.count, self.widths[s]), rows).map_err(|_| plan_mismatch())
     }
 
-    /// The rows as they came (a checkpoint within the pass, before [`HeldRows::finish`]).
-    pub fn saved(&self) -> Result<Vec<Option<Vec<f32>>>, AnalysisError> {
+    /// The rows as they came, lent (a checkpoint within the pass, before
+    /// [`HeldRows::finish`]).
+    pub fn saved(&self) -> Result<Vec<Option<Cow<'_, [f32]>>>, AnalysisError> {
         if self.centred {
             return Err(AnalysisError::Invalid(
                 "a pass's rows are saved before they are centred".into(),
             ));
         }
-        Ok(self.rows.clone())
+        Ok(self
+            .rows
+            .iter()
+            .map(|r| r.as_deref().map(Cow::Borrowed))
+            .collect())
     }
 
     /// Continue from [`HeldRows::saved`] rows, `count` of them.
-    pub fn restore(&mut self, rows: &[Option<Vec<f32>>], count: u64) -> Result<(), AnalysisError> {
+    pub fn restore(
+        &mut self,
+        rows: &[Option<Cow<'_, [f32]>>],
+        count: u64,
+    ) -> Result<(), AnalysisError> {
         if rows.len() != self.rows.len() {
             return Err(plan_mismatch());
         }

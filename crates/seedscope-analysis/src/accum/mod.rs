@@ -34,22 +34,25 @@ pub enum Finish {
     WithTile,
 }
 
-/// Saved accumulator state (checkpoints): named f32 or f64 arrays and the row count.
+/// Saved accumulator state (checkpoints): named f32 or f64 arrays and the row count. The
+/// large arrays borrow where they can: a checkpoint of the CPU path is written from the
+/// accumulators themselves, so saving one holds no second copy of a pass's sums or rows (a
+/// budget that holds every two minutes of a long run, not only between checkpoints).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SavedState {
+pub struct SavedState<'a> {
     /// Rows (tokens) merged.
     pub count: u64,
     /// Per stream moments, in the path's own layout.
     pub moments: Vec<Option<Vec<f64>>>,
     /// Per tile accumulators.
-    pub tiles: Vec<Vec<f64>>,
+    pub tiles: Vec<Cow<'a, [f64]>>,
     /// Per stream its rows so far, in a pass that holds them instead of sums (the CPU path's
     /// [`crate::plan::Plan::holds_rows`]; empty otherwise).
-    pub rows: Vec<Option<Vec<f32>>>,
+    pub rows: Vec<Option<Cow<'a, [f32]>>>,
     /// Pre-activation histograms being counted in this pass ([`crate::hist`]).
     pub hists: Vec<Vec<u32>>,
     /// Anatomy accumulators being filled in this pass ([`crate::anatomy::Anatomies`]).
-    pub anatomy: Vec<crate::anatomy::AnatomySaved>,
+    pub anatomy: Vec<crate::anatomy::AnatomySaved<'a>>,
 }
 
 /// The accumulators of one pass: moments of the streams its tiles read, and the tiles.
@@ -105,15 +108,17 @@ pub trait Accumulate {
     /// [`Accumulate::save_canonical`]): what a derived baseline ([`RotatedLayer`]) reads.
     async fn co_moments(&self, tile: usize) -> Result<Cow<'_, [f64]>, AnalysisError>;
 
-    /// The running state in this path's layout, for a checkpoint it resumes from.
-    async fn save(&self) -> Result<SavedState, AnalysisError>;
+    /// The running state in this path's layout, for a checkpoint it resumes from: borrowed
+    /// from the accumulators where they are on the host (`&mut`: the CPU path first makes
+    /// its covariance tiles whole, [`CpuAccumulator`]'s mirror).
+    async fn save(&mut self) -> Result<SavedState<'_>, AnalysisError>;
 
     /// The running state in the CPU path's layout (moments as means then M2, co-moments as
     /// plain f64 sums): what shards write, so any machine can merge them.
-    async fn save_canonical(&self) -> Result<SavedState, AnalysisError>;
+    async fn save_canonical(&self) -> Result<SavedState<'_>, AnalysisError>;
 
     /// Restore a state from [`Accumulate::save`] on the same path and plan.
-    fn restore(&mut self, state: &SavedState) -> Result<(), AnalysisError>;
+    fn restore(&mut self, state: &SavedState<'_>) -> Result<(), AnalysisError>;
 }
 
 /// Streams a set of tiles reads.
@@ -296,15 +301,15 @@ fn reduce_run<I: Iterator<Item = (u32, f64)>>(
 /// move by `δ·n_b/n`; M2 and co-moments add with `δ²·n_a n_b/n` and `δ_a δ_b·n_a n_b/n`;
 /// histograms and anatomy counts add, anatomy sums are re-shifted to the first part's shift
 /// and top activations are merged.
-pub fn merge_states(
+pub fn merge_states<'a>(
     specs: &[TileSpec],
     widths: &[usize],
-    states: Vec<SavedState>,
-) -> Result<SavedState, AnalysisError> {
+    states: Vec<SavedState<'a>>,
+) -> Result<SavedState<'a>, AnalysisError> {
     let bad = |why: String| AnalysisError::Invalid(format!("shards do not merge: {why}"));
     let mut parts = states.into_iter();
     let mut acc = parts.next().ok_or_else(|| bad("no shards".into()))?;
-    let check = |st: &SavedState| -> Result<(), AnalysisError> {
+    let check = |st: &SavedState<'_>| -> Result<(), AnalysisError> {
         if st.moments.len() != widths.len() || st.tiles.len() != specs.len() {
             return Err(bad("different plans".into()));
         }
@@ -346,11 +351,12 @@ pub fn merge_states(
                 .collect();
             let w_cross = na * nb / n;
             for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
+                let ca = ca.to_mut();
                 let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
                     return Err(bad("a tile without moments".into()));
                 };
                 if spec.pairs.is_some() {
-                    for ((c, &x), [i, j]) in ca.iter_mut().zip(cb).zip(spec.pair_list()) {
+                    for ((c, &x), [i, j]) in ca.iter_mut().zip(cb.iter()).zip(spec.pair_list()) {
                         *c += x + da[i as usize] * db[j as usize] * w_cross;
                     }
                 } else {

@@ -423,7 +423,7 @@ impl Run<'_> {
         pass: usize,
         block: usize,
         results: &[AnchorResult],
-        state: Option<SavedState>,
+        state: Option<SavedState<'_>>,
     ) -> Result<(), AnalysisError> {
         checkpoint::save_parts(
             path,

@@ -66,7 +66,7 @@ impl<C: Compute> Pass<C> {
         compute: &C,
         (specs, source, held_rows): (&[TileSpec], Source, Option<u64>),
         results: &[AnchorResult],
-        resumed: Option<&SavedState>,
+        resumed: Option<&SavedState<'_>>,
         keep: Option<&Keep>,
     ) -> Result<Self, AnalysisError> {
         let n_models = run.family.models.len();
@@ -283,29 +283,31 @@ impl<C: Compute> Pass<C> {
         Ok(())
     }
 
-    /// The running state, for a checkpoint (accumulators in this path's layout).
-    async fn state(&self) -> Result<SavedState, AnalysisError> {
+    /// The running state, for a checkpoint (accumulators in this path's layout), lent by the
+    /// accumulators where they are on the host.
+    async fn state(&mut self) -> Result<SavedState<'_>, AnalysisError> {
+        let anatomy = match &self.anatomy {
+            Some(a) => a.save().await?,
+            None => Vec::new(),
+        };
         Ok(SavedState {
             hists: self.hists.counts().await?,
-            anatomy: self.anatomy_state().await?,
+            anatomy,
             ..self.acc.save().await?
         })
     }
 
     /// The sums a shard keeps for the merge (in the CPU path's layout).
-    async fn sums(&self) -> Result<SavedState, AnalysisError> {
+    async fn sums(&self) -> Result<SavedState<'_>, AnalysisError> {
+        let anatomy = match &self.anatomy {
+            Some(a) => a.save().await?,
+            None => Vec::new(),
+        };
         Ok(SavedState {
             hists: self.hists.counts().await?,
-            anatomy: self.anatomy_state().await?,
+            anatomy,
             ..self.acc.save_canonical().await?
         })
-    }
-
-    async fn anatomy_state(&self) -> Result<Vec<crate::anatomy::AnatomySaved>, AnalysisError> {
-        match &self.anatomy {
-            Some(a) => a.save().await,
-            None => Ok(Vec::new()),
-        }
     }
 }
 
@@ -475,11 +477,15 @@ impl Run<'_> {
                     None => {
                         if let Some(s) = &mut store {
                             s.complete();
+                            let (from, to) = (pass_idx + 2, plan.passes.len());
+                            let later = if from == to {
+                                format!("pass {to} reads")
+                            } else {
+                                format!("passes {from}-{to} read")
+                            };
                             notes.push(format!(
-                                "passes {}-{} read the {:.0} MiB of activations pass {} kept {} \
-                                 instead of running the models again",
-                                pass_idx + 2,
-                                plan.passes.len(),
+                                "{later} the {:.0} MiB of activations pass {} kept {} instead \
+                                 of running the models again",
                                 s.bytes() as f64 / (1 << 20) as f64,
                                 pass_idx + 1,
                                 s.place()
