@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::AnalysisError;
+use crate::accum::MAX_PRODUCT;
 
 /// What a stream holds for its model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -342,7 +343,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, AnalysisError> {
     // room streams more baselines: set aside what the last plan streamed until it is enough
     // (it only grows, to every model's at most).
     let tiles = |budget: u64| self::tiles(input, budget, true);
-    let sums = |p: &[TileSpec]| p.iter().map(|t| cost(input, t)).sum::<u64>();
+    let sums = |p: &[TileSpec]| {
+        p.iter().map(|t| cost(input, t)).sum::<u64>() + pass_product_bytes(input, p)
+    };
     let mut rotations = 0;
     loop {
         let tile_budget = left.saturating_sub(rotations);
@@ -527,8 +530,9 @@ pub fn derives_baseline(input: &PlanInput, b: usize, tile_budget: u64) -> bool {
 /// derived baseline reads from one covariance follow each other).
 fn tiles(input: &PlanInput, tile_budget: u64, derive: bool) -> Option<Vec<TileSpec>> {
     let cap = input.max_binding.min(tile_budget);
-    // Same-layer tiles come back for the one-to-one assignment.
-    let per_pair = 12;
+    // Same-layer tiles come back for the one-to-one assignment; on the host a tile is also
+    // multiplied into an f32 product ([`product_bytes`]).
+    let per_pair = if input.on_host { 16 } else { 12 };
     let mut tiles = Vec::new();
     for &a in &input.anchors {
         let sa = input.shapes[a];
@@ -601,7 +605,8 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
         .collect();
     let budget = budget.saturating_sub(read_back_bytes(input, tiles));
     let mut passes: Vec<Vec<TileSpec>> = Vec::new();
-    let mut used = u64::MAX;
+    // The current pass's tile bytes, its dense entries and its largest dense tile's.
+    let (mut used, mut dense, mut largest) = (u64::MAX, 0, 0);
     for t in tiles {
         let covariance = (t.pairs.is_none()
             && Kind::of(t.b_stream) == Kind::Real
@@ -612,22 +617,57 @@ fn pack(input: &PlanInput, tiles: &[TileSpec], budget: u64) -> Vec<Vec<TileSpec>
             Some(p) => missing(p),
             None => covariance.clone(),
         };
-        let bytes = cost(input, t) + extra.map_or(0, |c| cost(input, &c));
-        if used.saturating_add(bytes) > budget {
+        let new: Vec<&TileSpec> = extra.iter().chain([t]).collect();
+        let bytes: u64 = new.iter().map(|t| cost(input, t)).sum();
+        let (d, l) = new.iter().fold((dense, largest), |(d, l), t| {
+            (d + dense_entries(t), l.max(dense_entries(t)))
+        });
+        if used
+            .saturating_add(bytes)
+            .saturating_add(product_bytes(input, d, l))
+            > budget
+        {
             passes.push(Vec::new());
-            used = 0;
+            (used, dense, largest) = (0, 0, 0);
         }
         let Some(p) = passes.last_mut() else {
             continue;
         };
-        if let Some(c) = missing(p) {
-            used += cost(input, &c);
-            p.push(c);
+        for t in missing(p).into_iter().chain([t.clone()]) {
+            used += cost(input, &t);
+            dense += dense_entries(&t);
+            largest = largest.max(dense_entries(&t));
+            p.push(t);
         }
-        used += cost(input, t);
-        p.push(t.clone());
     }
     passes
+}
+
+/// Entries of a dense tile (a sparse one is not multiplied as one product).
+fn dense_entries(t: &TileSpec) -> u64 {
+    if t.pairs.is_none() {
+        t.entries() as u64
+    } else {
+        0
+    }
+}
+
+/// Bytes of the f32 product a pass's dense tiles are multiplied into on the host, kept from
+/// one block to the next: tiles side by side up to [`MAX_PRODUCT`] values, or the largest
+/// alone (`dense` entries in all, the largest tile `largest`). None on a device.
+fn product_bytes(input: &PlanInput, dense: u64, largest: u64) -> u64 {
+    if input.on_host {
+        4 * dense.min(largest.max(MAX_PRODUCT as u64))
+    } else {
+        0
+    }
+}
+
+/// [`product_bytes`] of the pass `tiles`.
+fn pass_product_bytes(input: &PlanInput, tiles: &[TileSpec]) -> u64 {
+    let dense = tiles.iter().map(dense_entries).sum();
+    let largest = tiles.iter().map(dense_entries).max().unwrap_or(0);
+    product_bytes(input, dense, largest)
 }
 
 /// Bytes of the activations later passes read: every stream some pass reads (a permuted
@@ -709,20 +749,32 @@ mod tests {
     #[test]
     fn every_pair_is_covered_once_within_budget() {
         // 2,048 tokens: the baseline of the 512- and 100-neuron layers is derived, that of
-        // the wider ones streamed.
-        for (layers, d, budget, derived) in [
-            (2, 512, 1u64 << 30, true),
-            (12, 3072, 4 << 30, false),
-            (24, 4096, 4 << 30, false),
-            (3, 100, 1 << 22, true),
-        ] {
-            let inp = input(layers, d, budget);
+        // the wider ones streamed. On the host a pass also holds its tiles' f32 product.
+        // (The host centres a copy of each block: the smallest case needs more room there.)
+        let cases = [
+            (2, 512, [1u64 << 30; 2], true),
+            (12, 3072, [4 << 30; 2], false),
+            (24, 4096, [4 << 30; 2], false),
+            (3, 100, [1 << 22, 1 << 23], true),
+        ];
+        for ((layers, d, budgets, derived), on_host) in
+            cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
+            let budget = budgets[usize::from(on_host)];
+            let inp = PlanInput {
+                on_host,
+                ..input(layers, d, budget)
+            };
             let p = plan(&inp).expect("plan");
+            assert!(p.peak_bytes() <= budget, "{} over {budget}", p.peak_bytes());
             assert_eq!(derives_baseline(&inp, 1, budget), derived);
             let mut seen = std::collections::HashMap::new();
             for pass in &p.passes {
-                let bytes: u64 = pass.iter().map(TileSpec::bytes).sum();
+                let product = pass_product_bytes(&inp, pass);
+                assert_eq!(product > 0, on_host);
+                let bytes = pass.iter().map(|t| cost(&inp, t)).sum::<u64>() + product;
                 assert!(bytes + p.activation_bytes <= budget, "pass over budget");
+                assert!(bytes <= p.max_tile_bytes);
                 for t in pass {
                     assert!(t.bytes() <= 128 << 20);
                     if t.is_covariance() {

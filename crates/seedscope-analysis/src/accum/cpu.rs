@@ -550,7 +550,7 @@ impl Layout {
 /// 512 × 512 tiles of a block are one such GEMM, which the `gemm` crate runs 10–40 % faster
 /// than the sixteen on two AVX2 cores; GPT-2-width tiles (3,072 × 3,072) are GEMMs of their
 /// own, already large enough.
-const MAX_PRODUCT: usize = 1 << 22;
+pub(crate) const MAX_PRODUCT: usize = 1 << 22;
 
 /// A dense tile in the centred block: its index in the pass's specs, its anchor columns and
 /// its other columns.

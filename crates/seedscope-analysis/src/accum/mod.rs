@@ -12,6 +12,7 @@ mod gpu;
 mod held;
 mod rotated;
 
+pub(crate) use cpu::MAX_PRODUCT;
 pub use cpu::{CpuAccumulator, CpuMoments};
 pub use gpu::{GpuAccumulator, GpuTile};
 pub use rotated::RotatedLayer;
