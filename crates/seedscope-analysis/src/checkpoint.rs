@@ -27,7 +27,7 @@ pub struct Position {
 }
 
 /// Everything a resumed run needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Checkpoint {
     /// Models, data and options it belongs to.
     pub fingerprint: String,
@@ -35,11 +35,163 @@ pub struct Checkpoint {
     pub position: Position,
     /// Results of finished passes.
     pub results: Vec<AnchorResult>,
-    /// The current pass's accumulators (none between passes).
-    pub accumulators: Option<SavedState<'static>>,
+    /// The file, from which [`Checkpoint::accumulators`] reads the current pass's state.
+    file: FileBytes,
+    meta: Meta,
+    /// Where it was read from.
+    pub path: std::path::PathBuf,
 }
 
-#[derive(Serialize, Deserialize)]
+impl Checkpoint {
+    /// The current pass's accumulators (none between passes): its sums and held rows lent
+    /// from the mapped file, so restoring them holds them once, in the pass.
+    pub fn accumulators(&self) -> Result<Option<SavedState<'_>>, AnalysisError> {
+        let Some(count) = self.meta.count else {
+            return Ok(None);
+        };
+        let bad = |m: String| AnalysisError::Corrupt {
+            path: self.path.clone(),
+            message: m,
+        };
+        let st =
+            safetensors::SafeTensors::deserialize(&self.file).map_err(|e| bad(e.to_string()))?;
+        let meta = &self.meta;
+        let f64s = |name: &str| tensor(&st, name, f64::from_le_bytes, &bad);
+        let f32s = |name: &str| tensor(&st, name, f32::from_le_bytes, &bad);
+        let u32s = |name: &str| tensor(&st, name, u32::from_le_bytes, &bad);
+        let mut moments = Vec::new();
+        for (s, &present) in meta.moments.iter().enumerate() {
+            moments.push(if present {
+                Some(f64s(&format!("acc.moments.{s}"))?.into_owned())
+            } else {
+                None
+            });
+        }
+        let mut tiles = Vec::new();
+        for k in 0..meta.n_tiles {
+            tiles.push(f64s(&format!("acc.tile.{k}"))?);
+        }
+        let mut rows = Vec::new();
+        for (s, &present) in meta.rows.iter().enumerate() {
+            rows.push(if present {
+                Some(f32s(&format!("acc.rows.{s}"))?)
+            } else {
+                None
+            });
+        }
+        let mut hists = Vec::new();
+        for k in 0..meta.n_hists {
+            hists.push(u32s(&format!("acc.hist.{k}"))?.into_owned());
+        }
+        let mut anatomy = Vec::new();
+        for k in 0..meta.n_anatomy {
+            let p = format!("acc.anat.{k}");
+            // Older checkpoints saved each state whole, under the anchor's own prefix.
+            let names: Vec<String> = match meta.anatomy_parts.get(k) {
+                Some(&n) => (0..n).map(|j| format!("{p}.{j}")).collect(),
+                None => vec![p.clone()],
+            };
+            let mut parts = Vec::with_capacity(names.len());
+            for q in names {
+                parts.push(Cow::Owned(AnatomyState {
+                    sums: f64s(&format!("{q}.sums"))?.into_owned(),
+                    shift: f32s(&format!("{q}.shift"))?.into_owned(),
+                    top_val: f32s(&format!("{q}.top_val"))?.into_owned(),
+                    top_idx: u32s(&format!("{q}.top_idx"))?.into_owned(),
+                    active: u32s(&format!("{q}.active"))?.into_owned(),
+                }));
+            }
+            let counts = |name: &str| -> Result<Vec<u64>, AnalysisError> {
+                Ok(f64s(name)?.iter().map(|&c| c as u64).collect())
+            };
+            anatomy.push(AnatomySaved {
+                parts,
+                feature_count: counts(&format!("{p}.feature_count"))?,
+                pos_total: counts(&format!("{p}.pos_total"))?,
+            });
+        }
+        Ok(Some(SavedState {
+            count,
+            moments,
+            tiles,
+            rows,
+            hists,
+            anatomy,
+        }))
+    }
+}
+
+/// A checkpoint file's bytes: mapped natively, so the accumulators a resumed pass restores are
+/// read where they are (the page cache), not copied onto the heap next to the pass's own
+/// accumulators; read whole in the browser (where no checkpoint is written).
+#[derive(Debug)]
+enum FileBytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    #[allow(dead_code)]
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Mapped(m) => m,
+            Self::Read(v) => v,
+        }
+    }
+}
+
+impl FileBytes {
+    /// The file at `path`, or none where there is none.
+    fn open(path: &Path) -> Result<Option<Self>, AnalysisError> {
+        let io = |source| AnalysisError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(e)),
+            };
+            // SAFETY: checkpoints are only ever replaced whole (written to a temporary file
+            // and renamed over, `write_file_atomic_with`), never modified in place, so the
+            // mapped file does not change while it is mapped.
+            #[allow(unsafe_code)]
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            Ok(Some(Self::Mapped(map)))
+        }
+        #[cfg(target_arch = "wasm32")]
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(Self::Read(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// Little-endian values of type `T` in `bytes`: lent as they are where they are aligned
+/// (safetensors puts 8-byte types first) on a little-endian machine, converted otherwise.
+fn values<T: bytemuck::Pod, const N: usize>(
+    bytes: &[u8],
+    from_le: fn([u8; N]) -> T,
+) -> Cow<'_, [T]> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(v) if cfg!(target_endian = "little") => Cow::Borrowed(v),
+        _ => Cow::Owned(
+            bytes
+                .chunks_exact(N)
+                .map(|c| from_le(c.try_into().unwrap_or([0; N])))
+                .collect(),
+        ),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     fingerprint: String,
     position: Position,
@@ -60,7 +212,7 @@ struct Meta {
     anchors: Vec<AnchorMeta>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct AnchorMeta {
     anchor: usize,
     others: Vec<usize>,
@@ -117,20 +269,9 @@ pub fn discard(work: &Path) -> Result<(), AnalysisError> {
     removed(prefix.clone(), std::fs::remove_dir_all(&prefix))
 }
 
-/// Write `ck` to `path` atomically.
-pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), AnalysisError> {
-    save_parts(
-        path,
-        &ck.fingerprint,
-        ck.position,
-        &ck.results,
-        ck.accumulators.as_ref(),
-    )
-}
-
-/// [`save`] from the parts of a checkpoint, borrowed: the arrays are streamed to the file from
-/// where they are (no copy of the accumulators or the results is made).
-pub fn save_parts<'a>(
+/// Write a checkpoint to `path` atomically from its parts, borrowed: the arrays are streamed to
+/// the file from where they are (no copy of the accumulators or the results is made).
+pub fn save<'a>(
     path: &Path,
     fingerprint: &str,
     position: Position,
@@ -377,15 +518,8 @@ pub fn save_parts<'a>(
 /// Load the checkpoint at `path` if there is one and it belongs to `fingerprint`. A checkpoint
 /// of other models, data or options is an error (it is not silently overwritten).
 pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, AnalysisError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(AnalysisError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+    let Some(bytes) = FileBytes::open(path)? else {
+        return Ok(None);
     };
     let bad = |m: String| AnalysisError::Corrupt {
         path: path.to_path_buf(),
@@ -407,29 +541,41 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
             path.display()
         )));
     }
-    let get = |name: &str| -> Result<Vec<u8>, AnalysisError> {
-        st.tensor(name)
-            .map(|t| t.data().to_vec())
-            .map_err(|e| bad(format!("{name}: {e}")))
+    let results = read_results(&st, &meta, &bad)?;
+    drop(st);
+    let ck = Checkpoint {
+        fingerprint: meta.fingerprint.clone(),
+        position: meta.position,
+        results,
+        file: bytes,
+        meta,
+        path: path.to_path_buf(),
     };
-    let f64s = |name: &str| -> Result<Vec<f64>, AnalysisError> {
-        Ok(get(name)?
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect())
-    };
-    let f32s = |name: &str| -> Result<Vec<f32>, AnalysisError> {
-        Ok(get(name)?
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    };
-    let u32s = |name: &str| -> Result<Vec<u32>, AnalysisError> {
-        Ok(get(name)?
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    };
+    // A truncated or inconsistent pass state is refused now, not when the pass resumes.
+    ck.accumulators()?;
+    Ok(Some(ck))
+}
+
+/// The tensor `name` of `st` as values of `T` ([`values`]).
+fn tensor<'a, T: bytemuck::Pod, const N: usize>(
+    st: &safetensors::SafeTensors<'a>,
+    name: &str,
+    from_le: fn([u8; N]) -> T,
+    bad: &impl Fn(String) -> AnalysisError,
+) -> Result<Cow<'a, [T]>, AnalysisError> {
+    let t = st.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;
+    Ok(values(t.data(), from_le))
+}
+
+/// The finished passes' results a checkpoint holds.
+fn read_results(
+    st: &safetensors::SafeTensors<'_>,
+    meta: &Meta,
+    bad: &impl Fn(String) -> AnalysisError,
+) -> Result<Vec<AnchorResult>, AnalysisError> {
+    let f64s = |name: &str| tensor(st, name, f64::from_le_bytes, bad).map(Cow::into_owned);
+    let f32s = |name: &str| tensor(st, name, f32::from_le_bytes, bad).map(Cow::into_owned);
+    let u32s = |name: &str| tensor(st, name, u32::from_le_bytes, bad).map(Cow::into_owned);
     let mut results = Vec::new();
     for (i, a) in meta.anchors.iter().enumerate() {
         let mut lists = Vec::new();
@@ -521,77 +667,5 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
                 .collect::<Result<_, AnalysisError>>()?,
         });
     }
-    let accumulators = match meta.count {
-        None => None,
-        Some(count) => {
-            let mut moments = Vec::new();
-            for (s, &present) in meta.moments.iter().enumerate() {
-                moments.push(if present {
-                    Some(f64s(&format!("acc.moments.{s}"))?)
-                } else {
-                    None
-                });
-            }
-            let mut tiles = Vec::new();
-            for k in 0..meta.n_tiles {
-                tiles.push(Cow::Owned(f64s(&format!("acc.tile.{k}"))?));
-            }
-            let mut rows = Vec::new();
-            for (s, &present) in meta.rows.iter().enumerate() {
-                rows.push(if present {
-                    Some(Cow::Owned(f32s(&format!("acc.rows.{s}"))?))
-                } else {
-                    None
-                });
-            }
-            let mut hists = Vec::new();
-            for k in 0..meta.n_hists {
-                hists.push(u32s(&format!("acc.hist.{k}"))?);
-            }
-            let mut anatomy = Vec::new();
-            for k in 0..meta.n_anatomy {
-                let p = format!("acc.anat.{k}");
-                // Older checkpoints saved each state whole, under the anchor's own prefix.
-                let names: Vec<String> = match meta.anatomy_parts.get(k) {
-                    Some(&n) => (0..n).map(|j| format!("{p}.{j}")).collect(),
-                    None => vec![p.clone()],
-                };
-                let mut parts = Vec::with_capacity(names.len());
-                for q in names {
-                    parts.push(Cow::Owned(AnatomyState {
-                        sums: f64s(&format!("{q}.sums"))?,
-                        shift: f32s(&format!("{q}.shift"))?,
-                        top_val: f32s(&format!("{q}.top_val"))?,
-                        top_idx: u32s(&format!("{q}.top_idx"))?,
-                        active: u32s(&format!("{q}.active"))?,
-                    }));
-                }
-                anatomy.push(AnatomySaved {
-                    parts,
-                    feature_count: f64s(&format!("{p}.feature_count"))?
-                        .into_iter()
-                        .map(|c| c as u64)
-                        .collect(),
-                    pos_total: f64s(&format!("{p}.pos_total"))?
-                        .into_iter()
-                        .map(|c| c as u64)
-                        .collect(),
-                });
-            }
-            Some(SavedState {
-                count,
-                moments,
-                tiles,
-                rows,
-                hists,
-                anatomy,
-            })
-        }
-    };
-    Ok(Some(Checkpoint {
-        fingerprint: meta.fingerprint,
-        position: meta.position,
-        results,
-        accumulators,
-    }))
+    Ok(results)
 }

@@ -64,18 +64,22 @@ impl Run<'_> {
         let widths = self.family.stream_widths()?;
         let mut n_tokens = 0;
         for (pass_idx, specs) in plan.passes.iter().enumerate() {
-            let mut states = Vec::new();
+            let missing = |path: &std::path::Path| {
+                AnalysisError::Invalid(format!(
+                    "{} is missing: the shard did not finish pass {pass_idx}",
+                    path.display()
+                ))
+            };
+            // Each shard's sums lent from its mapped file (the first is copied as it merges).
+            let mut files = Vec::new();
             for (d, f) in dirs.iter().zip(fingerprints) {
                 let path = d.join(pass_file(pass_idx));
-                let state = checkpoint::load(&path, f)?
-                    .and_then(|ck| ck.accumulators)
-                    .ok_or_else(|| {
-                        AnalysisError::Invalid(format!(
-                            "{} is missing: the shard did not finish pass {pass_idx}",
-                            path.display()
-                        ))
-                    })?;
-                states.push(state);
+                files.push(checkpoint::load(&path, f)?.ok_or_else(|| missing(&path))?);
+            }
+            let mut states = Vec::new();
+            for ck in &files {
+                let path = &ck.path;
+                states.push(ck.accumulators()?.ok_or_else(|| missing(path))?);
             }
             let merged = merge_states(specs, &widths, states)?;
             n_tokens = merged.count;

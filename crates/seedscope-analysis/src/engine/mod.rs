@@ -425,7 +425,7 @@ impl Run<'_> {
         results: &[AnchorResult],
         state: Option<SavedState<'_>>,
     ) -> Result<(), AnalysisError> {
-        checkpoint::save_parts(
+        checkpoint::save(
             path,
             &self.fingerprint,
             checkpoint::Position { pass, block },

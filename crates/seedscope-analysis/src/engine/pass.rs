@@ -377,14 +377,15 @@ impl Run<'_> {
         let mut results = self.initial_results(&shapes);
         let ckpt_path = self.work_dir.map(|d| d.join(checkpoint::FILE));
         let mut start = checkpoint::Position::default();
-        let mut resumed = None;
-        if let Some(path) = &ckpt_path
-            && let Some(ck) = checkpoint::load(path, &self.fingerprint)?
-        {
+        let mut ck = match &ckpt_path {
+            Some(path) => checkpoint::load(path, &self.fingerprint)?,
+            None => None,
+        };
+        if let Some(ck) = &mut ck {
             start = ck.position;
-            results = ck.results;
-            resumed = ck.accumulators;
+            results = std::mem::take(&mut ck.results);
         }
+
         let mut store: Option<Store> = None;
         let mut last_ckpt = Instant::now();
         let mut cost = RunCost::default();
@@ -403,7 +404,12 @@ impl Run<'_> {
             ));
         }
         for (pass_idx, specs) in plan.passes.iter().enumerate().skip(start.pass) {
-            let resumed = resumed.take().filter(|_| pass_idx == start.pass);
+            // The checkpoint's pass state, lent from the mapped file until the pass has
+            // restored it (then the file is let go).
+            let resumed = match &ck {
+                Some(c) if pass_idx == start.pass => c.accumulators()?,
+                _ => None,
+            };
             let first_block = if resumed.is_some() { start.block } else { 0 };
             let later = &plan.passes[pass_idx + 1..];
             // The first pass that starts at the first block and has passes after it keeps
@@ -431,6 +437,8 @@ impl Run<'_> {
                 resumed.as_ref(),
                 keep,
             )?;
+            drop(resumed);
+            ck = None;
             for (bi, &rows) in blocks.iter().enumerate().skip(first_block) {
                 if self.cancel.load(Ordering::SeqCst) {
                     if let Some(path) = &ckpt_path {
