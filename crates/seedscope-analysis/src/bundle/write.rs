@@ -165,8 +165,35 @@ impl TensorFile {
         let info = info()?;
         let bytes = safetensors::serialize(views, (!info.is_empty()).then_some(info))
             .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        Ok(Some(bytes))
+        Ok(Some(ordered_header(bytes)))
     }
+}
+
+/// A safetensors file with its header's keys in order. `safetensors::serialize` writes the
+/// metadata map in hash order, which changes from process to process; ordered, a bundle's
+/// bytes depend on its content alone (a rerun, or a resumed run, writes the same files). The
+/// header is rewritten in place: the same entries, so the same length, padding included.
+fn ordered_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let ordered = || -> Option<Vec<u8>> {
+        let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+        let text = std::str::from_utf8(bytes.get(8..8 + n)?).ok()?;
+        let mut header: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(text.trim_end()).ok()?;
+        if let Some(meta) = header.get_mut("__metadata__") {
+            let sorted: BTreeMap<String, serde_json::Value> =
+                serde_json::from_value(meta.take()).ok()?;
+            *meta = serde_json::to_value(sorted).ok()?;
+        }
+        let mut out = serde_json::to_vec(&header).ok()?;
+        (out.len() <= n).then(|| {
+            out.resize(n, b' ');
+            out
+        })
+    };
+    if let Some(header) = ordered() {
+        bytes[8..8 + header.len()].copy_from_slice(&header);
+    }
+    bytes
 }
 
 /// Tensor names of anchor `ai` (position in `results.anchors`) with model index `anchor`: the
@@ -548,4 +575,43 @@ fn layer_match(argmax: &[u32], anchor: Shape, other: &Shape, columns: usize) -> 
         }
     }
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same tensors and metadata make the same bytes, whatever order the metadata's hash
+    /// map holds them in, and the file reads back whole.
+    #[test]
+    fn a_tensor_file_is_the_same_bytes_for_the_same_content() {
+        let file = |seed: u64| {
+            let mut f = TensorFile::default();
+            f.f32s("b".into(), vec![3], [1.0, 2.0, 3.0]);
+            f.i32s("a".into(), vec![2], [7, -1]);
+            let info = || {
+                // Maps filled in different orders (and each with its own hash keys).
+                let mut keys: Vec<u64> = (0..12).collect();
+                keys.rotate_left(seed as usize);
+                Ok(keys
+                    .into_iter()
+                    .map(|k| (format!("key{k}"), format!("[{k}, \"v\"]")))
+                    .collect::<HashMap<_, _>>())
+            };
+            f.finish(info).expect("serialize").expect("a file")
+        };
+        let first = file(0);
+        for seed in 1..6 {
+            assert!(file(seed) == first, "run {seed} wrote other bytes");
+        }
+        let st = safetensors::SafeTensors::deserialize(&first).expect("a safetensors file");
+        assert_eq!(
+            st.tensor("a").expect("a").data(),
+            &[7, 0, 0, 0, 255, 255, 255, 255]
+        );
+        let (_, header) = safetensors::SafeTensors::read_metadata(&first).expect("header");
+        let meta = header.metadata().as_ref().expect("metadata");
+        assert_eq!(meta.len(), 12);
+        assert_eq!(meta["key5"], "[5, \"v\"]");
+    }
 }
