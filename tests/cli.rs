@@ -12,6 +12,37 @@ fn seedscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seedscope"))
 }
 
+/// The number written just before `marker` in `text` (`about 63 MiB at peak`).
+fn number_before(text: &str, marker: &str) -> u64 {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"));
+    let digits: String = text[..at]
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let digits: String = digits.chars().rev().collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before `{marker}` in:\n{text}"))
+}
+
+/// The number written just after `marker` in `text` (`peak heap 56 MiB`).
+fn number_after(text: &str, marker: &str) -> u64 {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"));
+    let digits: String = text[at + marker.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after `{marker}` in:\n{text}"))
+}
+
 /// `seedscope report BUNDLE --out OUT`, which must succeed; OUT.
 fn report(bundle: &std::path::Path, out: &std::path::Path) -> PathBuf {
     let r = seedscope()
@@ -1264,33 +1295,6 @@ fn cost_compares_runs_from_their_bundles() {
 #[test]
 fn the_memory_budget_bounds_the_heap_of_an_analysis() {
     let dir = temp_dir("cli-budget");
-    let number_before = |text: &str, marker: &str| -> u64 {
-        let at = text
-            .find(marker)
-            .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"));
-        let digits: String = text[..at]
-            .trim_end()
-            .chars()
-            .rev()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits
-            .chars()
-            .rev()
-            .collect::<String>()
-            .parse()
-            .expect("a number")
-    };
-    let number_after = |text: &str, marker: &str| -> u64 {
-        let at = text
-            .find(marker)
-            .unwrap_or_else(|| panic!("no `{marker}` in:\n{text}"));
-        let digits: String = text[at + marker.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().expect("a number")
-    };
     for budget in [64u64, 128, 256] {
         let out = dir.join(format!("bundle-{budget}"));
         let output = seedscope()
@@ -1368,35 +1372,13 @@ fn an_interrupted_analysis_resumes_within_its_budget_to_the_same_bundle() {
     let resumed = run(&out).output().expect("resume seedscope analyze");
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{stderr}");
-    let number = |text: &str, before: &str| -> u64 {
-        let at = text
-            .find(before)
-            .unwrap_or_else(|| panic!("no `{before}` in:\n{text}"));
-        let digits: String = text[..at]
-            .trim_end()
-            .chars()
-            .rev()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits
-            .chars()
-            .rev()
-            .collect::<String>()
-            .parse()
-            .expect("a number")
-    };
-    let heap: u64 = stderr
-        .split("peak heap ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no peak heap in:\n{stderr}"));
-    let planned = number(&stderr, "MiB at peak");
+    let heap = number_after(&stderr, "peak heap ");
+    let planned = number_before(&stderr, "MiB at peak");
     assert!(
         heap <= 128 && heap * 100 <= planned * 105,
         "resumed: heap {heap} MiB, planned {planned} MiB:\n{stderr}"
     );
-    let forwards = |text: &str| number(text, "forward passes (a model over a block)");
+    let forwards = |text: &str| number_before(text, "forward passes (a model over a block)");
     let whole = dir.join("whole");
     let uninterrupted = run(&whole).output().expect("run seedscope analyze");
     let whole_stderr = String::from_utf8_lossy(&uninterrupted.stderr);
@@ -1592,12 +1574,7 @@ fn the_least_budget_a_refused_run_names_holds_it_through_the_weight_statistics()
     let run = analyze(&format!("{least}MiB"), Some(&batch), "least");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    let heap: u64 = stderr
-        .split("peak heap ")
-        .nth(1)
-        .and_then(|s| s.split(" MiB").next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no peak heap in:\n{stderr}"));
+    let heap = number_after(&stderr, "peak heap ");
     eprintln!("the least budget named: {least} MiB; the heap at it: {heap} MiB");
     assert!(
         heap <= least,
