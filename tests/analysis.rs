@@ -518,6 +518,45 @@ fn without_a_work_directory_the_passes_run_the_models_again_and_say_so() {
     }
 }
 
+/// A checkpoint cut short (a disk that filled, a partial copy), in its header or in its
+/// tensors, is refused with its path, what is wrong and what to do.
+#[test]
+fn a_damaged_checkpoint_says_so_and_how_to_start_over() {
+    let dev = device(BackendKind::Cpu);
+    for (tag, keep) in [("header", 100u64), ("tensors", 0)] {
+        let work = temp_dir(&format!("damaged-checkpoint-{tag}"));
+        assert!(matches!(
+            run(&dev, &options(), &work, Some(200)),
+            Outcome::Interrupted { .. }
+        ));
+        let path = work.join(seedscope_analysis::checkpoint::FILE);
+        let len = std::fs::metadata(&path).expect("a checkpoint").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open the checkpoint");
+        file.set_len(if keep > 0 { keep } else { len / 2 })
+            .expect("cut the checkpoint");
+        let (models, tokens, options) = (models(&dev), tokens(), options());
+        let r = fixture_run(
+            &models,
+            &dev,
+            &tokens,
+            &options,
+            &work,
+            "test".into(),
+            Arc::new(AtomicBool::new(false)),
+            Some(Reference::load().rotations(3)),
+            Some(anatomy_spec(&tokens)),
+        );
+        let e = r.run(|_| {}).expect_err("a damaged checkpoint").to_string();
+        assert!(
+            e.contains("checkpoint.safetensors") && e.contains("delete it to run the analysis"),
+            "{tag}: {e}"
+        );
+    }
+}
+
 #[test]
 fn a_checkpoint_of_another_analysis_is_refused() {
     let dev = device(BackendKind::Cpu);

@@ -29,10 +29,6 @@ pub struct Position {
 /// Everything a resumed run needs.
 #[derive(Debug)]
 pub struct Checkpoint {
-    /// Models, data and options it belongs to.
-    pub fingerprint: String,
-    /// Where to continue.
-    pub position: Position,
     /// Results of finished passes.
     pub results: Vec<AnchorResult>,
     /// The file, from which [`Checkpoint::accumulators`] reads the current pass's state.
@@ -43,16 +39,18 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Where to continue.
+    pub fn position(&self) -> Position {
+        self.meta.position
+    }
+
     /// The current pass's accumulators (none between passes): its sums and held rows lent
     /// from the mapped file, so restoring them holds them once, in the pass.
     pub fn accumulators(&self) -> Result<Option<SavedState<'_>>, AnalysisError> {
         let Some(count) = self.meta.count else {
             return Ok(None);
         };
-        let bad = |m: String| AnalysisError::Corrupt {
-            path: self.path.clone(),
-            message: m,
-        };
+        let bad = |m: String| damaged(&self.path, m);
         let st =
             safetensors::SafeTensors::deserialize(&self.file).map_err(|e| bad(e.to_string()))?;
         let meta = &self.meta;
@@ -515,16 +513,24 @@ pub fn save<'a>(
     Ok(())
 }
 
+/// A checkpoint that cannot be read: what is wrong, and what to do.
+fn damaged(path: &Path, what: String) -> AnalysisError {
+    AnalysisError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!(
+            "{what}: the checkpoint is damaged (a disk that filled, or a copy cut short); \
+             delete it to run the analysis from the start"
+        ),
+    }
+}
+
 /// Load the checkpoint at `path` if there is one and it belongs to `fingerprint`. A checkpoint
 /// of other models, data or options is an error (it is not silently overwritten).
 pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, AnalysisError> {
     let Some(bytes) = FileBytes::open(path)? else {
         return Ok(None);
     };
-    let bad = |m: String| AnalysisError::Corrupt {
-        path: path.to_path_buf(),
-        message: m,
-    };
+    let bad = |m: String| damaged(path, m);
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -543,17 +549,12 @@ pub fn load(path: &Path, fingerprint: &str) -> Result<Option<Checkpoint>, Analys
     }
     let results = read_results(&st, &meta, &bad)?;
     drop(st);
-    let ck = Checkpoint {
-        fingerprint: meta.fingerprint.clone(),
-        position: meta.position,
+    Ok(Some(Checkpoint {
         results,
         file: bytes,
         meta,
         path: path.to_path_buf(),
-    };
-    // A truncated or inconsistent pass state is refused now, not when the pass resumes.
-    ck.accumulators()?;
-    Ok(Some(ck))
+    }))
 }
 
 /// The tensor `name` of `st` as values of `T` ([`values`]).

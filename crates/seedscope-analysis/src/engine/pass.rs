@@ -382,7 +382,7 @@ impl Run<'_> {
             None => None,
         };
         if let Some(ck) = &mut ck {
-            start = ck.position;
+            start = ck.position();
             results = std::mem::take(&mut ck.results);
         }
 
