@@ -286,10 +286,7 @@ impl<C: Compute> Pass<C> {
     /// The running state, for a checkpoint (accumulators in this path's layout), lent by the
     /// accumulators where they are on the host.
     async fn state(&mut self) -> Result<SavedState<'_>, AnalysisError> {
-        let anatomy = match &self.anatomy {
-            Some(a) => a.save().await?,
-            None => Vec::new(),
-        };
+        let anatomy = anatomy_state(&self.anatomy).await?;
         Ok(SavedState {
             hists: self.hists.counts().await?,
             anatomy,
@@ -299,15 +296,24 @@ impl<C: Compute> Pass<C> {
 
     /// The sums a shard keeps for the merge (in the CPU path's layout).
     async fn sums(&self) -> Result<SavedState<'_>, AnalysisError> {
-        let anatomy = match &self.anatomy {
-            Some(a) => a.save().await?,
-            None => Vec::new(),
-        };
+        let anatomy = anatomy_state(&self.anatomy).await?;
         Ok(SavedState {
             hists: self.hists.counts().await?,
             anatomy,
             ..self.acc.save_canonical().await?
         })
+    }
+}
+
+/// The running anatomy of a pass's counted anchors (none where it counts none), lent where it
+/// is on the host. A function of the field alone, so that a checkpoint can borrow it next to
+/// the accumulators it borrows mutably.
+async fn anatomy_state<D: crate::anatomy::AnatomyDevice>(
+    anatomy: &Option<Anatomies<D>>,
+) -> Result<Vec<crate::anatomy::AnatomySaved<'_>>, AnalysisError> {
+    match anatomy {
+        Some(a) => a.save().await,
+        None => Ok(Vec::new()),
     }
 }
 
@@ -385,7 +391,6 @@ impl Run<'_> {
             start = ck.position();
             results = std::mem::take(&mut ck.results);
         }
-
         let mut store: Option<Store> = None;
         let mut last_ckpt = Instant::now();
         let mut cost = RunCost::default();
