@@ -518,11 +518,14 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
     request.merge = args.shards.clone();
     request.backend = args.backend;
     request.command = std::env::args().collect();
-    match run_analysis(&request, Arc::new(AtomicBool::new(false)), |e| {
+    let end = run_analysis(&request, Arc::new(AtomicBool::new(false)), |e| {
         if let JobEvent::Log(line) = e {
             eprintln!("{line}");
         }
-    })? {
+    })?;
+    // The merge runs under the shards' budget; what it held at once, as `analyze` says it.
+    eprintln!("peak heap {} MiB", crate::heap_peak() >> 20);
+    match end {
         JobEnd::Written(out) => {
             print!("{}", Bundle::read(&out)?.summary());
             Ok(())

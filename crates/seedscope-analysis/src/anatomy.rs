@@ -539,36 +539,57 @@ pub fn position_mi(active: impl Iterator<Item = u32> + Clone, total: &[u64]) -> 
 /// Merge the anatomy state of another part of the data into `a`: counts add, `b`'s feature
 /// sums of `v − shift_b` are moved to `a`'s shift (`+ n_f (shift_b − shift_a)`), the top
 /// activations of both are merged (value descending, then token index).
-pub fn merge_saved<'a>(a: &mut AnatomySaved<'a>, b: &AnatomySaved<'a>) -> Result<(), String> {
-    let whole = |s: &AnatomySaved<'_>| -> Result<AnatomyState, String> {
-        let (nf, n_pos) = (s.feature_count.len(), s.pos_total.len());
-        let width = s.parts.iter().map(|p| p.shift.len()).sum();
-        check_parts(&s.parts, width, nf, n_pos).map_err(|e| e.to_string())?;
-        Ok(columns(&s.parts, 0..width, nf, n_pos))
-    };
-    if a.feature_count.len() != b.feature_count.len() || a.pos_total.len() != b.pos_total.len() {
+pub fn merge_saved(a: &mut AnatomySaved<'_>, b: &AnatomySaved<'_>) -> Result<(), String> {
+    let (nf, n_pos) = (a.feature_count.len(), a.pos_total.len());
+    if b.feature_count.len() != nf || b.pos_total.len() != n_pos {
         return Err("anatomy states of different shapes".into());
     }
     if !b.pos_total.iter().any(|&t| t > 0) {
         return Ok(());
     }
     if !a.pos_total.iter().any(|&t| t > 0) {
-        *a = b.clone();
+        a.parts = b
+            .parts
+            .iter()
+            .map(|p| Cow::Owned(p.as_ref().clone()))
+            .collect();
+        a.feature_count.clone_from(&b.feature_count);
+        a.pos_total.clone_from(&b.pos_total);
         return Ok(());
     }
-    let sb = &whole(b)?;
-    a.parts = vec![Cow::Owned(whole(a)?)];
-    let sa = a.parts[0].to_mut();
-    let width = sa.shift.len();
-    if sb.shift.len() != width {
-        return Err("anatomy states of different shapes".into());
+    let width: usize = a.parts.iter().map(|p| p.shift.len()).sum();
+    for s in [&*a, b] {
+        check_parts(&s.parts, width, nf, n_pos).map_err(|e| e.to_string())?;
     }
-    let nf = a.feature_count.len();
-    for f in 0..nf {
-        let nfb = b.feature_count[f] as f64;
+    // Part by part in `a`'s split, `b`'s columns gathered for each (shards of one machine
+    // split alike): no state is joined whole, which would hold it twice.
+    let mut c0 = 0;
+    for part in &mut a.parts {
+        let sa = part.to_mut();
+        let n = sa.shift.len();
+        let sb = columns(&b.parts, c0..c0 + n, nf, n_pos);
+        merge_columns(sa, &sb, &b.feature_count);
+        c0 += n;
+    }
+    a.feature_count
+        .iter_mut()
+        .zip(&b.feature_count)
+        .for_each(|(x, y)| *x += y);
+    a.pos_total
+        .iter_mut()
+        .zip(&b.pos_total)
+        .for_each(|(x, y)| *x += y);
+    Ok(())
+}
+
+/// `sb` merged into `sa`, the same columns of two parts of the data (`nf_b`: `sb`'s count of
+/// each feature).
+fn merge_columns(sa: &mut AnatomyState, sb: &AnatomyState, nf_b: &[u64]) {
+    let width = sa.shift.len();
+    for (f, &n_b) in nf_b.iter().enumerate() {
         for c in 0..width {
             let e = f * width + c;
-            sa.sums[e] += sb.sums[e] + nfb * (sb.shift[c] as f64 - sa.shift[c] as f64);
+            sa.sums[e] += sb.sums[e] + n_b as f64 * (sb.shift[c] as f64 - sa.shift[c] as f64);
         }
     }
     let k = sa.top_val.len() / width.max(1);
@@ -593,15 +614,6 @@ pub fn merge_saved<'a>(a: &mut AnatomySaved<'a>, b: &AnatomySaved<'a>) -> Result
         .iter_mut()
         .zip(&sb.active)
         .for_each(|(x, y)| *x += y);
-    a.feature_count
-        .iter_mut()
-        .zip(&b.feature_count)
-        .for_each(|(x, y)| *x += y);
-    a.pos_total
-        .iter_mut()
-        .zip(&b.pos_total)
-        .for_each(|(x, y)| *x += y);
-    Ok(())
 }
 
 /// The per-neuron result of a finished state, each part of its columns on its own thread
@@ -820,6 +832,84 @@ mod tests {
         assert!(whole.top_idx.iter().any(|&i| i != NO_TOKEN));
         assert!(check_parts(&[&whole], width + 1, nf, np).is_err());
         assert!(check_parts(&[&whole], width, nf + 1, np).is_err());
+    }
+
+    /// Two shards' states, each saved in its own split of columns, merged part by part are
+    /// the state of one run over both shards' rows (the first shard's shifts; the sums to
+    /// rounding, since each shard's are taken from its own shifts), in the first's split.
+    #[test]
+    fn shards_merged_part_by_part_are_one_run() {
+        use seedscope_gpu::twin::{anatomy_update, anatomy_update_columns};
+        let (width, rows, n_feat, n_pos) = (10, 23, 3, 4);
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37 % 29) as f32 - 11.0) / 7.0)
+            .collect();
+        let current: Vec<Vec<u32>> = (0..5).map(|t| vec![t % 3]).collect();
+        let previous: Vec<Vec<u32>> = (0..5).map(|_| vec![2]).collect();
+        let info: Vec<u32> = (0..rows as u32)
+            .flat_map(|r| [r % 4, r % 5, if r == 0 { NO_TOKEN } else { (r - 1) % 5 }, r])
+            .collect();
+        let (nf, np) = (n_feat as usize, n_pos as usize);
+        let empty = |n: usize| AnatomyState::empty(n as u32, TOP_K as u32, n_pos, n_feat);
+        let mut whole = empty(width);
+        let (first, second) = info.split_at(4 * 11);
+        let (x1, x2) = x.split_at(11 * width);
+        anatomy_update(&mut whole, &current, &previous, x1, width, first, true);
+        anatomy_update(&mut whole, &current, &previous, x2, width, second, false);
+        // A shard's counts: each feature a row turns on, each row's position bucket.
+        let saved = |xs: &[f32], inf: &[u32], split: usize| {
+            let mut feature_count = vec![0u64; nf];
+            let mut pos_total = vec![0u64; np];
+            for r in inf.chunks_exact(4) {
+                pos_total[r[0] as usize] += 1;
+                let prev = (r[2] != NO_TOKEN).then(|| &previous[r[2] as usize]);
+                for &f in current[r[1] as usize]
+                    .iter()
+                    .chain(prev.into_iter().flatten())
+                {
+                    feature_count[f as usize] += 1;
+                }
+            }
+            let parts = crate::plan::chunks(0, width, split)
+                .into_iter()
+                .map(|cols| {
+                    let mut s = empty(cols.len());
+                    let xw = (xs, width);
+                    anatomy_update_columns(&mut s, &current, &previous, xw, cols, inf, true);
+                    Cow::Owned(s)
+                })
+                .collect();
+            AnatomySaved {
+                parts,
+                feature_count,
+                pos_total,
+            }
+        };
+        let both = saved(&x, &info, 1);
+        for (split_a, split_b) in [(1, 1), (2, 3), (3, 1), (7, 2)] {
+            let mut a = saved(x1, first, split_a);
+            merge_saved(&mut a, &saved(x2, second, split_b)).expect("the shards merge");
+            assert_eq!(a.parts.len(), split_a);
+            assert_eq!(a.feature_count, both.feature_count);
+            assert_eq!(a.pos_total, both.pos_total);
+            let merged = columns(&a.parts, 0..width, nf, np);
+            assert_eq!(merged.shift, whole.shift);
+            assert_eq!(merged.active, whole.active);
+            assert_eq!(merged.top_val, whole.top_val);
+            assert_eq!(merged.top_idx, whole.top_idx);
+            for (m, w) in merged.sums.iter().zip(&whole.sums) {
+                // Each difference (v − shift) is rounded to f32 before it is summed.
+                assert!((m - w).abs() <= 1e-6 * w.abs().max(1.0), "{m} {w}");
+            }
+        }
+        // An empty shard changes nothing; a shard of other widths is refused.
+        let mut a = saved(x1, first, 2);
+        let before = a.clone();
+        merge_saved(&mut a, &saved(&[], &[], 3)).expect("an empty shard merges");
+        assert_eq!(a, before);
+        let mut narrow = saved(x1, first, 2);
+        narrow.parts.pop();
+        assert!(merge_saved(&mut a, &narrow).is_err());
     }
 
     #[test]

@@ -81,6 +81,29 @@ impl CpuAccumulator {
         Self::with_totals(specs, widths, Totals::Rows(held))
     }
 
+    /// The accumulators a saved state of sums describes, for `specs` and `widths` as
+    /// [`CpuAccumulator::new`]: the state's owned arrays become the tiles as they are. A merge
+    /// of shards builds its sums once; restoring them into zeroed accumulators would hold
+    /// two copies of a pass's sums at once.
+    pub fn from_saved(
+        specs: Vec<TileSpec>,
+        widths: &[usize],
+        state: SavedState<'_>,
+    ) -> Result<Self, AnalysisError> {
+        let fits = |(t, s): (&TileSpec, &Cow<'_, [f64]>)| t.entries() == s.len();
+        if !state.rows.is_empty()
+            || state.tiles.len() != specs.len()
+            || !specs.iter().zip(&state.tiles).all(fits)
+        {
+            return Err(plan_mismatch());
+        }
+        let sums = state.tiles.into_iter().map(Cow::into_owned).collect();
+        let mut acc = Self::with_totals(specs, widths, Totals::Sums(sums));
+        restore_moments(&mut acc.moments, &state.moments)?;
+        acc.count = state.count;
+        Ok(acc)
+    }
+
     fn with_totals(specs: Vec<TileSpec>, widths: &[usize], totals: Totals) -> Self {
         let used = used_streams(&specs, widths.len());
         Self {
@@ -476,42 +499,57 @@ impl Accumulate for CpuAccumulator {
     }
 
     fn restore(&mut self, state: &SavedState<'_>) -> Result<(), AnalysisError> {
-        if state.moments.len() != self.moments.len() {
-            return Err(plan_mismatch());
-        }
-        let tiles = match &mut self.totals {
-            Totals::Sums(tiles) if state.tiles.len() == tiles.len() && state.rows.is_empty() => {
-                tiles
-            }
+        match &mut self.totals {
             Totals::Rows(held) if state.tiles.is_empty() => {
+                if state.moments.len() != self.moments.len() {
+                    return Err(plan_mismatch());
+                }
                 held.restore(&state.rows, state.count)?;
-                self.count = state.count;
-                return Ok(());
+            }
+            Totals::Sums(tiles) if state.rows.is_empty() && same_lengths(tiles, &state.tiles) => {
+                restore_moments(&mut self.moments, &state.moments)?;
+                for (t, s) in tiles.iter_mut().zip(&state.tiles) {
+                    t.copy_from_slice(s);
+                }
             }
             _ => return Err(plan_mismatch()),
-        };
-        for (m, s) in self.moments.iter_mut().zip(&state.moments) {
-            match (m, s) {
-                (Some(m), Some(s)) if s.len() == 2 * m.mean.len() => {
-                    let w = m.mean.len();
-                    m.mean.copy_from_slice(&s[..w]);
-                    m.m2.copy_from_slice(&s[w..]);
-                }
-                (None, None) => {}
-                _ => return Err(plan_mismatch()),
-            }
-        }
-        for (t, s) in tiles.iter_mut().zip(&state.tiles) {
-            if t.len() != s.len() {
-                return Err(plan_mismatch());
-            }
-            t.copy_from_slice(s);
         }
         // Saved states are whole: `save` mirrors before it lends the sums.
         self.lower_stale = false;
         self.count = state.count;
         Ok(())
     }
+}
+
+/// Whether saved tiles have the lengths of `tiles`, one for one.
+fn same_lengths<T: AsRef<[f64]>>(tiles: &[Vec<f64>], saved: &[T]) -> bool {
+    tiles.len() == saved.len()
+        && tiles
+            .iter()
+            .zip(saved)
+            .all(|(t, s)| t.len() == s.as_ref().len())
+}
+
+/// Every stream's moments from a saved state's (means, then M2).
+fn restore_moments(
+    moments: &mut [Option<CpuMoments>],
+    saved: &[Option<Vec<f64>>],
+) -> Result<(), AnalysisError> {
+    if saved.len() != moments.len() {
+        return Err(plan_mismatch());
+    }
+    for (m, s) in moments.iter_mut().zip(saved) {
+        match (m, s) {
+            (Some(m), Some(s)) if s.len() == 2 * m.mean.len() => {
+                let w = m.mean.len();
+                m.mean.copy_from_slice(&s[..w]);
+                m.m2.copy_from_slice(&s[w..]);
+            }
+            (None, None) => {}
+            _ => return Err(plan_mismatch()),
+        }
+    }
+    Ok(())
 }
 
 /// How a centred block is laid out in its buffer.

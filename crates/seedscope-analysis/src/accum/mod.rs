@@ -297,109 +297,117 @@ fn reduce_run<I: Iterator<Item = (u32, f64)>>(
     r
 }
 
-/// Merge the canonical states ([`Accumulate::save_canonical`]) of disjoint parts of the data
-/// into the state of the whole (Chan et al.'s parallel formulas in f64): counts add; means
+/// Merge the canonical state ([`Accumulate::save_canonical`]) of another part of the data
+/// into `acc`, the state so far (Chan et al.'s parallel formulas in f64): counts add; means
 /// move by `δ·n_b/n`; M2 and co-moments add with `δ²·n_a n_b/n` and `δ_a δ_b·n_a n_b/n`;
-/// histograms and anatomy counts add, anatomy sums are re-shifted to the first part's shift
-/// and top activations are merged.
-pub fn merge_states<'a>(
+/// histograms and anatomy counts add, anatomy sums are re-shifted to `acc`'s shift and top
+/// activations are merged. `b` is only read: a merge of shards maps each shard's file in
+/// turn, so one shard's state is held next to the sums at a time.
+pub fn merge_state(
     specs: &[TileSpec],
     widths: &[usize],
-    states: Vec<SavedState<'a>>,
-) -> Result<SavedState<'a>, AnalysisError> {
-    let bad = |why: String| AnalysisError::Invalid(format!("shards do not merge: {why}"));
-    let mut parts = states.into_iter();
-    let mut acc = parts.next().ok_or_else(|| bad("no shards".into()))?;
-    let check = |st: &SavedState<'_>| -> Result<(), AnalysisError> {
-        if st.moments.len() != widths.len() || st.tiles.len() != specs.len() {
-            return Err(bad("different plans".into()));
-        }
-        for (m, &w) in st.moments.iter().zip(widths) {
-            if m.as_ref().is_some_and(|m| m.len() != 2 * w) {
-                return Err(bad("different widths".into()));
-            }
-        }
-        for (t, spec) in st.tiles.iter().zip(specs) {
-            if t.len() != spec.entries() {
-                return Err(bad("different tiles".into()));
-            }
-        }
-        Ok(())
-    };
-    check(&acc)?;
-    for b in parts {
-        check(&b)?;
-        if b.moments
+    acc: &mut SavedState<'_>,
+    b: &SavedState<'_>,
+) -> Result<(), AnalysisError> {
+    check_state(specs, widths, acc)?;
+    check_state(specs, widths, b)?;
+    if b.moments
+        .iter()
+        .map(Option::is_some)
+        .ne(acc.moments.iter().map(Option::is_some))
+    {
+        return Err(shards_differ("different streams".into()));
+    }
+    let (na, nb) = (acc.count as f64, b.count as f64);
+    let n = na + nb;
+    if b.count > 0 {
+        // Per stream: the mean shift δ = mean_b − mean_a.
+        let delta: Vec<Option<Vec<f64>>> = acc
+            .moments
             .iter()
-            .map(Option::is_some)
-            .ne(acc.moments.iter().map(Option::is_some))
+            .zip(&b.moments)
+            .zip(widths)
+            .map(|((ma, mb), &w)| match (ma, mb) {
+                (Some(ma), Some(mb)) => Some((0..w).map(|j| mb[j] - ma[j]).collect()),
+                _ => None,
+            })
+            .collect();
+        let w_cross = na * nb / n;
+        for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
+            let ca = ca.to_mut();
+            let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
+                return Err(shards_differ("a tile without moments".into()));
+            };
+            if spec.pairs.is_some() {
+                for ((c, &x), [i, j]) in ca.iter_mut().zip(cb.iter()).zip(spec.pair_list()) {
+                    *c += x + da[i as usize] * db[j as usize] * w_cross;
+                }
+            } else {
+                let nbc = spec.b_cols.len();
+                for (r, i) in spec.a_cols.clone().enumerate() {
+                    for (q, j) in spec.b_cols.clone().enumerate() {
+                        let e = r * nbc + q;
+                        ca[e] += cb[e] + da[i] * db[j] * w_cross;
+                    }
+                }
+            }
+        }
+        for ((ma, mb), (d, &w)) in acc
+            .moments
+            .iter_mut()
+            .zip(&b.moments)
+            .zip(delta.iter().zip(widths))
         {
-            return Err(bad("different streams".into()));
-        }
-        let (na, nb) = (acc.count as f64, b.count as f64);
-        let n = na + nb;
-        if b.count > 0 {
-            // Per stream: the mean shift δ = mean_b − mean_a.
-            let delta: Vec<Option<Vec<f64>>> = acc
-                .moments
-                .iter()
-                .zip(&b.moments)
-                .zip(widths)
-                .map(|((ma, mb), &w)| match (ma, mb) {
-                    (Some(ma), Some(mb)) => Some((0..w).map(|j| mb[j] - ma[j]).collect()),
-                    _ => None,
-                })
-                .collect();
-            let w_cross = na * nb / n;
-            for ((spec, ca), cb) in specs.iter().zip(acc.tiles.iter_mut()).zip(&b.tiles) {
-                let ca = ca.to_mut();
-                let (Some(da), Some(db)) = (&delta[spec.a_stream], &delta[spec.b_stream]) else {
-                    return Err(bad("a tile without moments".into()));
-                };
-                if spec.pairs.is_some() {
-                    for ((c, &x), [i, j]) in ca.iter_mut().zip(cb.iter()).zip(spec.pair_list()) {
-                        *c += x + da[i as usize] * db[j as usize] * w_cross;
-                    }
-                } else {
-                    let nbc = spec.b_cols.len();
-                    for (r, i) in spec.a_cols.clone().enumerate() {
-                        for (q, j) in spec.b_cols.clone().enumerate() {
-                            let e = r * nbc + q;
-                            ca[e] += cb[e] + da[i] * db[j] * w_cross;
-                        }
-                    }
-                }
+            let (Some(ma), Some(mb), Some(d)) = (ma, mb, d) else {
+                continue;
+            };
+            for j in 0..w {
+                ma[j] += d[j] * nb / n;
+                ma[w + j] += mb[w + j] + d[j] * d[j] * w_cross;
             }
-            for ((ma, mb), (d, &w)) in acc
-                .moments
-                .iter_mut()
-                .zip(&b.moments)
-                .zip(delta.iter().zip(widths))
-            {
-                let (Some(ma), Some(mb), Some(d)) = (ma, mb, d) else {
-                    continue;
-                };
-                for j in 0..w {
-                    ma[j] += d[j] * nb / n;
-                    ma[w + j] += mb[w + j] + d[j] * d[j] * w_cross;
-                }
-            }
-            acc.count += b.count;
         }
-        if acc.hists.len() != b.hists.len() || acc.anatomy.len() != b.anatomy.len() {
-            return Err(bad("different anchors counted".into()));
+        acc.count += b.count;
+    }
+    if acc.hists.len() != b.hists.len() || acc.anatomy.len() != b.anatomy.len() {
+        return Err(shards_differ("different anchors counted".into()));
+    }
+    for (ha, hb) in acc.hists.iter_mut().zip(&b.hists) {
+        if ha.len() != hb.len() {
+            return Err(shards_differ("different histograms".into()));
         }
-        for (ha, hb) in acc.hists.iter_mut().zip(&b.hists) {
-            if ha.len() != hb.len() {
-                return Err(bad("different histograms".into()));
-            }
-            ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
-        }
-        for (aa, ab) in acc.anatomy.iter_mut().zip(&b.anatomy) {
-            crate::anatomy::merge_saved(aa, ab).map_err(bad)?;
+        ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
+    }
+    for (aa, ab) in acc.anatomy.iter_mut().zip(&b.anatomy) {
+        crate::anatomy::merge_saved(aa, ab).map_err(shards_differ)?;
+    }
+    Ok(())
+}
+
+/// A shard's state that cannot be merged, and why.
+fn shards_differ(why: String) -> AnalysisError {
+    AnalysisError::Invalid(format!("shards do not merge: {why}"))
+}
+
+/// Whether a saved state has the plan's tiles and streams of `widths`.
+fn check_state(
+    specs: &[TileSpec],
+    widths: &[usize],
+    st: &SavedState<'_>,
+) -> Result<(), AnalysisError> {
+    if st.moments.len() != widths.len() || st.tiles.len() != specs.len() {
+        return Err(shards_differ("different plans".into()));
+    }
+    for (m, &w) in st.moments.iter().zip(widths) {
+        if m.as_ref().is_some_and(|m| m.len() != 2 * w) {
+            return Err(shards_differ("different widths".into()));
         }
     }
-    Ok(acc)
+    for (t, spec) in st.tiles.iter().zip(specs) {
+        if t.len() != spec.entries() {
+            return Err(shards_differ("different tiles".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Every reduction of `acc` as `finish` says, kept (`None` for a skipped tile): what tests

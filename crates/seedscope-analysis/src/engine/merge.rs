@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::pass::{anchor_widths, counted_anchors};
 use super::refine::pair_plan;
 use super::{CANDIDATES, Run, finished, pass_file};
-use crate::accum::{Accumulate, merge_states};
+use crate::accum::{Accumulate, CpuAccumulator, merge_state};
 use crate::compute::{Compute, Cpu};
 use crate::hist::Histograms;
 use crate::results::Results;
@@ -29,26 +29,29 @@ impl Run<'_> {
         }
         let mut first_tiles = None;
         let plan = if self.options.refine.is_some() {
-            let mut lists = Vec::new();
-            for (d, f) in dirs.iter().zip(fingerprints) {
+            // Each shard's candidates (151 MB for GPT-2 small) read in turn, against the first's.
+            let candidates = |(d, f): (&PathBuf, &String)| {
                 let path = d.join(CANDIDATES);
-                let ck = checkpoint::load(&path, f)?.ok_or_else(|| {
-                    AnalysisError::Invalid(format!("{} is missing", path.display()))
-                })?;
-                lists.push(ck.results);
+                checkpoint::load(&path, f)?
+                    .map(|ck| ck.results)
+                    .ok_or_else(|| AnalysisError::Invalid(format!("{} is missing", path.display())))
+            };
+            let anchors = candidates((&dirs[0], &fingerprints[0]))?;
+            for shard in dirs.iter().zip(fingerprints).skip(1) {
+                let other = candidates(shard)?;
+                if other.len() != anchors.len()
+                    || other
+                        .iter()
+                        .zip(&anchors)
+                        .any(|(a, b)| a.candidates != b.candidates)
+                {
+                    return Err(AnalysisError::Invalid(
+                        "the shards' prefix stages chose different candidates (different \
+                         hardware or backend?): run every shard on the same kind of device"
+                            .into(),
+                    ));
+                }
             }
-            if lists.iter().any(|l| {
-                l.iter()
-                    .zip(&lists[0])
-                    .any(|(a, b)| a.candidates != b.candidates)
-            }) {
-                return Err(AnalysisError::Invalid(
-                    "the shards' prefix stages chose different candidates (different \
-                     hardware or backend?): run every shard on the same kind of device"
-                        .into(),
-                ));
-            }
-            let anchors = lists.swap_remove(0);
             first_tiles = Some(anchors.iter().map(|a| a.tiles.clone()).collect::<Vec<_>>());
             pair_plan(
                 &anchors,
@@ -70,35 +73,41 @@ impl Run<'_> {
                     path.display()
                 ))
             };
-            // Each shard's sums lent from its mapped file (the first is copied as it merges).
-            let mut files = Vec::new();
-            for (d, f) in dirs.iter().zip(fingerprints) {
+            // Each shard's sums lent from its mapped file, one shard at a time: the first's
+            // are copied as the second merges into them.
+            let load = |d: &PathBuf, f: &String| {
                 let path = d.join(pass_file(pass_idx));
-                files.push(checkpoint::load(&path, f)?.ok_or_else(|| missing(&path))?);
+                checkpoint::load(&path, f)?.ok_or_else(|| missing(&path))
+            };
+            let first = load(&dirs[0], &fingerprints[0])?;
+            let mut merged = first.accumulators()?.ok_or_else(|| missing(&first.path))?;
+            for (d, f) in dirs.iter().zip(fingerprints).skip(1) {
+                let ck = load(d, f)?;
+                let state = ck.accumulators()?.ok_or_else(|| missing(&ck.path))?;
+                merge_state(specs, &widths, &mut merged, &state)?;
             }
-            let mut states = Vec::new();
-            for ck in &files {
-                let path = &ck.path;
-                states.push(ck.accumulators()?.ok_or_else(|| missing(path))?);
-            }
-            let merged = merge_states(specs, &widths, states)?;
             n_tokens = merged.count;
-            let mut acc = Cpu.accumulator(specs.clone(), &widths, None)?;
-            acc.restore(&merged)?;
+            let (saved_hists, saved_anatomy) = (
+                std::mem::take(&mut merged.hists),
+                std::mem::take(&mut merged.anatomy),
+            );
+            // The merged sums become the accumulator's own: one copy of the pass's sums.
+            let acc = CpuAccumulator::from_saved(specs.clone(), &widths, merged)?;
             let counted = counted_anchors(&results, &acc.streams());
             let counted_widths = anchor_widths(&results, &counted, &widths);
             let mut hists = Cpu.hists(&counted_widths)?;
             if !counted.is_empty() {
-                hists.restore(&merged.hists)?;
+                hists.restore(&saved_hists)?;
             }
             let anatomy = match &self.anatomy {
                 Some(spec) if !counted.is_empty() => {
                     let mut a = Cpu.anatomies(spec, &counted_widths)?;
-                    a.restore(&merged.anatomy)?;
+                    a.restore(&saved_anatomy)?;
                     Some(a)
                 }
                 _ => None,
             };
+            drop(saved_anatomy);
             // CPU statistics: the future is ready at once.
             pollster::block_on(self.finish_pass(
                 &acc,
