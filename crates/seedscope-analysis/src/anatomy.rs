@@ -12,7 +12,7 @@
 //! group; that differs by the factors n_k/(n_k − 1), below 1e-3 for features on over a
 //! thousand positions; `tests/anatomy.rs` compares both with numpy.)
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -68,11 +68,69 @@ pub struct AnatomySaved<'a> {
     /// the CPU path's runs lent where they are, the GPU path's chunks read back, a checkpoint's
     /// parts. Never joined on the way (a join held the state twice: 215 MB more for an anchor
     /// of 36,864 neurons with 581 token features and 256 positions).
-    pub parts: Vec<Cow<'a, AnatomyState>>,
+    pub parts: Vec<AnatomyPart<'a>>,
     /// Positions each feature was on.
     pub feature_count: Vec<u64>,
     /// Kept tokens per position bucket.
     pub pos_total: Vec<u64>,
+}
+
+/// One run of consecutive columns of an anchor's anatomy state ([`AnatomyState`]'s arrays),
+/// each lent where it is (a host run's own, a checkpoint's mapped file) or owned (a GPU chunk
+/// read back, a merge's sums): a checkpoint resumes and shards merge without a copy of the
+/// state on the heap next to the run's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnatomyPart<'a> {
+    /// `[n_feat, n_cols]` feature sums of `v - shift`.
+    pub sums: Cow<'a, [f64]>,
+    /// `[n_cols]` shifts.
+    pub shift: Cow<'a, [f32]>,
+    /// `[n_cols, k]` top activations, descending (`-inf` where fewer were seen).
+    pub top_val: Cow<'a, [f32]>,
+    /// `[n_cols, k]` their token indices ([`NO_TOKEN`] where none).
+    pub top_idx: Cow<'a, [u32]>,
+    /// `[n_pos, n_cols]` counts of activations above 0.
+    pub active: Cow<'a, [u32]>,
+}
+
+impl<'a> AnatomyPart<'a> {
+    /// `s`'s arrays, lent.
+    pub fn lent(s: &'a AnatomyState) -> Self {
+        Self {
+            sums: Cow::Borrowed(&s.sums),
+            shift: Cow::Borrowed(&s.shift),
+            top_val: Cow::Borrowed(&s.top_val),
+            top_idx: Cow::Borrowed(&s.top_idx),
+            active: Cow::Borrowed(&s.active),
+        }
+    }
+
+    /// `s`'s arrays, owned.
+    pub fn owned(s: AnatomyState) -> Self {
+        Self {
+            sums: Cow::Owned(s.sums),
+            shift: Cow::Owned(s.shift),
+            top_val: Cow::Owned(s.top_val),
+            top_idx: Cow::Owned(s.top_idx),
+            active: Cow::Owned(s.active),
+        }
+    }
+
+    /// Every array owned (copied where lent).
+    pub fn into_owned(self) -> AnatomyPart<'static> {
+        AnatomyPart::owned(self.into_state())
+    }
+
+    /// The state (copied where lent).
+    pub fn into_state(self) -> AnatomyState {
+        AnatomyState {
+            sums: self.sums.into_owned(),
+            shift: self.shift.into_owned(),
+            top_val: self.top_val.into_owned(),
+            top_idx: self.top_idx.into_owned(),
+            active: self.active.into_owned(),
+        }
+    }
 }
 
 /// Where a run's anatomy is computed and with which features.
@@ -115,14 +173,14 @@ pub trait AnatomyDevice {
 
     /// Anchor `a`'s state over all neurons, in consecutive runs of columns
     /// ([`AnatomySaved::parts`]).
-    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError>;
+    async fn state(&self, a: usize) -> Result<Vec<AnatomyPart<'_>>, AnalysisError>;
 
     /// Continue anchor `a` from the state saved in `parts` (any split of its columns;
     /// `started`: its shifts are set).
     fn restore(
         &mut self,
         a: usize,
-        parts: &[Cow<'_, AnatomyState>],
+        parts: &[AnatomyPart<'_>],
         started: bool,
     ) -> Result<(), AnalysisError>;
 }
@@ -171,14 +229,17 @@ impl AnatomyDevice for CpuAnatomy {
         Ok(())
     }
 
-    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError> {
-        Ok(self.runs[a].iter().map(|(_, s)| Cow::Borrowed(s)).collect())
+    async fn state(&self, a: usize) -> Result<Vec<AnatomyPart<'_>>, AnalysisError> {
+        Ok(self.runs[a]
+            .iter()
+            .map(|(_, s)| AnatomyPart::lent(s))
+            .collect())
     }
 
     fn restore(
         &mut self,
         a: usize,
-        parts: &[Cow<'_, AnatomyState>],
+        parts: &[AnatomyPart<'_>],
         _: bool,
     ) -> Result<(), AnalysisError> {
         let (width, n_feat, n_pos) = (self.widths[a], self.n_feat, self.n_pos);
@@ -232,10 +293,10 @@ impl AnatomyDevice for GpuAnatomy {
         Ok(())
     }
 
-    async fn state(&self, a: usize) -> Result<Vec<Cow<'_, AnatomyState>>, AnalysisError> {
+    async fn state(&self, a: usize) -> Result<Vec<AnatomyPart<'_>>, AnalysisError> {
         let mut parts = Vec::with_capacity(self.chunks[a].len());
         for c in &self.chunks[a] {
-            parts.push(Cow::Owned(c.read_async(&self.ctx).await?));
+            parts.push(AnatomyPart::owned(c.read_async(&self.ctx).await?));
         }
         Ok(parts)
     }
@@ -243,7 +304,7 @@ impl AnatomyDevice for GpuAnatomy {
     fn restore(
         &mut self,
         a: usize,
-        parts: &[Cow<'_, AnatomyState>],
+        parts: &[AnatomyPart<'_>],
         started: bool,
     ) -> Result<(), AnalysisError> {
         check_parts(parts, self.widths[a], self.n_feat, self.n_pos)?;
@@ -285,15 +346,82 @@ impl Anatomies<CpuAnatomy> {
                     .collect()
             })
             .collect();
-        let dev = CpuAnatomy {
+        Self::with(spec, widths.len(), CpuAnatomy::new(spec, widths, runs))
+    }
+
+    /// The accumulators that saved states describe (a merge of shards), on the host: each
+    /// state's parts become its runs of columns as they are, owned ones without a copy, so
+    /// the merge holds its anatomy once.
+    pub fn cpu_from(
+        spec: &AnatomySpec,
+        widths: &[usize],
+        saved: Vec<AnatomySaved<'_>>,
+    ) -> Result<Self, AnalysisError> {
+        check_counts(spec, &saved, widths.len())?;
+        let (nf, n_pos) = (spec.features.len(), spec.n_pos());
+        let mut runs = Vec::with_capacity(saved.len());
+        let mut host = Vec::with_capacity(saved.len());
+        for (s, &width) in saved.into_iter().zip(widths) {
+            check_parts(&s.parts, width, nf, n_pos)?;
+            let mut c0 = 0;
+            let mut anchor_runs = Vec::with_capacity(s.parts.len());
+            for part in s.parts {
+                let n = part.shift.len();
+                anchor_runs.push((c0..c0 + n, part.into_state()));
+                c0 += n;
+            }
+            runs.push(anchor_runs);
+            host.push((s.feature_count, s.pos_total));
+        }
+        let mut this = Self::with(spec, widths.len(), CpuAnatomy::new(spec, widths, runs));
+        this.started = host
+            .iter()
+            .map(|(_, pos_total)| pos_total.iter().any(|&t| t > 0))
+            .collect();
+        this.host = host;
+        Ok(this)
+    }
+}
+
+impl CpuAnatomy {
+    fn new(
+        spec: &AnatomySpec,
+        widths: &[usize],
+        runs: Vec<Vec<(Range<usize>, AnatomyState)>>,
+    ) -> Self {
+        Self {
             runs,
             features: spec.features.clone(),
             widths: widths.to_vec(),
-            n_feat,
-            n_pos,
-        };
-        Self::with(spec, widths.len(), dev)
+            n_feat: spec.features.len(),
+            n_pos: spec.n_pos(),
+        }
     }
+}
+
+/// An error unless there are `n` saved states, each with counts of the run's features and
+/// positions.
+fn check_counts(
+    spec: &AnatomySpec,
+    saved: &[AnatomySaved<'_>],
+    n: usize,
+) -> Result<(), AnalysisError> {
+    if saved.len() != n {
+        return Err(AnalysisError::Invalid(format!(
+            "the checkpoint holds {} anatomy states, the pass needs {n}",
+            saved.len()
+        )));
+    }
+    let (nf, n_pos) = (spec.features.len(), spec.n_pos());
+    if saved
+        .iter()
+        .any(|s| s.feature_count.len() != nf || s.pos_total.len() != n_pos)
+    {
+        return Err(AnalysisError::Invalid(
+            "saved anatomy counts do not fit this run's features or positions".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Anatomies<GpuAnatomy> {
@@ -390,20 +518,8 @@ impl<D: AnatomyDevice> Anatomies<D> {
 
     /// Continue from saved states.
     pub fn restore(&mut self, saved: &[AnatomySaved<'_>]) -> Result<(), AnalysisError> {
-        if saved.len() != self.host.len() {
-            return Err(AnalysisError::Invalid(format!(
-                "the checkpoint holds {} anatomy states, the pass needs {}",
-                saved.len(),
-                self.host.len()
-            )));
-        }
-        let (nf, n_pos) = (self.spec.features.len(), self.spec.n_pos());
+        check_counts(&self.spec, saved, self.host.len())?;
         for (a, s) in saved.iter().enumerate() {
-            if s.feature_count.len() != nf || s.pos_total.len() != n_pos {
-                return Err(AnalysisError::Invalid(
-                    "saved anatomy counts do not fit this run's features or positions".into(),
-                ));
-            }
             let started = s.pos_total.iter().any(|&t| t > 0);
             self.dev.restore(a, &s.parts, started)?;
             self.host[a] = (s.feature_count.clone(), s.pos_total.clone());
@@ -432,20 +548,20 @@ impl<D: AnatomyDevice> Anatomies<D> {
 /// An error unless `parts` are states of `nf` features and `n_pos` positions whose columns
 /// add up to `width` neurons.
 fn check_parts(
-    parts: &[impl Borrow<AnatomyState>],
+    parts: &[AnatomyPart<'_>],
     width: usize,
     nf: usize,
     n_pos: usize,
 ) -> Result<(), AnalysisError> {
-    let fits = |p: &AnatomyState| {
+    let fits = |p: &AnatomyPart<'_>| {
         let n = p.shift.len();
         p.sums.len() == nf * n
             && p.active.len() == n_pos * n
             && p.top_val.len() == TOP_K * n
             && p.top_idx.len() == TOP_K * n
     };
-    let total: usize = parts.iter().map(|p| p.borrow().shift.len()).sum();
-    if total != width || !parts.iter().all(|p| fits(p.borrow())) {
+    let total: usize = parts.iter().map(|p| p.shift.len()).sum();
+    if total != width || !parts.iter().all(fits) {
         return Err(AnalysisError::Invalid(
             "saved anatomy state does not fit this run".into(),
         ));
@@ -455,12 +571,7 @@ fn check_parts(
 
 /// Columns `cols` of the state saved in consecutive `parts` (checked by [`check_parts`]), as
 /// one state: every column to merge shards, or a device chunk's share on restore.
-fn columns(
-    parts: &[impl Borrow<AnatomyState>],
-    cols: Range<usize>,
-    nf: usize,
-    n_pos: usize,
-) -> AnatomyState {
+fn columns(parts: &[AnatomyPart<'_>], cols: Range<usize>, nf: usize, n_pos: usize) -> AnatomyState {
     let mut out = AnatomyState::empty(cols.len() as u32, TOP_K as u32, n_pos as u32, nf as u32);
     columns_into(parts, cols, nf, n_pos, &mut out);
     out
@@ -469,7 +580,7 @@ fn columns(
 /// [`columns`] written into `out`, a state of `cols.len()` columns (a run's own buffers on
 /// restore: no second state is allocated next to it).
 fn columns_into(
-    parts: &[impl Borrow<AnatomyState>],
+    parts: &[AnatomyPart<'_>],
     cols: Range<usize>,
     nf: usize,
     n_pos: usize,
@@ -478,7 +589,6 @@ fn columns_into(
     let (n, k) = (cols.len(), TOP_K);
     let mut p0 = 0;
     for p in parts {
-        let p = p.borrow();
         let pn = p.shift.len();
         let (lo, hi) = (cols.start.max(p0), cols.end.min(p0 + pn));
         if lo < hi {
@@ -551,7 +661,8 @@ pub fn merge_saved(a: &mut AnatomySaved<'_>, b: &AnatomySaved<'_>) -> Result<(),
         a.parts = b
             .parts
             .iter()
-            .map(|p| Cow::Owned(p.as_ref().clone()))
+            .cloned()
+            .map(AnatomyPart::into_owned)
             .collect();
         a.feature_count.clone_from(&b.feature_count);
         a.pos_total.clone_from(&b.pos_total);
@@ -565,10 +676,9 @@ pub fn merge_saved(a: &mut AnatomySaved<'_>, b: &AnatomySaved<'_>) -> Result<(),
     // split alike): no state is joined whole, which would hold it twice.
     let mut c0 = 0;
     for part in &mut a.parts {
-        let sa = part.to_mut();
-        let n = sa.shift.len();
+        let n = part.shift.len();
         let sb = columns(&b.parts, c0..c0 + n, nf, n_pos);
-        merge_columns(sa, &sb, &b.feature_count);
+        merge_columns(part, &sb, &b.feature_count);
         c0 += n;
     }
     a.feature_count
@@ -584,33 +694,31 @@ pub fn merge_saved(a: &mut AnatomySaved<'_>, b: &AnatomySaved<'_>) -> Result<(),
 
 /// `sb` merged into `sa`, the same columns of two parts of the data (`nf_b`: `sb`'s count of
 /// each feature).
-fn merge_columns(sa: &mut AnatomyState, sb: &AnatomyState, nf_b: &[u64]) {
+fn merge_columns(sa: &mut AnatomyPart<'_>, sb: &AnatomyState, nf_b: &[u64]) {
     let width = sa.shift.len();
+    let (sums, shift) = (sa.sums.to_mut(), &sa.shift);
     for (f, &n_b) in nf_b.iter().enumerate() {
         for c in 0..width {
             let e = f * width + c;
-            sa.sums[e] += sb.sums[e] + n_b as f64 * (sb.shift[c] as f64 - sa.shift[c] as f64);
+            sums[e] += sb.sums[e] + n_b as f64 * (sb.shift[c] as f64 - shift[c] as f64);
         }
     }
     let k = sa.top_val.len() / width.max(1);
+    let (top_val, top_idx) = (sa.top_val.to_mut(), sa.top_idx.to_mut());
     for c in 0..width {
         let mut all: Vec<(f32, u32)> = (c * k..(c + 1) * k)
-            .flat_map(|e| {
-                [
-                    (sa.top_val[e], sa.top_idx[e]),
-                    (sb.top_val[e], sb.top_idx[e]),
-                ]
-            })
+            .flat_map(|e| [(top_val[e], top_idx[e]), (sb.top_val[e], sb.top_idx[e])])
             .filter(|(_, i)| *i != NO_TOKEN)
             .collect();
         all.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
         for (q, e) in (c * k..(c + 1) * k).enumerate() {
             let (v, i) = all.get(q).copied().unwrap_or((f32::NEG_INFINITY, NO_TOKEN));
-            sa.top_val[e] = v;
-            sa.top_idx[e] = i;
+            top_val[e] = v;
+            top_idx[e] = i;
         }
     }
     sa.active
+        .to_mut()
         .iter_mut()
         .zip(&sb.active)
         .for_each(|(x, y)| *x += y);
@@ -667,7 +775,7 @@ pub fn finish(
 
 /// [`finish`] of one part's columns (`mean` and `var` theirs), with the counts of `s`.
 fn finish_part(
-    part: &AnatomyState,
+    part: &AnatomyPart<'_>,
     s: &AnatomySaved<'_>,
     features: &FeatureSet,
     mean: &[f64],
@@ -721,8 +829,8 @@ fn finish_part(
     }
     AnatomyResult {
         k: TOP_K,
-        top_val: part.top_val.clone(),
-        top_idx: part.top_idx.clone(),
+        top_val: part.top_val.to_vec(),
+        top_idx: part.top_idx.to_vec(),
         best_feature,
         best_vr,
         top_token,
@@ -811,10 +919,11 @@ mod tests {
         };
         let (nf, np) = (n_feat as usize, n_pos as usize);
         for runs in [1, 2, 3, 7] {
-            let parts: Vec<AnatomyState> = crate::plan::chunks(0, width, runs)
+            let states: Vec<AnatomyState> = crate::plan::chunks(0, width, runs)
                 .into_iter()
                 .map(run)
                 .collect();
+            let parts: Vec<AnatomyPart> = states.iter().map(AnatomyPart::lent).collect();
             check_parts(&parts, width, nf, np).expect("the runs cover every neuron");
             assert_eq!(columns(&parts, 0..width, nf, np), whole, "{runs}");
             // Saved in one split, resumed in another (a checkpoint on another thread count).
@@ -830,8 +939,9 @@ mod tests {
             assert!(check_parts(&parts[1..], width, nf, np).is_err());
         }
         assert!(whole.top_idx.iter().any(|&i| i != NO_TOKEN));
-        assert!(check_parts(&[&whole], width + 1, nf, np).is_err());
-        assert!(check_parts(&[&whole], width, nf + 1, np).is_err());
+        let lent = [AnatomyPart::lent(&whole)];
+        assert!(check_parts(&lent, width + 1, nf, np).is_err());
+        assert!(check_parts(&lent, width, nf + 1, np).is_err());
     }
 
     /// Two shards' states, each saved in its own split of columns, merged part by part are
@@ -876,7 +986,7 @@ mod tests {
                     let mut s = empty(cols.len());
                     let xw = (xs, width);
                     anatomy_update_columns(&mut s, &current, &previous, xw, cols, inf, true);
-                    Cow::Owned(s)
+                    AnatomyPart::owned(s)
                 })
                 .collect();
             AnatomySaved {

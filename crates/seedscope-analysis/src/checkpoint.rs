@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
-use seedscope_gpu::AnatomyState;
 use serde::{Deserialize, Serialize};
 
 use crate::AnalysisError;
 use crate::accum::SavedState;
-use crate::anatomy::AnatomySaved;
+use crate::anatomy::{AnatomyPart, AnatomySaved};
 use crate::results::{AnchorResult, Candidates, LayerBlock, Matches, OneToOne, SavedTile};
 
 /// File name inside the work directory.
@@ -91,13 +90,13 @@ impl Checkpoint {
             };
             let mut parts = Vec::with_capacity(names.len());
             for q in names {
-                parts.push(Cow::Owned(AnatomyState {
-                    sums: f64s(&format!("{q}.sums"))?.into_owned(),
-                    shift: f32s(&format!("{q}.shift"))?.into_owned(),
-                    top_val: f32s(&format!("{q}.top_val"))?.into_owned(),
-                    top_idx: u32s(&format!("{q}.top_idx"))?.into_owned(),
-                    active: u32s(&format!("{q}.active"))?.into_owned(),
-                }));
+                parts.push(AnatomyPart {
+                    sums: f64s(&format!("{q}.sums"))?,
+                    shift: f32s(&format!("{q}.shift"))?,
+                    top_val: f32s(&format!("{q}.top_val"))?,
+                    top_idx: u32s(&format!("{q}.top_idx"))?,
+                    active: u32s(&format!("{q}.active"))?,
+                });
             }
             let counts = |name: &str| -> Result<Vec<u64>, AnalysisError> {
                 Ok(f64s(name)?.iter().map(|&c| c as u64).collect())
@@ -423,7 +422,7 @@ pub fn save<'a>(
             let p = format!("acc.anat.{k}");
             for (j, part) in a.parts.iter().enumerate() {
                 let q = format!("{p}.{j}");
-                let part: &'a AnatomyState = part;
+                let part: &'a AnatomyPart<'a> = part;
                 push(format!("{q}.sums"), Dtype::F64, f64_bytes(&part.sums), 8);
                 push(format!("{q}.shift"), Dtype::F32, f32_bytes(&part.shift), 4);
                 push(

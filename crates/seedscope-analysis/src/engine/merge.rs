@@ -7,6 +7,7 @@ use super::pass::{anchor_widths, counted_anchors};
 use super::refine::pair_plan;
 use super::{CANDIDATES, Run, finished, pass_file};
 use crate::accum::{Accumulate, CpuAccumulator, merge_state};
+use crate::anatomy::Anatomies;
 use crate::compute::{Compute, Cpu};
 use crate::hist::Histograms;
 use crate::results::Results;
@@ -99,15 +100,13 @@ impl Run<'_> {
             if !counted.is_empty() {
                 hists.restore(&saved_hists)?;
             }
+            // So does the merged anatomy.
             let anatomy = match &self.anatomy {
                 Some(spec) if !counted.is_empty() => {
-                    let mut a = Cpu.anatomies(spec, &counted_widths)?;
-                    a.restore(&saved_anatomy)?;
-                    Some(a)
+                    Some(Anatomies::cpu_from(spec, &counted_widths, saved_anatomy)?)
                 }
                 _ => None,
             };
-            drop(saved_anatomy);
             // CPU statistics: the future is ready at once.
             pollster::block_on(self.finish_pass(
                 &acc,
