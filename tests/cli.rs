@@ -1306,22 +1306,25 @@ fn the_memory_budget_bounds_the_heap_of_an_analysis() {
             .expect("run seedscope analyze");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
-        let planned = number_before(&stderr, "MiB at peak");
-        let heap = number_after(&stderr, "peak heap ");
+        let planned = heap_within_plan(&stderr, budget);
         assert!(
             planned <= budget,
             "planned {planned} MiB over {budget}:\n{stderr}"
         );
-        assert!(
-            heap <= budget && heap * 100 <= planned * 105,
-            "the heap peaked at {heap} MiB, planned {planned} MiB, budget {budget} MiB:\n{stderr}"
-        );
-        // Not an estimate so loose that it says nothing: the heap reaches half of it.
-        assert!(
-            heap * 2 >= planned,
-            "heap {heap} MiB, planned {planned} MiB"
-        );
     }
+}
+
+/// The heap `analyze` or `merge` says it peaked at, held to `budget` and to the plan's
+/// estimate (5 % over at most), and at least half that estimate (not one so loose that it
+/// says nothing); returns the estimate.
+fn heap_within_plan(stderr: &str, budget: u64) -> u64 {
+    let planned = number_before(stderr, "MiB at peak");
+    let heap = number_after(stderr, "peak heap ");
+    assert!(
+        heap <= budget && heap * 100 <= planned * 105 && heap * 2 >= planned,
+        "the heap peaked at {heap} MiB, planned {planned} MiB, budget {budget} MiB:\n{stderr}"
+    );
+    planned
 }
 
 /// `merge` runs under the budget its shards ran under, and holds its heap to it: each pass's
@@ -1355,17 +1358,7 @@ fn a_merge_of_shards_holds_its_heap_to_their_budget() {
             .expect("run seedscope merge");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
-        let planned = number_before(&stderr, "MiB at peak");
-        let heap = number_after(&stderr, "peak heap ");
-        assert!(
-            heap <= budget && heap * 100 <= planned * 105,
-            "the merge's heap peaked at {heap} MiB, planned {planned} MiB, budget {budget} \
-             MiB:\n{stderr}"
-        );
-        assert!(
-            heap * 2 >= planned,
-            "heap {heap} MiB, planned {planned} MiB"
-        );
+        heap_within_plan(&stderr, budget);
     }
 }
 
@@ -1417,12 +1410,7 @@ fn an_interrupted_analysis_resumes_within_its_budget_to_the_same_bundle() {
     let resumed = run(&out).output().expect("resume seedscope analyze");
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{stderr}");
-    let heap = number_after(&stderr, "peak heap ");
-    let planned = number_before(&stderr, "MiB at peak");
-    assert!(
-        heap <= 128 && heap * 100 <= planned * 105,
-        "resumed: heap {heap} MiB, planned {planned} MiB:\n{stderr}"
-    );
+    heap_within_plan(&stderr, 128);
     let forwards = |text: &str| number_before(text, "forward passes (a model over a block)");
     let whole = dir.join("whole");
     let uninterrupted = run(&whole).output().expect("run seedscope analyze");

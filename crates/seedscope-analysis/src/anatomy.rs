@@ -866,6 +866,7 @@ pub fn family(features: &FeatureSet, best: Option<(u32, f32)>, pos_mi: f32) -> &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use seedscope_gpu::twin::anatomy_update_columns;
 
     #[test]
     fn variance_explained_is_eq4_with_population_variances() {
@@ -881,65 +882,95 @@ mod tests {
         assert!((vr - eq4).abs() < 1e-12, "{vr} vs {eq4}");
     }
 
+    /// A 10-neuron layer over two blocks of rows (11 and 12), the features its tokens turn
+    /// on, and the state of one run over both blocks.
+    struct TwoBlocks {
+        width: usize,
+        nf: usize,
+        np: usize,
+        x: Vec<f32>,
+        current: Vec<Vec<u32>>,
+        previous: Vec<Vec<u32>>,
+        info: Vec<u32>,
+        whole: AnatomyState,
+    }
+
+    impl TwoBlocks {
+        const FIRST_ROWS: usize = 11;
+
+        fn new() -> Self {
+            let (width, rows, nf, np) = (10, 23, 3, 4);
+            let x = (0..rows * width)
+                .map(|i| ((i * 37 % 29) as f32 - 11.0) / 7.0)
+                .collect();
+            // Token t turns feature t % 3 on, and feature 2 at the next position.
+            let current = (0..5).map(|t| vec![t % 3]).collect();
+            let previous = (0..5).map(|_| vec![2]).collect();
+            let info = (0..rows as u32)
+                .flat_map(|r| [r % 4, r % 5, if r == 0 { NO_TOKEN } else { (r - 1) % 5 }, r])
+                .collect();
+            let mut b = Self {
+                width,
+                nf,
+                np,
+                x,
+                current,
+                previous,
+                info,
+                whole: AnatomyState::empty(0, 0, 0, 0),
+            };
+            b.whole = b.run(0..width, &[0, 1]);
+            b
+        }
+
+        /// Block `i`'s rows and their info.
+        fn block(&self, i: usize) -> (&[f32], &[u32]) {
+            let (x1, x2) = self.x.split_at(Self::FIRST_ROWS * self.width);
+            let (i1, i2) = self.info.split_at(4 * Self::FIRST_ROWS);
+            [(x1, i1), (x2, i2)][i]
+        }
+
+        /// Columns `cols` over `blocks` in order, the first of them setting the shifts.
+        fn run(&self, cols: Range<usize>, blocks: &[usize]) -> AnatomyState {
+            let (n, k) = (cols.len() as u32, TOP_K as u32);
+            let mut s = AnatomyState::empty(n, k, self.np as u32, self.nf as u32);
+            for (j, &i) in blocks.iter().enumerate() {
+                let (x, info) = self.block(i);
+                let (cur, prev, xw) = (&self.current, &self.previous, (x, self.width));
+                anatomy_update_columns(&mut s, cur, prev, xw, cols.clone(), info, j == 0);
+            }
+            s
+        }
+    }
+
     /// The host's runs of columns, joined, are the state of one run over every column, for
     /// any split (a column's counts are its own); a state sliced back gives each run's.
     #[test]
     fn runs_of_columns_joined_are_one_run() {
-        use seedscope_gpu::twin::{anatomy_update, anatomy_update_columns};
-        let (width, rows, n_feat, n_pos) = (10, 23, 3, 4);
-        let x: Vec<f32> = (0..rows * width)
-            .map(|i| ((i * 37 % 29) as f32 - 11.0) / 7.0)
-            .collect();
-        // Token t turns feature t % 3 on, and feature 2 at the next position.
-        let current: Vec<Vec<u32>> = (0..5).map(|t| vec![t % 3]).collect();
-        let previous: Vec<Vec<u32>> = (0..5).map(|_| vec![2]).collect();
-        let info: Vec<u32> = (0..rows as u32)
-            .flat_map(|r| [r % 4, r % 5, if r == 0 { NO_TOKEN } else { (r - 1) % 5 }, r])
-            .collect();
-        let empty = |n: usize| AnatomyState::empty(n as u32, TOP_K as u32, n_pos, n_feat);
-        let mut whole = empty(width);
-        let (first, second) = info.split_at(4 * 11);
-        let (x1, x2) = x.split_at(11 * width);
-        anatomy_update(&mut whole, &current, &previous, x1, width, first, true);
-        anatomy_update(&mut whole, &current, &previous, x2, width, second, false);
-        let run = |cols: Range<usize>| {
-            let mut s = empty(cols.len());
-            for (xs, inf, f) in [(x1, first, true), (x2, second, false)] {
-                anatomy_update_columns(
-                    &mut s,
-                    &current,
-                    &previous,
-                    (xs, width),
-                    cols.clone(),
-                    inf,
-                    f,
-                );
-            }
-            s
-        };
-        let (nf, np) = (n_feat as usize, n_pos as usize);
+        let b = TwoBlocks::new();
+        let (width, nf, np) = (b.width, b.nf, b.np);
         for runs in [1, 2, 3, 7] {
             let states: Vec<AnatomyState> = crate::plan::chunks(0, width, runs)
                 .into_iter()
-                .map(run)
+                .map(|cols| b.run(cols, &[0, 1]))
                 .collect();
             let parts: Vec<AnatomyPart> = states.iter().map(AnatomyPart::lent).collect();
             check_parts(&parts, width, nf, np).expect("the runs cover every neuron");
-            assert_eq!(columns(&parts, 0..width, nf, np), whole, "{runs}");
+            assert_eq!(columns(&parts, 0..width, nf, np), b.whole, "{runs}");
             // Saved in one split, resumed in another (a checkpoint on another thread count).
             for other in [1, 2, 4] {
                 for cols in crate::plan::chunks(0, width, other) {
                     assert_eq!(
                         columns(&parts, cols.clone(), nf, np),
-                        run(cols),
+                        b.run(cols, &[0, 1]),
                         "{runs} {other}"
                     );
                 }
             }
             assert!(check_parts(&parts[1..], width, nf, np).is_err());
         }
-        assert!(whole.top_idx.iter().any(|&i| i != NO_TOKEN));
-        let lent = [AnatomyPart::lent(&whole)];
+        assert!(b.whole.top_idx.iter().any(|&i| i != NO_TOKEN));
+        let lent = [AnatomyPart::lent(&b.whole)];
         assert!(check_parts(&lent, width + 1, nf, np).is_err());
         assert!(check_parts(&lent, width, nf + 1, np).is_err());
     }
@@ -949,45 +980,27 @@ mod tests {
     /// rounding, since each shard's are taken from its own shifts), in the first's split.
     #[test]
     fn shards_merged_part_by_part_are_one_run() {
-        use seedscope_gpu::twin::{anatomy_update, anatomy_update_columns};
-        let (width, rows, n_feat, n_pos) = (10, 23, 3, 4);
-        let x: Vec<f32> = (0..rows * width)
-            .map(|i| ((i * 37 % 29) as f32 - 11.0) / 7.0)
-            .collect();
-        let current: Vec<Vec<u32>> = (0..5).map(|t| vec![t % 3]).collect();
-        let previous: Vec<Vec<u32>> = (0..5).map(|_| vec![2]).collect();
-        let info: Vec<u32> = (0..rows as u32)
-            .flat_map(|r| [r % 4, r % 5, if r == 0 { NO_TOKEN } else { (r - 1) % 5 }, r])
-            .collect();
-        let (nf, np) = (n_feat as usize, n_pos as usize);
-        let empty = |n: usize| AnatomyState::empty(n as u32, TOP_K as u32, n_pos, n_feat);
-        let mut whole = empty(width);
-        let (first, second) = info.split_at(4 * 11);
-        let (x1, x2) = x.split_at(11 * width);
-        anatomy_update(&mut whole, &current, &previous, x1, width, first, true);
-        anatomy_update(&mut whole, &current, &previous, x2, width, second, false);
-        // A shard's counts: each feature a row turns on, each row's position bucket.
-        let saved = |xs: &[f32], inf: &[u32], split: usize| {
+        let b = TwoBlocks::new();
+        let (width, nf, np) = (b.width, b.nf, b.np);
+        // A shard of `blocks`: each feature its rows turn on, each row's position bucket.
+        let saved = |blocks: &[usize], split: usize| {
             let mut feature_count = vec![0u64; nf];
             let mut pos_total = vec![0u64; np];
-            for r in inf.chunks_exact(4) {
-                pos_total[r[0] as usize] += 1;
-                let prev = (r[2] != NO_TOKEN).then(|| &previous[r[2] as usize]);
-                for &f in current[r[1] as usize]
-                    .iter()
-                    .chain(prev.into_iter().flatten())
-                {
-                    feature_count[f as usize] += 1;
+            for &i in blocks {
+                for r in b.block(i).1.chunks_exact(4) {
+                    pos_total[r[0] as usize] += 1;
+                    let prev = (r[2] != NO_TOKEN).then(|| &b.previous[r[2] as usize]);
+                    for &f in b.current[r[1] as usize]
+                        .iter()
+                        .chain(prev.into_iter().flatten())
+                    {
+                        feature_count[f as usize] += 1;
+                    }
                 }
             }
             let parts = crate::plan::chunks(0, width, split)
                 .into_iter()
-                .map(|cols| {
-                    let mut s = empty(cols.len());
-                    let xw = (xs, width);
-                    anatomy_update_columns(&mut s, &current, &previous, xw, cols, inf, true);
-                    AnatomyPart::owned(s)
-                })
+                .map(|cols| AnatomyPart::owned(b.run(cols, blocks)))
                 .collect();
             AnatomySaved {
                 parts,
@@ -995,29 +1008,29 @@ mod tests {
                 pos_total,
             }
         };
-        let both = saved(&x, &info, 1);
+        let both = saved(&[0, 1], 1);
         for (split_a, split_b) in [(1, 1), (2, 3), (3, 1), (7, 2)] {
-            let mut a = saved(x1, first, split_a);
-            merge_saved(&mut a, &saved(x2, second, split_b)).expect("the shards merge");
+            let mut a = saved(&[0], split_a);
+            merge_saved(&mut a, &saved(&[1], split_b)).expect("the shards merge");
             assert_eq!(a.parts.len(), split_a);
             assert_eq!(a.feature_count, both.feature_count);
             assert_eq!(a.pos_total, both.pos_total);
             let merged = columns(&a.parts, 0..width, nf, np);
-            assert_eq!(merged.shift, whole.shift);
-            assert_eq!(merged.active, whole.active);
-            assert_eq!(merged.top_val, whole.top_val);
-            assert_eq!(merged.top_idx, whole.top_idx);
-            for (m, w) in merged.sums.iter().zip(&whole.sums) {
+            assert_eq!(merged.shift, b.whole.shift);
+            assert_eq!(merged.active, b.whole.active);
+            assert_eq!(merged.top_val, b.whole.top_val);
+            assert_eq!(merged.top_idx, b.whole.top_idx);
+            for (m, w) in merged.sums.iter().zip(&b.whole.sums) {
                 // Each difference (v − shift) is rounded to f32 before it is summed.
                 assert!((m - w).abs() <= 1e-6 * w.abs().max(1.0), "{m} {w}");
             }
         }
         // An empty shard changes nothing; a shard of other widths is refused.
-        let mut a = saved(x1, first, 2);
+        let mut a = saved(&[0], 2);
         let before = a.clone();
-        merge_saved(&mut a, &saved(&[], &[], 3)).expect("an empty shard merges");
+        merge_saved(&mut a, &saved(&[], 3)).expect("an empty shard merges");
         assert_eq!(a, before);
-        let mut narrow = saved(x1, first, 2);
+        let mut narrow = saved(&[0], 2);
         narrow.parts.pop();
         assert!(merge_saved(&mut a, &narrow).is_err());
     }
