@@ -522,12 +522,8 @@ impl Accumulate for CpuAccumulator {
 }
 
 /// Whether saved tiles have the lengths of `tiles`, one for one.
-fn same_lengths<T: AsRef<[f64]>>(tiles: &[Vec<f64>], saved: &[T]) -> bool {
-    tiles.len() == saved.len()
-        && tiles
-            .iter()
-            .zip(saved)
-            .all(|(t, s)| t.len() == s.as_ref().len())
+fn same_lengths(tiles: &[Vec<f64>], saved: &[Cow<'_, [f64]>]) -> bool {
+    tiles.len() == saved.len() && tiles.iter().zip(saved).all(|(t, s)| t.len() == s.len())
 }
 
 /// Every stream's moments from a saved state's (means, then M2).
