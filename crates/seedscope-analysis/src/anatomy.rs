@@ -75,6 +75,13 @@ pub struct AnatomySaved<'a> {
     pub pos_total: Vec<u64>,
 }
 
+impl AnatomySaved<'_> {
+    /// Whether the state has counted a token (its shifts are set).
+    pub fn started(&self) -> bool {
+        self.pos_total.iter().any(|&t| t > 0)
+    }
+}
+
 /// One run of consecutive columns of an anchor's anatomy state ([`AnatomyState`]'s arrays),
 /// each lent where it is (a host run's own, a checkpoint's mapped file) or owned (a GPU chunk
 /// read back, a merge's sums): a checkpoint resumes and shards merge without a copy of the
@@ -361,6 +368,7 @@ impl Anatomies<CpuAnatomy> {
         let (nf, n_pos) = (spec.features.len(), spec.n_pos());
         let mut runs = Vec::with_capacity(saved.len());
         let mut host = Vec::with_capacity(saved.len());
+        let started = saved.iter().map(AnatomySaved::started).collect();
         for (s, &width) in saved.into_iter().zip(widths) {
             check_parts(&s.parts, width, nf, n_pos)?;
             let mut c0 = 0;
@@ -374,10 +382,7 @@ impl Anatomies<CpuAnatomy> {
             host.push((s.feature_count, s.pos_total));
         }
         let mut this = Self::with(spec, widths.len(), CpuAnatomy::new(spec, widths, runs));
-        this.started = host
-            .iter()
-            .map(|(_, pos_total)| pos_total.iter().any(|&t| t > 0))
-            .collect();
+        this.started = started;
         this.host = host;
         Ok(this)
     }
@@ -520,7 +525,7 @@ impl<D: AnatomyDevice> Anatomies<D> {
     pub fn restore(&mut self, saved: &[AnatomySaved<'_>]) -> Result<(), AnalysisError> {
         check_counts(&self.spec, saved, self.host.len())?;
         for (a, s) in saved.iter().enumerate() {
-            let started = s.pos_total.iter().any(|&t| t > 0);
+            let started = s.started();
             self.dev.restore(a, &s.parts, started)?;
             self.host[a] = (s.feature_count.clone(), s.pos_total.clone());
             self.started[a] = started;
@@ -654,10 +659,10 @@ pub fn merge_saved(a: &mut AnatomySaved<'_>, b: &AnatomySaved<'_>) -> Result<(),
     if b.feature_count.len() != nf || b.pos_total.len() != n_pos {
         return Err("anatomy states of different shapes".into());
     }
-    if !b.pos_total.iter().any(|&t| t > 0) {
+    if !b.started() {
         return Ok(());
     }
-    if !a.pos_total.iter().any(|&t| t > 0) {
+    if !a.started() {
         a.parts = b
             .parts
             .iter()
